@@ -1,0 +1,64 @@
+"""fragileprobe: look at fragile network devices without knocking them over.
+
+The public API is what this module lists in ``__all__``. Names load lazily on first use, so
+``import fragileprobe`` stays cheap (no anyio, no sqlite3, and never scapy, pandas or matplotlib until a
+feature that needs them is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fragileprobe._errors import (
+    ConfigError,
+    DeviceDownError,
+    FragileProbeError,
+    ProbeError,
+    ProbeRefusedError,
+    ProbeResetError,
+    ProbeTimeoutError,
+    RawUnavailableError,
+    RecoveryError,
+    ScopeError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> private module that defines it
+_LAZY: dict[str, str] = {
+}
+
+__all__ = [
+    "ConfigError",
+    "DeviceDownError",
+    "FragileProbeError",
+    "ProbeError",
+    "ProbeRefusedError",
+    "ProbeResetError",
+    "ProbeTimeoutError",
+    "RawUnavailableError",
+    "RecoveryError",
+    "ScopeError",
+    "StoreError",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fragileprobe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"fragileprobe.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    pass

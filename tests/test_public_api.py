@@ -1,0 +1,37 @@
+"""The public API: ``__all__`` is honest and ``import fragileprobe`` stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import fragileprobe
+
+
+def test_every_name_in_all_resolves() -> None:
+    """Each name listed in ``__all__`` can be fetched from the package."""
+    for name in fragileprobe.__all__:
+        assert getattr(fragileprobe, name) is not None, name
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(set(fragileprobe.__all__)) == len(fragileprobe.__all__)
+
+
+def test_import_does_not_load_heavy_modules() -> None:
+    """``import fragileprobe`` loads neither scapy, pandas, matplotlib nor the CLI libraries."""
+    code = (
+        "import sys, fragileprobe; "
+        "heavy = [m for m in ('scapy', 'pandas', 'matplotlib', 'typer', 'rich', 'sqlite3') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_errors_share_one_root() -> None:
+    """Every exported exception derives from FragileProbeError."""
+    for name in fragileprobe.__all__:
+        obj = getattr(fragileprobe, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, fragileprobe.FragileProbeError), name
