@@ -28,6 +28,12 @@ __version__ = "0.1.0"
 
 # public name -> private module that defines it
 _LAZY: dict[str, str] = {
+    "OsGuess": "_fingerprint",
+    "ServiceInfo": "_fingerprint",
+    "fingerprint_http": "_fingerprint",
+    "fingerprint_service": "_fingerprint",
+    "guess_os": "_fingerprint",
+    "model_key": "_fingerprint",
 }
 
 __all__ = [
