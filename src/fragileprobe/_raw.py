@@ -1,0 +1,1062 @@
+"""Raw-packet features behind one narrow, lazily imported scapy seam (the ``fragileprobe[raw]`` extra).
+
+scapy is GPL-2.0-only and needs raw sockets (root or ``CAP_NET_RAW``), so the core never imports it:
+this module imports it only inside functions, layer by layer (never ``scapy.all``), keeps scapy's
+import-time log lines quiet without touching the logging configuration of the application, and turns every
+packet into one of fragileprobe's own frozen records right here, so nothing above this module sees a scapy
+object.
+
+What each feature puts on the wire:
+
+* :func:`icmp_reachable` and :class:`IcmpHeartbeat` send ICMP echo requests (``count`` of them, one at a
+  time) and nothing else.
+* :func:`syn_ack_observer` sends nothing: it reads the SYN-ACKs that fragileprobe's own full connects
+  already receive and reports their TTL and window (a passive OS hint).
+* :func:`capture` sends nothing: it writes a bounded pcap of everything exchanged with one target.
+
+Without scapy or without the privilege, each feature raises :class:`~fragileprobe.RawUnavailableError`
+saying exactly what is missing; :func:`raw_available` answers the same question without raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import ipaddress
+import logging
+import os
+import random
+import select
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from fragileprobe._errors import ConfigError, RawUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from fragileprobe._heartbeat import Beat
+    from fragileprobe._scope import Scope
+
+__all__ = [
+    "CAPTURE_MAX_BYTES",
+    "CAPTURE_MAX_PACKETS",
+    "CaptureSummary",
+    "IcmpHeartbeat",
+    "IcmpResult",
+    "PacketCapture",
+    "PassiveOsHint",
+    "SynAckObservation",
+    "SynAckObserver",
+    "TcpSegment",
+    "capture",
+    "icmp_reachable",
+    "os_hint_from_ttl",
+    "raw_available",
+    "require_raw",
+    "syn_ack_observer",
+]
+
+log = structlog.get_logger(__name__)
+
+RAW_EXTRA_HINT: Final = "pip install 'fragileprobe[raw]'"
+
+# Linux capability number of CAP_NET_RAW (include/uapi/linux/capability.h): what AF_PACKET and SOCK_RAW
+# sockets need. Root in a container can lack it, so the capability, not the uid, is the truth.
+_CAP_NET_RAW: Final = 13
+
+# ICMP bounds. One echo waits at most ICMP_MAX_TIMEOUT_S (a device that needs longer is not "reachable" in
+# any useful sense for a watchdog), and one check sends at most ICMP_MAX_COUNT echoes, so a mistyped count
+# can never turn a reachability check into a flood.
+ICMP_MAX_TIMEOUT_S: Final = 30.0
+ICMP_MAX_COUNT: Final = 100
+ICMP_MAX_INTERVAL_S: Final = 10.0
+
+# How often a worker thread waiting on a raw socket wakes up to see whether it was cancelled: the upper
+# bound on how long an abandoned thread outlives the task that started it.
+_POLL_S: Final = 0.05
+
+# How long starting and stopping a sniffer thread may take. Opening an AF_PACKET socket and attaching a
+# BPF program takes milliseconds; a sniffer that does not start or stop in this time is reported, not
+# waited for forever.
+SNIFFER_START_TIMEOUT_S: Final = 5.0
+SNIFFER_STOP_TIMEOUT_S: Final = 5.0
+
+# Capture bounds: a characterization of one device at a few dozen sessions produces a few thousand packets
+# a minute, so 100,000 packets / 64 MiB is hours of evidence and still opens in Wireshark on a laptop.
+# Packets beyond either bound are counted (CaptureSummary.packets_dropped), not written.
+CAPTURE_MAX_PACKETS: Final = 100_000
+CAPTURE_MAX_BYTES: Final = 64 * 1024 * 1024
+
+# pcap file header (24 bytes) and per-record header (16 bytes), counted against max_bytes so the bound is
+# the file's real size.
+_PCAP_FILE_HEADER_BYTES: Final = 24
+_PCAP_RECORD_HEADER_BYTES: Final = 16
+
+# The passive OS hint keeps at most this many SYN-ACK observations: one per port is what the hint needs,
+# retransmissions and repeated connects add nothing but memory.
+OBSERVER_MAX_OBSERVATIONS: Final = 4096
+
+# libpcap's DLT_EN10MB: what Linux reports for Ethernet and for the loopback device.
+_DLT_EN10MB: Final = 1
+
+# TCP flag bits (RFC 9293, section 3.1).
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+
+
+# --------------------------------------------------------------------------------------------- availability
+
+
+def _has_net_raw() -> bool:
+    """Whether this process may open raw and packet sockets (CAP_NET_RAW in its effective set)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        # Not Linux: raw sockets need root there.
+        geteuid = getattr(os, "geteuid", None)
+        return geteuid is not None and geteuid() == 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool((int(line.split()[1], 16) >> _CAP_NET_RAW) & 1)
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is not None and geteuid() == 0
+
+
+def _scapy_installed() -> bool:
+    """Whether scapy can be found, without importing it (importing it costs ~0.4 s)."""
+    try:
+        return importlib.util.find_spec("scapy") is not None
+    except (ImportError, ValueError):
+        # ValueError: sys.modules["scapy"] is None (import deliberately blocked).
+        return False
+
+
+def _missing() -> list[str]:
+    missing = []
+    if not _scapy_installed():
+        missing.append(f"scapy is not installed ({RAW_EXTRA_HINT})")
+    if not _has_net_raw():
+        missing.append(
+            "raw sockets need root or CAP_NET_RAW, and this process has neither "
+            "(run as root, or grant it: sudo setcap cap_net_raw+ep <python>)"
+        )
+    return missing
+
+
+def raw_available() -> tuple[bool, str]:
+    """Say whether raw-packet features can run here, and if not, what is missing.
+
+    Checks without importing scapy and without opening a socket.
+
+    Returns:
+        ``(True, "scapy and raw sockets available")`` or ``(False, reason)``, where the reason names
+        everything that is missing (scapy, the privilege, or both) and how to fix it.
+    """
+    missing = _missing()
+    if missing:
+        return False, "; ".join(missing)
+    return True, "scapy and raw sockets available"
+
+
+def require_raw(feature: str) -> None:
+    """Raise unless ``feature`` can use raw packets here.
+
+    Args:
+        feature: what the caller is trying to do, for the message (``"IcmpHeartbeat"``).
+
+    Raises:
+        RawUnavailableError: scapy is not installed, or the process lacks root / CAP_NET_RAW; the message
+            names the feature and everything that is missing.
+    """
+    missing = _missing()
+    if missing:
+        log.info("raw.unavailable", feature=feature, missing=missing)
+        raise RawUnavailableError(f"{feature} needs raw packets: " + "; ".join(missing))
+
+
+# --------------------------------------------------------------------------------------------- scapy seam
+
+
+@dataclass(frozen=True, slots=True)
+class _Scapy:
+    """The handful of scapy names fragileprobe uses, imported once."""
+
+    IP: Any
+    ICMP: Any
+    TCP: Any
+    AsyncSniffer: Any
+    PcapWriter: Any
+    Scapy_Exception: Any
+    resolve_iface: Any
+    conf: Any
+
+
+_scapy_lock = threading.Lock()
+_scapy_cache: list[_Scapy] = []
+
+
+def _scapy(feature: str) -> _Scapy:
+    """Import the scapy layers fragileprobe needs (once), quietly, or raise RawUnavailableError."""
+    with _scapy_lock:
+        if _scapy_cache:
+            return _scapy_cache[0]
+        # scapy logs (interfaces without addresses, missing optional libraries) and warns (deprecated
+        # cryptography) while importing. Quiet exactly its own logger for the import and restore it
+        # afterwards: the application's logging configuration is not ours to change.
+        scapy_logger = logging.getLogger("scapy")
+        saved_level = scapy_logger.level
+        scapy_logger.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                inet = importlib.import_module("scapy.layers.inet")
+                sendrecv = importlib.import_module("scapy.sendrecv")
+                utils = importlib.import_module("scapy.utils")
+                config = importlib.import_module("scapy.config")
+                error = importlib.import_module("scapy.error")
+                interfaces = importlib.import_module("scapy.interfaces")
+        except ImportError as exc:
+            raise RawUnavailableError(
+                f"{feature} needs raw packets: scapy is not installed ({RAW_EXTRA_HINT})"
+            ) from exc
+        finally:
+            scapy_logger.setLevel(saved_level)
+        loaded = _Scapy(
+            IP=inet.IP,
+            ICMP=inet.ICMP,
+            TCP=inet.TCP,
+            AsyncSniffer=sendrecv.AsyncSniffer,
+            PcapWriter=utils.PcapWriter,
+            Scapy_Exception=error.Scapy_Exception,
+            resolve_iface=interfaces.resolve_iface,
+            conf=config.conf,
+        )
+        _scapy_cache.append(loaded)
+        return loaded
+
+
+def _ipv4(host: str, field: str = "host") -> str:
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigError(f"{field}: {host!r} is not an IP address") from exc
+    if addr.version != 4:
+        raise ConfigError(f"{field}: {host!r}: raw-packet features support IPv4 only")
+    return str(addr)
+
+
+def _interface_for(sc: _Scapy, host: str) -> str:
+    """The interface packets to ``host`` leave by: the loopback device for 127/8, else the routing table's."""
+    if ipaddress.ip_address(host).is_loopback:
+        return str(sc.conf.loopback_name)
+    iface = sc.conf.route.route(host)[0]
+    return str(iface)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSegment:
+    """One TCP segment seen on the wire, as fragileprobe's own record (never a scapy object).
+
+    Attributes:
+        src: source IPv4 address.
+        dst: destination IPv4 address.
+        sport: source port.
+        dport: destination port.
+        flags: TCP flag bits (``SYN``, ``ACK``, ``RST``... constants of this module).
+        ttl: IP time to live as received.
+        window: TCP receive window field (unscaled).
+        mss: the MSS option, if present.
+        window_scale: the window-scale option, if present.
+        options: names of the TCP options, in order.
+        at_s: capture time (kernel timestamp, seconds since the epoch).
+    """
+
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    flags: int
+    ttl: int
+    window: int
+    mss: int | None
+    window_scale: int | None
+    options: tuple[str, ...]
+    at_s: float
+
+    @property
+    def is_syn(self) -> bool:
+        """A connection request: SYN without ACK."""
+        return self.flags & (SYN | ACK) == SYN
+
+    @property
+    def is_syn_ack(self) -> bool:
+        """A connection acceptance: SYN and ACK."""
+        return self.flags & (SYN | ACK) == SYN | ACK
+
+    @property
+    def is_rst(self) -> bool:
+        return bool(self.flags & RST)
+
+
+def _segment(sc: _Scapy, pkt: Any) -> TcpSegment | None:
+    """Convert a sniffed packet into a TcpSegment (None if it is not IPv4/TCP)."""
+    if not pkt.haslayer(sc.TCP) or not pkt.haslayer(sc.IP):
+        return None
+    ip = pkt[sc.IP]
+    tcp = pkt[sc.TCP]
+    mss: int | None = None
+    wscale: int | None = None
+    names: list[str] = []
+    for opt in tcp.options or ():
+        # scapy gives ("MSS", 65495) pairs; unknown options come as (kind number, bytes).
+        name = str(opt[0]) if isinstance(opt, tuple) and opt else "?"
+        names.append(name)
+        if name == "MSS" and isinstance(opt[1], int):
+            mss = opt[1]
+        elif name == "WScale" and isinstance(opt[1], int):
+            wscale = opt[1]
+    return TcpSegment(
+        src=str(ip.src),
+        dst=str(ip.dst),
+        sport=int(tcp.sport),
+        dport=int(tcp.dport),
+        flags=int(tcp.flags),
+        ttl=int(ip.ttl),
+        window=int(tcp.window),
+        mss=mss,
+        window_scale=wscale,
+        options=tuple(names),
+        at_s=float(pkt.time),
+    )
+
+
+def _translate_permission(feature: str, exc: OSError) -> RawUnavailableError:
+    return RawUnavailableError(
+        f"{feature} needs raw packets: opening a raw socket failed ({exc.strerror or exc}); "
+        "raw sockets need root or CAP_NET_RAW"
+    )
+
+
+class _Sniffer:
+    """A scapy AsyncSniffer on one socket this class opens and closes, started and stopped with bounds.
+
+    The socket is opened before the sniffer thread starts, so packets that arrive between ``start()``
+    returning and the thread's first ``select`` wait in the socket buffer instead of being missed.
+    ``on_packet`` runs in the sniffer thread for each packet; it must be quick and must not raise (an
+    exception there would make scapy close the socket), so exceptions are logged and counted here.
+    """
+
+    def __init__(self, *, feature: str, host: str, bpf: str, on_packet: Callable[[Any], None]) -> None:
+        self._feature = feature
+        self._host = host
+        self._bpf = bpf
+        self._on_packet = on_packet
+        self._sniffer: Any = None
+        self._socket: Any = None
+        self.callback_errors = 0
+
+    def _open(self, before_run: Callable[[int], None] | None) -> None:
+        sc = _scapy(self._feature)
+        iface = _interface_for(sc, self._host)
+        loopback = iface == str(sc.conf.loopback_name)
+        # On the loopback device the kernel shows every packet twice to a packet socket: once outgoing and
+        # once incoming. scapy's read-write L2 socket drops the outgoing copy, its listen-only socket
+        # keeps both; on a real interface our own packets exist only as outgoing, so keep them there.
+        socket_class = sc.conf.L2socket if loopback else sc.conf.L2listen
+        try:
+            sock = socket_class(iface=iface, filter=self._bpf)
+        except PermissionError as exc:
+            raise _translate_permission(self._feature, exc) from exc
+        except (OSError, sc.Scapy_Exception) as exc:
+            # "Cannot set filter: libpcap is not available" and the like: a missing raw-packet dependency.
+            raise RawUnavailableError(
+                f"{self._feature}: cannot open a packet socket on {iface} with filter {self._bpf!r}: {exc}"
+            ) from exc
+        self._socket = sock
+        if before_run is not None:
+            # The socket already queues packets; whatever consumes them (a pcap writer) is set up now,
+            # knowing the link type, before the first packet is handed over.
+            linktype = int(sc.conf.l2types.layer2num.get(getattr(sock, "LL", None), _DLT_EN10MB))
+            before_run(linktype)
+        started = threading.Event()
+        self._sniffer = sc.AsyncSniffer(
+            opened_socket=sock, store=False, prn=self._guarded, started_callback=started.set
+        )
+        self._sniffer.start()
+        deadline = time.monotonic() + SNIFFER_START_TIMEOUT_S
+        while not started.wait(_POLL_S):
+            thread = self._sniffer.thread
+            if (thread is not None and not thread.is_alive()) or time.monotonic() > deadline:
+                error = self._sniffer.exception
+                self._stop()
+                raise RawUnavailableError(
+                    f"{self._feature}: the packet sniffer on {iface} did not start ({error!r})"
+                )
+
+    def _guarded(self, pkt: Any) -> None:
+        try:
+            self._on_packet(pkt)
+        except Exception as exc:  # the sniffer thread's boundary: scapy would close the socket
+            self.callback_errors += 1
+            log.warning("raw.sniffer.callback_error", feature=self._feature, error=repr(exc))
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.close()
+            self._socket = None
+
+    def _stop(self) -> None:
+        sniffer, self._sniffer = self._sniffer, None
+        if sniffer is not None:
+            # stop() raises when the thread has already ended (its socket failed): nothing left to stop.
+            with contextlib.suppress(_scapy(self._feature).Scapy_Exception):
+                sniffer.stop(join=False)
+            thread = sniffer.thread
+            if thread is not None:
+                thread.join(SNIFFER_STOP_TIMEOUT_S)
+                if thread.is_alive():
+                    # A daemon thread: it exits at its next wake-up, once its socket is closed below.
+                    log.warning(
+                        "raw.sniffer.stop_timeout", feature=self._feature, timeout_s=SNIFFER_STOP_TIMEOUT_S
+                    )
+            if sniffer.exception is not None:
+                log.warning("raw.sniffer.failed", feature=self._feature, error=repr(sniffer.exception))
+        self._close_socket()
+
+    async def start(self, before_run: Callable[[int], None] | None = None) -> None:
+        """Open the socket, call ``before_run(linktype)``, start the sniffer thread; bounded.
+
+        Not abandoned on cancellation (the thread finishes within SNIFFER_START_TIMEOUT_S); if the start
+        fails or is cancelled, whatever it started is stopped before the error propagates.
+        """
+        ok = False
+        try:
+            await anyio.to_thread.run_sync(self._open, before_run)
+            ok = True
+        finally:
+            if not ok:
+                await self.stop()
+
+    async def stop(self) -> None:
+        """Stop the thread and close the socket, even when the caller is being cancelled."""
+        # Shielded: stopping must finish even when the caller is being cancelled, or the thread leaks.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._stop)
+
+
+# --------------------------------------------------------------------------------------------------- ICMP
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpResult:
+    """The outcome of an ICMP reachability check.
+
+    Attributes:
+        host: the address checked.
+        sent: echo requests sent.
+        received: matching echo replies received in time.
+        rtts_s: round-trip time of each reply, in order.
+        ttl: IP TTL of the first reply (a hint at the responder's stack), None without replies.
+        error: why nothing could be sent or the last non-reply answer (``"destination unreachable"``).
+    """
+
+    host: str
+    sent: int
+    received: int
+    rtts_s: tuple[float, ...]
+    ttl: int | None
+    error: str | None
+
+    @property
+    def reachable(self) -> bool:
+        """At least one echo reply came back in time."""
+        return self.received > 0
+
+    @property
+    def rtt_s(self) -> float | None:
+        """The smallest round-trip time (the least disturbed by scheduling noise), None without replies."""
+        return min(self.rtts_s) if self.rtts_s else None
+
+    @property
+    def loss_fraction(self) -> float:
+        return 1.0 - self.received / self.sent if self.sent else 1.0
+
+
+def _check_icmp_args(timeout_s: float, count: int, interval_s: float) -> None:
+    if not 0 < timeout_s <= ICMP_MAX_TIMEOUT_S:
+        raise ConfigError(f"timeout_s: must be > 0 and <= {ICMP_MAX_TIMEOUT_S}, got {timeout_s!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= ICMP_MAX_COUNT:
+        raise ConfigError(f"count: must be an integer from 1 to {ICMP_MAX_COUNT}, got {count!r}")
+    if not 0 <= interval_s <= ICMP_MAX_INTERVAL_S:
+        raise ConfigError(f"interval_s: must be >= 0 and <= {ICMP_MAX_INTERVAL_S}, got {interval_s!r}")
+
+
+def _icmp_worker(
+    host: str, timeout_s: float, count: int, interval_s: float, stop: threading.Event
+) -> IcmpResult:
+    """Send ``count`` echo requests one at a time and wait for each reply (runs in a worker thread)."""
+    sc = _scapy("icmp_reachable")
+    iface = _interface_for(sc, host)
+    # The interface picks its layer-3 socket: on Linux loopback a PF_PACKET socket's echo request is never
+    # answered, so scapy uses a SOCK_RAW socket there. The filter narrows what reaches Python where the
+    # socket supports one; replies are matched by type, id and sequence below either way.
+    socket_class = sc.resolve_iface(iface).l3socket(False)
+    try:
+        sock = socket_class(iface=iface, filter=f"icmp and src host {host}")
+    except PermissionError as exc:
+        raise _translate_permission("icmp_reachable", exc) from exc
+    ident = random.getrandbits(16)  # tells our replies from another pinger's
+    rtts: list[float] = []
+    ttl: int | None = None
+    error: str | None = None
+    sent = 0
+    try:
+        for seq in range(1, count + 1):
+            if stop.is_set():
+                break
+            if seq > 1 and interval_s > 0 and stop.wait(interval_s):
+                break
+            request = sc.IP(dst=host) / sc.ICMP(type=8, id=ident, seq=seq)
+            started = time.perf_counter()
+            sock.send(request)
+            sent += 1
+            deadline = started + timeout_s
+            while not stop.is_set():
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                readable, _, _ = select.select([sock], [], [], min(remaining, _POLL_S))
+                if not readable:
+                    continue
+                reply = sock.recv()
+                if reply is None or not reply.haslayer(sc.ICMP):
+                    continue
+                icmp = reply[sc.ICMP]
+                if int(icmp.type) == 0 and int(icmp.id) == ident and int(icmp.seq) == seq:
+                    rtts.append(time.perf_counter() - started)
+                    if ttl is None:
+                        ttl = int(reply[sc.IP].ttl)
+                    break
+                if int(icmp.type) == 3:
+                    error = "destination unreachable"
+    finally:
+        sock.close()
+    return IcmpResult(host=host, sent=sent, received=len(rtts), rtts_s=tuple(rtts), ttl=ttl, error=error)
+
+
+async def icmp_reachable(
+    host: str,
+    *,
+    timeout_s: float = 1.0,
+    count: int = 1,
+    interval_s: float = 0.2,
+    scope: Scope | None = None,
+) -> IcmpResult:
+    """Check whether ``host`` answers ICMP echo, and how fast.
+
+    Sends ``count`` echo requests, one at a time, ``interval_s`` apart, each waiting at most ``timeout_s``
+    for its reply; nothing else is sent. The blocking scapy work runs in a worker thread; cancelling the
+    call returns at once and the thread stops within 50 ms.
+
+    Args:
+        host: IPv4 address to check.
+        timeout_s: how long to wait for each reply (at most 30 s).
+        count: how many echo requests to send (1 to 100).
+        interval_s: pause between requests.
+        scope: when given, ``host`` must be inside it (checked before anything is sent).
+
+    Returns:
+        An :class:`IcmpResult` with the replies' round-trip times.
+
+    Raises:
+        ConfigError: a bad argument (the message names it).
+        ScopeError: ``host`` is outside ``scope``; nothing was sent.
+        RawUnavailableError: scapy or the raw-socket privilege is missing.
+    """
+    host = _ipv4(host)
+    _check_icmp_args(timeout_s, count, interval_s)
+    if scope is not None:
+        host = scope.check(host)
+    require_raw("icmp_reachable")
+    stop = threading.Event()
+    try:
+        result: IcmpResult = await anyio.to_thread.run_sync(
+            _icmp_worker, host, timeout_s, count, interval_s, stop, abandon_on_cancel=True
+        )
+    finally:
+        # On cancellation the thread is abandoned; this makes it close its socket at its next wake-up.
+        stop.set()
+    log.debug("raw.icmp.result", host=host, sent=result.sent, received=result.received, rtt_s=result.rtt_s)
+    return result
+
+
+class IcmpHeartbeat:
+    """A heartbeat that asks "does the device still answer ICMP echo?" (one echo per beat).
+
+    Implements the :class:`~fragileprobe.Heartbeat` protocol. Its ``port`` is ``0``: ICMP has no port,
+    and it uses none of the device's TCP sessions, so unlike an HTTP or TCP heartbeat it does not count
+    against the device's session ceiling. Beware that many embedded stacks answer ICMP from the network
+    interface's firmware even after the application has hung: pair it with a TCP or HTTP check when the
+    question is "is the service alive?".
+
+    Construction checks that raw packets are available, so a missing privilege fails before a run starts.
+
+    Raises:
+        ConfigError: ``timeout_s`` out of range.
+        RawUnavailableError: scapy or the raw-socket privilege is missing.
+    """
+
+    port: int
+
+    def __init__(self, *, timeout_s: float = 1.0, scope: Scope | None = None) -> None:
+        _check_icmp_args(timeout_s, 1, 0.0)
+        require_raw("IcmpHeartbeat")
+        self.port = 0
+        self.timeout_s = timeout_s
+        self.scope = scope
+
+    def __repr__(self) -> str:
+        return f"IcmpHeartbeat(timeout_s={self.timeout_s!r})"
+
+    async def beat(self, host: str) -> Beat:
+        """Send one echo request to ``host``; ok when the reply comes back within ``timeout_s``."""
+        from fragileprobe._heartbeat import Beat
+
+        at_s = time.monotonic()
+        try:
+            result = await icmp_reachable(host, timeout_s=self.timeout_s, count=1, scope=self.scope)
+        except (OSError, RawUnavailableError) as exc:
+            # A send error (no route, interface down, privilege dropped since construction) is a failed
+            # beat, as the Heartbeat protocol asks: the watchdog then stops probing, the safe side.
+            return Beat(
+                at_s=at_s, ok=False, latency_s=time.monotonic() - at_s, error=f"icmp send failed: {exc}"
+            )
+        if result.reachable:
+            return Beat(at_s=at_s, ok=True, latency_s=result.rtt_s or 0.0, error=None)
+        reason = result.error or f"no echo reply within {self.timeout_s} s"
+        return Beat(at_s=at_s, ok=False, latency_s=time.monotonic() - at_s, error=reason)
+
+
+# ------------------------------------------------------------------------------------------ passive OS hint
+
+
+@dataclass(frozen=True, slots=True)
+class SynAckObservation:
+    """The first SYN-ACK seen from one port of the target.
+
+    Attributes:
+        port: the target's TCP port.
+        ttl: IP TTL as received.
+        initial_ttl: the initial TTL it was most likely sent with (see :func:`os_hint_from_ttl`).
+        window: TCP window of the SYN-ACK (unscaled).
+        mss: the MSS option, if present.
+        window_scale: the window-scale option, if present.
+        options: names of the TCP options, in order.
+        syn_acks: how many SYN-ACKs this port sent while observed (retransmissions and repeated connects).
+    """
+
+    port: int
+    ttl: int
+    initial_ttl: int
+    window: int
+    mss: int | None
+    window_scale: int | None
+    options: tuple[str, ...]
+    syn_acks: int
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveOsHint:
+    """What the SYN-ACKs of one target suggest about its network stack.
+
+    Attributes:
+        host: the target.
+        observations: one :class:`SynAckObservation` per port that answered, by port.
+        initial_ttl: the most common initial TTL among the observations, None without any.
+        os_family: ``"generic unix"``, ``"windows"``, ``"embedded"`` or ``"unknown"`` (the vocabulary of
+            :func:`fragileprobe.guess_os`).
+        os_hint: the same, in words (``"embedded/network device"``).
+        note: caveats (loopback, mixed TTLs, nothing observed).
+    """
+
+    host: str
+    observations: tuple[SynAckObservation, ...]
+    initial_ttl: int | None
+    os_family: str
+    os_hint: str
+    note: str | None
+
+    @property
+    def windows_by_port(self) -> dict[int, int]:
+        return {o.port: o.window for o in self.observations}
+
+    @property
+    def ttls_by_port(self) -> dict[int, int]:
+        return {o.port: o.ttl for o in self.observations}
+
+
+# Initial TTLs in use, with what usually sends them. 64: Linux, BSD, macOS and most embedded Linux (RFC 1700
+# recommends 64); 128: Windows; 255: network gear and RTOS stacks (Cisco IOS, VxWorks, many printers);
+# 32: Windows 9x and some old embedded stacks.
+_TTL_HINTS: Final[tuple[tuple[int, str, str], ...]] = (
+    (32, "embedded", "old embedded stack or Windows 9x"),
+    (64, "generic unix", "generic unix"),
+    (128, "windows", "windows"),
+    (255, "embedded", "embedded/network device"),
+)
+
+
+def os_hint_from_ttl(ttl: int) -> tuple[int, str, str]:
+    """Guess the initial TTL a packet was sent with, and what kind of stack uses it.
+
+    A packet's TTL falls by one per router, and real paths are far shorter than the gaps between the
+    common initial values, so the initial TTL is the smallest common value at or above the observed one.
+
+    Args:
+        ttl: the TTL as received (0 to 255; 0 is not a valid received TTL and gives ``"unknown"``).
+
+    Returns:
+        ``(initial_ttl, os_family, os_hint)``; ``initial_ttl`` is 0 for a TTL that is out of range.
+    """
+    if not 1 <= ttl <= 255:
+        return 0, "unknown", "unknown"
+    for initial, family, hint in _TTL_HINTS:
+        if ttl <= initial:
+            return initial, family, hint
+    raise AssertionError("unreachable: 255 covers every TTL")  # pragma: no cover
+
+
+def summarize_syn_acks(
+    host: str, observations: tuple[SynAckObservation, ...], *, loopback: bool
+) -> PassiveOsHint:
+    """Turn per-port SYN-ACK observations into one hint (pure)."""
+    notes = []
+    if loopback:
+        notes.append(
+            "loopback: SYN-ACKs come from this machine's own kernel, so the hint describes the local stack"
+        )
+    if not observations:
+        notes.append("no SYN-ACK observed (no port accepted a connection while observing)")
+        return PassiveOsHint(host, (), None, "unknown", "unknown", "; ".join(notes))
+    counts: dict[int, int] = {}
+    for o in observations:
+        counts[o.initial_ttl] = counts.get(o.initial_ttl, 0) + 1
+    initial = max(counts, key=lambda k: (counts[k], k))
+    if len(counts) > 1:
+        # Different stacks behind one address: a NAT, a load balancer, or a proxy answering some ports.
+        notes.append(f"mixed initial TTLs by port {sorted(counts)}: several stacks may share this address")
+    _, family, hint = os_hint_from_ttl(initial)
+    return PassiveOsHint(
+        host=host,
+        observations=tuple(sorted(observations, key=lambda o: o.port)),
+        initial_ttl=initial,
+        os_family=family,
+        os_hint=hint,
+        note="; ".join(notes) or None,
+    )
+
+
+class SynAckObserver:
+    """Async context manager that watches a target's SYN-ACKs while other code connects to it.
+
+    Use :func:`syn_ack_observer` to make one. It sends nothing; it needs raw sockets to read.
+    """
+
+    def __init__(self, host: str, *, max_observations: int = OBSERVER_MAX_OBSERVATIONS) -> None:
+        self.host = _ipv4(host)
+        if (
+            isinstance(max_observations, bool)
+            or not isinstance(max_observations, int)
+            or max_observations < 1
+        ):
+            raise ConfigError(f"max_observations: must be a positive integer, got {max_observations!r}")
+        self._max = max_observations
+        self._lock = threading.Lock()
+        self._by_port: dict[int, SynAckObservation] = {}
+        self._loopback = ipaddress.ip_address(self.host).is_loopback
+        # Only SYN-ACKs from the target pass the kernel filter: tcp[13] is the flags byte, 0x12 = SYN|ACK.
+        bpf = f"tcp and src host {self.host} and tcp[13] & 0x12 == 0x12"
+        self._sniffer = _Sniffer(feature="syn_ack_observer", host=self.host, bpf=bpf, on_packet=self._seen)
+        self._hint: PassiveOsHint | None = None
+
+    def _seen(self, pkt: Any) -> None:
+        seg = _segment(_scapy("syn_ack_observer"), pkt)
+        if seg is None or seg.src != self.host or not seg.is_syn_ack:
+            return
+        with self._lock:
+            known = self._by_port.get(seg.sport)
+            if known is not None:
+                self._by_port[seg.sport] = _replace_count(known, known.syn_acks + 1)
+                return
+            if len(self._by_port) >= self._max:
+                return
+            initial, _, _ = os_hint_from_ttl(seg.ttl)
+            self._by_port[seg.sport] = SynAckObservation(
+                port=seg.sport,
+                ttl=seg.ttl,
+                initial_ttl=initial,
+                window=seg.window,
+                mss=seg.mss,
+                window_scale=seg.window_scale,
+                options=seg.options,
+                syn_acks=1,
+            )
+
+    @property
+    def observations(self) -> tuple[SynAckObservation, ...]:
+        with self._lock:
+            return tuple(sorted(self._by_port.values(), key=lambda o: o.port))
+
+    def hint(self) -> PassiveOsHint:
+        """The hint from what was observed so far (final once the context has exited)."""
+        if self._hint is not None:
+            return self._hint
+        return summarize_syn_acks(self.host, self.observations, loopback=self._loopback)
+
+    async def __aenter__(self) -> SynAckObserver:
+        require_raw("syn_ack_observer")
+        await self._sniffer.start()
+        log.debug("raw.os_hint.start", host=self.host)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._sniffer.stop()
+        self._hint = summarize_syn_acks(self.host, self.observations, loopback=self._loopback)
+        log.info(
+            "raw.os_hint.result",
+            host=self.host,
+            ports=len(self._hint.observations),
+            initial_ttl=self._hint.initial_ttl,
+            os_family=self._hint.os_family,
+        )
+
+
+def _replace_count(o: SynAckObservation, syn_acks: int) -> SynAckObservation:
+    return SynAckObservation(
+        port=o.port,
+        ttl=o.ttl,
+        initial_ttl=o.initial_ttl,
+        window=o.window,
+        mss=o.mss,
+        window_scale=o.window_scale,
+        options=o.options,
+        syn_acks=syn_acks,
+    )
+
+
+def syn_ack_observer(host: str, *, max_observations: int = OBSERVER_MAX_OBSERVATIONS) -> SynAckObserver:
+    """Watch the SYN-ACKs ``host`` sends while fragileprobe's own full connects run; send nothing.
+
+    Example::
+
+        async with syn_ack_observer("127.0.1.5") as obs:
+            await grab_banner("127.0.1.5", 22)
+        obs.hint().os_hint      # "generic unix"
+
+    Args:
+        host: the target's IPv4 address.
+        max_observations: at most this many ports are remembered.
+
+    Returns:
+        A :class:`SynAckObserver`; its ``hint()`` is a :class:`PassiveOsHint`. On loopback the SYN-ACKs come
+        from the local kernel, so the hint describes this machine (the ``note`` says so).
+
+    Raises:
+        RawUnavailableError: on entering, when scapy or the raw-socket privilege is missing.
+    """
+    return SynAckObserver(host, max_observations=max_observations)
+
+
+# ------------------------------------------------------------------------------------------------ capture
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSummary:
+    """What a :func:`capture` wrote.
+
+    Attributes:
+        host: the target whose traffic was captured.
+        path: the pcap file.
+        packets_written: packets in the file.
+        bytes_written: the file's size in bytes (headers included).
+        packets_dropped: packets seen after a bound was reached, counted but not written.
+        max_packets: the packet bound in force.
+        max_bytes: the byte bound in force.
+        duration_s: how long the capture ran.
+    """
+
+    host: str
+    path: Path
+    packets_written: int
+    bytes_written: int
+    packets_dropped: int
+    max_packets: int
+    max_bytes: int
+    duration_s: float
+
+    @property
+    def truncated(self) -> bool:
+        """A bound was reached and some packets are missing from the file."""
+        return self.packets_dropped > 0
+
+
+class PacketCapture:
+    """Async context manager writing a pcap of everything exchanged with one target. See :func:`capture`."""
+
+    def __init__(self, host: str, path: str | os.PathLike[str], *, max_packets: int, max_bytes: int) -> None:
+        self.host = _ipv4(host)
+        self.path = Path(path)
+        for name, value, floor in (("max_packets", max_packets, 1), ("max_bytes", max_bytes, 1024)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < floor:
+                raise ConfigError(f"{name}: must be an integer >= {floor}, got {value!r}")
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._writer: Any = None
+        self._written = 0
+        self._bytes = _PCAP_FILE_HEADER_BYTES
+        self._dropped = 0
+        self._started_s = 0.0
+        self._summary: CaptureSummary | None = None
+        self._sniffer = _Sniffer(
+            feature="capture", host=self.host, bpf=f"host {self.host}", on_packet=self._seen
+        )
+
+    def _seen(self, pkt: Any) -> None:
+        size = len(bytes(pkt)) + _PCAP_RECORD_HEADER_BYTES
+        with self._lock:
+            writer = self._writer
+            if writer is None:
+                return
+            if self._written >= self.max_packets or self._bytes + size > self.max_bytes:
+                self._dropped += 1
+                return
+            writer.write(pkt)
+            self._written += 1
+            self._bytes += size
+
+    @property
+    def packets_written(self) -> int:
+        with self._lock:
+            return self._written
+
+    @property
+    def summary(self) -> CaptureSummary:
+        """The final summary; available after the context has exited."""
+        if self._summary is None:
+            raise RuntimeError("capture summary is available once the capture has stopped")
+        return self._summary
+
+    def _check_path(self) -> None:
+        # Fail on an unwritable path before anything is sniffed.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("wb"):
+            pass
+
+    def _open_writer(self, linktype: int) -> None:
+        sc = _scapy("capture")
+        # sync=True: every packet reaches the file at once, so a prober killed mid-run leaves evidence up
+        # to its last packet. The header is written now so that even an empty capture is a valid pcap.
+        writer = sc.PcapWriter(str(self.path), linktype=linktype, sync=True)
+        writer.write_header(None)
+        with self._lock:
+            self._writer = writer
+
+    def _close_writer(self) -> None:
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    async def __aenter__(self) -> PacketCapture:
+        require_raw("capture")
+        self._started_s = time.monotonic()
+        await anyio.to_thread.run_sync(self._check_path)
+        ok = False
+        try:
+            await self._sniffer.start(before_run=self._open_writer)
+            ok = True
+        finally:
+            if not ok:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._close_writer)
+        log.info("raw.capture.start", host=self.host, path=str(self.path))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._sniffer.stop()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close_writer)
+        self._summary = CaptureSummary(
+            host=self.host,
+            path=self.path,
+            packets_written=self._written,
+            bytes_written=self._bytes,
+            packets_dropped=self._dropped,
+            max_packets=self.max_packets,
+            max_bytes=self.max_bytes,
+            duration_s=time.monotonic() - self._started_s,
+        )
+        log.info(
+            "raw.capture.stop",
+            host=self.host,
+            path=str(self.path),
+            packets=self._written,
+            bytes=self._bytes,
+            dropped=self._dropped,
+        )
+
+
+def capture(
+    host: str,
+    path: str | os.PathLike[str],
+    *,
+    max_packets: int = CAPTURE_MAX_PACKETS,
+    max_bytes: int = CAPTURE_MAX_BYTES,
+) -> PacketCapture:
+    """Write a pcap of every packet sent to or received from ``host`` while the context is open.
+
+    Evidence for the people who own the device: exactly what fragileprobe (and anything else on this
+    machine) exchanged with it. Sends nothing. The BPF filter ``host <host>`` runs in the kernel, so no
+    packet of another host is ever written. Bounded: after ``max_packets`` packets or ``max_bytes`` bytes
+    (file size, headers included) further packets are counted in ``summary.packets_dropped``, not written.
+
+    Example::
+
+        async with capture("127.0.1.5", "evidence.pcap") as cap:
+            await characterize(...)
+        cap.summary.packets_written
+
+    Args:
+        host: the target's IPv4 address.
+        path: the pcap file to write (replaced if it exists).
+        max_packets: at most this many packets are written (default 100,000).
+        max_bytes: the file grows to at most this many bytes (default 64 MiB).
+
+    Returns:
+        A :class:`PacketCapture`; its ``summary`` (a :class:`CaptureSummary`) is available after exit.
+
+    Raises:
+        ConfigError: a bad argument.
+        RawUnavailableError: on entering, when scapy or the raw-socket privilege is missing.
+    """
+    return PacketCapture(host, path, max_packets=max_packets, max_bytes=max_bytes)

@@ -1,0 +1,338 @@
+"""Half-open (SYN) scan sensitivity: the emulator notices a SYN scan and wedges a sensitive device.
+
+Some embedded TCP stacks fall over when scanned half-open: the scanner sends SYN, the device answers
+SYN-ACK and allocates a connection, and the scanner never completes the handshake but answers RST. The
+story pump wedges this way: after a SYN scan every service but FTP stops answering until it is
+power-cycled. fragileprobe itself only ever makes full connects, which such a device survives; this module
+lets the emulator show the difference.
+
+The emulated device's handshakes are done by the host kernel, so the emulator cannot see them through its
+sockets. :class:`SynWatch` reads them off the loopback device with scapy (root or CAP_NET_RAW only) and
+feeds them to :class:`HandshakeTracker`, a pure state machine per flow ``(client, client port, device
+port)``::
+
+    (none)     --client SYN-->                       SYN_SEEN
+    SYN_SEEN   --device SYN-ACK-->                   SYN_ACKED
+    (none)     --device SYN-ACK-->                   SYN_ACKED   (the SYN was missed: sniffer just started)
+    SYN_ACKED  --client ACK (no SYN, no RST)-->      (forgotten)  full connect, even if RST follows later
+    SYN_ACKED  --client RST-->                       (forgotten)  HALF-OPEN PROBE
+    SYN_SEEN   --client RST / device RST-->          (forgotten)  refused or abandoned: no open port probed
+    any        --older than FLOW_TTL_S-->            (forgotten)
+
+So ``nmap -sS`` (SYN, SYN-ACK, RST from the scanning kernel) is recognized, while ``nmap -sT`` and
+fragileprobe's probes (SYN, SYN-ACK, ACK, ... and maybe a RST later) never are. A client that never answers
+a SYN-ACK at all is forgotten, not counted: a lost ACK must not wedge a device in a test of full connects.
+One known blind spot: a client that gives up on a connect in the microseconds between sending its SYN and
+receiving the SYN-ACK looks half-open too (its kernel resets the late SYN-ACK); on loopback this needs a
+connect timeout far below a millisecond.
+
+Without root or scapy the watcher logs ``emulator.synwatch.inactive`` with the reason and the device runs
+without SYN sensitivity.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+import structlog
+
+from fragileprobe._errors import ConfigError, RawUnavailableError
+from fragileprobe._raw import ACK, RST, TcpSegment, _scapy, _segment, _Sniffer, raw_available
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Mapping
+
+    from fragileprobe.emulator._fragility import FragilitySpec
+
+__all__ = [
+    "FLOW_TTL_S",
+    "MAX_FLOWS",
+    "HalfOpenProbe",
+    "HandshakeTracker",
+    "SynWatch",
+    "SynWatchStats",
+]
+
+log = structlog.get_logger(__name__)
+
+# Handshakes tracked at once. A SYN scan of one device has at most one open flow per port in flight (nmap
+# sends them in parallel up to ~100s), so 4,096 is generous; beyond it the oldest flow is forgotten, which
+# can only make the detector miss a probe, never invent one.
+MAX_FLOWS: Final = 4096
+# How long an unfinished handshake is remembered, in seconds. Linux retransmits an unanswered SYN-ACK
+# after 1, 3 and 7 s; a client's RST normally follows its SYN-ACK within microseconds on loopback, and 10 s
+# covers the retransmissions of a slow client.
+FLOW_TTL_S: Final = 10.0
+
+
+class _Flow(enum.Enum):
+    SYN_SEEN = "syn_seen"
+    SYN_ACKED = "syn_acked"
+
+
+@dataclass(frozen=True, slots=True)
+class HalfOpenProbe:
+    """One half-open probe of an open port: SYN, SYN-ACK, then RST instead of ACK.
+
+    Attributes:
+        client: the scanner's address.
+        client_port: the scanner's source port.
+        device_port: the device's port that was probed (as bound).
+        at_s: when the RST was seen (capture time, seconds since the epoch).
+    """
+
+    client: str
+    client_port: int
+    device_port: int
+    at_s: float
+
+
+class HandshakeTracker:
+    """Pure per-flow state machine telling half-open probes from full connects (see the module docstring).
+
+    Args:
+        device_host: the device's address; segments not to or from it are ignored.
+        device_ports: the device's (bound) ports; segments for other ports are ignored.
+        max_flows: flows remembered at once (oldest forgotten first).
+        flow_ttl_s: an unfinished handshake older than this is forgotten.
+    """
+
+    def __init__(
+        self,
+        device_host: str,
+        device_ports: Collection[int],
+        *,
+        max_flows: int = MAX_FLOWS,
+        flow_ttl_s: float = FLOW_TTL_S,
+    ) -> None:
+        if max_flows < 1:
+            raise ConfigError(f"max_flows: must be >= 1, got {max_flows!r}")
+        if not flow_ttl_s > 0:
+            raise ConfigError(f"flow_ttl_s: must be > 0, got {flow_ttl_s!r}")
+        self.device_host = device_host
+        self.device_ports = frozenset(device_ports)
+        self.max_flows = max_flows
+        self.flow_ttl_s = flow_ttl_s
+        # Insertion order is age order (a flow's entry is replaced, never moved, while it lives), so the
+        # oldest flows are at the front.
+        self._flows: dict[tuple[str, int, int], tuple[_Flow, float]] = {}
+        self.full_connects = 0
+        self.half_open = 0
+
+    @property
+    def flows(self) -> int:
+        """Handshakes being tracked right now."""
+        return len(self._flows)
+
+    def _expire(self, now_s: float) -> None:
+        horizon = now_s - self.flow_ttl_s
+        while self._flows:
+            key, (_, started) = next(iter(self._flows.items()))
+            if started >= horizon and len(self._flows) <= self.max_flows:
+                break
+            del self._flows[key]
+
+    def feed(self, seg: TcpSegment) -> HalfOpenProbe | None:
+        """Take one segment; return a :class:`HalfOpenProbe` when it completes one, else None."""
+        if seg.dst == self.device_host and seg.dport in self.device_ports:
+            key = (seg.src, seg.sport, seg.dport)
+            from_client = True
+        elif seg.src == self.device_host and seg.sport in self.device_ports:
+            key = (seg.dst, seg.dport, seg.sport)
+            from_client = False
+        else:
+            return None
+        self._expire(seg.at_s)
+        state = self._flows.get(key)
+        if from_client:
+            if seg.is_syn:
+                # A new handshake, or a retransmitted SYN; a reused 4-tuple starts over.
+                self._flows.pop(key, None)
+                self._flows[key] = (_Flow.SYN_SEEN, seg.at_s)
+                self._expire(seg.at_s)
+                return None
+            if state is None:
+                return None
+            if seg.is_rst:
+                del self._flows[key]
+                if state[0] is _Flow.SYN_ACKED:
+                    self.half_open += 1
+                    return HalfOpenProbe(
+                        client=seg.src, client_port=seg.sport, device_port=seg.dport, at_s=seg.at_s
+                    )
+                return None
+            if seg.flags & ACK and state[0] is _Flow.SYN_ACKED:
+                del self._flows[key]
+                self.full_connects += 1
+            return None
+        # From the device.
+        if seg.is_syn_ack:
+            started = state[1] if state is not None else seg.at_s
+            if state is None:
+                self._flows[key] = (_Flow.SYN_ACKED, started)
+                self._expire(seg.at_s)
+            else:
+                self._flows[key] = (_Flow.SYN_ACKED, started)
+            return None
+        if seg.flags & RST and state is not None:
+            # Refused (nothing listening, or the device is booting): no handshake to judge.
+            del self._flows[key]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SynWatchStats:
+    """What the SYN watcher has seen.
+
+    Attributes:
+        active: whether the watcher is sniffing (False without root or scapy, or after it stopped).
+        inactive_reason: why it is not active, None when it is (or has been).
+        segments_seen: TCP segments of the device read off the wire.
+        full_connects: completed handshakes.
+        half_open_probes: half-open probes of open ports.
+        wedges: times the watcher wedged the device.
+    """
+
+    active: bool
+    inactive_reason: str | None
+    segments_seen: int
+    full_connects: int
+    half_open_probes: int
+    wedges: int
+
+
+class _Wedgeable(Protocol):
+    """What the watcher needs of a device (an :class:`~fragileprobe.emulator.EmulatedDevice`)."""
+
+    host: str
+
+    @property
+    def ports(self) -> Mapping[int, int]: ...
+
+    @property
+    def model(self) -> Any: ...
+
+    def wedge(self, except_ports: Collection[int] = ()) -> None: ...
+
+
+class SynWatch:
+    """Watches a SYN-sensitive emulated device for half-open scans and wedges it when one arrives.
+
+    Run it as a task in the device's task group, started with ``await tg.start(SynWatch(device).run)``;
+    cancelling the task group stops the sniffer thread (bounded, see :class:`fragileprobe._raw._Sniffer`).
+
+    Args:
+        device: the device to watch and wedge.
+        spared_ports: model ports that keep answering when wedged; default the model's
+            ``fragility.syn_spared_ports`` (FTP for the story pump).
+        on_half_open: called in the event loop for each half-open probe, after the wedge (for tests and
+            logs).
+    """
+
+    def __init__(
+        self,
+        device: _Wedgeable,
+        *,
+        spared_ports: Collection[int] | None = None,
+        on_half_open: Callable[[HalfOpenProbe], None] | None = None,
+    ) -> None:
+        self._device = device
+        spec: FragilitySpec | None = getattr(device.model, "fragility", None)
+        if spared_ports is None:
+            spared_ports = spec.syn_spared_ports if spec is not None else frozenset()
+        self.spared_ports = frozenset(spared_ports)
+        self._on_half_open = on_half_open
+        bound_to_model = {bound: model for model, bound in device.ports.items()}
+        self._bound_to_model = bound_to_model
+        self._tracker = HandshakeTracker(device.host, bound_to_model)
+        self._lock = threading.Lock()
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._segments = 0
+        self._wedges = 0
+        self._active = False
+        self._inactive_reason: str | None = None
+        self._log = log.bind(host=device.host)
+
+    @property
+    def stats(self) -> SynWatchStats:
+        with self._lock:
+            return SynWatchStats(
+                active=self._active,
+                inactive_reason=self._inactive_reason,
+                segments_seen=self._segments,
+                full_connects=self._tracker.full_connects,
+                half_open_probes=self._tracker.half_open,
+                wedges=self._wedges,
+            )
+
+    def _seen(self, pkt: Any) -> None:
+        # Runs in the sniffer thread.
+        seg = _segment(_scapy("SYN-scan sensitivity"), pkt)
+        if seg is None:
+            return
+        with self._lock:
+            self._segments += 1
+            probe = self._tracker.feed(seg)
+        if probe is not None and self._token is not None:
+            anyio.from_thread.run_sync(self._half_open, probe, token=self._token)
+
+    def _half_open(self, probe: HalfOpenProbe) -> None:
+        # Runs in the event loop thread.
+        model_port = self._bound_to_model.get(probe.device_port, probe.device_port)
+        self._log.warning(
+            "emulator.synwatch.half_open",
+            client=probe.client,
+            client_port=probe.client_port,
+            port=model_port,
+            spared_ports=sorted(self.spared_ports),
+        )
+        self._device.wedge(except_ports=self.spared_ports)
+        with self._lock:
+            self._wedges += 1
+        if self._on_half_open is not None:
+            self._on_half_open(probe)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Sniff until cancelled; report started once the sniffer reads (or once it is known inactive)."""
+        ok, reason = raw_available()
+        if not ok:
+            self._inactive(reason)
+            task_status.started()
+            return
+        self._token = anyio.lowlevel.current_token()
+        # Only the device's TCP segments reach Python: the BPF filter runs in the kernel.
+        sniffer = _Sniffer(
+            feature="SYN-scan sensitivity",
+            host=self._device.host,
+            bpf=f"tcp and host {self._device.host}",
+            on_packet=self._seen,
+        )
+        try:
+            await sniffer.start()
+        except RawUnavailableError as exc:
+            self._inactive(str(exc))
+            task_status.started()
+            return
+        with self._lock:
+            self._active = True
+        self._log.info("emulator.synwatch.active", spared_ports=sorted(self.spared_ports))
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            await sniffer.stop()
+            with self._lock:
+                self._active = False
+            self._log.debug("emulator.synwatch.stopped", segments=self._segments, wedges=self._wedges)
+
+    def _inactive(self, reason: str) -> None:
+        with self._lock:
+            self._inactive_reason = reason
+        self._log.info("emulator.synwatch.inactive", reason=reason)
