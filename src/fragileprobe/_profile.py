@@ -1,0 +1,695 @@
+"""Characterization results and the safe-ceiling derivation (pure: no I/O, no clock).
+
+Records, from small to large::
+
+    LevelResult       one level of one trial: outcome, time into the dwell, sessions in flight, latencies
+    TrialResult       one pass up the ramp: its levels in the order tested, its crashes
+    Characterization  one device: every trial, the derived ceiling, the latency knee, a summary
+    DeviceProfile     one device *model*: the characterizations of its devices, the lowest ceiling
+
+The safe ceiling (see :func:`derive_ceiling` and docs/characterization.md)::
+
+    L = the lowest level that ever failed (crashed, or tripped the latency early warning), in any trial
+    H = the highest level below L that passed in every trial in which it was tested
+    safe_ceiling = min(H, floor(L * (1 - margin_fraction)))        # never >= L, never untested
+
+With no failure up to the top of the ladder there is no ceiling to find (``ceiling_found`` is False): the
+recommendation is the highest level that passed every time it was tested, and the summary says that it was
+never exceeded, not that it is a limit of the device.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from fragileprobe._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+__all__ = [
+    "DEFAULT_KNEE_FACTOR",
+    "DEFAULT_MARGIN_FRACTION",
+    "Characterization",
+    "CeilingDerivation",
+    "DeviceProfile",
+    "LevelOutcome",
+    "LevelResult",
+    "TrialResult",
+    "check_margin_fraction",
+    "derive_ceiling",
+    "latency_knee",
+    "percentile",
+]
+
+# Netflix's concurrency-limits advises running at about 75% of a stress-tested tipping point. A 25% cut
+# collapses the small ceilings fragile devices have (7 -> 5, 3 -> 2, 2 -> 1); 15% keeps the story pump's
+# recommendation at 5-6 for failures at 6-8 while still leaving a whole level of room at every L >= 2.
+DEFAULT_MARGIN_FRACTION = 0.15
+
+# The latency knee is the first level whose median heartbeat latency reaches this multiple of the idle
+# baseline. Two times the idle latency is the point where a queue has clearly formed on the device.
+DEFAULT_KNEE_FACTOR = 2.0
+
+# Serialized format version of Characterization.to_dict(); bumped when fields change meaning.
+FORMAT_VERSION = 1
+
+
+class LevelOutcome(enum.Enum):
+    """How one level of one trial ended."""
+
+    PASSED = "passed"  # the device stayed alive (and, in early-warning mode, fast) through the dwell
+    FAILED = "failed"  # the watchdog declared the device down: a crash that needed a recovery
+    WARNED = "warned"  # early warning: heartbeat latency passed its limit; climbing stopped, no crash
+    ABORTED = "aborted"  # the run stopped in the middle of this level (time budget): says nothing
+
+
+def check_margin_fraction(value: float) -> float:
+    """Validate a safety margin fraction (0 <= value < 1); raise ConfigError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"margin_fraction: must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"margin_fraction: must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (``fraction`` in [0, 1]); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LevelResult:
+    """One level of one trial.
+
+    Attributes:
+        level: Sessions kept in flight.
+        outcome: How the level ended.
+        dwell_s: The planned dwell.
+        elapsed_s: Time from the start of the dwell to its end, or to the failure (time into dwell).
+        in_flight_at_end: Probe sessions in flight at the failure (or at the end of the dwell).
+        sessions_started: Probe sessions started during the level.
+        sessions_failed: Probe sessions that did not complete (timeout, reset, refused, cancelled).
+        latencies_s: Latencies of the successful heartbeats during the level, in order (the ones leading
+            up to a failure, for a failed level).
+        beats_failed: Heartbeats that failed during the level.
+        latency_median_s: Median of ``latencies_s`` (None without beats).
+        latency_p95_s: 95th percentile of ``latencies_s`` (None without beats).
+    """
+
+    level: int
+    outcome: LevelOutcome
+    dwell_s: float
+    elapsed_s: float
+    in_flight_at_end: int = 0
+    sessions_started: int = 0
+    sessions_failed: int = 0
+    latencies_s: tuple[float, ...] = ()
+    beats_failed: int = 0
+    latency_median_s: float | None = None
+    latency_p95_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.latencies_s and self.latency_median_s is None:
+            object.__setattr__(self, "latency_median_s", statistics.median(self.latencies_s))
+        if self.latencies_s and self.latency_p95_s is None:
+            object.__setattr__(self, "latency_p95_s", percentile(self.latencies_s, 0.95))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return {
+            "level": self.level,
+            "outcome": self.outcome.value,
+            "dwell_s": self.dwell_s,
+            "elapsed_s": self.elapsed_s,
+            "in_flight_at_end": self.in_flight_at_end,
+            "sessions_started": self.sessions_started,
+            "sessions_failed": self.sessions_failed,
+            "latencies_s": list(self.latencies_s),
+            "beats_failed": self.beats_failed,
+            "latency_median_s": self.latency_median_s,
+            "latency_p95_s": self.latency_p95_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LevelResult:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            level=int(data["level"]),
+            outcome=LevelOutcome(data["outcome"]),
+            dwell_s=float(data["dwell_s"]),
+            elapsed_s=float(data["elapsed_s"]),
+            in_flight_at_end=int(data.get("in_flight_at_end", 0)),
+            sessions_started=int(data.get("sessions_started", 0)),
+            sessions_failed=int(data.get("sessions_failed", 0)),
+            latencies_s=tuple(float(x) for x in data.get("latencies_s", ())),
+            beats_failed=int(data.get("beats_failed", 0)),
+            latency_median_s=_opt_float(data.get("latency_median_s")),
+            latency_p95_s=_opt_float(data.get("latency_p95_s")),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialResult:
+    """One trial: a pass up the ramp, ended by its plan, its crash budget or the time budget.
+
+    Attributes:
+        index: 0-based trial number.
+        levels: Levels in the order tested.
+        wall_time_s: Time the trial took, recoveries included.
+        complete: False if the run stopped inside this trial (time budget, failed recovery).
+    """
+
+    index: int
+    levels: tuple[LevelResult, ...]
+    wall_time_s: float = 0.0
+    complete: bool = True
+
+    @property
+    def crashes(self) -> int:
+        """Levels of this trial that crashed the device."""
+        return sum(1 for lv in self.levels if lv.outcome is LevelOutcome.FAILED)
+
+    @property
+    def outcomes(self) -> tuple[tuple[int, LevelOutcome], ...]:
+        """``(level, outcome)`` pairs in test order (what the ceiling derivation reads)."""
+        return tuple((lv.level, lv.outcome) for lv in self.levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return {
+            "index": self.index,
+            "levels": [lv.to_dict() for lv in self.levels],
+            "wall_time_s": self.wall_time_s,
+            "complete": self.complete,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
+        """Rebuild from :meth:`to_dict` output."""
+        return cls(
+            index=int(data["index"]),
+            levels=tuple(LevelResult.from_dict(x) for x in data.get("levels", ())),
+            wall_time_s=float(data.get("wall_time_s", 0.0)),
+            complete=bool(data.get("complete", True)),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CeilingDerivation:
+    """What :func:`derive_ceiling` concluded, with the numbers it used.
+
+    Attributes:
+        failed_at: Lowest level that ever crashed the device (None: never crashed).
+        warned_at: Lowest level that tripped the latency early warning (None: never).
+        limit: ``L`` = the lower of ``failed_at`` and ``warned_at`` (None: neither happened).
+        highest_passed: ``H`` = highest level below ``L`` that passed in every trial that tested it.
+        safe_ceiling: The recommended maximum concurrent sessions (0: not even one is safe; None: nothing
+            passed and nothing failed, i.e. no data).
+        ceiling_found: Whether a limit was found below the top of the ladder.
+        margin_fraction: The margin applied below ``L``.
+    """
+
+    failed_at: int | None
+    warned_at: int | None
+    limit: int | None
+    highest_passed: int | None
+    safe_ceiling: int | None
+    ceiling_found: bool
+    margin_fraction: float
+
+
+def derive_ceiling(
+    trials: Iterable[Iterable[tuple[int, LevelOutcome]]],
+    *,
+    margin_fraction: float = DEFAULT_MARGIN_FRACTION,
+) -> CeilingDerivation:
+    """Derive the safe ceiling from every trial's ``(level, outcome)`` observations.
+
+    Args:
+        trials: Per trial, the levels tested and their outcomes (ABORTED levels are ignored).
+        margin_fraction: Safety margin below the lowest failing level, in [0, 1).
+
+    Returns:
+        The derivation; ``safe_ceiling`` is below every level that ever failed and was passed in every
+        trial that tested it.
+
+    Raises:
+        ConfigError: ``margin_fraction`` is outside [0, 1).
+    """
+    margin = check_margin_fraction(margin_fraction)
+    failed: set[int] = set()
+    warned: set[int] = set()
+    passed_everywhere: dict[int, bool] = {}
+    for trial in trials:
+        for level, outcome in trial:
+            if outcome is LevelOutcome.FAILED:
+                failed.add(level)
+                passed_everywhere[level] = False
+            elif outcome is LevelOutcome.WARNED:
+                warned.add(level)
+                passed_everywhere[level] = False
+            elif outcome is LevelOutcome.PASSED:
+                passed_everywhere.setdefault(level, True)
+    failed_at = min(failed) if failed else None
+    warned_at = min(warned) if warned else None
+    limits = [x for x in (failed_at, warned_at) if x is not None]
+    limit = min(limits) if limits else None
+    candidates = [lv for lv, ok in passed_everywhere.items() if ok and (limit is None or lv < limit)]
+    highest = max(candidates) if candidates else None
+    if limit is None:
+        safe = highest
+    else:
+        cap = math.floor(limit * (1.0 - margin))
+        # floor() of a float can land on limit itself only when margin is 0; H < L covers that case.
+        safe = min(highest, cap) if highest is not None else 0
+        safe = max(0, min(safe, limit - 1))
+    return CeilingDerivation(
+        failed_at=failed_at,
+        warned_at=warned_at,
+        limit=limit,
+        highest_passed=highest,
+        safe_ceiling=safe,
+        ceiling_found=limit is not None,
+        margin_fraction=margin,
+    )
+
+
+def latency_knee(
+    levels: Iterable[LevelResult],
+    baseline_s: float | None,
+    *,
+    factor: float = DEFAULT_KNEE_FACTOR,
+) -> int | None:
+    """The lowest level whose median heartbeat latency reached ``factor`` times the idle baseline.
+
+    Levels from all trials are pooled (per level, the median of the per-level medians). Without a baseline
+    the median latency at the lowest level tested stands in for it.
+
+    Returns:
+        The knee level, or None if latency never rose that far.
+    """
+    by_level: dict[int, list[float]] = {}
+    for lv in levels:
+        if lv.latency_median_s is not None:
+            by_level.setdefault(lv.level, []).append(lv.latency_median_s)
+    if not by_level:
+        return None
+    ordered = sorted(by_level)
+    base = (
+        baseline_s if baseline_s is not None and baseline_s > 0 else statistics.median(by_level[ordered[0]])
+    )
+    if base <= 0:
+        return None
+    for level in ordered:
+        if statistics.median(by_level[level]) >= factor * base:
+            return level
+    return None
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Characterization:
+    """Everything one characterization run of one device observed, and what it concluded.
+
+    Build it with :meth:`from_trials` (which runs the derivation) rather than by hand.
+
+    Attributes:
+        host: The device's address.
+        model_key: The device model's key (see ``fragileprobe._fingerprint.model_key``).
+        name: A user-given name, if any.
+        ladder: The ladder of levels the run climbed.
+        trials: Every trial, in order.
+        margin_fraction: The safety margin used.
+        baseline_latency_s: Idle heartbeat latency measured before the ramp.
+        early_warning_factor: Latency multiple that stopped climbing (None: early warning off).
+        safe_ceiling, failed_at, warned_at, highest_passed, ceiling_found: See :class:`CeilingDerivation`.
+        latency_knee: See :func:`latency_knee`.
+        wall_time_s: Time the whole run took.
+        stop_reason: Why the run stopped: ``complete``, ``time_budget``, ``recovery_failed``, ...
+        run_id: The store's id for the run (None if not stored).
+        started_at_epoch_s: Wall-clock start (seconds since the Unix epoch).
+    """
+
+    host: str
+    model_key: str | None
+    name: str | None = None
+    ladder: tuple[int, ...]
+    trials: tuple[TrialResult, ...]
+    margin_fraction: float = DEFAULT_MARGIN_FRACTION
+    baseline_latency_s: float | None = None
+    early_warning_factor: float | None = None
+    safe_ceiling: int | None = None
+    failed_at: int | None = None
+    warned_at: int | None = None
+    highest_passed: int | None = None
+    ceiling_found: bool = False
+    latency_knee: int | None = None
+    wall_time_s: float = 0.0
+    stop_reason: str = "complete"
+    run_id: str | None = None
+    started_at_epoch_s: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_trials(
+        cls,
+        *,
+        host: str,
+        model_key: str | None,
+        ladder: Sequence[int],
+        trials: Sequence[TrialResult],
+        margin_fraction: float = DEFAULT_MARGIN_FRACTION,
+        baseline_latency_s: float | None = None,
+        early_warning_factor: float | None = None,
+        name: str | None = None,
+        wall_time_s: float = 0.0,
+        stop_reason: str = "complete",
+        run_id: str | None = None,
+        started_at_epoch_s: float = 0.0,
+    ) -> Characterization:
+        """Build a characterization and derive its ceiling and knee from the trials."""
+        derivation = derive_ceiling((t.outcomes for t in trials), margin_fraction=margin_fraction)
+        knee = latency_knee(
+            (lv for t in trials for lv in t.levels),
+            baseline_latency_s,
+            factor=early_warning_factor or DEFAULT_KNEE_FACTOR,
+        )
+        return cls(
+            host=host,
+            model_key=model_key,
+            name=name,
+            ladder=tuple(ladder),
+            trials=tuple(trials),
+            margin_fraction=derivation.margin_fraction,
+            baseline_latency_s=baseline_latency_s,
+            early_warning_factor=early_warning_factor,
+            safe_ceiling=derivation.safe_ceiling,
+            failed_at=derivation.failed_at,
+            warned_at=derivation.warned_at,
+            highest_passed=derivation.highest_passed,
+            ceiling_found=derivation.ceiling_found,
+            latency_knee=knee,
+            wall_time_s=wall_time_s,
+            stop_reason=stop_reason,
+            run_id=run_id,
+            started_at_epoch_s=started_at_epoch_s,
+        )
+
+    @property
+    def crashes(self) -> int:
+        """Crashes over all trials (each one needed a recovery)."""
+        return sum(t.crashes for t in self.trials)
+
+    @property
+    def crash_levels(self) -> tuple[int, ...]:
+        """Every level that crashed the device, in the order it happened."""
+        return tuple(lv.level for t in self.trials for lv in t.levels if lv.outcome is LevelOutcome.FAILED)
+
+    @property
+    def levels_tested(self) -> int:
+        """Level tests over all trials."""
+        return sum(len(t.levels) for t in self.trials)
+
+    @property
+    def max_level_tested(self) -> int | None:
+        """Highest level any trial tested."""
+        levels = [lv.level for t in self.trials for lv in t.levels]
+        return max(levels) if levels else None
+
+    def summary(self) -> str:
+        """A plain-language summary for people."""
+        who = self.host if not self.name else f"{self.name} ({self.host})"
+        model = f", model {self.model_key}" if self.model_key else ""
+        n = len(self.trials)
+        head = (
+            f"{who}{model}: {n} trial{'s' if n != 1 else ''}, {self.levels_tested} level tests, "
+            f"{self.crashes} crash{'es' if self.crashes != 1 else ''}, {self.wall_time_s:.1f} s."
+        )
+        lines = [head]
+        if self.safe_ceiling is None:
+            lines.append("No level was tested to the end, so there is no recommendation.")
+        elif not self.ceiling_found:
+            lines.append(
+                f"No ceiling found up to {self.max_level_tested} concurrent sessions: "
+                "the device never failed. "
+                f"Recommended maximum: {self.safe_ceiling} sessions (the highest level tested; it was never "
+                f"exceeded, so it is not a limit of the device)."
+            )
+        else:
+            if self.failed_at is not None:
+                lines.append(f"Lowest level that crashed the device: {self.failed_at} concurrent sessions.")
+            if self.warned_at is not None:
+                lines.append(
+                    f"Heartbeat latency passed {self.early_warning_factor:g}x the idle baseline at "
+                    f"{self.warned_at} sessions (early warning; climbing stopped there)."
+                )
+            if self.highest_passed is not None:
+                lines.append(f"Highest level that passed in every trial below that: {self.highest_passed}.")
+            if self.safe_ceiling == 0:
+                lines.append("Safe ceiling: 0 - the device failed at the lowest level; do not scan it.")
+            else:
+                lines.append(
+                    f"Safe ceiling: {self.safe_ceiling} concurrent sessions "
+                    f"({self.margin_fraction:.0%} margin below the first failure)."
+                )
+        if self.latency_knee is not None:
+            lines.append(f"Latency knee: heartbeat latency doubled at {self.latency_knee} sessions.")
+        if self.stop_reason != "complete":
+            lines.append(f"The run stopped early: {self.stop_reason.replace('_', ' ')}.")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict (round-trips through :meth:`from_dict`)."""
+        return {
+            "format": FORMAT_VERSION,
+            "host": self.host,
+            "model_key": self.model_key,
+            "name": self.name,
+            "ladder": list(self.ladder),
+            "trials": [t.to_dict() for t in self.trials],
+            "margin_fraction": self.margin_fraction,
+            "baseline_latency_s": self.baseline_latency_s,
+            "early_warning_factor": self.early_warning_factor,
+            "safe_ceiling": self.safe_ceiling,
+            "failed_at": self.failed_at,
+            "warned_at": self.warned_at,
+            "highest_passed": self.highest_passed,
+            "ceiling_found": self.ceiling_found,
+            "latency_knee": self.latency_knee,
+            "crashes": self.crashes,
+            "wall_time_s": self.wall_time_s,
+            "stop_reason": self.stop_reason,
+            "run_id": self.run_id,
+            "started_at_epoch_s": self.started_at_epoch_s,
+        }
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """Return :meth:`to_dict` as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Characterization:
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            ConfigError: The data is from a newer format or misses required fields.
+        """
+        fmt = int(data.get("format", FORMAT_VERSION))
+        if fmt > FORMAT_VERSION:
+            raise ConfigError(
+                f"characterization format {fmt} is newer than this fragileprobe ({FORMAT_VERSION})"
+            )
+        try:
+            return cls(
+                host=str(data["host"]),
+                model_key=data.get("model_key"),
+                name=data.get("name"),
+                ladder=tuple(int(x) for x in data["ladder"]),
+                trials=tuple(TrialResult.from_dict(t) for t in data["trials"]),
+                margin_fraction=float(data.get("margin_fraction", DEFAULT_MARGIN_FRACTION)),
+                baseline_latency_s=_opt_float(data.get("baseline_latency_s")),
+                early_warning_factor=_opt_float(data.get("early_warning_factor")),
+                safe_ceiling=_opt_int(data.get("safe_ceiling")),
+                failed_at=_opt_int(data.get("failed_at")),
+                warned_at=_opt_int(data.get("warned_at")),
+                highest_passed=_opt_int(data.get("highest_passed")),
+                ceiling_found=bool(data.get("ceiling_found", False)),
+                latency_knee=_opt_int(data.get("latency_knee")),
+                wall_time_s=float(data.get("wall_time_s", 0.0)),
+                stop_reason=str(data.get("stop_reason", "complete")),
+                run_id=data.get("run_id"),
+                started_at_epoch_s=float(data.get("started_at_epoch_s", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"characterization data is malformed: {exc!r}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> Characterization:
+        """Rebuild from :meth:`to_json` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"characterization JSON is malformed: {exc}") from exc
+        return cls.from_dict(data)
+
+    def to_dataframe(self) -> Any:
+        """One row per tested level per trial, as a pandas DataFrame (needs ``fragileprobe[report]``).
+
+        Columns: trial, order, level, outcome, elapsed_s, in_flight_at_end, sessions_started,
+        sessions_failed, latency_median_s, latency_p95_s, beats, beats_failed.
+        """
+        import pandas as pd  # lazily: pandas is an optional extra and slow to import
+
+        rows = [
+            {
+                "trial": t.index,
+                "order": i,
+                "level": lv.level,
+                "outcome": lv.outcome.value,
+                "elapsed_s": lv.elapsed_s,
+                "in_flight_at_end": lv.in_flight_at_end,
+                "sessions_started": lv.sessions_started,
+                "sessions_failed": lv.sessions_failed,
+                "latency_median_s": lv.latency_median_s,
+                "latency_p95_s": lv.latency_p95_s,
+                "beats": len(lv.latencies_s),
+                "beats_failed": lv.beats_failed,
+            }
+            for t in self.trials
+            for i, lv in enumerate(t.levels)
+        ]
+        columns = [
+            "trial", "order", "level", "outcome", "elapsed_s", "in_flight_at_end", "sessions_started",
+            "sessions_failed", "latency_median_s", "latency_p95_s", "beats", "beats_failed",
+        ]  # fmt: skip
+        return pd.DataFrame(rows, columns=columns)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Plot heartbeat latency against concurrency per trial, crashes and the ceiling marked.
+
+        Needs ``fragileprobe[report]``. Uses matplotlib's object API (no pyplot state is touched).
+
+        Args:
+            ax: A matplotlib Axes to draw on; a new Figure is made if None.
+
+        Returns:
+            The matplotlib Figure.
+        """
+        from matplotlib.figure import Figure  # lazily: matplotlib is an optional extra
+
+        if ax is None:
+            fig = Figure(figsize=(7.0, 4.0))
+            ax = fig.add_subplot(1, 1, 1)
+        else:
+            fig = ax.figure
+        for t in self.trials:
+            pts = sorted((lv.level, lv.latency_median_s * 1000.0) for lv in t.levels if lv.latency_median_s)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"trial {t.index + 1}")
+            for lv in t.levels:
+                if lv.outcome in (LevelOutcome.FAILED, LevelOutcome.WARNED):
+                    y = (lv.latency_median_s or 0.0) * 1000.0
+                    crash = lv.outcome is LevelOutcome.FAILED
+                    ax.plot(
+                        [lv.level], [y], marker="x" if crash else "^", color="red" if crash else "orange",
+                        markersize=10, linestyle="none",
+                    )  # fmt: skip
+        if self.safe_ceiling:
+            ax.axvline(
+                self.safe_ceiling, color="green", linestyle="--", label=f"safe ceiling {self.safe_ceiling}"
+            )
+        if self.failed_at is not None:
+            ax.axvline(self.failed_at, color="red", linestyle=":", label=f"first crash {self.failed_at}")
+        if self.baseline_latency_s:
+            ax.axhline(self.baseline_latency_s * 1000.0, color="grey", linewidth=0.8, label="idle baseline")
+        ax.set_xlabel("concurrent sessions")
+        ax.set_ylabel("heartbeat latency, median (ms)")
+        ax.set_title(f"{self.name or self.host}: latency vs concurrency")
+        ax.legend(loc="best", fontsize="small")
+        return fig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceProfile:
+    """The characterizations of one device model, aggregated.
+
+    The profile's ceiling is the lowest safe ceiling of any of its characterizations, so it is never above
+    any single device's.
+
+    Attributes:
+        model_key: The model's key.
+        characterizations: The runs that make up the profile, oldest first.
+    """
+
+    model_key: str
+    characterizations: tuple[Characterization, ...]
+
+    @property
+    def ceiling(self) -> int | None:
+        """The lowest safe ceiling of any characterization (None without any)."""
+        values = [c.safe_ceiling for c in self.characterizations if c.safe_ceiling is not None]
+        return min(values) if values else None
+
+    @property
+    def ceiling_found(self) -> bool:
+        """Whether any device of the model failed below the top of its ladder."""
+        return any(c.ceiling_found for c in self.characterizations)
+
+    @property
+    def failed_at(self) -> int | None:
+        """The lowest level that crashed any device of the model."""
+        values = [c.failed_at for c in self.characterizations if c.failed_at is not None]
+        return min(values) if values else None
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Distinct device addresses characterized, in first-seen order."""
+        return tuple(dict.fromkeys(c.host for c in self.characterizations))
+
+    @property
+    def crashes(self) -> int:
+        """Crashes over all characterizations."""
+        return sum(c.crashes for c in self.characterizations)
+
+    def summary(self) -> str:
+        """A plain-language summary for people."""
+        n = len(self.devices)
+        ceiling = self.ceiling
+        if ceiling is None:
+            verdict = "no recommendation yet"
+        elif not self.ceiling_found:
+            verdict = f"no ceiling found; at most {ceiling} sessions were tested and never exceeded"
+        else:
+            verdict = f"safe ceiling {ceiling} concurrent sessions (lowest crash at {self.failed_at})"
+        return (
+            f"model {self.model_key}: {n} device{'s' if n != 1 else ''}, "
+            f"{len(self.characterizations)} characterization(s), {self.crashes} crashes; {verdict}."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict."""
+        return {
+            "model_key": self.model_key,
+            "ceiling": self.ceiling,
+            "ceiling_found": self.ceiling_found,
+            "failed_at": self.failed_at,
+            "devices": list(self.devices),
+            "characterizations": [c.to_dict() for c in self.characterizations],
+        }
