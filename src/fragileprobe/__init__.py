@@ -28,6 +28,24 @@ __version__ = "0.1.0"
 
 # public name -> private module that defines it
 _LAZY: dict[str, str] = {
+    # core (scope, probes, limiter, heartbeats)
+    "Beat": "_heartbeat",
+    "ConcurrencyLimiter": "_limiter",
+    "Heartbeat": "_heartbeat",
+    "HttpHeartbeat": "_heartbeat",
+    "HttpResult": "_probes",
+    "LimiterStatistics": "_limiter",
+    "Outcome": "_probes",
+    "PORT_SETS": "_scope",
+    "ProbeResult": "_probes",
+    "Scope": "_scope",
+    "Target": "_scope",
+    "TcpHeartbeat": "_heartbeat",
+    "grab_banner": "_probes",
+    "http_get": "_probes",
+    "parse_ports": "_scope",
+    "parse_targets": "_scope",
+    "tcp_connect": "_probes",
     "OsGuess": "_fingerprint",
     "ServiceInfo": "_fingerprint",
     "fingerprint_http": "_fingerprint",

@@ -1,0 +1,129 @@
+"""Heartbeats: how fragileprobe asks a device "are you still alive?".
+
+A heartbeat opens its own short connection, outside the probe concurrency ceiling, and closes it at once.
+The device cannot tell a heartbeat from a probe, so while a beat is in flight the device holds one more
+session than the ceiling allows probes: at probe ceiling N it sees up to N + 1 sessions. Characterization
+and the docs count it that way.
+
+Every heartbeat returns a :class:`Beat` and never raises for a network failure; cancellation passes through.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import KW_ONLY, dataclass
+from typing import Protocol, runtime_checkable
+
+from fragileprobe._errors import ConfigError
+from fragileprobe._probes import Outcome, http_get, tcp_connect
+
+__all__ = ["DEFAULT_HEARTBEAT_TIMEOUT_S", "Beat", "Heartbeat", "HttpHeartbeat", "TcpHeartbeat"]
+
+# Two seconds: a healthy embedded web server answers GET / within a few hundred ms even when busy; one
+# that needs longer is already in trouble, which is what the watchdog wants to know.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One heartbeat's result.
+
+    Attributes:
+        at_s: when the beat started (``time.monotonic()``; the watchdog restamps with its own clock).
+        ok: the device answered as expected.
+        latency_s: seconds until the answer (or the failure).
+        error: why the beat failed, else None.
+    """
+
+    at_s: float
+    ok: bool
+    latency_s: float
+    error: str | None = None
+
+
+@runtime_checkable
+class Heartbeat(Protocol):
+    """The plug point for a sign of life. ``beat`` must finish within about ``timeout_s`` and not raise."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    async def beat(self, host: str) -> Beat: ...
+
+
+def _validate(owner: str, port: int, timeout_s: float) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{owner}.port must be an int in 1-65535, got {port!r}")
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not math.isfinite(timeout_s)
+        or timeout_s <= 0
+    ):
+        raise ConfigError(f"{owner}.timeout_s must be a positive number of seconds, got {timeout_s!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpHeartbeat:
+    """GET ``path`` on ``port``; alive when the status is ``expect_status`` (any status if None).
+
+    The whole beat (connect, request, status line and headers) is bounded by ``timeout_s``.
+    """
+
+    port: int = 8080
+    path: str = "/"
+    expect_status: int | None = 200
+    timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        _validate("HttpHeartbeat", self.port, self.timeout_s)
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise ConfigError(f"HttpHeartbeat.path must start with '/', got {self.path!r}")
+        if self.expect_status is not None and not (
+            isinstance(self.expect_status, int) and 100 <= self.expect_status <= 599
+        ):
+            raise ConfigError(
+                f"HttpHeartbeat.expect_status must be 100-599 or None, got {self.expect_status!r}"
+            )
+
+    async def beat(self, host: str) -> Beat:
+        """One GET; ok when the expected status arrived within ``timeout_s``."""
+        started = time.monotonic()
+        # One small body read is enough: the status line is the sign of life.
+        result = await http_get(
+            host, self.port, self.path, timeout_s=self.timeout_s, read_timeout_s=self.timeout_s,
+            total_timeout_s=self.timeout_s, max_bytes=512,
+        )
+        if result.outcome is not Outcome.OPEN:
+            return Beat(started, False, result.duration_s, f"{result.outcome.value}: {result.error}")
+        if self.expect_status is not None and result.status != self.expect_status:
+            return Beat(started, False, result.duration_s,
+                        f"status {result.status}, expected {self.expect_status}")
+        return Beat(started, True, result.duration_s, None)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpHeartbeat:
+    """A plain full connect and close on ``port``; alive when the connect succeeds within ``timeout_s``.
+
+    Weaker than :class:`HttpHeartbeat`: many hung devices still complete the TCP handshake in the kernel.
+    """
+
+    port: int
+    _: KW_ONLY
+    timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        _validate("TcpHeartbeat", self.port, self.timeout_s)
+
+    async def beat(self, host: str) -> Beat:
+        """One connect and close."""
+        started = time.monotonic()
+        result = await tcp_connect(host, self.port, timeout_s=self.timeout_s)
+        if result.outcome is not Outcome.OPEN:
+            return Beat(started, False, result.duration_s, f"{result.outcome.value}: {result.error}")
+        return Beat(started, True, result.duration_s, None)

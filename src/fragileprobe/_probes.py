@@ -1,0 +1,829 @@
+"""Full-connect probes with bounded reads: ``tcp_connect``, ``grab_banner``, ``http_get``.
+
+This module is the one boundary where ``OSError`` and anyio's stream errors are translated: into an
+:class:`Outcome` on a result record (the probe functions never raise for a network failure), or into
+:class:`~fragileprobe.ProbeError` subclasses (``raise ... from exc``) for callers that want a stream
+(:func:`open_stream`). Nothing above this module sees a raw ``OSError``.
+
+Rules every probe follows, and why:
+
+* Full TCP connects only (the kernel's three-way handshake through an ordinary socket), never a half-open
+  SYN: a half-open scan leaves embedded TCP stacks with dangling half-open entries, the classic way to wedge
+  a fragile device.
+* Graceful close: ``close()`` on a socket whose receive queue is empty sends FIN. When a peer sent more than
+  a probe reads (a flood), the kernel answers the close with RST instead (RFC 1122 4.2.2.13, RFC 2525); we
+  accept that rather than drain an unbounded stream from the device.
+* Every read is bounded in bytes (named caps below) and in time, twice: each read waits at most
+  ``read_timeout_s``, and the whole probe ends by ``total_timeout_s`` after it started, so a peer that drips
+  one byte a second cannot stretch a probe past its bound.
+
+Outcomes:
+
+================  =============================================================================
+``OPEN``          connected (and, for ``http_get``, a well-formed status line and headers arrived)
+``CLOSED``        the connect was refused (RST answering our SYN): nothing listens there
+``TIMEOUT``       no answer in time: a silent/filtered port, or an HTTP response that never completed its head
+``RESET``         an established connection was reset by the peer
+``UNREACHABLE``   the network or the local stack refused (no route, host unreachable, no free port)
+``PROTOCOL_ERROR``the peer answered, but not with valid HTTP (bad status line, head over its cap,
+                  malformed or endless chunked framing, closed before any response)
+``CANCELLED``     the probe was cancelled from outside (the Guard records this when its watchdog cancels)
+================  =============================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import math
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from fragileprobe._errors import (
+    ConfigError,
+    ProbeError,
+    ProbeRefusedError,
+    ProbeResetError,
+    ProbeTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from fragileprobe._scope import Scope
+
+__all__ = [
+    "BANNER_MAX_BYTES",
+    "BANNER_MAX_BYTES_CAP",
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_READ_TIMEOUT_S",
+    "HTTP_BODY_MAX_BYTES",
+    "HTTP_MAX_HEADERS",
+    "HTTP_MAX_HEAD_BYTES",
+    "HttpResult",
+    "Outcome",
+    "ProbeResult",
+    "ProbeStream",
+    "grab_banner",
+    "http_get",
+    "open_stream",
+    "tcp_connect",
+]
+
+log = structlog.get_logger(__name__)
+
+# Time bounds. 2 s covers a slow embedded stack on a congested ward network (typical LAN RTT is < 5 ms;
+# devices answering their banner take 0.1-1 s) while keeping a silent port cheap.
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+DEFAULT_READ_TIMEOUT_S = 2.0
+
+# Byte bounds.
+# A service banner is one line (SSH: at most 255 bytes by RFC 4253 4.2; FTP/SMTP greetings a few lines).
+BANNER_MAX_BYTES = 1024
+# Upper limit a caller may ask for: enough for any multi-line greeting, small enough to stay harmless.
+BANNER_MAX_BYTES_CAP = 65536
+# HTTP head (status line + headers): h11 uses 16 KiB as its default limit for an incomplete event.
+HTTP_MAX_HEAD_BYTES = 16384
+# http.client refuses more than 100 header lines (_MAXHEADERS); a device sending more is broken or hostile.
+HTTP_MAX_HEADERS = 100
+# First bytes of the body kept: a <title> sits in the first few hundred bytes of any device web UI.
+HTTP_BODY_MAX_BYTES = 8192
+HTTP_BODY_MAX_BYTES_CAP = 1 << 20
+# Chunked framing may cost at most this many raw bytes beyond the decoded body before we call the body
+# endless (a stream of empty or 1-byte chunks, or endless chunk extensions).
+HTTP_CHUNK_OVERHEAD_MAX_BYTES = 4096
+# A chunk-size line is a hex number plus optional extensions; real ones are < 20 bytes.
+HTTP_CHUNK_LINE_MAX_BYTES = 1024
+# Bytes asked from the socket per receive call.
+_RECEIVE_CHUNK_BYTES = 4096
+# <title> text kept (a label, not a document).
+_TITLE_MAX_CHARS = 200
+
+_USER_AGENT = "fragileprobe/0.1 (gentle asset probe; full connect, one request)"
+
+
+class Outcome(enum.Enum):
+    """What a probe observed (see the table in the module docstring)."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    TIMEOUT = "timeout"
+    RESET = "reset"
+    UNREACHABLE = "unreachable"
+    PROTOCOL_ERROR = "protocol_error"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe's record.
+
+    Attributes:
+        host: the address probed.
+        port: the TCP port probed.
+        outcome: what happened (see :class:`Outcome`).
+        latency_s: seconds from starting the connect until it completed or failed.
+        data: the bytes read (banner, or the HTTP head for :class:`HttpResult`), at most the byte cap.
+        error: why the probe ended abnormally, or a note (e.g. the deadline cut a banner short); else None.
+        started_at_s: ``time.monotonic()`` when the probe started (the emulator's clock too).
+        duration_s: seconds from start until the socket was closed.
+        truncated: reading stopped at the byte cap; the peer had more to say.
+    """
+
+    host: str
+    port: int
+    outcome: Outcome
+    latency_s: float
+    data: bytes
+    error: str | None
+    started_at_s: float
+    duration_s: float
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the outcome is OPEN."""
+        return self.outcome is Outcome.OPEN
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResult(ProbeResult):
+    """An :func:`http_get` record: a :class:`ProbeResult` plus the parsed response.
+
+    ``data`` holds the raw head (status line and headers); ``body`` the first bytes of the decoded body.
+    Header names are lower-cased; values are decoded as Latin-1 (RFC 9110 5.5).
+    """
+
+    status: int | None = None
+    reason: str = ""
+    http_version: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    server: str | None = None
+    title: str | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first header called ``name`` (case-insensitive), or None."""
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key == wanted:
+                return value
+        return None
+
+
+# --- validation -----------------------------------------------------------------------------------------
+
+
+def _check_port(port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"port must be an int in 1-65535, got {port!r}")
+
+
+def _check_seconds(name: str, value: float) -> float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _check_bytes(name: str, value: int, cap: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
+        raise ConfigError(f"{name} must be an int in 1-{cap}, got {value!r}")
+    return value
+
+
+# --- error translation (the one boundary) ---------------------------------------------------------------
+
+_UNREACHABLE_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.EADDRNOTAVAIL}
+)
+
+
+def _classify(exc: BaseException) -> Outcome:
+    """Map a network exception to an outcome (the vocabulary: refused, reset, timed out, unreachable)."""
+    if isinstance(exc, TimeoutError):
+        return Outcome.TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return Outcome.CLOSED
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return Outcome.RESET
+    if isinstance(exc, anyio.BrokenResourceError):
+        cause = exc.__cause__
+        if isinstance(cause, BaseException) and not isinstance(cause, anyio.BrokenResourceError):
+            return _classify(cause)
+        return Outcome.RESET
+    if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+        return Outcome.TIMEOUT
+    return Outcome.UNREACHABLE
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) and exc.__cause__ else exc
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(cause) or type(cause).__name__
+
+
+def _to_probe_error(exc: BaseException, host: str, port: int, action: str, timeout_s: float) -> ProbeError:
+    """Build the fragileprobe exception for a network failure (callers ``raise ... from exc``)."""
+    where = f"{_hostport(host, port)}"
+    outcome = _classify(exc)
+    if outcome is Outcome.TIMEOUT:
+        return ProbeTimeoutError(f"{action} {where} timed out after {timeout_s:g} s")
+    if outcome is Outcome.CLOSED:
+        return ProbeRefusedError(f"{action} {where} refused (nothing listening)")
+    if outcome is Outcome.RESET:
+        return ProbeResetError(f"{action} {where}: connection reset by the peer")
+    return ProbeError(f"{action} {where} failed: {_describe(exc)}")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- connect / close ------------------------------------------------------------------------------------
+
+
+async def _connect_socket(host: str, port: int) -> anyio.abc.SocketStream:
+    """Open one full TCP connection to an IP literal (raises raw OSError; callers translate).
+
+    A plain non-blocking ``connect()``: the kernel does the three-way handshake. This skips
+    ``anyio.connect_tcp``'s happy-eyeballs task group, which costs about half the connect rate on loopback
+    and buys nothing for a single literal address.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    handed_over = False
+    try:
+        sock.setblocking(False)
+        try:
+            sock.connect((host, port))
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                # OSError(errno, text) picks the matching subclass (ConnectionRefusedError, ...).
+                raise OSError(err, os.strerror(err)) from None
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+        handed_over = True
+        return stream
+    finally:
+        if not handed_over:
+            # Cancelled or failed before the stream owned the socket: close it here so no half-open
+            # socket is left behind (mid-handshake this simply abandons the SYN).
+            sock.close()
+
+
+async def _close(stream: anyio.abc.ByteStream) -> None:
+    # Shielded so a cancellation arriving now cannot leave the socket open; closing never blocks.
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+class ProbeStream(anyio.abc.ByteStream):
+    """A byte stream to one device whose errors are fragileprobe's own.
+
+    ``receive``/``send`` raise :class:`~fragileprobe.ProbeResetError` or :class:`~fragileprobe.ProbeError`
+    (chained from the anyio/OS error) instead of anyio's ``BrokenResourceError`` or ``OSError``;
+    ``anyio.EndOfStream`` (the peer closed cleanly) passes through as the stream protocol defines.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream, host: str, port: int) -> None:
+        self._stream = stream
+        self.host = host
+        self.port = port
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self._stream.receive(max_bytes)
+        except (anyio.BrokenResourceError, OSError) as exc:
+            raise _to_probe_error(exc, self.host, self.port, "receive from", 0.0) from exc
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._stream.send(item)
+        except (anyio.BrokenResourceError, OSError) as exc:
+            raise _to_probe_error(exc, self.host, self.port, "send to", 0.0) from exc
+
+    async def send_eof(self) -> None:
+        try:
+            await self._stream.send_eof()
+        except (anyio.BrokenResourceError, OSError) as exc:
+            raise _to_probe_error(exc, self.host, self.port, "shut down", 0.0) from exc
+
+    async def aclose(self) -> None:
+        await _close(self._stream)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
+async def open_stream(
+    host: str,
+    port: int,
+    *,
+    timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    scope: Scope | None = None,
+    logger: Any = None,
+) -> ProbeStream:
+    """Open a full TCP connection and return it as a :class:`ProbeStream` (the caller closes it).
+
+    Args:
+        host: IP address (a name is allowed only together with ``scope``, which resolves it).
+        port: TCP port.
+        timeout_s: connect time bound.
+        scope: when given, the host is checked (and resolved) first; nothing is sent if it is outside.
+        logger: a structlog logger to emit ``probe.connect`` on (default: this module's).
+
+    Raises:
+        ScopeError: ``host`` outside ``scope``.
+        ProbeTimeoutError, ProbeRefusedError, ProbeResetError, ProbeError: the connect failed.
+    """
+    _check_port(port)
+    timeout_s = _check_seconds("timeout_s", timeout_s)
+    address = scope.check(host) if scope is not None else host
+    (logger or log).debug("probe.connect", host=address, port=port, probe="stream")
+    try:
+        with anyio.fail_after(timeout_s):
+            stream = await _connect_socket(address, port)
+    except (OSError, anyio.BrokenResourceError) as exc:
+        raise _to_probe_error(exc, address, port, "connect to", timeout_s) from exc
+    return ProbeStream(stream, address, port)
+
+
+# --- bounded reading ------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Internal: reading ended early (deadline, per-read timeout, byte cap); ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _ProtocolViolation(Exception):
+    """Internal: the peer's bytes are not the protocol we speak."""
+
+
+class _Reader:
+    """Reads into one buffer, bounded in bytes, per read and by an overall deadline."""
+
+    __slots__ = ("buf", "deadline", "eof", "max_bytes", "read_timeout_s", "stream")
+
+    def __init__(self, stream: anyio.abc.ByteStream, *, deadline: float, read_timeout_s: float,
+                 max_bytes: int) -> None:
+        self.stream = stream
+        self.deadline = deadline
+        self.read_timeout_s = read_timeout_s
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+        self.eof = False
+
+    async def fill(self) -> bool:
+        """Read one chunk. Returns False at end of stream.
+
+        Raises:
+            _Stop: the byte cap is reached ("cap"), a read waited ``read_timeout_s`` ("idle"), or the
+                overall deadline passed ("deadline").
+            anyio.BrokenResourceError, OSError: the connection broke (translated by the caller).
+        """
+        if self.eof:
+            return False
+        room = self.max_bytes - len(self.buf)
+        if room <= 0:
+            raise _Stop("cap")
+        remaining = self.deadline - anyio.current_time()
+        if remaining <= 0:
+            raise _Stop("deadline")
+        wait = min(self.read_timeout_s, remaining)
+        with anyio.move_on_after(wait) as scope:
+            try:
+                chunk = await self.stream.receive(min(_RECEIVE_CHUNK_BYTES, room))
+            except anyio.EndOfStream:
+                self.eof = True
+                return False
+        if scope.cancelled_caught:
+            raise _Stop("deadline" if wait < self.read_timeout_s else "idle")
+        self.buf += chunk
+        return True
+
+
+async def _probe(
+    kind: str,
+    host: str,
+    port: int,
+    *,
+    timeout_s: float,
+    total_timeout_s: float,
+    scope: Scope | None,
+    logger: Any,
+    session: Callable[[anyio.abc.SocketStream, float], Awaitable[dict[str, Any]]] | None,
+    result_type: type[ProbeResult] = ProbeResult,
+) -> Any:
+    """Connect, run ``session`` (which returns result fields), close, and build the record."""
+    _check_port(port)
+    address = scope.check(host) if scope is not None else host
+    logger = logger or log
+    started = time.monotonic()
+    loop_start = anyio.current_time()
+    deadline = loop_start + total_timeout_s
+    logger.debug("probe.connect", host=address, port=port, probe=kind)
+    fields: dict[str, Any] = {"data": b"", "error": None}
+    latency_s = 0.0
+    try:
+        with anyio.fail_after(min(timeout_s, total_timeout_s)):
+            stream = await _connect_socket(address, port)
+    except (OSError, anyio.BrokenResourceError) as exc:
+        latency_s = anyio.current_time() - loop_start
+        outcome = _classify(exc)
+        fields["error"] = (
+            f"connect timed out after {min(timeout_s, total_timeout_s):g} s"
+            if outcome is Outcome.TIMEOUT else _describe(exc)
+        )
+    else:
+        latency_s = anyio.current_time() - loop_start
+        outcome = Outcome.OPEN
+        try:
+            if session is not None:
+                fields.update(await session(stream, deadline))
+                outcome = fields.pop("outcome", Outcome.OPEN)
+        except (OSError, anyio.BrokenResourceError) as exc:
+            outcome = _classify(exc)
+            fields["error"] = _describe(exc)
+            fields.setdefault("data", b"")
+        finally:
+            await _close(stream)
+    result = result_type(
+        host=address, port=port, outcome=outcome, latency_s=latency_s, started_at_s=started,
+        duration_s=time.monotonic() - started, **fields,
+    )
+    logger.debug(
+        "probe.closed", host=address, port=port, probe=kind, outcome=outcome.value,
+        latency_s=round(latency_s, 6), bytes_read=len(result.data), error=result.error,
+    )
+    return result
+
+
+def _total(timeout_s: float, read_timeout_s: float, total_timeout_s: float | None) -> float:
+    if total_timeout_s is None:
+        return timeout_s + read_timeout_s
+    return _check_seconds("total_timeout_s", total_timeout_s)
+
+
+async def tcp_connect(
+    host: str,
+    port: int,
+    *,
+    timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    scope: Scope | None = None,
+    logger: Any = None,
+) -> ProbeResult:
+    """Open a full TCP connection and close it gracefully at once; reads nothing.
+
+    Args:
+        host: IP address (a host name only together with ``scope``).
+        port: TCP port.
+        timeout_s: connect time bound.
+        scope: when given, checked before anything is sent (raises ScopeError).
+        logger: structlog logger for ``probe.connect`` / ``probe.closed`` (default: this module's).
+
+    Returns:
+        A :class:`ProbeResult`: OPEN, CLOSED, TIMEOUT, RESET or UNREACHABLE; never raises for network errors.
+    """
+    timeout_s = _check_seconds("timeout_s", timeout_s)
+    result: ProbeResult = await _probe(
+        "tcp_connect", host, port, timeout_s=timeout_s, total_timeout_s=timeout_s, scope=scope,
+        logger=logger, session=None,
+    )
+    return result
+
+
+def _banner_complete(buf: bytes | bytearray) -> bool:
+    """A banner is complete at a line end, unless the last line is an FTP/SMTP ``220-`` continuation."""
+    if not buf.endswith(b"\n"):
+        return False
+    last = bytes(buf).rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+    return not re.match(rb"^\d{3}-", last)
+
+
+async def grab_banner(
+    host: str,
+    port: int,
+    *,
+    timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    total_timeout_s: float | None = None,
+    max_bytes: int = BANNER_MAX_BYTES,
+    send: bytes | None = None,
+    scope: Scope | None = None,
+    logger: Any = None,
+) -> ProbeResult:
+    """Connect, optionally send a few bytes, read what the service says first, close.
+
+    Reading stops at the first complete line (FTP/SMTP ``ddd-`` continuation lines excepted), at end of
+    stream, at ``max_bytes`` (``truncated``), after ``read_timeout_s`` without a byte, or at the overall
+    deadline. A silent open port is OPEN with empty ``data``.
+
+    Args:
+        host: IP address (a host name only together with ``scope``).
+        port: TCP port.
+        timeout_s: connect time bound.
+        read_timeout_s: bound on each read.
+        total_timeout_s: bound on the whole probe (default ``timeout_s + read_timeout_s``).
+        max_bytes: byte cap on the banner (at most :data:`BANNER_MAX_BYTES_CAP`).
+        send: bytes to send after connecting (e.g. ``b"\\r\\n"`` to wake a console), at most 1 KiB.
+        scope: when given, checked before anything is sent (raises ScopeError).
+        logger: structlog logger for the probe events.
+
+    Returns:
+        A :class:`ProbeResult`; never raises for network errors.
+    """
+    timeout_s = _check_seconds("timeout_s", timeout_s)
+    read_timeout_s = _check_seconds("read_timeout_s", read_timeout_s)
+    total = _total(timeout_s, read_timeout_s, total_timeout_s)
+    max_bytes = _check_bytes("max_bytes", max_bytes, BANNER_MAX_BYTES_CAP)
+    if send is not None and (not isinstance(send, bytes) or len(send) > 1024):
+        raise ConfigError(f"send must be bytes of at most 1024, got {send!r:.60}")
+
+    async def session(stream: anyio.abc.SocketStream, deadline: float) -> dict[str, Any]:
+        reader = _Reader(stream, deadline=deadline, read_timeout_s=read_timeout_s, max_bytes=max_bytes)
+        fields: dict[str, Any] = {}
+        try:
+            if send:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
+                    await stream.send(send)
+            while not _banner_complete(reader.buf) and await reader.fill():
+                pass
+        except _Stop as stop:
+            if stop.reason == "cap":
+                fields["truncated"] = True
+            elif stop.reason == "deadline":
+                fields["error"] = f"banner read stopped at the {total:g} s deadline"
+        except TimeoutError:
+            fields["error"] = f"send did not complete within the {total:g} s deadline"
+        except (OSError, anyio.BrokenResourceError) as exc:
+            fields.update(outcome=_classify(exc), error=_describe(exc))
+        fields["data"] = bytes(reader.buf)
+        return fields
+
+    result: ProbeResult = await _probe(
+        "grab_banner", host, port, timeout_s=timeout_s, total_timeout_s=total, scope=scope,
+        logger=logger, session=session,
+    )
+    return result
+
+
+# --- HTTP (sans-IO parsing: bytes in, fields or _ProtocolViolation out) ---------------------------------
+
+_STATUS_RE = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?$")
+_TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TITLE_RE = re.compile(rb"<title[^>]*>(.*?)(?:</title|$)", re.IGNORECASE | re.DOTALL)
+_PATH_RE = re.compile(r"^/[\x21-\x7e]*$")
+
+
+def _find_head_end(buf: bytes | bytearray) -> int:
+    """Index just past the blank line ending the head, or -1 (tolerates bare LF line ends)."""
+    crlf = buf.find(b"\r\n\r\n")
+    lf = buf.find(b"\n\n")
+    ends = [i + 4 for i in (crlf,) if i >= 0] + [i + 2 for i in (lf,) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def _parse_head(head: bytes) -> tuple[str, int, str, list[tuple[str, str]]]:
+    """Parse a status line and header block (RFC 9112 4 and 5). Raises _ProtocolViolation."""
+    lines = head.replace(b"\r\n", b"\n").rstrip(b"\n").split(b"\n")
+    match = _STATUS_RE.match(lines[0].rstrip(b"\r"))
+    if match is None:
+        raise _ProtocolViolation(f"malformed status line {bytes(lines[0][:80])!r}")
+    version = f"{int(match[1])}.{int(match[2])}"
+    status = int(match[3])
+    reason = (match[4] or b"").decode("latin-1").strip()
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if not headers:
+                raise _ProtocolViolation("header continuation line before any header")
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip().decode('latin-1')}")
+            continue
+        name_b, sep, value_b = line.partition(b":")
+        if not sep or not _TOKEN_RE.match(name_b):
+            raise _ProtocolViolation(f"malformed header line {bytes(line[:80])!r}")
+        headers.append((name_b.decode("ascii").lower(), value_b.strip().decode("latin-1")))
+        if len(headers) > HTTP_MAX_HEADERS:
+            raise _ProtocolViolation(f"more than {HTTP_MAX_HEADERS} headers")
+    return version, status, reason, headers
+
+
+def _decode_chunked(raw: bytes | bytearray, limit: int) -> tuple[bytes, bool]:
+    """Decode a chunked body prefix. Returns (decoded up to ``limit``, finished).
+
+    ``finished`` is True at the last chunk or once ``limit`` decoded bytes are in hand.
+    Raises _ProtocolViolation on malformed framing.
+    """
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = raw.find(b"\n", pos)
+        if eol < 0:
+            if len(raw) - pos > HTTP_CHUNK_LINE_MAX_BYTES:
+                raise _ProtocolViolation("chunk-size line longer than its cap")
+            return bytes(out), False
+        if eol - pos > HTTP_CHUNK_LINE_MAX_BYTES:
+            raise _ProtocolViolation("chunk-size line longer than its cap")
+        size_text = bytes(raw[pos:eol]).rstrip(b"\r").split(b";", 1)[0].strip()
+        if not size_text or len(size_text) > 8 or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+            raise _ProtocolViolation(f"malformed chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            return bytes(out), True
+        start = eol + 1
+        end = start + size
+        out += raw[start:min(end, len(raw))]
+        if len(out) >= limit:
+            return bytes(out[:limit]), True
+        if len(raw) < end + 1:
+            return bytes(out), False
+        if raw[end:end + 2] == b"\r\n":
+            pos = end + 2
+        elif raw[end:end + 1] == b"\n":
+            pos = end + 1
+        elif len(raw) == end + 1 and raw[end:end + 1] == b"\r":
+            return bytes(out), False
+        else:
+            raise _ProtocolViolation("chunk data not followed by CRLF")
+
+
+def _title(body: bytes) -> str | None:
+    match = _TITLE_RE.search(body)
+    if match is None:
+        return None
+    text = " ".join(match[1].decode("utf-8", errors="replace").split())
+    return text[:_TITLE_MAX_CHARS] or None
+
+
+async def http_get(
+    host: str,
+    port: int,
+    path: str = "/",
+    *,
+    timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    total_timeout_s: float | None = None,
+    max_bytes: int = HTTP_BODY_MAX_BYTES,
+    host_header: str | None = None,
+    scope: Scope | None = None,
+    logger: Any = None,
+) -> HttpResult:
+    """One minimal HTTP/1.1 GET with ``Connection: close``; reads the head and the body's first bytes.
+
+    Args:
+        host: IP address (a host name only together with ``scope``).
+        port: TCP port.
+        path: request target, starting with ``/`` (no spaces or control characters).
+        timeout_s: connect time bound.
+        read_timeout_s: bound on each read.
+        total_timeout_s: bound on the whole probe (default ``timeout_s + read_timeout_s``).
+        max_bytes: how many decoded body bytes to keep (at most 1 MiB).
+        host_header: ``Host`` header value (default: the address and port).
+        scope: when given, checked before anything is sent (raises ScopeError).
+        logger: structlog logger for the probe events.
+
+    Returns:
+        An :class:`HttpResult`: OPEN with ``status`` when a valid head arrived (a body cut short by the
+        deadline is noted in ``error``); TIMEOUT if the head did not complete in time; PROTOCOL_ERROR for
+        a malformed or oversized head or broken chunked framing; otherwise the connect outcome.
+    """
+    timeout_s = _check_seconds("timeout_s", timeout_s)
+    read_timeout_s = _check_seconds("read_timeout_s", read_timeout_s)
+    total = _total(timeout_s, read_timeout_s, total_timeout_s)
+    max_bytes = _check_bytes("max_bytes", max_bytes, HTTP_BODY_MAX_BYTES_CAP)
+    if not isinstance(path, str) or not _PATH_RE.match(path):
+        raise ConfigError(f"path must start with '/' and contain no spaces or control characters: {path!r}")
+    if host_header is not None and (not host_header or any(c in host_header for c in "\r\n\0 ")):
+        raise ConfigError(f"host_header must be a non-empty header value: {host_header!r}")
+
+    async def session(stream: anyio.abc.SocketStream, deadline: float) -> dict[str, Any]:
+        address = stream.extra(anyio.abc.SocketAttribute.remote_address)[0]
+        header_host = host_header or (f"[{address}]" if ":" in address else address)
+        if host_header is None and port != 80:
+            header_host = f"{header_host}:{port}"
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {header_host}\r\nUser-Agent: {_USER_AGENT}\r\n"
+            "Accept: */*\r\nConnection: close\r\n\r\n"
+        ).encode("ascii")
+        try:
+            with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
+                await stream.send(request)
+        except TimeoutError:
+            return {"outcome": Outcome.TIMEOUT, "error": f"request not sent within {total:g} s"}
+        return await _read_response(stream, deadline, read_timeout_s, max_bytes, total)
+
+    result: HttpResult = await _probe(
+        "http_get", host, port, timeout_s=timeout_s, total_timeout_s=total, scope=scope, logger=logger,
+        session=session, result_type=HttpResult,
+    )
+    return result
+
+
+async def _read_response(
+    stream: anyio.abc.ByteStream, deadline: float, read_timeout_s: float, max_bytes: int, total: float
+) -> dict[str, Any]:
+    head_reader = _Reader(stream, deadline=deadline, read_timeout_s=read_timeout_s,
+                          max_bytes=HTTP_MAX_HEAD_BYTES)
+    status_checked = False
+    try:
+        while (end := _find_head_end(head_reader.buf)) < 0:
+            if not status_checked and (line_end := head_reader.buf.find(b"\n")) >= 0:
+                # Judge the status line as soon as it is complete: a peer answering junk is a protocol
+                # error now, not after we waited out the rest of a head it will never send.
+                status_checked = True
+                try:
+                    _parse_head(bytes(head_reader.buf[:line_end + 1]))
+                except _ProtocolViolation as exc:
+                    return {"outcome": Outcome.PROTOCOL_ERROR, "data": bytes(head_reader.buf),
+                            "error": str(exc)}
+            if not await head_reader.fill():
+                got = bytes(head_reader.buf)
+                what = "closed before any HTTP response" if not got else "closed in the middle of the head"
+                return {"outcome": Outcome.PROTOCOL_ERROR, "error": f"connection {what}", "data": got}
+    except _Stop as stop:
+        got = bytes(head_reader.buf)
+        if stop.reason == "cap":
+            return {"outcome": Outcome.PROTOCOL_ERROR, "data": got, "truncated": True,
+                    "error": f"HTTP head larger than {HTTP_MAX_HEAD_BYTES} bytes"}
+        # A status line that is already malformed is a protocol error, however slowly it arrived.
+        first_line_end = got.find(b"\n")
+        if first_line_end >= 0:
+            try:
+                _parse_head(got[:first_line_end + 1])
+            except _ProtocolViolation as exc:
+                return {"outcome": Outcome.PROTOCOL_ERROR, "data": got, "error": str(exc)}
+        limit = total if stop.reason == "deadline" else read_timeout_s
+        return {"outcome": Outcome.TIMEOUT, "data": got,
+                "error": f"HTTP head incomplete after {limit:g} s ({len(got)} bytes)"}
+    head = bytes(head_reader.buf[:end])
+    try:
+        version, status, reason, headers = _parse_head(head)
+    except _ProtocolViolation as exc:
+        return {"outcome": Outcome.PROTOCOL_ERROR, "data": head, "error": str(exc)}
+    fields: dict[str, Any] = {
+        "data": head, "status": status, "reason": reason, "http_version": version,
+        "headers": tuple(headers), "server": next((v for k, v in headers if k == "server"), None),
+    }
+    header_map = dict(headers)
+    chunked = "chunked" in header_map.get("transfer-encoding", "").lower()
+    length: int | None = None
+    if not chunked and "content-length" in header_map:
+        text = header_map["content-length"].strip()
+        if not text.isdigit():
+            return {**fields, "outcome": Outcome.PROTOCOL_ERROR, "error": f"bad Content-Length {text[:40]!r}"}
+        length = int(text)
+    if status in (204, 304) or 100 <= status < 200:
+        length = 0
+    raw_cap = max_bytes + (HTTP_CHUNK_OVERHEAD_MAX_BYTES if chunked else 0)
+    if length is not None:
+        raw_cap = min(raw_cap, length)
+    body_reader = _Reader(stream, deadline=deadline, read_timeout_s=read_timeout_s, max_bytes=max(raw_cap, 1))
+    body_reader.buf += head_reader.buf[end:end + raw_cap]
+    body = b""
+    try:
+        while True:
+            if chunked:
+                body, finished = _decode_chunked(body_reader.buf, max_bytes)
+                if finished:
+                    fields["truncated"] = len(body) >= max_bytes
+                    break
+            elif len(body_reader.buf) >= raw_cap:
+                body = bytes(body_reader.buf[:raw_cap])
+                fields["truncated"] = length is None or length > raw_cap
+                break
+            if not await body_reader.fill():
+                body = body if chunked else bytes(body_reader.buf)
+                if chunked or (length is not None and len(body) < length):
+                    fields["error"] = "connection closed before the end of the body"
+                break
+    except _ProtocolViolation as exc:
+        return {**fields, "outcome": Outcome.PROTOCOL_ERROR, "body": body, "error": str(exc)}
+    except _Stop as stop:
+        if not chunked:
+            body = bytes(body_reader.buf)
+        if stop.reason == "cap":  # only reachable for chunked framing: overhead past its cap
+            return {**fields, "outcome": Outcome.PROTOCOL_ERROR, "body": body,
+                    "error": f"chunked framing exceeded {HTTP_CHUNK_OVERHEAD_MAX_BYTES} bytes of overhead"}
+        waited = total if stop.reason == "deadline" else read_timeout_s
+        fields["error"] = f"body incomplete after {waited:g} s"
+    fields["body"] = body
+    fields["title"] = _title(body)
+    return fields
