@@ -52,6 +52,18 @@ _LAZY: dict[str, str] = {
     "fingerprint_service": "_fingerprint",
     "guess_os": "_fingerprint",
     "model_key": "_fingerprint",
+    # raw packets (optional extra fragileprobe[raw]; scapy is imported only when a feature runs)
+    "CaptureSummary": "_raw",
+    "IcmpHeartbeat": "_raw",
+    "IcmpResult": "_raw",
+    "PassiveOsHint": "_raw",
+    "SynAckObservation": "_raw",
+    "capture": "_raw",
+    "icmp_reachable": "_raw",
+    "os_hint_from_ttl": "_raw",
+    "raw_available": "_raw",
+    "require_raw": "_raw",
+    "syn_ack_observer": "_raw",
 }
 
 __all__ = [
