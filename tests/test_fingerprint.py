@@ -41,13 +41,28 @@ IAC, WILL, DO, SB, SE = 255, 251, 253, 250, 240
         (1433, b"", "mssql", None, None),
         (9100, b"", "jetdirect", None, None),
         (515, b"", "lpd", None, None),
-        (5432, b"E\x00\x00\x00\x50SFATAL\x00C28000\x00Mno pg_hba.conf entry\x00\x00", "postgresql",
-         "PostgreSQL", None),
-        (2575, b"\x0bMSH|^~\\&|PUMPGW|WARD3|HIS|H|20260101||ACK|1|P|2.5\r\x1c\r", "hl7-mllp", "PUMPGW",
-         "2.5"),
+        (
+            5432,
+            b"E\x00\x00\x00\x50SFATAL\x00C28000\x00Mno pg_hba.conf entry\x00\x00",
+            "postgresql",
+            "PostgreSQL",
+            None,
+        ),
+        (
+            2575,
+            b"\x0bMSH|^~\\&|PUMPGW|WARD3|HIS|H|20260101||ACK|1|P|2.5\r\x1c\r",
+            "hl7-mllp",
+            "PUMPGW",
+            "2.5",
+        ),
         (104, b"\x02\x00\x00\x00\x00\x10" + b"\x00" * 16, "dicom", None, None),
-        (80, b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.41 (Ubuntu)\r\n\r\n<title>It works</title>", "http",
-         "Apache", "2.4.41"),
+        (
+            80,
+            b"HTTP/1.1 200 OK\r\nServer: Apache/2.4.41 (Ubuntu)\r\n\r\n<title>It works</title>",
+            "http",
+            "Apache",
+            "2.4.41",
+        ),
         (631, b"HTTP/1.1 200 OK\r\nServer: CUPS/2.4 IPP/2.1\r\n\r\n", "ipp", "CUPS", "2.4"),
     ],
 )
@@ -79,11 +94,20 @@ def test_telnet_doubled_iac_is_a_literal_byte() -> None:
 
 def test_fingerprint_http_reads_server_status_and_title() -> None:
     info = fingerprint_http(
-        401, [("Server", "GoAhead-Webs/2.5"), ("X", "y")], b"<html><TITLE>Pump &amp; Co</TITLE></html>",
+        401,
+        [("Server", "GoAhead-Webs/2.5"), ("X", "y")],
+        b"<html><TITLE>Pump &amp; Co</TITLE></html>",
         port=8080,
     )
-    assert info == ServiceInfo(port=8080, service="http", product="GoAhead-Webs", version="2.5",
-                               detail="status 401", title="Pump & Co", server="GoAhead-Webs/2.5")
+    assert info == ServiceInfo(
+        port=8080,
+        service="http",
+        product="GoAhead-Webs",
+        version="2.5",
+        detail="status 401",
+        title="Pump & Co",
+        server="GoAhead-Webs/2.5",
+    )
 
 
 def test_http_response_parsing_tolerates_a_malformed_status_line() -> None:
@@ -99,10 +123,14 @@ def test_http_response_parsing_tolerates_a_malformed_status_line() -> None:
 @pytest.mark.parametrize(
     ("services", "family"),
     [
-        ([ServiceInfo(22, "ssh", "OpenSSH", "8.9p1"), ServiceInfo(21, "ftp", "vsFTPd", "3.0.3")],
-         "generic unix"),
-        ([ServiceInfo(445, "smb"), ServiceInfo(3389, "rdp"), ServiceInfo(80, "http", "Microsoft-IIS")],
-         "windows"),
+        (
+            [ServiceInfo(22, "ssh", "OpenSSH", "8.9p1"), ServiceInfo(21, "ftp", "vsFTPd", "3.0.3")],
+            "generic unix",
+        ),
+        (
+            [ServiceInfo(445, "smb"), ServiceInfo(3389, "rdp"), ServiceInfo(80, "http", "Microsoft-IIS")],
+            "windows",
+        ),
         ([ServiceInfo(9100, "jetdirect"), ServiceInfo(515, "lpd")], "embedded"),
         ([ServiceInfo(80, "http", "Allegro-Software-RomPager", "4.0")], "embedded"),
         ([ServiceInfo(12345, "unknown")], "unknown"),
@@ -123,6 +151,7 @@ def test_guess_os_tie_is_unknown_with_the_tie_as_evidence() -> None:
 
 # --- model_key --------------------------------------------------------------------------------------------
 
+
 def _pump_banners(serial: int, host: str, ip: str) -> dict[int, bytes]:
     return {
         21: f"220 InfuCorp FTP v1.2 ready on {host} [{ip}] SN {serial}\r\n".encode(),
@@ -133,10 +162,16 @@ def _pump_banners(serial: int, host: str, ip: str) -> dict[int, bytes]:
 
 def test_model_key_ignores_serials_host_names_and_addresses() -> None:
     """Two devices of one model (different serial, host name, IP, MAC) get the same key."""
-    a = model_key(open_ports=[21, 22, 23, 8080], banners=_pump_banners(1234, "pump-07", "10.0.0.7"),
-                  server_header="InfuStar/2.1")
-    b = model_key(open_ports=[8080, 23, 22, 21, 21], banners=_pump_banners(99871, "icu-pump-99", "10.9.0.9"),
-                  server_header="InfuStar/2.1")
+    a = model_key(
+        open_ports=[21, 22, 23, 8080],
+        banners=_pump_banners(1234, "pump-07", "10.0.0.7"),
+        server_header="InfuStar/2.1",
+    )
+    b = model_key(
+        open_ports=[8080, 23, 22, 21, 21],
+        banners=_pump_banners(99871, "icu-pump-99", "10.9.0.9"),
+        server_header="InfuStar/2.1",
+    )
     assert a == b
     assert a.startswith("infustar-")
 
@@ -163,8 +198,11 @@ def test_model_key_name_is_only_the_readable_prefix() -> None:
 def test_model_key_treats_empty_and_http_banners_on_a_port_alike() -> None:
     """A caller that read nothing on 8080 and one that sent GET / compute the same key."""
     a = model_key(open_ports=[8080], banners={}, server_header="lighttpd/1.4")
-    b = model_key(open_ports=[8080], banners={8080: b"HTTP/1.1 200 OK\r\nServer: lighttpd/1.4\r\n\r\n"},
-                  server_header="lighttpd/1.4")
+    b = model_key(
+        open_ports=[8080],
+        banners={8080: b"HTTP/1.1 200 OK\r\nServer: lighttpd/1.4\r\n\r\n"},
+        server_header="lighttpd/1.4",
+    )
     assert a == b
 
 
@@ -178,13 +216,27 @@ def test_fingerprint_service_never_raises_on_junk(port: int, banner: bytes) -> N
         assert value is None or len(value) <= MAX_FIELD_CHARS
 
 
-_PREFIXES = [b"", b"HTTP/1.1 ", b"SSH-2.0-", b"220 ", b"\xff\xfb", b"\x4a\x00\x00\x00\x0a", b"E\x00\x00",
-             b"\x0bMSH|", b"RFB ", b"\xffSMB", b"\x03\x00"]
+_PREFIXES = [
+    b"",
+    b"HTTP/1.1 ",
+    b"SSH-2.0-",
+    b"220 ",
+    b"\xff\xfb",
+    b"\x4a\x00\x00\x00\x0a",
+    b"E\x00\x00",
+    b"\x0bMSH|",
+    b"RFB ",
+    b"\xffSMB",
+    b"\x03\x00",
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(prefix=st.sampled_from(_PREFIXES), tail=st.binary(max_size=1024),
-       port=st.sampled_from([21, 22, 23, 80, 104, 445, 2575, 3306, 3389, 5432, 8080, 9100, 40000]))
+@given(
+    prefix=st.sampled_from(_PREFIXES),
+    tail=st.binary(max_size=1024),
+    port=st.sampled_from([21, 22, 23, 80, 104, 445, 2575, 3306, 3389, 5432, 8080, 9100, 40000]),
+)
 def test_fingerprint_service_never_raises_on_junk_that_starts_like_a_protocol(
     prefix: bytes, tail: bytes, port: int
 ) -> None:
@@ -192,8 +244,11 @@ def test_fingerprint_service_never_raises_on_junk_that_starts_like_a_protocol(
 
 
 @settings(max_examples=200, deadline=None)
-@given(status=st.one_of(st.none(), st.integers()),
-       headers=st.lists(st.tuples(st.text(), st.text()), max_size=20), body=st.binary(max_size=2048))
+@given(
+    status=st.one_of(st.none(), st.integers()),
+    headers=st.lists(st.tuples(st.text(), st.text()), max_size=20),
+    body=st.binary(max_size=2048),
+)
 def test_fingerprint_http_never_raises(
     status: int | None, headers: list[tuple[str, str]], body: bytes
 ) -> None:
@@ -201,8 +256,11 @@ def test_fingerprint_http_never_raises(
 
 
 @settings(max_examples=200, deadline=None)
-@given(banners=st.dictionaries(st.integers(1, 65535), st.binary(max_size=512), max_size=8),
-       server=st.one_of(st.none(), st.text(max_size=200)), name=st.one_of(st.none(), st.text(max_size=50)))
+@given(
+    banners=st.dictionaries(st.integers(1, 65535), st.binary(max_size=512), max_size=8),
+    server=st.one_of(st.none(), st.text(max_size=200)),
+    name=st.one_of(st.none(), st.text(max_size=50)),
+)
 def test_model_key_is_total_deterministic_and_readable(
     banners: dict[int, bytes], server: str | None, name: str | None
 ) -> None:
@@ -217,9 +275,18 @@ def test_model_key_is_total_deterministic_and_readable(
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.builds(ServiceInfo, port=st.integers(1, 65535), service=st.text(max_size=10),
-                          product=st.one_of(st.none(), st.text(max_size=30)),
-                          detail=st.one_of(st.none(), st.text(max_size=60))), max_size=10))
+@given(
+    st.lists(
+        st.builds(
+            ServiceInfo,
+            port=st.integers(1, 65535),
+            service=st.text(max_size=10),
+            product=st.one_of(st.none(), st.text(max_size=30)),
+            detail=st.one_of(st.none(), st.text(max_size=60)),
+        ),
+        max_size=10,
+    )
+)
 def test_guess_os_never_raises(services: list[ServiceInfo]) -> None:
     guess = guess_os(services)
     assert isinstance(guess, OsGuess)

@@ -52,6 +52,16 @@ _LAZY: dict[str, str] = {
     "fingerprint_service": "_fingerprint",
     "guess_os": "_fingerprint",
     "model_key": "_fingerprint",
+    # discovery (groups, zones, alerts, the driver)
+    "Alert": "_groups",
+    "Asset": "_discovery",
+    "DiscoveryReport": "_discovery",
+    "Rule": "_groups",
+    "Rules": "_groups",
+    "Zone": "_groups",
+    "Zones": "_groups",
+    "discover": "_discovery",
+    "discover_sync": "_discovery",
     # raw packets (optional extra fragileprobe[raw]; scapy is imported only when a feature runs)
     "CaptureSummary": "_raw",
     "IcmpHeartbeat": "_raw",

@@ -304,6 +304,8 @@ _FTP_PRODUCTS: Final = (
     (re.compile(r"microsoft ftp service", re.I), "Microsoft FTP Service"),
     (re.compile(r"wu-?ftpd?[- ]?([\d.]+)?", re.I), "wu-ftpd"),
     (re.compile(r"busybox", re.I), "BusyBox ftpd"),
+    (re.compile(r"vxworks\s*\(?([\d.]+)?", re.I), "VxWorks ftpd"),
+    (re.compile(r"nucleus net\s*([\d.]+)?", re.I), "Nucleus NET ftpd"),
 )
 _SMTP_PRODUCTS: Final = (
     (re.compile(r"postfix", re.I), "Postfix"),
@@ -336,7 +338,7 @@ def _product_from_table(
 def _product_from_free_text(line: str) -> tuple[str | None, str | None]:
     """Find "Product 1.2" in free text: the nearest non-generic word before the first version number."""
     m = _GLUED.search(line)
-    words = line.split()[:64]
+    words = [w.strip("()[]") for w in line.split()[:64]]
     for i, word in enumerate(words):
         vm = _VERSION_WORD.match(word)
         if vm is None:
