@@ -337,9 +337,8 @@ class EmulatedDevice:
             if not started:
                 # Binding failed (or we were cancelled): close the task group; the error propagates.
                 tg.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await tg.__aexit__(None, None, None)
                 self._tg = None
+                await tg.__aexit__(None, None, None)
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
