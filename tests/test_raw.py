@@ -1,0 +1,423 @@
+"""Raw-packet features behind the scapy seam: ICMP, passive OS hint, pcap capture, and clear errors.
+
+Tests marked ``raw`` need root (CAP_NET_RAW) and scapy and are skipped otherwise; CI runs them as root. All
+traffic stays on loopback, each emulated device on its own 127.x.y.z address.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fragileprobe import (
+    ConfigError,
+    capture,
+    grab_banner,
+    icmp_reachable,
+    os_hint_from_ttl,
+    raw_available,
+    syn_ack_observer,
+)
+from fragileprobe._raw import SynAckObservation, summarize_syn_acks
+from fragileprobe.emulator import EmulatedPump
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+_RAW_OK, _RAW_REASON = raw_available()
+# Stacked under @pytest.mark.raw: skips with the exact reason (no scapy, or no root / CAP_NET_RAW).
+raw_only = pytest.mark.skipif(not _RAW_OK, reason=f"raw-packet test skipped: {_RAW_REASON}")
+
+# Run in a subprocess: take CAP_NET_RAW away (when running as root), as a non-root user lacks it. Dropping
+# the capability rather than the uid keeps the interpreter (installed under /root) readable.
+DROP_NET_RAW = textwrap.dedent(
+    """
+    import ctypes, os, socket
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        class Header(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+        class Data(ctypes.Structure):
+            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                        ("inheritable", ctypes.c_uint32)]
+        header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+        data = (Data * 2)()
+        assert libc.capget(ctypes.byref(header), data) == 0, ctypes.get_errno()
+        no_net_raw = ~(1 << 13) & 0xFFFFFFFF  # CAP_NET_RAW
+        data[0].effective &= no_net_raw
+        data[0].permitted &= no_net_raw
+        assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
+        print("RAW_SOCKET_OPENED")
+    except PermissionError:
+        print("RAW_SOCKET_DENIED")
+    """
+)
+
+# Run in a subprocess: make scapy impossible to import, as on a machine without the [raw] extra.
+BLOCK_SCAPY = "import sys\nsys.modules['scapy'] = None\n"
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+# --------------------------------------------------------------------------------------------- pure logic
+
+
+@pytest.mark.parametrize(
+    ("ttl", "initial", "family", "hint"),
+    [
+        (64, 64, "generic unix", "generic unix"),
+        (57, 64, "generic unix", "generic unix"),
+        (128, 128, "windows", "windows"),
+        (120, 128, "windows", "windows"),
+        (255, 255, "embedded", "embedded/network device"),
+        (250, 255, "embedded", "embedded/network device"),
+        (30, 32, "embedded", "old embedded stack or Windows 9x"),
+        (0, 0, "unknown", "unknown"),
+        (256, 0, "unknown", "unknown"),
+    ],
+)
+def test_os_hint_from_ttl_maps_initial_ttls_to_stack_families(
+    ttl: int, initial: int, family: str, hint: str
+) -> None:
+    assert os_hint_from_ttl(ttl) == (initial, family, hint)
+
+
+@given(st.integers(min_value=1, max_value=255))
+def test_initial_ttl_is_the_smallest_common_value_at_or_above_the_observed(ttl: int) -> None:
+    initial, family, _ = os_hint_from_ttl(ttl)
+    assert initial in (32, 64, 128, 255)
+    assert initial >= ttl
+    assert all(not (ttl <= other < initial) for other in (32, 64, 128, 255))
+    assert family != "unknown"
+
+
+@given(st.integers())
+def test_os_hint_from_ttl_never_raises(ttl: int) -> None:
+    initial, family, hint = os_hint_from_ttl(ttl)
+    assert isinstance(initial, int)
+    assert family
+    assert hint
+
+
+def _obs(port: int, ttl: int) -> SynAckObservation:
+    initial, _, _ = os_hint_from_ttl(ttl)
+    return SynAckObservation(
+        port=port,
+        ttl=ttl,
+        initial_ttl=initial,
+        window=65535,
+        mss=1460,
+        window_scale=None,
+        options=("MSS",),
+        syn_acks=1,
+    )
+
+
+def test_summary_without_syn_acks_is_unknown_and_says_why() -> None:
+    hint = summarize_syn_acks("127.0.0.9", (), loopback=False)
+    assert hint.os_family == "unknown"
+    assert hint.initial_ttl is None
+    assert "no SYN-ACK" in (hint.note or "")
+
+
+def test_summary_of_a_network_device_notes_mixed_ttls() -> None:
+    hint = summarize_syn_acks("10.0.0.1", (_obs(23, 254), _obs(80, 255), _obs(8080, 63)), loopback=False)
+    assert (hint.initial_ttl, hint.os_hint) == (255, "embedded/network device")
+    assert "mixed initial TTLs" in (hint.note or "")
+    assert hint.ttls_by_port == {23: 254, 80: 255, 8080: 63}
+
+
+def test_summary_on_loopback_warns_that_it_describes_the_local_stack() -> None:
+    hint = summarize_syn_acks("127.0.0.9", (_obs(22, 64),), loopback=True)
+    assert hint.os_family == "generic unix"
+    assert "loopback" in (hint.note or "")
+
+
+# ------------------------------------------------------------------------------------- validation, no raw
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"count": 0}, "count"),
+        ({"count": 101}, "count"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"timeout_s": 31.0}, "timeout_s"),
+        ({"interval_s": -1.0}, "interval_s"),
+    ],
+)
+async def test_icmp_reachable_rejects_bad_arguments_before_sending(
+    kwargs: dict[str, float], field: str
+) -> None:
+    with pytest.raises(ConfigError, match=field):
+        await icmp_reachable("127.0.0.1", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("host", ["::1", "not-an-address", "127.0.0.256"])
+async def test_raw_features_take_ipv4_addresses_only(host: str) -> None:
+    with pytest.raises(ConfigError, match="host"):
+        await icmp_reachable(host)
+    with pytest.raises(ConfigError, match="host"):
+        syn_ack_observer(host)
+    with pytest.raises(ConfigError, match="host"):
+        capture(host, "/nonexistent/x.pcap")
+
+
+def test_capture_rejects_bounds_below_their_floor(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max_packets"):
+        capture("127.0.0.1", tmp_path / "x.pcap", max_packets=0)
+    with pytest.raises(ConfigError, match="max_bytes"):
+        capture("127.0.0.1", tmp_path / "x.pcap", max_bytes=10)
+
+
+def test_importing_the_raw_seam_does_not_import_scapy() -> None:
+    """The seam, its public names and the SYN watcher load without scapy; scapy comes with first use."""
+    out = _run(
+        "import sys, fragileprobe\n"
+        "fragileprobe.IcmpHeartbeat, fragileprobe.capture, fragileprobe.raw_available()\n"
+        "import fragileprobe.emulator._synwatch\n"
+        "print('scapy' in sys.modules)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_without_raw_socket_privilege_every_raw_feature_says_so() -> None:
+    """Without CAP_NET_RAW: a RawUnavailableError naming the privilege; the core still works."""
+    code = DROP_NET_RAW + textwrap.dedent(
+        """
+        import anyio, fragileprobe
+        from fragileprobe import RawUnavailableError
+        ok, reason = fragileprobe.raw_available()
+        print("AVAILABLE", ok, reason)
+        try:
+            fragileprobe.IcmpHeartbeat()
+        except RawUnavailableError as exc:
+            print("HEARTBEAT", exc)
+        async def main():
+            for name, enter in (
+                ("ICMP", lambda: fragileprobe.icmp_reachable("127.0.0.1")),
+                ("OBSERVER", lambda: fragileprobe.syn_ack_observer("127.0.0.1").__aenter__()),
+                ("CAPTURE", lambda: fragileprobe.capture("127.0.0.1", "/tmp/never.pcap").__aenter__()),
+            ):
+                try:
+                    await enter()
+                except RawUnavailableError as exc:
+                    print(name, exc)
+            # The core needs no privilege: a full connect to a closed loopback port is just CLOSED.
+            result = await fragileprobe.tcp_connect("127.0.0.1", 9, timeout_s=1.0)
+            print("CORE", result.outcome.value)
+        anyio.run(main)
+        """
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines() if " " in line)
+    # The check agrees with the kernel: a packet socket really cannot be opened.
+    assert "RAW_SOCKET_DENIED" in out.stdout
+    assert lines["AVAILABLE"].startswith("False")
+    for name in ("AVAILABLE", "HEARTBEAT", "ICMP", "OBSERVER", "CAPTURE"):
+        assert "root or CAP_NET_RAW" in lines[name], (name, lines[name])
+    assert lines["HEARTBEAT"].startswith("IcmpHeartbeat needs raw packets")
+    assert lines["CAPTURE"].startswith("capture needs raw packets")
+    assert lines["CORE"] == "closed"
+
+
+def test_without_scapy_raw_features_name_the_extra_to_install() -> None:
+    """Without scapy: RawUnavailableError says "pip install 'fragileprobe[raw]'"; the core still works."""
+    code = BLOCK_SCAPY + textwrap.dedent(
+        """
+        import anyio, fragileprobe
+        from fragileprobe import RawUnavailableError
+        ok, reason = fragileprobe.raw_available()
+        print("AVAILABLE", ok, reason)
+        try:
+            fragileprobe.IcmpHeartbeat()
+        except RawUnavailableError as exc:
+            print("HEARTBEAT", exc)
+        try:
+            fragileprobe.require_raw("passive OS hint")
+        except RawUnavailableError as exc:
+            print("REQUIRE", exc)
+        print("CORE", fragileprobe.Scope(["127.0.0.0/24"]).check("127.0.0.5"))
+        """
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines() if " " in line)
+    assert lines["AVAILABLE"].startswith("False")
+    for name in ("AVAILABLE", "HEARTBEAT", "REQUIRE"):
+        assert "scapy is not installed (pip install 'fragileprobe[raw]')" in lines[name], lines[name]
+    assert lines["REQUIRE"].startswith("passive OS hint needs raw packets")
+    assert lines["CORE"] == "127.0.0.5"
+
+
+# ------------------------------------------------------------------------------------------- raw: ICMP
+
+
+@pytest.mark.raw
+@raw_only
+@pytest.mark.parametrize("count", [1, 3])
+async def test_icmp_echo_to_a_loopback_address_is_answered(loopback_host: str, count: int) -> None:
+    result = await icmp_reachable(loopback_host, count=count, interval_s=0.01, timeout_s=2.0)
+    assert result.reachable
+    assert (result.sent, result.received) == (count, count)
+    assert len(result.rtts_s) == count
+    assert 0 < (result.rtt_s or 0.0) < 2.0
+    assert result.ttl == 64  # Linux answers with its default TTL
+    assert result.loss_fraction == 0.0
+
+
+@pytest.mark.raw
+@raw_only
+async def test_icmp_heartbeat_beats_ok_on_a_loopback_address(loopback_host: str) -> None:
+    from fragileprobe import Heartbeat, IcmpHeartbeat
+
+    heartbeat = IcmpHeartbeat(timeout_s=2.0)
+    assert isinstance(heartbeat, Heartbeat)
+    assert heartbeat.port == 0  # ICMP uses none of the device's TCP sessions
+    beat = await heartbeat.beat(loopback_host)
+    assert beat.ok, beat.error
+    assert beat.error is None
+    assert beat.latency_s > 0
+
+
+@pytest.mark.raw
+@raw_only
+async def test_cancelled_icmp_check_returns_at_once_and_its_thread_ends(loopback_host: str) -> None:
+    """Cancelling mid-check returns at once, and the abandoned worker closes its raw socket within ~50 ms.
+
+    Without the stop flag the worker would keep its socket open for the remaining nine echoes (~9 s).
+    """
+    await icmp_reachable(loopback_host)  # warm up: scapy imported, worker thread started
+    before = _open_fds()
+    with anyio.move_on_after(0.2) as scope:
+        await icmp_reachable(loopback_host, count=10, interval_s=1.0, timeout_s=1.0)
+    assert scope.cancelled_caught
+    for _ in range(100):  # up to 2 s
+        if _open_fds() <= before:
+            break
+        await anyio.sleep(0.02)
+    else:
+        pytest.fail("the cancelled ICMP worker kept its raw socket open")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ---------------------------------------------------------------------------------- raw: passive OS hint
+
+
+@pytest.mark.raw
+@raw_only
+async def test_passive_os_hint_reads_the_syn_acks_of_full_connects(loopback_host: str) -> None:
+    """The observer reports TTL and window per port from fragileprobe's own connects and sends nothing."""
+    async with EmulatedPump(loopback_host, seed=7, boot_delay_s=0.05) as pump:
+        async with syn_ack_observer(loopback_host) as observer:
+            for model_port in (21, 22, 23):
+                result = await grab_banner(loopback_host, pump.port(model_port), timeout_s=2.0)
+                assert result.data
+        hint = observer.hint()
+        # Exactly the three connects we made: the observer added none.
+        assert pump.stats.connects_total == 3
+    assert {o.port for o in hint.observations} == {pump.port(p) for p in (21, 22, 23)}
+    for o in hint.observations:
+        assert (o.ttl, o.initial_ttl) == (64, 64)
+        assert o.window > 0
+        assert o.mss is not None
+        assert o.syn_acks >= 1
+    assert hint.initial_ttl == 64
+    assert (hint.os_family, hint.os_hint) == ("generic unix", "generic unix")
+    assert "loopback" in (hint.note or "")
+
+
+# ------------------------------------------------------------------------------------------ raw: capture
+
+
+def _read_pcap(path: Path) -> list[object]:
+    import scapy.layers.l2  # noqa: F401  - registers Ethernet (link type 1) for the reader
+    from scapy.utils import rdpcap
+
+    return list(rdpcap(str(path)))
+
+
+@pytest.mark.raw
+@raw_only
+async def test_capture_holds_the_targets_handshakes_and_nothing_of_other_hosts(
+    loopback_hosts: Callable[[], str], tmp_path: Path
+) -> None:
+    from scapy.layers.inet import IP, TCP
+
+    target, other = loopback_hosts(), loopback_hosts()
+    path = tmp_path / "evidence" / "pump.pcap"
+    async with (
+        EmulatedPump(target, seed=1, boot_delay_s=0.05) as pump,
+        EmulatedPump(other, seed=2, boot_delay_s=0.05) as neighbour,
+        capture(target, path) as cap,
+    ):
+        for model_port in (21, 22):
+            await grab_banner(target, pump.port(model_port), timeout_s=2.0)
+            await grab_banner(other, neighbour.port(model_port), timeout_s=2.0)
+    summary = cap.summary
+    packets = _read_pcap(path)
+    assert summary.packets_written == len(packets) > 0
+    assert summary.bytes_written == path.stat().st_size
+    assert not summary.truncated
+    ips = [p[IP] for p in packets if IP in p]  # type: ignore[operator,index]
+    assert len(ips) == len(packets)
+    assert all(target in (ip.src, ip.dst) for ip in ips)
+    assert not any(other in (ip.src, ip.dst) for ip in ips)
+    for model_port in (21, 22):
+        port = pump.port(model_port)
+        flags = [str(ip[TCP].flags) for ip in ips if port in (ip[TCP].sport, ip[TCP].dport)]
+        # The three-way handshake, in order, then the banner (PA) and the close.
+        assert flags[:3] == ["S", "SA", "A"], flags
+        assert any("P" in f for f in flags)
+        assert any("F" in f or "R" in f for f in flags)
+    # Each packet once: the loopback device's duplicate (outgoing) copies are not written.
+    syns = [ip for ip in ips if str(ip[TCP].flags) == "S"]
+    assert len(syns) == 2
+
+
+@pytest.mark.raw
+@raw_only
+async def test_capture_stops_writing_at_its_packet_bound_and_counts_the_rest(
+    loopback_host: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bounded.pcap"
+    async with (
+        EmulatedPump(loopback_host, seed=1, boot_delay_s=0.05) as pump,
+        capture(loopback_host, path, max_packets=3) as cap,
+    ):
+        await grab_banner(loopback_host, pump.port(21), timeout_s=2.0)
+        await grab_banner(loopback_host, pump.port(22), timeout_s=2.0)
+    assert cap.summary.packets_written == 3 == len(_read_pcap(path))
+    assert cap.summary.truncated
+    assert cap.summary.packets_dropped > 0
+
+
+@pytest.mark.raw
+@raw_only
+async def test_an_empty_capture_is_still_a_valid_pcap(loopback_host: str, tmp_path: Path) -> None:
+    path = tmp_path / "empty.pcap"
+    async with capture(loopback_host, path) as cap:
+        pass
+    assert cap.summary.packets_written == 0
+    assert _read_pcap(path) == []
+    assert path.stat().st_size == 24  # the pcap file header alone
