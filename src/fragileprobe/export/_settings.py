@@ -1,0 +1,426 @@
+"""Safe vulnerability-scan settings per asset group, for nmap, Nessus, Greenbone/OpenVAS and InsightVM.
+
+Pure: a ceiling (or a stored profile, or a group plus the store) in, frozen records and text out. The
+scanner facts these numbers rest on are in ``docs/discovery.md`` and the project's anchors:
+
+* nmap ``--max-parallelism`` counts probes across a whole host group, not per host, and is ignored together
+  with ``--scan-delay``. It only becomes a per-host bound with ``--max-hostgroup 1`` (one host at a time),
+  which is what the fragile settings use. ``--max-rate`` is likewise global, so per host only with one host
+  per group. ``-sV`` excludes 9100-9107 by default; ``-O`` sends deliberately malformed packets and is never
+  suggested for a fragile group.
+* Nessus: "Max simultaneous checks per host", "Max simultaneous TCP sessions per host", "Safe checks",
+  "Stop scanning hosts that become unresponsive during the scan" (off by default; always on here). Tenable's
+  OT guidance uses 2 checks per host.
+* Greenbone/OpenVAS: ``max_checks`` (concurrent VTs per host), ``max_hosts``, ``safe_checks``, opt-in
+  ``max_vts_timeouts``; ports are excluded by scanning a port list without them.
+* Rapid7 InsightVM: scan template "maximum scan processes" per asset and parallel assets per engine;
+  TCP discovery by full connection instead of SYN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from fragileprobe._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "CONSERVATIVE_CEILING",
+    "MEDICAL_UNKNOWN_GROUP",
+    "PRINTER_PORT_RANGE",
+    "GroupScanSettings",
+    "InsightVmTemplate",
+    "NessusPolicy",
+    "NmapArgs",
+    "OpenVasSettings",
+    "insightvm_template",
+    "nessus_policy",
+    "nmap_args",
+    "openvas_settings",
+    "settings_for_groups",
+    "template_for_group",
+]
+
+# The most conservative setting: one session per host at a time. Used for medical devices whose model has
+# not been characterized yet.
+CONSERVATIVE_CEILING: Final = 1
+# The group the default rules put unknown medical-looking devices in.
+MEDICAL_UNKNOWN_GROUP: Final = "Medical Device?"
+# Raw print ports: whatever a scanner sends there is printed. Excluded from every group's scans.
+PRINTER_PORT_RANGE: Final = (9100, 9107)
+# Connects per second per host for fragile groups: discovery's default, a quarter of runZero's 40/s.
+FRAGILE_RATE_PER_HOST: Final = 10.0
+# Hosts in parallel for fragile groups on scanners whose per-host limits really are per host (Nessus,
+# OpenVAS, InsightVM): Tenable's OT guidance uses 10.
+FRAGILE_HOSTS_IN_PARALLEL: Final = 10
+# Nessus checks per host for fragile groups: Tenable's OT setting.
+OT_CHECKS_PER_HOST: Final = 2
+# Network/read timeout for fragile hosts: Tenable's OT guidance (slow stacks answer late, not never).
+FRAGILE_TIMEOUT_S: Final = 15
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupScanSettings:
+    """The scanner-neutral settings a group's regular vulnerability scans should use.
+
+    Attributes:
+        group: The asset group.
+        fragile: True for medical/fragile groups (a ceiling applies).
+        sessions_per_host: Most TCP sessions held at once on one host, or None for the scanner default.
+        checks_per_host: Most checks (plugins/VTs) at once per host, or None for the default.
+        hosts_in_parallel: Hosts scanned at once, or None for the default.
+        rate_per_host: Connects per second per host, or None for no cap.
+        safe_checks: Only non-destructive checks.
+        stop_unresponsive: Stop scanning a host that stops answering.
+        service_detection: Version probes (nmap -sV) are acceptable.
+        os_detection: Active OS fingerprinting (nmap -O) is acceptable.
+        exclude_ports: Port ranges never to scan, inclusive ``(lo, hi)`` pairs.
+        characterize_first: The group's model has no measured ceiling: characterize one device first.
+        source: Where the numbers come from.
+        notes: Things the person configuring the scanner must know.
+    """
+
+    group: str
+    fragile: bool
+    sessions_per_host: int | None
+    checks_per_host: int | None
+    hosts_in_parallel: int | None
+    rate_per_host: float | None
+    safe_checks: bool
+    stop_unresponsive: bool
+    service_detection: bool
+    os_detection: bool
+    exclude_ports: tuple[tuple[int, int], ...]
+    characterize_first: bool
+    source: str
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "group": self.group, "fragile": self.fragile, "sessions_per_host": self.sessions_per_host,
+            "checks_per_host": self.checks_per_host, "hosts_in_parallel": self.hosts_in_parallel,
+            "rate_per_host": self.rate_per_host, "safe_checks": self.safe_checks,
+            "stop_unresponsive": self.stop_unresponsive, "service_detection": self.service_detection,
+            "os_detection": self.os_detection, "exclude_ports": [list(r) for r in self.exclude_ports],
+            "characterize_first": self.characterize_first, "source": self.source, "notes": list(self.notes),
+        }
+
+    def text(self) -> str:
+        """Every scanner's settings for this group, as text for people."""
+        parts = [f"# {self.group}: {self.source}"]
+        parts.extend(f"# note: {n}" for n in self.notes)
+        parts.append(nmap_args(self).text())
+        parts.append(nessus_policy(self).text())
+        parts.append(openvas_settings(self).text())
+        parts.append(insightvm_template(self).text())
+        return "\n".join(parts)
+
+
+def _fragile(group: str, ceiling: int, *, source: str, characterize_first: bool,
+             notes: Iterable[str] = ()) -> GroupScanSettings:
+    if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 1:
+        raise ConfigError(f"ceiling must be an integer >= 1, got {ceiling!r}")
+    return GroupScanSettings(
+        group=group, fragile=True, sessions_per_host=ceiling,
+        checks_per_host=max(1, min(ceiling, OT_CHECKS_PER_HOST)),
+        hosts_in_parallel=FRAGILE_HOSTS_IN_PARALLEL, rate_per_host=FRAGILE_RATE_PER_HOST, safe_checks=True,
+        stop_unresponsive=True, service_detection=False, os_detection=False,
+        exclude_ports=(PRINTER_PORT_RANGE,), characterize_first=characterize_first, source=source,
+        notes=tuple(notes),
+    )
+
+
+def _regular(group: str, *, source: str) -> GroupScanSettings:
+    return GroupScanSettings(
+        group=group, fragile=False, sessions_per_host=None, checks_per_host=None, hosts_in_parallel=None,
+        rate_per_host=None, safe_checks=True, stop_unresponsive=True, service_detection=True,
+        os_detection=False, exclude_ports=(PRINTER_PORT_RANGE,), characterize_first=False, source=source,
+        notes=("scanner defaults are fine; printer ports 9100-9107 stay excluded (they print what they "
+               "receive)",),
+    )
+
+
+def _as_settings(x: int | GroupScanSettings | Any) -> GroupScanSettings:
+    """Accept a GroupScanSettings, a ceiling (int) or a DeviceProfile-like object (model_key, ceiling)."""
+    if isinstance(x, GroupScanSettings):
+        return x
+    if isinstance(x, int) and not isinstance(x, bool):
+        return _fragile(f"ceiling {x}", x, source=f"given ceiling {x}", characterize_first=False)
+    key = getattr(x, "model_key", None)
+    if isinstance(key, str):
+        ceiling = getattr(x, "ceiling", None)
+        if ceiling is None:
+            return _fragile(key, CONSERVATIVE_CEILING, source=f"profile {key} has no ceiling yet",
+                            characterize_first=True,
+                            notes=("no safe ceiling measured: most conservative setting",))
+        return _fragile(key, int(ceiling), source=f"stored profile {key}: safe ceiling {ceiling}",
+                        characterize_first=False)
+    raise ConfigError(f"expected a ceiling, a DeviceProfile or GroupScanSettings, got {type(x).__name__}")
+
+
+def template_for_group(
+    group: str,
+    store: Any = None,
+    *,
+    assets: Iterable[Any] = (),
+) -> GroupScanSettings:
+    """The settings for one asset group.
+
+    * A group named after a model with a stored profile: that profile's ceiling.
+    * "Medical Device?" (unknown medical devices): the most conservative setting (1 session per host) and
+      a note that a device of the model should be characterized first.
+    * Another group whose ``assets`` (from a DiscoveryReport) include known models or medical devices:
+      the lowest stored ceiling among them, else the conservative setting.
+    * Anything else ("safe to scan (...)"): scanner defaults, printer ports excluded.
+
+    Args:
+        group: The group name.
+        store: A ProfileStore (anything with ``ceiling_for(model_key)``), or None.
+        assets: The group's assets, to judge user-defined groups.
+
+    Returns:
+        GroupScanSettings.
+    """
+    if not isinstance(group, str) or not group:
+        raise ConfigError(f"group must be a non-empty string, got {group!r}")
+    if group == MEDICAL_UNKNOWN_GROUP:
+        return _fragile(group, CONSERVATIVE_CEILING, source="unknown medical device: most conservative",
+                        characterize_first=True,
+                        notes=("characterize one device of each model in this group first "
+                               "(fragileprobe characterize), then scan within its measured ceiling",))
+    if store is not None:
+        ceiling = store.ceiling_for(group)
+        if ceiling is not None:
+            return _fragile(group, int(ceiling), source=f"stored profile {group}: safe ceiling {ceiling}",
+                            characterize_first=False)
+    members = list(assets)
+    ceilings = [a.ceiling for a in members if getattr(a, "ceiling", None) is not None]
+    if ceilings:
+        low = min(ceilings)
+        return _fragile(group, low, source=f"lowest stored ceiling among the group's models: {low}",
+                        characterize_first=False)
+    if any(getattr(a, "medical", False) for a in members):
+        return _fragile(group, CONSERVATIVE_CEILING, source="group holds medical devices of unknown models",
+                        characterize_first=True,
+                        notes=("characterize one device of each model first",))
+    return _regular(group, source="no fragile device known in this group")
+
+
+def settings_for_groups(report: Any, store: Any = None) -> dict[str, GroupScanSettings]:
+    """Settings for every group of a DiscoveryReport (``report.groups``: name -> assets)."""
+    groups: Mapping[str, Any] = report.groups
+    return {g: template_for_group(g, store, assets=members) for g, members in groups.items()}
+
+
+# --- nmap -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class NmapArgs:
+    """nmap command-line arguments (targets not included) and what they mean."""
+
+    args: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def text(self) -> str:
+        """``nmap <args> <targets>`` with the notes as comments."""
+        lines = ["nmap " + " ".join(self.args) + " <targets>"]
+        lines.extend(f"#   {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _port_exclusion(ranges: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in ranges)
+
+
+def nmap_args(x: int | GroupScanSettings | Any) -> NmapArgs:
+    """nmap arguments for a ceiling, a stored profile or a group's settings.
+
+    Fragile groups: connect scan, one host per host group so that ``--max-parallelism`` (which counts the
+    whole host group) is really a per-host bound, ``--max-rate`` per host for the same reason, one retry,
+    no ``-sV``/``-O``, printer ports excluded.
+    """
+    s = _as_settings(x)
+    excl = _port_exclusion(s.exclude_ports)
+    if not s.fragile:
+        args = ("-sT", "-sV", "--exclude-ports", excl)
+        notes = ("-sT: full connects; -sV leaves 9100-9107 alone by default and they are excluded anyway",
+                 "default or -T4 timing is fine for this group; -O is not needed for vulnerability scans")
+        return NmapArgs(args, notes)
+    parallel = s.sessions_per_host or CONSERVATIVE_CEILING
+    args_list = ["-sT", "-Pn", "--max-hostgroup", "1", "--max-parallelism", str(parallel),
+                 "--max-retries", "1", "--max-rate", f"{s.rate_per_host or FRAGILE_RATE_PER_HOST:g}",
+                 "--host-timeout", "30m", "--exclude-ports", excl]
+    notes_list = [
+        f"--max-parallelism counts probes across the whole host group, not per host: only with "
+        f"--max-hostgroup 1 is it a per-host bound ({parallel} session(s))",
+        "--max-rate is global too; with one host at a time it is the per-host connect rate",
+        "do not add --scan-delay: nmap then ignores --max-parallelism and serializes the scan",
+        "no -O (malformed OS-detection packets crash embedded stacks), no -sV/-A/--script on this group",
+    ]
+    if s.characterize_first:
+        notes_list.append("model not characterized yet: characterize a device first, then use its ceiling")
+    return NmapArgs(tuple(args_list), tuple(notes_list))
+
+
+# --- Nessus -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NessusPolicy:
+    """Nessus scan policy values (Settings > Advanced and Discovery > Port scanning)."""
+
+    max_checks_per_host: int | None
+    max_simultaneous_tcp_sessions_per_host: int | None
+    max_hosts_per_scan: int | None
+    network_timeout_s: int | None
+    safe_checks: bool
+    stop_scanning_unresponsive_hosts: bool
+    port_scanner: str
+    excluded_ports: str
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "max_checks_per_host": self.max_checks_per_host,
+            "max_simultaneous_tcp_sessions_per_host": self.max_simultaneous_tcp_sessions_per_host,
+            "max_hosts_per_scan": self.max_hosts_per_scan, "network_timeout_s": self.network_timeout_s,
+            "safe_checks": self.safe_checks,
+            "stop_scanning_unresponsive_hosts": self.stop_scanning_unresponsive_hosts,
+            "port_scanner": self.port_scanner, "excluded_ports": self.excluded_ports,
+            "notes": list(self.notes),
+        }
+
+    def text(self) -> str:
+        """The values as the Nessus UI names them."""
+        d = "default"
+        return "\n".join([
+            "Nessus policy:",
+            f"  Max simultaneous checks per host: {self.max_checks_per_host or d}",
+            f"  Max simultaneous TCP sessions per host: {self.max_simultaneous_tcp_sessions_per_host or d}",
+            f"  Max simultaneous hosts per scan: {self.max_hosts_per_scan or d}",
+            f"  Network timeout (seconds): {self.network_timeout_s or d}",
+            f"  Safe checks: {'on' if self.safe_checks else 'off'}",
+            "  Stop scanning hosts that become unresponsive during the scan: "
+            f"{'on' if self.stop_scanning_unresponsive_hosts else 'off'}",
+            f"  Port scanner: {self.port_scanner}; exclude ports {self.excluded_ports}",
+            *(f"  # {n}" for n in self.notes),
+        ])
+
+
+def nessus_policy(x: int | GroupScanSettings | Any) -> NessusPolicy:
+    """Nessus policy values for a ceiling, a stored profile or a group's settings."""
+    s = _as_settings(x)
+    notes = ["'stop scanning hosts that become unresponsive' is off by default in Nessus: turn it on"]
+    if s.characterize_first:
+        notes.append("model not characterized yet: characterize a device first")
+    return NessusPolicy(
+        max_checks_per_host=s.checks_per_host,
+        max_simultaneous_tcp_sessions_per_host=s.sessions_per_host,
+        max_hosts_per_scan=s.hosts_in_parallel,
+        network_timeout_s=FRAGILE_TIMEOUT_S if s.fragile else None,
+        safe_checks=s.safe_checks, stop_scanning_unresponsive_hosts=s.stop_unresponsive,
+        port_scanner="TCP (full connect), SYN scanner off" if s.fragile else "default",
+        excluded_ports=_port_exclusion(s.exclude_ports), notes=tuple(notes),
+    )
+
+
+# --- Greenbone / OpenVAS ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenVasSettings:
+    """Greenbone/OpenVAS task and scan-config values."""
+
+    max_checks: int | None
+    max_hosts: int | None
+    safe_checks: bool
+    max_vts_timeouts: int | None
+    excluded_ports: str
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"max_checks": self.max_checks, "max_hosts": self.max_hosts, "safe_checks": self.safe_checks,
+                "max_vts_timeouts": self.max_vts_timeouts, "excluded_ports": self.excluded_ports,
+                "notes": list(self.notes)}
+
+    def text(self) -> str:
+        """The values as scanner preferences (``name = value``)."""
+        lines = ["Greenbone/OpenVAS:"]
+        lines.append(f"  max_checks = {self.max_checks if self.max_checks is not None else 'default'}")
+        lines.append(f"  max_hosts = {self.max_hosts if self.max_hosts is not None else 'default'}")
+        lines.append(f"  safe_checks = {'yes' if self.safe_checks else 'no'}")
+        if self.max_vts_timeouts is not None:
+            lines.append(f"  max_vts_timeouts = {self.max_vts_timeouts}")
+        lines.append(f"  port list: without {self.excluded_ports}")
+        lines.extend(f"  # {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def openvas_settings(x: int | GroupScanSettings | Any) -> OpenVasSettings:
+    """Greenbone/OpenVAS values for a ceiling, a stored profile or a group's settings."""
+    s = _as_settings(x)
+    notes = ["exclude the printer ports by using a port list without them"]
+    if s.fragile:
+        notes.append("max_checks is per host (concurrent VTs); each VT may open a session, so it gets the "
+                     "ceiling")
+    if s.characterize_first:
+        notes.append("model not characterized yet: characterize a device first")
+    return OpenVasSettings(
+        max_checks=s.sessions_per_host, max_hosts=s.hosts_in_parallel, safe_checks=s.safe_checks,
+        max_vts_timeouts=3 if s.fragile else None, excluded_ports=_port_exclusion(s.exclude_ports),
+        notes=tuple(notes),
+    )
+
+
+# --- Rapid7 InsightVM -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InsightVmTemplate:
+    """Rapid7 InsightVM scan-template values."""
+
+    maximum_scan_processes_per_asset: int | None
+    maximum_assets_in_parallel: int | None
+    tcp_discovery_method: str
+    os_fingerprinting: bool
+    excluded_ports: str
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"maximum_scan_processes_per_asset": self.maximum_scan_processes_per_asset,
+                "maximum_assets_in_parallel": self.maximum_assets_in_parallel,
+                "tcp_discovery_method": self.tcp_discovery_method,
+                "os_fingerprinting": self.os_fingerprinting,
+                "excluded_ports": self.excluded_ports, "notes": list(self.notes)}
+
+    def text(self) -> str:
+        """The values as the template editor names them."""
+        d = "default"
+        return "\n".join([
+            "Rapid7 InsightVM scan template:",
+            f"  Maximum scan processes simultaneously used for each asset: "
+            f"{self.maximum_scan_processes_per_asset or d}",
+            "  Maximum assets scanned simultaneously per Scan Engine: "
+            f"{self.maximum_assets_in_parallel or d}",
+            f"  TCP port discovery method: {self.tcp_discovery_method}",
+            f"  Fingerprint operating systems: {'yes' if self.os_fingerprinting else 'no'}",
+            f"  Excluded ports: {self.excluded_ports}",
+            *(f"  # {n}" for n in self.notes),
+        ])
+
+
+def insightvm_template(x: int | GroupScanSettings | Any) -> InsightVmTemplate:
+    """InsightVM template values for a ceiling, a stored profile or a group's settings."""
+    s = _as_settings(x)
+    notes = []
+    if s.characterize_first:
+        notes.append("model not characterized yet: characterize a device first")
+    return InsightVmTemplate(
+        maximum_scan_processes_per_asset=s.sessions_per_host, maximum_assets_in_parallel=s.hosts_in_parallel,
+        tcp_discovery_method="Full connection" if s.fragile else "default",
+        os_fingerprinting=s.os_detection, excluded_ports=_port_exclusion(s.exclude_ports), notes=tuple(notes),
+    )
