@@ -44,6 +44,7 @@ from fragileprobe.emulator._fragility import (
 )
 from fragileprobe.emulator._models import DeviceModel, get_model
 from fragileprobe.emulator._services import RECV_CHUNK, ServiceConn, abort_stream, serve
+from fragileprobe.emulator._synwatch import SynWatch
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping
@@ -203,6 +204,9 @@ class EmulatedDevice:
         self._boot_done: anyio.Event | None = None
         self._firmware_changed = False
         self._log = log.bind(host=self.host, model=self.model.name)
+        #: The half-open (SYN) scan watcher of a ``syn_sensitive`` model (None otherwise); inactive
+        #: without root or scapy. See emulator/_synwatch.py.
+        self.synwatch: SynWatch | None = None
 
     def __repr__(self) -> str:
         return (
@@ -330,6 +334,9 @@ class EmulatedDevice:
         started = False
         try:
             await self._power_on()
+            if self.model.fragility.syn_sensitive:
+                self.synwatch = SynWatch(self)
+                await tg.start(self.synwatch.run)
             if self.model.flap_period_s is not None:
                 tg.start_soon(self._flap, self.model.flap_period_s)
             started = True

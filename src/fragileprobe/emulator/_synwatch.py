@@ -45,6 +45,7 @@ import structlog
 
 from fragileprobe._errors import ConfigError, RawUnavailableError
 from fragileprobe._raw import ACK, RST, TcpSegment, _scapy, _segment, _Sniffer, raw_available
+from fragileprobe.emulator._fragility import DeviceState
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -219,6 +220,9 @@ class _Wedgeable(Protocol):
     @property
     def model(self) -> Any: ...
 
+    @property
+    def state(self) -> DeviceState: ...
+
     def wedge(self, except_ports: Collection[int] = ()) -> None: ...
 
 
@@ -293,9 +297,12 @@ class SynWatch:
             port=model_port,
             spared_ports=sorted(self.spared_ports),
         )
+        was_hung = self._device.state is DeviceState.HUNG
         self._device.wedge(except_ports=self.spared_ports)
-        with self._lock:
-            self._wedges += 1
+        if not was_hung and self._device.state is DeviceState.HUNG:
+            # Counted once per wedge: the rest of the same scan finds the device already wedged.
+            with self._lock:
+                self._wedges += 1
         if self._on_half_open is not None:
             self._on_half_open(probe)
 
