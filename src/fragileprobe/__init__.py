@@ -31,6 +31,8 @@ _LAZY: dict[str, str] = {
     # core (scope, probes, limiter, heartbeats)
     "Beat": "_heartbeat",
     "ConcurrencyLimiter": "_limiter",
+    "Guard": "_guard",
+    "GuardStats": "_guard",
     "Heartbeat": "_heartbeat",
     "HttpHeartbeat": "_heartbeat",
     "HttpResult": "_probes",
@@ -46,6 +48,9 @@ _LAZY: dict[str, str] = {
     "parse_ports": "_scope",
     "parse_targets": "_scope",
     "tcp_connect": "_probes",
+    "run_sync": "_sync",
+    "Watchdog": "_watchdog",
+    "WatchdogTimeline": "_watchdog",
     "OsGuess": "_fingerprint",
     "ServiceInfo": "_fingerprint",
     "fingerprint_http": "_fingerprint",

@@ -90,6 +90,9 @@ DEFAULT_READ_TIMEOUT_S = 2.0
 BANNER_MAX_BYTES = 1024
 # Upper limit a caller may ask for: enough for any multi-line greeting, small enough to stay harmless.
 BANNER_MAX_BYTES_CAP = 65536
+# A device writes its banner in one go; once bytes arrived, a 0.25 s pause means it is done (an 8-hop
+# hospital WAN adds < 50 ms between segments of one write).
+BANNER_SETTLE_S = 0.25
 # HTTP head (status line + headers): h11 uses 16 KiB as its default limit for an incomplete event.
 HTTP_MAX_HEAD_BYTES = 16384
 # http.client refuses more than 100 header lines (_MAXHEADERS); a device sending more is broken or hostile.
@@ -508,8 +511,14 @@ async def tcp_connect(
     return result
 
 
+# Interactive prompts end a banner without a newline ("login: ", "Password: ", "> ", "# ").
+_PROMPT_ENDINGS = (b": ", b"> ", b"# ", b"$ ", b"? ")
+
+
 def _banner_complete(buf: bytes | bytearray) -> bool:
-    """A banner is complete at a line end, unless the last line is an FTP/SMTP ``220-`` continuation."""
+    """A banner is complete at a line end (FTP/SMTP ``220-`` continuations excepted) or at a prompt."""
+    if buf.endswith(_PROMPT_ENDINGS):
+        return True
     if not buf.endswith(b"\n"):
         return False
     last = bytes(buf).rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
@@ -525,13 +534,15 @@ async def grab_banner(
     total_timeout_s: float | None = None,
     max_bytes: int = BANNER_MAX_BYTES,
     send: bytes | None = None,
+    settle_s: float = BANNER_SETTLE_S,
     scope: Scope | None = None,
     logger: Any = None,
 ) -> ProbeResult:
     """Connect, optionally send a few bytes, read what the service says first, close.
 
-    Reading stops at the first complete line (FTP/SMTP ``ddd-`` continuation lines excepted), at end of
-    stream, at ``max_bytes`` (``truncated``), after ``read_timeout_s`` without a byte, or at the overall
+    Reading stops at the first complete line (FTP/SMTP ``ddd-`` continuation lines excepted) or prompt
+    (``login: ``), at end of stream, at ``max_bytes`` (``truncated``), when the peer pauses
+    (``read_timeout_s`` before the first byte, ``settle_s`` once bytes have arrived), or at the overall
     deadline. A silent open port is OPEN with empty ``data``.
 
     Args:
@@ -542,6 +553,7 @@ async def grab_banner(
         total_timeout_s: bound on the whole probe (default ``timeout_s + read_timeout_s``).
         max_bytes: byte cap on the banner (at most :data:`BANNER_MAX_BYTES_CAP`).
         send: bytes to send after connecting (e.g. ``b"\\r\\n"`` to wake a console), at most 1 KiB.
+        settle_s: once some banner bytes arrived, a pause this long ends the banner.
         scope: when given, checked before anything is sent (raises ScopeError).
         logger: structlog logger for the probe events.
 
@@ -552,6 +564,7 @@ async def grab_banner(
     read_timeout_s = _check_seconds("read_timeout_s", read_timeout_s)
     total = _total(timeout_s, read_timeout_s, total_timeout_s)
     max_bytes = _check_bytes("max_bytes", max_bytes, BANNER_MAX_BYTES_CAP)
+    settle_s = _check_seconds("settle_s", settle_s)
     if send is not None and (not isinstance(send, bytes) or len(send) > 1024):
         raise ConfigError(f"send must be bytes of at most 1024, got {send!r:.60}")
 
@@ -563,7 +576,8 @@ async def grab_banner(
                 with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
                     await stream.send(send)
             while not _banner_complete(reader.buf) and await reader.fill():
-                pass
+                # After the first bytes, a short pause means the device said all it will say unprompted.
+                reader.read_timeout_s = min(read_timeout_s, settle_s)
         except _Stop as stop:
             if stop.reason == "cap":
                 fields["truncated"] = True
