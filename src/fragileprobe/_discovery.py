@@ -13,8 +13,8 @@ What it does to each host, and why:
   the rule also holds before the host's model is known.
 * On open ports: the banner is read (nothing is sent), except on printer ports 9100-9107, which print what
   they receive: there the probe is connect + close only. Web ports get one bounded ``GET /``.
-* A host that stops answering mid-scan (``unresponsive_after`` consecutive connect timeouts after it had
-  answered) is left alone for the rest of the run and reported; nothing is retried harder.
+* A host that stops answering mid-scan (``unresponsive_after`` consecutive timeouts, connect or HTTP, after it
+  had answered on some port) is left alone for the rest of the run and reported; nothing is retried harder.
 * Each finished host is written to the store at once (asset row, alert, "host done"), so a killed scan
   loses at most the hosts in flight, and ``resume=True`` continues the unfinished scan with the same
   targets and parameters.
@@ -573,17 +573,18 @@ async def _probe_host(host: str, s: _Settings, limit: int, hs: _HostState) -> li
                                         read_timeout_s=s.banner_timeout_s,
                                         total_timeout_s=s.connect_timeout_s + s.banner_timeout_s)
         results.append(res)
-        if _connected(res):
+        spoke = bool(res.data) or (isinstance(res, HttpResult) and res.status is not None)
+        if spoke:
             hs.answered.append(port)
             hs.consecutive_timeouts = 0
         elif res.outcome is Outcome.TIMEOUT:
+            # A connect that timed out, or a web server that accepted and never answered GET /. A silent
+            # banner port (SMB, RDP, TLS) and a refused port (RST from the stack) say nothing either way.
             hs.consecutive_timeouts += 1
             if hs.answered and hs.consecutive_timeouts >= s.unresponsive_after:
-                hs.gave_up = (f"{hs.consecutive_timeouts} consecutive connect timeouts after answering on "
+                hs.gave_up = (f"{hs.consecutive_timeouts} consecutive timeouts after answering on "
                               f"{len(hs.answered)} port(s)")
                 cancel.cancel()
-        else:
-            hs.consecutive_timeouts = 0
 
     async with anyio.create_task_group() as tg:
         # Tasks are started in port order; the limiter admits them one session (and one rate slot) at a

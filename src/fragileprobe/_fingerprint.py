@@ -634,8 +634,12 @@ def _normalise(text: str) -> str:
     return " ".join(tokens)[:200]
 
 
-def _identity(info: ServiceInfo, raw_line: str) -> list[str]:
+def _identity(info: ServiceInfo, raw_line: str, negotiated: Sequence[str] = ()) -> list[str]:
     """The parts of a ServiceInfo that belong to the model, not to the single device."""
+    if info.service == "telnet" and not info.product:
+        # A telnet greeting is mostly a host name and a prompt, and may arrive in pieces: the option
+        # negotiation the daemon opens with is the stable part (BusyBox and VxWorks differ there).
+        return [info.service, ",".join(sorted(negotiated))]
     if info.product:
         return [info.service, info.product.lower(), (info.version or "").lower()]
     return [info.service, _normalise(raw_line)]
@@ -685,8 +689,8 @@ def model_key(
             continue
         info = fingerprint_service(port, raw)
         infos.append(info)
-        payload = strip_telnet_negotiation(raw)[0] if info.service == "telnet" else raw
-        parts.append([port, *_identity(info, _first_line(_text(payload)))])
+        payload, negotiated = strip_telnet_negotiation(raw) if info.service == "telnet" else (raw, ())
+        parts.append([port, *_identity(info, _first_line(_text(payload)), negotiated)])
     web_product = None
     if server_header:
         web = fingerprint_http(200, [("Server", server_header[:MAX_FIELD_CHARS])])
