@@ -413,6 +413,12 @@ class Characterization:
         )
 
     @property
+    def limit(self) -> int | None:
+        """The lowest level that failed (crash or early warning), the ``L`` of the derivation."""
+        values = [x for x in (self.failed_at, self.warned_at) if x is not None]
+        return min(values) if values else None
+
+    @property
     def crashes(self) -> int:
         """Crashes over all trials (each one needed a recovery)."""
         return sum(t.crashes for t in self.trials)
@@ -467,10 +473,14 @@ class Characterization:
             else:
                 lines.append(
                     f"Safe ceiling: {self.safe_ceiling} concurrent sessions "
-                    f"({self.margin_fraction:.0%} margin below the first failure)."
+                    f"({self.margin_fraction:.0%} margin below the lowest failing level, {self.limit})."
                 )
         if self.latency_knee is not None:
-            lines.append(f"Latency knee: heartbeat latency doubled at {self.latency_knee} sessions.")
+            factor = self.early_warning_factor or DEFAULT_KNEE_FACTOR
+            lines.append(
+                f"Latency knee: the median heartbeat latency first reached {factor:g}x the idle baseline at "
+                f"{self.latency_knee} concurrent session{'s' if self.latency_knee != 1 else ''}."
+            )
         if self.stop_reason != "complete":
             lines.append(f"The run stopped early: {self.stop_reason.replace('_', ' ')}.")
         return "\n".join(lines)
