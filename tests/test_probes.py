@@ -1,14 +1,15 @@
-"""Probes against real loopback peers, friendly and hostile: outcomes, byte and time bounds, graceful close."""
+"""Probes against real loopback peers, friendly and hostile: outcomes, byte/time bounds, graceful close."""
 
 from __future__ import annotations
 
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -136,10 +137,13 @@ async def test_tcp_connect_open_and_closes_with_fin(loopback_host: str) -> None:
         state_holder.append(state)
         result = await tcp_connect(loopback_host, state.port)
         await anyio.sleep(0.05)
-    assert result.outcome is Outcome.OPEN and result.ok
-    assert result.data == b"" and result.error is None
+    assert result.outcome is Outcome.OPEN
+    assert result.ok
+    assert result.data == b""
+    assert result.error is None
     assert 0 <= result.latency_s <= result.duration_s
-    assert state.client_fin == 1 and state.client_rst == 0
+    assert state.client_fin == 1
+    assert state.client_rst == 0
 
 
 async def test_tcp_connect_refused_port_is_closed(loopback_host: str) -> None:
@@ -161,10 +165,8 @@ async def test_connect_to_a_full_backlog_times_out_within_its_bound(loopback_hos
         for _ in range(4):  # fill the accept queue (Linux allows backlog + 1)
             filler = socket.socket()
             filler.setblocking(False)
-            try:
+            with suppress(BlockingIOError):
                 filler.connect((loopback_host, port))
-            except BlockingIOError:
-                pass
             fillers.append(filler)
         await anyio.sleep(0.05)
         result = await tcp_connect(loopback_host, port, timeout_s=0.3)
@@ -251,7 +253,8 @@ async def test_http_get_parses_status_headers_title(loopback_host: str) -> None:
     request = requests[0]
     assert request.startswith(b"GET /status HTTP/1.1\r\n")
     assert f"Host: {loopback_host}:{state.port}".encode() in request
-    assert b"Connection: close" in request and b"User-Agent: fragileprobe" in request
+    assert b"Connection: close" in request
+    assert b"User-Agent: fragileprobe" in request
 
 
 async def test_http_get_decodes_a_chunked_body(loopback_host: str) -> None:
@@ -273,7 +276,8 @@ async def test_http_get_keeps_only_the_first_body_bytes(loopback_host: str) -> N
     async with peer(loopback_host, http_peer(response)) as state:
         result = await http_get(loopback_host, state.port, max_bytes=1000)
     assert result.outcome is Outcome.OPEN
-    assert result.body == b"A" * 1000 and result.truncated
+    assert result.body == b"A" * 1000
+    assert result.truncated
 
 
 async def test_http_get_no_body_for_204(loopback_host: str) -> None:
@@ -326,7 +330,8 @@ async def test_junk_flood_banner_is_truncated_at_the_cap(loopback_host: str) -> 
     async with peer(loopback_host, flood) as state:
         result = await grab_banner(loopback_host, state.port, max_bytes=4096)
     assert result.outcome is Outcome.OPEN
-    assert result.truncated and len(result.data) == 4096
+    assert result.truncated
+    assert len(result.data) == 4096
 
 
 async def test_junk_flood_http_is_a_protocol_error_with_bounded_head(loopback_host: str) -> None:
@@ -339,11 +344,17 @@ async def test_junk_flood_http_is_a_protocol_error_with_bounded_head(loopback_ho
 
 async def test_immediate_reset_is_reset(loopback_host: str) -> None:
     async with peer(loopback_host, reset_at_once) as state:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         banner = await grab_banner(loopback_host, state.port)
         page = await http_get(loopback_host, state.port)
     assert banner.outcome is Outcome.RESET
     assert page.outcome is Outcome.RESET
+
+
+async def _read_until_error(stream: anyio.abc.ByteStream) -> None:
+    for _ in range(50):
+        await stream.receive()
+        await anyio.sleep(0.01)
 
 
 async def test_stream_read_after_reset_raises_probe_reset_error(loopback_host: str) -> None:
@@ -351,9 +362,7 @@ async def test_stream_read_after_reset_raises_probe_reset_error(loopback_host: s
         stream = await open_stream(loopback_host, state.port)
         async with stream:
             with pytest.raises(ProbeResetError, match=f"{loopback_host}:{state.port}"):
-                for _ in range(50):
-                    await stream.receive()
-                    await anyio.sleep(0.01)
+                await _read_until_error(stream)
 
 
 async def test_open_stream_refused_raises_probe_refused_error(loopback_host: str) -> None:
@@ -414,7 +423,8 @@ async def test_endless_large_chunks_stop_at_the_body_cap(loopback_host: str) -> 
     async with peer(loopback_host, http_peer(head, then=chunks)) as state:
         result = await http_get(loopback_host, state.port, max_bytes=5000)
     assert result.outcome is Outcome.OPEN
-    assert result.truncated and result.body == b"z" * 5000
+    assert result.truncated
+    assert result.body == b"z" * 5000
 
 
 async def test_closed_without_response_is_a_protocol_error(loopback_host: str) -> None:
@@ -460,7 +470,8 @@ async def test_probe_events_are_logged() -> None:
         await tcp_connect("127.0.0.1", 1)
     events = [entry["event"] for entry in logs]
     assert events == ["probe.connect", "probe.closed"]
-    assert logs[1]["outcome"] == "closed" and logs[1]["port"] == 1
+    assert logs[1]["outcome"] == "closed"
+    assert logs[1]["port"] == 1
 
 
 @pytest.mark.parametrize(
@@ -485,7 +496,8 @@ async def test_bad_arguments_are_config_errors(call: Callable[[], Awaitable[obje
 
 
 def test_parse_head_accepts_folded_headers_and_lowercases_names() -> None:
-    version, status, reason, headers = _parse_head(b"HTTP/1.0 404 Not Found\r\nX-A: 1\r\n  2\r\nServer: s\r\n\r\n")
+    head = b"HTTP/1.0 404 Not Found\r\nX-A: 1\r\n  2\r\nServer: s\r\n\r\n"
+    version, status, reason, headers = _parse_head(head)
     assert (version, status, reason) == ("1.0", 404, "Not Found")
     assert headers == [("x-a", "1 2"), ("server", "s")]
 

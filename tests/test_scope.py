@@ -35,7 +35,8 @@ def test_scope_contains_cidrs_and_single_addresses() -> None:
 
 def test_scope_accepts_a_comma_separated_string() -> None:
     scope = Scope("127.0.1.0/30, 127.0.9.9")
-    assert "127.0.1.2" in scope and "127.0.9.9" in scope
+    assert "127.0.1.2" in scope
+    assert "127.0.9.9" in scope
 
 
 def test_contains_never_raises_and_never_resolves() -> None:
@@ -68,7 +69,7 @@ def test_check_resolves_host_names_then_checks_them() -> None:
 
 
 def test_check_rejects_junk_host_names() -> None:
-    with pytest.raises(ConfigError, match="not a valid host name|neither"):
+    with pytest.raises(ConfigError, match=r"not a valid host name|neither"):
         Scope(["127.0.0.0/8"], allow_large=True).check("bad host!")
 
 
@@ -185,7 +186,8 @@ def test_parse_targets_range_matches_arithmetic(start: int, length: int) -> None
     """Property: an address range expands to exactly its addresses, in order."""
     first = ipaddress.IPv4Address(start)
     last = ipaddress.IPv4Address(start + length - 1)
-    assert parse_targets(f"{first}-{last}") == [str(ipaddress.IPv4Address(i)) for i in range(start, start + length)]
+    expected = [str(ipaddress.IPv4Address(i)) for i in range(start, start + length)]
+    assert parse_targets(f"{first}-{last}") == expected
 
 
 @given(
@@ -262,7 +264,8 @@ def test_target_defaults_and_repr() -> None:
     assert target.ports == (21, 22, 23, 8080)
     assert target.heartbeat == HttpHeartbeat()
     assert target.label == "127.0.1.5"
-    assert "127.0.1.5" in repr(target) and "HttpHeartbeat" in repr(target)
+    assert "127.0.1.5" in repr(target)
+    assert "HttpHeartbeat" in repr(target)
 
 
 def test_target_normalizes_ports_and_is_frozen() -> None:
