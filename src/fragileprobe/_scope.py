@@ -56,9 +56,13 @@ LARGE_RANGE_HOSTS = 4096
 # built for it, not in a gentle prober.
 MAX_TARGET_HOSTS = 65536
 
-# Host names: RFC 1123 labels. Checked before resolving so junk never reaches the resolver.
+# Host names: RFC 1123 labels. Checked before resolving so junk never reaches the resolver. A name whose
+# last label is a number ("127.0.0.300", "10.1", "2130706433", "0x7f.1") is a malformed or legacy-form
+# address, not a host name (RFC 1123 2.1, RFC 3696 2: top-level labels are never all-numeric): the resolver
+# would either send it to DNS or read it the inet_aton way as some other address.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_NUMERIC_LAST_LABEL = r"(?!(?:.*\.)?(?:[0-9]+|0[xX][0-9A-Fa-f]*)\.?$)"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_NUMERIC_LAST_LABEL}{_LABEL}(\.{_LABEL})*\.?$")
 
 # Named port sets. "hospital" is a gentle default discovery set for a clinical network: the services
 # medical devices and their neighbours actually expose, not a top-1000 list.
