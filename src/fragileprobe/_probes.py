@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import ipaddress
 import math
 import os
 import re
@@ -248,6 +249,23 @@ def _to_probe_error(exc: BaseException, host: str, port: int, action: str, timeo
     return ProbeError(f"{action} {where} failed: {_describe(exc)}")
 
 
+def _address(host: str, scope: Scope | None) -> str:
+    """The IP literal to connect to: checked (and resolved) by ``scope``, else ``host`` must be a literal.
+
+    Without a scope a name would be resolved by a blocking ``getaddrinfo`` inside ``connect()``: a DNS query
+    nobody authorized, outside every time bound. So names need a scope, which resolves them up front.
+    """
+    if scope is not None:
+        return scope.check(host)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"host {host!r} is not an IP address; pass scope= to resolve (and check) a host name"
+        ) from None
+    return host
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -353,7 +371,7 @@ async def open_stream(
     """
     _check_port(port)
     timeout_s = _check_seconds("timeout_s", timeout_s)
-    address = scope.check(host) if scope is not None else host
+    address = _address(host, scope)
     (logger or log).debug("probe.connect", host=address, port=port, probe="stream")
     try:
         with anyio.fail_after(timeout_s):
@@ -435,7 +453,7 @@ async def _probe(
 ) -> Any:
     """Connect, run ``session`` (which returns result fields), close, and build the record."""
     _check_port(port)
-    address = scope.check(host) if scope is not None else host
+    address = _address(host, scope)
     logger = logger or log
     started = time.monotonic()
     loop_start = anyio.current_time()
