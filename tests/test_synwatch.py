@@ -21,10 +21,10 @@ from structlog.testing import capture_logs
 from fragileprobe import grab_banner, http_get, raw_available, tcp_connect
 from fragileprobe._raw import ACK, FIN, PSH, RST, SYN, TcpSegment
 from fragileprobe.emulator import DeviceState, EmulatedDevice, EmulatedPump
-from fragileprobe.emulator._synwatch import FLOW_TTL_S, HalfOpenProbe, HandshakeTracker
+from fragileprobe.emulator._synwatch import FLOW_TTL_S, HalfOpenProbe, HandshakeTracker, _tap_filter
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 _RAW_OK, _RAW_REASON = raw_available()
 raw_only = pytest.mark.skipif(not _RAW_OK, reason=f"raw-packet test skipped: {_RAW_REASON}")
@@ -196,6 +196,16 @@ def test_a_handshake_older_than_the_flow_ttl_is_forgotten() -> None:
     assert tracker.flows == 0
 
 
+def test_the_shared_tap_filter_names_few_hosts_then_their_networks_then_all_of_loopback() -> None:
+    assert _tap_filter(["127.9.0.10", "127.9.0.2"]) == "tcp and (host 127.9.0.2 or host 127.9.0.10)"
+    one_net = [f"127.9.0.{i}" for i in range(2, 40)]
+    assert _tap_filter(one_net) == "tcp and (net 127.9.0.0/24)"
+    two_nets = [*one_net, "127.9.7.5"]
+    assert _tap_filter(two_nets) == "tcp and (net 127.9.0.0/24 or net 127.9.7.0/24)"
+    spread = [f"127.{i}.0.2" for i in range(40)]
+    assert _tap_filter(spread) == "tcp and net 127.0.0.0/8"
+
+
 # --------------------------------------------------------------------------------- raw: the live watcher
 
 
@@ -327,6 +337,29 @@ async def test_nmap_connect_scan_does_not_wedge_the_story_pump(loopback_host: st
         await _wait_for(lambda: pump.synwatch is not None and pump.synwatch.stats.full_connects >= 4)
         assert pump.synwatch.stats.half_open_probes == 0
         assert pump.state is DeviceState.UP
+
+
+@pytest.mark.raw
+@raw_only
+@pytest.mark.usefixtures("no_leaked_sniffers")
+async def test_pumps_share_one_sniffer_and_a_scan_wedges_only_the_scanned_pump(
+    loopback_hosts: Callable[[], str],
+) -> None:
+    first, second = loopback_hosts(), loopback_hosts()
+    before = len(_sniffer_threads())
+    async with EmulatedPump(second, seed=8, boot_delay_s=0.05) as bystander:
+        async with EmulatedPump(first, seed=7, boot_delay_s=0.05) as scanned:
+            assert len(_sniffer_threads()) == before + 1
+            await _half_open_syn(first, scanned.port(23))
+            await _wait_for(lambda: scanned.state is DeviceState.HUNG)
+            ssh = await grab_banner(second, bystander.port(22), timeout_s=2.0)
+            assert ssh.data.startswith(b"SSH-2.0-dropbear")
+            assert bystander.state is DeviceState.UP
+        # The first pump is gone; the second is still watched.
+        await _half_open_syn(second, bystander.port(23))
+        await _wait_for(lambda: bystander.state is DeviceState.HUNG)
+        assert bystander.synwatch is not None
+        assert bystander.synwatch.stats.wedges == 1
 
 
 @pytest.mark.raw

@@ -202,6 +202,7 @@ class _Scapy:
     PcapWriter: Any
     Scapy_Exception: Any
     resolve_iface: Any
+    attach_filter: Any
     conf: Any
 
 
@@ -229,6 +230,7 @@ def _scapy(feature: str) -> _Scapy:
                 config = importlib.import_module("scapy.config")
                 error = importlib.import_module("scapy.error")
                 interfaces = importlib.import_module("scapy.interfaces")
+                arch = importlib.import_module("scapy.arch")
         except ImportError as exc:
             raise RawUnavailableError(
                 f"{feature} needs raw packets: scapy is not installed ({RAW_EXTRA_HINT})"
@@ -243,6 +245,7 @@ def _scapy(feature: str) -> _Scapy:
             PcapWriter=utils.PcapWriter,
             Scapy_Exception=error.Scapy_Exception,
             resolve_iface=interfaces.resolve_iface,
+            attach_filter=getattr(arch, "attach_filter", None),  # Linux and BSD
             conf=config.conf,
         )
         _scapy_cache.append(loaded)
@@ -413,6 +416,23 @@ class _Sniffer:
         except Exception as exc:  # the sniffer thread's boundary: scapy would close the socket
             self.callback_errors += 1
             log.warning("raw.sniffer.callback_error", feature=self._feature, error=repr(exc))
+
+    def set_filter(self, bpf: str) -> None:
+        """Replace the kernel filter of the open socket (blocking: compiles with libpcap).
+
+        The kernel swaps filters atomically; packets queued under the old filter are still delivered.
+        """
+        sc = _scapy(self._feature)
+        sock = self._socket
+        if sock is None:
+            raise RuntimeError("set_filter() needs an open sniffer")
+        if sc.attach_filter is None:
+            raise RawUnavailableError(f"{self._feature}: this platform cannot change a socket filter")
+        try:
+            sc.attach_filter(sock.ins, bpf, sock.iface)
+        except (OSError, sc.Scapy_Exception) as exc:
+            raise RawUnavailableError(f"{self._feature}: cannot set filter {bpf!r}: {exc}") from exc
+        self._bpf = bpf
 
     def _close_socket(self) -> None:
         if self._socket is not None:
