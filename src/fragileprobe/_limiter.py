@@ -106,7 +106,8 @@ class ConcurrencyLimiter:
         self._target = self._ceiling
         self._rate_per_s = _check_rate(rate_per_s)
         self._spacing_s = 1.0 / self._rate_per_s if self._rate_per_s else 0.0
-        self._next_start = -math.inf
+        self._last_start = -math.inf
+        self._rate_lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(self._ceiling)
         self._in_flight = 0
         self._peak = 0
@@ -170,17 +171,18 @@ class ConcurrencyLimiter:
         self._maybe_commit()
 
     async def _rate_turn(self) -> None:
-        # Reserve the next start time before sleeping, so concurrent waiters queue up in order; a waiter
-        # cancelled while sleeping leaves its turn unused, which only ever slows the rate down.
-        now = anyio.current_time()
-        turn = max(now, self._next_start)
-        self._next_start = turn + self._spacing_s
-        if turn > now:
-            self._rate_waiting += 1
-            try:
-                await anyio.sleep(turn - now)
-            finally:
-                self._rate_waiting -= 1
+        # One waiter at a time (anyio.Lock is FIFO), spaced from the previous *actual* start, so a late
+        # wake-up can never be followed by a start closer than the spacing. A waiter cancelled while
+        # sleeping simply leaves the queue.
+        self._rate_waiting += 1
+        try:
+            async with self._rate_lock:
+                wait = self._last_start + self._spacing_s - anyio.current_time()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                self._last_start = anyio.current_time()
+        finally:
+            self._rate_waiting -= 1
 
     def _maybe_commit(self) -> None:
         if self._ceiling != self._target and self._limiter.borrowed_tokens <= self._target:
