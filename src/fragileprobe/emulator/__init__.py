@@ -19,6 +19,15 @@ _LAZY: dict[str, str] = {
     "DeviceStats": "_device",
     "EmulatedDevice": "_device",
     "EmulatedPump": "_device",
+    "DeviceConfig": "_fleet",
+    "DeviceTruth": "_fleet",
+    "Fleet": "_fleet",
+    "FleetConfig": "_fleet",
+    "hospital_fleet": "_fleet",
+    "uniform_fleet": "_fleet",
+    "DeviceInfo": "_control",
+    "EmulatorProcess": "_process",
+    "FleetClient": "_control",
     "DeviceState": "_fragility",
     "FragilitySpec": "_fragility",
     "draw_threshold": "_fragility",
@@ -36,16 +45,25 @@ __all__ = [
     "MODELS",
     "SERVICE_KINDS",
     "UNPRIVILEGED_PORT_OFFSET",
+    "DeviceConfig",
+    "DeviceInfo",
     "DeviceModel",
     "DeviceState",
     "DeviceStats",
+    "DeviceTruth",
     "EmulatedDevice",
     "EmulatedPump",
+    "EmulatorProcess",
+    "Fleet",
+    "FleetClient",
+    "FleetConfig",
     "FragilitySpec",
     "ServiceSpec",
     "draw_threshold",
     "get_model",
+    "hospital_fleet",
     "threshold_bounds",
+    "uniform_fleet",
 ]
 
 
@@ -63,6 +81,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from fragileprobe.emulator._control import DeviceInfo, FleetClient
     from fragileprobe.emulator._device import (
         DEFAULT_BOOT_DELAY_S,
         MAX_HELD_CONNECTIONS,
@@ -71,5 +90,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         EmulatedDevice,
         EmulatedPump,
     )
+    from fragileprobe.emulator._fleet import (
+        DeviceConfig,
+        DeviceTruth,
+        Fleet,
+        FleetConfig,
+        hospital_fleet,
+        uniform_fleet,
+    )
     from fragileprobe.emulator._fragility import DeviceState, FragilitySpec, draw_threshold, threshold_bounds
     from fragileprobe.emulator._models import MODELS, SERVICE_KINDS, DeviceModel, ServiceSpec, get_model
+    from fragileprobe.emulator._process import EmulatorProcess
