@@ -135,8 +135,12 @@ def wait_for_recovery(
     async def hook(ctx: RecoveryContext) -> None:
         with anyio.move_on_after(limit):
             while True:
-                beat = await ctx.heartbeat.beat(ctx.host)
-                if beat.ok:
+                try:
+                    ok = (await ctx.heartbeat.beat(ctx.host)).ok
+                except Exception as exc:  # a heartbeat's own bug is a failed beat here, as in the watchdog
+                    log.info("recovery.beat_error", host=ctx.host, error=repr(exc))
+                    ok = False
+                if ok:
                     return
                 await anyio.sleep(pause)
         raise RecoveryError(f"{ctx.host} did not come back by itself within {limit:g} s")
