@@ -347,6 +347,33 @@ async def test_passive_os_hint_reads_the_syn_acks_of_full_connects(loopback_host
     assert "loopback" in (hint.note or "")
 
 
+@pytest.mark.raw
+@raw_only
+async def test_one_observer_gives_a_hint_per_host_and_ignores_hosts_it_was_not_asked_about(
+    loopback_hosts: Callable[[], str],
+) -> None:
+    first, second, ignored = loopback_hosts(), loopback_hosts(), loopback_hosts()
+    async with (
+        EmulatedPump(first, seed=1, boot_delay_s=0.05) as a,
+        EmulatedPump(second, seed=2, boot_delay_s=0.05) as b,
+        EmulatedPump(ignored, seed=3, boot_delay_s=0.05) as c,
+        syn_ack_observer([first, second]) as observer,
+    ):
+        await grab_banner(first, a.port(22), timeout_s=2.0)
+        await grab_banner(second, b.port(21), timeout_s=2.0)
+        await grab_banner(second, b.port(23), timeout_s=2.0)
+        await grab_banner(ignored, c.port(21), timeout_s=2.0)
+    hints = observer.hints()
+    assert list(hints) == [first, second]
+    assert {o.port for o in hints[first].observations} == {a.port(22)}
+    assert {o.port for o in hints[second].observations} == {b.port(21), b.port(23)}
+    assert all(h.os_family == "generic unix" for h in hints.values())
+    with pytest.raises(ConfigError, match="several hosts"):
+        observer.hint()
+    with pytest.raises(ConfigError, match="not observed"):
+        observer.hint(ignored)
+
+
 # ------------------------------------------------------------------------------------------ raw: capture
 
 

@@ -31,7 +31,7 @@ import select
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,7 +42,7 @@ import structlog
 from fragileprobe._errors import ConfigError, RawUnavailableError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
     from fragileprobe._heartbeat import Beat
@@ -270,6 +270,26 @@ def _interface_for(sc: _Scapy, host: str) -> str:
     return str(iface)
 
 
+# A kernel filter names hosts while they are few (libpcap's optimizer makes compiling "host a or host b ..."
+# grow superlinearly: ~5 ms for 100 hosts, ~35 ms for 254), then the /24 networks that hold them (a scan or a
+# fleet usually spans a few); beyond that the filter does not restrict addresses and Python does.
+_FILTER_MAX_HOSTS: Final = 16
+_FILTER_MAX_NETS: Final = 16
+
+
+def _address_filter(hosts: Iterable[str]) -> str | None:
+    """A BPF expression matching packets to or from ``hosts`` (maybe more), or None when too spread."""
+    ordered = sorted(set(hosts), key=ipaddress.IPv4Address)
+    if not ordered:
+        return None
+    if len(ordered) <= _FILTER_MAX_HOSTS:
+        return "(" + " or ".join(f"host {h}" for h in ordered) + ")"
+    nets = sorted({ipaddress.IPv4Network(f"{h}/24", strict=False) for h in ordered})
+    if len(nets) <= _FILTER_MAX_NETS:
+        return "(" + " or ".join(f"net {n}" for n in nets) + ")"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class TcpSegment:
     """One TCP segment seen on the wire, as fragileprobe's own record (never a scapy object).
@@ -363,9 +383,18 @@ class _Sniffer:
     exception there would make scapy close the socket), so exceptions are logged and counted here.
     """
 
-    def __init__(self, *, feature: str, host: str, bpf: str, on_packet: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        *,
+        feature: str,
+        host: str,
+        bpf: str,
+        on_packet: Callable[[Any], None],
+        iface: str | None = None,
+    ) -> None:
         self._feature = feature
         self._host = host
+        self._iface = iface
         self._bpf = bpf
         self._on_packet = on_packet
         self._sniffer: Any = None
@@ -374,7 +403,7 @@ class _Sniffer:
 
     def _open(self, before_run: Callable[[int], None] | None) -> None:
         sc = _scapy(self._feature)
-        iface = _interface_for(sc, self._host)
+        iface = self._iface or _interface_for(sc, self._host)
         loopback = iface == str(sc.conf.loopback_name)
         # On the loopback device the kernel shows every packet twice to a packet socket: once outgoing and
         # once incoming. scapy's read-write L2 socket drops the outgoing copy, its listen-only socket
@@ -625,6 +654,7 @@ async def icmp_reachable(
     return result
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IcmpHeartbeat:
     """A heartbeat that asks "does the device still answer ICMP echo?" (one echo per beat).
 
@@ -636,22 +666,22 @@ class IcmpHeartbeat:
 
     Construction checks that raw packets are available, so a missing privilege fails before a run starts.
 
+    Args:
+        timeout_s: how long one beat waits for its echo reply (at most 30 s).
+        scope: when given, every beat checks the host against it before sending.
+
     Raises:
         ConfigError: ``timeout_s`` out of range.
         RawUnavailableError: scapy or the raw-socket privilege is missing.
     """
 
-    port: int
+    timeout_s: float = 1.0
+    scope: Scope | None = field(default=None, repr=False, compare=False)
+    port: int = field(default=0, init=False)
 
-    def __init__(self, *, timeout_s: float = 1.0, scope: Scope | None = None) -> None:
-        _check_icmp_args(timeout_s, 1, 0.0)
+    def __post_init__(self) -> None:
+        _check_icmp_args(self.timeout_s, 1, 0.0)
         require_raw("IcmpHeartbeat")
-        self.port = 0
-        self.timeout_s = timeout_s
-        self.scope = scope
-
-    def __repr__(self) -> str:
-        return f"IcmpHeartbeat(timeout_s={self.timeout_s!r})"
 
     async def beat(self, host: str) -> Beat:
         """Send one echo request to ``host``; ok when the reply comes back within ``timeout_s``."""
@@ -792,13 +822,20 @@ def summarize_syn_acks(
 
 
 class SynAckObserver:
-    """Async context manager that watches a target's SYN-ACKs while other code connects to it.
+    """Async context manager that watches the SYN-ACKs of one or more targets while other code connects.
 
-    Use :func:`syn_ack_observer` to make one. It sends nothing; it needs raw sockets to read.
+    Use :func:`syn_ack_observer` to make one. It sends nothing; it needs raw sockets to read. Several
+    targets share one packet socket (one per interface they are reached by) and one thread.
     """
 
-    def __init__(self, host: str, *, max_observations: int = OBSERVER_MAX_OBSERVATIONS) -> None:
-        self.host = _ipv4(host)
+    def __init__(
+        self, hosts: str | Iterable[str], *, max_observations: int = OBSERVER_MAX_OBSERVATIONS
+    ) -> None:
+        if isinstance(hosts, str):
+            hosts = (hosts,)
+        self.hosts: tuple[str, ...] = tuple(dict.fromkeys(_ipv4(h) for h in hosts))
+        if not self.hosts:
+            raise ConfigError("hosts: at least one address to observe is needed")
         if (
             isinstance(max_observations, bool)
             or not isinstance(max_observations, int)
@@ -806,27 +843,33 @@ class SynAckObserver:
         ):
             raise ConfigError(f"max_observations: must be a positive integer, got {max_observations!r}")
         self._max = max_observations
+        self._hostset = frozenset(self.hosts)
         self._lock = threading.Lock()
-        self._by_port: dict[int, SynAckObservation] = {}
-        self._loopback = ipaddress.ip_address(self.host).is_loopback
-        # Only SYN-ACKs from the target pass the kernel filter: tcp[13] is the flags byte, 0x12 = SYN|ACK.
-        bpf = f"tcp and src host {self.host} and tcp[13] & 0x12 == 0x12"
-        self._sniffer = _Sniffer(feature="syn_ack_observer", host=self.host, bpf=bpf, on_packet=self._seen)
-        self._hint: PassiveOsHint | None = None
+        self._by_host: dict[str, dict[int, SynAckObservation]] = {h: {} for h in self.hosts}
+        self._count = 0
+        self._sniffers: list[_Sniffer] = []
+        self._final: dict[str, PassiveOsHint] | None = None
+
+    @property
+    def host(self) -> str:
+        """The (first) observed host."""
+        return self.hosts[0]
 
     def _seen(self, pkt: Any) -> None:
         seg = _segment(_scapy("syn_ack_observer"), pkt)
-        if seg is None or seg.src != self.host or not seg.is_syn_ack:
+        if seg is None or seg.src not in self._hostset or not seg.is_syn_ack:
             return
         with self._lock:
-            known = self._by_port.get(seg.sport)
+            ports = self._by_host[seg.src]
+            known = ports.get(seg.sport)
             if known is not None:
-                self._by_port[seg.sport] = _replace_count(known, known.syn_acks + 1)
+                ports[seg.sport] = _replace_count(known, known.syn_acks + 1)
                 return
-            if len(self._by_port) >= self._max:
+            if self._count >= self._max:
                 return
+            self._count += 1
             initial, _, _ = os_hint_from_ttl(seg.ttl)
-            self._by_port[seg.sport] = SynAckObservation(
+            ports[seg.sport] = SynAckObservation(
                 port=seg.sport,
                 ttl=seg.ttl,
                 initial_ttl=initial,
@@ -837,35 +880,84 @@ class SynAckObserver:
                 syn_acks=1,
             )
 
-    @property
-    def observations(self) -> tuple[SynAckObservation, ...]:
+    def _summarize(self, host: str) -> PassiveOsHint:
         with self._lock:
-            return tuple(sorted(self._by_port.values(), key=lambda o: o.port))
+            observations = tuple(self._by_host[host].values())
+        return summarize_syn_acks(host, observations, loopback=ipaddress.ip_address(host).is_loopback)
 
-    def hint(self) -> PassiveOsHint:
-        """The hint from what was observed so far (final once the context has exited)."""
-        if self._hint is not None:
-            return self._hint
-        return summarize_syn_acks(self.host, self.observations, loopback=self._loopback)
+    def hint(self, host: str | None = None) -> PassiveOsHint:
+        """The hint for ``host`` (default: the only observed host), final once the context has exited.
+
+        Raises:
+            ConfigError: ``host`` was not observed, or is missing while several hosts were observed.
+        """
+        if host is None:
+            if len(self.hosts) != 1:
+                raise ConfigError("host: several hosts were observed; say which one")
+            host = self.hosts[0]
+        host = _ipv4(host)
+        if host not in self._hostset:
+            raise ConfigError(f"host: {host} was not observed")
+        if self._final is not None:
+            return self._final[host]
+        return self._summarize(host)
+
+    def hints(self) -> dict[str, PassiveOsHint]:
+        """One hint per observed host, in the order given."""
+        return {h: self.hint(h) for h in self.hosts}
+
+    def _plan(self) -> list[_Sniffer]:
+        # One socket per interface the hosts are reached by (all of loopback is one interface).
+        sc = _scapy("syn_ack_observer")
+        by_iface: dict[str, list[str]] = {}
+        for h in self.hosts:
+            by_iface.setdefault(_interface_for(sc, h), []).append(h)
+        sniffers = []
+        for iface, hosts in by_iface.items():
+            # Only SYN-ACKs pass the kernel filter (tcp[13] is the flags byte, 0x12 = SYN|ACK), and only
+            # those of the observed hosts while they are few enough to name.
+            addresses = _address_filter(hosts)
+            bpf = "tcp and tcp[13] & 0x12 == 0x12" + (f" and {addresses}" if addresses else "")
+            sniffers.append(
+                _Sniffer(
+                    feature="syn_ack_observer", host=hosts[0], bpf=bpf, on_packet=self._seen, iface=iface
+                )
+            )
+        return sniffers
 
     async def __aenter__(self) -> SynAckObserver:
         require_raw("syn_ack_observer")
-        await self._sniffer.start()
-        log.debug("raw.os_hint.start", host=self.host)
+        sniffers = await anyio.to_thread.run_sync(self._plan)
+        ok = False
+        try:
+            for sniffer in sniffers:
+                await sniffer.start()
+                self._sniffers.append(sniffer)
+            ok = True
+        finally:
+            if not ok:
+                await self._stop()
+        log.debug("raw.os_hint.start", hosts=len(self.hosts))
         return self
+
+    async def _stop(self) -> None:
+        sniffers, self._sniffers = self._sniffers, []
+        for sniffer in sniffers:
+            await sniffer.stop()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._sniffer.stop()
-        self._hint = summarize_syn_acks(self.host, self.observations, loopback=self._loopback)
-        log.info(
-            "raw.os_hint.result",
-            host=self.host,
-            ports=len(self._hint.observations),
-            initial_ttl=self._hint.initial_ttl,
-            os_family=self._hint.os_family,
-        )
+        await self._stop()
+        self._final = {h: self._summarize(h) for h in self.hosts}
+        for hint in self._final.values():
+            log.info(
+                "raw.os_hint.result",
+                host=hint.host,
+                ports=len(hint.observations),
+                initial_ttl=hint.initial_ttl,
+                os_family=hint.os_family,
+            )
 
 
 def _replace_count(o: SynAckObservation, syn_acks: int) -> SynAckObservation:
@@ -881,8 +973,10 @@ def _replace_count(o: SynAckObservation, syn_acks: int) -> SynAckObservation:
     )
 
 
-def syn_ack_observer(host: str, *, max_observations: int = OBSERVER_MAX_OBSERVATIONS) -> SynAckObserver:
-    """Watch the SYN-ACKs ``host`` sends while fragileprobe's own full connects run; send nothing.
+def syn_ack_observer(
+    hosts: str | Iterable[str], *, max_observations: int = OBSERVER_MAX_OBSERVATIONS
+) -> SynAckObserver:
+    """Watch the SYN-ACKs that targets send while fragileprobe's own full connects run; send nothing.
 
     Example::
 
@@ -890,18 +984,23 @@ def syn_ack_observer(host: str, *, max_observations: int = OBSERVER_MAX_OBSERVAT
             await grab_banner("127.0.1.5", 22)
         obs.hint().os_hint      # "generic unix"
 
+        async with syn_ack_observer(hosts) as obs:      # a whole discovery: one socket, one thread
+            ...
+        obs.hints()             # {host: PassiveOsHint}
+
     Args:
-        host: the target's IPv4 address.
-        max_observations: at most this many ports are remembered.
+        hosts: one IPv4 address or several.
+        max_observations: at most this many (host, port) pairs are remembered.
 
     Returns:
-        A :class:`SynAckObserver`; its ``hint()`` is a :class:`PassiveOsHint`. On loopback the SYN-ACKs come
-        from the local kernel, so the hint describes this machine (the ``note`` says so).
+        A :class:`SynAckObserver`; ``hint(host)`` is a :class:`PassiveOsHint`. On loopback the SYN-ACKs
+        come from the local kernel, so the hint describes this machine (its ``note`` says so).
 
     Raises:
+        ConfigError: no host, or one that is not an IPv4 address.
         RawUnavailableError: on entering, when scapy or the raw-socket privilege is missing.
     """
-    return SynAckObserver(host, max_observations=max_observations)
+    return SynAckObserver(hosts, max_observations=max_observations)
 
 
 # ------------------------------------------------------------------------------------------------ capture

@@ -34,7 +34,6 @@ without SYN sensitivity.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -46,7 +45,16 @@ import anyio.lowlevel
 import structlog
 
 from fragileprobe._errors import ConfigError, RawUnavailableError
-from fragileprobe._raw import ACK, RST, TcpSegment, _scapy, _segment, _Sniffer, raw_available
+from fragileprobe._raw import (
+    ACK,
+    RST,
+    TcpSegment,
+    _address_filter,
+    _scapy,
+    _segment,
+    _Sniffer,
+    raw_available,
+)
 from fragileprobe.emulator._fragility import DeviceState
 
 if TYPE_CHECKING:
@@ -347,22 +355,10 @@ class SynWatch:
         self._log.info("emulator.synwatch.inactive", reason=reason)
 
 
-# The tap's kernel filter names each watched device while there are few of them (libpcap's optimizer makes
-# compiling "host a or host b ..." grow superlinearly: ~5 ms for 100 hosts, ~35 ms for 254), then the /24
-# networks that hold them (a fleet is usually one or two), then all of loopback. Packets of unwatched hosts
-# that pass a wider filter are dropped by address in the sniffer thread.
-_TAP_MAX_FILTER_HOSTS: Final = 16
-_TAP_MAX_FILTER_NETS: Final = 16
-
-
 def _tap_filter(hosts: Collection[str]) -> str:
-    ordered = sorted(hosts, key=ipaddress.IPv4Address)
-    if len(ordered) <= _TAP_MAX_FILTER_HOSTS:
-        return "tcp and (" + " or ".join(f"host {h}" for h in ordered) + ")"
-    nets = sorted({ipaddress.IPv4Network(f"{h}/24", strict=False) for h in ordered})
-    if len(nets) <= _TAP_MAX_FILTER_NETS:
-        return "tcp and (" + " or ".join(f"net {n}" for n in nets) + ")"
-    return "tcp and net 127.0.0.0/8"
+    # Packets of unwatched hosts that pass a wider filter are dropped by address in the sniffer thread.
+    addresses = _address_filter(hosts)
+    return f"tcp and {addresses}" if addresses else "tcp and net 127.0.0.0/8"
 
 
 class _Tap:
