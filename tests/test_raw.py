@@ -299,6 +299,25 @@ async def test_icmp_heartbeat_beats_ok_on_a_loopback_address(loopback_host: str)
 
 @pytest.mark.raw
 @raw_only
+async def test_a_guard_watched_by_icmp_uses_no_tcp_session_for_its_heartbeats(loopback_host: str) -> None:
+    """With IcmpHeartbeat the pump sees only the probes' connections: beats are echo requests."""
+    from fragileprobe import Guard, IcmpHeartbeat, Scope, Target
+
+    async with EmulatedPump(loopback_host, seed=2, boot_delay_s=0.05) as pump:
+        target = Target(loopback_host, ports=(pump.port(21), pump.port(22)), heartbeat=IcmpHeartbeat())
+        async with Guard(target, ceiling=2, scope=Scope([loopback_host]), interval_s=0.05) as guard:
+            for _ in range(3):
+                for port in target.ports:
+                    assert (await guard.grab_banner(port)).data
+            await anyio.sleep(0.2)  # a few more beats
+            timeline = guard.timeline
+        assert timeline.beats_total >= 2
+        assert all(beat.ok for beat in timeline.beats)
+        assert pump.stats.connects_total == 6  # the six probes; no heartbeat connection
+
+
+@pytest.mark.raw
+@raw_only
 async def test_cancelled_icmp_check_returns_at_once_and_its_thread_ends(loopback_host: str) -> None:
     """Cancelling mid-check returns at once, and the abandoned worker closes its raw socket within ~50 ms.
 
