@@ -11,6 +11,7 @@ import textwrap
 import time
 from typing import TYPE_CHECKING
 
+import anyio
 from structlog.testing import capture_logs
 
 from fragileprobe._characterize import ProgressEvent, characterize
