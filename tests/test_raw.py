@@ -6,7 +6,9 @@ traffic stays on loopback, each emulated device on its own 127.x.y.z address.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -391,6 +393,70 @@ async def test_one_observer_gives_a_hint_per_host_and_ignores_hosts_it_was_not_a
         observer.hint()
     with pytest.raises(ConfigError, match="not observed"):
         observer.hint(ignored)
+
+
+IP_CMD = shutil.which("ip")
+
+# Runs inside a fresh network namespace whose stack sends a different initial TTL: the emulated pump listens
+# on the namespace's own loopback, so every packet stays inside the namespace.
+_OS_HINT_IN_NAMESPACE = textwrap.dedent(
+    """
+    import anyio, json
+    from pathlib import Path
+    # net.ipv4 sysctls are per namespace: this changes the namespace's stack only.
+    Path("/proc/sys/net/ipv4/ip_default_ttl").write_text("{ttl}")
+    from fragileprobe import grab_banner, syn_ack_observer
+    from fragileprobe.emulator import EmulatedPump
+    async def main():
+        host = "127.0.3.7"
+        async with EmulatedPump(host, seed=1, boot_delay_s=0.05) as pump:
+            async with syn_ack_observer(host) as observer:
+                for port in (21, 22):
+                    await grab_banner(host, pump.port(port), timeout_s=2.0)
+        hint = observer.hint()
+        print(json.dumps(dict(ttls=sorted(o.ttl for o in hint.observations), initial=hint.initial_ttl,
+                              family=hint.os_family, hint=hint.os_hint)))
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.raw
+@raw_only
+@pytest.mark.skipif(IP_CMD is None, reason="iproute2 (ip) is not installed")
+@pytest.mark.parametrize(
+    ("default_ttl", "family", "hint"),
+    [(128, "windows", "windows"), (255, "embedded", "embedded/network device")],
+)
+def test_passive_os_hint_recognizes_a_stack_by_its_initial_ttl(
+    default_ttl: int, family: str, hint: str
+) -> None:
+    """In a network namespace whose stack starts packets at another TTL, the hint follows that stack."""
+    assert IP_CMD is not None
+    namespace = f"fp-raw-{os.getpid()}-{default_ttl}"
+    made = subprocess.run([IP_CMD, "netns", "add", namespace], capture_output=True, text=True, timeout=10)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a network namespace here: {made.stderr.strip()}")
+    try:
+        in_ns = [IP_CMD, "netns", "exec", namespace]
+        subprocess.run([*in_ns, IP_CMD, "link", "set", "lo", "up"], check=True, timeout=10)
+        out = subprocess.run(
+            [*in_ns, sys.executable, "-c", _OS_HINT_IN_NAMESPACE.format(ttl=default_ttl)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        subprocess.run([IP_CMD, "netns", "delete", namespace], check=False, timeout=10)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {
+        "ttls": [default_ttl, default_ttl],
+        "initial": default_ttl,
+        "family": family,
+        "hint": hint,
+    }
 
 
 # ------------------------------------------------------------------------------------------ raw: capture
