@@ -1,0 +1,1 @@
+"""Helpers shared by the fault-injection and bad-input tests (subprocess drivers, the CLI command)."""
