@@ -138,6 +138,8 @@ class EmulatedDevice:
         boot_delay_s: Seconds between power-off and the services listening again.
         base_latency_s: Overrides the model's base response latency.
         slowdown_s_per_session: Overrides the model's linear slowdown.
+        syn_watch: Run the SYN-scan watcher (a sniffer thread; root and scapy only) for a
+            ``syn_sensitive`` model. ``None`` (default) means yes for a syn-sensitive model.
 
     Raises:
         ConfigError: a field is invalid (the message names it).
@@ -155,6 +157,7 @@ class EmulatedDevice:
         boot_delay_s: float | None = None,
         base_latency_s: float | None = None,
         slowdown_s_per_session: float | None = None,
+        syn_watch: bool | None = None,
     ) -> None:
         self.host = check_loopback_host(host)
         base_model = get_model(model)
@@ -207,6 +210,9 @@ class EmulatedDevice:
         #: The half-open (SYN) scan watcher of a ``syn_sensitive`` model (None otherwise); inactive
         #: without root or scapy. See emulator/_synwatch.py.
         self.synwatch: SynWatch | None = None
+        if syn_watch is not None and not isinstance(syn_watch, bool):
+            raise ConfigError(f"syn_watch: must be a bool or None, got {syn_watch!r}")
+        self._syn_watch = self.model.fragility.syn_sensitive if syn_watch is None else syn_watch
 
     def __repr__(self) -> str:
         return (
@@ -334,7 +340,7 @@ class EmulatedDevice:
         started = False
         try:
             await self._power_on()
-            if self.model.fragility.syn_sensitive:
+            if self._syn_watch and self.model.fragility.syn_sensitive:
                 self.synwatch = SynWatch(self)
                 await tg.start(self.synwatch.run)
             if self.model.flap_period_s is not None:
@@ -348,13 +354,15 @@ class EmulatedDevice:
                 await tg.__aexit__(None, None, None)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
+    async def __aexit__(self, *exc_info: object) -> None:
         tg = self._tg
         assert tg is not None
         self._fm.shutdown()
         tg.cancel_scope.cancel()
         try:
-            return await tg.__aexit__(*exc_info)  # type: ignore[arg-type]
+            # The body's exception (if any) is not handed to the task group: it would come back wrapped in
+            # an ExceptionGroup (one level per device in a fleet). Returning None lets it propagate as is.
+            await tg.__aexit__(None, None, None)
         finally:
             self._log.info("emulator.device_off")
 

@@ -72,7 +72,7 @@ _DEVICE_KEYS = frozenset(
         "slowdown_s_per_session",
     }
 )
-_FLEET_KEYS = frozenset({"device", "empty", "boot_delay_s", "port_offset", "zones"})
+_FLEET_KEYS = frozenset({"device", "empty", "boot_delay_s", "port_offset", "zones", "syn_watch"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,8 +118,14 @@ class FleetConfig:
     port_offset: int | None = None
     #: Zone name -> CIDR ranges (ground truth for discovery tests).
     zones: Mapping[str, tuple[str, ...] | str] = field(default_factory=dict)
+    #: Run SYN-scan watchers for syn-sensitive devices. Off by default in a fleet: each watcher is a
+    #: sniffer thread, and dozens of them in one process drop packets under load and then mistake full
+    #: connects for half-open probes.
+    syn_watch: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.syn_watch, bool):
+            raise ConfigError(f"syn_watch: must be true or false, got {self.syn_watch!r}")
         object.__setattr__(self, "devices", tuple(self.devices))
         empty = tuple(check_loopback_host(h, field="empty") for h in self.empty)
         object.__setattr__(self, "empty", empty)
@@ -201,6 +207,7 @@ class FleetConfig:
             boot_delay_s=data.get("boot_delay_s"),
             port_offset=data.get("port_offset"),
             zones=data.get("zones", {}),
+            syn_watch=data.get("syn_watch", False),
         )
 
     @classmethod
@@ -225,6 +232,8 @@ class FleetConfig:
             lines.append(f"boot_delay_s = {self.boot_delay_s!r}")
         if self.port_offset is not None:
             lines.append(f"port_offset = {self.port_offset}")
+        if self.syn_watch:
+            lines.append("syn_watch = true")
         lines.append("empty = [" + ", ".join(f'"{h}"' for h in self.empty) + "]")
         if self.zones:
             lines.append("")
@@ -373,6 +382,7 @@ class Fleet:
                 boot_delay_s=d.boot_delay_s if d.boot_delay_s is not None else self.config.boot_delay_s,
                 base_latency_s=d.base_latency_s,
                 slowdown_s_per_session=d.slowdown_s_per_session,
+                syn_watch=self.config.syn_watch,
             )
         self._devices = devices
         self._zones = {d.host: d.zone for d in self.config.devices}
