@@ -29,7 +29,7 @@ from fragileprobe import (
     syn_ack_observer,
 )
 from fragileprobe._raw import SynAckObservation, summarize_syn_acks
-from fragileprobe.emulator import EmulatedPump
+from fragileprobe.emulator import EmulatedDevice, EmulatedPump
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -406,7 +406,7 @@ _OS_HINT_IN_NAMESPACE = textwrap.dedent(
     # net.ipv4 sysctls are per namespace: this changes the namespace's stack only.
     Path("/proc/sys/net/ipv4/ip_default_ttl").write_text("{ttl}")
     from fragileprobe import grab_banner, syn_ack_observer
-    from fragileprobe.emulator import EmulatedPump
+    from fragileprobe.emulator import EmulatedDevice, EmulatedPump
     async def main():
         host = "127.0.3.7"
         async with EmulatedPump(host, seed=1, boot_delay_s=0.05) as pump:
@@ -490,7 +490,7 @@ async def test_capture_holds_the_targets_handshakes_and_nothing_of_other_hosts(
     packets = _read_pcap(path)
     assert summary.packets_written == len(packets) > 0
     assert summary.bytes_written == path.stat().st_size
-    assert not summary.truncated
+    assert summary.complete
     ips = [p[IP] for p in packets if IP in p]  # type: ignore[operator,index]
     assert len(ips) == len(packets)
     assert all(target in (ip.src, ip.dst) for ip in ips)
@@ -509,6 +509,34 @@ async def test_capture_holds_the_targets_handshakes_and_nothing_of_other_hosts(
 
 @pytest.mark.raw
 @raw_only
+async def test_capture_keeps_every_handshake_of_a_burst(loopback_host: str, tmp_path: Path) -> None:
+    """A burst of connects outruns the sniffer thread; the kernel buffer and the final drain keep them all."""
+    from scapy.layers.inet import TCP
+
+    from fragileprobe import tcp_connect
+
+    path = tmp_path / "burst.pcap"
+    connects = 300
+    async with EmulatedDevice(loopback_host, model="workstation", seed=1) as device:
+        port = next(iter(device.ports.values()))
+        async with capture(loopback_host, path) as cap, anyio.create_task_group() as tg:
+            limiter = anyio.CapacityLimiter(20)
+
+            async def connect() -> None:
+                async with limiter:
+                    await tcp_connect(loopback_host, port, timeout_s=5.0)
+
+            for _ in range(connects):
+                tg.start_soon(connect)
+    packets = _read_pcap(path)
+    syns = [p for p in packets if str(p[TCP].flags) == "S"]  # type: ignore[index]
+    assert len(syns) == connects
+    assert cap.summary.complete
+    assert cap.summary.packets_written == len(packets)
+
+
+@pytest.mark.raw
+@raw_only
 async def test_capture_stops_writing_at_its_packet_bound_and_counts_the_rest(
     loopback_host: str, tmp_path: Path
 ) -> None:
@@ -521,6 +549,7 @@ async def test_capture_stops_writing_at_its_packet_bound_and_counts_the_rest(
         await grab_banner(loopback_host, pump.port(22), timeout_s=2.0)
     assert cap.summary.packets_written == 3 == len(_read_pcap(path))
     assert cap.summary.truncated
+    assert not cap.summary.complete
     assert cap.summary.packets_dropped > 0
 
 

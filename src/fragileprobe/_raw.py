@@ -28,6 +28,8 @@ import logging
 import os
 import random
 import select
+import socket
+import struct
 import threading
 import time
 import warnings
@@ -91,6 +93,17 @@ _POLL_S: Final = 0.05
 # waited for forever.
 SNIFFER_START_TIMEOUT_S: Final = 5.0
 SNIFFER_STOP_TIMEOUT_S: Final = 5.0
+
+# Receive buffer of a sniffer socket: 8 MiB holds ~10,000 loopback packets (each costs ~800 bytes of kernel
+# memory), seconds of a fast scan, while the sniffer thread waits for the GIL.
+SNIFFER_RCVBUF_BYTES: Final = 8 * 1024 * 1024
+# Packets still queued when a sniffer stops are read at most up to this many (traffic may not have stopped).
+SNIFFER_DRAIN_MAX_PACKETS: Final = 100_000
+# Linux socket options (not all in the socket module): SO_RCVBUFFORCE from asm-generic/socket.h,
+# SOL_PACKET / PACKET_STATISTICS from linux/if_packet.h.
+_SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SOL_PACKET: Final = 263
+_PACKET_STATISTICS: Final = 6
 
 # Capture bounds: a characterization of one device at a few dozen sessions produces a few thousand packets
 # a minute, so 100,000 packets / 64 MiB is hours of evidence and still opens in Wireshark on a laptop.
@@ -400,6 +413,8 @@ class _Sniffer:
         self._sniffer: Any = None
         self._socket: Any = None
         self.callback_errors = 0
+        #: Packets the kernel dropped because the sniffer fell behind (known once stopped).
+        self.kernel_drops = 0
 
     def _open(self, before_run: Callable[[int], None] | None) -> None:
         sc = _scapy(self._feature)
@@ -419,6 +434,8 @@ class _Sniffer:
                 f"{self._feature}: cannot open a packet socket on {iface} with filter {self._bpf!r}: {exc}"
             ) from exc
         self._socket = sock
+        self._enlarge_buffer(sock.ins)
+        self._read_kernel_drops()  # reading resets the kernel's counters: count from now on
         if before_run is not None:
             # The socket already queues packets; whatever consumes them (a pcap writer) is set up now,
             # knowing the link type, before the first packet is handed over.
@@ -438,6 +455,45 @@ class _Sniffer:
                 raise RawUnavailableError(
                     f"{self._feature}: the packet sniffer on {iface} did not start ({error!r})"
                 )
+
+    @staticmethod
+    def _enlarge_buffer(sock: socket.socket) -> None:
+        # The sniffer thread shares the GIL with the event loop producing the traffic, so on loopback it
+        # falls behind in bursts; scapy's 64 KiB buffer holds under a hundred packets. SO_RCVBUFFORCE
+        # (CAP_NET_ADMIN) may exceed net.core.rmem_max; without it the kernel caps SO_RCVBUF there.
+        for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SNIFFER_RCVBUF_BYTES)
+                return
+            except OSError:
+                continue
+
+    def _read_kernel_drops(self) -> int:
+        """Packets the kernel dropped for this socket since the last read (buffer full); 0 if unknown."""
+        sock = self._socket
+        if sock is None:
+            return 0
+        try:
+            raw = sock.ins.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)
+        except OSError:
+            return 0
+        _received, dropped = struct.unpack("II", raw)
+        return int(dropped)
+
+    def _drain(self) -> None:
+        # AsyncSniffer stops at once, leaving whatever is queued in the socket; hand that over too, so a
+        # capture holds every packet exchanged before it was stopped. Bounded: traffic may still flow.
+        sock = self._socket
+        for _ in range(SNIFFER_DRAIN_MAX_PACKETS):
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return
+            try:
+                pkt = sock.recv()
+            except OSError:
+                return
+            if pkt is not None:
+                self._guarded(pkt)
 
     def _guarded(self, pkt: Any) -> None:
         try:
@@ -485,6 +541,11 @@ class _Sniffer:
                     )
             if sniffer.exception is not None:
                 log.warning("raw.sniffer.failed", feature=self._feature, error=repr(sniffer.exception))
+            elif thread is None or not thread.is_alive():
+                self._drain()
+        self.kernel_drops += self._read_kernel_drops()
+        if self.kernel_drops:
+            log.warning("raw.sniffer.kernel_drops", feature=self._feature, dropped=self.kernel_drops)
         self._close_socket()
 
     async def start(self, before_run: Callable[[int], None] | None = None) -> None:
@@ -1016,6 +1077,8 @@ class CaptureSummary:
         packets_written: packets in the file.
         bytes_written: the file's size in bytes (headers included).
         packets_dropped: packets seen after a bound was reached, counted but not written.
+        packets_lost: packets the kernel dropped before fragileprobe could read them (the sniffer fell
+            behind a burst); 0 means the file holds everything exchanged while the capture ran.
         max_packets: the packet bound in force.
         max_bytes: the byte bound in force.
         duration_s: how long the capture ran.
@@ -1026,6 +1089,7 @@ class CaptureSummary:
     packets_written: int
     bytes_written: int
     packets_dropped: int
+    packets_lost: int
     max_packets: int
     max_bytes: int
     duration_s: float
@@ -1034,6 +1098,11 @@ class CaptureSummary:
     def truncated(self) -> bool:
         """A bound was reached and some packets are missing from the file."""
         return self.packets_dropped > 0
+
+    @property
+    def complete(self) -> bool:
+        """The file holds every packet exchanged with the host while the capture ran."""
+        return self.packets_dropped == 0 and self.packets_lost == 0
 
 
 class PacketCapture:
@@ -1131,6 +1200,7 @@ class PacketCapture:
             packets_written=self._written,
             bytes_written=self._bytes,
             packets_dropped=self._dropped,
+            packets_lost=self._sniffer.kernel_drops,
             max_packets=self.max_packets,
             max_bytes=self.max_bytes,
             duration_s=time.monotonic() - self._started_s,
@@ -1142,6 +1212,7 @@ class PacketCapture:
             packets=self._written,
             bytes=self._bytes,
             dropped=self._dropped,
+            lost=self._sniffer.kernel_drops,
         )
 
 
