@@ -70,11 +70,17 @@ def test_failing_at_the_lowest_level_gives_zero() -> None:
     assert d.ceiling_found
 
 
-def test_no_failure_is_no_ceiling_found() -> None:
+def test_no_failure_is_no_ceiling_found_and_keeps_the_margin() -> None:
+    """Never failed: no ceiling found; the recommendation keeps the margin below the top level tested
+    (a limit may lie just above it), never below 1; margin 0 recommends the top level itself."""
     d = derive_ceiling([[(1, P), (2, P), (4, P)], [(4, P)]])
     assert not d.ceiling_found
     assert d.failed_at is None
-    assert d.safe_ceiling == 4
+    assert d.highest_passed == 4
+    assert d.safe_ceiling == 3
+    assert derive_ceiling([[(50, P)]]).safe_ceiling == 42
+    assert derive_ceiling([[(1, P)]]).safe_ceiling == 1
+    assert derive_ceiling([[(1, P), (4, P)]], margin_fraction=0.0).safe_ceiling == 4
 
 
 @pytest.mark.parametrize("margin", [-0.1, 1.0, float("nan"), "0.1", True])
@@ -120,6 +126,7 @@ def test_no_ceiling_summary_says_never_exceeded() -> None:
         host="127.0.0.9", model_key=None, ladder=(1, 2, 4), trials=[TrialResult(index=0, levels=levels)]
     )
     assert not c.ceiling_found
+    assert c.safe_ceiling == 3
     assert "No ceiling found up to 4" in c.summary()
     assert "never exceeded" in c.summary()
 

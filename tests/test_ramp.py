@@ -173,7 +173,8 @@ def test_sturdy_device_reports_no_ceiling_found() -> None:
     assert [lv for lv, _ in trials[1]] == [4]
     assert not done.derivation.ceiling_found
     assert done.derivation.failed_at is None
-    assert done.derivation.safe_ceiling == 4
+    assert done.derivation.highest_passed == 4
+    assert done.derivation.safe_ceiling == 3  # the margin stays below the highest level tested
 
 
 def test_warning_stops_climbing_without_a_crash() -> None:

@@ -13,9 +13,12 @@ The safe ceiling (see :func:`derive_ceiling` and docs/characterization.md)::
     H = the highest level below L that passed in every trial in which it was tested
     safe_ceiling = min(H, floor(L * (1 - margin_fraction)))        # never >= L, never untested
 
-With no failure up to the top of the ladder there is no ceiling to find (``ceiling_found`` is False): the
-recommendation is the highest level that passed every time it was tested, and the summary says that it was
-never exceeded, not that it is a limit of the device.
+With no failure up to the top of the ladder there is no ceiling to find (``ceiling_found`` is False,
+``failed_at`` None): ``highest_passed`` is the highest level tested, and the summary says that it was never
+exceeded, not that it is a limit of the device. The recommendation still keeps the margin below it,
+``max(1, floor(H * (1 - margin_fraction)))``: a device whose limit lies just above the ladder's top passes
+the top level on most boots and hangs on the next one (jitter), exactly as below a found limit. With
+``margin_fraction=0`` the recommendation is the highest level tested.
 """
 
 from __future__ import annotations
@@ -267,7 +270,8 @@ def derive_ceiling(
     candidates = [lv for lv, ok in passed_everywhere.items() if ok and (limit is None or lv < limit)]
     highest = max(candidates) if candidates else None
     if limit is None:
-        safe = highest
+        # Never failed: keep the same margin below the highest level tested (see the module docstring).
+        safe = None if highest is None else min(highest, max(1, math.floor(highest * (1.0 - margin))))
     else:
         cap = math.floor(limit * (1.0 - margin))
         # floor() of a float can land on limit itself only when margin is 0; H < L covers that case.
@@ -453,10 +457,11 @@ class Characterization:
             lines.append("No level was tested to the end, so there is no recommendation.")
         elif not self.ceiling_found:
             lines.append(
-                f"No ceiling found up to {self.max_level_tested} concurrent sessions: "
-                "the device never failed. "
-                f"Recommended maximum: {self.safe_ceiling} sessions (the highest level tested; it was never "
-                f"exceeded, so it is not a limit of the device)."
+                f"No ceiling found up to {self.max_level_tested} concurrent sessions: the device never "
+                f"failed; {self.highest_passed} is the highest level tested (never exceeded, so it is not "
+                f"a limit of the device). Recommended maximum: {self.safe_ceiling} sessions "
+                f"({self.margin_fraction:.0%} margin below {self.highest_passed}, in case the limit lies "
+                "just above it)."
             )
         else:
             if self.failed_at is not None:
@@ -685,7 +690,7 @@ class DeviceProfile:
         if ceiling is None:
             verdict = "no recommendation yet"
         elif not self.ceiling_found:
-            verdict = f"no ceiling found; at most {ceiling} sessions were tested and never exceeded"
+            verdict = f"no ceiling found (never failed); recommended at most {ceiling} sessions"
         else:
             verdict = f"safe ceiling {ceiling} concurrent sessions (lowest crash at {self.failed_at})"
         return (
