@@ -16,13 +16,18 @@ port)``::
     SYN_SEEN   --device SYN-ACK-->                   SYN_ACKED
     (none)     --device SYN-ACK-->                   SYN_ACKED   (the SYN was missed: sniffer just started)
     SYN_ACKED  --client ACK (no SYN, no RST)-->      (forgotten)  full connect, even if RST follows later
-    SYN_ACKED  --client RST-->                       (forgotten)  HALF-OPEN PROBE
+    SYN_ACKED  --client RST without ACK-->           (forgotten)  HALF-OPEN PROBE
+    SYN_ACKED  --client RST+ACK-->                   (forgotten)  full connect whose ACK the sniffer missed
     SYN_SEEN   --client RST / device RST-->          (forgotten)  refused or abandoned: no open port probed
     any        --older than FLOW_TTL_S-->            (forgotten)
 
-So ``nmap -sS`` (SYN, SYN-ACK, RST from the scanning kernel) is recognized, while ``nmap -sT`` and
-fragileprobe's probes (SYN, SYN-ACK, ACK, ... and maybe a RST later) never are. A client that never answers
-a SYN-ACK at all is forgotten, not counted: a lost ACK must not wedge a device in a test of full connects.
+The RST flags tell the two apart even when the sniffer misses packets under load. A client kernel that
+gets a SYN-ACK it has no connection for answers ``<SEQ=SEG.ACK><CTL=RST>`` (RFC 9293, 3.10.7.1): RST
+without ACK, the signature of ``nmap -sS`` on Linux. A client that aborts an established connection sends
+RST+ACK (``nmap -sT`` closes that way). So ``nmap -sS`` (SYN, SYN-ACK, RST) is recognized, while
+``nmap -sT`` and fragileprobe's probes (SYN, SYN-ACK, ACK, ... and maybe a RST+ACK later) never are, even
+if their ACK is lost. A client that never answers a SYN-ACK at all is forgotten, not counted: the detector
+errs towards missing a probe, never towards wedging a device in a test of full connects.
 One known blind spot: a client that gives up on a connect in the microseconds between sending its SYN and
 receiving the SYN-ACK looks half-open too (its kernel resets the late SYN-ACK); on loopback this needs a
 connect timeout far below a millisecond.
@@ -173,7 +178,10 @@ class HandshakeTracker:
                 return None
             if seg.is_rst:
                 del self._flows[key]
-                if state[0] is _Flow.SYN_ACKED:
+                if state[0] is _Flow.SYN_ACKED and seg.flags & ACK:
+                    # RST+ACK: the client had the connection (we missed its ACK) and aborted it.
+                    self.full_connects += 1
+                elif state[0] is _Flow.SYN_ACKED:
                     self.half_open += 1
                     return HalfOpenProbe(
                         client=seg.src, client_port=seg.sport, device_port=seg.dport, at_s=seg.at_s
