@@ -8,13 +8,17 @@ here only, so ``import fragileprobe`` stays light.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import shlex
 import signal
 import sys
-from pathlib import Path  # noqa: TC003 - typer reads the annotation at runtime
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NoReturn
 
 import anyio
+import anyio.abc
 import structlog
 import typer
 from rich.console import Console
@@ -23,8 +27,15 @@ from rich.markup import escape
 from fragileprobe._errors import FragileProbeError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from fragileprobe._demo import DemoEvent
+    from fragileprobe._profile import Characterization
+    from fragileprobe._progress import LogTap, TerminalCharacterizeView
+    from fragileprobe._scope import Scope
+    from fragileprobe._store import ProfileStore
     from fragileprobe.emulator._fleet import Fleet, FleetConfig
+    from fragileprobe.export import GroupScanSettings
 
 __all__ = ["app", "main"]
 
@@ -48,14 +59,47 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _configure_logging(level: int) -> None:
+def _configure_logging(level: int, *, tap: LogTap | None = None) -> None:
     # The CLI is an application: it (and only it) decides where library log events go: stderr, so stdout
-    # stays for results that other programs parse.
+    # stays for results that other programs parse. With a tap (live progress), every event is built and the
+    # tap sees the few it shows (heartbeat latencies, device down); the level filter then drops the rest.
+    processors: list[Any] = []
+    if tap is not None:
+        processors.append(tap)
+    processors += [
+        _LevelFilter(level),
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+        structlog.dev.ConsoleRenderer(colors=False),
+    ]
     structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if tap is not None else level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+class _LevelFilter:
+    """structlog processor: drop events below ``level`` (used when a tap needs every event built)."""
+
+    _LEVELS: ClassVar[dict[str, int]] = {
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "warning": logging.WARNING,
+        "warn": logging.WARNING,
+        "error": logging.ERROR,
+        "exception": logging.ERROR,
+        "critical": logging.CRITICAL,
+    }
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
+        if self._LEVELS.get(method_name, logging.INFO) < self.level:
+            raise structlog.DropEvent
+        return event_dict
 
 
 # --- emulate -------------------------------------------------------------------------------------------
@@ -198,6 +242,772 @@ def demo(
     )
     if not result.recovered or result.hung_at_sessions is None:
         raise typer.Exit(1)
+
+
+# --- shared by the measuring commands ------------------------------------------------------------------
+# Exit codes (documented in docs/cli.md and every command's --help).
+EXIT_OK = 0
+EXIT_DEVICE_TROUBLE = (
+    1  # a device went down and could not be brought back, none is safe, or alerts were raised
+)
+EXIT_INTERRUPTED = (
+    130  # Ctrl-C (SIGINT) or SIGTERM: stopped cleanly, progress saved; 128 + SIGINT by convention
+)
+
+_EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 device trouble found; 2 bad input (one line on stderr); 130 interrupted "
+    "(Ctrl-C: work so far is saved, the resume command is printed)."
+)
+_LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON only on stdout (progress goes to stderr).")
+]
+StoreOpt = Annotated[
+    Path,
+    typer.Option(
+        "--store",
+        help="Profile store (SQLite) for results, profiles and the inventory. Every finished trial or host "
+        "is written at once, so an interrupted run loses nothing finished and can be resumed.",
+    ),
+]
+LogLevelOpt = Annotated[
+    str, typer.Option("--log-level", help="Library log events on stderr: debug, info, warning, error.")
+]
+
+
+def _trouble(message: str) -> NoReturn:
+    _err.print(f"device trouble: {escape(message)}")
+    raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+def _log_level(name: str) -> int:
+    level = _LOG_LEVELS.get(name.lower())
+    if level is None:
+        _fail(f"--log-level: {name!r} is not one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _print_json(data: Any) -> None:
+    # Plain print (not rich): JSON must reach stdout byte for byte, never wrapped or highlighted.
+    print(json.dumps(data, indent=2, default=str), flush=True)
+
+
+def _resume_command() -> str:
+    """The command line this process was started with, plus --resume (what to run to continue)."""
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    return shlex.join(["fragileprobe", *args, "--resume"])
+
+
+async def _interruptible(fn: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
+    """Run ``fn``; SIGINT/SIGTERM cancel it cleanly (its finally blocks run). Returns (result, interrupted).
+
+    A signal handler, not KeyboardInterrupt: cancellation reaches every await point, so sessions in flight
+    are closed by their context managers and the store keeps everything committed so far.
+    """
+    outcome: dict[str, Any] = {}
+    interrupted = False
+
+    async def watch(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        nonlocal interrupted
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for _ in signals:
+                interrupted = True
+                tg.cancel_scope.cancel()
+                return
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(watch)
+        try:
+            outcome["value"] = await fn()
+        except FragileProbeError as exc:  # handed to the caller after the task group has closed
+            outcome["error"] = exc
+        tg.cancel_scope.cancel()
+    if "error" in outcome and not interrupted:
+        raise outcome["error"]
+    return outcome.get("value"), interrupted
+
+
+def _handle_library_error(exc: FragileProbeError) -> NoReturn:
+    """Map fragileprobe's errors to exit codes: the device's fault -> 1, the input's fault -> 2."""
+    from fragileprobe._errors import DeviceDownError, ProbeError, RecoveryError
+
+    if isinstance(exc, DeviceDownError | RecoveryError | ProbeError):
+        _trouble(str(exc))
+    _fail(str(exc))
+
+
+def _parse_ladder(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        _fail(f"--ladder: {text!r} is not a comma-separated list of integers like '1,2,5,7,10'")
+    if not levels:
+        _fail("--ladder: give at least one level, like '1,2,5,7,10'")
+    return levels
+
+
+def _open_store(path: Path) -> ProfileStore:
+    from fragileprobe._store import ProfileStore
+
+    return ProfileStore(path)
+
+
+# --- characterize -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CharacterizeArgs:
+    host: str
+    name: str | None
+    ports: str | None
+    ladder: tuple[int, ...]
+    dwell_s: float
+    trials: int
+    crash_budget: int
+    time_budget_s: float | None
+    heartbeat_port: int | None
+    heartbeat_path: str
+    heartbeat_timeout_s: float
+    interval_s: float
+    healthy_beats: int
+    hold_s: float
+    early_warning: float | None
+    margin: float
+    recovery: str
+    recovery_cmd: str | None
+    recovery_url: str | None
+    recovery_timeout_s: float
+
+
+def _confirm_on_stderr(message: str) -> str:
+    # The manual-recovery prompt goes to stderr so that --json output on stdout stays clean.
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    return sys.stdin.readline()
+
+
+async def _characterize_run(
+    a: _CharacterizeArgs, scope: Scope, store: ProfileStore, resume: bool, view: TerminalCharacterizeView
+) -> Characterization:
+    from fragileprobe._characterize import EarlyWarning, characterize
+    from fragileprobe._heartbeat import HttpHeartbeat
+    from fragileprobe._recovery import command_recovery, fleet_recovery, manual_recovery, wait_for_recovery
+    from fragileprobe._scope import Target, parse_ports
+
+    address = scope.check(a.host)
+    ports: tuple[int, ...] | None = parse_ports(a.ports) if a.ports else None
+    hb_port = a.heartbeat_port
+    if a.recovery_url is not None and (ports is None or hb_port is None):
+        # The emulated fleet knows where the device's services really listen (offset ports without root).
+        from fragileprobe.emulator import FleetClient
+
+        info = await FleetClient(a.recovery_url).device(address)
+        if ports is None:
+            ports = tuple(sorted(info.ports.values()))
+        if hb_port is None and info.web_port is not None:
+            hb_port = info.web_port
+    heartbeat = HttpHeartbeat(port=hb_port or 8080, path=a.heartbeat_path, timeout_s=a.heartbeat_timeout_s)
+    target = Target(address, ports=ports or parse_ports("pump"), heartbeat=heartbeat, name=a.name)
+    hook: Callable[..., Awaitable[Any]]
+    if a.recovery_url is not None:
+        hook = fleet_recovery(a.recovery_url)
+    elif a.recovery_cmd is not None:
+        hook = command_recovery(shlex.split(a.recovery_cmd))
+    elif a.recovery == "manual":
+        hook = manual_recovery(confirm=_confirm_on_stderr)
+    else:
+        hook = wait_for_recovery(timeout_s=a.recovery_timeout_s, interval_s=a.interval_s)
+    view.console.print(
+        f"characterizing {target.label} ports {','.join(map(str, target.ports))}, heartbeat GET "
+        f"{a.heartbeat_path} on {heartbeat.port} every {a.interval_s:g} s; "
+        f"ladder {','.join(map(str, a.ladder))}, "
+        f"dwell {a.dwell_s:g} s, {a.trials} trial(s), at most {a.crash_budget} crash(es) per trial; "
+        f"recovery: {_recovery_label(a)}; store {store.path}"
+    )
+    with view:
+        return await characterize(
+            target, scope=scope, ladder=a.ladder, dwell_s=a.dwell_s, trials=a.trials, recovery=hook,
+            crash_budget=a.crash_budget, time_budget_s=a.time_budget_s,
+            early_warning=EarlyWarning(latency_factor=a.early_warning) if a.early_warning else None,
+            margin_fraction=a.margin, hold_s=a.hold_s, store=store, name=a.name, resume=resume,
+            interval_s=a.interval_s, healthy_beats=a.healthy_beats, recovery_timeout_s=a.recovery_timeout_s,
+            progress=view.on_progress,
+        )  # fmt: skip
+
+
+def _recovery_label(a: _CharacterizeArgs) -> str:
+    if a.recovery_url is not None:
+        return f"power cycle through the emulator fleet at {a.recovery_url}"
+    if a.recovery_cmd is not None:
+        return f"run {a.recovery_cmd!r}"
+    if a.recovery == "manual":
+        return "ask you to power-cycle the device"
+    return f"wait up to {a.recovery_timeout_s:g} s for it to come back by itself"
+
+
+def _mark_interrupted(store: ProfileStore, host: str) -> int:
+    """Mark the host's unfinished run as interrupted (resume still finds it); return its finished trials."""
+    for run in reversed(store.runs()):
+        if run.host == host and run.finished_at_s is None:
+            store.mark_run(run.run_id, "interrupted")
+            return sum(1 for t in run.trials if t.complete)
+    return 0
+
+
+_CHARACTERIZE_HELP = (
+    "Measure how many simultaneous sessions a device survives, and recommend a safe scanner setting.\n\n"
+    "The device is loaded step by step (the ladder) while a heartbeat checks that it still answers. "
+    "The moment "
+    "it stops answering, every session is cancelled at once, the device is recovered (--recovery, "
+    "--recovery-cmd or --recovery-url) and the test goes on. Nothing outside --scope is ever contacted. Each "
+    "finished trial is saved in --store at once; Ctrl-C stops cleanly and prints the command that resumes."
+)
+
+
+@app.command(help=_CHARACTERIZE_HELP, epilog=_EXIT_CODES_HELP)
+def characterize(
+    host: Annotated[str, typer.Argument(help="The device to measure (an address inside --scope).")],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "--model", help="A name for the device model in reports and the profile."),
+    ] = None,
+    ports: Annotated[
+        str | None,
+        typer.Option(
+            help="Service ports the sessions use, e.g. '21-23,8080' (default: the pump set "
+            "21,22,23,8080, or the emulated device's ports with --recovery-url)."
+        ),
+    ] = None,
+    ladder: Annotated[
+        str, typer.Option(help="Concurrent-session levels to climb, lowest first.")
+    ] = "1,2,5,7,10,15,20,30,50",
+    dwell: Annotated[float, typer.Option(help="Seconds each level is held.")] = 5.0,
+    trials: Annotated[
+        int,
+        typer.Option(
+            help="Passes up the ladder (fragile devices fail in slightly different places each time)."
+        ),
+    ] = 3,
+    crash_budget: Annotated[
+        int,
+        typer.Option(
+            help="Crashes allowed per trial: each one is a power cycle, "
+            "maybe by hand. 1 means: climb one level at a time."
+        ),
+    ] = 2,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds, keeping what was measured.")
+    ] = None,
+    heartbeat_port: Annotated[
+        int | None, typer.Option(help="Web port the liveness heartbeat GETs (default 8080).")
+    ] = None,
+    heartbeat_path: Annotated[str, typer.Option(help="Path the heartbeat GETs.")] = "/",
+    heartbeat_timeout: Annotated[
+        float, typer.Option(help="Seconds without an answer after which the device counts as down.")
+    ] = 2.0,
+    interval: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
+    healthy_beats: Annotated[
+        int, typer.Option(help="Good heartbeats in a row that count as 'recovered'.")
+    ] = 3,
+    hold: Annotated[float, typer.Option(help="Seconds each session stays open, like a scanner check.")] = 0.5,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            help="Authorized addresses/ranges (comma-separated). Default: only HOST. Nothing outside "
+            "it is ever contacted."
+        ),
+    ] = None,
+    store: StoreOpt = Path("fragileprobe.db"),
+    resume: Annotated[
+        bool, typer.Option(help="Continue the unfinished run for this device in --store (after Ctrl-C).")
+    ] = False,
+    early_warning: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop climbing when the heartbeat gets this many times slower than idle (e.g. 3): "
+            "finds a ceiling without crashing devices that slow down before they die."
+        ),
+    ] = None,
+    margin: Annotated[
+        float, typer.Option(help="Safety margin below the first failing level, as a fraction (0.15 = 15%).")
+    ] = 0.15,
+    recovery: Annotated[
+        str,
+        typer.Option(
+            help="After a crash: 'wait' for the device to come back by itself, or 'manual': "
+            "ask you to power-cycle it and press Enter."
+        ),
+    ] = "wait",
+    recovery_cmd: Annotated[
+        str | None,
+        typer.Option(
+            help="After a crash run this command (no shell; {host} and {level} are filled in), "
+            "e.g. a smart power strip's CLI."
+        ),
+    ] = None,
+    recovery_url: Annotated[
+        str | None,
+        typer.Option(
+            help="After a crash power-cycle the device through this emulator fleet control URL "
+            "(printed by 'fragileprobe emulate')."
+        ),
+    ] = None,
+    recovery_timeout: Annotated[
+        float, typer.Option(help="Seconds a recovery may take before the run stops.")
+    ] = 120.0,
+    json_out: JsonOpt = False,
+    log_level: LogLevelOpt = "error",
+) -> None:
+    """Measure how many simultaneous sessions a device survives (see _CHARACTERIZE_HELP)."""
+    from fragileprobe._progress import CharacterizeState, LogTap, TerminalCharacterizeView
+    from fragileprobe._report import settings_for_characterization
+    from fragileprobe._scope import Scope
+
+    level = _log_level(log_level)
+    if recovery not in ("wait", "manual"):
+        _fail(f"--recovery: {recovery!r} is not 'wait' or 'manual'")
+    if sum(x is not None for x in (recovery_cmd, recovery_url)) + (recovery == "manual") > 1:
+        _fail("--recovery manual, --recovery-cmd and --recovery-url: choose one")
+    if recovery_cmd is not None and not shlex.split(recovery_cmd):
+        _fail("--recovery-cmd: empty command")
+    args = _CharacterizeArgs(
+        host=host, name=name, ports=ports, ladder=_parse_ladder(ladder), dwell_s=dwell, trials=trials,
+        crash_budget=crash_budget, time_budget_s=time_budget, heartbeat_port=heartbeat_port,
+        heartbeat_path=heartbeat_path, heartbeat_timeout_s=heartbeat_timeout, interval_s=interval,
+        healthy_beats=healthy_beats, hold_s=hold, early_warning=early_warning, margin=margin,
+        recovery=recovery, recovery_cmd=recovery_cmd, recovery_url=recovery_url,
+        recovery_timeout_s=recovery_timeout,
+    )  # fmt: skip
+    console = _err if json_out else _out
+    tap = LogTap()
+    _configure_logging(level, tap=tap)
+    try:
+        authorized = Scope(scope if scope is not None else [host])
+        address = authorized.check(host)
+        db = _open_store(store)
+    except FragileProbeError as exc:
+        _fail(str(exc))
+    state = CharacterizeState(host=address, planned_trials=trials, ladder=args.ladder, dwell_s=dwell)
+    view = TerminalCharacterizeView(state, console)
+    tap.sinks.append(view.on_log)
+    try:
+        try:
+            char, interrupted = anyio.run(
+                lambda: _interruptible(lambda: _characterize_run(args, authorized, db, resume, view))
+            )
+        except FragileProbeError as exc:
+            partial = getattr(exc, "partial", None)
+            if json_out and partial is not None:
+                _print_json(
+                    {"status": "recovery_failed", "error": str(exc), "characterization": partial.to_dict()}
+                )
+            _handle_library_error(exc)
+        if interrupted:
+            saved = _mark_interrupted(db, address)
+            command = _resume_command()
+            if json_out:
+                _print_json(
+                    {
+                        "status": "interrupted",
+                        "finished_trials_saved": saved,
+                        "store": str(store),
+                        "resume_command": command,
+                    }
+                )
+            _err.print(
+                f"[bold yellow]interrupted[/]: sessions closed; {saved} finished trial(s) saved in "
+                f"{escape(str(store))}. Resume with:\n  {escape(command)}"
+            )
+            raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        db.close()
+    settings = settings_for_characterization(char)
+    if json_out:
+        _print_json(
+            {
+                "status": char.stop_reason,
+                "characterization": char.to_dict(),
+                "summary": char.summary(),
+                "settings": settings.to_dict() if settings else None,
+                "store": str(store),
+            }
+        )
+    else:
+        _out.print()
+        _out.print(f"[bold]{escape(char.summary())}[/]")
+        _out.print()
+        if settings is not None:
+            _out.print("[bold cyan]Recommended scanner settings for this model[/]")
+            _out.print(escape(settings.text()))
+        _out.print(
+            f"\nsaved in {escape(str(store))} (run {char.run_id}); HTML report: "
+            f"fragileprobe report --store {escape(shlex.quote(str(store)))} --run {char.run_id}"
+        )
+    if char.safe_ceiling == 0:
+        raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+# --- discover -----------------------------------------------------------------------------------------
+def _parse_aliases(items: list[str] | None) -> dict[int, int]:
+    aliases: dict[int, int] = {}
+    for item in items or []:
+        bound, sep, known = item.partition("=")
+        if not sep or not bound.strip().isdigit() or not known.strip().isdigit():
+            _fail(f"--port-alias: {item!r} is not BOUND=WELLKNOWN like '10021=21'")
+        aliases[int(bound)] = int(known)
+    return aliases
+
+
+_DISCOVER_HELP = (
+    "Gently find hosts, sort them into asset groups, and alert on medical devices in the wrong zone.\n\n"
+    "Full TCP connects only (never half-open scans or OS-detection packets), one session per host at a time "
+    "at a low connect rate, limits per host and not only in total, hosts in shuffled order. Hosts that stop "
+    "answering are left alone. Ends with the safe scanner settings for every group found. Exit code 1 when "
+    "an alert was raised or a host stopped answering."
+)
+
+
+@app.command(help=_DISCOVER_HELP, epilog=_EXIT_CODES_HELP)
+def discover(
+    targets: Annotated[list[str], typer.Argument(help="Addresses, ranges or CIDR blocks to look at.")],
+    ports: Annotated[
+        str | None, typer.Option(help="Ports to look at (e.g. '21-23,80,443,8080' or 'hospital').")
+    ] = None,
+    zones: Annotated[
+        Path | None, typer.Option(help="TOML file naming network zones (medical, general, guest ...).")
+    ] = None,
+    rules: Annotated[Path | None, typer.Option(help="TOML file of asset-group rules.")] = None,
+    rate_per_host: Annotated[
+        float, typer.Option(help="New connections per second per host (gentle by default).")
+    ] = 10.0,
+    sessions_per_host: Annotated[
+        int,
+        typer.Option(
+            help="Connections held at once per host. A host whose model has a stored "
+            "profile is never probed above its ceiling."
+        ),
+    ] = 1,
+    max_hosts: Annotated[
+        int, typer.Option(help="Hosts worked in parallel (each within its own limits).")
+    ] = 64,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds a connect may take.")] = 2.0,
+    banner_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for a banner or a web answer.")
+    ] = 1.5,
+    port_alias: Annotated[
+        list[str] | None,
+        typer.Option(help="BOUND=WELLKNOWN: a service on a moved port, e.g. '10021=21' (repeatable)."),
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(help="Authorized addresses/ranges (comma-separated). Default: exactly the targets."),
+    ] = None,
+    store: StoreOpt = Path("fragileprobe.db"),
+    resume: Annotated[bool, typer.Option(help="Continue the unfinished scan with the same targets.")] = False,
+    alerts: Annotated[Path | None, typer.Option(help="Append alerts to this JSON-lines file.")] = None,
+    webhook: Annotated[str | None, typer.Option(help="POST each alert as JSON to this URL.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the shuffled host order.")] = None,
+    json_out: JsonOpt = False,
+    log_level: LogLevelOpt = "error",
+) -> None:
+    """Gently find hosts, group them, alert on misplaced medical devices (see _DISCOVER_HELP)."""
+    from fragileprobe._discovery import discover as run_discover
+    from fragileprobe._groups import Rules, Zones
+    from fragileprobe._progress import TerminalDiscoveryView
+    from fragileprobe._report import discovery_settings
+    from fragileprobe._scope import PORT_SETS, Scope, parse_targets
+
+    level = _log_level(log_level)
+    _configure_logging(level)
+    console = _err if json_out else _out
+    aliases = _parse_aliases(port_alias)
+    try:
+        hosts = parse_targets(targets)
+        authorized = Scope(scope) if scope is not None else Scope(hosts)
+        zone_map = Zones.from_toml(zones) if zones is not None else None
+        rule_set = Rules.from_toml(rules) if rules is not None else None
+        db = _open_store(store)
+    except FragileProbeError as exc:
+        _fail(str(exc))
+    view = TerminalDiscoveryView(console)
+
+    async def run() -> Any:
+        with view:
+            return await run_discover(
+                hosts, scope=authorized, ports=ports or PORT_SETS["hospital"], zones=zone_map, rules=rule_set,
+                store=db, per_host_sessions=sessions_per_host, rate_per_host=rate_per_host,
+                max_hosts_in_parallel=max_hosts, connect_timeout_s=connect_timeout,
+                banner_timeout_s=banner_timeout, resume=resume, seed=seed, alert_file=alerts,
+                webhook_url=webhook, progress=view.on_progress, port_aliases=aliases,
+            )  # fmt: skip
+
+    try:
+        try:
+            report, interrupted = anyio.run(lambda: _interruptible(run))
+        except FragileProbeError as exc:
+            _handle_library_error(exc)
+        if interrupted:
+            command = _resume_command()
+            if json_out:
+                _print_json({"status": "interrupted", "store": str(store), "resume_command": command})
+            _err.print(
+                f"[bold yellow]interrupted[/]: hosts finished so far are saved in {escape(str(store))}. "
+                f"Resume with:\n  {escape(command)}"
+            )
+            raise typer.Exit(EXIT_INTERRUPTED)
+        settings = discovery_settings(report, db)
+    finally:
+        db.close()
+    if json_out:
+        _print_json({**report.to_dict(), "scan_settings": {g: s.to_dict() for g, s in settings.items()}})
+    else:
+        _out.print()
+        _out.print(escape(report.summary()))
+        for alert in report.alerts:
+            _out.print(
+                f"[bold red]ALERT[/] {escape(alert.host)} ({escape(alert.model)}) is in zone "
+                f"{escape(alert.zone)} [{escape(alert.zone_kind)}]: " + escape("; ".join(alert.evidence))
+            )
+        _out.print()
+        _out.print("[bold cyan]Scanner settings per group[/] (fragileprobe report --store ... for details)")
+        for group, s in sorted(settings.items()):
+            limit = (
+                f"at most {s.sessions_per_host} session(s) per host" if s.sessions_per_host else "defaults"
+            )
+            _out.print(f"  {escape(group)}: {limit}; " + escape(export_nmap_line(s)))
+    if report.alerts or report.unresponsive:
+        raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+def export_nmap_line(settings: GroupScanSettings) -> str:
+    """The one-line nmap command for a group's settings."""
+    from fragileprobe.export import nmap_args
+
+    return nmap_args(settings).text().splitlines()[0]
+
+
+# --- profiles -----------------------------------------------------------------------------------------
+profiles_app = typer.Typer(
+    help="List, show, export and import the stored device-model profiles (safe ceilings).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(profiles_app, name="profiles")
+
+
+def _with_store(path: Path, fn: Callable[[ProfileStore], Any]) -> Any:
+    if not path.exists():
+        _fail(f"--store: {path} does not exist")
+    try:
+        with _open_store(path) as db:
+            return fn(db)
+    except FragileProbeError as exc:
+        _fail(str(exc))
+
+
+@profiles_app.command("list", epilog=_EXIT_CODES_HELP)
+def profiles_list(store: StoreOpt = Path("fragileprobe.db"), json_out: JsonOpt = False) -> None:
+    """One line per device model: its safe ceiling, devices measured, crashes."""
+    profiles = _with_store(store, lambda db: db.profiles())
+    if json_out:
+        _print_json([{k: v for k, v in p.to_dict().items() if k != "characterizations"} for p in profiles])
+        return
+    if not profiles:
+        _out.print("no profiles stored yet (fragileprobe characterize HOST --store ...)")
+    for p in profiles:
+        _out.print(escape(p.summary()))
+
+
+@profiles_app.command("show", epilog=_EXIT_CODES_HELP)
+def profiles_show(
+    model_key: Annotated[str, typer.Argument(help="The model key (see 'profiles list').")],
+    store: StoreOpt = Path("fragileprobe.db"),
+    json_out: JsonOpt = False,
+) -> None:
+    """A model's profile: every characterization of it and the scanner settings it implies."""
+    from fragileprobe.export import template_for_group
+
+    def show(db: ProfileStore) -> Any:
+        profile = db.profile(model_key)
+        if profile is None:
+            _fail(f"model_key: no profile {model_key!r} in {store} (see 'fragileprobe profiles list')")
+        settings = template_for_group(model_key, db)
+        return profile, settings
+
+    profile, settings = _with_store(store, show)
+    if json_out:
+        _print_json({**profile.to_dict(), "settings": settings.to_dict()})
+        return
+    _out.print(f"[bold]{escape(profile.summary())}[/]")
+    for char in profile.characterizations:
+        _out.print()
+        _out.print(escape(char.summary()))
+    _out.print()
+    _out.print(escape(settings.text()))
+
+
+@profiles_app.command("export", epilog=_EXIT_CODES_HELP)
+def profiles_export(
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    store: StoreOpt = Path("fragileprobe.db"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Every characterization, profile and inventory row as one JSON document (for 'profiles import')."""
+    text = _with_store(store, lambda db: db.export_json())
+    if out is None:
+        print(text)
+        return
+    try:
+        out.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        _fail(f"--out: cannot write {out}: {exc.strerror or exc}")
+    if json_out:
+        _print_json({"exported_to": str(out), "bytes": len(text) + 1})
+    else:
+        _out.print(f"exported to {escape(str(out))}")
+
+
+@profiles_app.command("import", epilog=_EXIT_CODES_HELP)
+def profiles_import(
+    source: Annotated[Path, typer.Argument(help="A file written by 'profiles export'.")],
+    store: StoreOpt = Path("fragileprobe.db"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Add the characterizations of an export to --store (the ones already there are skipped)."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"source: cannot read {source}: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        with _open_store(store) as db:
+            added = db.import_json(text)
+    except FragileProbeError as exc:
+        _fail(str(exc))
+    if json_out:
+        _print_json({"imported": added, "store": str(store)})
+    else:
+        _out.print(f"imported {added} characterization(s) into {escape(str(store))}")
+
+
+# --- report -------------------------------------------------------------------------------------------
+_REPORT_HELP = (
+    "Write a self-contained HTML report (plots embedded, no external assets) and a Markdown report for a "
+    "characterization or a discovery run: findings in plain language, the plot, the recommended settings "
+    "per scanner, the alerts and the evidence, for the security and biomedical teams."
+)
+
+
+@app.command(help=_REPORT_HELP, epilog=_EXIT_CODES_HELP)
+def report(
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A JSON file: 'characterize --json' / 'discover --json' output, "
+            "Characterization.to_json(), or a store export. Default: read --store."
+        ),
+    ] = None,
+    store: StoreOpt = Path("fragileprobe.db"),
+    run: Annotated[str | None, typer.Option(help="The characterization run id in --store.")] = None,
+    model: Annotated[str | None, typer.Option(help="The latest characterization of this model key.")] = None,
+    discovery: Annotated[
+        bool, typer.Option(help="Report the discovery inventory of --store instead of a characterization.")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option(help="Output path without suffix: writes OUT.html, OUT.md and OUT.png.")
+    ] = Path("fragileprobe-report"),
+    plot: Annotated[bool, typer.Option(help="Include the plots (needs matplotlib).")] = True,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write HTML and Markdown reports (see _REPORT_HELP)."""
+    from fragileprobe import _report
+    from fragileprobe._profile import Characterization
+
+    subject: Characterization | dict[str, Any]
+    try:
+        if source is not None:
+            subject = _report.load_report_source(str(source))
+            settings_store = None
+        else:
+            if not store.exists():
+                _fail(f"--store: {store} does not exist (or give a JSON file)")
+            with _open_store(store) as db:
+                subject = _subject_from_store(db, run=run, model=model, discovery=discovery)
+            settings_store = store
+    except FragileProbeError as exc:
+        _fail(str(exc))
+    html_path, md_path, png_path = out.with_suffix(".html"), out.with_suffix(".md"), out.with_suffix(".png")
+    try:
+        if isinstance(subject, Characterization):
+            kind = "characterization"
+            page = _report.characterization_html(subject, plot=plot)
+            fig = subject.plot() if plot else None
+            md = _report.characterization_markdown(subject, plot_file=png_path.name if plot else None)
+        else:
+            kind = "discovery"
+            settings = None
+            if settings_store is not None:
+                with _open_store(settings_store) as db:
+                    settings = _report.discovery_settings(subject, db)
+            page = _report.discovery_html(subject, settings=settings, plot=plot)
+            fig = _report.discovery_plot(subject) if plot else None
+            md = _report.discovery_markdown(
+                subject, settings=settings, plot_file=png_path.name if plot else None
+            )
+        html_path.write_text(page, encoding="utf-8")
+        md_path.write_text(md, encoding="utf-8")
+        if fig is not None:
+            png_path.write_bytes(_report.figure_png(fig))
+    except OSError as exc:
+        _fail(f"--out: cannot write {out}.*: {exc.strerror or exc}")
+    except ImportError as exc:
+        _fail(f"plots need matplotlib (pip install 'fragileprobe[report]') or --no-plot: {exc}")
+    except FragileProbeError as exc:
+        _fail(str(exc))
+    written = [str(html_path), str(md_path)] + ([str(png_path)] if fig is not None else [])
+    if json_out:
+        _print_json(
+            {
+                "kind": kind,
+                "html": str(html_path),
+                "markdown": str(md_path),
+                "png": str(png_path) if fig is not None else None,
+            }
+        )
+    else:
+        _out.print(f"{kind} report written: {', '.join(escape(w) for w in written)}")
+
+
+def _subject_from_store(
+    db: ProfileStore, *, run: str | None, model: str | None, discovery: bool
+) -> Characterization | dict[str, Any]:
+    from fragileprobe import _report
+
+    if discovery:
+        if not db.assets():
+            _fail(f"--store: {db.path} holds no discovery inventory")
+        return _report.discovery_dict_from_store(db)
+    if run is not None:
+        row = db.run(run)
+        if row is None:
+            _fail(f"--run: no run {run!r} in {db.path}")
+        chars = [c for c in db.history(row.model_key) if c.run_id == run]
+        if not chars:
+            _fail(f"--run: run {run!r} did not finish (resume it with characterize --resume)")
+        return chars[-1]
+    history = db.history(model)
+    if not history:
+        if model is not None:
+            _fail(f"--model: no characterization of {model!r} in {db.path}")
+        if db.assets():
+            return _report.discovery_dict_from_store(db)
+        _fail(f"--store: {db.path} holds no characterization and no discovery inventory")
+    return history[-1]
 
 
 def main() -> None:
