@@ -15,6 +15,8 @@ What it does to each host, and why:
   they receive: there the probe is connect + close only. Web ports get one bounded ``GET /``.
 * A host that stops answering mid-scan (``unresponsive_after`` consecutive timeouts, connect or HTTP, after it
   had answered on some port) is left alone for the rest of the run and reported; nothing is retried harder.
+  A host that accepts connections but answers nothing, with a request timing out (a hung device), is
+  reported the same way. Neither lands in a fallback group ("safe to scan"): silence is not evidence.
 * Each finished host is written to the store at once (asset row, alert, "host done"), so a killed scan
   loses at most the hosts in flight, and ``resume=True`` continues the unfinished scan with the same
   targets and parameters.
@@ -499,12 +501,19 @@ async def discover(
                 limit = min(limit, floor)
             hs = _HostState()
             results = await _probe_host(host, settings, limit, hs)
+            if hs.gave_up is None and not hs.answered and any(
+                r.outcome is Outcome.TIMEOUT and _connected(r) for r in results
+            ):
+                # Accepted connections, answered nothing, and a request (GET /) went unanswered: a hung
+                # device looks exactly like this. Never call it "safe to scan" on no evidence.
+                hs.gave_up = ("accepted connections but answered on no port (a request timed out): hung, "
+                              "or every service is silent")
             if hs.gave_up is not None:
                 unresponsive.append(Unresponsive(host, tuple(sorted(hs.answered)), hs.gave_up))
                 log.warning("discovery.host_unresponsive", host=host, reason=hs.gave_up)
             asset, matches = _build_asset(
                 host, results, settings=settings, limit=limit, zones=zones, rules=rules, profiles=profiles,
-                prior=prior_row,
+                prior=prior_row, unresponsive=hs.gave_up is not None,
             )
             await finish_host(host, asset, matches)
 
@@ -612,8 +621,13 @@ def _build_asset(
     rules: Rules,
     profiles: Mapping[str, tuple[str, int | None]],
     prior: AssetRow | None,
+    unresponsive: bool = False,
 ) -> tuple[Asset | None, tuple[GroupMatch, ...]]:
-    """Turn one host's probe results into an Asset and its groups (pure)."""
+    """Turn one host's probe results into an Asset and its groups (pure).
+
+    An ``unresponsive`` host keeps the groups its evidence earned (medical, known model) but never lands in
+    a fallback group ("safe to scan"): what it did not say is no evidence that it is sturdy.
+    """
     open_results = sorted((r for r in results if _connected(r)), key=lambda r: r.port)
     if not open_results:
         return None, ()
@@ -649,6 +663,13 @@ def _build_asset(
         sessions_limit=limit, notes=tuple(notes),
     )
     matches = rules.classify(asset)
+    if unresponsive:
+        fallback_only = {r.name for r in rules if r.fallback} - {r.name for r in rules if not r.fallback}
+        kept = tuple(m for m in matches if m.rule not in fallback_only)
+        if len(kept) < len(matches):
+            notes.append("in no fallback group: it stopped answering or never answered; investigate first")
+            asset = dataclasses.replace(asset, notes=tuple(notes))
+        matches = kept
     return dataclasses.replace(asset, groups=tuple(m.group for m in matches)), matches
 
 
