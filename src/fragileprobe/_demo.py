@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -294,3 +294,301 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
         threshold_after_cycle=pump.threshold,
         wall_time_s=time.monotonic() - started,
     )
+
+
+# --- the whole story -------------------------------------------------------------------------------------
+# ``fragileprobe demo`` tells the whole story on a small emulated ward network: a gentle discovery finds the
+# pump on the wrong network drop (alert), characterization measures how many sessions it survives (crashes
+# and power cycles included), the profile is stored, a second discovery recognizes the model, and the safe
+# scanner settings for its group are printed. ``run_demo`` above is the stage-1 tour of one pump.
+
+# Demo timings: short enough that the whole story runs in well under a minute, long enough that the pump's
+# slowdown and hang are seen exactly as with production timings (the emulator answers in milliseconds).
+STORY_LADDER: tuple[int, ...] = (1, 2, 5, 7, 10)
+STORY_DWELL_S = 0.4
+STORY_TRIALS = 3
+STORY_INTERVAL_S = 0.1
+STORY_HEARTBEAT_TIMEOUT_S = 0.3
+STORY_HOLD_S = 0.1
+# Discovery at demo speed: 20 connects/s per host (runZero's default is 40 packets/s) and a short banner
+# wait (silent Windows ports would otherwise cost 1.5 s each).
+STORY_RATE_PER_HOST = 20.0
+STORY_BANNER_TIMEOUT_S = 0.5
+STORY_PUMP_NAME = "infusion pump"
+# The ward network: offsets from the story pump's last octet -> (model, zone kind).
+_WARD = (
+    (0, "infusion-pump", "general"),  # the story pump, plugged into the office network by mistake
+    (1, "workstation", "general"),
+    (2, "printer", "general"),
+    (3, "infusion-pump", "medical"),  # its twin, where it belongs
+)
+_EMPTY_OFFSET = 4  # an address where nothing answers
+
+
+@dataclass(frozen=True, slots=True)
+class StoryResult:
+    """What ``fragileprobe demo`` found (the JSON of ``fragileprobe demo --json``)."""
+
+    host: str
+    seed: int
+    threshold: int | None  # the story pump's drawn threshold on its first boot (ground truth)
+    assets: tuple[str, ...]
+    groups: dict[str, list[str]]
+    alerts: tuple[str, ...]
+    model_key: str | None
+    safe_ceiling: int | None
+    failed_at: int | None
+    crashes: int
+    power_cycles: int
+    recovered: bool
+    recognized_group: str | None
+    settings: dict[str, Any] | None
+    store: str
+    wall_time_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def _ward(host: str) -> list[tuple[str, str, str]]:
+    """(address, model, zone kind) for the ward around the story pump's address, all in its /24."""
+    prefix, last = host.rsplit(".", 1)
+    base = int(last)
+    span = _EMPTY_OFFSET + 1
+    if base + span > 255:  # keep every address inside the /24 and away from .255
+        base -= span + 1
+    out = []
+    for offset, model, zone in _WARD:
+        out.append((host if offset == 0 else f"{prefix}.{base + offset}", model, zone))
+    out.append((f"{prefix}.{base + _EMPTY_OFFSET}", "", "general"))
+    return out
+
+
+async def run_story(
+    *,
+    emit: Callable[[DemoEvent], None],
+    host: str | None = None,
+    seed: int = 2026,
+    boot_delay_s: float = 1.0,
+    port_offset: int | None = None,
+    store_path: str | None = None,
+    dwell_s: float = STORY_DWELL_S,
+    trials: int = STORY_TRIALS,
+) -> StoryResult:
+    """Run the whole story on an in-process emulated ward network and report through ``emit``.
+
+    Args:
+        emit: Called with every :class:`DemoEvent` in order (kinds as in :func:`run_demo`, plus "alert"
+            and "down" for things nobody may miss).
+        host: Loopback address of the story pump (default: a random one in 127.200.0.0/16).
+        seed: Seed of the devices' threshold draws.
+        boot_delay_s: The devices' boot delay after a power cycle.
+        port_offset: Offset for privileged ports (default: 0 as root, 10000 otherwise).
+        store_path: Profile store file (default: a temporary file, removed afterwards).
+        dwell_s: Seconds per characterization level.
+        trials: Characterization trials.
+
+    Raises:
+        ConfigError: A bad argument (the message names it).
+    """
+    import tempfile
+
+    from fragileprobe.emulator._fleet import Fleet
+
+    started = time.monotonic()
+    if host is not None:
+        check_loopback_host(host)
+    for attempt in range(_BIND_ATTEMPTS):
+        address = host or _random_host()
+        ward = _ward(address)
+        config = {
+            "device": [
+                {"host": h, "model": m, "seed": seed + i, "zone": z, "boot_delay_s": boot_delay_s}
+                | ({"port_offset": port_offset} if port_offset is not None else {})
+                for i, (h, m, z) in enumerate(ward)
+                if m
+            ],
+            "empty": [h for h, m, _ in ward if not m],
+        }
+        try:
+            async with Fleet(config, control_port=None) as fleet:
+                with tempfile.TemporaryDirectory(prefix="fragileprobe-demo-") as tmp:
+                    path = store_path or f"{tmp}/fragileprobe-demo.db"
+                    return await _whole_story(fleet, ward, emit, started, seed, path, dwell_s, trials)
+        except ConfigError as exc:
+            # A random address already in use by someone else: try another one.
+            if host is not None or not str(exc).startswith("port:") or attempt == _BIND_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _whole_story(
+    fleet: Any,
+    ward: list[tuple[str, str, str]],
+    emit: Callable[[DemoEvent], None],
+    started: float,
+    seed: int,
+    store_path: str,
+    dwell_s: float,
+    trials: int,
+) -> StoryResult:
+    import tempfile
+
+    from fragileprobe import export
+    from fragileprobe._characterize import characterize
+    from fragileprobe._discovery import discover
+    from fragileprobe._groups import Zone, Zones
+    from fragileprobe._scope import Scope
+    from fragileprobe._store import ProfileStore
+
+    pump_host = ward[0][0]
+    pump = fleet.device(pump_host)
+    first_threshold = pump.threshold
+    targets = [h for h, _, _ in ward]
+    scope = Scope(targets)
+    zones = Zones([
+        Zone(name="Office LAN", kind="general", ranges=tuple(h for h, _, z in ward if z == "general")),
+        Zone(name="ICU device VLAN", kind="medical", ranges=tuple(h for h, _, z in ward if z == "medical")),
+    ])  # fmt: skip
+    devices = list(fleet.devices.values())
+    ports = sorted({b for d in devices for b in d.ports.values()})
+    aliases = {b: p for d in devices for p, b in d.ports.items() if b != p}
+
+    emit(DemoEvent("section", "The scene: a small ward network, emulated on loopback"))
+    for h, model, zone in ward:
+        what = fleet.device(h).model.product if model else "(nothing there)"
+        emit(DemoEvent("row", f"{h:<16} {zone + ' zone':<13} {what}"))
+    emit(DemoEvent("info", f"The pump at {pump_host} was plugged into the office network by mistake. "
+                           f"It hangs when it holds T concurrent sessions; this boot T = {first_threshold} "
+                           "(nobody tells fragileprobe that)."))  # fmt: skip
+    if aliases:
+        emit(DemoEvent("info", f"Not root: services below port 1024 listen at +{devices[0].port_offset}."))
+
+    with ProfileStore(store_path) as store:
+        # 1. discovery
+        emit(DemoEvent("section", "1. Gentle discovery (one session per host at a time, full connects only)"))
+        report = await discover(
+            targets, scope=scope, ports=ports, zones=zones, store=store, rate_per_host=STORY_RATE_PER_HOST,
+            banner_timeout_s=STORY_BANNER_TIMEOUT_S, port_aliases=aliases, seed=seed,
+        )  # fmt: skip
+        for asset in report.assets:
+            services = ", ".join(
+                f"{s.port}/{s.service}" + (f" {s.product}" if s.product else "")
+                + (f" {s.version}" if s.version else "")
+                for s in asset.services
+            )  # fmt: skip
+            emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] {services}"))
+        for alert in report.alerts:
+            emit(DemoEvent("alert", f"ALERT: {alert.host} looks like a medical device and sits in zone "
+                                    f"'{alert.zone}' ({alert.zone_kind}): wrong network drop?"))  # fmt: skip
+        emit(DemoEvent("info", f"{len(report.assets)} hosts answered out of {len(targets)} in "
+                               f"{report.wall_time_s:.1f} s; no device hung: peak sessions per device "
+                               f"{max(d.stats.peak_sessions for d in devices)}."))  # fmt: skip
+        found = next((a for a in report.assets if a.host == pump_host), None)
+        if found is None:
+            raise ProbeError(f"discovery did not find the pump at {pump_host}")
+
+        # 2. the pump slows down under load (stage 1 of the demo)
+        emit(DemoEvent("section", "2. A closer look: the pump's answer time as load rises"))
+        await _slowdown(pump, emit)
+
+        # 3. characterization
+        emit(DemoEvent("section", f"3. Characterization: ladder {', '.join(map(str, STORY_LADDER))}, "
+                                  f"{trials} trials, {dwell_s:g} s per level, heartbeat every "
+                                  f"{STORY_INTERVAL_S:g} s"))  # fmt: skip
+        cycles = {"n": 0}
+
+        async def power_cycle() -> None:
+            # The emulator's recovery hook, narrated: the pump is really hung when this runs.
+            emit(DemoEvent("down", f"The pump is {pump.state.value.upper()}: it stopped answering its "
+                                   "heartbeat. Every session was cancelled at once."))  # fmt: skip
+            emit(
+                DemoEvent(
+                    "info", f"   power cycle through the emulator hook (boot {pump.boot_delay_s:g} s) ..."
+                )
+            )
+            await pump.power_cycle()
+            cycles["n"] += 1
+            emit(DemoEvent("ok", f"   back up (new T = {pump.threshold}); waiting for healthy heartbeats"))
+
+        def progress(event: Any) -> None:
+            if event.kind == "level_end":
+                kind = {"passed": "row", "failed": "warn", "warned": "warn"}.get(event.outcome, "row")
+                emit(DemoEvent(kind, f"trial {event.trial + 1}: {event.level:>2} sessions -> "
+                                     f"{(event.outcome or '?').upper()}"))  # fmt: skip
+
+        char = await characterize(
+            found.target(name=STORY_PUMP_NAME), scope=scope, ladder=STORY_LADDER, dwell_s=dwell_s,
+            trials=trials, recovery=power_cycle, store=store, name=STORY_PUMP_NAME,
+            interval_s=STORY_INTERVAL_S,
+            heartbeat_timeout_s=STORY_HEARTBEAT_TIMEOUT_S, hold_s=STORY_HOLD_S, healthy_beats=2,
+            baseline_beats=3, progress=progress,
+        )  # fmt: skip
+        for line in char.summary().splitlines():
+            emit(DemoEvent("ok" if line.startswith("Safe ceiling") else "info", line))
+
+        # 4. the profile
+        emit(DemoEvent("section", "4. The stored profile"))
+        profile = store.profile(char.model_key) if char.model_key else None
+        if profile is not None:
+            emit(DemoEvent("info", profile.summary()))
+        temporary = store_path.startswith(tempfile.gettempdir()) and "fragileprobe-demo-" in store_path
+        emit(
+            DemoEvent(
+                "info",
+                f"stored in {store_path}" + (" (temporary: --store PATH keeps it)" if temporary else ""),
+            )
+        )
+
+        # 5. discovery again: the model is known now
+        emit(DemoEvent("section", "5. Discovery again: the model is recognized everywhere it is plugged in"))
+        again = await discover(
+            [h for h, m, _ in ward if m == "infusion-pump"], scope=scope, ports=ports, zones=zones,
+            store=store,
+            rate_per_host=STORY_RATE_PER_HOST, banner_timeout_s=STORY_BANNER_TIMEOUT_S, port_aliases=aliases,
+            seed=seed,
+        )  # fmt: skip
+        recognized: str | None = None
+        for asset in again.assets:
+            emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] probed with at most "
+                                  f"{asset.sessions_limit} session(s); "
+                                  f"stored ceiling {asset.ceiling}"))  # fmt: skip
+            if asset.known_model and asset.host == pump_host:
+                recognized = asset.known_model
+
+        # 6. settings
+        emit(DemoEvent("section", "6. Recommended scanner settings for the pump's group"))
+        group = recognized or export.MEDICAL_UNKNOWN_GROUP
+        settings = export.template_for_group(group, store, assets=again.groups.get(group, ()))
+        for line in settings.text().splitlines():
+            emit(DemoEvent("row", line))
+        emit(
+            DemoEvent("info", "Other groups keep their scanner defaults (printer ports 9100-9107 excluded).")
+        )
+    return StoryResult(
+        host=pump_host, seed=seed, threshold=first_threshold, assets=tuple(a.host for a in report.assets),
+        groups={g: [a.host for a in m] for g, m in report.groups.items()},
+        alerts=tuple(a.host for a in report.alerts), model_key=char.model_key, safe_ceiling=char.safe_ceiling,
+        failed_at=char.failed_at, crashes=char.crashes, power_cycles=cycles["n"],
+        recovered=pump.state is DeviceState.UP, recognized_group=recognized, settings=settings.to_dict(),
+        store=store_path, wall_time_s=time.monotonic() - started,
+    )  # fmt: skip
+
+
+async def _slowdown(pump: Any, emit: Callable[[DemoEvent], None]) -> None:
+    """Hold sessions on FTP and time the web page: the knee a careful prober can see coming."""
+    host = pump.host
+    held: list[ProbeStream] = []
+    try:
+        for load in LATENCY_LOADS:
+            while len(held) < load:
+                held.append(await _open_session(host, pump.port(21)))
+            ok, latency = await _heartbeat(host, pump.web_port)
+            emit(DemoEvent("row" if ok else "warn",
+                           f"{load} sessions + 1 heartbeat = {load + 1}: GET / in {latency * 1000:6.1f} ms"
+                           + ("" if ok else "  (no answer!)")))  # fmt: skip
+    finally:
+        for stream in held:
+            await stream.aclose()
+    await _wait_for(lambda: pump.stats.sessions_now == 0, 2.0)

@@ -8,6 +8,7 @@ here only, so ``import fragileprobe`` stays light.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shlex
@@ -201,49 +202,6 @@ def emulate(
         _fail(str(exc))
 
 
-# --- demo ----------------------------------------------------------------------------------------------
-_STYLES = {"section": "bold cyan", "info": "", "ok": "green", "warn": "bold red", "row": ""}
-
-
-def _print_event(event: DemoEvent) -> None:
-    text = escape(event.text)
-    if event.kind == "section":
-        _out.print()
-        _out.print(f"[bold cyan]== {text}[/]")
-    elif event.kind == "row":
-        _out.print(f"   {text}")
-    else:
-        style = _STYLES.get(event.kind, "")
-        _out.print(f"[{style}]{text}[/]" if style else text)
-
-
-@app.command()
-def demo(
-    seed: Annotated[int, typer.Option(help="Seed of the pump's threshold draws.")] = 2026,
-    host: Annotated[
-        str | None, typer.Option(help="Loopback address (default: a random 127.200.x.y).")
-    ] = None,
-    boot_delay: Annotated[
-        float, typer.Option(help="Seconds the pump takes to boot after a power cycle.")
-    ] = 1.0,
-) -> None:
-    """Show what happens to an emulated infusion pump: services, slowdown, crash, power cycle."""
-    from fragileprobe._demo import run_demo
-
-    _configure_logging(logging.ERROR)
-    try:
-        result = anyio.run(lambda: run_demo(emit=_print_event, host=host, seed=seed, boot_delay_s=boot_delay))
-    except FragileProbeError as exc:
-        _fail(str(exc))
-    _out.print()
-    _out.print(
-        f"demo finished in {result.wall_time_s:.1f} s: hung at {result.hung_at_sessions} concurrent sessions "
-        f"(T = {result.threshold}), recovered after power cycle: {'yes' if result.recovered else 'NO'}"
-    )
-    if not result.recovered or result.hung_at_sessions is None:
-        raise typer.Exit(1)
-
-
 # --- shared by the measuring commands ------------------------------------------------------------------
 # Exit codes (documented in docs/cli.md and every command's --help).
 EXIT_OK = 0
@@ -357,6 +315,108 @@ def _open_store(path: Path) -> ProfileStore:
     from fragileprobe._store import ProfileStore
 
     return ProfileStore(path)
+
+
+# --- demo ----------------------------------------------------------------------------------------------
+_STYLES = {
+    "section": "bold cyan",
+    "info": "",
+    "ok": "green",
+    "warn": "bold red",
+    "row": "",
+    "alert": "bold red",
+}
+
+
+def _print_event(event: DemoEvent, console: Console | None = None) -> None:
+    out = console or _out
+    text = escape(event.text)
+    if event.kind == "section":
+        out.print()
+        out.print(f"[bold cyan]== {text}[/]")
+    elif event.kind == "row":
+        out.print(f"   {text}")
+    elif event.kind == "down":
+        from rich.panel import Panel
+
+        out.print(Panel(text, title="DEVICE DOWN", border_style="bold red", style="red"), soft_wrap=False)
+    else:
+        style = _STYLES.get(event.kind, "")
+        out.print(f"[{style}]{text}[/]" if style else text)
+
+
+_DEMO_HELP = (
+    "The whole story on a small emulated ward network, in-process on loopback (no arguments needed, root "
+    "or not, about half a minute): a gentle discovery finds an infusion pump on the wrong network (alert), "
+    "characterization measures how many simultaneous sessions it survives (it crashes at about 7 and is "
+    "power-cycled through the emulator), the profile is stored, the model is recognized, and the safe "
+    "scanner settings for its group are printed. --tour shows only the first look at one pump."
+)
+
+
+@app.command(help=_DEMO_HELP, epilog=_EXIT_CODES_HELP)
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the pump's threshold draws.")] = 2026,
+    host: Annotated[
+        str | None, typer.Option(help="Loopback address of the pump (default: a random 127.200.x.y).")
+    ] = None,
+    boot_delay: Annotated[
+        float, typer.Option(help="Seconds the pump takes to boot after a power cycle.")
+    ] = 0.5,
+    store: Annotated[
+        Path | None, typer.Option(help="Keep the profile store here (default: a temporary file).")
+    ] = None,
+    dwell: Annotated[float, typer.Option(help="Seconds per characterization level.")] = 0.4,
+    trials: Annotated[int, typer.Option(help="Characterization trials.")] = 3,
+    tour: Annotated[
+        bool, typer.Option(help="Only the first look at one pump: services, slowdown, crash, power cycle.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the whole story on an emulated ward network (see _DEMO_HELP)."""
+    from fragileprobe._demo import run_demo, run_story
+
+    _configure_logging(logging.ERROR)
+    console = _err if json_out else _out
+    try:
+        if tour:
+            result = anyio.run(
+                lambda: run_demo(
+                    emit=lambda e: _print_event(e, console), host=host, seed=seed, boot_delay_s=boot_delay
+                )
+            )
+        else:
+            story = anyio.run(
+                lambda: run_story(
+                    emit=lambda e: _print_event(e, console), host=host, seed=seed, boot_delay_s=boot_delay,
+                    store_path=str(store) if store is not None else None, dwell_s=dwell, trials=trials,
+                )
+            )  # fmt: skip
+    except FragileProbeError as exc:
+        _handle_library_error(exc)
+    if tour:
+        if json_out:
+            _print_json(dataclasses.asdict(result))
+        console.print()
+        console.print(
+            f"demo finished in {result.wall_time_s:.1f} s: hung at {result.hung_at_sessions} concurrent "
+            f"sessions (T = {result.threshold}), recovered after power cycle: "
+            f"{'yes' if result.recovered else 'NO'}"
+        )
+        if not result.recovered or result.hung_at_sessions is None:
+            raise typer.Exit(EXIT_DEVICE_TROUBLE)
+        return
+    if json_out:
+        _print_json(story.to_dict())
+    console.print()
+    console.print(
+        f"demo finished in {story.wall_time_s:.1f} s: the pump on the wrong network raised an alert, first "
+        f"crashed at {story.failed_at} concurrent sessions (its T = {story.threshold}), safe ceiling "
+        f"{story.safe_ceiling}, {story.power_cycles} power cycle(s), recovered after power cycle: "
+        f"{'yes' if story.recovered else 'NO'}"
+    )
+    if not story.recovered or story.safe_ceiling is None:
+        raise typer.Exit(EXIT_DEVICE_TROUBLE)
 
 
 # --- characterize -------------------------------------------------------------------------------------
