@@ -6,6 +6,7 @@ traffic stays on loopback, each emulated device on its own 127.x.y.z address.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from fragileprobe import (
     raw_available,
     syn_ack_observer,
 )
-from fragileprobe._raw import SynAckObservation, summarize_syn_acks
+from fragileprobe._raw import SynAckObservation, TcpSegment, summarize_syn_acks, tcp_segment_from_frame
 from fragileprobe.emulator import EmulatedDevice, EmulatedPump
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 _RAW_OK, _RAW_REASON = raw_available()
+_SCAPY = importlib.util.find_spec("scapy") is not None
 # Stacked under @pytest.mark.raw: skips with the exact reason (no scapy, or no root / CAP_NET_RAW).
 raw_only = pytest.mark.skipif(not _RAW_OK, reason=f"raw-packet test skipped: {_RAW_REASON}")
 
@@ -148,6 +150,78 @@ def test_summary_on_loopback_warns_that_it_describes_the_local_stack() -> None:
     hint = summarize_syn_acks("127.0.0.9", (_obs(22, 64),), loopback=True)
     assert hint.os_family == "generic unix"
     assert "loopback" in (hint.note or "")
+
+
+@given(st.binary(max_size=200), st.sampled_from([1, 101, 113, 0]))
+def test_frame_parser_never_raises_on_junk(frame: bytes, linktype: int) -> None:
+    segment = tcp_segment_from_frame(frame, linktype, 1.0)
+    assert segment is None or isinstance(segment, TcpSegment)
+
+
+@pytest.mark.skipif(not _SCAPY, reason="scapy is not installed")
+@given(
+    sport=st.integers(1, 65535),
+    dport=st.integers(1, 65535),
+    flags=st.integers(0, 255),
+    ttl=st.integers(1, 255),
+    window=st.integers(0, 65535),
+    mss=st.none() | st.integers(0, 65535),
+    wscale=st.none() | st.integers(0, 14),
+    payload=st.binary(max_size=40),
+    vlan=st.booleans(),
+)
+def test_frame_parser_agrees_with_scapy(
+    sport: int,
+    dport: int,
+    flags: int,
+    ttl: int,
+    window: int,
+    mss: int | None,
+    wscale: int | None,
+    payload: bytes,
+    vlan: bool,
+) -> None:
+    """The hot-path header parser reads what scapy builds, VLAN tags and TCP options included."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    options: list[tuple[str, object]] = []
+    if mss is not None:
+        options.append(("MSS", mss))
+    options.append(("SAckOK", b""))
+    if wscale is not None:
+        options.append(("WScale", wscale))
+    ip = (
+        IP(src="127.1.2.3", dst="127.4.5.6", ttl=ttl)
+        / TCP(sport=sport, dport=dport, flags=flags, window=window, options=options)
+        / payload
+    )
+    frame = bytes(Ether() / Dot1Q(vlan=5) / ip) if vlan else bytes(Ether() / ip)
+    segment = tcp_segment_from_frame(frame, 1, 2.5)
+    assert segment is not None
+    assert (segment.src, segment.dst, segment.sport, segment.dport) == (
+        "127.1.2.3",
+        "127.4.5.6",
+        sport,
+        dport,
+    )
+    assert (segment.flags, segment.ttl, segment.window, segment.at_s) == (flags, ttl, window, 2.5)
+    assert (segment.mss, segment.window_scale) == (mss, wscale)
+    assert "SAckOK" in segment.options
+
+
+def test_frame_parser_ignores_non_tcp_and_fragments() -> None:
+    pytest.importorskip("scapy")
+    from scapy.layers.inet import ICMP, IP, TCP
+    from scapy.layers.l2 import Ether
+
+    assert tcp_segment_from_frame(bytes(Ether() / IP(dst="127.0.0.2") / ICMP()), 1, 0.0) is None
+    later_fragment = bytes(Ether() / IP(dst="127.0.0.2", frag=10, proto=6) / (b"x" * 40))
+    assert tcp_segment_from_frame(later_fragment, 1, 0.0) is None
+    raw_ip = bytes(IP(dst="127.0.0.2") / TCP(dport=22, flags="S"))
+    segment = tcp_segment_from_frame(raw_ip, 101, 0.0)
+    assert segment is not None
+    assert segment.is_syn
 
 
 # ------------------------------------------------------------------------------------- validation, no raw

@@ -212,7 +212,7 @@ def test_the_shared_tap_filter_names_few_hosts_then_their_networks_then_all_of_l
 
 
 def _sniffer_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "AsyncSniffer" and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name.startswith("fragileprobe-") and t.is_alive()]
 
 
 @pytest.fixture

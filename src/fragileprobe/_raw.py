@@ -61,6 +61,7 @@ __all__ = [
     "SynAckObservation",
     "SynAckObserver",
     "TcpSegment",
+    "tcp_segment_from_frame",
     "capture",
     "icmp_reachable",
     "os_hint_from_ttl",
@@ -211,7 +212,6 @@ class _Scapy:
     IP: Any
     ICMP: Any
     TCP: Any
-    AsyncSniffer: Any
     PcapWriter: Any
     Scapy_Exception: Any
     resolve_iface: Any
@@ -238,7 +238,6 @@ def _scapy(feature: str) -> _Scapy:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 inet = importlib.import_module("scapy.layers.inet")
-                sendrecv = importlib.import_module("scapy.sendrecv")
                 utils = importlib.import_module("scapy.utils")
                 config = importlib.import_module("scapy.config")
                 error = importlib.import_module("scapy.error")
@@ -254,7 +253,6 @@ def _scapy(feature: str) -> _Scapy:
             IP=inet.IP,
             ICMP=inet.ICMP,
             TCP=inet.TCP,
-            AsyncSniffer=sendrecv.AsyncSniffer,
             PcapWriter=utils.PcapWriter,
             Scapy_Exception=error.Scapy_Exception,
             resolve_iface=interfaces.resolve_iface,
@@ -348,35 +346,94 @@ class TcpSegment:
         return bool(self.flags & RST)
 
 
-def _segment(sc: _Scapy, pkt: Any) -> TcpSegment | None:
-    """Convert a sniffed packet into a TcpSegment (None if it is not IPv4/TCP)."""
-    if not pkt.haslayer(sc.TCP) or not pkt.haslayer(sc.IP):
-        return None
-    ip = pkt[sc.IP]
-    tcp = pkt[sc.TCP]
+# Link types whose frames this module parses itself (libpcap DLT numbers): Ethernet (also Linux loopback)
+# and raw IP. Other link types are handed to scapy's dissector, which is ~50x slower.
+_DLT_RAW: Final = 101
+_ETH_HEADER_BYTES: Final = 14
+_ETHERTYPE_IPV4: Final = 0x0800
+_ETHERTYPE_VLAN: Final = (0x8100, 0x88A8)
+_IPPROTO_TCP: Final = 6
+# TCP option kinds (RFC 9293 and the IANA registry), named as scapy names them.
+_TCP_OPTION_NAMES: Final = {0: "EOL", 1: "NOP", 2: "MSS", 3: "WScale", 4: "SAckOK", 5: "SAck", 8: "Timestamp"}
+
+
+def _tcp_options(raw: bytes) -> tuple[tuple[str, ...], int | None, int | None]:
+    """Names of the TCP options in ``raw``, and the MSS and window-scale values; never raises."""
+    names: list[str] = []
     mss: int | None = None
     wscale: int | None = None
-    names: list[str] = []
-    for opt in tcp.options or ():
-        # scapy gives ("MSS", 65495) pairs; unknown options come as (kind number, bytes).
-        name = str(opt[0]) if isinstance(opt, tuple) and opt else "?"
-        names.append(name)
-        if name == "MSS" and isinstance(opt[1], int):
-            mss = opt[1]
-        elif name == "WScale" and isinstance(opt[1], int):
-            wscale = opt[1]
+    i = 0
+    while i < len(raw):
+        kind = raw[i]
+        names.append(_TCP_OPTION_NAMES.get(kind, str(kind)))
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= len(raw) or raw[i + 1] < 2:
+            break  # malformed length: stop rather than guess
+        length = raw[i + 1]
+        value = raw[i + 2 : i + length]
+        if kind == 2 and len(value) == 2:
+            mss = int.from_bytes(value, "big")
+        elif kind == 3 and len(value) == 1:
+            wscale = value[0]
+        i += length
+    return tuple(names), mss, wscale
+
+
+def tcp_segment_from_frame(frame: bytes, linktype: int, at_s: float) -> TcpSegment | None:
+    """Parse one captured frame into a :class:`TcpSegment`; None unless it is a whole IPv4/TCP header.
+
+    Pure and total: any bytes in, a segment or None out. Used on the sniffers' hot path instead of
+    scapy's dissector, which costs ~100 µs a packet in Python (the emulator's SYN watcher sees every
+    segment of every watched device).
+
+    Args:
+        frame: the frame as read from the packet socket.
+        linktype: its libpcap link type (1 Ethernet, 101 raw IP).
+        at_s: its capture time.
+    """
+    if linktype == _DLT_EN10MB:
+        offset = _ETH_HEADER_BYTES
+        if len(frame) < offset:
+            return None
+        ethertype = int.from_bytes(frame[12:14], "big")
+        while ethertype in _ETHERTYPE_VLAN and len(frame) >= offset + 4:
+            ethertype = int.from_bytes(frame[offset + 2 : offset + 4], "big")
+            offset += 4
+        if ethertype != _ETHERTYPE_IPV4:
+            return None
+    elif linktype == _DLT_RAW:
+        offset = 0
+    else:
+        return None
+    ip = frame[offset:]
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != _IPPROTO_TCP:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    if ihl < 20 or int.from_bytes(ip[6:8], "big") & 0x1FFF:
+        return None  # bad header length, or a non-first fragment (no TCP header in it)
+    tcp = ip[ihl:]
+    if len(tcp) < 20:
+        return None
+    data_offset = (tcp[12] >> 4) * 4
+    if data_offset < 20 or len(tcp) < data_offset:
+        return None
+    names, mss, wscale = _tcp_options(bytes(tcp[20:data_offset]))
     return TcpSegment(
-        src=str(ip.src),
-        dst=str(ip.dst),
-        sport=int(tcp.sport),
-        dport=int(tcp.dport),
-        flags=int(tcp.flags),
-        ttl=int(ip.ttl),
-        window=int(tcp.window),
+        src=str(ipaddress.IPv4Address(bytes(ip[12:16]))),
+        dst=str(ipaddress.IPv4Address(bytes(ip[16:20]))),
+        sport=int.from_bytes(tcp[0:2], "big"),
+        dport=int.from_bytes(tcp[2:4], "big"),
+        flags=tcp[13],
+        ttl=ip[8],
+        window=int.from_bytes(tcp[14:16], "big"),
         mss=mss,
         window_scale=wscale,
-        options=tuple(names),
-        at_s=float(pkt.time),
+        options=names,
+        at_s=at_s,
     )
 
 
@@ -388,12 +445,13 @@ def _translate_permission(feature: str, exc: OSError) -> RawUnavailableError:
 
 
 class _Sniffer:
-    """A scapy AsyncSniffer on one socket this class opens and closes, started and stopped with bounds.
+    """A reader thread on one packet socket (scapy's, with its BPF filter), started and stopped with bounds.
 
-    The socket is opened before the sniffer thread starts, so packets that arrive between ``start()``
-    returning and the thread's first ``select`` wait in the socket buffer instead of being missed.
-    ``on_packet`` runs in the sniffer thread for each packet; it must be quick and must not raise (an
-    exception there would make scapy close the socket), so exceptions are logged and counted here.
+    The socket is opened before the thread starts, so packets arriving meanwhile wait in its buffer.
+    ``on_frame(frame, linktype, at_s)`` runs in the reader thread for each frame, undissected (consumers
+    parse what they need, see :func:`tcp_segment_from_frame`); it must be quick, and an exception there is
+    logged and counted, never allowed to end the thread. Stopping wakes the thread through a pipe, joins
+    it (bounded) and, with ``drain_on_stop``, hands over the frames still queued in the socket first.
     """
 
     def __init__(
@@ -402,18 +460,24 @@ class _Sniffer:
         feature: str,
         host: str,
         bpf: str,
-        on_packet: Callable[[Any], None],
+        on_frame: Callable[[bytes, int, float], None],
         iface: str | None = None,
+        drain_on_stop: bool = False,
     ) -> None:
         self._feature = feature
         self._host = host
         self._iface = iface
         self._bpf = bpf
-        self._on_packet = on_packet
-        self._sniffer: Any = None
+        self._on_frame = on_frame
+        self._drain_on_stop = drain_on_stop
         self._socket: Any = None
+        self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None
+        self._started = threading.Event()
+        self.linktype = _DLT_EN10MB
         self.callback_errors = 0
-        #: Packets the kernel dropped because the sniffer fell behind (known once stopped).
+        self.error: Exception | None = None
+        #: Packets the kernel dropped because the reader fell behind (known once stopped).
         self.kernel_drops = 0
 
     def _open(self, before_run: Callable[[int], None] | None) -> None:
@@ -436,29 +500,21 @@ class _Sniffer:
         self._socket = sock
         self._enlarge_buffer(sock.ins)
         self._read_kernel_drops()  # reading resets the kernel's counters: count from now on
+        self.linktype = int(sc.conf.l2types.layer2num.get(getattr(sock, "LL", None), _DLT_EN10MB))
         if before_run is not None:
             # The socket already queues packets; whatever consumes them (a pcap writer) is set up now,
-            # knowing the link type, before the first packet is handed over.
-            linktype = int(sc.conf.l2types.layer2num.get(getattr(sock, "LL", None), _DLT_EN10MB))
-            before_run(linktype)
-        started = threading.Event()
-        self._sniffer = sc.AsyncSniffer(
-            opened_socket=sock, store=False, prn=self._guarded, started_callback=started.set
-        )
-        self._sniffer.start()
-        deadline = time.monotonic() + SNIFFER_START_TIMEOUT_S
-        while not started.wait(_POLL_S):
-            thread = self._sniffer.thread
-            if (thread is not None and not thread.is_alive()) or time.monotonic() > deadline:
-                error = self._sniffer.exception
-                self._stop()
-                raise RawUnavailableError(
-                    f"{self._feature}: the packet sniffer on {iface} did not start ({error!r})"
-                )
+            # knowing the link type, before the first frame is handed over.
+            before_run(self.linktype)
+        self._wake = os.pipe()
+        self._thread = threading.Thread(target=self._run, name=f"fragileprobe-{self._feature}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(SNIFFER_START_TIMEOUT_S):  # pragma: no cover - a thread that never runs
+            self._stop()
+            raise RawUnavailableError(f"{self._feature}: the packet reader on {iface} did not start")
 
     @staticmethod
     def _enlarge_buffer(sock: socket.socket) -> None:
-        # The sniffer thread shares the GIL with the event loop producing the traffic, so on loopback it
+        # The reader thread shares the GIL with the event loop producing the traffic, so on loopback it
         # falls behind in bursts; scapy's 64 KiB buffer holds under a hundred packets. SO_RCVBUFFORCE
         # (CAP_NET_ADMIN) may exceed net.core.rmem_max; without it the kernel caps SO_RCVBUF there.
         for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
@@ -480,25 +536,42 @@ class _Sniffer:
         _received, dropped = struct.unpack("II", raw)
         return int(dropped)
 
+    def _read_one(self) -> None:
+        # recv_raw: the frame's bytes without dissecting them; (None, None, None) for a dropped outgoing copy.
+        _cls, frame, at_s = self._socket.recv_raw()
+        if frame is not None:
+            self._guarded(frame, at_s if at_s is not None else time.time())
+
+    def _run(self) -> None:
+        assert self._wake is not None
+        wake_r = self._wake[0]
+        self._started.set()
+        try:
+            while True:
+                readable, _, _ = select.select([self._socket.ins, wake_r], [], [])
+                if wake_r in readable:
+                    return
+                self._read_one()
+        except (OSError, ValueError) as exc:  # the socket failed or was closed under us
+            self.error = exc
+            log.warning("raw.sniffer.failed", feature=self._feature, error=repr(exc))
+
     def _drain(self) -> None:
-        # AsyncSniffer stops at once, leaving whatever is queued in the socket; hand that over too, so a
-        # capture holds every packet exchanged before it was stopped. Bounded: traffic may still flow.
-        sock = self._socket
+        # Hand over what is still queued, so a capture holds every packet exchanged before it was stopped.
+        # Bounded: traffic may still be flowing.
         for _ in range(SNIFFER_DRAIN_MAX_PACKETS):
-            readable, _, _ = select.select([sock], [], [], 0)
+            readable, _, _ = select.select([self._socket.ins], [], [], 0)
             if not readable:
                 return
             try:
-                pkt = sock.recv()
+                self._read_one()
             except OSError:
                 return
-            if pkt is not None:
-                self._guarded(pkt)
 
-    def _guarded(self, pkt: Any) -> None:
+    def _guarded(self, frame: bytes, at_s: float) -> None:
         try:
-            self._on_packet(pkt)
-        except Exception as exc:  # the sniffer thread's boundary: scapy would close the socket
+            self._on_frame(frame, self.linktype, at_s)
+        except Exception as exc:  # the reader thread's boundary: one bad frame must not end the capture
             self.callback_errors += 1
             log.warning("raw.sniffer.callback_error", feature=self._feature, error=repr(exc))
 
@@ -519,37 +592,31 @@ class _Sniffer:
             raise RawUnavailableError(f"{self._feature}: cannot set filter {bpf!r}: {exc}") from exc
         self._bpf = bpf
 
-    def _close_socket(self) -> None:
+    def _stop(self) -> None:
+        thread, self._thread = self._thread, None
+        wake, self._wake = self._wake, None
+        if thread is not None and wake is not None:
+            os.write(wake[1], b"x")
+            thread.join(SNIFFER_STOP_TIMEOUT_S)
+            if thread.is_alive():  # pragma: no cover - the reader only ever blocks in select()
+                log.warning(
+                    "raw.sniffer.stop_timeout", feature=self._feature, timeout_s=SNIFFER_STOP_TIMEOUT_S
+                )
+            elif self._drain_on_stop and self._socket is not None and self.error is None:
+                self._drain()
+        if wake is not None:
+            for fd in wake:
+                os.close(fd)
+        self.kernel_drops += self._read_kernel_drops()
+        if self.kernel_drops:
+            log.warning("raw.sniffer.kernel_drops", feature=self._feature, dropped=self.kernel_drops)
         if self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.close()
             self._socket = None
 
-    def _stop(self) -> None:
-        sniffer, self._sniffer = self._sniffer, None
-        if sniffer is not None:
-            # stop() raises when the thread has already ended (its socket failed): nothing left to stop.
-            with contextlib.suppress(_scapy(self._feature).Scapy_Exception):
-                sniffer.stop(join=False)
-            thread = sniffer.thread
-            if thread is not None:
-                thread.join(SNIFFER_STOP_TIMEOUT_S)
-                if thread.is_alive():
-                    # A daemon thread: it exits at its next wake-up, once its socket is closed below.
-                    log.warning(
-                        "raw.sniffer.stop_timeout", feature=self._feature, timeout_s=SNIFFER_STOP_TIMEOUT_S
-                    )
-            if sniffer.exception is not None:
-                log.warning("raw.sniffer.failed", feature=self._feature, error=repr(sniffer.exception))
-            elif thread is None or not thread.is_alive():
-                self._drain()
-        self.kernel_drops += self._read_kernel_drops()
-        if self.kernel_drops:
-            log.warning("raw.sniffer.kernel_drops", feature=self._feature, dropped=self.kernel_drops)
-        self._close_socket()
-
     async def start(self, before_run: Callable[[int], None] | None = None) -> None:
-        """Open the socket, call ``before_run(linktype)``, start the sniffer thread; bounded.
+        """Open the socket, call ``before_run(linktype)``, start the reader thread; bounded.
 
         Not abandoned on cancellation (the thread finishes within SNIFFER_START_TIMEOUT_S); if the start
         fails or is cancelled, whatever it started is stopped before the error propagates.
@@ -916,8 +983,8 @@ class SynAckObserver:
         """The (first) observed host."""
         return self.hosts[0]
 
-    def _seen(self, pkt: Any) -> None:
-        seg = _segment(_scapy("syn_ack_observer"), pkt)
+    def _seen(self, frame: bytes, linktype: int, at_s: float) -> None:
+        seg = tcp_segment_from_frame(frame, linktype, at_s)
         if seg is None or seg.src not in self._hostset or not seg.is_syn_ack:
             return
         with self._lock:
@@ -981,7 +1048,12 @@ class SynAckObserver:
             bpf = "tcp and tcp[13] & 0x12 == 0x12" + (f" and {addresses}" if addresses else "")
             sniffers.append(
                 _Sniffer(
-                    feature="syn_ack_observer", host=hosts[0], bpf=bpf, on_packet=self._seen, iface=iface
+                    feature="syn_ack_observer",
+                    host=hosts[0],
+                    bpf=bpf,
+                    on_frame=self._seen,
+                    iface=iface,
+                    drain_on_stop=True,
                 )
             )
         return sniffers
@@ -1124,11 +1196,15 @@ class PacketCapture:
         self._started_s = 0.0
         self._summary: CaptureSummary | None = None
         self._sniffer = _Sniffer(
-            feature="capture", host=self.host, bpf=f"host {self.host}", on_packet=self._seen
+            feature="capture",
+            host=self.host,
+            bpf=f"host {self.host}",
+            on_frame=self._seen,
+            drain_on_stop=True,
         )
 
-    def _seen(self, pkt: Any) -> None:
-        size = len(bytes(pkt)) + _PCAP_RECORD_HEADER_BYTES
+    def _seen(self, frame: bytes, linktype: int, at_s: float) -> None:
+        size = len(frame) + _PCAP_RECORD_HEADER_BYTES
         with self._lock:
             writer = self._writer
             if writer is None:
@@ -1136,7 +1212,8 @@ class PacketCapture:
             if self._written >= self.max_packets or self._bytes + size > self.max_bytes:
                 self._dropped += 1
                 return
-            writer.write(pkt)
+            sec, fraction = divmod(at_s, 1.0)
+            writer.write_packet(frame, sec=int(sec), usec=min(int(fraction * 1_000_000), 999_999))
             self._written += 1
             self._bytes += size
 

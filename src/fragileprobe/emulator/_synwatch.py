@@ -55,10 +55,9 @@ from fragileprobe._raw import (
     RST,
     TcpSegment,
     _address_filter,
-    _scapy,
-    _segment,
     _Sniffer,
     raw_available,
+    tcp_segment_from_frame,
 )
 from fragileprobe.emulator._fragility import DeviceState
 
@@ -394,7 +393,7 @@ class _Tap:
             bpf = _tap_filter(watchers)
             if cls._sniffer is None:
                 sniffer = _Sniffer(
-                    feature="SYN-scan sensitivity", host=watch.host, bpf=bpf, on_packet=cls._dispatch
+                    feature="SYN-scan sensitivity", host=watch.host, bpf=bpf, on_frame=cls._dispatch
                 )
                 sniffer._open(None)
                 cls._sniffer = sniffer
@@ -429,9 +428,9 @@ class _Tap:
                     log.warning("emulator.synwatch.filter_failed", error=str(exc))
 
     @classmethod
-    def _dispatch(cls, pkt: Any) -> None:
-        # Runs in the sniffer thread, for every TCP segment that passes the kernel filter.
-        seg = _segment(_scapy("SYN-scan sensitivity"), pkt)
+    def _dispatch(cls, frame: bytes, linktype: int, at_s: float) -> None:
+        # Runs in the reader thread, for every TCP segment that passes the kernel filter.
+        seg = tcp_segment_from_frame(frame, linktype, at_s)
         if seg is None:
             return
         watchers = cls._watchers
