@@ -293,6 +293,12 @@ class DiscoveryReport:
             })
         return pd.DataFrame(rows)
 
+    def _repr_html_(self) -> str:
+        """A readable summary in Jupyter (rendered by ``fragileprobe._report``)."""
+        from fragileprobe._report import discovery_repr_html
+
+        return discovery_repr_html(self)
+
     def summary(self) -> str:
         """A few lines for people."""
         lines = [

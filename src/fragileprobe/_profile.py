@@ -596,6 +596,12 @@ class Characterization:
         ]  # fmt: skip
         return pd.DataFrame(rows, columns=columns)
 
+    def _repr_html_(self) -> str:
+        """A readable summary in Jupyter (rendered by ``fragileprobe._report``)."""
+        from fragileprobe._report import characterization_repr_html
+
+        return characterization_repr_html(self)
+
     def plot(self, ax: Any = None) -> Any:
         """Plot heartbeat latency against concurrency per trial, crashes and the ceiling marked.
 
