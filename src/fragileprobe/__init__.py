@@ -87,6 +87,10 @@ _LAZY: dict[str, str] = {
     "ProgressEvent": "_characterize",
     "characterize": "_characterize",
     "characterize_sync": "_characterize",
+    # people's side: notebook progress and reports (matplotlib only when a plot is drawn)
+    "NotebookProgress": "_progress",
+    "ReportFiles": "_report",
+    "write_report": "_report",
     # raw packets (optional extra fragileprobe[raw]; scapy is imported only when a feature runs)
     "CaptureSummary": "_raw",
     "IcmpHeartbeat": "_raw",

@@ -22,12 +22,14 @@ import datetime as dt
 import html
 import io
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from fragileprobe._errors import ConfigError
 from fragileprobe._profile import Characterization, LevelOutcome
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable, Sequence
 
     from fragileprobe._store import ProfileStore
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MEDICAL_GROUP",
+    "ReportFiles",
     "characterization_html",
     "characterization_markdown",
     "characterization_repr_html",
@@ -48,6 +51,7 @@ __all__ = [
     "load_report_source",
     "settings_for_characterization",
     "timeline_plot",
+    "write_report",
 ]
 
 MEDICAL_GROUP: Final = "Medical Device?"
@@ -332,7 +336,6 @@ def load_report_source(path: str) -> Characterization | dict[str, Any]:
         ConfigError: The file cannot be read or is none of those (the message names the file).
     """
     import json
-    from pathlib import Path
 
     p = Path(path)
     try:
@@ -827,3 +830,66 @@ def discovery_repr_html(report: Any) -> str:
     )
     findings = "".join(f"<li>{_e(f)}</li>" for f in _discovery_findings(data))
     return f"<div><ul>{findings}</ul>{_table(cols, shown)}{more}</div>"
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReportFiles:
+    """What :func:`write_report` wrote.
+
+    Attributes:
+        kind: "characterization" or "discovery".
+        html: The self-contained HTML report.
+        markdown: The Markdown report (it references ``png`` by file name).
+        png: The main plot as PNG (None with ``plot=False``).
+    """
+
+    kind: str
+    html: Path
+    markdown: Path
+    png: Path | None
+
+
+def write_report(
+    subject: Characterization | Any,
+    out: str | os.PathLike[str],
+    *,
+    plot: bool = True,
+    store: ProfileStore | None = None,
+) -> ReportFiles:
+    """Write ``OUT.html``, ``OUT.md`` (and ``OUT.png``) for a characterization or a discovery run.
+
+    Args:
+        subject: A Characterization, a DiscoveryReport, or a discovery dict (``to_dict()`` / JSON).
+        out: Output path without suffix.
+        plot: Include the plots (needs matplotlib).
+        store: For a discovery run, the store whose profiles set the fragile groups' ceilings.
+
+    Raises:
+        ConfigError: A file cannot be written.
+    """
+    base = Path(out)
+    html_path, md_path, png_path = (base.with_name(base.name + s) for s in (".html", ".md", ".png"))
+    fig: Any = None
+    if isinstance(subject, Characterization):
+        kind = "characterization"
+        page = characterization_html(subject, plot=plot)
+        fig = subject.plot() if plot else None
+        md = characterization_markdown(subject, plot_file=png_path.name if plot else None)
+    else:
+        kind = "discovery"
+        data = _discovery_dict(subject)
+        settings = discovery_settings(data, store)
+        page = discovery_html(data, settings=settings, plot=plot)
+        fig = discovery_plot(data) if plot and data.get("groups") else None
+        md = discovery_markdown(data, settings=settings, plot_file=png_path.name if fig is not None else None)
+    try:
+        html_path.write_text(page, encoding="utf-8")
+        md_path.write_text(md, encoding="utf-8")
+        if fig is not None:
+            png_path.write_bytes(figure_png(fig))
+    except OSError as exc:
+        raise ConfigError(f"out: cannot write {base}.*: {exc.strerror or exc}") from exc
+    return ReportFiles(kind=kind, html=html_path, markdown=md_path, png=png_path if fig is not None else None)

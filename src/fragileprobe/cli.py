@@ -1001,46 +1001,22 @@ def report(
             settings_store = store
     except FragileProbeError as exc:
         _fail(str(exc))
-    html_path, md_path, png_path = out.with_suffix(".html"), out.with_suffix(".md"), out.with_suffix(".png")
     try:
-        if isinstance(subject, Characterization):
-            kind = "characterization"
-            page = _report.characterization_html(subject, plot=plot)
-            fig = subject.plot() if plot else None
-            md = _report.characterization_markdown(subject, plot_file=png_path.name if plot else None)
+        if settings_store is not None and not isinstance(subject, Characterization):
+            with _open_store(settings_store) as db:
+                files = _report.write_report(subject, out, plot=plot, store=db)
         else:
-            kind = "discovery"
-            settings = None
-            if settings_store is not None:
-                with _open_store(settings_store) as db:
-                    settings = _report.discovery_settings(subject, db)
-            page = _report.discovery_html(subject, settings=settings, plot=plot)
-            fig = _report.discovery_plot(subject) if plot else None
-            md = _report.discovery_markdown(
-                subject, settings=settings, plot_file=png_path.name if plot else None
-            )
-        html_path.write_text(page, encoding="utf-8")
-        md_path.write_text(md, encoding="utf-8")
-        if fig is not None:
-            png_path.write_bytes(_report.figure_png(fig))
-    except OSError as exc:
-        _fail(f"--out: cannot write {out}.*: {exc.strerror or exc}")
+            files = _report.write_report(subject, out, plot=plot)
     except ImportError as exc:
         _fail(f"plots need matplotlib (pip install 'fragileprobe[report]') or --no-plot: {exc}")
     except FragileProbeError as exc:
         _fail(str(exc))
-    written = [str(html_path), str(md_path)] + ([str(png_path)] if fig is not None else [])
+    written = [str(p) for p in (files.html, files.markdown, files.png) if p is not None]
     if json_out:
-        _print_json(
-            {
-                "kind": kind,
-                "html": str(html_path),
-                "markdown": str(md_path),
-                "png": str(png_path) if fig is not None else None,
-            }
-        )
+        _print_json({"kind": files.kind, "html": str(files.html), "markdown": str(files.markdown),
+                     "png": None if files.png is None else str(files.png)})  # fmt: skip
     else:
-        _out.print(f"{kind} report written: {', '.join(escape(w) for w in written)}")
+        _out.print(f"{files.kind} report written: {', '.join(escape(w) for w in written)}")
 
 
 def _subject_from_store(
