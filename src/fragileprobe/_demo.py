@@ -132,7 +132,10 @@ async def run_demo(
         check_loopback_host(host)
     for attempt in range(_BIND_ATTEMPTS):
         address = host or _random_host()
-        pump = EmulatedPump(address, seed=seed, boot_delay_s=boot_delay_s, port_offset=port_offset)
+        # No SYN watcher: the demo makes full connects only, and the sniffer would cost seconds to start.
+        pump = EmulatedPump(
+            address, seed=seed, boot_delay_s=boot_delay_s, port_offset=port_offset, syn_watch=False
+        )
         try:
             async with pump:
                 return await _story(pump, emit, started)

@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
     "Fleet": "_fleet",
     "FleetConfig": "_fleet",
     "hospital_fleet": "_fleet",
+    "hostile_fleet": "_fleet",
     "uniform_fleet": "_fleet",
     "DeviceInfo": "_control",
     "EmulatorProcess": "_process",
@@ -62,6 +63,7 @@ __all__ = [
     "draw_threshold",
     "get_model",
     "hospital_fleet",
+    "hostile_fleet",
     "threshold_bounds",
     "uniform_fleet",
 ]
@@ -96,6 +98,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         Fleet,
         FleetConfig,
         hospital_fleet,
+        hostile_fleet,
         uniform_fleet,
     )
     from fragileprobe.emulator._fragility import DeviceState, FragilitySpec, draw_threshold, threshold_bounds

@@ -47,6 +47,7 @@ __all__ = [
     "Fleet",
     "FleetConfig",
     "hospital_fleet",
+    "hostile_fleet",
     "uniform_fleet",
 ]
 
@@ -340,6 +341,48 @@ def hospital_fleet(
         boot_delay_s=boot_delay_s,
         port_offset=port_offset,
         zones={"medical": (f"{prefix}.0/25",), "general": (f"{prefix}.128/25",)},
+    )
+
+
+def hostile_fleet(
+    prefix: str = "127.76.0",
+    *,
+    seed: int = 0,
+    boot_delay_s: float | None = 0.5,
+    port_offset: int | None = None,
+) -> FleetConfig:
+    """A fleet full of hostile devices, for "discovery over a fleet full of them finishes" tests.
+
+    ``prefix.1`` - ``prefix.80``: 12 of each hostile model (tarpit, resetter, firmware, flapper) and, mixed
+    among them, 8 story pumps, 4 patient monitors and 4 printers; the other 16 addresses are empty. One
+    zone, "hostile" = ``prefix.0/25``. Placement is shuffled by ``seed``.
+    """
+    _check_prefix(prefix)
+    rng = random.Random(seed)
+    slots = [f"{prefix}.{i}" for i in range(1, 81)]
+    rng.shuffle(slots)
+    mix = (
+        ("hostile-tarpit", 12),
+        ("hostile-resetter", 12),
+        ("hostile-firmware", 12),
+        ("hostile-flapper", 12),
+        ("infusion-pump", 8),
+        ("patient-monitor", 4),
+        ("printer", 4),
+    )
+    devices = []
+    for model, count in mix:
+        for _ in range(count):
+            devices.append(
+                DeviceConfig(host=slots.pop(), model=model, seed=rng.randrange(2**32), zone="hostile")
+            )
+    devices.sort(key=lambda d: ipaddress.IPv4Address(d.host))
+    return FleetConfig(
+        devices=tuple(devices),
+        empty=tuple(sorted(slots, key=ipaddress.IPv4Address)),
+        boot_delay_s=boot_delay_s,
+        port_offset=port_offset,
+        zones={"hostile": (f"{prefix}.0/25",)},
     )
 
 

@@ -116,7 +116,7 @@ class DeviceModel:
     fragility: FragilitySpec
     telnet_password: str | None = None
     hostname: str = "device"
-    banners_after_crash: Mapping[int, bytes] = field(default_factory=dict)
+    banners_after_crash: Mapping[int, bytes] = field(default_factory=dict)  # http: new Server header
     flap_period_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -319,7 +319,97 @@ LINUX_SERVER = DeviceModel(
     hostname="srv-lab-01",
 )
 
-_BUILTIN = (INFUSION_PUMP, SYRINGE_PUMP, PATIENT_MONITOR, SLOW_PUMP, WORKSTATION, PRINTER, LINUX_SERVER)
+# --- hostile models (issue 7): each misbehaves in ways that hang or crash naive scanners -------------------
+# Hostile sessions give up after a minute of "forever" (drip, endless headers/chunks, mute), so a forgotten
+# test client cannot pin the emulator; a prober's own bounds are far shorter.
+_HOSTILE_IDLE_S = 60.0
+
+HOSTILE_TARPIT = DeviceModel(
+    name="hostile-tarpit",
+    vendor="Unknown",
+    product="tarpit: silent, mute, dripping and endless services",
+    os_family="embedded",
+    category="medical",
+    services={
+        21: ServiceSpec(kind="drip", banner=b"220 slow FTP server ready\r\n", idle_timeout_s=_HOSTILE_IDLE_S),
+        22: ServiceSpec(kind="silent", idle_timeout_s=_HOSTILE_IDLE_S),
+        23: ServiceSpec(kind="mute", idle_timeout_s=_HOSTILE_IDLE_S),
+        80: ServiceSpec(
+            kind="http-endless-headers", server_header="thttpd/2.25b", idle_timeout_s=_HOSTILE_IDLE_S
+        ),
+        8000: ServiceSpec(
+            kind="http-endless-chunked", server_header="thttpd/2.25b", idle_timeout_s=_HOSTILE_IDLE_S
+        ),
+        8080: _http("thttpd/2.25b", "Tarpit status"),
+    },
+    web_port=8080,
+    fragility=FragilitySpec(threshold=None, base_latency_s=0.002),
+    hostname="tarpit",
+)
+
+HOSTILE_RESETTER = DeviceModel(
+    name="hostile-resetter",
+    vendor="Unknown",
+    product="resetter: resets, half banners, junk floods, broken HTTP",
+    os_family="embedded",
+    category="medical",
+    services={
+        21: ServiceSpec(kind="reset"),
+        22: ServiceSpec(kind="reset-mid-banner", banner=b"SSH-2.0-dropbear_2012.55\r\n"),
+        23: ServiceSpec(kind="flood", flood_bytes=4 * 1024 * 1024),
+        80: ServiceSpec(kind="http-bad-status", server_header="mini_httpd/1.19"),
+        8080: _http("mini_httpd/1.19", "Resetter status"),
+    },
+    web_port=8080,
+    fragility=FragilitySpec(threshold=None, base_latency_s=0.002),
+    hostname="resetter",
+)
+
+HOSTILE_FIRMWARE = DeviceModel(
+    name="hostile-firmware",
+    vendor="Meridian Infusion Systems",
+    product="MIS-3000 volumetric infusion pump that comes back from a crash with new firmware",
+    os_family="embedded",
+    category="medical",
+    services=dict(INFUSION_PUMP.services),
+    web_port=8080,
+    fragility=INFUSION_PUMP.fragility,
+    telnet_password="mis3000",
+    hostname="mis3000",
+    banners_after_crash={
+        21: b"220 (vsFTPd 3.0.3)\r\n",
+        22: b"SSH-2.0-dropbear_2019.78\r\n",
+        8080: b"GoAhead-Webs/3.6.5",  # for an http service: the new Server header
+    },
+)
+
+HOSTILE_FLAPPER = DeviceModel(
+    name="hostile-flapper",
+    vendor="Meridian Infusion Systems",
+    product="MIS-3000 volumetric infusion pump with a flaky power supply",
+    os_family="embedded",
+    category="medical",
+    services=dict(INFUSION_PUMP.services),
+    web_port=8080,
+    fragility=FragilitySpec(threshold=8, jitter=1, base_latency_s=0.004, slowdown_s_per_session=0.012),
+    telnet_password="mis3000",
+    hostname="mis3000",
+    # Up 3 s, hung 3 s, then rebooting (refusing) for its boot delay, over and over.
+    flap_period_s=3.0,
+)
+
+HOSTILE_MODELS = (HOSTILE_TARPIT, HOSTILE_RESETTER, HOSTILE_FIRMWARE, HOSTILE_FLAPPER)
+
+_BUILTIN = (
+    INFUSION_PUMP,
+    SYRINGE_PUMP,
+    PATIENT_MONITOR,
+    SLOW_PUMP,
+    WORKSTATION,
+    PRINTER,
+    LINUX_SERVER,
+    *HOSTILE_MODELS,
+)
 
 #: Every built-in model by name (read-only).
 MODELS: Mapping[str, DeviceModel] = types.MappingProxyType({m.name: m for m in _BUILTIN})

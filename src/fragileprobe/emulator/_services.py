@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
+from fragileprobe.emulator._hostile import HOSTILE_HANDLERS
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -87,6 +89,15 @@ class ServiceConn:
             if changed is not None:
                 return changed
         return self.spec.banner
+
+    @property
+    def server_header(self) -> str | None:
+        """HTTP ``Server:`` value; after a firmware change, ``banners_after_crash`` holds the new one."""
+        if self.firmware_changed:
+            changed = self.model.banners_after_crash.get(self.port)
+            if changed is not None:
+                return changed.decode("latin-1")
+        return self.spec.server_header
 
     async def send(self, data: bytes, *, delay: bool = True) -> None:
         """Send ``data`` after the device's current response delay."""
@@ -315,7 +326,7 @@ def _status_page(conn: ServiceConn) -> bytes:
 
 async def _http(conn: ServiceConn) -> None:
     head = await _read_http_head(conn)
-    server = conn.spec.server_header
+    server = conn.server_header
     headers = [("Server", server)] if server else []
     if head is None:
         await conn.send(_http_response("431 Request Header Fields Too Large", headers, b"", head_only=False))
@@ -397,6 +408,7 @@ _HANDLERS: dict[str, Callable[[ServiceConn], Awaitable[None]]] = {
     "silent": _silent,
     "rdp": _rdp,
     "mllp": _mllp,
+    **HOSTILE_HANDLERS,
 }
 
 
