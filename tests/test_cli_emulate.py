@@ -91,3 +91,27 @@ def test_emulate_bad_fleet_file_is_exit_2(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert out.stderr.startswith("error: model: unknown model 'toaster'")
+
+
+async def test_emulate_hostile_fleet_and_list_its_devices() -> None:
+    emulator = EmulatorProcess("--hostile-fleet", "--prefix", "127.76.44", "--boot-delay", "0.1", "--quiet")
+    try:
+        lines = emulator.wait_ready()
+        assert not any(line.startswith("device ") for line in lines)
+        assert lines[-1].startswith("ready: 64 device(s), 16 empty")
+        infos = await FleetClient(emulator.control_url).list_devices()
+        assert {i.model for i in infos} >= {"hostile-tarpit", "hostile-resetter", "hostile-firmware"}
+    finally:
+        code = emulator.stop()
+    assert code == 0
+
+
+def test_emulate_two_fleet_sources_is_exit_2() -> None:
+    out = subprocess.run(
+        [*fragileprobe_command(), "emulate", "--hospital-fleet", "--hostile-fleet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "choose one" in out.stderr

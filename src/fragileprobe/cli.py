@@ -153,7 +153,16 @@ def emulate(
     hospital_fleet: Annotated[
         bool, typer.Option(help="Run the standard 254-address hospital fleet.")
     ] = False,
-    prefix: Annotated[str, typer.Option(help="First three octets of the hospital fleet.")] = "127.77.0",
+    hostile_fleet: Annotated[
+        bool, typer.Option(help="Run the fleet of hostile devices (80 addresses).")
+    ] = False,
+    prefix: Annotated[
+        str | None, typer.Option(help="First three octets of the hospital/hostile fleet.")
+    ] = None,
+    syn_watch: Annotated[
+        bool | None,
+        typer.Option(help="SYN-scan watchers for syn-sensitive devices (root; default: on for one device)."),
+    ] = None,
     control_port: Annotated[int, typer.Option(help="Port of the control API on 127.0.0.1 (0: any).")] = 0,
     quiet: Annotated[bool, typer.Option(help="Do not list every device.")] = False,
     list_models: Annotated[bool, typer.Option(help="List the built-in models and exit.")] = False,
@@ -161,6 +170,7 @@ def emulate(
     """Run an emulated device (or a fleet) on loopback until interrupted."""
     from fragileprobe.emulator._fleet import FleetConfig
     from fragileprobe.emulator._fleet import hospital_fleet as make_hospital
+    from fragileprobe.emulator._fleet import hostile_fleet as make_hostile
     from fragileprobe.emulator._models import MODELS
 
     if list_models:
@@ -169,12 +179,18 @@ def emulate(
         return
     _configure_logging(logging.INFO)
     try:
-        if fleet is not None and hospital_fleet:
-            _fail("--fleet and --hospital-fleet: choose one")
+        if (fleet is not None) + hospital_fleet + hostile_fleet > 1:
+            _fail("--fleet, --hospital-fleet and --hostile-fleet: choose one")
         if fleet is not None:
             config = FleetConfig.from_toml(fleet)
         elif hospital_fleet:
-            config = make_hospital(prefix, seed=seed or 0, boot_delay_s=boot_delay, port_offset=port_offset)
+            config = make_hospital(
+                prefix or "127.77.0", seed=seed or 0, boot_delay_s=boot_delay, port_offset=port_offset
+            )
+        elif hostile_fleet:
+            config = make_hostile(
+                prefix or "127.76.0", seed=seed or 0, boot_delay_s=boot_delay, port_offset=port_offset
+            )
         else:
             config = FleetConfig.from_mapping(
                 {
@@ -192,9 +208,13 @@ def emulate(
                             }.items()
                             if v is not None
                         }
-                    ]
+                    ],
+                    # One device: watch for SYN scans unless told not to (a fleet defaults to off).
+                    "syn_watch": True if syn_watch is None else syn_watch,
                 }
             )
+        if syn_watch is not None and config.syn_watch != syn_watch:
+            config = dataclasses.replace(config, syn_watch=syn_watch)
         if not 0 <= control_port <= 65535:
             _fail(f"--control-port: {control_port} out of range 0-65535")
         anyio.run(_run_fleet, config, control_port, quiet)
