@@ -4,7 +4,10 @@ scapy is GPL-2.0-only and needs raw sockets (root or ``CAP_NET_RAW``), so the co
 this module imports it only inside functions, layer by layer (never ``scapy.all``), keeps scapy's
 import-time log lines quiet without touching the logging configuration of the application, and turns every
 packet into one of fragileprobe's own frozen records right here, so nothing above this module sees a scapy
-object.
+object. scapy provides the packet sockets (with their kernel BPF filters compiled by libpcap), the ICMP
+layers and the pcap writer; sniffed TCP headers are parsed by :func:`tcp_segment_from_frame`, a small pure
+parser, because scapy's dissector costs ~100 µs a packet and the emulator's SYN watcher reads every segment
+of every watched device.
 
 What each feature puts on the wire:
 
@@ -211,7 +214,6 @@ class _Scapy:
 
     IP: Any
     ICMP: Any
-    TCP: Any
     PcapWriter: Any
     Scapy_Exception: Any
     resolve_iface: Any
@@ -252,7 +254,6 @@ def _scapy(feature: str) -> _Scapy:
         loaded = _Scapy(
             IP=inet.IP,
             ICMP=inet.ICMP,
-            TCP=inet.TCP,
             PcapWriter=utils.PcapWriter,
             Scapy_Exception=error.Scapy_Exception,
             resolve_iface=interfaces.resolve_iface,
@@ -693,10 +694,22 @@ def _icmp_worker(
     # answered, so scapy uses a SOCK_RAW socket there. The filter narrows what reaches Python where the
     # socket supports one; replies are matched by type, id and sequence below either way.
     socket_class = sc.resolve_iface(iface).l3socket(False)
+    bpf = f"icmp and src host {host}"
     try:
-        sock = socket_class(iface=iface, filter=f"icmp and src host {host}")
+        sock = socket_class(iface=iface, filter=bpf)
     except PermissionError as exc:
         raise _translate_permission("icmp_reachable", exc) from exc
+    if sc.attach_filter is not None:
+        # scapy's SOCK_RAW loopback socket ignores its filter argument, and without one its receive side
+        # sees every IPv4 packet on the interface: on a busy loopback the echo reply can be dropped from
+        # an overflowing buffer before it is read. Attach the filter to the receiving socket directly.
+        with contextlib.suppress(OSError, sc.Scapy_Exception):
+            sc.attach_filter(sock.ins, bpf, iface)
+            # Discard what the socket queued before its filter was attached (bounded).
+            for _ in range(SNIFFER_DRAIN_MAX_PACKETS):
+                if not select.select([sock.ins], [], [], 0)[0]:
+                    break
+                sock.ins.recv(65536)
     ident = random.getrandbits(16)  # tells our replies from another pinger's
     rtts: list[float] = []
     ttl: int | None = None
