@@ -392,3 +392,25 @@ async def test_port_already_in_use_is_a_config_error(loopback_host: str) -> None
         with pytest.raises(ConfigError, match=r"^port"):
             async with pump(loopback_host):
                 pass
+
+
+async def test_a_failing_session_does_not_take_the_device_down(
+    loopback_host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in one service handler ends that session only; it is logged and the device keeps serving."""
+    from structlog.testing import capture_logs
+
+    from fragileprobe.emulator import _services
+
+    async def broken(conn: _services.ServiceConn) -> None:
+        raise RuntimeError("handler bug")
+
+    monkeypatch.setitem(_services._HANDLERS, "ssh", broken)
+    async with pump(loopback_host) as dev:
+        with capture_logs() as logs:
+            stream = await connect(dev.host, dev.port(22))
+            assert await read_all(stream) == b""  # closed without a word
+            await stream.aclose()
+        assert any(e["event"] == "emulator.service_error" for e in logs)
+        assert dev.state is DeviceState.UP
+        assert (await http_get(dev.host, dev.web_port)).startswith(b"HTTP/1.1 200")

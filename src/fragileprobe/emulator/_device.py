@@ -485,6 +485,10 @@ class EmulatedDevice:
                     self._live[session_scope] = model_port
                     try:
                         await serve(conn)
+                    except Exception:
+                        # One misbehaving connection must not take the whole device (or fleet) down: log it
+                        # and end this session. Cancellation is not an Exception and passes through.
+                        self._log.exception("emulator.service_error", port=model_port)
                     finally:
                         self._live.pop(session_scope, None)
                 stalled = session_scope.cancelled_caught
