@@ -268,8 +268,8 @@ async def test_discovery_of_a_device_hung_before_the_run_is_bounded_and_truthful
     loopback_hosts: Callable[[], str],
 ) -> None:
     """A discovery that meets a device that is hung before it starts (accepts, never answers) finishes
-    within its per-port bounds; the device shows its open ports with no banner (nothing invented) and the
-    healthy neighbour is unaffected."""
+    within its per-port bounds; the device is reported unresponsive, shows its open ports with no banner
+    (nothing invented), lands in no group (never "safe to scan"), and the healthy neighbour is unaffected."""
     async with (
         EmulatedDevice(loopback_hosts(), model="infusion-pump", seed=1, boot_delay_s=0.05) as hung,
         EmulatedDevice(loopback_hosts(), model="infusion-pump", seed=2, boot_delay_s=0.05) as ok,
@@ -289,6 +289,10 @@ async def test_discovery_of_a_device_hung_before_the_run_is_bounded_and_truthful
     # every port of the hung device costs at most connect + banner bound, one at a time
     assert elapsed < len(ports) * (0.5 + 0.3) + 2.0
     assert by_host[ok.host].services, "the healthy pump was fingerprinted"
-    hung_asset = by_host.get(hung.host)
-    if hung_asset is not None:  # accepted by the kernel: open, but nothing said
-        assert all(s.product is None and s.version is None for s in hung_asset.services), hung_asset
+    hung_asset = by_host[hung.host]  # the kernel still accepts: open ports, but nothing was said
+    assert all(s.product is None and s.version is None for s in hung_asset.services), hung_asset
+    assert hung_asset.groups == (), "a device that answers nothing is never 'safe to scan'"
+    (u,) = report.unresponsive
+    assert u.host == hung.host
+    assert "answered on no port" in u.reason
+    assert all(not g.startswith("safe to scan") for g in by_host[ok.host].groups)
