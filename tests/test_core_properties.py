@@ -189,12 +189,16 @@ def test_no_session_starts_after_the_device_is_declared_down(
                         elif action[0] == "sleep":
                             await anyio.sleep(action[1] / 1000)
                         await anyio.lowlevel.checkpoint()
-                    # Let a failure be noticed (interval + timeout + slack), then stop everything.
-                    with anyio.move_on_after(INTERVAL_S + BEAT_TIMEOUT_S + 0.2):
-                        while pump.state is not DeviceState.UP and not guard.device_down:
+                    # Stop the traffic, so the pump's state cannot change any more; a hung pump must then be
+                    # declared down within interval + timeout (+ slack).
+                    for scope in run.scopes:
+                        scope.cancel()
+                    await anyio.lowlevel.checkpoint()
+                    run.hung = pump.state is DeviceState.HUNG
+                    with anyio.move_on_after(INTERVAL_S + BEAT_TIMEOUT_S + 0.3):
+                        while run.hung and not guard.device_down:
                             await guard.watchdog.next_beat()  # type: ignore[union-attr]
                     await anyio.sleep(3 * INTERVAL_S)
-                    run.hung = pump.state is DeviceState.HUNG
                     tg.cancel_scope.cancel()
             return logs, guard, pump, run
 
