@@ -459,11 +459,19 @@ def _level_rows(char: Characterization) -> list[dict[str, Any]]:
                     "beats": f"{len(lv.latencies_s)} ok / {lv.beats_failed} failed",
                     "median": _ms(lv.latency_median_s),
                     "p95": _ms(lv.latency_p95_s),
-                    "tail": ", ".join(f"{v * 1000:.0f}" for v in tail)
-                    + (" ms, then silence" if tail else ""),
+                    "tail": _tail_text(lv.outcome, tail),
                 }
             )
     return rows
+
+
+def _tail_text(outcome: LevelOutcome, tail: Sequence[float]) -> str:
+    """The heartbeats that led up to a failure, in words."""
+    if outcome is not LevelOutcome.FAILED:
+        return ""
+    if not tail:
+        return "no heartbeat answered at this level"
+    return ", ".join(f"{v * 1000:.0f}" for v in tail) + " ms, then silence"
 
 
 _LEVEL_COLUMNS = (
