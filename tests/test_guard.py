@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 
@@ -232,6 +233,26 @@ async def test_set_ceiling_changes_the_limit_while_running(loopback_host: str) -
         assert guard.stats.peak_in_flight == 4
         await guard.set_ceiling(2)
         assert guard.stats.ceiling == 2
+
+
+async def test_rate_cap_spaces_guarded_sessions(loopback_host: str) -> None:
+    async with fast_pump(loopback_host) as pump, guard_for(pump, 4, rate_per_s=40) as guard:
+        results = await run_checks(guard, pump, total=8, workers=4)
+    starts = sorted(r.started_at_s for r in results)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 1 / 40 - 0.003  # one start per 25 ms, never a burst
+
+
+async def test_heartbeat_port_never_open_is_a_clear_error_at_entry(loopback_host: str) -> None:
+    async with fast_pump(loopback_host) as pump:
+        guard = Guard(
+            pump_target(pump), ceiling=2, scope=scope_for(pump.host), interval_s=INTERVAL_S,
+            heartbeat=HttpHeartbeat(port=1, timeout_s=BEAT_TIMEOUT_S),
+        )
+        with pytest.raises(DeviceDownError, match="refused"):
+            async with guard:
+                pytest.fail("entered with a dead heartbeat")
+        assert pump.stats.connects_total == 0
 
 
 async def test_without_watchdog_nothing_is_cancelled(loopback_host: str) -> None:

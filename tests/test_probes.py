@@ -357,6 +357,18 @@ async def _read_until_error(stream: anyio.abc.ByteStream) -> None:
         await anyio.sleep(0.01)
 
 
+async def test_reset_mid_banner_is_reset_with_the_bytes_so_far(loopback_host: str) -> None:
+    async def half_then_reset(stream: anyio.abc.SocketStream) -> None:
+        await stream.send(b"220 (vsF")
+        await anyio.sleep(0.05)
+        await reset_at_once(stream)
+
+    async with peer(loopback_host, half_then_reset) as state:
+        result = await grab_banner(loopback_host, state.port, settle_s=1.0)
+    assert result.outcome is Outcome.RESET
+    assert result.data == b"220 (vsF"
+
+
 async def test_stream_read_after_reset_raises_probe_reset_error(loopback_host: str) -> None:
     async with peer(loopback_host, reset_at_once) as state:
         stream = await open_stream(loopback_host, state.port)
