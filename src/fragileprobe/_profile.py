@@ -27,7 +27,7 @@ import enum
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fragileprobe._errors import ConfigError
@@ -369,7 +369,6 @@ class Characterization:
     stop_reason: str = "complete"
     run_id: str | None = None
     started_at_epoch_s: float = 0.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_trials(

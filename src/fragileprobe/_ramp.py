@@ -289,7 +289,6 @@ class RampStrategy:
                 f"previous_trials: {len(self._trials)} trials, but only {config.trials} planned"
             )
         self._reason = "complete"
-        self._steps = 0
         if len(self._trials) >= config.trials:
             self.state = RampState.DONE
             self._current: list[tuple[int, LevelOutcome]] = []
@@ -348,7 +347,6 @@ class RampStrategy:
                 raise ConfigError(
                     f"observation {obs!r} is for level {obs.level}, but level {self._level} is under test"
                 )
-            self._steps += 1
             if isinstance(obs, Passed):
                 self._current.append((obs.level, LevelOutcome.PASSED))
                 self._plan()
