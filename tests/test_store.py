@@ -109,23 +109,39 @@ def test_corrupt_file_is_refused_and_left_untouched(tmp_path: Path, content: byt
     assert path.read_bytes() == content
 
 
-def test_locked_store_gives_store_error_after_the_busy_timeout(tmp_path: Path) -> None:
-    """Another writer holding the lock past the busy timeout: StoreError, and the stored data survives."""
+_LOCKER = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    sys.stdin.readline()  # hold the write lock until the test says so (or closes our stdin)
+    conn.execute("ROLLBACK")
+    """
+)
+
+
+def test_store_locked_by_another_process_gives_store_error(tmp_path: Path) -> None:
+    """Another process holding the write lock past the busy timeout: StoreError; stored data survives."""
     path = tmp_path / "s.db"
     with ProfileStore(path) as store:
         store.save(_char())
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        with ProfileStore(path, busy_timeout_s=0.2) as store:
-            with pytest.raises(StoreError, match="locked"):
-                store.save(_char("127.0.0.10"))
-            assert len(store.history()) == 1  # readers are not blocked by a writer in WAL mode
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    with subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as locker:
+        try:
+            assert locker.stdout is not None
+            assert locker.stdout.readline().strip() == "locked"
+            with ProfileStore(path, busy_timeout_s=0.2) as store:
+                with pytest.raises(StoreError, match="locked"):
+                    store.save(_char("127.0.0.10"))
+                assert len(store.history()) == 1  # readers are not blocked by a writer in WAL mode
+        finally:
+            locker.communicate("\n", timeout=10)
     with ProfileStore(path) as store:
         assert [c.host for c in store.history()] == ["127.0.0.9"]
+        store.save(_char("127.0.0.10"))  # the lock is gone: writing works again
+        assert len(store.history()) == 2
 
 
 def test_bad_busy_timeout_is_a_config_error(tmp_path: Path) -> None:
