@@ -391,6 +391,13 @@ def demo(
     tour: Annotated[
         bool, typer.Option(help="Only the first look at one pump: services, slowdown, crash, power cycle.")
     ] = False,
+    port_offset: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve ports below 1024 at this offset (default: 0 as root, 10000 otherwise); "
+            "--port-offset 10000 shows what a non-root user sees."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the whole story on an emulated ward network (see _DEMO_HELP)."""
@@ -402,7 +409,11 @@ def demo(
         if tour:
             result = anyio.run(
                 lambda: run_demo(
-                    emit=lambda e: _print_event(e, console), host=host, seed=seed, boot_delay_s=boot_delay
+                    emit=lambda e: _print_event(e, console),
+                    host=host,
+                    seed=seed,
+                    boot_delay_s=boot_delay,
+                    port_offset=port_offset,
                 )
             )
         else:
@@ -410,6 +421,7 @@ def demo(
                 lambda: run_story(
                     emit=lambda e: _print_event(e, console), host=host, seed=seed, boot_delay_s=boot_delay,
                     store_path=str(store) if store is not None else None, dwell_s=dwell, trials=trials,
+                    port_offset=port_offset,
                 )
             )  # fmt: skip
     except FragileProbeError as exc:
