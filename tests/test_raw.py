@@ -612,6 +612,48 @@ async def test_capture_keeps_every_handshake_of_a_burst(loopback_host: str, tmp_
 
 @pytest.mark.raw
 @raw_only
+async def test_capture_of_a_characterization_holds_every_connection_and_the_crash(
+    loopback_host: str, tmp_path: Path
+) -> None:
+    """Evidence for the biomedical team: every SYN of the run, and the resets of the power cycle."""
+    from scapy.layers.inet import IP, TCP
+    from structlog.testing import capture_logs
+
+    from fragileprobe import HttpHeartbeat, Scope, Target
+    from fragileprobe._characterize import characterize
+    from fragileprobe._recovery import emulator_recovery
+
+    path = tmp_path / "characterization.pcap"
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", seed=1, threshold=4, jitter=0, boot_delay_s=0.05
+    ) as pump:
+        target = Target(
+            loopback_host,
+            ports=tuple(pump.ports.values()),
+            heartbeat=HttpHeartbeat(port=pump.web_port),
+        )
+        with capture_logs():
+            async with capture(loopback_host, path) as cap:
+                char = await characterize(
+                    target, scope=Scope([loopback_host]), recovery=emulator_recovery(pump), trials=1,
+                    ladder=(1, 2, 5), dwell_s=0.2, hold_s=0.02, interval_s=0.04, heartbeat_timeout_s=0.25,
+                    healthy_beats=2, recovery_timeout_s=5.0, baseline_beats=3, read_timeout_s=0.2,
+                    connect_timeout_s=0.5,
+                )  # fmt: skip
+        connects = pump.stats.connects_total
+    assert char.crashes >= 1
+    assert cap.summary.complete
+    packets = _read_pcap(path)
+    ips = [p[IP] for p in packets]  # type: ignore[index]
+    assert all(loopback_host in (ip.src, ip.dst) for ip in ips)
+    syns = [ip for ip in ips if ip.dst == loopback_host and str(ip[TCP].flags) == "S"]
+    assert len(syns) >= connects > 0
+    # The power cycle drops every connection: the device's RSTs are in the evidence.
+    assert any(ip.src == loopback_host and "R" in str(ip[TCP].flags) for ip in ips)
+
+
+@pytest.mark.raw
+@raw_only
 async def test_capture_stops_writing_at_its_packet_bound_and_counts_the_rest(
     loopback_host: str, tmp_path: Path
 ) -> None:
