@@ -15,6 +15,7 @@ from fragileprobe import ConfigError, ScopeError
 from fragileprobe._discovery import DiscoveryProgress, DiscoveryReport, discover
 from fragileprobe._groups import Zone, Zones
 from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
+from fragileprobe._raw import raw_available
 from fragileprobe._scope import Scope
 from fragileprobe._store import ProfileStore
 from fragileprobe.emulator import EmulatedDevice
@@ -268,8 +269,7 @@ async def test_alerts_go_to_the_jsonl_file_and_webhook(
 
 async def test_report_serializes_and_summarizes(loopback_host: str) -> None:
     async with devices((loopback_host, "infusion-pump")):
-        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=PUMP_PORTS, raw=True,
-                                **FAST)
+        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=PUMP_PORTS, **FAST)
     assert isinstance(report, DiscoveryReport)
     data = json.loads(report.to_json())
     assert data["assets"][0]["host"] == loopback_host
@@ -277,7 +277,31 @@ async def test_report_serializes_and_summarizes(loopback_host: str) -> None:
     frame = report.to_dataframe()
     assert list(frame["host"]) == [loopback_host]
     assert "Medical Device?: 1" in report.summary()
-    assert any("raw" in n for n in report.notes), "raw=True leaves a note either way"
+
+
+_RAW_OK, _RAW_REASON = raw_available()
+
+
+@pytest.mark.skipif(_RAW_OK, reason="raw extras are available here; the note path needs them missing")
+async def test_raw_without_privilege_or_scapy_is_a_note_not_an_error(loopback_host: str) -> None:
+    async with devices((loopback_host, "infusion-pump")):
+        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=PUMP_PORTS, raw=True,
+                                **FAST)
+    assert len(report.assets) == 1
+    assert any("raw extras" in n and "skipped" in n for n in report.notes)
+
+
+@pytest.mark.raw
+@pytest.mark.skipif(not _RAW_OK, reason=f"raw-packet test skipped: {_RAW_REASON}")
+async def test_raw_adds_the_passive_os_hint_and_icmp_reachability(loopback_hosts: Callable[[], str]) -> None:
+    """The SYN-ACKs of our own connects give an OS hint; an address without open ports answers ICMP."""
+    pump_host, empty_host = loopback_hosts(), loopback_hosts()
+    async with devices((pump_host, "infusion-pump")):
+        report = await discover([pump_host, empty_host], scope=scope_of(pump_host, empty_host),
+                                ports=PUMP_PORTS, raw=True, **FAST)
+    (asset,) = report.assets
+    assert any(n.startswith("passive OS hint") for n in asset.notes), asset.notes
+    assert report.icmp_only == (empty_host,)  # loopback answers echo on every 127/8 address
 
 
 async def test_asset_target_keeps_the_open_ports_and_a_web_heartbeat(loopback_host: str) -> None:

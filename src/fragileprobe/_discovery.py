@@ -24,6 +24,7 @@ What it does to each host, and why:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -243,6 +244,7 @@ class DiscoveryReport:
         scan_id: The store's scan id, or None without a store.
         notes: Things worth knowing that are not errors (e.g. raw probes unavailable).
         params: The parameters the scan ran with.
+        icmp_only: With ``raw=True``: addresses without an open port that answered ICMP echo.
     """
 
     assets: tuple[Asset, ...]
@@ -258,6 +260,7 @@ class DiscoveryReport:
     scan_id: int | None = None
     notes: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    icmp_only: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -270,7 +273,7 @@ class DiscoveryReport:
             "moved": [dataclasses.asdict(m) for m in self.moved],
             "hosts_scanned": self.hosts_scanned, "hosts_resumed": self.hosts_resumed,
             "wall_time_s": self.wall_time_s, "scan_id": self.scan_id, "notes": list(self.notes),
-            "params": dict(self.params),
+            "params": dict(self.params), "icmp_only": list(self.icmp_only),
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -434,8 +437,11 @@ async def discover(
         "unresponsive_after": unresponsive_after,
     }
     notes: list[str] = []
+    raw_ok = False
     if raw:
-        notes.append(_raw_note())
+        raw_ok, why = _raw_status()
+        if not raw_ok:
+            notes.append(f"raw extras (ICMP, passive OS hint) skipped: {why}")
 
     # --- what the store already knows ---
     profiles: dict[str, tuple[str, int | None]] = {}
@@ -523,9 +529,25 @@ async def discover(
             )
             await finish_host(host, asset, matches)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(max_hosts_in_parallel, max(len(todo), 1))):
-            tg.start_soon(worker)
+    observer: Any = None
+    async with contextlib.AsyncExitStack() as stack:
+        if raw_ok and todo:
+            from fragileprobe._raw import syn_ack_observer
+
+            try:
+                # Watches the SYN-ACKs our own full connects receive; sends nothing.
+                observer = await stack.enter_async_context(syn_ack_observer(todo))
+            except RawUnavailableError as exc:
+                notes.append(f"passive OS hint skipped: {exc}")
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(max_hosts_in_parallel, max(len(todo), 1))):
+                tg.start_soon(worker)
+    if observer is not None:
+        _apply_os_hints(assets, observer.hints())
+    icmp_only: tuple[str, ...] = ()
+    if raw_ok:
+        icmp_only = await _icmp_sweep([h for h in todo if h not in assets], scope, max_hosts_in_parallel,
+                                      notes)
 
     # Assets finished by the interrupted part of a resumed scan come back from the store.
     if store is not None and done_before:
@@ -549,7 +571,8 @@ async def discover(
         assets=ordered, groups=groups,
         alerts=tuple(sorted(alerts.values(), key=lambda a: _addr_key(a.host))),
         unresponsive=tuple(sorted(unresponsive, key=lambda u: _addr_key(u.host))),
-        new=new, gone=gone, moved=moved, hosts_scanned=len(todo), hosts_resumed=len(done_before),
+        new=new, gone=gone, moved=moved, icmp_only=icmp_only, hosts_scanned=len(todo),
+        hosts_resumed=len(done_before),
         wall_time_s=time.monotonic() - started, scan_id=scan_id, notes=tuple(notes), params=params,
     )
     log.info("discovery.done", assets=len(ordered), alerts=len(report.alerts),
@@ -765,19 +788,56 @@ def _addr_key(host: str) -> tuple[int, int]:
     return (addr.version, int(addr))
 
 
-def _raw_note() -> str:
-    """Whether the raw extras can run; discovery itself sends no raw packets yet (see the docs)."""
+def _raw_status() -> tuple[bool, str]:
+    """Whether the raw extras can run here (scapy installed, root/CAP_NET_RAW), without importing scapy."""
     try:
         from fragileprobe._raw import raw_available
-    except ImportError:
-        return "raw extras requested but fragileprobe._raw is not available; skipped"
-    try:
-        ok, why = raw_available()
-    except RawUnavailableError as exc:
-        return f"raw extras unavailable: {exc}; skipped"
-    if not ok:
-        return f"raw extras unavailable ({why}); skipped"
-    return "raw extras available, but discovery does not use them yet (ICMP and passive OS hint: TODO)"
+    except ImportError:  # pragma: no cover - the module ships with fragileprobe
+        return False, "fragileprobe._raw is not available"
+    return raw_available()
 
 
+def _apply_os_hints(assets: dict[str, Asset], hints: Mapping[str, Any]) -> None:
+    """Add the passive OS hint (SYN-ACK TTL and window) to each asset's evidence and notes.
 
+    The hint does not change ``os_family`` or the groups, which were decided (and stored) as each host
+    finished; it is extra evidence for people.
+    """
+    for host, hint in hints.items():
+        asset = assets.get(host)
+        if asset is None or not getattr(hint, "observations", ()):
+            continue
+        text = f"passive OS hint: {hint.os_hint} (initial TTL {hint.initial_ttl})"
+        if getattr(hint, "note", None):
+            text += f"; {hint.note}"
+        assets[host] = dataclasses.replace(
+            asset, os_evidence=(*asset.os_evidence, f"SYN-ACK: {hint.os_family}"), notes=(*asset.notes, text)
+        )
+
+
+async def _icmp_sweep(hosts: Sequence[str], scope: Scope, parallel: int, notes: list[str]) -> tuple[str, ...]:
+    """ICMP echo (one request each) to the hosts that showed no open port; return those that answered."""
+    from fragileprobe._raw import icmp_reachable
+
+    limiter = anyio.CapacityLimiter(max(1, min(parallel, 16)))  # each echo runs scapy in a worker thread
+    alive: list[str] = []
+    failed: list[str] = []
+
+    async def one(host: str) -> None:
+        async with limiter:
+            try:
+                result = await icmp_reachable(host, timeout_s=1.0, scope=scope)
+            except RawUnavailableError as exc:
+                failed.append(str(exc))
+                return
+        if result.reachable:
+            alive.append(host)
+
+    async with anyio.create_task_group() as tg:
+        for host in hosts:
+            tg.start_soon(one, host)
+    if failed:
+        notes.append(f"ICMP echo skipped for {len(failed)} host(s): {failed[0]}")
+    if alive:
+        notes.append(f"{len(alive)} address(es) without an open port answered ICMP echo")
+    return tuple(sorted(alive, key=_addr_key))
