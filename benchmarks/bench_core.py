@@ -3,6 +3,8 @@
 Both clients run on the asyncio event loop in this process, at the same concurrency, against the same
 loopback listener served by a separate process (so the server's work does not share the client's loop).
 The Guard runs with its watchdog on, heartbeating an HTTP port on the same listener host once a second.
+fragileprobe's probes half-close and wait for the server's FIN before closing (the device's session ends
+when it lets go), so a second bare column does the same: the ratio against it is the Guard's own overhead.
 Each configuration runs ``--count`` connects; the bare and guarded runs alternate ``--repeat`` times and the
 median rate is reported, side by side with the ratio (guarded / bare). Also: ``import fragileprobe`` time.
 
@@ -65,14 +67,18 @@ def serve(host: str, ready: Any, stop: Any) -> None:
     asyncio.run(main())
 
 
-async def bare(host: str, port: int, count: int, concurrency: int) -> float:
+async def bare(host: str, port: int, count: int, concurrency: int, *, wait_fin: bool = False) -> float:
+    """Bare asyncio streams. ``wait_fin``: half-close and wait for the server's FIN first, as the probes do."""
     remaining = count
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            _reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port)
+            if wait_fin:
+                writer.write_eof()
+                await reader.read(4096)
             writer.close()
             await writer.wait_closed()
 
@@ -140,17 +146,22 @@ def main() -> None:
         print(f"fragileprobe {fp.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
               f"listener {args.host}:{port} (separate process), {args.count} connects x {args.repeat} runs")
         print()
-        print(f"{'concurrency':>11} | {'bare asyncio /s':>15} | {'Guard /s':>10} | {'ratio':>6}")
-        print(f"{'-' * 11}-+-{'-' * 15}-+-{'-' * 10}-+-{'-' * 6}")
+        print("bare: asyncio open_connection + close; bare+FIN: also half-closes and waits for the server's")
+        print("FIN first, as fragileprobe's probes do (the session lasts until the device let go of it)")
+        print()
+        print(f"{'concurrency':>11} | {'bare /s':>8} | {'bare+FIN /s':>11} | {'Guard /s':>8} | "
+              f"{'Guard/bare':>10} | {'Guard/bare+FIN':>14}")
+        print(f"{'-' * 11}-+-{'-' * 8}-+-{'-' * 11}-+-{'-' * 8}-+-{'-' * 10}-+-{'-' * 14}")
         for concurrency in args.concurrency:
-            bare_rates, guard_rates = [], []
+            bare_rates, fin_rates, guard_rates = [], [], []
             for _ in range(args.repeat):
                 bare_rates.append(asyncio.run(bare(args.host, port, args.count, concurrency)))
+                fin_rates.append(asyncio.run(bare(args.host, port, args.count, concurrency, wait_fin=True)))
                 guard_rates.append(
                     anyio.run(guarded, args.host, port, http_port, args.count, concurrency)
                 )
-            b, g = statistics.median(bare_rates), statistics.median(guard_rates)
-            print(f"{concurrency:>11} | {b:>15,.0f} | {g:>10,.0f} | {g / b:>6.2f}")
+            b, f, g = (statistics.median(r) for r in (bare_rates, fin_rates, guard_rates))
+            print(f"{concurrency:>11} | {b:>8,.0f} | {f:>11,.0f} | {g:>8,.0f} | {g / b:>10.2f} | {g / f:>14.2f}")
     finally:
         stop.set()
         server.join(timeout=5)

@@ -101,6 +101,16 @@ async def test_ceiling_five_runs_a_thousand_checks_without_hanging_the_pump(loop
         assert all(r.status == 200 for r in results if r.port == pump.web_port)  # type: ignore[attr-defined]
 
 
+async def test_connect_only_probes_at_ceiling_one_never_stack_up_on_the_pump(loopback_host: str) -> None:
+    """The pump counts a session until it notices our close; the probes wait for that, so a tight loop
+    of connect-and-close probes cannot pile sessions up on the device beyond the ceiling."""
+    async with fast_pump(loopback_host) as pump, guard_for(pump, 1) as guard:
+        for _ in range(150):
+            assert (await guard.tcp_connect(pump.port(21))).outcome is Outcome.OPEN
+        assert pump.state is DeviceState.UP
+        assert pump.stats.peak_sessions <= 2  # one probe plus the heartbeat
+
+
 async def test_ceiling_ten_hangs_the_pump_and_the_watchdog_stops_everything(loopback_host: str) -> None:
     async with fast_pump(loopback_host) as pump, guard_for(pump, 10) as guard:
         hung_at: list[float] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from fragileprobe import (
 )
 from fragileprobe._probes import (
     BANNER_MAX_BYTES,
+    CLOSE_WAIT_S,
     HTTP_MAX_HEAD_BYTES,
     HTTP_MAX_HEADERS,
     _decode_chunked,
@@ -144,6 +146,24 @@ async def test_tcp_connect_open_and_closes_with_fin(loopback_host: str) -> None:
     assert 0 <= result.latency_s <= result.duration_s
     assert state.client_fin == 1
     assert state.client_rst == 0
+
+
+async def test_the_session_lasts_until_the_peer_lets_go(loopback_host: str) -> None:
+    """After our FIN the probe waits (bounded) for the peer's: the slot is held while the device holds
+    the session."""
+
+    async def slow_to_close(stream: anyio.abc.SocketStream) -> None:
+        with contextlib.suppress(anyio.EndOfStream):
+            await stream.receive()
+        await anyio.sleep(0.1)
+
+    async with peer(loopback_host, slow_to_close) as slow, peer(loopback_host, silent) as never:
+        waited = await tcp_connect(loopback_host, slow.port)
+        bounded = await tcp_connect(loopback_host, never.port)
+    assert waited.outcome is Outcome.OPEN
+    assert waited.duration_s >= 0.1
+    assert bounded.outcome is Outcome.OPEN
+    assert CLOSE_WAIT_S <= bounded.duration_s <= CLOSE_WAIT_S + SLACK_S
 
 
 async def test_tcp_connect_refused_port_is_closed(loopback_host: str) -> None:

@@ -10,9 +10,11 @@ Rules every probe follows, and why:
 * Full TCP connects only (the kernel's three-way handshake through an ordinary socket), never a half-open
   SYN: a half-open scan leaves embedded TCP stacks with dangling half-open entries, the classic way to wedge
   a fragile device.
-* Graceful close: ``close()`` on a socket whose receive queue is empty sends FIN. When a peer sent more than
-  a probe reads (a flood), the kernel answers the close with RST instead (RFC 1122 4.2.2.13, RFC 2525); we
-  accept that rather than drain an unbounded stream from the device.
+* Graceful close: we half-close (FIN), then wait briefly for the device to close its side, reading (and
+  discarding) at most a few KiB meanwhile; only then is the socket closed. The session therefore ends, and
+  its limiter slot is freed, when the device has let go of it, not merely when we did. When a peer sent more
+  than that (a flood), the kernel answers the close with RST instead (RFC 1122 4.2.2.13, RFC 2525); we accept
+  that rather than drain an unbounded stream from the device.
 * Every read is bounded in bytes (named caps below) and in time, twice: each read waits at most
   ``read_timeout_s``, and the whole probe ends by ``total_timeout_s`` after it started, so a peer that drips
   one byte a second cannot stretch a probe past its bound.
@@ -94,6 +96,12 @@ BANNER_MAX_BYTES_CAP = 65536
 # A device writes its banner in one go; once bytes arrived, a 0.25 s pause means it is done (an 8-hop
 # hospital WAN adds < 50 ms between segments of one write).
 BANNER_SETTLE_S = 0.25
+# After our half-close, how long to wait for the device to close its side: its service loop notices
+# our FIN within milliseconds when healthy (the emulated pump: < 20 ms); a device that never closes then
+# costs at most this much. Always within the probe's overall deadline.
+CLOSE_WAIT_S = 0.25
+# What we read (and discard) while waiting for that close, so the final close is a FIN, not an RST.
+CLOSE_DRAIN_MAX_BYTES = 4096
 # HTTP head (status line + headers): h11 uses 16 KiB as its default limit for an incomplete event.
 HTTP_MAX_HEAD_BYTES = 16384
 # http.client refuses more than 100 header lines (_MAXHEADERS); a device sending more is broken or hostile.
@@ -350,6 +358,29 @@ class _RawConn:
                 continue
             view = view[sent:]
 
+    async def linger(self, deadline: float) -> None:
+        """Half-close, then wait (bounded) until the peer closes its side too.
+
+        A device counts a session until *it* sees the close; waiting for its FIN keeps our slot (and so
+        the ceiling) held for as long as the device holds the session, and reading what it still sends
+        lets the final close be a FIN rather than an RST. Bounded by :data:`CLOSE_WAIT_S`, the probe's
+        deadline and :data:`CLOSE_DRAIN_MAX_BYTES`; errors here change nothing about the result.
+        """
+        wait = min(CLOSE_WAIT_S, deadline - anyio.current_time())
+        if wait <= 0:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        drained = 0
+        with anyio.move_on_after(wait):
+            while drained < CLOSE_DRAIN_MAX_BYTES:
+                try:
+                    drained += len(await self.receive(CLOSE_DRAIN_MAX_BYTES))
+                except (anyio.EndOfStream, OSError):
+                    return
+
     def close(self) -> None:
         self.sock.close()
 
@@ -527,13 +558,16 @@ async def _probe(
         outcome = Outcome.OPEN
         conn = _RawConn(sock, address)
         try:
-            if session is not None:
-                fields.update(await session(conn, deadline))
-                outcome = fields.pop("outcome", Outcome.OPEN)
-        except OSError as exc:
-            outcome = _classify(exc)
-            fields["error"] = _describe(exc)
-            fields.setdefault("data", b"")
+            try:
+                if session is not None:
+                    fields.update(await session(conn, deadline))
+                    outcome = fields.pop("outcome", Outcome.OPEN)
+            except OSError as exc:
+                outcome = _classify(exc)
+                fields["error"] = _describe(exc)
+                fields.setdefault("data", b"")
+            if outcome is not Outcome.RESET:
+                await conn.linger(deadline)
         finally:
             conn.close()  # synchronous: a cancellation cannot leave the socket open
     result = result_type(
