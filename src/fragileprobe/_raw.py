@@ -24,6 +24,8 @@ saying exactly what is missing; :func:`raw_available` answers the same question 
 from __future__ import annotations
 
 import contextlib
+import ctypes.util
+import functools
 import importlib
 import importlib.util
 import ipaddress
@@ -162,10 +164,21 @@ def _scapy_installed() -> bool:
         return False
 
 
+@functools.cache
+def _libpcap_installed() -> bool:
+    """Whether libpcap can be found (scapy compiles kernel packet filters with it). Cached: a lookup may
+    run ``ldconfig -p``."""
+    return ctypes.util.find_library("pcap") is not None
+
+
 def _missing() -> list[str]:
     missing = []
     if not _scapy_installed():
         missing.append(f"scapy is not installed ({RAW_EXTRA_HINT})")
+    if not _libpcap_installed():
+        missing.append(
+            "libpcap is not installed (scapy compiles packet filters with it; apt-get install libpcap0.8)"
+        )
     if not _has_net_raw():
         missing.append(
             "raw sockets need root or CAP_NET_RAW, and this process has neither "
