@@ -305,6 +305,8 @@ def test_without_raw_socket_privilege_every_raw_feature_says_so() -> None:
     out = _run(code)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines() if " " in line)
+    if "RAW_SOCKET_OPENED" in out.stdout:
+        pytest.skip("this interpreter keeps CAP_NET_RAW (file capabilities): cannot simulate its absence")
     # The check agrees with the kernel: a packet socket really cannot be opened.
     assert "RAW_SOCKET_DENIED" in out.stdout
     assert lines["AVAILABLE"].startswith("False")
