@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -272,6 +273,22 @@ def test_importing_the_raw_seam_does_not_import_scapy() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not _SCAPY, reason="scapy is not installed")
+def test_loading_scapy_is_quiet_and_leaves_the_applications_logging_alone() -> None:
+    out = _run(
+        "import logging, sys\n"
+        "from fragileprobe._raw import _scapy\n"
+        "_scapy('test')\n"
+        "root = logging.getLogger()\n"
+        "scapy_level = logging.getLogger('scapy').level\n"
+        "print(len(root.handlers), root.level, scapy_level, 'scapy.all' in sys.modules)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    # No handler on the root logger, its level untouched, scapy's own default kept, never scapy.all.
+    assert out.stdout.split() == ["0", str(logging.WARNING), str(logging.WARNING), "False"]
 
 
 def test_without_raw_socket_privilege_every_raw_feature_says_so() -> None:

@@ -35,6 +35,7 @@ import random
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -248,6 +249,9 @@ def _scapy(feature: str) -> _Scapy:
         # afterwards: the application's logging configuration is not ours to change.
         scapy_logger = logging.getLogger("scapy")
         saved_level = scapy_logger.level
+        if saved_level == logging.NOTSET and "scapy.error" not in sys.modules:
+            # scapy sets WARNING on its logger when it finds it unset; keep that default once we are done.
+            saved_level = logging.WARNING
         scapy_logger.setLevel(logging.ERROR)
         try:
             with warnings.catch_warnings():
