@@ -530,6 +530,11 @@ class _Sniffer:
             self._stop()
             raise RawUnavailableError(f"{self._feature}: the packet reader on {iface} did not start")
 
+    @property
+    def alive(self) -> bool:
+        """Whether the reader thread runs (False before start, after stop, or once its socket failed)."""
+        return self._thread is not None and self._thread.is_alive()
+
     @staticmethod
     def _enlarge_buffer(sock: socket.socket) -> None:
         # The reader thread shares the GIL with the event loop producing the traffic, so on loopback it

@@ -391,6 +391,10 @@ class _Tap:
                 raise RuntimeError(f"{watch.host} is already watched by another device")
             watchers = {**cls._watchers, watch.host: watch}
             bpf = _tap_filter(watchers)
+            if cls._sniffer is not None and not cls._sniffer.alive:
+                # Its socket failed (logged as raw.sniffer.failed): start a fresh one for everybody.
+                cls._sniffer._stop()
+                cls._sniffer = None
             if cls._sniffer is None:
                 sniffer = _Sniffer(
                     feature="SYN-scan sensitivity", host=watch.host, bpf=bpf, on_frame=cls._dispatch
