@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -32,6 +32,6 @@ def loopback_host() -> str:
 
 
 @pytest.fixture
-def loopback_hosts() -> Iterator[Callable[[], str]]:
+def loopback_hosts() -> Callable[[], str]:
     """A factory of fresh loopback addresses."""
-    yield allocate_loopback
+    return allocate_loopback

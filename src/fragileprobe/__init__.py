@@ -8,7 +8,7 @@ feature that needs them is used).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fragileprobe._errors import (
     ConfigError,
@@ -134,6 +134,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    pass

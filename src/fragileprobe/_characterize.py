@@ -402,7 +402,7 @@ async def characterize(
                     if store is not None and run_id is not None:
                         store.record_trial(run_id, partial_trial)
                         store.mark_run(run_id, "recovery_failed")
-                    exc.partial = partial  # type: ignore[attr-defined]  # documented: RecoveryError.partial
+                    exc.partial = partial
                     bound.error("characterize.recovery_failed", level=action.level, error=str(exc))
                     raise
                 emit("recovered", action.trial, action.level)

@@ -21,6 +21,8 @@ are translated at exactly one boundary each and chained with ``raise ... from ex
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "DeviceDownError",
@@ -69,7 +71,14 @@ class DeviceDownError(FragileProbeError):
 
 
 class RecoveryError(FragileProbeError):
-    """Raised when a recovery hook (power cycle, wait, command) failed or timed out."""
+    """Raised when a recovery hook (power cycle, wait, command) failed or timed out.
+
+    Attributes:
+        partial: When raised by ``characterize()``, the ``Characterization`` holding every observation made
+            before the recovery failed (it is also in the store, if one was given); otherwise ``None``.
+    """
+
+    partial: Any = None
 
 
 class StoreError(FragileProbeError):
