@@ -1080,6 +1080,9 @@ def _subject_from_store(
 
 def main() -> None:
     """Console-script entry point (``fragileprobe``)."""
+    # Before any command: library events stay off stdout (structlog's default prints there) even in
+    # commands that do not configure logging themselves; the measuring commands refine this.
+    _configure_logging(logging.ERROR)
     app()
 
 
