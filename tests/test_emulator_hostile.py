@@ -288,3 +288,14 @@ async def test_hostile_fleet_starts_and_has_ground_truth() -> None:
         stream, data = await _http(tarpit, 8080, 65536, 2.0)
         assert data.startswith(b"HTTP/1.1 200")
         await stream.aclose()
+
+
+async def test_mute_session_ends_when_the_client_leaves(loopback_host: str) -> None:
+    """A mute service reads nothing, yet stops counting a session once its client has closed."""
+    async with hostile(loopback_host, "hostile-tarpit") as dev:
+        stream = await connect(dev.host, dev.port(23))
+        await stream.send(b"unread data")
+        await eventually(lambda: dev.stats.sessions_now == 1)
+        await stream.aclose()
+        await eventually(lambda: dev.stats.sessions_now == 0, timeout_s=2.0)
+        assert dev.stats.bytes_received_by_port[23] == 0

@@ -24,6 +24,7 @@ kind                      behaviour
 from __future__ import annotations
 
 import itertools
+import select
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ __all__ = ["HOSTILE_HANDLERS"]
 
 # Receive buffer of a mute session: the kernel's minimum is about 2 KiB; 4 KiB fills after a few sends.
 MUTE_RCVBUF_BYTES = 4096
+# How often a mute session checks whether its client has left (a non-blocking poll, no read).
+_MUTE_POLL_S = 0.1
+_GONE_EVENTS = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 # Junk block a flood repeats (64 KiB: one large send per loop, flow-controlled by the client's reads).
 _JUNK = bytes(range(256)) * 256
 # Endless headers: how many header lines per send, and the pause between sends. Paced so one hostile
@@ -63,14 +67,30 @@ async def _read_request(conn: ServiceConn) -> None:
         head += await conn.receive()
 
 
+def _peer_gone(raw: socket.socket) -> bool:
+    """Whether the peer shut down or reset, without reading a byte (poll for POLLRDHUP/POLLHUP/POLLERR).
+
+    POLLRDHUP (Linux) reports the peer's FIN even while unread data is queued, which a zero-byte read
+    could not tell us without consuming that data.
+    """
+    poller = select.poll()
+    poller.register(raw.fileno(), _GONE_EVENTS)
+    return any(events & _GONE_EVENTS for _fd, events in poller.poll(0))
+
+
 async def _mute(conn: ServiceConn) -> None:
+    raw = conn.stream.extra(SocketAttribute.raw_socket)
     try:
-        raw = conn.stream.extra(SocketAttribute.raw_socket)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MUTE_RCVBUF_BYTES)
     except OSError:
-        pass  # the peer already left: nothing to starve
-    # Never read: the client's data piles up in the kernel until its window is full.
-    await anyio.sleep(conn.spec.idle_timeout_s)
+        return  # the peer already left: nothing to starve
+    # Never read: the client's data piles up in the kernel until its window is full. The session still
+    # ends when the client leaves (so it stops counting towards the device's load) or at the idle timeout.
+    deadline = _deadline(conn)
+    while time.monotonic() < deadline:
+        if _peer_gone(raw):
+            return
+        await anyio.sleep(min(_MUTE_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
 async def _drip(conn: ServiceConn) -> None:
