@@ -87,6 +87,10 @@ log = structlog.get_logger(__name__)
 # devices answering their banner take 0.1-1 s) while keeping a silent port cheap.
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
 DEFAULT_READ_TIMEOUT_S = 2.0
+# Bound on one send() of a ProbeStream: a device that takes in nothing for this long is not reading (its
+# receive window is full) and the send would otherwise block for ever. A scanner check sends a few KiB,
+# which the kernel buffers at once; 10 s is far beyond any healthy device's pause.
+DEFAULT_SEND_TIMEOUT_S = 10.0
 
 # Byte bounds.
 # A service banner is one line (SSH: at most 255 bytes by RFC 4253 4.2; FTP/SMTP greetings a few lines).
@@ -397,12 +401,21 @@ class ProbeStream(anyio.abc.ByteStream):
     ``receive``/``send`` raise :class:`~fragileprobe.ProbeResetError` or :class:`~fragileprobe.ProbeError`
     (chained from the anyio/OS error) instead of anyio's ``BrokenResourceError`` or ``OSError``;
     ``anyio.EndOfStream`` (the peer closed cleanly) passes through as the stream protocol defines.
+
+    Each ``send`` is bounded by ``send_timeout_s`` (settable; default :data:`DEFAULT_SEND_TIMEOUT_S`): a
+    device that accepted the connection but never reads fills its receive window, and the send then ends
+    with :class:`~fragileprobe.ProbeTimeoutError` instead of blocking for ever (part of ``item`` may have
+    been sent: close the stream). Reads are the caller's to bound (``anyio.move_on_after``).
     """
 
-    def __init__(self, stream: anyio.abc.SocketStream, host: str, port: int) -> None:
+    def __init__(
+        self, stream: anyio.abc.SocketStream, host: str, port: int, *,
+        send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
+    ) -> None:  # fmt: skip
         self._stream = stream
         self.host = host
         self.port = port
+        self.send_timeout_s = _check_seconds("send_timeout_s", send_timeout_s)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         try:
@@ -412,7 +425,13 @@ class ProbeStream(anyio.abc.ByteStream):
 
     async def send(self, item: bytes) -> None:
         try:
-            await self._stream.send(item)
+            with anyio.fail_after(self.send_timeout_s):
+                await self._stream.send(item)
+        except TimeoutError as exc:  # before OSError: TimeoutError is one
+            raise ProbeTimeoutError(
+                f"send to {_hostport(self.host, self.port)} timed out after {self.send_timeout_s:g} s: "
+                "the device is not reading (its receive window is full)"
+            ) from exc
         except (anyio.BrokenResourceError, OSError) as exc:
             raise _to_probe_error(exc, self.host, self.port, "send to", 0.0) from exc
 
@@ -423,6 +442,21 @@ class ProbeStream(anyio.abc.ByteStream):
             raise _to_probe_error(exc, self.host, self.port, "shut down", 0.0) from exc
 
     async def aclose(self) -> None:
+        """Close gracefully: half-close, wait (at most :data:`CLOSE_WAIT_S`, reading at most
+        :data:`CLOSE_DRAIN_MAX_BYTES`) for the device's FIN, then close. See :meth:`abort`."""
+        try:
+            with anyio.move_on_after(CLOSE_WAIT_S):
+                await self._stream.send_eof()
+                drained = 0
+                while drained < CLOSE_DRAIN_MAX_BYTES:
+                    drained += len(await self._stream.receive(CLOSE_DRAIN_MAX_BYTES))
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the peer closed or broke the connection: either way we are done with it
+        finally:
+            await _close(self._stream)
+
+    async def abort(self) -> None:
+        """Close at once, without waiting for the peer (used when the work was cancelled)."""
         await _close(self._stream)
 
     @property
