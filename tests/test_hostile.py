@@ -28,6 +28,7 @@ from fragileprobe import (
     HttpResult,
     Outcome,
     ProbeError,
+    ProbeTimeoutError,
     RecoveryError,
     Scope,
     Target,
@@ -195,6 +196,29 @@ async def test_our_sends_to_a_device_that_never_reads_are_bounded(loopback_host:
     assert http_s <= TOTAL_S + SLACK_S
     assert res.outcome in (Outcome.TIMEOUT, Outcome.OPEN, Outcome.PROTOCOL_ERROR), res
     assert http.outcome is Outcome.TIMEOUT
+
+
+async def test_a_tools_own_sends_on_a_guarded_stream_are_bounded_too(loopback_host: str) -> None:
+    """Another tool sending through ``guard.connect`` to a device that never reads: once the receive
+    window is full the send ends with ProbeTimeoutError after the stream's send bound (it used to block for
+    ever: the heartbeat stays healthy, so no watchdog would have cancelled it), and the slot comes back."""
+    async with device(loopback_host, hostile_model("mute")) as dev:
+        with capture_logs(), anyio.fail_after(10):
+            async with Guard(target_of(dev), ceiling=1, scope=Scope([dev.host]), interval_s=0.1) as guard:
+
+                async def stuff_it() -> None:
+                    async with guard.connect(dev.port(21)) as stream:
+                        stream.send_timeout_s = 0.5
+                        for _ in range(10_000):  # 640 MB: far beyond any socket buffer
+                            await stream.send(b"x" * 65536)
+
+                t0 = time.monotonic()
+                with pytest.raises(ProbeTimeoutError, match=rf"send to {dev.host}.*not reading"):
+                    await stuff_it()
+                elapsed = time.monotonic() - t0
+                assert guard.limiter.in_flight == 0
+                assert not guard.device_down
+    assert elapsed < 0.5 + SLACK_S + 1.0
 
 
 async def test_tcp_connect_is_indifferent_to_what_the_service_does(loopback_host: str) -> None:
