@@ -360,16 +360,22 @@ class Guard:
                     except Exception:
                         self._failures += 1
                         raise
+                    finished = False
                     try:
                         yield stream
+                        finished = True
                     except Exception:
                         self._failures += 1
                         raise
-                    else:
-                        self._completed += 1
                     finally:
-                        await stream.aclose()
+                        # A block that ended normally closes gracefully (waits for the device's FIN);
+                        # one that raised or was cancelled (the watchdog) closes at once.
+                        if finished:
+                            await stream.aclose()
+                        else:
+                            await stream.abort()
                         self._log.debug("probe.closed", host=address, port=port, probe="stream")
+                    self._completed += 1
         except DeviceDownError:
             self._on_down(watch, admitted, f"connect:{port}")
             raise
