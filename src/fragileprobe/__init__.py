@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     # core (scope, probes, limiter, heartbeats)
     "Beat": "_heartbeat",
     "ConcurrencyLimiter": "_limiter",
+    "DownEvent": "_watchdog",
     "Guard": "_guard",
     "GuardStats": "_guard",
     "Heartbeat": "_heartbeat",
@@ -40,6 +41,7 @@ _LAZY: dict[str, str] = {
     "Outcome": "_probes",
     "PORT_SETS": "_scope",
     "ProbeResult": "_probes",
+    "ProbeStream": "_probes",
     "Scope": "_scope",
     "Target": "_scope",
     "TcpHeartbeat": "_heartbeat",
