@@ -299,3 +299,10 @@ async def test_mute_session_ends_when_the_client_leaves(loopback_host: str) -> N
         await stream.aclose()
         await eventually(lambda: dev.stats.sessions_now == 0, timeout_s=2.0)
         assert dev.stats.bytes_received_by_port[23] == 0
+
+
+def test_every_service_kind_has_a_handler() -> None:
+    from fragileprobe.emulator import SERVICE_KINDS
+    from fragileprobe.emulator._services import _HANDLERS
+
+    assert set(_HANDLERS) == set(SERVICE_KINDS)
