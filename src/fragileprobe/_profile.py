@@ -612,38 +612,9 @@ class Characterization:
         Returns:
             The matplotlib Figure.
         """
-        from matplotlib.figure import Figure  # lazily: matplotlib is an optional extra
+        from fragileprobe._report import latency_plot  # drawing lives with the reports
 
-        if ax is None:
-            fig = Figure(figsize=(7.0, 4.0))
-            ax = fig.add_subplot(1, 1, 1)
-        else:
-            fig = ax.figure
-        for t in self.trials:
-            pts = sorted((lv.level, lv.latency_median_s * 1000.0) for lv in t.levels if lv.latency_median_s)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"trial {t.index + 1}")
-            for lv in t.levels:
-                if lv.outcome in (LevelOutcome.FAILED, LevelOutcome.WARNED):
-                    y = (lv.latency_median_s or 0.0) * 1000.0
-                    crash = lv.outcome is LevelOutcome.FAILED
-                    ax.plot(
-                        [lv.level], [y], marker="x" if crash else "^", color="red" if crash else "orange",
-                        markersize=10, linestyle="none",
-                    )  # fmt: skip
-        if self.safe_ceiling:
-            ax.axvline(
-                self.safe_ceiling, color="green", linestyle="--", label=f"safe ceiling {self.safe_ceiling}"
-            )
-        if self.failed_at is not None:
-            ax.axvline(self.failed_at, color="red", linestyle=":", label=f"first crash {self.failed_at}")
-        if self.baseline_latency_s:
-            ax.axhline(self.baseline_latency_s * 1000.0, color="grey", linewidth=0.8, label="idle baseline")
-        ax.set_xlabel("concurrent sessions")
-        ax.set_ylabel("heartbeat latency, median (ms)")
-        ax.set_title(f"{self.name or self.host}: latency vs concurrency")
-        ax.legend(loc="best", fontsize="small")
-        return fig
+        return latency_plot(self, ax)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

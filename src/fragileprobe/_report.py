@@ -48,6 +48,7 @@ __all__ = [
     "discovery_repr_html",
     "discovery_settings",
     "figure_png",
+    "latency_plot",
     "load_report_source",
     "settings_for_characterization",
     "timeline_plot",
@@ -112,6 +113,65 @@ def figure_png(fig: Any) -> bytes:
 
 def _png_b64(fig: Any) -> str:
     return base64.b64encode(figure_png(fig)).decode("ascii")
+
+
+def latency_plot(char: Characterization, ax: Any = None) -> Any:
+    """Heartbeat latency against concurrency, one line per trial, crashes and the ceiling marked.
+
+    Each trial's line joins the median heartbeat latency of the levels it passed (the p95 as a thin
+    whisker). A red cross marks a level at which the device stopped answering, drawn at the last latency
+    seen before the silence (or above the lines when no beat came back at all); an orange triangle marks an
+    early-warning stop. The dashed green line is the recommended ceiling; the band from the first crash on
+    is shaded: scanners must stay left of it.
+
+    Returns:
+        The matplotlib Figure (``Characterization.plot()`` returns this).
+    """
+    from matplotlib.figure import Figure  # lazily: optional extra
+
+    if ax is None:
+        fig = Figure(figsize=(7.0, 4.0))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+    medians = [lv.latency_median_s for t in char.trials for lv in t.levels if lv.latency_median_s is not None]
+    top_ms = max(medians, default=0.0) * 1000.0 * 1.15 or 1.0
+    for t in char.trials:
+        passed = sorted(
+            (lv.level, lv.latency_median_s * 1000.0, (lv.latency_p95_s or lv.latency_median_s) * 1000.0)
+            for lv in t.levels
+            if lv.latency_median_s is not None and lv.outcome is LevelOutcome.PASSED
+        )
+        if passed:
+            (line,) = ax.plot([p[0] for p in passed], [p[1] for p in passed], marker="o",
+                              label=f"trial {t.index + 1}")  # fmt: skip
+            ax.vlines([p[0] for p in passed], [p[1] for p in passed], [p[2] for p in passed],
+                      color=line.get_color(), linewidth=0.8, alpha=0.6)  # fmt: skip
+        for lv in t.levels:
+            if lv.outcome not in (LevelOutcome.FAILED, LevelOutcome.WARNED):
+                continue
+            y = lv.latencies_s[-1] * 1000.0 if lv.latencies_s else top_ms
+            crash = lv.outcome is LevelOutcome.FAILED
+            ax.plot([lv.level], [y], marker="X" if crash else "^", color="#c0392b" if crash else "#e67e22",
+                    markersize=11, linestyle="none")  # fmt: skip
+    if char.failed_at is not None:
+        ax.axvspan(char.failed_at, max(char.ladder[-1], char.failed_at) + 0.5, color="#c0392b", alpha=0.08)
+        ax.axvline(char.failed_at, color="#c0392b", linestyle=":", label=f"first crash {char.failed_at}")
+    if char.safe_ceiling:
+        ax.axvline(char.safe_ceiling, color="#1e8449", linestyle="--", linewidth=2,
+                   label=f"safe ceiling {char.safe_ceiling}")  # fmt: skip
+    if char.baseline_latency_s:
+        ax.axhline(char.baseline_latency_s * 1000.0, color="grey", linewidth=0.8, label="idle baseline")
+    ax.plot([], [], marker="X", color="#c0392b", linestyle="none", label="stopped answering")
+    tested = [lv.level for t in char.trials for lv in t.levels]
+    if tested:
+        ax.set_xlim(0, max(tested) + 1)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("concurrent sessions")
+    ax.set_ylabel("heartbeat latency (ms): median, p95 whisker")
+    ax.set_title(f"{char.name or char.host}: heartbeat latency against concurrency")
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
 
 
 def timeline_plot(char: Characterization, ax: Any = None) -> Any:
@@ -433,7 +493,8 @@ def _findings(char: Characterization) -> list[str]:
     if char.latency_knee is not None:
         out.append(
             f"Its responses slowed markedly (median heartbeat latency doubled) from "
-            f"{char.latency_knee} sessions on: a scanner working near that load slows the device."
+            f"{char.latency_knee} session{'s' if char.latency_knee != 1 else ''} on: a scanner working near "
+            "that load slows the device."
         )
     if char.stop_reason != "complete":
         out.append(f"The run stopped early: {char.stop_reason.replace('_', ' ')}.")
@@ -600,7 +661,8 @@ def characterization_html(char: Characterization, *, plot: bool = True) -> str:
         body += [
             "<h2>Heartbeat latency against concurrency</h2>",
             "<p>Median heartbeat latency per level and trial; red crosses: levels at which the device "
-            "stopped answering; dashed green line: the recommended ceiling.</p>",
+            "stopped answering; dashed green line: the recommended ceiling; shaded: from the first crash on, "
+            "where scanners must never go.</p>",
             f'<img alt="heartbeat latency against concurrency" '
             f'src="data:image/png;base64,{_png_b64(char.plot())}">',
         ]
