@@ -414,3 +414,14 @@ async def test_a_failing_session_does_not_take_the_device_down(
         assert any(e["event"] == "emulator.service_error" for e in logs)
         assert dev.state is DeviceState.UP
         assert (await http_get(dev.host, dev.web_port)).startswith(b"HTTP/1.1 200")
+
+
+async def test_cancelled_power_cycle_still_boots(loopback_host: str) -> None:
+    """A caller that gives up during the boot delay does not leave the device off for good."""
+    async with pump(loopback_host, boot_delay_s=0.3) as dev:
+        dev.hang()
+        with anyio.move_on_after(0.1):
+            await dev.power_cycle()
+        assert dev.state is DeviceState.BOOTING
+        await eventually(lambda: dev.state is DeviceState.UP, timeout_s=3)
+        assert (await http_get(dev.host, dev.web_port)).startswith(b"HTTP/1.1 200")

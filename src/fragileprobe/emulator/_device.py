@@ -304,22 +304,33 @@ class EmulatedDevice:
     async def power_cycle(self, *, boot_delay_s: float | None = None) -> None:
         """Power-cycle: reset every connection, refuse connects for the boot delay, come back up.
 
-        Returns once the services listen again.
+        Returns once the services listen again. The cycle itself runs in the device's own task: if the
+        caller is cancelled (a recovery hook's timeout), the device still finishes booting rather than
+        staying off for good.
 
         Args:
             boot_delay_s: Overrides the device's boot delay for this cycle.
         """
         delay = self.boot_delay_s if boot_delay_s is None else _check_seconds("boot_delay_s", boot_delay_s)
-        if self._tg is None or self._power_lock is None:
+        if self._tg is None:
             raise RuntimeError("power_cycle() needs the device running (use it as an async context manager)")
-        async with self._power_lock:
-            crashed_before = self._fm.counters.crashes > 0
-            await self._power_off()
-            self._log.info("emulator.power_cycle", boot_delay_s=delay)
-            await anyio.sleep(delay)
-            if crashed_before and self.model.banners_after_crash:
-                self._firmware_changed = True
-            await self._power_on()
+        done = anyio.Event()
+        self._tg.start_soon(self._cycle, delay, done)
+        await done.wait()
+
+    async def _cycle(self, delay_s: float, done: anyio.Event) -> None:
+        assert self._power_lock is not None
+        try:
+            async with self._power_lock:
+                crashed_before = self._fm.counters.crashes > 0
+                await self._power_off()
+                self._log.info("emulator.power_cycle", boot_delay_s=delay_s)
+                await anyio.sleep(delay_s)
+                if crashed_before and self.model.banners_after_crash:
+                    self._firmware_changed = True
+                await self._power_on()
+        finally:
+            done.set()
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
