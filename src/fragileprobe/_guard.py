@@ -292,7 +292,9 @@ class Guard:
         self._sessions += 1
 
     def _on_down(self, watch: Any, admitted: bool, what: str) -> None:
-        if admitted and watch.cancelled:
+        # Admitted sessions that end in DeviceDownError were stopped by the declaration (directly, or via a
+        # nested guard.connect inside run()); the others never started.
+        if admitted:
             self._cancelled += 1
             self._log.warning("guard.session_cancelled", session=what)
         else:
@@ -319,6 +321,8 @@ class Guard:
                     admitted = True
                     try:
                         value = await fn(*args, **kwargs)
+                    except DeviceDownError:
+                        raise
                     except Exception:
                         self._failures += 1
                         raise
