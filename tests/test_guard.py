@@ -215,6 +215,32 @@ async def test_run_is_one_limited_session_and_cancelled_when_down(loopback_host:
         assert guard.stats.cancelled_by_watchdog == 1
 
 
+async def test_a_nested_connect_in_run_is_cancelled_and_counted_once(loopback_host: str) -> None:
+    async with fast_pump(loopback_host) as pump, guard_for(pump, 3) as guard:
+        inside = anyio.Event()
+
+        async def check_with_a_socket() -> None:
+            async with guard.connect(pump.port(23)) as stream:
+                await stream.receive()
+                inside.set()
+                await anyio.sleep_forever()
+
+        async def expect_down() -> None:
+            with pytest.raises(DeviceDownError):
+                await guard.run(check_with_a_socket)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(expect_down)
+            await inside.wait()
+            assert guard.limiter.in_flight == 2  # run's session and the nested connection
+            assert guard.watchdog is not None
+            guard.watchdog.declare_down("test")
+        stats = guard.stats
+        assert stats.cancelled_by_watchdog == 2
+        assert stats.failures == 0
+        assert stats.in_flight == 0
+
+
 async def test_connect_holds_a_slot_until_closed(loopback_host: str) -> None:
     async with fast_pump(loopback_host) as pump, guard_for(pump, 1) as guard:
         async with guard.connect(pump.port(21)) as stream:

@@ -106,6 +106,42 @@ class _NoWatch:
 _NO_WATCH = _NoWatch()
 
 
+class _Record:
+    """One admitted session: passes the down gate on entry, counts how it ended on exit.
+
+    Entering is the gate (synchronous, right before the caller's connect). On exit: completed, failed
+    (an exception, or ``failed`` set for a probe outcome other than OPEN), or cancelled by the watchdog (the
+    device is down and the session ended by cancellation or DeviceDownError; with nested sessions the
+    cancellation surfaces at the outermost one, so every level counts itself here).
+    """
+
+    __slots__ = ("failed", "guard", "what")
+
+    def __init__(self, guard: Guard, what: str) -> None:
+        self.guard = guard
+        self.what = what
+        self.failed = False
+
+    def __enter__(self) -> _Record:
+        self.guard._admit()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        guard = self.guard
+        stopped = exc_type is not None and (
+            issubclass(exc_type, DeviceDownError) or not issubclass(exc_type, Exception)
+        )
+        if stopped and guard.device_down:
+            guard._cancelled += 1
+            guard._log.warning("guard.session_cancelled", session=self.what)
+        elif (exc_type is not None and issubclass(exc_type, Exception)) or self.failed:
+            guard._failures += 1
+        elif exc_type is None:
+            guard._completed += 1
+
+
 class Guard:
     """Run work against one device under a scope check, a concurrency ceiling and a liveness watchdog.
 
@@ -291,15 +327,9 @@ class Guard:
             self._watchdog.check()
         self._sessions += 1
 
-    def _on_down(self, watch: Any, admitted: bool, what: str) -> None:
-        # Admitted sessions that end in DeviceDownError were stopped by the declaration (directly, or via a
-        # nested guard.connect inside run()); the others never started.
-        if admitted:
-            self._cancelled += 1
-            self._log.warning("guard.session_cancelled", session=what)
-        else:
-            self._refused += 1
-            self._log.info("guard.session_refused", session=what)
+    def _refused_call(self, what: str) -> None:
+        self._refused += 1
+        self._log.info("guard.session_refused", session=what)
 
     async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` as one limited session.
@@ -312,24 +342,16 @@ class Guard:
                 ``fn`` was cancelled).
         """
         self._require_open()
-        watch = self._watch()
-        admitted = False
+        what = getattr(fn, "__name__", "run")
+        record: _Record | None = None
         try:
-            with watch:
+            with self._watch():
                 async with self._limiter.session():
-                    self._admit()
-                    admitted = True
-                    try:
-                        value = await fn(*args, **kwargs)
-                    except DeviceDownError:
-                        raise
-                    except Exception:
-                        self._failures += 1
-                        raise
-                    self._completed += 1
-                    return value
+                    with _Record(self, what) as record:
+                        return await fn(*args, **kwargs)
         except DeviceDownError:
-            self._on_down(watch, admitted, getattr(fn, "__name__", "run"))
+            if record is None:
+                self._refused_call(what)
             raise
 
     def connect(
@@ -338,7 +360,9 @@ class Guard:
         """Open a full TCP connection to the device's ``port`` as one session.
 
         Use as ``async with guard.connect(23) as stream:``; the slot is held until the block ends and the
-        stream is closed. Stream errors are fragileprobe's own (:class:`~fragileprobe.ProbeError`).
+        stream is closed (gracefully, waiting briefly for the device's FIN, when the block ended normally;
+        at once when it raised or was cancelled). Stream errors are fragileprobe's own
+        (:class:`~fragileprobe.ProbeError`).
 
         Raises:
             DeviceDownError: refused (device down) or cancelled in flight by the watchdog.
@@ -350,66 +374,53 @@ class Guard:
     async def _connect(self, port: int, timeout_s: float) -> AsyncIterator[ProbeStream]:
         address = self._require_open()
         _probes._check_port(port)
-        watch = self._watch()
-        admitted = False
+        what = f"connect:{port}"
+        record: _Record | None = None
         try:
-            with watch:
+            with self._watch():
                 async with self._limiter.session():
-                    self._admit()
-                    admitted = True
-                    try:
+                    with _Record(self, what) as record:
                         stream = await _probes.open_stream(
                             address, port, timeout_s=timeout_s, logger=self._log
                         )
-                    except Exception:
-                        self._failures += 1
-                        raise
-                    finished = False
-                    try:
-                        yield stream
-                        finished = True
-                    except Exception:
-                        self._failures += 1
-                        raise
-                    finally:
-                        # A block that ended normally closes gracefully (waits for the device's FIN);
-                        # one that raised or was cancelled (the watchdog) closes at once.
-                        if finished:
-                            await stream.aclose()
-                        else:
-                            await stream.abort()
-                        self._log.debug("probe.closed", host=address, port=port, probe="stream")
-                    self._completed += 1
+                        finished = False
+                        try:
+                            yield stream
+                            finished = True
+                        finally:
+                            if finished:
+                                await stream.aclose()
+                            else:
+                                await stream.abort()
+                            self._log.debug("probe.closed", host=address, port=port, probe="stream")
         except DeviceDownError:
-            self._on_down(watch, admitted, f"connect:{port}")
+            if record is None:
+                self._refused_call(what)
             raise
 
     async def _guarded_probe(
         self, kind: str, port: int, result_type: type[R], call: Callable[[str], Awaitable[R]]
     ) -> R:
         address = self._require_open()
-        watch = self._watch()
-        admitted = False
+        what = f"{kind}:{port}"
+        record: _Record | None = None
         started = time.monotonic()
         try:
-            with watch:
+            with self._watch():
                 async with self._limiter.session():
-                    self._admit()
-                    admitted = True
-                    started = time.monotonic()
-                    result = await call(address)
+                    with _Record(self, what) as record:
+                        started = time.monotonic()
+                        result = await call(address)
+                        record.failed = result.outcome is not Outcome.OPEN
         except DeviceDownError as exc:
-            self._on_down(watch, admitted, f"{kind}:{port}")
-            if not admitted:
+            if record is None:
+                self._refused_call(what)
                 raise
+            # Cancelled in flight: a record of it, so result lists stay complete.
             return result_type(
                 host=address, port=port, outcome=Outcome.CANCELLED, latency_s=0.0, data=b"", error=str(exc),
                 started_at_s=started, duration_s=time.monotonic() - started,
             )
-        if result.outcome is Outcome.OPEN:
-            self._completed += 1
-        else:
-            self._failures += 1
         return result
 
     async def tcp_connect(self, port: int, **kwargs: Any) -> ProbeResult:
