@@ -159,7 +159,9 @@ class LogTap:
     Put it first in the processor chain (the CLI does); it never drops or changes an event.
     """
 
-    EVENTS: Final = frozenset({"watchdog.beat", "watchdog.device_down", "characterize.level"})
+    EVENTS: Final = frozenset(
+        {"watchdog.beat", "watchdog.device_down", "characterize.level", "discovery.alert"}
+    )
 
     def __init__(self) -> None:
         self.sinks: list[Callable[[str, MutableMapping[str, Any]], None]] = []
@@ -266,7 +268,8 @@ class TerminalCharacterizeView:
         upto = len(st.history) if everything else st.confirmed
         for trial, level, outcome, in_flight, median in st.history[self._printed_history : upto]:
             style = {"passed": "green", "failed": "bold red", "warned": "yellow"}.get(outcome, "")
-            flight = "" if in_flight is None else f", {in_flight} sessions in flight"
+            plural = "" if in_flight == 1 else "s"
+            flight = "" if in_flight is None else f", {in_flight} session{plural} in flight"
             if in_flight is not None and outcome == "failed":
                 flight += " when it went down"
             self.console.print(
@@ -329,11 +332,21 @@ class TerminalDiscoveryView:
             self._progress.__exit__(None, None, None)
             self._progress = None
 
+    def on_log(self, event: str, fields: MutableMapping[str, Any]) -> None:
+        """Feed a structlog event (from :class:`LogTap`): alerts are shown the moment they are raised."""
+        if event != "discovery.alert":
+            return
+        from rich.markup import escape
+
+        self._alerts += 1
+        self.console.print(
+            f"[bold red]ALERT[/] {escape(str(fields.get('host')))}: medical device in zone "
+            f"{escape(repr(fields.get('zone')))} ({escape(str(fields.get('zone_kind')))}), "
+            f"model {escape(str(fields.get('model')))}"
+        )
+
     def on_progress(self, p: DiscoveryProgress) -> None:
         """Feed a DiscoveryProgress."""
-        if p.alerts > self._alerts:
-            self._alerts = p.alerts
-            self.console.print(f"[bold red]ALERT[/] medical device on a non-medical network: {p.host}")
         if self._progress is not None:
             self._progress.update(
                 self._task,

@@ -265,7 +265,7 @@ def discovery_plot(report: Any, ax: Any = None) -> Any:
     ax.set_xlabel("hosts")
     ax.set_title("discovery: assets per group")
     if any(bad):
-        ax.legend(loc="lower right", fontsize="small")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize="small")
     return fig
 
 
@@ -341,11 +341,15 @@ def _discovery_dict(report: Any) -> dict[str, Any]:
 
 def discovery_dict_from_store(store: ProfileStore) -> dict[str, Any]:
     """The store's discovery inventory (every asset, every alert) in ``DiscoveryReport.to_dict()`` shape."""
-    profiles = {p.model_key: p.ceiling for p in store.profiles()}
+    from fragileprobe._fingerprint import model_key_digest
+
+    # Matched by digest, as discovery does: a user-given model name changes the key's slug, not its hash.
+    profiles = {model_key_digest(p.model_key): (p.model_key, p.ceiling) for p in store.profiles()}
     assets = []
     groups: dict[str, list[str]] = {}
     for row in store.assets():
-        known = row.model_key if row.model_key in profiles else None
+        match = profiles.get(model_key_digest(row.model_key)) if row.model_key else None
+        known = match[0] if match else None
         assets.append(
             {
                 "host": row.host,
@@ -357,7 +361,7 @@ def discovery_dict_from_store(store: ProfileStore) -> dict[str, Any]:
                 "zone_kind": None,
                 "model_key": row.model_key,
                 "known_model": known,
-                "ceiling": profiles.get(known) if known else None,
+                "ceiling": match[1] if match else None,
                 "groups": list(row.groups),
                 "first_seen": _when(row.first_seen_s),
                 "last_seen": _when(row.last_seen_s),
@@ -378,7 +382,7 @@ def discovery_dict_from_store(store: ProfileStore) -> dict[str, Any]:
         "new": [],
         "gone": [],
         "moved": [],
-        "hosts_scanned": len(assets),
+        "hosts_scanned": None,
         "hosts_resumed": 0,
         "wall_time_s": 0.0,
         "scan_id": scans[-1].scan_id if scans else None,
@@ -717,26 +721,39 @@ def _asset_services(a: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _unknown_medical(data: Mapping[str, Any]) -> list[str]:
+    """Hosts in "Medical Device?" whose model has no stored profile."""
+    known = {str(a.get("host")) for a in data.get("assets") or () if a.get("known_model")}
+    return [h for h in _discovery_groups(data).get(MEDICAL_GROUP, []) if h not in known]
+
+
 def _discovery_findings(data: Mapping[str, Any]) -> list[str]:
     assets = data.get("assets") or []
-    groups = _discovery_groups(data)
     alerts = data.get("alerts") or []
-    out = [
-        f"{len(assets)} hosts answered on {data.get('hosts_scanned', 0) + data.get('hosts_resumed', 0)} "
-        f"addresses scanned ({float(data.get('wall_time_s') or 0.0):.1f} s)."
-    ]
-    med = groups.get(MEDICAL_GROUP, [])
-    if med:
+    if data.get("hosts_scanned") is None:  # the store's inventory, not one scan
+        out = [f"{len(assets)} hosts in the inventory."]
+    else:
+        scanned = int(data.get("hosts_scanned") or 0) + int(data.get("hosts_resumed") or 0)
+        out = [
+            f"{len(assets)} hosts answered on {scanned} addresses scanned "
+            f"({float(data.get('wall_time_s') or 0.0):.1f} s)."
+        ]
+    unknown = _unknown_medical(data)
+    if unknown:
         out.append(
-            f"{len(med)} host(s) look like medical devices of an unknown model (FTP, SSH, Telnet and a web "
-            "server on 8080 on an embedded unix): characterize one of each model before scanning them."
+            f"{len(unknown)} host(s) look like medical devices of a model not characterized yet (such as "
+            "FTP, SSH, Telnet and a web server on 8080 on an embedded unix): characterize one of each model "
+            "before scanning them."
         )
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
     for a in assets:
         if a.get("known_model"):
-            out.append(
-                f"{a.get('host')} is a known fragile model ({a.get('known_model')}): safe ceiling "
-                f"{a.get('ceiling')} sessions."
-            )
+            by_model.setdefault(str(a.get("known_model")), []).append(a)
+    for model, members in sorted(by_model.items()):
+        out.append(
+            f"{len(members)} host(s) are of the characterized model {model}: scan them with at most "
+            f"{members[0].get('ceiling')} simultaneous session(s) per host."
+        )
     if alerts:
         out.append(
             f"{len(alerts)} medical device(s) sit on a network segment that is not a medical one: "
@@ -827,6 +844,12 @@ def discovery_markdown(
     return "\n".join(lines)
 
 
+def _scanned_text(data: Mapping[str, Any]) -> str:
+    if data.get("hosts_scanned") is None:
+        return "the store's inventory"
+    return f"{int(data.get('hosts_scanned') or 0) + int(data.get('hosts_resumed') or 0)} addresses scanned"
+
+
 def discovery_html(
     report: Any, *, settings: Mapping[str, GroupScanSettings] | None = None, plot: bool = True
 ) -> str:
@@ -838,9 +861,9 @@ def discovery_html(
     cards = [
         (str(len(data.get("assets") or [])), "hosts found", ""),
         (
-            str(len(groups.get(MEDICAL_GROUP, []))),
-            "unknown medical devices",
-            "warn" if groups.get(MEDICAL_GROUP) else "ok",
+            str(len(_unknown_medical(data))),
+            "medical devices of unknown models",
+            "warn" if _unknown_medical(data) else "ok",
         ),
         (str(len(alerts)), "alerts (wrong zone)", "bad" if alerts else "ok"),
         (
@@ -851,8 +874,7 @@ def discovery_html(
     ]
     body = [
         "<h1>Discovery report</h1>",
-        f'<p class="sub">{_e(data.get("hosts_scanned", 0))} addresses scanned; scan id '
-        f"{_e(data.get('scan_id'))}</p>",
+        f'<p class="sub">{_e(_scanned_text(data))}; scan id {_e(data.get("scan_id"))}</p>',
         '<div class="verdict">',
         *(
             f'<div class="card {c}"><div class="n">{_e(n)}</div><div class="l">{_e(lbl)}</div></div>'

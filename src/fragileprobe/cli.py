@@ -810,12 +810,13 @@ def discover(
     """Gently find hosts, group them, alert on misplaced medical devices (see _DISCOVER_HELP)."""
     from fragileprobe._discovery import discover as run_discover
     from fragileprobe._groups import Rules, Zones
-    from fragileprobe._progress import TerminalDiscoveryView
+    from fragileprobe._progress import LogTap, TerminalDiscoveryView
     from fragileprobe._report import discovery_settings
     from fragileprobe._scope import PORT_SETS, Scope, parse_targets
 
     level = _log_level(log_level)
-    _configure_logging(level)
+    tap = LogTap()
+    _configure_logging(level, tap=tap)
     console = _err if json_out else _out
     aliases = _parse_aliases(port_alias)
     try:
@@ -827,6 +828,7 @@ def discover(
     except FragileProbeError as exc:
         _fail(str(exc))
     view = TerminalDiscoveryView(console)
+    tap.sinks.append(view.on_log)
 
     async def run() -> Any:
         with view:
@@ -862,8 +864,9 @@ def discover(
         _out.print(escape(report.summary()))
         for alert in report.alerts:
             _out.print(
-                f"[bold red]ALERT[/] {escape(alert.host)} ({escape(alert.model)}) is in zone "
-                f"{escape(alert.zone)} [{escape(alert.zone_kind)}]: " + escape("; ".join(alert.evidence))
+                "[bold red]ALERT[/] "
+                + escape(f"{alert.host} ({alert.model}) is in zone {alert.zone!r} ({alert.zone_kind}): ")
+                + escape("; ".join(alert.evidence))
             )
         _out.print()
         _out.print("[bold cyan]Scanner settings per group[/] (fragileprobe report --store ... for details)")
