@@ -518,7 +518,8 @@ async def _whole_story(
         def progress(event: Any) -> None:
             if event.kind == "level_end":
                 kind = {"passed": "row", "failed": "warn", "warned": "warn"}.get(event.outcome, "row")
-                emit(DemoEvent(kind, f"trial {event.trial + 1}: {event.level:>2} sessions -> "
+                noun = "session " if event.level == 1 else "sessions"
+                emit(DemoEvent(kind, f"trial {event.trial + 1}: {event.level:>2} {noun} held -> "
                                      f"{(event.outcome or '?').upper()}"))  # fmt: skip
 
         char = await characterize(
