@@ -628,18 +628,37 @@ def log_alert(alert: Alert) -> None:
 class JsonlAlertSink:
     """Append alerts to a JSON-lines file, one object per line, flushed per alert.
 
+    The file is opened for appending once at construction, so a path that cannot be written is a
+    ``ConfigError`` before a discovery sends anything, not a crash at its first alert. A write that fails
+    later (disk full) is logged as ``discovery.alert_file_failed`` and returned as False, like the webhook:
+    the alert is already in the log and the store, and the scan goes on.
+
     Args:
         path: The file; created if missing, appended to otherwise.
+
+    Raises:
+        ConfigError: The file cannot be opened for appending (the message names it and says why).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        try:
+            with self.path.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"alert file {self.path}: cannot append to it: {exc.strerror or exc}") from exc
 
-    def write(self, alert: Alert) -> None:
-        """Append ``alert``."""
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(alert.to_json() + "\n")
-            fh.flush()
+    def write(self, alert: Alert) -> bool:
+        """Append ``alert``; return False (and log) if the file could not be written."""
+        try:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(alert.to_json() + "\n")
+                fh.flush()
+        except OSError as exc:
+            log.warning("discovery.alert_file_failed", path=str(self.path), host=alert.host,
+                        error=exc.strerror or str(exc))
+            return False
+        return True
 
 
 class WebhookAlertSink:
