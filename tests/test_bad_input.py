@@ -168,6 +168,8 @@ DISCOVER_ROWS: list[tuple[dict[str, Any], str]] = [
     ({"banner_timeout_s": -2}, r"banner_timeout_s .*got -2"),
     ({"unresponsive_after": 0}, r"unresponsive_after .*got 0"),
     ({"resume": True}, r"resume=True needs a store"),
+    ({"alert_file": "/nonexistent-fragileprobe-dir/alerts.jsonl"}, r"alert file .*alerts\.jsonl: cannot"),
+    ({"webhook_url": "ftp://127.0.0.1/alerts"}, r"webhook_url must be an http:// or https:// URL"),
 ]
 
 
@@ -395,33 +397,96 @@ def test_store_locked_by_another_process_fails_clearly_and_keeps_rows(tmp_path: 
 
 # --- the command line: one line on stderr, exit code 2, no traceback ---------------------------------------
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*fragileprobe_command(), *args], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path, check=False)  # fmt: skip
+def _cli_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """Row id (as in docs/bad-input.md) -> (argv, pattern the one stderr line must match)."""
+    files = {
+        "rules-syntax.toml": "[[rule]\nname = 'x'\n",
+        "rules-unknown.toml": "[[rule]]\nname = 'x'\nports_al = [21]\n",
+        "zones-syntax.toml": "[[zone]\n",
+        "zones-unknown.toml": "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/24']\nkind = 'medical'\n"
+                              "colour = 'red'\n",
+        "zones-overlap.toml": "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/24']\nkind = 'medical'\n"
+                              "[[zone]]\nname = 'b'\nranges = ['127.0.0.128/25']\nkind = 'general'\n",
+        "fleet-broken.toml": "[[device]\nhost = '127.0.0.2'\n",
+    }  # fmt: skip
+    for name, text in files.items():
+        (tmp / name).write_text(text)
+    for kind in ("corrupt", "newer"):
+        _bad_store(tmp, kind)
+    h = allocate_loopback()  # nothing listens there, and every row fails before anything would be sent
+
+    def f(name: str) -> str:
+        return str(tmp / name)
+
+    c = ["characterize", "--store", str(tmp / "c.db")]
+    d = ["discover", "--store", str(tmp / "d.db")]
+    return {
+        "address: octet above 255": ([*d, "127.0.0.300"], r"'127\.0\.0\.300' is neither an IP address"),
+        "address: characterize": ([*c, "127.0.0.300"], r"'127\.0\.0\.300' is not an address"),
+        "address: reversed range": ([*d, "127.0.0.9-3"], r"'127\.0\.0\.9-3' is reversed"),
+        "port: not a number": ([*c, h, "--ports", "ftp"], r"'ftp' .*not a number"),
+        "port: zero": ([*d, h, "--ports", "0"], r"port 0 .*outside 1-65535"),
+        "ladder: goes down": ([*c, h, "--ladder", "1,5,3"], r"ladder: must climb.* 3 follows 5"),
+        "ladder: flat": ([*c, h, "--ladder", "2,2"], r"ladder: must climb.*2 follows 2"),
+        "ladder: zero level": ([*c, h, "--ladder", "0,1"], r"ladder: levels must be >= 1, got 0"),
+        "ladder: not numbers": ([*c, h, "--ladder", "a,b"], r"--ladder: 'a,b' is not"),
+        "scope: empty": ([*c, h, "--scope", ""], r"scope is empty"),
+        "scope: enormous": ([*c, h, "--scope", "127.0.0.0/8"], r"'127\.0\.0\.0/8' covers 16777216"),
+        "targets: empty": ([*d, ""], r"target spec is empty"),
+        "targets: enormous": ([*d, "127.0.0.0/8"], r"'127\.0\.0\.0/8' has 16777216 addresses"),
+        "target outside scope": ([*c, h, "--scope", "127.0.0.1"], rf"{re.escape(h)} is outside the"),
+        "ceiling: zero": ([*d, h, "--sessions-per-host", "0"], r"per_host_sessions .*got 0"),
+        "ceiling: negative": ([*d, h, "--sessions-per-host", "-2"], r"per_host_sessions .*got -2"),
+        "dwell: zero": ([*c, h, "--dwell", "0"], r"dwell_s: must be a positive number, got 0"),
+        "dwell: negative": ([*c, h, "--dwell", "-1"], r"dwell_s: must be a positive number, got -1"),
+        "timeout: heartbeat zero": ([*c, h, "--heartbeat-timeout", "0"], r"timeout_s .*got 0"),
+        "timeout: interval negative": ([*c, h, "--interval", "-1"], r"interval_s: .*got -1"),
+        "timeout: connect zero": ([*d, h, "--connect-timeout", "0"], r"connect_timeout_s .*got 0"),
+        "timeout: banner negative": ([*d, h, "--banner-timeout", "-1"], r"banner_timeout_s .*got -1"),
+        "rules: syntax": ([*d, h, "--rules", f("rules-syntax.toml")], r"rules-syntax\.toml: TOML syntax"),
+        "rules: unknown key": ([*d, h, "--rules", f("rules-unknown.toml")], r"unknown key 'ports_al'"),
+        "zones: syntax": ([*d, h, "--zones", f("zones-syntax.toml")], r"zones-syntax\.toml: TOML syntax"),
+        "zones: unknown key": ([*d, h, "--zones", f("zones-unknown.toml")], r"unknown key 'colour'"),
+        "zones: overlap": ([*d, h, "--zones", f("zones-overlap.toml")], r"'a' .*and 'b' .*overlap"),
+        "alert file unwritable": ([*d, h, "--alerts", str(tmp / "no" / "such" / "dir.jsonl")],
+                                  r"alert file .*dir\.jsonl: cannot append"),
+        "store: corrupt": (["discover", "--store", str(tmp / "corrupt.db"), h], r"corrupt\.db.*corrupt"),
+        "store: newer schema": (["characterize", "--store", str(tmp / "newer.db"), h],
+                                r"newer\.db has schema version \d+, newer than"),
+        "store: locked": (["discover", "--store", str(tmp / "locked.db"), h], r"locked\.db is locked"),
+        "emulate: not loopback": (["emulate", "--host", "10.1.2.3"], r"10\.1\.2\.3.*loopback"),
+        "emulate: bad fleet file": (["emulate", "--fleet", f("fleet-broken.toml")], r"fleet-broken\.toml"),
+    }  # fmt: skip
 
 
-def _cli_rows(tmp_path: Path) -> list[tuple[list[str], str]]:
-    broken = tmp_path / "broken.toml"
-    broken.write_text("[[device]\nhost = '127.0.0.2'\n")
-    unknown = tmp_path / "unknown.toml"
-    unknown.write_text("[[device]]\nhost = '127.0.0.2'\nmodle = 'infusion-pump'\n")
-    return [
-        (["emulate", "--host", "127.0.0.300"], r"127\.0\.0\.300"),
-        (["emulate", "--host", "10.1.2.3"], r"10\.1\.2\.3.*loopback"),
-        (["emulate", "--model", "toaster", "--host", allocate_loopback()], r"toaster"),
-        (["emulate", "--fleet", str(broken)], r"broken\.toml"),
-        (["emulate", "--fleet", str(unknown)], r"modle"),
-        (["emulate", "--fleet", str(tmp_path / "missing.toml")], r"missing\.toml"),
-        (["emulate", "--control-port", "70000", "--host", allocate_loopback()], r"control-port.*70000"),
-    ]
-
-
-def test_cli_bad_input_is_one_line_exit_2_no_traceback(tmp_path: Path) -> None:
-    for args, pattern in _cli_rows(tmp_path):
-        proc = _cli(tmp_path, *args)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2, (args, proc.returncode, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr, (args, proc.stderr[-2000:])
-        assert len(lines) == 1, (args, lines)
-        assert lines[0].startswith("error: "), (args, lines)
-        assert re.search(pattern, lines[0]), (args, pattern, lines[0])
+def test_cli_bad_input_is_one_line_exit_2_no_traceback_and_leaves_stores_intact(tmp_path: Path) -> None:
+    """Every row through the real entry point (run side by side): exit code 2, exactly one line on stderr
+    starting "error: " that names the input, no traceback; bad store files are byte-identical afterwards."""
+    rows = _cli_rows(tmp_path)
+    locked = tmp_path / "locked.db"
+    with ProfileStore(locked) as store:
+        store.save(_char("127.0.0.9"))
+    stores = [tmp_path / "corrupt.db", tmp_path / "newer.db", locked]
+    before = {path: _digest(path) for path in stores}
+    holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, str(locked)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        procs = {
+            row: subprocess.Popen([*fragileprobe_command(), *argv], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+            for row, (argv, _) in rows.items()
+        }
+        results = {row: (proc.communicate(timeout=90), proc.returncode) for row, proc in procs.items()}
+    finally:
+        holder.communicate("\n", timeout=10)
+    for row, ((_, stderr), code) in results.items():
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 2, (row, code, stderr[-2000:])
+        assert "Traceback" not in stderr, (row, stderr[-2000:])
+        assert len(lines) == 1, (row, lines)
+        assert lines[0].startswith("error: "), (row, lines)
+        assert re.search(rows[row][1], lines[0]), (row, rows[row][1], lines[0])
+    for path in stores:
+        assert _digest(path) == before[path], f"{path.name} changed"
