@@ -344,3 +344,50 @@ def test_a_device_that_does_not_answer_is_device_trouble_exit_1(tmp_path: Path) 
     assert len(lines) == 1
     assert lines[0].startswith("device trouble: ")
     assert "Nothing else was sent" in lines[0]
+
+
+def _hosts_done(store: Path) -> int:
+    if not store.exists():
+        return 0
+    with ProfileStore(store) as db:
+        return sum(len(db.hosts_done(s.scan_id)) for s in db.scans())
+
+
+def test_discover_ctrl_c_keeps_finished_hosts_and_resume_skips_them(tmp_path: Path) -> None:
+    """SIGINT mid-discovery: exit 130 with the resume command; the resumed scan does only the hosts left."""
+    hosts = [allocate_loopback() for _ in range(4)]
+    fleet = tmp_path / "fleet.toml"
+    _fleet_toml(fleet, [(h, "infusion-pump") for h in hosts])
+    emu = EmulatorProcess("--fleet", str(fleet))
+    try:
+        ports, aliases = _ports_and_aliases(emu.wait_ready())
+        store = tmp_path / "fp.db"
+        # Slow on purpose (one host at a time, 2 connects/s): ~2 s per host, time to interrupt.
+        args = ["discover", *hosts, "--ports", ports, *aliases, "--store", str(store), "--rate-per-host", "2",
+                "--max-hosts", "1", "--banner-timeout", "0.3", "--json"]  # fmt: skip
+        proc = subprocess.Popen(
+            [*fragileprobe_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _hosts_done(store) < 1 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+            assert proc.poll() is None, "the scan ended before it could be interrupted"
+            os.kill(proc.pid, signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        assert proc.returncode == 130, stderr[-3000:]
+        command = json.loads(stdout)["resume_command"]
+        done = _hosts_done(store)
+        assert 1 <= done < len(hosts)
+        resumed = run_cli(*shlex.split(command)[1:])
+    finally:
+        emu.stop()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # no zones: no alerts
+    report = json.loads(resumed.stdout)
+    assert report["hosts_resumed"] == done
+    assert report["hosts_scanned"] == len(hosts) - done
+    assert sorted(a["host"] for a in report["assets"]) == sorted(hosts)
