@@ -391,3 +391,25 @@ def test_discover_ctrl_c_keeps_finished_hosts_and_resume_skips_them(tmp_path: Pa
     assert report["hosts_resumed"] == done
     assert report["hosts_scanned"] == len(hosts) - done
     assert sorted(a["host"] for a in report["assets"]) == sorted(hosts)
+
+
+def test_failed_recovery_is_exit_1_and_keeps_the_observations(pump: tuple[str, str], tmp_path: Path) -> None:
+    """--recovery manual with nobody power-cycling the pump: the prompt goes to stderr, the recovery times
+    out, exit 1 with one 'device trouble' line, and the JSON still carries everything measured."""
+    host, url = pump
+    try:
+        out = subprocess.run(
+            [*fragileprobe_command(), "characterize", host, *FAST, "--trials", "1", "--recovery", "manual",
+             "--recovery-timeout", "2", "--store", str(tmp_path / "fp.db"), "--json"],
+            input="\n" * 4, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
+        )  # fmt: skip
+    finally:
+        _power_cycle_if_hung(url, host)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Power-cycle it, then press Enter" in out.stderr
+    assert "device trouble: " in out.stderr
+    assert "Traceback" not in out.stderr
+    data = json.loads(out.stdout)
+    assert data["status"] == "recovery_failed"
+    levels = data["characterization"]["trials"][0]["levels"]
+    assert levels[-1]["outcome"] == "failed"
