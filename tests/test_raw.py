@@ -634,7 +634,7 @@ async def test_capture_keeps_every_handshake_of_a_burst(loopback_host: str, tmp_
 async def test_capture_of_a_characterization_holds_every_connection_and_the_crash(
     loopback_host: str, tmp_path: Path
 ) -> None:
-    """Evidence for the biomedical team: every SYN of the run, and the resets of the power cycle."""
+    """Evidence for the biomedical team: every SYN of the run, and the unanswered requests of the hang."""
     from scapy.layers.inet import IP, TCP
     from structlog.testing import capture_logs
 
@@ -667,8 +667,18 @@ async def test_capture_of_a_characterization_holds_every_connection_and_the_cras
     assert all(loopback_host in (ip.src, ip.dst) for ip in ips)
     syns = [ip for ip in ips if ip.dst == loopback_host and str(ip[TCP].flags) == "S"]
     assert len(syns) >= connects > 0
-    # The power cycle drops every connection: the device's RSTs are in the evidence.
-    assert any(ip.src == loopback_host and "R" in str(ip[TCP].flags) for ip in ips)
+    # The hang is in the evidence: a heartbeat request on the web port that the device never answered.
+    web = pump.web_port
+    asked: set[int] = set()
+    answered: set[int] = set()
+    for ip in ips:
+        tcp = ip[TCP]
+        if len(tcp.payload) and ip.dst == loopback_host and tcp.dport == web:
+            asked.add(tcp.sport)
+        elif len(tcp.payload) and ip.src == loopback_host and tcp.sport == web:
+            answered.add(tcp.dport)
+    assert answered
+    assert asked - answered
 
 
 @pytest.mark.raw
