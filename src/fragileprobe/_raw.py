@@ -101,8 +101,8 @@ _POLL_S: Final = 0.05
 SNIFFER_START_TIMEOUT_S: Final = 5.0
 SNIFFER_STOP_TIMEOUT_S: Final = 5.0
 
-# Receive buffer of a sniffer socket: 8 MiB holds ~10,000 loopback packets (each costs ~800 bytes of kernel
-# memory), seconds of a fast scan, while the sniffer thread waits for the GIL.
+# Receive buffer of a sniffer socket: 8 MiB holds several thousand loopback packets (each costs ~1 KiB of
+# kernel memory), seconds of a fast scan, while the reader thread waits for the GIL.
 SNIFFER_RCVBUF_BYTES: Final = 8 * 1024 * 1024
 # Packets still queued when a sniffer stops are read at most up to this many (traffic may not have stopped).
 SNIFFER_DRAIN_MAX_PACKETS: Final = 100_000
