@@ -575,7 +575,7 @@ class _Sniffer:
                 if wake_r in readable:
                     return
                 self._read_one()
-        except (OSError, ValueError) as exc:  # the socket failed or was closed under us
+        except Exception as exc:  # the thread's boundary: the socket failed or was closed under us
             self.error = exc
             log.warning("raw.sniffer.failed", feature=self._feature, error=repr(exc))
 
