@@ -448,3 +448,18 @@ async def test_discovery_over_a_hostile_fleet_is_bounded_in_time_and_memory(
         assert "Medical Device?" in by_host[d.host].groups
     size = len(report.to_json())
     assert size < 200_000, size  # results are bounded: no flood bytes were kept
+
+
+async def test_discovery_memory_does_not_grow_with_the_port_range(loopback_hosts: Callable[[], str]) -> None:
+    """Every port of four hosts ("1-65535", nothing listening): memory stays that of a few sessions per
+    host while the scan crawls along at its gentle rate (it held one task per port: 1.7 GB)."""
+    hosts = [loopback_hosts() for _ in range(4)]
+    tracemalloc.start()
+    try:
+        with capture_logs(), anyio.move_on_after(1.5):
+            await discover(hosts, scope=Scope(hosts), ports="1-65535", rate_per_host=20,
+                           connect_timeout_s=0.2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
