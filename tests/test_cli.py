@@ -318,8 +318,13 @@ def _bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
 
 
 def test_bad_input_is_one_line_exit_2_never_a_traceback(tmp_path: Path) -> None:
-    for argv, needle in _bad_input_cases(tmp_path):
-        out = run_cli(*argv, timeout_s=60)
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = _bad_input_cases(tmp_path)
+    # Independent processes that send nothing: run a few at once (each one mostly waits for imports).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outs = list(pool.map(lambda case: run_cli(*case[0], timeout_s=60), cases))
+    for (argv, needle), out in zip(cases, outs, strict=True):
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert out.returncode == 2, (argv, out.stderr)
         assert len(lines) == 1, (argv, out.stderr)
