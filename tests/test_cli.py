@@ -207,9 +207,40 @@ def _ports_and_aliases(lines: list[str]) -> tuple[str, list[str]]:
     return ",".join(map(str, sorted(bound))), aliases
 
 
+class _WebhookReceiver:
+    """A loopback HTTP server that records the JSON bodies POSTed to it (in a thread)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        posted: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = min(int(self.headers.get("Content-Length", "0")), 1 << 20)
+                posted.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:  # keep the test output clean
+                pass
+
+        self.posted = posted
+        self._server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
 def test_discover_alerts_on_the_misplaced_pump_and_reports(tmp_path: Path) -> None:
-    """A pump on the office network: exit 1 (an alert), the alert in JSON, in the JSON-lines file and in the
-    HTML report; medical-looking hosts get one session per host in the scan settings."""
+    """A pump on the office network: exit 1 (an alert), the alert in JSON, in the JSON-lines file, at the
+    webhook and in the HTML report; medical-looking hosts get one session per host in the scan settings."""
     office_pump, icu_pump, workstation = allocate_loopback(), allocate_loopback(), allocate_loopback()
     fleet = tmp_path / "fleet.toml"
     _fleet_toml(fleet, [(office_pump, "infusion-pump"), (icu_pump, "infusion-pump"),
@@ -221,19 +252,23 @@ def test_discover_alerts_on_the_misplaced_pump_and_reports(tmp_path: Path) -> No
         encoding="utf-8",
     )
     emu = EmulatorProcess("--fleet", str(fleet))
+    receiver = _WebhookReceiver()
     try:
         ports, aliases = _ports_and_aliases(emu.wait_ready())
         store, alerts = tmp_path / "fp.db", tmp_path / "alerts.jsonl"
         out = run_cli("discover", office_pump, icu_pump, workstation, "--ports", ports, *aliases,
                       "--zones", str(zones), "--store", str(store), "--alerts", str(alerts),
-                      "--rate-per-host", "50", "--banner-timeout", "0.3", "--json")  # fmt: skip
+                      "--webhook", receiver.url, "--rate-per-host", "50", "--banner-timeout", "0.3",
+                      "--json")  # fmt: skip
         human = run_cli("discover", office_pump, "--ports", ports, *aliases, "--zones", str(zones),
                         "--store", str(tmp_path / "other.db"), "--banner-timeout", "0.3")  # fmt: skip
     finally:
         emu.stop()
+        receiver.close()
     assert out.returncode == 1, out.stderr[-3000:]
     data = json.loads(out.stdout)
     assert [a["host"] for a in data["alerts"]] == [office_pump]
+    assert [a["host"] for a in receiver.posted] == [office_pump]  # the webhook got the alert as JSON
     assert sorted(data["groups"]["Medical Device?"]) == sorted([office_pump, icu_pump])
     assert data["scan_settings"]["Medical Device?"]["sessions_per_host"] == 1
     assert [json.loads(line)["host"] for line in alerts.read_text().splitlines()] == [office_pump]
