@@ -320,3 +320,29 @@ def test_discover_sync_runs_from_plain_code(loopback_host: str) -> None:
     report = discover_sync(loopback_host, scope=scope_of(loopback_host), ports=PUMP_PORTS, **FAST)
     assert report.assets == ()
     assert report.hosts_scanned == 1
+
+
+async def test_port_aliases_name_silent_services_on_moved_ports(loopback_host: str) -> None:
+    """A workstation served at +10000 (unprivileged emulator): aliases give its silent ports their names."""
+    async with contextlib.AsyncExitStack() as stack:
+        ws = await stack.enter_async_context(
+            EmulatedDevice(loopback_host, model="workstation", seed=1, port_offset=10000))
+        bound = {ws.port(p): p for p in (135, 139, 445, 3389)}
+        plain = await discover(loopback_host, scope=scope_of(loopback_host), ports=sorted(bound), **FAST)
+        aliased = await discover(loopback_host, scope=scope_of(loopback_host), ports=sorted(bound),
+                                 port_aliases=bound, **FAST)
+    assert {s.service for s in plain.assets[0].services} == {"unknown", "rdp"}
+    # By port: 3389 (not moved: only ports below 1024 are), 10135, 10139, 10445.
+    assert [s.service for s in aliased.assets[0].services] == ["rdp", "msrpc", "smb", "smb"]
+    assert aliased.assets[0].open_ports == tuple(sorted(bound))
+    assert aliased.assets[0].os_family == "windows"
+
+
+async def test_an_error_in_a_worker_surfaces_as_itself(loopback_host: str) -> None:
+    """Not wrapped in the task group's ExceptionGroup."""
+
+    def fail(progress: DiscoveryProgress) -> None:
+        raise ConfigError(f"progress sink broke at {progress.host}")
+
+    with pytest.raises(ConfigError, match="progress sink broke"):
+        await discover(loopback_host, scope=scope_of(loopback_host), ports=PUMP_PORTS, progress=fail, **FAST)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import structlog
 
-from fragileprobe._errors import ConfigError, RawUnavailableError
+from fragileprobe._errors import ConfigError, FragileProbeError, RawUnavailableError
 from fragileprobe._fingerprint import (
     ServiceInfo,
     fingerprint_http,
@@ -539,9 +539,17 @@ async def discover(
                 observer = await stack.enter_async_context(syn_ack_observer(todo))
             except RawUnavailableError as exc:
                 notes.append(f"passive OS hint skipped: {exc}")
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(max_hosts_in_parallel, max(len(todo), 1))):
-                tg.start_soon(worker)
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(min(max_hosts_in_parallel, max(len(todo), 1))):
+                    tg.start_soon(worker)
+        except ExceptionGroup as group:
+            # A worker failed (the store could not be written, a progress callback raised): surface our
+            # own error as itself rather than wrapped in the task group's ExceptionGroup.
+            own = _first_own_error(group)
+            if own is None:
+                raise
+            raise own from group
     if observer is not None:
         _apply_os_hints(assets, observer.hints())
     icmp_only: tuple[str, ...] = ()
@@ -794,6 +802,17 @@ def _addr_key(host: str) -> tuple[int, int]:
     except ValueError:
         return (9, 0)
     return (addr.version, int(addr))
+
+
+def _first_own_error(group: BaseExceptionGroup[BaseException]) -> FragileProbeError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, FragileProbeError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_own_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _raw_status() -> tuple[bool, str]:
