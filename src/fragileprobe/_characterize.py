@@ -316,8 +316,23 @@ async def characterize(
             )
         emit("baseline", 0)
         if model_key is None:
-            model_key = await _derive_model_key(guard, tgt, heartbeat, web_ports, read_timeout_s, name)
+            model_key, open_ports = await _derive_model_key(
+                guard, tgt, heartbeat, web_ports, read_timeout_s, name
+            )
+        else:
+            open_ports = await _open_ports(guard, tgt)
         bound = bound.bind(model_key=model_key)
+        if not open_ports:
+            # Sessions to closed ports hold nothing: every level would "pass" with no load on the device and
+            # the result would recommend a ceiling that was never tested.
+            raise ConfigError(
+                f"target.ports: none of {', '.join(map(str, tgt.ports))} accepts a connection on "
+                f"{tgt.label}; the ramp's sessions would hold nothing (give the device's open service ports)"
+            )
+        if len(open_ports) < len(tgt.ports):
+            closed = [p for p in tgt.ports if p not in open_ports]
+            bound.warning("characterize.ports_closed", closed=closed, used=open_ports)
+            tgt = dataclasses.replace(tgt, ports=tuple(open_ports))  # sessions go to open ports only
 
         previous: list[TrialResult] = []
         run_id: str | None = None
@@ -460,29 +475,52 @@ async def _baseline(watchdog: Watchdog, beats: int) -> float | None:
     return statistics.median(latencies)
 
 
+async def _open_ports(guard: Guard, target: Target) -> list[int]:
+    """The target's ports that accept a connection (one connect each, one at a time)."""
+    from fragileprobe._probes import Outcome
+
+    return [p for p in target.ports if (await guard.tcp_connect(p)).outcome is Outcome.OPEN]
+
+
 async def _derive_model_key(
     guard: Guard, target: Target, heartbeat: Any, web_ports: set[int], read_timeout_s: float, name: str | None
-) -> str:
-    """Identify the model from what the device shows: open ports, banners, the web server's name."""
+) -> tuple[str, list[int]]:
+    """Identify the model from what the device shows: open ports, banners, the web server's name.
+
+    Returns the model key and the ports that accepted a connection (the sessions' ports).
+    """
     from fragileprobe._fingerprint import model_key  # the one definition of model keys (discovery's)
     from fragileprobe._probes import Outcome
 
     open_ports: list[int] = []
+    accepting: list[int] = []
     banners: dict[int, bytes] = {}
     server: str | None = None
+    def accepted(res: Any) -> bool:
+        # The connection was accepted, whatever the service then did (said nothing in time, reset, spoke
+        # garbage): a session can be held there. Only a refused or timed-out connect means "closed".
+        if res.outcome is Outcome.TIMEOUT:
+            return not (res.error or "").startswith("connect timed out")
+        return res.outcome in (Outcome.OPEN, Outcome.RESET, Outcome.PROTOCOL_ERROR)
+
     for port in target.ports:  # one at a time: identification must not load the device
         if port in web_ports:
             http = await guard.http_get(port, read_timeout_s=read_timeout_s)
+            if accepted(http):
+                accepting.append(port)
             if http.outcome is Outcome.OPEN:
                 open_ports.append(port)
                 if server is None and http.server:
                     server = http.server
             continue
         res = await guard.grab_banner(port, read_timeout_s=read_timeout_s)
+        if accepted(res):
+            accepting.append(port)
         if res.outcome is Outcome.OPEN:
             open_ports.append(port)
             banners[port] = res.data
-    return model_key(open_ports=open_ports, banners=banners, server_header=server, name=name)
+    key = model_key(open_ports=open_ports, banners=banners, server_header=server, name=name)
+    return key, accepting
 
 
 async def _session(run: _Run, port: int) -> None:
