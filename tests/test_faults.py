@@ -22,9 +22,10 @@ from structlog.testing import capture_logs
 
 from _support.drivers import CHARACTERIZE_DRIVER, DISCOVERY_DRIVER
 from _support.procs import Child
-from fragileprobe import DeviceDownError, Guard, HttpHeartbeat, RecoveryError, Scope, Target
+from fragileprobe import ConfigError, DeviceDownError, Guard, HttpHeartbeat, RecoveryError, Scope, Target
 from fragileprobe._characterize import characterize
 from fragileprobe._discovery import discover
+from fragileprobe._recovery import emulator_recovery
 from fragileprobe._store import ProfileStore
 from fragileprobe.emulator import DeviceState, EmulatedDevice
 
@@ -296,3 +297,34 @@ async def test_discovery_of_a_device_hung_before_the_run_is_bounded_and_truthful
     assert u.host == hung.host
     assert "answered on no port" in u.reason
     assert all(not g.startswith("safe to scan") for g in by_host[ok.host].groups)
+
+
+async def test_characterize_with_every_session_port_closed_is_a_clear_error_not_a_false_ceiling(
+    loopback_host: str,
+) -> None:
+    """Mistyped service ports (nothing listens there, the heartbeat port answers): a ConfigError naming the
+    ports, after one connect to each, instead of levels that "pass" with no session held and a recommended
+    ceiling far above what the pump survives (it hangs at 7)."""
+    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=7, jitter=0,
+                              boot_delay_s=0.05) as dev:  # fmt: skip
+        web = HttpHeartbeat(port=dev.web_port, timeout_s=0.25)
+        target = Target(dev.host, ports=(40001, 40002), heartbeat=web)
+        expected = r"none of 40001, 40002 accepts a connection"
+        with capture_logs(), anyio.fail_after(10), pytest.raises(ConfigError, match=expected):
+            await characterize(target, scope=Scope([dev.host]), ladder=(1, 5, 10, 20), **TIMINGS)
+        assert dev.stats.peak_sessions <= 1, "no load was put on the device"
+
+
+async def test_characterize_holds_its_sessions_on_the_open_ports_only(loopback_host: str) -> None:
+    """One session port closed among open ones: the sessions go to the open ports, so a level holds as many
+    sessions as it says (the pump hangs at 7: the crash shows up at 6 or 7, not higher)."""
+    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=7, jitter=0,
+                              boot_delay_s=0.05) as dev:  # fmt: skip
+        ports = (dev.port(21), dev.port(22), 40001)
+        target = Target(dev.host, ports=ports, heartbeat=HttpHeartbeat(port=dev.web_port, timeout_s=0.25))
+        with capture_logs() as logs, anyio.fail_after(30):
+            char = await characterize(target, scope=Scope([dev.host]), ladder=(2, 4, 6, 7, 8, 10), trials=1,
+                                      recovery=emulator_recovery(dev), **TIMINGS)  # fmt: skip
+    assert any(e["event"] == "characterize.ports_closed" and e["closed"] == [40001] for e in logs)
+    assert char.crash_levels
+    assert min(char.crash_levels) in (6, 7), char.summary()
