@@ -84,12 +84,14 @@ async def test_hospital_fleet_discovery(tmp_path: Path) -> None:
     for host, t in pumps.items():
         groups = set(by_host[host].groups)
         assert groups & {"Medical Device?", slow_key}, (host, t.model, groups)
+        assert by_host[host].medical
     for host, t in devices.items():
         if t.model == "slow-pump":
             assert slow_key in by_host[host].groups
             assert by_host[host].ceiling == ceiling
         if t.model == "workstation":
             assert by_host[host].groups == (f"safe to scan ({t.zone})",), host
+            assert not by_host[host].medical
 
     misplaced = {h for h, t in pumps.items() if t.zone == "general"}
     assert len(misplaced) == 4

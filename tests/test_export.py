@@ -103,7 +103,8 @@ def test_user_group_takes_the_lowest_ceiling_of_its_assets_or_conservative() -> 
     def asset(host: str, ceiling: int | None, groups: tuple[str, ...]) -> Asset:
         return Asset(host=host, open_ports=(22,), services=(), os_family="unknown", os_evidence=(),
                      zone="z", zone_kind="general", model_key="m-0", known_model="m" if ceiling else None,
-                     ceiling=ceiling, groups=groups)
+                     ceiling=ceiling, groups=groups,
+                     medical=ceiling is not None or "Medical Device?" in groups)
 
     mixed = [asset("a", 6, ("Ward",)), asset("b", 3, ("Ward",))]
     assert export.template_for_group("Ward", assets=mixed).sessions_per_host == 3

@@ -132,6 +132,7 @@ class Asset:
         last_seen_s: When this scan finished the host (Unix time).
         sessions_limit: The per-host session cap this scan used for the host.
         notes: Anything worth knowing (a raw-probe note, a profile-ceiling cap).
+        medical: The host landed in a medical group or its model has a stored profile.
     """
 
     host: str
@@ -149,11 +150,7 @@ class Asset:
     last_seen_s: float = 0.0
     sessions_limit: int = 1
     notes: tuple[str, ...] = ()
-
-    @property
-    def medical(self) -> bool:
-        """True when the host landed in a group named after a stored model or in "Medical Device?"."""
-        return self.known_model is not None or any(g == "Medical Device?" for g in self.groups)
+    medical: bool = False
 
     def service(self, port: int) -> ServiceInfo | None:
         """The ServiceInfo of ``port``, or None."""
@@ -187,7 +184,7 @@ class Asset:
             "model_key": self.model_key, "known_model": self.known_model, "ceiling": self.ceiling,
             "groups": list(self.groups), "first_seen": _iso(self.first_seen_s),
             "last_seen": _iso(self.last_seen_s), "sessions_limit": self.sessions_limit,
-            "notes": list(self.notes),
+            "notes": list(self.notes), "medical": self.medical,
         }
 
 
@@ -715,7 +712,8 @@ def _build_asset(
             notes.append("in no fallback group: it stopped answering or never answered; investigate first")
             asset = dataclasses.replace(asset, notes=tuple(notes))
         matches = kept
-    return dataclasses.replace(asset, groups=tuple(m.group for m in matches)), matches
+    medical = asset.known_model is not None or any(m.medical for m in matches)
+    return dataclasses.replace(asset, groups=tuple(m.group for m in matches), medical=medical), matches
 
 
 def _known_from_inventory(
@@ -754,6 +752,7 @@ def _asset_from_row(
         known_model=known[0] if known else None, ceiling=known[1] if known else None,
         groups=tuple(row.groups), first_seen_s=row.first_seen_s, last_seen_s=row.last_seen_s,
         notes=("finished before resume",),
+        medical=known is not None or "Medical Device?" in row.groups,
     )
 
 
