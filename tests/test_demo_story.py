@@ -66,11 +66,12 @@ async def test_story_finds_measures_stores_and_recommends(port_offset: int | Non
         assert "10021/ftp" in text
 
 
-def test_demo_cli_json_is_the_story_result() -> None:
-    """``fragileprobe demo --json``: exit 0, only JSON on stdout, the story on stderr."""
+def test_demo_cli_json_as_a_non_root_user_would_see_it() -> None:
+    """``fragileprobe demo --json`` with the ports a non-root user gets: exit 0, only JSON on stdout, the
+    story (alert, device-down panel, settings, recovery) on stderr."""
     out = subprocess.run(
-        [*fragileprobe_command(), "demo", "--json", "--boot-delay", "0.2", "--dwell", "0.3", "--trials", "2",
-         "--host", _ward_hosts()],
+        [*fragileprobe_command(), "demo", "--json", "--port-offset", "10000", "--boot-delay", "0.2",
+         "--dwell", "0.3", "--trials", "2", "--host", _ward_hosts()],
         capture_output=True, text=True, timeout=DEMO_TIMEOUT_S, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -78,19 +79,9 @@ def test_demo_cli_json_is_the_story_result() -> None:
     assert data["alerts"] == [data["host"]]
     assert data["safe_ceiling"] < data["failed_at"]
     assert data["recovered"] is True
+    assert "Not root: services below port 1024 listen at +10000." in out.stderr
+    assert "ALERT" in out.stderr
     assert "DEVICE DOWN" in out.stderr
+    assert "Recommended scanner settings" in out.stderr
     assert "recovered after power cycle: yes" in out.stderr
     assert "Traceback" not in out.stderr
-
-
-def test_demo_cli_as_a_non_root_user_would_see_it() -> None:
-    """No arguments but the port offset a non-root user gets: the story runs to its end, exit 0."""
-    out = subprocess.run(
-        [*fragileprobe_command(), "demo", "--port-offset", "10000", "--boot-delay", "0.2", "--trials", "2"],
-        capture_output=True, text=True, timeout=DEMO_TIMEOUT_S, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "Not root: services below port 1024 listen at +10000." in out.stdout
-    assert "ALERT" in out.stdout
-    assert "Recommended scanner settings" in out.stdout
-    assert "recovered after power cycle: yes" in out.stdout
