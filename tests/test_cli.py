@@ -30,10 +30,13 @@ FAST = ["--ladder", "1,2,5,7,10", "--dwell", "0.3", "--interval", "0.1", "--hear
         "--healthy-beats", "2", "--hold", "0.1"]  # fmt: skip
 
 
-def run_cli(*args: str, timeout_s: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout_s: float = RUN_TIMEOUT_S, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*fragileprobe_command(), *args], capture_output=True, text=True, timeout=timeout_s, check=False
-    )
+        [*fragileprobe_command(), *args], capture_output=True, text=True, timeout=timeout_s, check=False,
+        cwd=cwd,
+    )  # fmt: skip
 
 
 def _power_cycle_if_hung(url: str, host: str) -> None:
@@ -341,7 +344,9 @@ def _bad_input_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["characterize", h, "--recovery", "manual", "--recovery-cmd", "pdu cycle"], "choose one"),
         (["characterize", h, "--store", str(corrupt)], "corrupt"),
         (["characterize", h, "--log-level", "loud"], "--log-level"),
-        (["characterize", h, "--margin", "1.5", "--store", str(tmp / "m.db")], "margin"),
+        (["characterize", h, "--margin", "1.5"], "margin"),
+        (["characterize", h, "--dwell", "0"], "--dwell"),
+        (["characterize", h, "--heartbeat-path", "status"], "path"),
         (["discover", h, "--zones", str(tmp / "missing.toml")], "missing.toml"),
         (["discover", h, "--rules", str(bad_rules)], "rules.toml"),
         (["discover", h, "--port-alias", "x"], "--port-alias"),
@@ -358,7 +363,7 @@ def test_bad_input_is_one_line_exit_2_never_a_traceback(tmp_path: Path) -> None:
     cases = _bad_input_cases(tmp_path)
     # Independent processes that send nothing: run a few at once (each one mostly waits for imports).
     with ThreadPoolExecutor(max_workers=4) as pool:
-        outs = list(pool.map(lambda case: run_cli(*case[0], timeout_s=60), cases))
+        outs = list(pool.map(lambda case: run_cli(*case[0], timeout_s=60, cwd=tmp_path), cases))
     for (argv, needle), out in zip(cases, outs, strict=True):
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert out.returncode == 2, (argv, out.stderr)
@@ -366,6 +371,8 @@ def test_bad_input_is_one_line_exit_2_never_a_traceback(tmp_path: Path) -> None:
         assert lines[0].startswith("error: "), (argv, lines)
         assert needle in lines[0], (argv, lines)
         assert "Traceback" not in out.stderr
+    # Input errors are found before anything is created: no default store appeared in the working dir.
+    assert not (tmp_path / "fragileprobe.db").exists()
 
 
 def test_unknown_model_in_profiles_show_is_exit_2(measured: tuple[Path, dict[str, Any]]) -> None:

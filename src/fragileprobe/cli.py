@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fragileprobe._errors import FragileProbeError
+from fragileprobe._errors import ConfigError, FragileProbeError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -532,6 +532,30 @@ async def _characterize_run(
         )  # fmt: skip
 
 
+def _check_characterize_args(a: _CharacterizeArgs) -> None:
+    """Validate what characterize() would reject, naming the option (ConfigError), before anything happens."""
+    from fragileprobe._characterize import EarlyWarning
+    from fragileprobe._heartbeat import HttpHeartbeat
+    from fragileprobe._ramp import RampConfig
+    from fragileprobe._scope import parse_ports
+
+    RampConfig(ladder=a.ladder, trials=a.trials, crash_budget=a.crash_budget, margin_fraction=a.margin)
+    if a.early_warning is not None:
+        EarlyWarning(latency_factor=a.early_warning)
+    HttpHeartbeat(port=a.heartbeat_port or 8080, path=a.heartbeat_path, timeout_s=a.heartbeat_timeout_s)
+    if a.ports is not None:
+        parse_ports(a.ports)
+    seconds = (
+        ("--dwell", a.dwell_s), ("--interval", a.interval_s), ("--hold", a.hold_s),
+        ("--recovery-timeout", a.recovery_timeout_s), ("--time-budget", a.time_budget_s),
+    )  # fmt: skip
+    for option, value in seconds:
+        if value is not None and not (value > 0 or (option == "--hold" and value == 0)):
+            raise ConfigError(f"{option}: must be a positive number of seconds, got {value!r}")
+    if a.healthy_beats < 1:
+        raise ConfigError(f"--healthy-beats: must be at least 1, got {a.healthy_beats!r}")
+
+
 def _recovery_label(a: _CharacterizeArgs) -> str:
     if a.recovery_url is not None:
         return f"power cycle through the emulator fleet at {a.recovery_url}"
@@ -681,6 +705,7 @@ def characterize(
     try:
         authorized = Scope(scope if scope is not None else [host])
         address = authorized.check(host)
+        _check_characterize_args(args)  # before the store file is created: bad input leaves nothing behind
         db = _open_store(store)
     except FragileProbeError as exc:
         _fail(str(exc))
@@ -822,6 +847,8 @@ def discover(
     try:
         hosts = parse_targets(targets)
         authorized = Scope(scope) if scope is not None else Scope(hosts)
+        for address in hosts:  # before the store file is created: a scope error leaves nothing behind
+            authorized.check(address)
         zone_map = Zones.from_toml(zones) if zones is not None else None
         rule_set = Rules.from_toml(rules) if rules is not None else None
         db = _open_store(store)
