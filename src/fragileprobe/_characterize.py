@@ -32,6 +32,7 @@ import structlog
 from fragileprobe._errors import ConfigError, DeviceDownError, ProbeError, RecoveryError
 from fragileprobe._guard import Guard
 from fragileprobe._heartbeat import HttpHeartbeat
+from fragileprobe._probes import check_socket_budget
 from fragileprobe._profile import (
     DEFAULT_MARGIN_FRACTION,
     Characterization,
@@ -251,6 +252,7 @@ async def characterize(
         ladder=tuple(ladder), trials=trials, refine=refine, crash_budget=crash_budget,
         margin_fraction=margin_fraction,
     )  # fmt: skip
+    check_socket_budget(config.max_level + 1, f"ladder: its top level {config.max_level} (and a heartbeat)")
     _positive("dwell_s", dwell_s)
     _positive("hold_s", hold_s, allow_zero=True)
     _positive("time_budget_s", time_budget_s, allow_none=True)

@@ -58,7 +58,15 @@ from fragileprobe._groups import (
     log_alert,
 )
 from fragileprobe._limiter import ConcurrencyLimiter
-from fragileprobe._probes import HttpResult, Outcome, ProbeResult, grab_banner, http_get, tcp_connect
+from fragileprobe._probes import (
+    HttpResult,
+    Outcome,
+    ProbeResult,
+    check_socket_budget,
+    grab_banner,
+    http_get,
+    tcp_connect,
+)
 from fragileprobe._scope import PORT_SETS, Target, parse_ports, parse_targets
 
 if TYPE_CHECKING:
@@ -413,6 +421,11 @@ async def discover(
     _positive("connect_timeout_s", connect_timeout_s)
     _positive("banner_timeout_s", banner_timeout_s)
     _positive("unresponsive_after", unresponsive_after, integer=True)
+    check_socket_budget(
+        min(len(hosts), max_hosts_in_parallel) * per_host_sessions,
+        f"max_hosts_in_parallel x per_host_sessions ({min(len(hosts), max_hosts_in_parallel)} x "
+        f"{per_host_sessions})",
+    )
     if resume and store is None:
         raise ConfigError("resume=True needs a store (the unfinished scan is kept there)")
     if zones is not None and not isinstance(zones, Zones):

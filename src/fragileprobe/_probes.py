@@ -210,6 +210,36 @@ def _check_seconds(name: str, value: float) -> float:
     return float(value)
 
 
+# File descriptors left free for what is not a probe socket: the heartbeat's socket, the store, log files,
+# the event loop's selector and self-pipe, worker threads; 64 leaves room for all of them.
+FD_HEADROOM = 64
+
+
+def check_socket_budget(sockets: int, what: str) -> None:
+    """Raise ConfigError if ``sockets`` sockets at once cannot fit in this process's file-descriptor limit.
+
+    Past the limit every new socket fails with EMFILE: probes would report closed ports, and a heartbeat
+    that cannot open its socket looks exactly like a device that went down. Better to refuse up front.
+
+    Args:
+        sockets: Sockets the caller may hold at once.
+        what: The setting that asks for them, for the message.
+
+    Raises:
+        ConfigError: ``sockets`` plus :data:`FD_HEADROOM` exceeds the soft ``RLIMIT_NOFILE``.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX: no RLIMIT_NOFILE to consult
+        return
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and sockets + FD_HEADROOM > soft:
+        raise ConfigError(
+            f"{what}: needs up to {sockets} sockets at once, but this process may open only {soft} files "
+            f"(ulimit -n; {FD_HEADROOM} are kept for everything else): raise the limit or ask for fewer"
+        )
+
+
 def _check_bytes(name: str, value: int, cap: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cap:
         raise ConfigError(f"{name} must be an int in 1-{cap}, got {value!r}")
