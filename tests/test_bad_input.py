@@ -490,3 +490,34 @@ def test_cli_bad_input_is_one_line_exit_2_no_traceback_and_leaves_stores_intact(
         assert re.search(rows[row][1], lines[0]), (row, rows[row][1], lines[0])
     for path in stores:
         assert _digest(path) == before[path], f"{path.name} changed"
+
+
+# --- more sessions than the process may open sockets --------------------------------------------------------
+
+@pytest.fixture
+def low_fd_limit() -> Any:
+    """This process's soft file limit lowered to 200 for one test (restored afterwards)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+    try:
+        yield 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_asking_for_more_sockets_than_the_file_limit_is_refused_before_any_packet(
+    low_fd_limit: int,
+) -> None:
+    """A ladder or a discovery that needs more sockets at once than ``ulimit -n`` allows: a ConfigError
+    naming the setting and the limit. Past the limit every socket fails with EMFILE: the heartbeat then
+    "fails" and a sturdy device was reported crashed at the level where we ran out of files."""
+    async with _idle_device() as dev:
+        target = Target(dev.host, ports=(dev.port(21),), heartbeat=HttpHeartbeat(port=dev.web_port))
+        with pytest.raises(ConfigError, match=rf"ladder: its top level 400 .*only {low_fd_limit} files"):
+            await characterize(target, scope=Scope([dev.host]), ladder=(1, 10, 400))
+        hosts = [dev.host, *(allocate_loopback() for _ in range(3))]
+        with pytest.raises(ConfigError, match=r"max_hosts_in_parallel x per_host_sessions \(4 x 50\)"):
+            await discover(hosts, scope=Scope(hosts), per_host_sessions=50)
+        assert dev.stats.connects_total == 0
