@@ -55,7 +55,7 @@ HOSTILE_KINDS = BANNER_KINDS + HTTP_KINDS
 # Probe bounds used throughout: short, so each hostile case costs well under a second.
 CONNECT_S, READ_S, TOTAL_S = 0.5, 0.3, 0.8
 # Slack on top of a bound for scheduling on a loaded 2-core machine (never the thing being measured).
-SLACK_S = 0.5
+SLACK_S = 2.0
 # A probe's whole memory use while facing a flood: results are capped at a few KiB, buffers at 64 KiB;
 # 4 MiB leaves room for the emulator's own chunks and anyio's internals while catching any buffering of the
 # flood (8 MiB by default).

@@ -122,7 +122,11 @@ def test_the_device_never_holds_more_than_the_ceiling_plus_the_heartbeat(
     with capture_logs():
         ours, device_peak = anyio.run(example)
     assert ours <= max(ceilings)
-    assert device_peak <= max(ceilings) + 1, (device_peak, ceilings, program)
+    # A cancelled session is closed at once (cancellation must be prompt: no waiting for the device's
+    # FIN), so the device may still hold it for a moment while the freed slot is reused: at most one such
+    # session per cancelled prober (docs/guarantees.md, known limits).
+    cancelled = sum(1 for op in program if op[0] == "cancel")
+    assert device_peak <= max(ceilings) + 1 + cancelled, (device_peak, ceilings, program)
 
 
 # --- discovery: scope, targets and per-host limits, as the devices see them --------------------------------
