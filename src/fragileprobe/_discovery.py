@@ -520,7 +520,17 @@ async def discover(
             if known is not None and known[1] is not None:
                 limit = min(limit, known[1])
             elif floor is not None:
-                limit = min(limit, floor)
+                # One session at a time is the gentlest a discovery can be, even under a stored ceiling of 0.
+                limit = min(limit, max(1, floor))
+            if limit < 1 and prior_row is not None and known is not None:
+                # The host's model failed at its lowest measured level (stored ceiling 0): not even one
+                # session. Report what the inventory knows and leave the host alone.
+                kept = _asset_from_row(prior_row, profiles, zones)
+                kept = dataclasses.replace(kept, sessions_limit=0,
+                                           notes=(f"stored profile {known[0]} has ceiling 0: not probed",))
+                log.warning("discovery.host_left_alone", host=host, model_key=known[0], ceiling=0)
+                await finish_host(host, kept, ())
+                continue
             hs = _HostState()
             results = await _probe_host(host, settings, limit, hs)
             if hs.gave_up is None and not hs.answered and any(
