@@ -328,3 +328,40 @@ async def test_characterize_holds_its_sessions_on_the_open_ports_only(loopback_h
     assert any(e["event"] == "characterize.ports_closed" and e["closed"] == [40001] for e in logs)
     assert char.crash_levels
     assert min(char.crash_levels) in (6, 7), char.summary()
+
+
+async def test_a_stored_ceiling_of_zero_never_breaks_discovery_and_its_model_is_left_alone(
+    loopback_hosts: Callable[[], str], tmp_path: Path
+) -> None:
+    """A model that crashed at its lowest measured level has a stored ceiling of 0. Discovery used to crash
+    on it (ConfigError from a limiter of ceiling 0, for every host). Now unknown hosts are probed one
+    session at a time, and a host the inventory knows to be that model is not probed at all."""
+    from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
+
+    store = ProfileStore(tmp_path / "zero.db")
+
+    def crashed_at_one(key: str) -> Characterization:
+        failed = LevelResult(level=1, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.1)
+        return Characterization.from_trials(host="127.0.0.1", model_key=key, ladder=(1,),
+                                            trials=[TrialResult(index=0, levels=(failed,))])  # fmt: skip
+
+    store.save(crashed_at_one("other-model-0123456789ab"))
+    async with (
+        EmulatedDevice(loopback_hosts(), model="infusion-pump", seed=1) as pump,
+        EmulatedDevice(loopback_hosts(), model="workstation", seed=2) as ws,
+    ):
+        hosts = [pump.host, ws.host]
+        ports = sorted({p for d in (pump, ws) for p in d.ports.values()})
+        kw: dict[str, Any] = {"scope": Scope(hosts), "ports": ports, "store": store, "banner_timeout_s": 0.2}
+        with capture_logs(), anyio.fail_after(30):
+            first = await discover(hosts, **kw)
+            assert {a.host: a.sessions_limit for a in first.assets} == {pump.host: 1, ws.host: 1}
+            pump_key = next(a.model_key for a in first.assets if a.host == pump.host)
+            store.save(crashed_at_one(pump_key))  # now the pump's own model is known to fail at 1
+            before = pump.stats.connects_total
+            second = await discover(hosts, **kw)
+        assert pump.stats.connects_total == before, "a model with ceiling 0 is not probed"
+        assert ws.stats.connects_total > 0
+    by_host = {a.host: a for a in second.assets}
+    assert by_host[pump.host].sessions_limit == 0
+    assert "ceiling 0: not probed" in by_host[pump.host].notes[0]
