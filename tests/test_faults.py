@@ -365,3 +365,26 @@ async def test_a_stored_ceiling_of_zero_never_breaks_discovery_and_its_model_is_
     by_host = {a.host: a for a in second.assets}
     assert by_host[pump.host].sessions_limit == 0
     assert "ceiling 0: not probed" in by_host[pump.host].notes[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="export cannot say 'do not scan': template_for_group raises ConfigError for a stored ceiling of 0 "
+    "(GroupScanSettings has no such setting and several renderers read 0 as 'scanner default'); "
+    "reported to the export owner",
+)
+def test_scan_settings_for_a_model_with_a_stored_ceiling_of_zero(tmp_path: Path) -> None:
+    """A model that failed at its lowest measured level gets fragile settings, not an exception (which
+    ends `fragileprobe discover` with exit 2 after a successful scan) and never the scanner defaults."""
+    from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
+    from fragileprobe.export import template_for_group
+
+    failed = LevelResult(level=1, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.1)
+    char = Characterization.from_trials(host="127.0.0.1", model_key="brittle-0123456789ab", ladder=(1,),
+                                        trials=[TrialResult(index=0, levels=(failed,))])  # fmt: skip
+    with ProfileStore(tmp_path / "z.db") as store:
+        store.save(char)
+        settings = template_for_group("brittle-0123456789ab", store)
+    assert settings.fragile
+    assert settings.sessions_per_host is not None
+    assert settings.sessions_per_host <= 1
