@@ -411,3 +411,27 @@ async def test_webhook_that_never_answers_is_bounded_by_its_timeout(loopback_hos
 def test_webhook_url_must_be_http_with_a_host(url: str) -> None:
     with pytest.raises(ConfigError, match="webhook_url"):
         WebhookAlertSink(url)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 8)), min_size=1, max_size=3),
+                min_size=1, max_size=4))
+def test_zone_overlap_detection_matches_brute_force(spans: list[list[tuple[int, int]]]) -> None:
+    """Random zones of address ranges: refused exactly when two different zones share an address."""
+    zones = [Zone(f"z{i}", tuple(f"10.0.0.{lo}-10.0.0.{lo + width}" for lo, width in ranges))
+             for i, ranges in enumerate(spans)]
+    owners: dict[int, set[int]] = {}
+    for i, ranges in enumerate(spans):
+        for lo, width in ranges:
+            for addr in range(lo, lo + width + 1):
+                owners.setdefault(addr, set()).add(i)
+    overlapping = any(len(zs) > 1 for zs in owners.values())
+    if overlapping:
+        with pytest.raises(ConfigError, match="overlap"):
+            Zones(zones)
+    else:
+        built = Zones(zones)
+        for addr, (zone_index,) in owners.items():
+            found = built.zone_for(f"10.0.0.{addr}")
+            assert found is not None
+            assert found.name == f"z{zone_index}"
