@@ -12,7 +12,8 @@ What it does to each host, and why:
   identified is held to the lowest stored ceiling of any model when ``per_host_sessions`` is above it, so
   the rule also holds before the host's model is known.
 * On open ports: the banner is read (nothing is sent), except on printer ports 9100-9107, which print what
-  they receive: there the probe is connect + close only. Web ports get one bounded ``GET /``.
+  they receive, and on ports of protocols where the client speaks first (SMB, RDP, TLS, databases, DICOM,
+  HL7): there the probe is connect + close only. Web ports get one bounded ``GET /``.
 * A host that stops answering mid-scan (``unresponsive_after`` consecutive timeouts, connect or HTTP, after it
   had answered on some port) is left alone for the rest of the run and reported; nothing is retried harder.
   A host that accepts connections but answers nothing, with a request timing out (a hung device), is
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DISCOVERY_PORTS",
+    "CLIENT_FIRST_PORTS",
     "PRINTER_PORTS",
     "WEB_PORTS",
     "Asset",
@@ -95,8 +97,15 @@ DEFAULT_DISCOVERY_PORTS: Final = PORT_SETS["hospital"]
 # Raw print ports (JetDirect/AppSocket, one per printer port on multi-port print servers): whatever arrives
 # is printed, so discovery only connects and closes; nmap -sV excludes the same range by default.
 PRINTER_PORTS: Final = frozenset(range(9100, 9108))
-# Ports that get a GET / (plain HTTP). TLS ports (443, 8443) only get a connect + silent read: a TLS
-# handshake is more than discovery needs and more than a fragile stack should be asked for.
+# Protocols where the client speaks first, so a banner read only holds a session on the device for the whole
+# banner timeout and learns nothing: MS-RPC, NetBIOS, SMB, RDP, TLS (443/8443/5986), MS SQL, PostgreSQL,
+# DICOM, HL7 MLLP, SNMP over TCP. Discovery connects and closes there (the port's name comes from the
+# well-known port table). A speak-first service moved onto one of these ports would go unnamed.
+CLIENT_FIRST_PORTS: Final = frozenset(
+    {135, 139, 445, 3389, 443, 8443, 5986, 1433, 5432, 104, 11112, 2575, 161}
+)
+# Ports that get a GET / (plain HTTP). TLS ports (443, 8443) only get a connect and close: a TLS handshake
+# is more than discovery needs and more than a fragile stack should be asked for.
 WEB_PORTS: Final = frozenset({80, 631, 5985, 8000, 8008, 8080, 8081, 8888})
 # Per-host connect rate default: a quarter of runZero's 40 packets/s per host, the gentlest default of the
 # scanners we compared (see ANCHORS.md).
@@ -629,7 +638,7 @@ async def _probe_host(host: str, s: _Settings, limit: int, hs: _HostState) -> li
             if hs.gave_up is not None:
                 return
             hint = s.port_aliases.get(port, port)
-            if port in PRINTER_PORTS or hint in PRINTER_PORTS:
+            if port in PRINTER_PORTS or hint in PRINTER_PORTS or hint in CLIENT_FIRST_PORTS:
                 res: ProbeResult = await tcp_connect(host, port, timeout_s=s.connect_timeout_s)
             elif port in WEB_PORTS or hint in WEB_PORTS:
                 res = await http_get(host, port, "/", timeout_s=s.connect_timeout_s,
