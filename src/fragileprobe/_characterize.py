@@ -346,6 +346,17 @@ async def characterize(
         if store is not None:
             row = store.unfinished_run(host=address, model_key=model_key) if resume else None
             if row is not None:
+                # What a level means (its sessions, how long they are held) must not change mid-run: trials
+                # measured otherwise would be merged into one ceiling.
+                changed = [k for k in ("ladder", "dwell_s", "hold_s") if k in row.params
+                           and row.params[k] != params[k]]  # fmt: skip
+                if changed:
+                    was = ", ".join(f"{k}={row.params[k]!r}" for k in changed)
+                    now = ", ".join(f"{k}={params[k]!r}" for k in changed)
+                    raise ConfigError(
+                        f"resume: the unfinished run {row.run_id} was measured with {was}, not {now}; resume "
+                        "with the same settings, or start a new run without resume"
+                    )
                 run_id = row.run_id
                 previous = [t for t in row.trials if t.complete][: config.trials]
                 bound.info("characterize.resumed", run_id=run_id, finished_trials=len(previous))
