@@ -388,3 +388,23 @@ def test_scan_settings_for_a_model_with_a_stored_ceiling_of_zero(tmp_path: Path)
     assert settings.fragile
     assert settings.sessions_per_host is not None
     assert settings.sessions_per_host <= 1
+
+
+async def test_resume_with_other_level_settings_is_a_clear_error(loopback_host: str, tmp_path: Path) -> None:
+    """Resuming an unfinished run with another dwell (or ladder, or hold) would merge trials measured
+    differently into one ceiling: a ConfigError naming the run and both settings, nothing merged."""
+    from fragileprobe._profile import LevelOutcome, LevelResult, TrialResult
+
+    store = ProfileStore(tmp_path / "r.db")
+    params = {"ladder": [1, 2], "dwell_s": 0.2, "hold_s": 0.02, "trials": 2}
+    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=7, jitter=0,
+                              boot_delay_s=0.05) as dev:  # fmt: skip
+        run_id = store.begin_run(host=dev.host, model_key="resume-pump", params=params)
+        passed = tuple(LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=0.2, elapsed_s=0.2)
+                       for n in (1, 2))
+        store.record_trial(run_id, TrialResult(index=0, levels=passed))
+        expected = rf"resume: the unfinished run {run_id} was measured with dwell_s=0.2, not dwell_s=0.3"
+        with capture_logs(), anyio.fail_after(30), pytest.raises(ConfigError, match=expected):
+            await characterize(_target(dev), scope=Scope([dev.host]), ladder=(1, 2), trials=2, store=store,
+                               model_key="resume-pump", resume=True, **{**TIMINGS, "dwell_s": 0.3})
+    assert [t.index for t in store.trials(run_id)] == [0], "nothing was merged into the old run"
