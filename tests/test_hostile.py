@@ -446,6 +446,11 @@ async def test_discovery_over_a_hostile_fleet_is_bounded_in_time_and_memory(
     assert set(by_host) == set(hosts), "every device that accepts connections is an asset"
     for d in healthy:
         assert "Medical Device?" in by_host[d.host].groups
+    # a pump that accepts and never says anything on any port is reported, and never "safe to scan"
+    silent = [d.host for d, m in zip(hostile, models, strict=True) if m.name == "hostile-mute-mute"]
+    assert silent
+    assert by_host[silent[0]].groups == ()
+    assert silent[0] in {u.host for u in report.unresponsive}
     size = len(report.to_json())
     assert size < 200_000, size  # results are bounded: no flood bytes were kept
 
