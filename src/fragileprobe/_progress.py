@@ -136,7 +136,9 @@ class CharacterizeState:
                     del self.recent_latencies_s[:-RECENT_BEATS]
             else:
                 self.beats_failed += 1
-        elif event == "watchdog.device_down":
+        elif event == "watchdog.device_down" and self.level is not None:
+            # Before the first level (already down, heartbeat port closed) there is no level to blame and no
+            # recovery follows: the run's own error says what happened.
             self.downs.append(
                 f"{self.host} stopped answering its heartbeat during level {self.level} "
                 f"({fields.get('in_flight')} sessions in flight): {fields.get('reason')}"
