@@ -304,3 +304,12 @@ def test_huge_inputs_are_capped() -> None:
     assert fingerprint_service(80, http).service == "http"
     key = model_key(open_ports=[21], banners={21: flood}, server_header="S" * 1_000_000)
     assert len(key) < 50
+
+
+def test_model_server_header_prefers_8080_then_the_lowest_web_port() -> None:
+    """Discovery and characterization name a model by the same web server's header."""
+    from fragileprobe._fingerprint import model_server_header
+
+    assert model_server_header({}) is None
+    assert model_server_header({80: "a", 8080: "b", 443: "c"}) == "b"
+    assert model_server_header({631: "ipp", 80: "web"}) == "web"

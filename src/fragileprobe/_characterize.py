@@ -502,13 +502,15 @@ async def _derive_model_key(
 
     Returns the model key and the ports that accepted a connection (the sessions' ports).
     """
-    from fragileprobe._fingerprint import model_key  # the one definition of model keys (discovery's)
+    # the one definition of model keys, and of which web server names the model (discovery's)
+    from fragileprobe._fingerprint import model_key, model_server_header
     from fragileprobe._probes import Outcome
 
     open_ports: list[int] = []
     accepting: list[int] = []
     banners: dict[int, bytes] = {}
-    server: str | None = None
+    servers: dict[int, str] = {}
+
     def accepted(res: Any) -> bool:
         # The connection was accepted, whatever the service then did (said nothing in time, reset, spoke
         # garbage): a session can be held there. Only a refused or timed-out connect means "closed".
@@ -523,8 +525,8 @@ async def _derive_model_key(
                 accepting.append(port)
             if http.outcome is Outcome.OPEN:
                 open_ports.append(port)
-                if server is None and http.server:
-                    server = http.server
+                if http.server:
+                    servers[port] = http.server
             continue
         res = await guard.grab_banner(port, read_timeout_s=read_timeout_s)
         if accepted(res):
@@ -532,6 +534,7 @@ async def _derive_model_key(
         if res.outcome is Outcome.OPEN:
             open_ports.append(port)
             banners[port] = res.data
+    server = model_server_header(servers)
     key = model_key(open_ports=open_ports, banners=banners, server_header=server, name=name)
     return key, accepting
 

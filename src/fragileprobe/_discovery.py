@@ -46,6 +46,7 @@ from fragileprobe._fingerprint import (
     guess_os,
     model_key,
     model_key_digest,
+    model_server_header,
 )
 from fragileprobe._groups import (
     UNZONED,
@@ -720,7 +721,7 @@ def _build_asset(
                 banners[r.port] = r.data
         services.append(info)
     os_guess = guess_os(services)
-    server_header = servers.get(8080) or (servers[min(servers)] if servers else None)
+    server_header = model_server_header(servers)
     key = model_key(open_ports=[r.port for r in open_results], banners=banners, server_header=server_header)
     known = profiles.get(model_key_digest(key))
     zone = zones.zone_for(host) if zones is not None else None

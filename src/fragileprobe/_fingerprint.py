@@ -709,6 +709,18 @@ def model_key(
     return f"{slug}-{digest[:MODEL_KEY_HASH_HEX]}"
 
 
+def model_server_header(servers: Mapping[int, str]) -> str | None:
+    """Pick the ``Server:`` header that names a model, from the headers its web ports sent.
+
+    Discovery and characterization must agree on this, or the same device gets two model keys: the header
+    of port 8080 (the management web server of the devices this project exists for) wins, else the lowest
+    web port's.
+    """
+    if not servers:
+        return None
+    return servers.get(8080) or servers[min(servers)]
+
+
 def model_key_digest(key: str) -> str:
     """Return the hash part of a model key (what identifies the model; the slug is only for people)."""
     return key.rsplit("-", 1)[-1]
