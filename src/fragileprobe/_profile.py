@@ -525,7 +525,15 @@ class Characterization:
         Raises:
             ConfigError: The data is from a newer format or misses required fields.
         """
-        fmt = int(data.get("format", FORMAT_VERSION))
+        import collections.abc
+
+        if not isinstance(data, collections.abc.Mapping):
+            raise ConfigError(f"characterization data is malformed: expected an object, got {data!r:.80}")
+        try:
+            fmt = int(data.get("format", FORMAT_VERSION))
+        except (TypeError, ValueError) as exc:
+            bad = data.get("format")
+            raise ConfigError(f"characterization data is malformed: format {bad!r:.40}") from exc
         if fmt > FORMAT_VERSION:
             raise ConfigError(
                 f"characterization format {fmt} is newer than this fragileprobe ({FORMAT_VERSION})"
@@ -551,7 +559,8 @@ class Characterization:
                 run_id=data.get("run_id"),
                 started_at_epoch_s=float(data.get("started_at_epoch_s", 0.0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        # AttributeError: a trial or level that is not an object
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"characterization data is malformed: {exc!r}") from exc
 
     @classmethod

@@ -517,6 +517,8 @@ class ProfileStore:
         version = data.get("fragileprobe_store", SCHEMA_VERSION)
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise ConfigError(f"import_json: export schema {version!r} is newer than {SCHEMA_VERSION}")
+        if not isinstance(data["characterizations"], list):
+            raise ConfigError("import_json: 'characterizations' must be a list")
         chars = [Characterization.from_dict(c) for c in data["characterizations"]]
         added = 0
         for char in chars:
