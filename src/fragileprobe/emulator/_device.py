@@ -26,6 +26,7 @@ import ipaddress
 import math
 import os
 import random
+import socket
 import time
 import types
 from dataclasses import dataclass
@@ -447,12 +448,14 @@ class EmulatedDevice:
                 assert self._held_changed is not None
                 await self._held_changed.wait()
             try:
-                stream = await listener.accept()
+                stream = await _accept(listener)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
             except OSError as exc:
                 self._log.warning("emulator.accept_failed", port=model_port, error=str(exc))
                 await anyio.sleep(_ACCEPT_RETRY_S)
+                continue
+            if stream is None:
                 continue
             self._held += 1
             tg.start_soon(self._handle, stream, model_port)
@@ -531,3 +534,33 @@ class EmulatedPump(EmulatedDevice):
     Serves FTP 21 (vsFTPd 2.3.4), SSH 22 (dropbear 0.52), Telnet 23 (BusyBox) and its status web server on
     8080; hangs at ``T`` uniform in {7, 8, 9} concurrent sessions.
     """
+
+
+async def _accept(listener: SocketListener) -> SocketStream | None:
+    """Accept one connection without ever losing the accepted socket to a cancellation.
+
+    anyio's ``SocketListener.accept()`` can be cancelled after the kernel handed over the socket but before
+    it is wrapped (``connect_accepted_socket`` awaits), and the socket is then dropped unclosed: a
+    ``ResourceWarning`` at some later garbage collection. Power cycles cancel accept loops all the time, so
+    the emulator waits for readiness (cancellable), accepts without blocking, and wraps the socket shielded.
+
+    Returns:
+        The new stream, or ``None`` when another waiter took the connection (or the client left) first.
+    """
+    raw = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+    await anyio.wait_readable(raw)
+    try:
+        conn, _addr = raw.accept()
+    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+        return None
+    stream: SocketStream | None = None
+    try:
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with anyio.CancelScope(shield=True):
+            stream = await anyio.abc.SocketStream.from_socket(conn)
+    finally:
+        if stream is None:  # wrapping failed: the socket is still ours to close
+            conn.close()
+    return stream
+
