@@ -354,6 +354,28 @@ def test_bad_store_is_refused_and_left_byte_identical(tmp_path: Path, kind: str,
     assert _digest(path) == before
 
 
+IMPORT_ROWS = [
+    ("not JSON", "hosts: [127.0.0.1]", r"import_json: not JSON"),
+    ("not an export", '{"profiles": []}', r"not a fragileprobe store export"),
+    ("not a list", '{"characterizations": 5}', r"'characterizations' must be a list"),
+    ("null entry", '{"characterizations": [null]}', r"malformed: expected an object, got None"),
+    ("bad trial", '{"characterizations": [{"host": "h", "ladder": [1], "trials": [7]}]}', r"malformed"),
+    ("newer format", '{"characterizations": [{"format": 99}]}', r"format 99 is newer"),
+]
+
+
+@pytest.mark.parametrize(("row", "text", "pattern"), IMPORT_ROWS, ids=[r[0] for r in IMPORT_ROWS])
+def test_bad_import_document_is_refused_and_adds_nothing(
+    tmp_path: Path, row: str, text: str, pattern: str
+) -> None:
+    with ProfileStore(tmp_path / "s.db") as store:
+        store.save(_char("127.0.0.9"))
+        before = store.export_json()
+        with pytest.raises(ConfigError, match=pattern):
+            store.import_json(text)
+        assert store.export_json() == before
+
+
 _LOCK_HOLDER = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -408,6 +430,7 @@ def _cli_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "zones-overlap.toml": "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/24']\nkind = 'medical'\n"
                               "[[zone]]\nname = 'b'\nranges = ['127.0.0.128/25']\nkind = 'general'\n",
         "fleet-broken.toml": "[[device]\nhost = '127.0.0.2'\n",
+        "bad-import.json": '{"characterizations": [null]}',
     }  # fmt: skip
     for name, text in files.items():
         (tmp / name).write_text(text)
@@ -454,6 +477,8 @@ def _cli_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "store: newer schema": (["characterize", "--store", str(tmp / "newer.db"), h],
                                 r"newer\.db has schema version \d+, newer than"),
         "store: locked": (["discover", "--store", str(tmp / "locked.db"), h], r"locked\.db is locked"),
+        "store: bad import": (["profiles", "import", f("bad-import.json"), "--store", f("imp.db")],
+                              r"malformed: expected an object"),
         "emulate: not loopback": (["emulate", "--host", "10.1.2.3"], r"10\.1\.2\.3.*loopback"),
         "emulate: bad fleet file": (["emulate", "--fleet", f("fleet-broken.toml")], r"fleet-broken\.toml"),
     }  # fmt: skip
