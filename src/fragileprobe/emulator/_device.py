@@ -558,7 +558,10 @@ async def _accept(listener: SocketListener) -> SocketStream | None:
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with anyio.CancelScope(shield=True):
-            stream = await anyio.abc.SocketStream.from_socket(conn)
+            try:
+                stream = await anyio.abc.SocketStream.from_socket(conn)
+            except ValueError:  # "the socket must be connected": the client reset it already (nmap -sT)
+                return None
     finally:
         if stream is None:  # wrapping failed: the socket is still ours to close
             conn.close()
