@@ -468,3 +468,20 @@ async def test_discovery_memory_does_not_grow_with_the_port_range(loopback_hosts
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20, peak
+
+
+async def test_the_emulated_device_survives_clients_that_reset_before_it_accepts(loopback_host: str) -> None:
+    """The test bed itself must not crash on a hostile client: connections reset (SO_LINGER 0) before the
+    device's accept loop ran (what nmap -sT does) used to end the device with ValueError."""
+    import socket
+    import struct
+
+    async with device(loopback_host, PUMP) as dev:
+        for _ in range(20):  # no await in between: every RST lands before the device can accept
+            s = socket.create_connection((dev.host, dev.port(21)), timeout=2)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        await anyio.sleep(0.1)
+        res = await grab_banner(dev.host, dev.port(21), read_timeout_s=1.0)
+    assert res.outcome is Outcome.OPEN
+    assert res.data.startswith(b"220")
