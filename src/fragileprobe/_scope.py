@@ -19,6 +19,7 @@ Ports: ``"21-23,8080"``, ints, iterables of either, and the named sets in :data:
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 import socket
@@ -119,6 +120,10 @@ def _resolve(name: str) -> list[IPAddress]:
     return list(seen)
 
 
+# Networks a Scope names in its str() (and so in a ScopeError message) before "... (N more)".
+_STR_MAX_NETWORKS = 8
+
+
 class Scope:
     """The address ranges the user is authorized to probe.
 
@@ -131,7 +136,7 @@ class Scope:
         ConfigError: the scope is empty, a range is malformed, or a range is large without ``allow_large``.
     """
 
-    __slots__ = ("_networks",)
+    __slots__ = ("_index", "_networks")
 
     def __init__(self, ranges: str | Iterable[str], *, allow_large: bool = False) -> None:
         items = ranges.split(",") if isinstance(ranges, str) else list(ranges)
@@ -155,6 +160,23 @@ class Scope:
         if not networks:
             raise ConfigError("scope is empty: give at least one authorized address or CIDR block")
         self._networks: tuple[IPNetwork, ...] = tuple(networks)
+        # Per IP version: merged [first, last] address intervals, sorted, for a bisect lookup. A scope listing
+        # thousands of single addresses (an asset list) is then checked in O(log n) per host, not O(n):
+        # checking 5,000 targets against 5,000 entries took 5 s, 65,536 would take 15 minutes.
+        index: dict[int, tuple[list[int], list[int]]] = {}
+        for version in (4, 6):
+            spans = sorted((int(n.network_address), int(n.broadcast_address))
+                           for n in networks if n.version == version)  # fmt: skip
+            starts: list[int] = []
+            ends: list[int] = []
+            for first, last in spans:
+                if ends and first <= ends[-1] + 1:
+                    ends[-1] = max(ends[-1], last)
+                else:
+                    starts.append(first)
+                    ends.append(last)
+            index[version] = (starts, ends)
+        self._index = index
 
     @property
     def networks(self) -> tuple[IPNetwork, ...]:
@@ -162,7 +184,10 @@ class Scope:
         return self._networks
 
     def _contains_address(self, addr: IPAddress) -> bool:
-        return any(addr.version == net.version and addr in net for net in self._networks)
+        starts, ends = self._index[addr.version]
+        value = int(addr)
+        i = bisect.bisect_right(starts, value) - 1
+        return i >= 0 and value <= ends[i]
 
     def __contains__(self, host: object) -> bool:
         """True if ``host`` (an IP address string) is inside the scope; never raises, never resolves."""
@@ -203,7 +228,10 @@ class Scope:
         return hash(self._networks)
 
     def __str__(self) -> str:
-        return "[" + ", ".join(str(n) for n in self._networks) + "]"
+        # Shown in every ScopeError: a scope of thousands of entries must not make a 100 KB message.
+        shown = ", ".join(str(n) for n in self._networks[:_STR_MAX_NETWORKS])
+        more = len(self._networks) - _STR_MAX_NETWORKS
+        return "[" + shown + (f", ... ({more} more)" if more > 0 else "") + "]"
 
     def __repr__(self) -> str:
         return f"Scope({[str(n) for n in self._networks]!r})"
