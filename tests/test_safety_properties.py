@@ -18,6 +18,7 @@ through the whole stack:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -241,3 +242,42 @@ def test_characterize_sends_nothing_while_down_and_its_ceiling_is_true_to_the_de
     assert char.safe_ceiling < threshold, (threshold, char.safe_ceiling, char.summary())
     assert char.safe_ceiling <= min(char.crash_levels) - 1
     assert time.monotonic() - t0 < 90
+
+
+# --- the scope's fast lookup agrees with the networks it was given -----------------------------------------
+
+@st.composite
+def networks_and_addresses(draw: st.DrawFn) -> tuple[list[str], list[str]]:
+    v6 = draw(st.booleans())
+    bits = 128 if v6 else 32
+    base = 0x20010DB8 << 96 if v6 else 0x7F000000  # 2001:db8::/32 or 127.0.0.0/8: documentation, loopback
+    span = 1 << (bits - 32 if v6 else 24)
+
+    def addr(offset: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        return ipaddress.ip_address(base + offset % span)
+
+    nets = []
+    for _ in range(draw(st.integers(1, 30))):
+        prefix = draw(st.integers(bits - 12, bits))
+        nets.append(str(ipaddress.ip_network(f"{addr(draw(st.integers(0, 5000)))}/{prefix}", strict=False)))
+    probes = [str(addr(draw(st.integers(0, 6000)))) for _ in range(draw(st.integers(1, 40)))]
+    return nets, probes
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=networks_and_addresses())
+def test_scope_membership_is_exactly_the_union_of_its_networks(data: tuple[list[str], list[str]]) -> None:
+    """The bisect index over merged intervals admits an address exactly when one of the given networks
+    contains it (never more: nothing outside the scope; never less: no refusal of an authorized host)."""
+    nets, probes = data
+    scope = Scope(nets)
+    networks = [ipaddress.ip_network(n) for n in nets]
+    for p in probes:
+        a = ipaddress.ip_address(p)
+        expected = any(a.version == n.version and a in n for n in networks)
+        assert (p in scope) is expected, (p, nets)
+        if expected:
+            assert scope.check(p) == p
+        else:
+            with pytest.raises(ScopeError):
+                scope.check(p)
