@@ -124,10 +124,21 @@ def test_settings_for_groups_covers_every_group_of_a_report() -> None:
     assert out["Medical Device?"].fragile
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, "5", 2.5, None])
+@pytest.mark.parametrize("bad", [-1, True, "5", 2.5, None])
 def test_bad_ceilings_are_refused(bad: object) -> None:
     with pytest.raises(ConfigError):
         export.nmap_args(bad)
+
+
+def test_a_ceiling_of_zero_says_do_not_scan_in_every_scanner() -> None:
+    """A measured ceiling of 0 is not "scanner default": every rendering says keep the hosts out, and the
+    numbers are the scanner's minimum (1), never 0."""
+    nmap = export.nmap_args(0)
+    assert nmap.args[nmap.args.index("--max-parallelism") + 1] == "1"
+    renderings = (nmap, export.nessus_policy(0), export.openvas_settings(0), export.insightvm_template(0))
+    for rendering in renderings:
+        assert any("ceiling of 0" in n for n in rendering.notes), rendering
+    assert export.nessus_policy(0).max_simultaneous_tcp_sessions_per_host == 1
 
 
 @given(st.integers(min_value=1, max_value=10_000))

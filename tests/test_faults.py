@@ -367,12 +367,6 @@ async def test_a_stored_ceiling_of_zero_never_breaks_discovery_and_its_model_is_
     assert "ceiling 0: not probed" in by_host[pump.host].notes[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export cannot say 'do not scan': template_for_group raises ConfigError for a stored ceiling of 0 "
-    "(GroupScanSettings has no such setting and several renderers read 0 as 'scanner default'); "
-    "reported to the export owner",
-)
 def test_scan_settings_for_a_model_with_a_stored_ceiling_of_zero(tmp_path: Path) -> None:
     """A model that failed at its lowest measured level gets fragile settings, not an exception (which
     ends `fragileprobe discover` with exit 2 after a successful scan) and never the scanner defaults."""
@@ -386,8 +380,12 @@ def test_scan_settings_for_a_model_with_a_stored_ceiling_of_zero(tmp_path: Path)
         store.save(char)
         settings = template_for_group("brittle-0123456789ab", store)
     assert settings.fragile
+    assert settings.do_not_scan
     assert settings.sessions_per_host is not None
     assert settings.sessions_per_host <= 1
+    text = settings.text()
+    assert "DO NOT SCAN" in text
+    assert "--max-parallelism 1 " in text, "whoever scans anyway gets the scanner's minimum, never defaults"
 
 
 async def test_resume_with_other_level_settings_is_a_clear_error(loopback_host: str, tmp_path: Path) -> None:

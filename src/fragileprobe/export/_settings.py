@@ -58,6 +58,11 @@ FRAGILE_RATE_PER_HOST: Final = 10.0
 FRAGILE_HOSTS_IN_PARALLEL: Final = 10
 # Nessus checks per host for fragile groups: Tenable's OT setting.
 OT_CHECKS_PER_HOST: Final = 2
+# What a measured ceiling of 0 means for the people configuring a scanner.
+DO_NOT_SCAN_NOTE: Final = (
+    "characterization measured a ceiling of 0: even one session at a time crashed this model; keep these "
+    "hosts out of regular scans (exclude them) and assess them with the vendor or by hand"
+)
 # Network/read timeout for fragile hosts: Tenable's OT guidance (slow stacks answer late, not never).
 FRAGILE_TIMEOUT_S: Final = 15
 
@@ -81,6 +86,9 @@ class GroupScanSettings:
         characterize_first: The group's model has no measured ceiling: characterize one device first.
         source: Where the numbers come from.
         notes: Things the person configuring the scanner must know.
+        do_not_scan: Characterization measured a ceiling of 0 (even one session at a time crashed the
+            model): keep these hosts out of regular scans. The session settings are then the scanner's
+            minimum, for whoever scans them anyway.
     """
 
     group: str
@@ -97,6 +105,7 @@ class GroupScanSettings:
     characterize_first: bool
     source: str
     notes: tuple[str, ...] = ()
+    do_not_scan: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -107,11 +116,14 @@ class GroupScanSettings:
             "stop_unresponsive": self.stop_unresponsive, "service_detection": self.service_detection,
             "os_detection": self.os_detection, "exclude_ports": [list(r) for r in self.exclude_ports],
             "characterize_first": self.characterize_first, "source": self.source, "notes": list(self.notes),
+            "do_not_scan": self.do_not_scan,
         }
 
     def text(self) -> str:
         """Every scanner's settings for this group, as text for people."""
         parts = [f"# {self.group}: {self.source}"]
+        if self.do_not_scan:
+            parts.append(f"# DO NOT SCAN: {DO_NOT_SCAN_NOTE}")
         parts.extend(f"# note: {n}" for n in self.notes)
         parts.append(nmap_args(self).text())
         parts.append(nessus_policy(self).text())
@@ -122,16 +134,29 @@ class GroupScanSettings:
 
 def _fragile(group: str, ceiling: int, *, source: str, characterize_first: bool,
              notes: Iterable[str] = ()) -> GroupScanSettings:
-    if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 1:
-        raise ConfigError(f"ceiling must be an integer >= 1, got {ceiling!r}")
+    if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 0:
+        raise ConfigError(f"ceiling must be an integer >= 0, got {ceiling!r}")
+    # A measured ceiling of 0 cannot be expressed to a scanner (0 means "default" to most of them): the
+    # settings say "do not scan", with the scanner's minimum for whoever scans anyway.
+    do_not_scan = ceiling == 0
+    if do_not_scan:
+        ceiling = CONSERVATIVE_CEILING
     return GroupScanSettings(
-        group=group, fragile=True, sessions_per_host=ceiling,
+        group=group, fragile=True, sessions_per_host=ceiling, do_not_scan=do_not_scan,
         checks_per_host=max(1, min(ceiling, OT_CHECKS_PER_HOST)),
         hosts_in_parallel=FRAGILE_HOSTS_IN_PARALLEL, rate_per_host=FRAGILE_RATE_PER_HOST, safe_checks=True,
         stop_unresponsive=True, service_detection=False, os_detection=False,
         exclude_ports=(PRINTER_PORT_RANGE,), characterize_first=characterize_first, source=source,
         notes=tuple(notes),
     )
+
+
+def _common_notes(s: GroupScanSettings) -> list[str]:
+    """The notes every scanner's rendering carries for a group."""
+    notes = [DO_NOT_SCAN_NOTE] if s.do_not_scan else []
+    if s.characterize_first:
+        notes.append("model not characterized yet: characterize a device first, then use its ceiling")
+    return notes
 
 
 def _regular(group: str, *, source: str) -> GroupScanSettings:
@@ -261,8 +286,7 @@ def nmap_args(x: int | GroupScanSettings | Any) -> NmapArgs:
         "do not add --scan-delay: nmap then ignores --max-parallelism and serializes the scan",
         "no -O (malformed OS-detection packets crash embedded stacks), no -sV/-A/--script on this group",
     ]
-    if s.characterize_first:
-        notes_list.append("model not characterized yet: characterize a device first, then use its ceiling")
+    notes_list[:0] = _common_notes(s)
     return NmapArgs(tuple(args_list), tuple(notes_list))
 
 
@@ -315,8 +339,7 @@ def nessus_policy(x: int | GroupScanSettings | Any) -> NessusPolicy:
     """Nessus policy values for a ceiling, a stored profile or a group's settings."""
     s = _as_settings(x)
     notes = ["'stop scanning hosts that become unresponsive' is off by default in Nessus: turn it on"]
-    if s.characterize_first:
-        notes.append("model not characterized yet: characterize a device first")
+    notes[:0] = _common_notes(s)
     return NessusPolicy(
         max_checks_per_host=s.checks_per_host,
         max_simultaneous_tcp_sessions_per_host=s.sessions_per_host,
@@ -367,8 +390,7 @@ def openvas_settings(x: int | GroupScanSettings | Any) -> OpenVasSettings:
     if s.fragile:
         notes.append("max_checks is per host (concurrent VTs); each VT may open a session, so it gets the "
                      "ceiling")
-    if s.characterize_first:
-        notes.append("model not characterized yet: characterize a device first")
+    notes[:0] = _common_notes(s)
     return OpenVasSettings(
         max_checks=s.sessions_per_host, max_hosts=s.hosts_in_parallel, safe_checks=s.safe_checks,
         max_vts_timeouts=3 if s.fragile else None, excluded_ports=_port_exclusion(s.exclude_ports),
@@ -416,9 +438,7 @@ class InsightVmTemplate:
 def insightvm_template(x: int | GroupScanSettings | Any) -> InsightVmTemplate:
     """InsightVM template values for a ceiling, a stored profile or a group's settings."""
     s = _as_settings(x)
-    notes = []
-    if s.characterize_first:
-        notes.append("model not characterized yet: characterize a device first")
+    notes = _common_notes(s)
     return InsightVmTemplate(
         maximum_scan_processes_per_asset=s.sessions_per_host, maximum_assets_in_parallel=s.hosts_in_parallel,
         tcp_discovery_method="Full connection" if s.fragile else "default",
