@@ -9,6 +9,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from _support.timings import FAST_CHARACTERIZE
 from fragileprobe._characterize import EarlyWarning, ProgressEvent, characterize, characterize_sync
 from fragileprobe._errors import ConfigError, DeviceDownError, RecoveryError, ScopeError
 from fragileprobe._heartbeat import HttpHeartbeat, TcpHeartbeat
@@ -22,19 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-# Short timings: the emulator's responses take 4-100 ms, so 40 ms beats and 0.2 s dwells see several beats
-# per level, and a hung device is noticed within 40 + 250 ms.
-FAST: dict[str, Any] = {
-    "dwell_s": 0.2,
-    "hold_s": 0.02,
-    "interval_s": 0.04,
-    "heartbeat_timeout_s": 0.25,
-    "healthy_beats": 2,
-    "recovery_timeout_s": 5.0,
-    "baseline_beats": 3,
-    "read_timeout_s": 0.2,
-    "connect_timeout_s": 0.5,
-}
+FAST: dict[str, Any] = FAST_CHARACTERIZE
 
 
 def _target(dev: EmulatedDevice) -> Target:

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from _support.drivers import CHARACTERIZE_DRIVER, DISCOVERY_DRIVER
 from _support.procs import Child
+from _support.timings import FAST_CHARACTERIZE
 from fragileprobe import ConfigError, DeviceDownError, Guard, HttpHeartbeat, RecoveryError, Scope, Target
 from fragileprobe._characterize import characterize
 from fragileprobe._discovery import discover
@@ -33,17 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-TIMINGS: dict[str, Any] = {
-    "dwell_s": 0.2,
-    "hold_s": 0.02,
-    "interval_s": 0.04,
-    "heartbeat_timeout_s": 0.25,
-    "healthy_beats": 2,
-    "recovery_timeout_s": 5.0,
-    "baseline_beats": 3,
-    "read_timeout_s": 0.2,
-    "connect_timeout_s": 0.5,
-}
+TIMINGS: dict[str, Any] = FAST_CHARACTERIZE
 
 
 def _seed() -> int:

@@ -21,6 +21,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from _support.timings import FAST_CHARACTERIZE
 from fragileprobe import (
     DeviceDownError,
     Guard,
@@ -61,17 +62,7 @@ SLACK_S = 2.0
 # flood (8 MiB by default).
 PROBE_PEAK_BYTES = 4 << 20
 
-CHAR_TIMINGS: dict[str, Any] = {
-    "dwell_s": 0.2,
-    "hold_s": 0.02,
-    "interval_s": 0.04,
-    "heartbeat_timeout_s": 0.25,
-    "healthy_beats": 2,
-    "recovery_timeout_s": 5.0,
-    "baseline_beats": 3,
-    "read_timeout_s": 0.2,
-    "connect_timeout_s": 0.5,
-}
+CHAR_TIMINGS: dict[str, Any] = FAST_CHARACTERIZE
 
 
 def hostile_model(kind: str, *, web: str = "http", name: str | None = None, **spec: Any) -> DeviceModel:

@@ -9,11 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from structlog.testing import capture_logs
 
+from _support.timings import FAST_CHARACTERIZE
 from fragileprobe._characterize import ProgressEvent, characterize
 from fragileprobe._heartbeat import HttpHeartbeat
 from fragileprobe._recovery import emulator_recovery
@@ -24,17 +25,7 @@ from fragileprobe.emulator import EmulatedDevice
 if TYPE_CHECKING:
     from pathlib import Path
 
-TIMINGS = {
-    "dwell_s": 0.25,
-    "hold_s": 0.02,
-    "interval_s": 0.04,
-    "heartbeat_timeout_s": 0.25,
-    "healthy_beats": 2,
-    "recovery_timeout_s": 5.0,
-    "baseline_beats": 3,
-    "read_timeout_s": 0.2,
-    "connect_timeout_s": 0.5,
-}
+TIMINGS: dict[str, Any] = {**FAST_CHARACTERIZE, "dwell_s": 0.25}
 
 # The prober: an emulated pump in its own process, characterized into the store. It prints a line after
 # every finished trial (the store write happens before the progress event), and never exits by itself
