@@ -20,7 +20,7 @@ from fragileprobe.emulator import DeviceState, FleetClient
 from fragileprobe.emulator._process import EmulatorProcess, fragileprobe_command
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 # Bound on any one CLI run in these tests (a short characterization takes ~5 s).
@@ -135,6 +135,28 @@ def test_characterize_human_output_shows_levels_device_down_and_settings(
     assert "Traceback" not in out.stderr
 
 
+def _interrupt_when(args: list[str], ready: Callable[[], bool], what: str) -> tuple[int, str, str]:
+    """Run the CLI, send SIGINT (by PID) as soon as ``ready()`` holds, and return (exit code, stdout, stderr).
+
+    Fails the test if the run ended before ``ready()`` held (nothing was left to interrupt).
+    """
+    proc = subprocess.Popen(
+        [*fragileprobe_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the {what} ended before it could be interrupted"
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    return proc.returncode, stdout, stderr
+
+
 def _trials_stored(store: Path) -> int:
     if not store.exists():
         return 0
@@ -149,21 +171,8 @@ def test_ctrl_c_stops_cleanly_saves_and_resume_finishes(pump: tuple[str, str], t
     store = tmp_path / "fp.db"
     args = ["characterize", host, "--recovery-url", url, *FAST, "--dwell", "0.4", "--trials", "3",
             "--store", str(store), "--json"]  # fmt: skip
-    proc = subprocess.Popen(
-        [*fragileprobe_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while _trials_stored(store) < 1 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        os.kill(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    assert proc.returncode == 130, stderr[-3000:]
+    code, stdout, stderr = _interrupt_when(args, lambda: _trials_stored(store) >= 1, "run")
+    assert code == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     interrupted = json.loads(stdout)
     assert interrupted["status"] == "interrupted"
@@ -412,21 +421,8 @@ def test_discover_ctrl_c_keeps_finished_hosts_and_resume_skips_them(tmp_path: Pa
         # Slow on purpose (one host at a time, 2 connects/s): ~2 s per host, time to interrupt.
         args = ["discover", *hosts, "--ports", ports, *aliases, "--store", str(store), "--rate-per-host", "2",
                 "--max-hosts", "1", "--banner-timeout", "0.3", "--json"]  # fmt: skip
-        proc = subprocess.Popen(
-            [*fragileprobe_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while _hosts_done(store) < 1 and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.1)
-            assert proc.poll() is None, "the scan ended before it could be interrupted"
-            os.kill(proc.pid, signal.SIGINT)
-            stdout, stderr = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        assert proc.returncode == 130, stderr[-3000:]
+        code, stdout, stderr = _interrupt_when(args, lambda: _hosts_done(store) >= 1, "scan")
+        assert code == 130, stderr[-3000:]
         command = json.loads(stdout)["resume_command"]
         done = _hosts_done(store)
         assert 1 <= done < len(hosts)

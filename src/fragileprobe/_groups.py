@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import structlog
 
 from fragileprobe._errors import ConfigError
+from fragileprobe._files import read_bounded_text
 from fragileprobe._fingerprint import OS_FAMILIES, WEB_SERVICES
 
 if TYPE_CHECKING:
@@ -730,18 +731,7 @@ class WebhookAlertSink:
 # --- TOML helpers -----------------------------------------------------------------------------------------
 
 def _read_config(path: str | Path) -> tuple[str, str]:
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES} bytes; is this really a config file?")
-    try:
-        return raw.decode("utf-8"), str(p)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    return read_bounded_text(path, max_bytes=MAX_CONFIG_BYTES), str(Path(path))
 
 
 def _loads(text: str, source: str) -> dict[str, Any]:

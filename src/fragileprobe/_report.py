@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from fragileprobe._errors import ConfigError
+from fragileprobe._files import MAX_JSON_DOCUMENT_BYTES, read_bounded
 from fragileprobe._profile import Characterization, LevelOutcome
 
 if TYPE_CHECKING:
@@ -63,8 +64,6 @@ EVIDENCE_LAST_BEATS: Final = 8
 PLOT_DPI: Final = 100
 # Assets listed in a notebook summary before "... and N more": a /24 fits in a report, not in a cell.
 REPR_MAX_ROWS: Final = 20
-# Largest report input file read (a store export of thousands of runs stays well below this).
-MAX_SOURCE_BYTES: Final = 64 * 1024 * 1024
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:2em auto;max-width:1100px;
@@ -401,14 +400,7 @@ def load_report_source(path: str) -> Characterization | dict[str, Any]:
     """
     import json
 
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_SOURCE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"report input {path}: cannot read: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_SOURCE_BYTES:
-        raise ConfigError(f"report input {path}: larger than {MAX_SOURCE_BYTES} bytes")
+    raw = read_bounded(path, max_bytes=MAX_JSON_DOCUMENT_BYTES, label=f"report input {path}")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -1002,11 +1002,10 @@ def profiles_import(
     json_out: JsonOpt = False,
 ) -> None:
     """Add the characterizations of an export to --store (the ones already there are skipped)."""
+    from fragileprobe._files import MAX_JSON_DOCUMENT_BYTES, read_bounded_text
+
     try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail(f"source: cannot read {source}: {getattr(exc, 'strerror', None) or exc}")
-    try:
+        text = read_bounded_text(source, max_bytes=MAX_JSON_DOCUMENT_BYTES, label=f"source {source}")
         with _open_store(store) as db:
             added = db.import_json(text)
     except FragileProbeError as exc:

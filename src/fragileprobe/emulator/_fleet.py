@@ -35,6 +35,7 @@ import anyio.abc
 import structlog
 
 from fragileprobe._errors import ConfigError
+from fragileprobe._files import read_bounded_text
 from fragileprobe.emulator._device import EmulatedDevice, check_loopback_host
 from fragileprobe.emulator._models import MODELS, get_model
 
@@ -215,14 +216,10 @@ class FleetConfig:
     def from_toml(cls, path: str | os.PathLike[str]) -> FleetConfig:
         """Read a TOML fleet config file."""
         file = Path(path)
+        text = read_bounded_text(file, max_bytes=MAX_CONFIG_FILE_BYTES, label=f"fleet config {file}")
         try:
-            size = file.stat().st_size
-            if size > MAX_CONFIG_FILE_BYTES:
-                raise ConfigError(f"fleet config: {file} is {size} bytes, more than {MAX_CONFIG_FILE_BYTES}")
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"fleet config: cannot read {file}: {exc.strerror or exc}") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"fleet config: {file} is not valid TOML: {exc}") from exc
         return cls.from_mapping(data)
 
