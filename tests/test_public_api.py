@@ -36,3 +36,20 @@ def test_errors_share_one_root() -> None:
         obj = getattr(fragileprobe, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, fragileprobe.FragileProbeError), name
+
+
+def test_type_checkers_see_every_lazy_name_from_its_module() -> None:
+    """The ``if TYPE_CHECKING:`` imports in ``__init__.py`` name exactly the lazy names, each from the module
+    ``_LAZY`` loads it from, so mypy and IDEs see the same API as the running code."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(fragileprobe))
+    block = next(n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING")
+    seen = {
+        alias.name: node.module.removeprefix("fragileprobe.")
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
+    assert seen == fragileprobe._LAZY

@@ -8,7 +8,7 @@ feature that needs them is used).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fragileprobe._errors import (
     ConfigError,
@@ -136,3 +136,220 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(__all__)
 
+if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checkers and IDEs
+    from fragileprobe._characterize import (
+        EarlyWarning as EarlyWarning,
+    )
+    from fragileprobe._characterize import (
+        ProgressEvent as ProgressEvent,
+    )
+    from fragileprobe._characterize import (
+        characterize as characterize,
+    )
+    from fragileprobe._characterize import (
+        characterize_sync as characterize_sync,
+    )
+    from fragileprobe._discovery import (
+        Asset as Asset,
+    )
+    from fragileprobe._discovery import (
+        DiscoveryReport as DiscoveryReport,
+    )
+    from fragileprobe._discovery import (
+        discover as discover,
+    )
+    from fragileprobe._discovery import (
+        discover_sync as discover_sync,
+    )
+    from fragileprobe._fingerprint import (
+        OsGuess as OsGuess,
+    )
+    from fragileprobe._fingerprint import (
+        ServiceInfo as ServiceInfo,
+    )
+    from fragileprobe._fingerprint import (
+        fingerprint_http as fingerprint_http,
+    )
+    from fragileprobe._fingerprint import (
+        fingerprint_service as fingerprint_service,
+    )
+    from fragileprobe._fingerprint import (
+        guess_os as guess_os,
+    )
+    from fragileprobe._fingerprint import (
+        model_key as model_key,
+    )
+    from fragileprobe._groups import (
+        Alert as Alert,
+    )
+    from fragileprobe._groups import (
+        Rule as Rule,
+    )
+    from fragileprobe._groups import (
+        Rules as Rules,
+    )
+    from fragileprobe._groups import (
+        Zone as Zone,
+    )
+    from fragileprobe._groups import (
+        Zones as Zones,
+    )
+    from fragileprobe._guard import (
+        Guard as Guard,
+    )
+    from fragileprobe._guard import (
+        GuardStats as GuardStats,
+    )
+    from fragileprobe._heartbeat import (
+        Beat as Beat,
+    )
+    from fragileprobe._heartbeat import (
+        Heartbeat as Heartbeat,
+    )
+    from fragileprobe._heartbeat import (
+        HttpHeartbeat as HttpHeartbeat,
+    )
+    from fragileprobe._heartbeat import (
+        TcpHeartbeat as TcpHeartbeat,
+    )
+    from fragileprobe._limiter import (
+        ConcurrencyLimiter as ConcurrencyLimiter,
+    )
+    from fragileprobe._limiter import (
+        LimiterStatistics as LimiterStatistics,
+    )
+    from fragileprobe._probes import (
+        HttpResult as HttpResult,
+    )
+    from fragileprobe._probes import (
+        Outcome as Outcome,
+    )
+    from fragileprobe._probes import (
+        ProbeResult as ProbeResult,
+    )
+    from fragileprobe._probes import (
+        ProbeStream as ProbeStream,
+    )
+    from fragileprobe._probes import (
+        grab_banner as grab_banner,
+    )
+    from fragileprobe._probes import (
+        http_get as http_get,
+    )
+    from fragileprobe._probes import (
+        tcp_connect as tcp_connect,
+    )
+    from fragileprobe._profile import (
+        Characterization as Characterization,
+    )
+    from fragileprobe._profile import (
+        DeviceProfile as DeviceProfile,
+    )
+    from fragileprobe._profile import (
+        LevelOutcome as LevelOutcome,
+    )
+    from fragileprobe._profile import (
+        LevelResult as LevelResult,
+    )
+    from fragileprobe._profile import (
+        TrialResult as TrialResult,
+    )
+    from fragileprobe._profile import (
+        derive_ceiling as derive_ceiling,
+    )
+    from fragileprobe._progress import (
+        NotebookProgress as NotebookProgress,
+    )
+    from fragileprobe._ramp import (
+        RampConfig as RampConfig,
+    )
+    from fragileprobe._ramp import (
+        RampStrategy as RampStrategy,
+    )
+    from fragileprobe._raw import (
+        CaptureSummary as CaptureSummary,
+    )
+    from fragileprobe._raw import (
+        IcmpHeartbeat as IcmpHeartbeat,
+    )
+    from fragileprobe._raw import (
+        IcmpResult as IcmpResult,
+    )
+    from fragileprobe._raw import (
+        PassiveOsHint as PassiveOsHint,
+    )
+    from fragileprobe._raw import (
+        SynAckObservation as SynAckObservation,
+    )
+    from fragileprobe._raw import (
+        capture as capture,
+    )
+    from fragileprobe._raw import (
+        icmp_reachable as icmp_reachable,
+    )
+    from fragileprobe._raw import (
+        os_hint_from_ttl as os_hint_from_ttl,
+    )
+    from fragileprobe._raw import (
+        raw_available as raw_available,
+    )
+    from fragileprobe._raw import (
+        require_raw as require_raw,
+    )
+    from fragileprobe._raw import (
+        syn_ack_observer as syn_ack_observer,
+    )
+    from fragileprobe._recovery import (
+        RecoveryContext as RecoveryContext,
+    )
+    from fragileprobe._recovery import (
+        command_recovery as command_recovery,
+    )
+    from fragileprobe._recovery import (
+        emulator_recovery as emulator_recovery,
+    )
+    from fragileprobe._recovery import (
+        fleet_recovery as fleet_recovery,
+    )
+    from fragileprobe._recovery import (
+        manual_recovery as manual_recovery,
+    )
+    from fragileprobe._recovery import (
+        wait_for_recovery as wait_for_recovery,
+    )
+    from fragileprobe._report import (
+        ReportFiles as ReportFiles,
+    )
+    from fragileprobe._report import (
+        write_report as write_report,
+    )
+    from fragileprobe._scope import (
+        PORT_SETS as PORT_SETS,
+    )
+    from fragileprobe._scope import (
+        Scope as Scope,
+    )
+    from fragileprobe._scope import (
+        Target as Target,
+    )
+    from fragileprobe._scope import (
+        parse_ports as parse_ports,
+    )
+    from fragileprobe._scope import (
+        parse_targets as parse_targets,
+    )
+    from fragileprobe._store import (
+        ProfileStore as ProfileStore,
+    )
+    from fragileprobe._sync import (
+        run_sync as run_sync,
+    )
+    from fragileprobe._watchdog import (
+        DownEvent as DownEvent,
+    )
+    from fragileprobe._watchdog import (
+        Watchdog as Watchdog,
+    )
+    from fragileprobe._watchdog import (
+        WatchdogTimeline as WatchdogTimeline,
+    )
