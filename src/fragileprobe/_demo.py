@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -24,9 +24,11 @@ from fragileprobe.emulator._device import EmulatedPump, check_loopback_host
 from fragileprobe.emulator._fragility import DeviceState, threshold_bounds
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from fragileprobe._probes import ProbeStream
+
+_T = TypeVar("_T")
 
 __all__ = ["DemoEvent", "DemoResult", "run_demo"]
 
@@ -128,20 +130,32 @@ async def run_demo(
         ConfigError: a bad argument (the message names it).
     """
     started = time.monotonic()
-    if host is not None:
-        check_loopback_host(host)
-    for attempt in range(_BIND_ATTEMPTS):
-        address = host or _random_host()
+
+    async def attempt(address: str) -> DemoResult:
         # No SYN watcher: the demo makes full connects only, and the sniffer would cost seconds to start.
         pump = EmulatedPump(
             address, seed=seed, boot_delay_s=boot_delay_s, port_offset=port_offset, syn_watch=False
         )
+        async with pump:
+            return await _story(pump, emit, started)
+
+    return await _on_a_free_address(host, attempt)
+
+
+async def _on_a_free_address(host: str | None, attempt: Callable[[str], Awaitable[_T]]) -> _T:
+    """Run ``attempt`` on ``host``, or on random loopback addresses until one has its ports free.
+
+    Raises:
+        ConfigError: ``host`` is not a loopback address, or cannot serve (the message names the field).
+    """
+    if host is not None:
+        check_loopback_host(host)
+    for n in range(_BIND_ATTEMPTS):
         try:
-            async with pump:
-                return await _story(pump, emit, started)
+            return await attempt(host or _random_host())
         except ConfigError as exc:
             # A random address already in use by someone else: try another one.
-            if host is not None or not str(exc).startswith("port:") or attempt == _BIND_ATTEMPTS - 1:
+            if host is not None or not str(exc).startswith("port:") or n == _BIND_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -400,10 +414,8 @@ async def run_story(
     from fragileprobe.emulator._fleet import Fleet
 
     started = time.monotonic()
-    if host is not None:
-        check_loopback_host(host)
-    for attempt in range(_BIND_ATTEMPTS):
-        address = host or _random_host()
+
+    async def attempt(address: str) -> StoryResult:
         ward = _ward(address)
         config = {
             "device": [
@@ -414,16 +426,12 @@ async def run_story(
             ],
             "empty": [h for h, m, _ in ward if not m],
         }
-        try:
-            async with Fleet(config, control_port=None) as fleet:
-                with tempfile.TemporaryDirectory(prefix="fragileprobe-demo-") as tmp:
-                    path = store_path or f"{tmp}/fragileprobe-demo.db"
-                    return await _whole_story(fleet, ward, emit, started, seed, path, dwell_s, trials)
-        except ConfigError as exc:
-            # A random address already in use by someone else: try another one.
-            if host is not None or not str(exc).startswith("port:") or attempt == _BIND_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+        async with Fleet(config, control_port=None) as fleet:
+            with tempfile.TemporaryDirectory(prefix="fragileprobe-demo-") as tmp:
+                path = store_path or f"{tmp}/fragileprobe-demo.db"
+                return await _whole_story(fleet, ward, emit, started, seed, path, dwell_s, trials)
+
+    return await _on_a_free_address(host, attempt)
 
 
 async def _whole_story(
