@@ -1,5 +1,10 @@
 """Characterization strategies side by side over a few hundred randomized emulated device models.
 
+One meaning of N throughout: a level N is N sessions held on the device at once, the heartbeat included,
+and a recommendation r used through the Guard (``Guard(ceiling=r)``, its own heartbeat included) puts at
+most r sessions on the device. A device hangs on a boot whose threshold is T as soon as it holds T
+sessions; thresholds are drawn afresh at every boot (every crash is followed by a power cycle).
+
 Strategies compared:
 
 * ``manual ladder``: the story's by-hand plan: 1, 2, 5, 7, 10, 15, 20, 30, 50; stop at the first failure;
@@ -7,27 +12,29 @@ Strategies compared:
 * ``linear walk``: 1, 2, 3, ... 50; stop at the first failure; recommend the last level that passed.
 * ``fragileprobe``: fragileprobe's default plan (RampStrategy: ladder climb, egg-drop refinement with a crash
   budget of 2 per trial, 3 trials, later trials re-testing just below the boundary) and its safe-ceiling
-  derivation (15 % margin below the lowest failing level).
+  derivation (the larger of 15 % and 3 levels below the lowest level not known to be safe).
 * ``fragileprobe + early warning``: the same, with EarlyWarning(latency_factor=3) (stop climbing when the
   heartbeat is 3x slower than idle).
+* two rows that re-derive fragileprobe's own trials with a smaller margin (15 % and 1 level: the rule
+  before issue 10; 15 % and 2 levels), to show why the margin is 3 levels at small ceilings.
 
 Two parts, printed separately and labelled:
 
 1. **Pure simulation** (all models): the strategies are driven against the emulator's *pure* fragility model
    (``fragileprobe.emulator._fragility``): per boot a crash threshold T is drawn from the model's seeded
-   RNG; testing level n with a heartbeat hangs the device iff n + 1 >= T (the emulator's rule: the device
-   cannot tell a heartbeat from a probe); a heartbeat slower than the watchdog's timeout also counts as
-   "down". Every crash is followed by a power cycle, i.e. a fresh draw. Wall time is *modelled* with
-   real-world timings: 5 s per level tested plus 60 s per crash (power cycle and boot of a pump).
-2. **Real sockets** (a small subset): ``characterize()`` runs against ``EmulatedDevice`` on loopback with
-   scaled-down timings (0.2 s dwell, 40 ms heartbeats, 50 ms boot), seeded like the pure run; the table
-   shows whether the real run reached the same ceiling as the pure simulation, and the measured wall time.
+   RNG; testing level n hangs the device iff n >= T (n counts the heartbeat); a heartbeat slower than the
+   watchdog's timeout also counts as "down". Wall time is *modelled* with real-world timings: 5 s per level
+   tested plus 60 s per crash (power cycle and boot of a pump).
+2. **Real sockets** (optional, ``--real N``): ``characterize()`` runs against ``EmulatedDevice`` on loopback
+   with scaled-down timings (0.2 s dwell, 40 ms heartbeats, 50 ms boot), seeded like the pure run; the table
+   shows whether the real run reached the same ceiling as the pure simulation. It agrees only with a driver
+   that holds a level's N sessions on the device, heartbeat included.
 
-A recommendation ``r`` (concurrent sessions for a scanner) is *unsafe* when ``r >= T_min``: on some boot
-``r`` sessions alone reach the threshold. The stricter column counts ``r + 1 >= T_min`` (``r`` sessions plus
-one watchdog heartbeat). The true ceiling of a model that can hang is ``T_min - 1``.
+A recommendation ``r`` is *unsafe in the Guard's own use* when ``r >= T_min``: on some boot the Guard's r
+sessions (its heartbeat among them) reach the threshold. The true ceiling of a model that can hang is
+``T_min - 1``; "levels below the true ceiling" is ``T_min - 1 - r`` over the safe recommendations.
 
-Run: ``python benchmarks/bench_ramp.py [--models 300] [--real 8] [--seed 20261129]``.
+Run: ``python benchmarks/bench_ramp.py [--models 300] [--real 0] [--seed 20261129]``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import random
 import statistics
 import sys
@@ -47,7 +55,7 @@ import structlog
 
 from fragileprobe._characterize import EarlyWarning, characterize
 from fragileprobe._heartbeat import HttpHeartbeat
-from fragileprobe._profile import LevelOutcome
+from fragileprobe._profile import DEFAULT_MARGIN_FRACTION, LevelOutcome, derive_ceiling
 from fragileprobe._ramp import (
     DEFAULT_LADDER,
     Done,
@@ -138,7 +146,7 @@ class PureDevice:
 
     def test(self, level: int, early_warning: bool = False) -> LevelOutcome:
         self.levels += 1
-        sessions = level + 1  # the heartbeat is a session like any other
+        sessions = level  # level N = N sessions on the device, the heartbeat among them
         if self.threshold is not None and sessions >= self.threshold:
             return LevelOutcome.FAILED
         latency = self.spec.response_delay_s(sessions)
@@ -167,7 +175,22 @@ def run_manual(model: BenchModel, levels: list[int]) -> Outcome:
     return dev.outcome(last_pass)
 
 
-def run_fragileprobe(model: BenchModel, early_warning: bool = False) -> tuple[Outcome, Any]:
+def old_rule(trials: Any) -> int:
+    """The derivation before issue 10: min(H, floor(L * 0.85)); never failed: max(1, floor(H * 0.85))."""
+    d = derive_ceiling(trials, margin_fraction=0.0, margin_levels=1)  # only for L and H
+    h, limit = d.highest_passed, d.limit
+    if h is None:
+        return 0
+    if limit is None:
+        return max(1, math.floor(h * (1 - DEFAULT_MARGIN_FRACTION)))
+    return max(0, min(h, math.floor(limit * (1 - DEFAULT_MARGIN_FRACTION)), limit - 1))
+
+
+def run_fragileprobe(
+    model: BenchModel, early_warning: bool = False, margin_levels: int | None = None
+) -> tuple[Outcome, Any]:
+    """fragileprobe's plan and derivation; ``margin_levels`` re-derives its trials with another margin
+    (0: the rule before issue 10)."""
     dev = PureDevice(model)
     strategy = RampStrategy(RampConfig())
     while True:
@@ -184,6 +207,13 @@ def run_fragileprobe(model: BenchModel, early_warning: bool = False) -> tuple[Ou
         else:
             assert isinstance(action, Done)
             ceiling = action.derivation.safe_ceiling or 0
+            if margin_levels == 0:
+                ceiling = old_rule(action.trials)
+            elif margin_levels is not None:
+                derivation = derive_ceiling(
+                    action.trials, margin_fraction=DEFAULT_MARGIN_FRACTION, margin_levels=margin_levels
+                )
+                ceiling = derivation.safe_ceiling or 0
             return dev.outcome(ceiling), action
 
 
@@ -192,6 +222,8 @@ STRATEGIES = {
     "linear walk": lambda m: run_manual(m, list(range(1, MAX_LEVEL + 1))),
     "fragileprobe": lambda m: run_fragileprobe(m)[0],
     "fragileprobe + early warning": lambda m: run_fragileprobe(m, early_warning=True)[0],
+    "(fragileprobe's trials, the old rule: 15 % below L)": lambda m: run_fragileprobe(m, margin_levels=0)[0],
+    "(fragileprobe's trials, 15 % / 2 levels below B)": lambda m: run_fragileprobe(m, margin_levels=2)[0],
 }
 
 
@@ -203,14 +235,14 @@ def pure_table(models: list[BenchModel]) -> str:
     dying = [m for m in models if m.t_min is not None]
     slowing = [m for m in models if m.kind == "slows-then-dies"]
     rows = [
-        "| strategy | crashes / model | levels tested | modelled wall time (min) | unsafe (r >= T_min) "
-        "| unsafe with heartbeat (r+1 >= T_min) | levels below true ceiling (safe ones, mean / median) "
-        "| crashes on slows-then-dies | sturdy: recommended |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| strategy | crashes / model | levels tested / model | modelled minutes / model "
+        "| unsafe in the Guard's own use (r >= T_min) | levels below the true ceiling (median / mean) "
+        "| crashes / slows-then-dies model | sturdy: recommended |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, run in STRATEGIES.items():
         results = {m.index: run(m) for m in models}
-        unsafe = strict = 0
+        unsafe = 0
         below: list[int] = []
         for m in dying:
             r = results[m.index].recommended
@@ -220,16 +252,13 @@ def pure_table(models: list[BenchModel]) -> str:
                 unsafe += 1
             else:
                 below.append((t_min - 1) - r)
-            if r + 1 >= t_min:
-                strict += 1
         sturdy = [results[m.index].recommended for m in models if m.kind == "sturdy"]
         rows.append(
             f"| {name} | {_fmt(statistics.mean(r.crashes for r in results.values()), 2)} "
             f"| {_fmt(statistics.mean(r.levels for r in results.values()))} "
             f"| {_fmt(statistics.mean(r.wall_s for r in results.values()) / 60)} "
-            f"| {unsafe} of {len(dying)} ({_fmt(100 * unsafe / len(dying))} %) "
-            f"| {strict} of {len(dying)} ({_fmt(100 * strict / len(dying))} %) "
-            f"| {_fmt(statistics.mean(below)) if below else '-'} / {statistics.median(below) if below else '-'} "
+            f"| **{unsafe} of {len(dying)}** ({_fmt(100 * unsafe / len(dying))} %) "
+            f"| {_fmt(statistics.median(below)) if below else '-'} / {_fmt(statistics.mean(below)) if below else '-'} "
             f"| {_fmt(statistics.mean(results[m.index].crashes for m in slowing), 2)} "
             f"| {min(sturdy)}-{max(sturdy)} |"
         )
@@ -300,7 +329,7 @@ def real_table(models: list[BenchModel], count: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--models", type=int, default=300)
-    parser.add_argument("--real", type=int, default=10)
+    parser.add_argument("--real", type=int, default=0, help="models also run over real sockets (0: none)")
     parser.add_argument("--seed", type=int, default=20261129)
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))

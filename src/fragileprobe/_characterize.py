@@ -35,6 +35,7 @@ from fragileprobe._heartbeat import HttpHeartbeat
 from fragileprobe._probes import check_socket_budget
 from fragileprobe._profile import (
     DEFAULT_MARGIN_FRACTION,
+    DEFAULT_MARGIN_LEVELS,
     Characterization,
     LevelOutcome,
     LevelResult,
@@ -88,6 +89,12 @@ WEB_PORTS = frozenset({80, 591, 631, 5985, 8000, 8008, 8080, 8081, 8888})
 FAILED_SESSION_PAUSE_S = 0.02
 # Beats (at most) to wait for the device to look idle again between levels.
 SETTLE_BEATS = 10
+# Settings that change what a level measures; resume refuses a run stored with other values (ConfigError
+# naming both): its trials and the new ones would be merged into one ceiling.
+RESUME_MUST_MATCH = (
+    "ladder", "dwell_s", "hold_s", "ports", "heartbeat", "early_warning", "margin_fraction", "margin_levels",
+)  # fmt: skip
+_UNRECORDED = "<not recorded>"
 _HEAD_REQUEST = b"HEAD / HTTP/1.0\r\nUser-Agent: fragileprobe characterization\r\n\r\n"
 
 
@@ -336,33 +343,42 @@ async def characterize(
             bound.warning("characterize.ports_closed", closed=closed, used=open_ports)
             tgt = dataclasses.replace(tgt, ports=tuple(open_ports))  # sessions go to open ports only
 
-        previous: list[TrialResult] = []
+        previous: list[TrialResult] = []  # every stored trial of a resumed run, finished or not
         run_id: str | None = None
         params = {
             "ladder": list(config.ladder), "trials": trials, "dwell_s": dwell_s, "crash_budget": crash_budget,
-            "refine": refine, "margin_fraction": config.margin_fraction, "hold_s": hold_s,
+            "refine": refine, "margin_fraction": config.margin_fraction,
+            "margin_levels": DEFAULT_MARGIN_LEVELS, "hold_s": hold_s, "ports": list(tgt.ports),
+            "heartbeat": _heartbeat_params(heartbeat),
             "early_warning": None if early_warning is None else dataclasses.asdict(early_warning),
         }  # fmt: skip
         if store is not None:
             row = store.unfinished_run(host=address, model_key=model_key) if resume else None
             if row is not None:
-                # What a level means (its sessions, how long they are held) must not change mid-run: trials
-                # measured otherwise would be merged into one ceiling.
-                changed = [k for k in ("ladder", "dwell_s", "hold_s") if k in row.params
-                           and row.params[k] != params[k]]  # fmt: skip
+                # What a level measures must not change mid-run: trials measured otherwise would be merged
+                # into one ceiling. A run stored without one of these settings cannot prove it was the same.
+                changed = [k for k in RESUME_MUST_MATCH if row.params.get(k, _UNRECORDED) != params[k]]
                 if changed:
-                    was = ", ".join(f"{k}={row.params[k]!r}" for k in changed)
+                    was = ", ".join(f"{k}={row.params.get(k, _UNRECORDED)!r}" for k in changed)
                     now = ", ".join(f"{k}={params[k]!r}" for k in changed)
                     raise ConfigError(
                         f"resume: the unfinished run {row.run_id} was measured with {was}, not {now}; resume "
                         "with the same settings, or start a new run without resume"
                     )
                 run_id = row.run_id
-                previous = [t for t in row.trials if t.complete][: config.trials]
-                bound.info("characterize.resumed", run_id=run_id, finished_trials=len(previous))
+                # Every stored trial stays evidence (an unfinished one's crash too); the plan goes on after
+                # the finished ones, and a redone trial gets a new index: stored trials are never replaced.
+                previous = sorted(row.trials, key=lambda t: t.index)
+                bound.info(
+                    "characterize.resumed", run_id=run_id, finished_trials=sum(t.complete for t in previous),
+                    unfinished_trials=sum(not t.complete for t in previous),
+                )  # fmt: skip
             else:
                 run_id = store.begin_run(host=address, model_key=model_key, name=name, params=params)
-        strategy = RampStrategy(config, previous_trials=[t.outcomes for t in previous])
+        next_index = max((t.index for t in previous), default=-1) + 1
+        strategy = RampStrategy(
+            config, previous_trials=[t.outcomes for t in previous if t.complete][: config.trials]
+        )
         run = _Run(
             guard=guard, watchdog=watchdog, target=tgt, address=address, web_ports=web_ports,
             dwell_s=dwell_s, hold_s=hold_s, read_timeout_s=read_timeout_s,
@@ -422,8 +438,10 @@ async def characterize(
                 try:
                     await _recover(run, recovery, ctx, healthy_beats, recovery_timeout_s)
                 except RecoveryError as exc:
+                    # Kept as evidence under its own index: its crash bounds the ceiling of this run, of a
+                    # resumed one and of the model's profile.
                     partial_trial = TrialResult(
-                        index=strategy.trial, levels=tuple(current),
+                        index=next_index, levels=tuple(current),
                         wall_time_s=time.monotonic() - trial_started, complete=False,
                     )  # fmt: skip
                     partial = build([*finished, partial_trial], "recovery_failed")
@@ -437,8 +455,9 @@ async def characterize(
                 strategy.observe(Recovered())
             elif isinstance(action, NextTrial):
                 trial = TrialResult(
-                    index=action.finished, levels=tuple(current), wall_time_s=time.monotonic() - trial_started
+                    index=next_index, levels=tuple(current), wall_time_s=time.monotonic() - trial_started
                 )
+                next_index += 1
                 finished.append(trial)
                 if store is not None and run_id is not None:
                     store.record_trial(run_id, trial)  # its own transaction: survives kill -9 from here on
@@ -452,7 +471,7 @@ async def characterize(
                 if current:  # a trial cut short by the time budget
                     finished.append(
                         TrialResult(
-                            index=strategy.trial,
+                            index=next_index,
                             levels=tuple(current),
                             wall_time_s=time.monotonic() - trial_started,
                             complete=False,
@@ -469,6 +488,15 @@ async def characterize(
                 return char
     finally:
         await guard.__aexit__(None, None, None)
+
+
+def _heartbeat_params(heartbeat: Any) -> dict[str, Any]:
+    """What a heartbeat measures with, for the run's params: its kind, port and (HTTP) path."""
+    return {
+        "kind": type(heartbeat).__name__,
+        "port": getattr(heartbeat, "port", None),
+        "path": getattr(heartbeat, "path", None),
+    }
 
 
 def characterize_sync(target: Target | str, **kwargs: Any) -> Characterization:

@@ -7,18 +7,27 @@ Records, from small to large::
     Characterization  one device: every trial, the derived ceiling, the latency knee, a summary
     DeviceProfile     one device *model*: the characterizations of its devices, the lowest ceiling
 
-The safe ceiling (see :func:`derive_ceiling` and docs/characterization.md)::
+The safe ceiling (see :func:`derive_ceiling` and docs/characterization.md). A level N is N sessions held
+on the device at once, the heartbeat included, and a Guard at ceiling N holds at most that many::
 
     L = the lowest level that ever failed (crashed, or tripped the latency early warning), in any trial
     H = the highest level below L that passed in every trial in which it was tested
-    safe_ceiling = min(H, floor(L * (1 - margin_fraction)))        # never >= L, never untested
+    B = min(L, H + 1): the lowest level not known to be safe (L when the boundary was pinned, H + 1 when
+        a gap below L was never resolved or when nothing failed)
+    safe_ceiling = min(H, floor(B * (1 - margin_fraction)), B - margin_levels)      # never >= L
+
+The margin is the larger of ``margin_fraction`` (15 %) and ``margin_levels`` (3) below ``B``, because a
+device's threshold moves from boot to boot and a run may never see its lowest one: with thresholds that vary
+by +-1 session, or by less than 8 %, around their middle, the recommendation is below the lowest threshold
+any boot can draw whatever the trials happened to see (docs/characterization.md has the proof and the
+benchmark). Every trial counts, complete or not, and every stored run of a model: a failure is never lost.
 
 With no failure up to the top of the ladder there is no ceiling to find (``ceiling_found`` is False,
 ``failed_at`` None): ``highest_passed`` is the highest level tested, and the summary says that it was never
-exceeded, not that it is a limit of the device. The recommendation still keeps the margin below it,
-``max(1, floor(H * (1 - margin_fraction)))``: a device whose limit lies just above the ladder's top passes
-the top level on most boots and hangs on the next one (jitter), exactly as below a found limit. With
-``margin_fraction=0`` the recommendation is the highest level tested.
+exceeded, not that it is a limit of the device. The recommendation still keeps the margin below ``H + 1``
+(at least 1): a device whose limit lies just above the ladder's top passes the top level on most boots and
+hangs on the next one (jitter), exactly as below a found limit. With ``margin_fraction=0`` and
+``margin_levels=1`` the recommendation is the highest level tested.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_KNEE_FACTOR",
     "DEFAULT_MARGIN_FRACTION",
+    "DEFAULT_MARGIN_LEVELS",
+    "FORMAT_VERSION",
     "Characterization",
     "CeilingDerivation",
     "DeviceProfile",
@@ -45,22 +56,28 @@ __all__ = [
     "LevelResult",
     "TrialResult",
     "check_margin_fraction",
+    "check_margin_levels",
     "derive_ceiling",
     "latency_knee",
     "percentile",
 ]
 
 # Netflix's concurrency-limits advises running at about 75% of a stress-tested tipping point. A 25% cut
-# collapses the small ceilings fragile devices have (7 -> 5, 3 -> 2, 2 -> 1); 15% keeps the story pump's
-# recommendation at 5-6 for failures at 6-8 while still leaving a whole level of room at every L >= 2.
+# collapses the small ceilings fragile devices have; 15% covers a threshold that moves by less than 8 % of
+# itself from boot to boot (0.85 (T + j) < T - j needs j < 0.081 T), which is what large ceilings need.
 DEFAULT_MARGIN_FRACTION = 0.15
+# Small ceilings need whole sessions of margin instead: a threshold that moves by +-1 session spans three
+# values T-1..T+1, a run may only ever see T+1 fail, and then only B - 3 is below every boot's threshold.
+# bench_ramp.py: 2 levels leave 9 of 809 recommendations unsafe, 3 leave none (docs/characterization.md).
+DEFAULT_MARGIN_LEVELS = 3
 
 # The latency knee is the first level whose median heartbeat latency reaches this multiple of the idle
 # baseline. Two times the idle latency is the point where a queue has clearly formed on the device.
 DEFAULT_KNEE_FACTOR = 2.0
 
-# Serialized format version of Characterization.to_dict(); bumped when fields change meaning.
-FORMAT_VERSION = 1
+# Serialized format version of Characterization.to_dict(); bumped when fields change meaning. 2: the
+# margin rule with ``margin_levels`` (a format-1 document's ceiling was derived with the old rule).
+FORMAT_VERSION = 2
 
 
 class LevelOutcome(enum.Enum):
@@ -79,6 +96,13 @@ def check_margin_fraction(value: float) -> float:
     if not 0.0 <= value < 1.0:
         raise ConfigError(f"margin_fraction: must be in [0, 1), got {value!r}")
     return float(value)
+
+
+def check_margin_levels(value: int) -> int:
+    """Validate a margin in whole levels (an integer >= 1); raise ConfigError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"margin_levels: must be an integer >= 1, got {value!r}")
+    return value
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -216,10 +240,11 @@ class CeilingDerivation:
         warned_at: Lowest level that tripped the latency early warning (None: never).
         limit: ``L`` = the lower of ``failed_at`` and ``warned_at`` (None: neither happened).
         highest_passed: ``H`` = highest level below ``L`` that passed in every trial that tested it.
-        safe_ceiling: The recommended maximum concurrent sessions (0: not even one is safe; None: nothing
-            passed and nothing failed, i.e. no data).
+        safe_ceiling: The recommended maximum of sessions on the device at once, heartbeat included (0: not
+            even one is safe; None: nothing passed and nothing failed, i.e. no data).
         ceiling_found: Whether a limit was found below the top of the ladder.
-        margin_fraction: The margin applied below ``L``.
+        margin_fraction: The fractional margin applied below ``B = min(L, H + 1)``.
+        margin_levels: The margin in whole levels applied below ``B``.
     """
 
     failed_at: int | None
@@ -229,27 +254,34 @@ class CeilingDerivation:
     safe_ceiling: int | None
     ceiling_found: bool
     margin_fraction: float
+    margin_levels: int = DEFAULT_MARGIN_LEVELS
 
 
 def derive_ceiling(
     trials: Iterable[Iterable[tuple[int, LevelOutcome]]],
     *,
     margin_fraction: float = DEFAULT_MARGIN_FRACTION,
+    margin_levels: int = DEFAULT_MARGIN_LEVELS,
 ) -> CeilingDerivation:
     """Derive the safe ceiling from every trial's ``(level, outcome)`` observations.
 
+    Every trial counts, finished or not: pass the unfinished ones too (a crash is evidence however the
+    trial ended). The result does not depend on the order of the trials or of the levels in them.
+
     Args:
         trials: Per trial, the levels tested and their outcomes (ABORTED levels are ignored).
-        margin_fraction: Safety margin below the lowest failing level, in [0, 1).
+        margin_fraction: Fractional safety margin below ``B`` (see the module docstring), in [0, 1).
+        margin_levels: Safety margin in whole levels below ``B``, at least 1.
 
     Returns:
         The derivation; ``safe_ceiling`` is below every level that ever failed and was passed in every
         trial that tested it.
 
     Raises:
-        ConfigError: ``margin_fraction`` is outside [0, 1).
+        ConfigError: ``margin_fraction`` is outside [0, 1) or ``margin_levels`` is not an integer >= 1.
     """
     margin = check_margin_fraction(margin_fraction)
+    levels = check_margin_levels(margin_levels)
     failed: set[int] = set()
     warned: set[int] = set()
     passed_everywhere: dict[int, bool] = {}
@@ -269,14 +301,14 @@ def derive_ceiling(
     limit = min(limits) if limits else None
     candidates = [lv for lv, ok in passed_everywhere.items() if ok and (limit is None or lv < limit)]
     highest = max(candidates) if candidates else None
-    if limit is None:
-        # Never failed: keep the same margin below the highest level tested (see the module docstring).
-        safe = None if highest is None else min(highest, max(1, math.floor(highest * (1.0 - margin))))
+    if highest is None:
+        safe = None if limit is None else 0  # nothing passed: no data, or not even one session is safe
     else:
-        cap = math.floor(limit * (1.0 - margin))
-        # floor() of a float can land on limit itself only when margin is 0; H < L covers that case.
-        safe = min(highest, cap) if highest is not None else 0
-        safe = max(0, min(safe, limit - 1))
+        bound = highest + 1 if limit is None else min(limit, highest + 1)
+        safe = min(highest, math.floor(bound * (1.0 - margin)), bound - levels)
+        # Never failed: at least one session (the device took every level tested). Otherwise never below 0;
+        # and B <= L with margin_levels >= 1 keeps it below every failure.
+        safe = max(1, safe) if limit is None else max(0, safe)
     return CeilingDerivation(
         failed_at=failed_at,
         warned_at=warned_at,
@@ -285,6 +317,7 @@ def derive_ceiling(
         safe_ceiling=safe,
         ceiling_found=limit is not None,
         margin_fraction=margin,
+        margin_levels=levels,
     )
 
 
@@ -340,7 +373,8 @@ class Characterization:
         name: A user-given name, if any.
         ladder: The ladder of levels the run climbed.
         trials: Every trial, in order.
-        margin_fraction: The safety margin used.
+        margin_fraction: The fractional safety margin used.
+        margin_levels: The safety margin in whole levels used.
         baseline_latency_s: Idle heartbeat latency measured before the ramp.
         early_warning_factor: Latency multiple that stopped climbing (None: early warning off).
         safe_ceiling, failed_at, warned_at, highest_passed, ceiling_found: See :class:`CeilingDerivation`.
@@ -357,6 +391,7 @@ class Characterization:
     ladder: tuple[int, ...]
     trials: tuple[TrialResult, ...]
     margin_fraction: float = DEFAULT_MARGIN_FRACTION
+    margin_levels: int = DEFAULT_MARGIN_LEVELS
     baseline_latency_s: float | None = None
     early_warning_factor: float | None = None
     safe_ceiling: int | None = None
@@ -379,6 +414,7 @@ class Characterization:
         ladder: Sequence[int],
         trials: Sequence[TrialResult],
         margin_fraction: float = DEFAULT_MARGIN_FRACTION,
+        margin_levels: int = DEFAULT_MARGIN_LEVELS,
         baseline_latency_s: float | None = None,
         early_warning_factor: float | None = None,
         name: str | None = None,
@@ -387,8 +423,11 @@ class Characterization:
         run_id: str | None = None,
         started_at_epoch_s: float = 0.0,
     ) -> Characterization:
-        """Build a characterization and derive its ceiling and knee from the trials."""
-        derivation = derive_ceiling((t.outcomes for t in trials), margin_fraction=margin_fraction)
+        """Build a characterization and derive its ceiling and knee from the trials (every one of them,
+        finished or not)."""
+        derivation = derive_ceiling(
+            (t.outcomes for t in trials), margin_fraction=margin_fraction, margin_levels=margin_levels
+        )
         knee = latency_knee(
             (lv for t in trials for lv in t.levels),
             baseline_latency_s,
@@ -401,6 +440,7 @@ class Characterization:
             ladder=tuple(ladder),
             trials=tuple(trials),
             margin_fraction=derivation.margin_fraction,
+            margin_levels=derivation.margin_levels,
             baseline_latency_s=baseline_latency_s,
             early_warning_factor=early_warning_factor,
             safe_ceiling=derivation.safe_ceiling,
@@ -415,11 +455,59 @@ class Characterization:
             started_at_epoch_s=started_at_epoch_s,
         )
 
+    def rederived(self, trials: Sequence[TrialResult] | None = None) -> Characterization:
+        """The same run with its ceiling and knee derived again from ``trials`` (default: its own).
+
+        Whatever a stored or imported record says about its ceiling, this is what its trials support.
+        """
+        return Characterization.from_trials(
+            host=self.host, model_key=self.model_key, ladder=self.ladder,
+            trials=self.trials if trials is None else trials, margin_fraction=self.margin_fraction,
+            margin_levels=self.margin_levels, baseline_latency_s=self.baseline_latency_s,
+            early_warning_factor=self.early_warning_factor, name=self.name, wall_time_s=self.wall_time_s,
+            stop_reason=self.stop_reason, run_id=self.run_id, started_at_epoch_s=self.started_at_epoch_s,
+        )  # fmt: skip
+
+    def disagreements(self, *, exact: bool = True) -> list[str]:
+        """How what this record states differs from what its trials derive (empty: it agrees).
+
+        Args:
+            exact: Compare every derived field for equality (a record of the current format). False:
+                a record derived by an older margin rule; only require that its ``safe_ceiling`` is below
+                every level that failed in its trials and not above ``H``, the highest level they passed.
+
+        Returns:
+            One ``"field: stated X, its trials give Y"`` text per disagreement.
+        """
+        derived = self.rederived()
+        fields = ("safe_ceiling", "failed_at", "warned_at", "highest_passed", "ceiling_found")
+        if exact:
+            return [
+                f"{f}: stated {getattr(self, f)!r}, its trials give {getattr(derived, f)!r}"
+                for f in fields
+                if getattr(self, f) != getattr(derived, f)
+            ]
+        stated = self.safe_ceiling
+        if stated is None or derived.safe_ceiling is None:
+            same = stated == derived.safe_ceiling
+        else:
+            above = [x for x in (derived.limit, (derived.highest_passed or 0) + 1) if x is not None]
+            same = 0 <= stated < min(above) if derived.ceiling_found else 1 <= stated < min(above)
+        if same:
+            return []
+        return [f"safe_ceiling: stated {stated!r}, its trials give {derived.safe_ceiling!r}"]
+
     @property
     def limit(self) -> int | None:
         """The lowest level that failed (crash or early warning), the ``L`` of the derivation."""
         values = [x for x in (self.failed_at, self.warned_at) if x is not None]
         return min(values) if values else None
+
+    @property
+    def margin_text(self) -> str:
+        """The margin in words, e.g. ``the larger of 15 % and 3 sessions``."""
+        n = self.margin_levels
+        return f"the larger of {self.margin_fraction:.0%} and {n} session{'s' if n != 1 else ''}"
 
     @property
     def crashes(self) -> int:
@@ -459,8 +547,8 @@ class Characterization:
                 f"No ceiling found up to {self.max_level_tested} concurrent sessions: the device never "
                 f"failed; {self.highest_passed} is the highest level tested (never exceeded, so it is not "
                 f"a limit of the device). Recommended maximum: {self.safe_ceiling} sessions "
-                f"({self.margin_fraction:.0%} margin below {self.highest_passed}, in case the limit lies "
-                "just above it)."
+                f"({self.margin_text} below {(self.highest_passed or 0) + 1}, in case the limit lies just "
+                "above the highest level tested)."
             )
         else:
             if self.failed_at is not None:
@@ -472,12 +560,18 @@ class Characterization:
                 )
             if self.highest_passed is not None:
                 lines.append(f"Highest level that passed in every trial below that: {self.highest_passed}.")
+            hp = self.highest_passed
+            bound = self.limit if hp is None else min(self.limit or 0, hp + 1)
             if self.safe_ceiling == 0:
-                lines.append("Safe ceiling: 0 - the device failed at the lowest level; do not scan it.")
+                lines.append(
+                    f"Safe ceiling: 0 - the device failed within the safety margin ({self.margin_text} "
+                    f"below {bound}); do not scan it."
+                )
             else:
+                what = "the lowest failing level" if bound == self.limit else "the first level not passed"
                 lines.append(
                     f"Safe ceiling: {self.safe_ceiling} concurrent sessions "
-                    f"({self.margin_fraction:.0%} margin below the lowest failing level, {self.limit})."
+                    f"({self.margin_text} below {what}, {bound})."
                 )
         if self.latency_knee is not None:
             factor = self.early_warning_factor or DEFAULT_KNEE_FACTOR
@@ -499,6 +593,7 @@ class Characterization:
             "ladder": list(self.ladder),
             "trials": [t.to_dict() for t in self.trials],
             "margin_fraction": self.margin_fraction,
+            "margin_levels": self.margin_levels,
             "baseline_latency_s": self.baseline_latency_s,
             "early_warning_factor": self.early_warning_factor,
             "safe_ceiling": self.safe_ceiling,
@@ -546,6 +641,7 @@ class Characterization:
                 ladder=tuple(int(x) for x in data["ladder"]),
                 trials=tuple(TrialResult.from_dict(t) for t in data["trials"]),
                 margin_fraction=float(data.get("margin_fraction", DEFAULT_MARGIN_FRACTION)),
+                margin_levels=int(data.get("margin_levels", DEFAULT_MARGIN_LEVELS)),
                 baseline_latency_s=_opt_float(data.get("baseline_latency_s")),
                 early_warning_factor=_opt_float(data.get("early_warning_factor")),
                 safe_ceiling=_opt_int(data.get("safe_ceiling")),
@@ -630,33 +726,52 @@ class Characterization:
 class DeviceProfile:
     """The characterizations of one device model, aggregated.
 
-    The profile's ceiling is the lowest safe ceiling of any of its characterizations, so it is never above
-    any single device's.
+    Every failure of every characterization bounds the profile's ceiling: it is the lower of (a) each
+    characterization's ceiling derived again from its own trials (whatever its record states) and (b) the
+    derivation over the trials of all of them pooled (the widest margin any of them used), so it is never
+    above any single device's and never at or above a level that failed on any device of the model.
 
     Attributes:
         model_key: The model's key.
-        characterizations: The runs that make up the profile, oldest first.
+        characterizations: The runs that make up the profile, oldest first (finished or not).
     """
 
     model_key: str
     characterizations: tuple[Characterization, ...]
 
     @property
+    def derivation(self) -> CeilingDerivation | None:
+        """The derivation over every trial of every characterization (None without any)."""
+        chars = self.characterizations
+        if not chars:
+            return None
+        return derive_ceiling(
+            (t.outcomes for c in chars for t in c.trials),
+            margin_fraction=max(c.margin_fraction for c in chars),
+            margin_levels=max(c.margin_levels for c in chars),
+        )
+
+    @property
     def ceiling(self) -> int | None:
-        """The lowest safe ceiling of any characterization (None without any)."""
-        values = [c.safe_ceiling for c in self.characterizations if c.safe_ceiling is not None]
-        return min(values) if values else None
+        """The recommended maximum for the model (None without any data)."""
+        pooled = self.derivation
+        values = [c.rederived().safe_ceiling for c in self.characterizations]
+        if pooled is not None:
+            values.append(pooled.safe_ceiling)
+        known = [v for v in values if v is not None]
+        return min(known) if known else None
 
     @property
     def ceiling_found(self) -> bool:
         """Whether any device of the model failed below the top of its ladder."""
-        return any(c.ceiling_found for c in self.characterizations)
+        pooled = self.derivation
+        return pooled is not None and pooled.ceiling_found
 
     @property
     def failed_at(self) -> int | None:
-        """The lowest level that crashed any device of the model."""
-        values = [c.failed_at for c in self.characterizations if c.failed_at is not None]
-        return min(values) if values else None
+        """The lowest level that crashed any device of the model, in any trial."""
+        pooled = self.derivation
+        return None if pooled is None else pooled.failed_at
 
     @property
     def devices(self) -> tuple[str, ...]:

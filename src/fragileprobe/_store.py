@@ -9,6 +9,12 @@ Durability rules:
   power cut of the machine.
 * Every trial is its own transaction, committed the moment the trial ends (``record_trial``), so an
   interrupted run loses at most the trial that was running.
+* A stored trial is never overwritten: writing a trial index that is already stored with other content
+  raises ``StoreError`` (a redone trial is a new trial, with a new index). Writing the same trial again is
+  a no-op (``finish_run`` writes every trial of the result).
+* Evidence is never lost: profiles and ceilings are derived again from every stored trial of every run of
+  the model, finished or not (a run that ended with a failed recovery included), never read from a stored
+  ceiling; an imported document whose stated ceiling disagrees with its own trials is refused whole.
 * Writers take the write lock up front (``BEGIN IMMEDIATE``) and wait up to ``busy_timeout_s`` for it, so two
   processes writing one store at once serialize instead of failing; past the timeout: ``StoreError``.
 * The schema is versioned with ``PRAGMA user_version``. A file from a newer fragileprobe, a corrupt file or
@@ -17,7 +23,8 @@ Durability rules:
 Tables (schema version 1)::
 
     runs(run_id, host, model_key, name, params_json, started_at_s, finished_at_s, status, result_json)
-    trials(run_id, trial_index, trial_json, recorded_at_s)                 one row per finished trial
+    trials(run_id, trial_index, trial_json, recorded_at_s)     one row per trial (finished or not), never
+                                                              replaced
     scans(scan_id, targets_json, params_json, started_at_s, finished_at_s)  discovery runs
     scan_hosts(scan_id, host, done_at_s)                                  hosts a scan has finished
     assets(host, first_seen_s, last_seen_s, zone, previous_zone, model_key, open_ports_json,
@@ -41,7 +48,14 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from fragileprobe._errors import ConfigError, StoreError
-from fragileprobe._profile import Characterization, DeviceProfile, TrialResult
+from fragileprobe._profile import (
+    DEFAULT_MARGIN_FRACTION,
+    DEFAULT_MARGIN_LEVELS,
+    FORMAT_VERSION,
+    Characterization,
+    DeviceProfile,
+    TrialResult,
+)
 
 if TYPE_CHECKING:
     import os
@@ -347,13 +361,15 @@ class ProfileStore:
         return run_id
 
     def record_trial(self, run_id: str, trial: TrialResult) -> None:
-        """Write one finished trial, in its own transaction (call it the moment the trial ends)."""
+        """Write one trial, in its own transaction (call it the moment the trial ends, or is cut short).
+
+        Raises:
+            StoreError: The run already has a different trial with this index (stored trials are never
+                overwritten; give a redone trial a new index).
+        """
         with self._tx() as conn:
-            conn.execute(
-                _TRIAL_UPSERT,
-                (run_id, trial.index, json.dumps(trial.to_dict()), time.time()),
-            )
-        log.debug("store.trial_recorded", run_id=run_id, trial=trial.index)
+            self._write_trials(conn, run_id, (trial,))
+        log.debug("store.trial_recorded", run_id=run_id, trial=trial.index, complete=trial.complete)
 
     def finish_run(
         self, run_id: str, characterization: Characterization, *, status: str = "complete"
@@ -370,42 +386,56 @@ class ProfileStore:
     def _write_trials(conn: sqlite3.Connection, run_id: str, trials: Iterable[TrialResult]) -> None:
         now = time.time()
         for trial in trials:
-            conn.execute(
-                _TRIAL_UPSERT,
-                (run_id, trial.index, json.dumps(trial.to_dict()), now),
-            )
+            data = trial.to_dict()
+            old = conn.execute(
+                "SELECT trial_json FROM trials WHERE run_id = ? AND trial_index = ?", (run_id, trial.index)
+            ).fetchone()
+            if old is not None:
+                if json.loads(old[0]) == data:
+                    continue  # the same trial written again (finish_run after record_trial)
+                raise StoreError(
+                    f"trial {trial.index} of run {run_id} is already stored with other observations; a "
+                    "stored trial is never overwritten (a redone trial is a new trial, with a new index)"
+                )
+            conn.execute(_TRIAL_INSERT, (run_id, trial.index, json.dumps(data), now))
 
     def save(self, characterization: Characterization, *, status: str = "complete") -> str:
         """Store a finished characterization in one transaction; return its run id.
 
         If the characterization carries a ``run_id`` already in the store, that run is finished (updated)
         instead of a new one being added.
+
+        Raises:
+            StoreError: A trial of it would overwrite a different stored trial of that run.
         """
-        run_id = characterization.run_id or uuid.uuid4().hex
         with self._tx() as conn:
-            exists = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if not exists:
-                conn.execute(
-                    "INSERT INTO runs(run_id, host, model_key, name, params_json, started_at_s, status) "
-                    "VALUES (?, ?, ?, ?, '{}', ?, 'running')",
-                    (
-                        run_id,
-                        characterization.host,
-                        characterization.model_key,
-                        characterization.name,
-                        characterization.started_at_epoch_s or time.time(),
-                    ),
-                )
-            self._write_trials(conn, run_id, characterization.trials)
-            stored = (
-                characterization
-                if characterization.run_id == run_id
-                else _with_run_id(characterization, run_id)
-            )
+            return self._save(conn, characterization, status)
+
+    def _save(self, conn: sqlite3.Connection, characterization: Characterization, status: str) -> str:
+        run_id = characterization.run_id or uuid.uuid4().hex
+        exists = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if not exists:
             conn.execute(
-                _RUN_FINISH,
-                (time.time(), status, stored.to_json(), characterization.model_key, run_id),
+                "INSERT INTO runs(run_id, host, model_key, name, params_json, started_at_s, status) "
+                "VALUES (?, ?, ?, ?, '{}', ?, 'running')",
+                (
+                    run_id,
+                    characterization.host,
+                    characterization.model_key,
+                    characterization.name,
+                    characterization.started_at_epoch_s or time.time(),
+                ),
             )
+        self._write_trials(conn, run_id, characterization.trials)
+        stored = (
+            characterization
+            if characterization.run_id == run_id
+            else _with_run_id(characterization, run_id)
+        )
+        conn.execute(
+            _RUN_FINISH,
+            (time.time(), status, stored.to_json(), characterization.model_key, run_id),
+        )
         return run_id
 
     def unfinished_run(self, *, host: str, model_key: str | None) -> RunRow | None:
@@ -454,43 +484,77 @@ class ProfileStore:
             conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (status, run_id))
 
     # --- profiles ---------------------------------------------------------------------------------------
-    def history(self, model_key: str | None = None) -> list[Characterization]:
-        """Stored characterizations (of one model, or all), oldest first."""
-        if model_key is None:
-            rows = self._query(
-                "SELECT result_json FROM runs WHERE result_json IS NOT NULL ORDER BY started_at_s"
-            )
-        else:
-            rows = self._query(
-                "SELECT result_json FROM runs WHERE result_json IS NOT NULL AND model_key = ? "
-                "ORDER BY started_at_s",
-                (model_key,),
-            )
-        return [Characterization.from_json(r[0]) for r in rows]
+    def history(self, model_key: str | None = None, *, unfinished: bool = False) -> list[Characterization]:
+        """Stored characterizations (of one model, or all), oldest first, each derived again from its trials.
+
+        A finished run's record is merged with every trial row stored for it and its ceiling derived again
+        (never read from the record), so a ceiling stored by an older fragileprobe cannot outlive its
+        evidence.
+
+        Args:
+            model_key: Only this model's runs (None: every run).
+            unfinished: Also the runs that never finished (interrupted, or stopped by a failed recovery and
+                never resumed), built from their stored trials and parameters, ``stop_reason`` = their status.
+        """
+        where = "" if unfinished else " WHERE result_json IS NOT NULL"
+        args: tuple[Any, ...] = ()
+        if model_key is not None:
+            where += (" AND" if where else " WHERE") + " model_key = ?"
+            args = (model_key,)
+        rows = self._query(
+            "SELECT run_id, host, model_key, name, params_json, started_at_s, status, result_json FROM runs"
+            + where + " ORDER BY started_at_s",
+            args,
+        )
+        chars = [self._characterization(row) for row in rows]
+        return [c for c in chars if c is not None]
+
+    def _characterization(self, row: tuple[Any, ...]) -> Characterization | None:
+        run_id, host, model_key, name, params_json, started_at_s, status, result_json = row
+        stored = self.trials(run_id)
+        if result_json is not None:
+            char = Characterization.from_json(result_json)
+            # Rows the record lacks (e.g. a partial trial dropped by an older resume) are evidence too.
+            known = {t.index for t in char.trials}
+            extra = [t for t in stored if t.index not in known]
+            return char.rederived(sorted([*char.trials, *extra], key=lambda t: t.index))
+        if not stored:
+            return None  # a run that never finished a trial: nothing observed
+        params = json.loads(params_json)
+        early = params.get("early_warning")
+        return Characterization.from_trials(
+            host=host, model_key=model_key, name=name, ladder=tuple(params.get("ladder", ())), trials=stored,
+            margin_fraction=float(params.get("margin_fraction", DEFAULT_MARGIN_FRACTION)),
+            margin_levels=int(params.get("margin_levels", DEFAULT_MARGIN_LEVELS)),
+            early_warning_factor=early.get("latency_factor") if isinstance(early, dict) else None,
+            wall_time_s=sum(t.wall_time_s for t in stored), stop_reason=status, run_id=run_id,
+            started_at_epoch_s=started_at_s,
+        )  # fmt: skip
 
     def profile(self, model_key: str) -> DeviceProfile | None:
-        """The profile of one model (every stored characterization of it), or None if there is none."""
-        chars = self.history(model_key)
+        """The profile of one model: every stored run of it, finished or not, or None if there is none."""
+        chars = self.history(model_key, unfinished=True)
         return DeviceProfile(model_key=model_key, characterizations=tuple(chars)) if chars else None
 
     def profiles(self) -> list[DeviceProfile]:
-        """Every model's profile, sorted by model key."""
+        """Every model's profile (every stored run, finished or not), sorted by model key."""
         by_model: dict[str, list[Characterization]] = {}
-        for char in self.history():
+        for char in self.history(unfinished=True):
             if char.model_key is not None:
                 by_model.setdefault(char.model_key, []).append(char)
         return [DeviceProfile(model_key=k, characterizations=tuple(v)) for k, v in sorted(by_model.items())]
 
     def ceiling_for(self, model_key: str) -> int | None:
-        """The stored safe ceiling of a model (the lowest over its devices), or None if unknown."""
+        """The model's safe ceiling, derived from every stored trial of it (see DeviceProfile), or None."""
         profile = self.profile(model_key)
         return profile.ceiling if profile is not None else None
 
     def export_json(self, *, indent: int | None = 2) -> str:
-        """Every characterization and inventory row as one JSON document (import with :meth:`import_json`)."""
+        """Every characterization (unfinished runs included: their trials are evidence too) and inventory
+        row as one JSON document (import with :meth:`import_json`)."""
         data = {
             "fragileprobe_store": SCHEMA_VERSION,
-            "characterizations": [c.to_dict() for c in self.history()],
+            "characterizations": [c.to_dict() for c in self.history(unfinished=True)],
             "profiles": [
                 {"model_key": p.model_key, "ceiling": p.ceiling, "devices": list(p.devices)}
                 for p in self.profiles()
@@ -503,10 +567,14 @@ class ProfileStore:
     def import_json(self, text: str) -> int:
         """Add the characterizations of an :meth:`export_json` document; return how many were new.
 
-        Characterizations whose run id is already stored are skipped, so importing twice adds nothing.
+        Each characterization's ceiling is derived again from its own trials, and that is what is stored.
+        A characterization whose stated ceiling disagrees with its trials refuses the whole document:
+        nothing of it is stored. Characterizations whose run id is already stored are skipped, so importing
+        twice adds nothing.
 
         Raises:
-            ConfigError: The text is not an export document, or is from a newer schema.
+            ConfigError: The text is not an export document, is from a newer schema, or a characterization's
+                stated ceiling disagrees with its own trials (the message names both values).
         """
         try:
             data = json.loads(text)
@@ -519,13 +587,29 @@ class ProfileStore:
             raise ConfigError(f"import_json: export schema {version!r} is newer than {SCHEMA_VERSION}")
         if not isinstance(data["characterizations"], list):
             raise ConfigError("import_json: 'characterizations' must be a list")
-        chars = [Characterization.from_dict(c) for c in data["characterizations"]]
+        chars: list[Characterization] = []
+        for i, raw in enumerate(data["characterizations"]):
+            char = Characterization.from_dict(raw)
+            fmt = raw.get("format", FORMAT_VERSION) if isinstance(raw, dict) else FORMAT_VERSION
+            # A document of the current format must state exactly what its trials derive; an older one was
+            # derived by an older margin rule, so it must only stay below what its trials allow.
+            wrong = char.disagreements(exact=fmt == FORMAT_VERSION)
+            if wrong:
+                who = f"characterization {i} ({char.host}, run {char.run_id})"
+                raise ConfigError(
+                    f"import_json: {who} disagrees with its own trials: {'; '.join(wrong)}; nothing was "
+                    "imported"
+                )
+            chars.append(char.rederived())
         added = 0
-        for char in chars:
-            if char.run_id is not None and self.run(char.run_id) is not None:
-                continue
-            self.save(char)
-            added += 1
+        with self._tx() as conn:  # all or nothing
+            for char in chars:
+                if char.run_id is not None and conn.execute(
+                    "SELECT 1 FROM runs WHERE run_id = ?", (char.run_id,)
+                ).fetchone():
+                    continue
+                self._save(conn, char, char.stop_reason)
+                added += 1
         return added
 
     # --- discovery inventory (raw rows; the logic lives in _discovery) ----------------------------------
@@ -651,9 +735,8 @@ _RUN_SELECT = (
     "SELECT run_id, host, model_key, name, params_json, started_at_s, finished_at_s, status FROM runs"
 )
 _RUN_FINISH = "UPDATE runs SET finished_at_s = ?, status = ?, result_json = ?, model_key = ? WHERE run_id = ?"
-_TRIAL_UPSERT = (
-    "INSERT OR REPLACE INTO trials(run_id, trial_index, trial_json, recorded_at_s) VALUES (?, ?, ?, ?)"
-)
+# A plain INSERT: the primary key (run_id, trial_index) refuses a second row, never replaces the first.
+_TRIAL_INSERT = "INSERT INTO trials(run_id, trial_index, trial_json, recorded_at_s) VALUES (?, ?, ?, ?)"
 _ASSET_SELECT = (
     "SELECT host, first_seen_s, last_seen_s, zone, previous_zone, model_key, open_ports_json, services_json, "
     "os_family, groups_json, scan_id, previous_scan_id FROM assets"
