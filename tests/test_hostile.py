@@ -302,7 +302,7 @@ async def test_characterize_a_device_with_hostile_services_ends_with_a_true_resu
     assert char.crashes == 0
     assert not char.ceiling_found
     assert char.highest_passed == 4
-    assert char.safe_ceiling == 3  # the margin below the highest level tested (no limit was found)
+    assert char.safe_ceiling == 2  # the margin (3 levels) below H + 1 = 5 (no limit was found)
     levels = char.trials[0].levels
     assert [lv.level for lv in levels] == [1, 2, 4]
     if kind in ("reset", "reset-mid-banner"):

@@ -49,9 +49,10 @@ def test_ceiling_is_below_every_failure_and_was_always_passed(trials: list, marg
         assert all(oc is P for oc in outcomes)
 
 
-@pytest.mark.parametrize(("limit", "expected"), [(6, 5), (7, 5), (8, 6)])
-def test_story_pump_failures_at_6_to_8_give_5_or_6(limit: int, expected: int) -> None:
-    """With H = L - 1 and the default 15% margin: L in {6, 7, 8} gives 5, 5, 6."""
+@pytest.mark.parametrize(("limit", "expected"), [(2, 0), (3, 0), (4, 1), (6, 3), (7, 4), (8, 5), (20, 17),
+                                               (21, 17), (50, 42)])  # fmt: skip
+def test_pinned_failures_keep_three_levels_or_15_percent_of_margin(limit: int, expected: int) -> None:
+    """With H = L - 1 the margin is the larger of 3 levels and 15 % below L: 7 -> 4, 8 -> 5, 21 -> 17."""
     trial = [(lv, P) for lv in range(1, limit)] + [(limit, F)]
     assert derive_ceiling([trial]).safe_ceiling == expected
 
@@ -61,7 +62,7 @@ def test_a_level_that_failed_once_is_never_recommended() -> None:
     d = derive_ceiling([[(5, P), (6, P), (7, F)], [(5, P), (6, F)]])
     assert d.failed_at == 6
     assert d.highest_passed == 5
-    assert d.safe_ceiling == 5
+    assert d.safe_ceiling == 3
 
 
 def test_failing_at_the_lowest_level_gives_zero() -> None:
@@ -71,16 +72,16 @@ def test_failing_at_the_lowest_level_gives_zero() -> None:
 
 
 def test_no_failure_is_no_ceiling_found_and_keeps_the_margin() -> None:
-    """Never failed: no ceiling found; the recommendation keeps the margin below the top level tested
-    (a limit may lie just above it), never below 1; margin 0 recommends the top level itself."""
+    """Never failed: no ceiling found; the recommendation keeps the margin below H + 1 (a limit may lie
+    just above the top level tested), never below 1; the smallest margin recommends the top level itself."""
     d = derive_ceiling([[(1, P), (2, P), (4, P)], [(4, P)]])
     assert not d.ceiling_found
     assert d.failed_at is None
     assert d.highest_passed == 4
-    assert d.safe_ceiling == 3
-    assert derive_ceiling([[(50, P)]]).safe_ceiling == 42
+    assert d.safe_ceiling == 2  # B = 5: 5 - 3
+    assert derive_ceiling([[(50, P)]]).safe_ceiling == 43  # floor(51 * 0.85)
     assert derive_ceiling([[(1, P)]]).safe_ceiling == 1
-    assert derive_ceiling([[(1, P), (4, P)]], margin_fraction=0.0).safe_ceiling == 4
+    assert derive_ceiling([[(1, P), (4, P)]], margin_fraction=0.0, margin_levels=1).safe_ceiling == 4
 
 
 @pytest.mark.parametrize("margin", [-0.1, 1.0, float("nan"), "0.1", True])
@@ -110,13 +111,14 @@ def _char(host: str = "127.0.0.9", fail: int = 7, model: str = "pump-abc") -> Ch
 
 def test_characterization_derives_and_summarizes() -> None:
     c = _char()
-    assert c.safe_ceiling == 5
+    assert c.safe_ceiling == 4
     assert c.failed_at == 7
     assert c.crashes == 1
     assert c.crash_levels == (7,)
     assert c.latency_knee == 2  # 0.01 s median at 2 >= 2 x 0.004
     text = c.summary()
-    assert "Safe ceiling: 5" in text
+    assert "Safe ceiling: 4" in text
+    assert "the larger of 15% and 3 sessions below the lowest failing level, 7" in text
     assert "crashed the device: 7" in text
 
 
@@ -126,7 +128,7 @@ def test_no_ceiling_summary_says_never_exceeded() -> None:
         host="127.0.0.9", model_key=None, ladder=(1, 2, 4), trials=[TrialResult(index=0, levels=levels)]
     )
     assert not c.ceiling_found
-    assert c.safe_ceiling == 3
+    assert c.safe_ceiling == 2
     assert "No ceiling found up to 4" in c.summary()
     assert "never exceeded" in c.summary()
 
@@ -135,7 +137,8 @@ def test_json_round_trip_is_lossless() -> None:
     c = _char()
     again = Characterization.from_json(c.to_json())
     assert again == c
-    assert json.loads(c.to_json())["safe_ceiling"] == 5
+    assert json.loads(c.to_json())["safe_ceiling"] == 4
+    assert json.loads(c.to_json())["margin_levels"] == 3
 
 
 def test_from_dict_refuses_newer_format_and_garbage() -> None:
@@ -160,7 +163,7 @@ def test_plot_marks_crash_and_ceiling() -> None:
     fig = _char().plot()
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("safe ceiling 5" in lbl for lbl in labels)
+    assert any("safe ceiling 4" in lbl for lbl in labels)
     assert any("first crash 7" in lbl for lbl in labels)
 
 
@@ -168,7 +171,7 @@ def test_profile_ceiling_is_never_above_any_device() -> None:
     """A model's ceiling is the lowest over its devices."""
     p = DeviceProfile(model_key="pump-abc", characterizations=(_char("127.0.0.9", 8), _char("127.0.0.10", 6)))
     assert p.ceiling == min(c.safe_ceiling for c in p.characterizations if c.safe_ceiling is not None)
-    assert p.ceiling == 5  # the device failing at 6 sets it: min(5, floor(6 * 0.85))
+    assert p.ceiling == 3  # the device failing at 6 sets it: min(5, floor(6 * 0.85), 6 - 3)
     assert p.devices == ("127.0.0.9", "127.0.0.10")
     assert p.failed_at == 6
     assert "model pump-abc" in p.summary()

@@ -132,15 +132,15 @@ def test_first_trial_pins_the_boundary_exactly(config: RampConfig, thresholds: l
 
 def test_story_pump_walk_and_later_trials_skip_to_the_boundary() -> None:
     """Default plan against a device failing at 7: climb 1,2,5,7, refine to 6; later trials start at
-    the estimate (5) and re-test up to L - 1 with no crash."""
+    the estimate (4: three levels below 7) and re-test up to L - 1 with no crash."""
     done, trials = drive(
         RampStrategy(RampConfig()), lambda t, lv: LevelOutcome.FAILED if lv >= 7 else LevelOutcome.PASSED
     )
     assert [lv for lv, _ in trials[0]] == [1, 2, 5, 7, 6]
-    assert [lv for lv, _ in trials[1]] == [5, 6]
-    assert [lv for lv, _ in trials[2]] == [5, 6]
+    assert [lv for lv, _ in trials[1]] == [4, 5, 6]
+    assert [lv for lv, _ in trials[2]] == [4, 5, 6]
     assert done.derivation.failed_at == 7
-    assert done.derivation.safe_ceiling == 5
+    assert done.derivation.safe_ceiling == 4
     assert done.reason == "complete"
 
 
@@ -174,7 +174,7 @@ def test_sturdy_device_reports_no_ceiling_found() -> None:
     assert not done.derivation.ceiling_found
     assert done.derivation.failed_at is None
     assert done.derivation.highest_passed == 4
-    assert done.derivation.safe_ceiling == 3  # the margin stays below the highest level tested
+    assert done.derivation.safe_ceiling == 2  # the margin stays below H + 1 = 5 (3 levels)
 
 
 def test_warning_stops_climbing_without_a_crash() -> None:
@@ -186,7 +186,7 @@ def test_warning_stops_climbing_without_a_crash() -> None:
     assert [lv for lv, _ in trials[0]] == [1, 2, 5, 7, 6]
     assert done.derivation.warned_at == 6
     assert done.derivation.failed_at is None
-    assert done.derivation.safe_ceiling == 5
+    assert done.derivation.safe_ceiling == 3  # three levels below the warning at 6
 
 
 def test_out_of_time_ends_the_run_at_once() -> None:
@@ -218,10 +218,10 @@ def test_resume_continues_with_the_next_trial() -> None:
              (7, LevelOutcome.FAILED), (6, LevelOutcome.PASSED))  # fmt: skip
     s = RampStrategy(RampConfig(), previous_trials=[first])
     assert s.trial == 1
-    assert s.next_action() == TestLevel(5, 1)
+    assert s.next_action() == TestLevel(4, 1)
     done = RampStrategy(RampConfig(trials=1), previous_trials=[first]).next_action()
     assert isinstance(done, Done)
-    assert done.derivation.safe_ceiling == 5
+    assert done.derivation.safe_ceiling == 4
 
 
 @pytest.mark.parametrize(

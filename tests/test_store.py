@@ -48,8 +48,8 @@ def test_save_history_profile_and_ceiling(tmp_path: Path) -> None:
         assert hist[0].run_id == run_id
         profile = store.profile("pump-abc")
         assert profile is not None
-        assert profile.ceiling == 5
-        assert store.ceiling_for("pump-abc") == 5
+        assert profile.ceiling == 3  # the device failing at 6: 6 - 3
+        assert store.ceiling_for("pump-abc") == 3
         assert store.ceiling_for("unknown") is None
         assert [p.model_key for p in store.profiles()] == ["other", "pump-abc"]
 
@@ -226,6 +226,6 @@ def test_export_and_import_round_trip(tmp_path: Path) -> None:
     with ProfileStore(tmp_path / "b.db") as b:
         assert b.import_json(text) == 2
         assert b.import_json(text) == 0  # same run ids: nothing added twice
-        assert b.ceiling_for("pump-abc") == 5
+        assert b.ceiling_for("pump-abc") == 3
     with ProfileStore(tmp_path / "c.db") as c, pytest.raises(ConfigError):
         c.import_json('{"nope": 1}')

@@ -129,4 +129,5 @@ async def test_sigkill_mid_run_keeps_finished_trials_and_resume_completes(
         assert {e.trial for e in events if e.kind == "level_start"} == {1, 2}
         assert store.unfinished_run(host=loopback_host, model_key="story-pump") is None
         assert store.ceiling_for("story-pump") == char.safe_ceiling
-        assert char.safe_ceiling in (5, 6)
+        assert char.failed_at is not None
+        assert char.safe_ceiling == char.failed_at - 3
