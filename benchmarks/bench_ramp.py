@@ -34,7 +34,7 @@ A recommendation ``r`` is *unsafe in the Guard's own use* when ``r >= T_min``: o
 sessions (its heartbeat among them) reach the threshold. The true ceiling of a model that can hang is
 ``T_min - 1``; "levels below the true ceiling" is ``T_min - 1 - r`` over the safe recommendations.
 
-Run: ``python benchmarks/bench_ramp.py [--models 300] [--real 0] [--seed 20261129]``.
+Run: ``python benchmarks/bench_ramp.py [--models 400] [--real 0] [--seed 20261129]``.
 """
 
 from __future__ import annotations
@@ -328,7 +328,7 @@ def real_table(models: list[BenchModel], count: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--models", type=int, default=300)
+    parser.add_argument("--models", type=int, default=400, help="seeded models (about 5 in 6 can hang)")
     parser.add_argument("--real", type=int, default=0, help="models also run over real sockets (0: none)")
     parser.add_argument("--seed", type=int, default=20261129)
     args = parser.parse_args(argv)
