@@ -481,8 +481,8 @@ def _findings(char: Characterization) -> list[str]:
         out.append(f"The highest load it survived in every trial below that: {char.highest_passed}.")
     if char.safe_ceiling:
         out.append(
-            f"Recommended maximum: {char.safe_ceiling} sessions ({char.margin_fraction:.0%} safety "
-            "margin below the first failure, never above a level that passed every time)."
+            f"Recommended maximum: {char.safe_ceiling} sessions (a safety margin of {char.margin_text} "
+            "below the first failure, never above a level that passed every time)."
         )
     if char.baseline_latency_s is not None:
         out.append(f"Idle heartbeat latency: {_ms(char.baseline_latency_s)}.")
@@ -677,7 +677,7 @@ def characterization_html(char: Characterization, *, plot: bool = True) -> str:
         ]
     body.append(
         f'<p class="sub">Run id {_e(char.run_id or "-")}; stop reason {_e(char.stop_reason)}; '
-        f"margin {char.margin_fraction:.0%}.</p>"
+        f"margin {_e(char.margin_text)}.</p>"
     )
     return _html_page(f"fragileprobe characterization: {char.name or char.host}", "".join(body))
 

@@ -650,7 +650,11 @@ def characterize(
         ),
     ] = None,
     margin: Annotated[
-        float, typer.Option(help="Safety margin below the first failing level, as a fraction (0.15 = 15%).")
+        float,
+        typer.Option(
+            help="Safety margin below the first failing level, as a fraction (0.15 = 15%); never less "
+            "than 3 levels."
+        ),
     ] = 0.15,
     recovery: Annotated[
         str,
