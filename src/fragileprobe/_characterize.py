@@ -233,7 +233,9 @@ async def characterize(
         store: Where each finished trial and the result are written (and resumed from).
         model_key: The device model's key; None: derived from what the device shows.
         name: A name for the device / model in reports.
-        resume: Continue the latest unfinished run for this target and model in ``store``.
+        resume: Continue the latest unfinished run for this target and model in ``store``; every stored
+            trial, finished or not, stays evidence (``ConfigError`` if a setting of ``RESUME_MUST_MATCH``
+            differs from the stored run's).
         interval_s: Seconds between heartbeats.
         heartbeat_timeout_s: Overrides the heartbeat's own timeout.
         failures_to_down: Failed beats in a row that declare the device down.
