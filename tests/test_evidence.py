@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -39,7 +42,6 @@ from fragileprobe.emulator import EmulatedDevice
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from pathlib import Path
 
 P, F, W, A = LevelOutcome.PASSED, LevelOutcome.FAILED, LevelOutcome.WARNED, LevelOutcome.ABORTED
 FAST: dict[str, Any] = FAST_CHARACTERIZE
@@ -382,3 +384,21 @@ def test_the_old_margin_was_not_enough() -> None:
     assert derive_ceiling(trials, margin_levels=DEFAULT_MARGIN_LEVELS).safe_ceiling == 4
     with pytest.raises(ConfigError, match="margin_levels"):
         derive_ceiling(trials, margin_levels=0)
+
+
+# --- the benchmark's claim, checked ---------------------------------------------------------------------
+
+@pytest.mark.bench
+def test_bench_ramp_recommendations_are_safe_in_the_guards_own_use() -> None:
+    """benchmarks/bench_ramp.py, pure part, default seed and 400 models: fragileprobe's recommendation (with
+    and without early warning) is unsafe for 0 of the models that can hang, while the old margin is not."""
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_ramp.py"
+    out = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in out.stdout.splitlines()
+            if line.startswith("| ") and "**" in line}  # fmt: skip
+    dying = rows["fragileprobe"].split(" of ")[1].split("**")[0]
+    assert int(dying) >= 300
+    assert rows["fragileprobe"].startswith("**0 of ")
+    assert rows["fragileprobe + early warning"].startswith("**0 of ")
+    assert not rows["(fragileprobe's trials, the old rule: 15 % below L)"].startswith("**0 of ")
