@@ -14,6 +14,7 @@ import math
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -402,3 +403,53 @@ def test_bench_ramp_recommendations_are_safe_in_the_guards_own_use() -> None:
     assert rows["fragileprobe"].startswith("**0 of ")
     assert rows["fragileprobe + early warning"].startswith("**0 of ")
     assert not rows["(fragileprobe's trials, the old rule: 15 % below L)"].startswith("**0 of ")
+
+
+# --- the store: every failure of every stored run bounds the model's ceiling ------------------------------
+
+stored_runs = st.lists(
+    st.tuples(
+        st.sampled_from(["complete", "recovery_failed", "interrupted"]),
+        st.lists(
+            st.tuples(st.lists(st.tuples(st.integers(1, 30), st.sampled_from([P, F, W])), min_size=1,
+                               max_size=6), st.booleans()),
+            min_size=1, max_size=3,
+        ),
+    ),
+    min_size=1, max_size=4,
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs=stored_runs)
+def test_the_models_ceiling_is_below_every_failure_of_every_stored_run(
+    runs: list[tuple[str, list[tuple[list[tuple[int, LevelOutcome]], bool]]]],
+) -> None:
+    """Random runs of one model, finished or not, their trials complete or not: the store's ceiling for
+    the model is below every level that failed in any stored trial, never above the derivation of any one
+    run, and survives an export and import into an empty store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with ProfileStore(Path(tmp) / "a.db") as store:
+            every: list[list[tuple[int, LevelOutcome]]] = []
+            per_run: list[int | None] = []
+            for status, trials in runs:
+                run = store.begin_run(host="127.0.0.9", model_key="pump-x", params={"ladder": [1, 30]})
+                results = [_trial(i, *levels, complete=done) for i, (levels, done) in enumerate(trials)]
+                for trial in results:
+                    store.record_trial(run, trial)
+                every += [levels for levels, _ in trials]
+                per_run.append(derive_ceiling(t.outcomes for t in results).safe_ceiling)
+                if status == "complete":
+                    store.finish_run(run, _char(results))
+                else:
+                    store.mark_run(run, status)
+            ceiling = store.ceiling_for("pump-x")
+            text = store.export_json()
+        assert ceiling is not None  # every run holds at least one tested level
+        failures = [lv for levels in every for lv, oc in levels if oc in (F, W)]
+        assert all(ceiling < lv for lv in failures)
+        assert all(ceiling <= c for c in per_run if c is not None)
+        assert ceiling <= _key(derive_ceiling(every).safe_ceiling)
+        with ProfileStore(Path(tmp) / "b.db") as other:
+            assert other.import_json(text) == len(runs)
+            assert other.ceiling_for("pump-x") == ceiling
