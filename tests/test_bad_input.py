@@ -99,6 +99,8 @@ SPEC_ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("ceiling: fraction", lambda: ConcurrencyLimiter(1.5), ConfigError, r"ceiling .*got 1\.5"),  # type: ignore[arg-type]
     ("ceiling: Guard zero", lambda: Guard("127.0.0.1", ceiling=0, scope=Scope(["127.0.0.1"])), ConfigError,
      r"ceiling .*got 0"),
+    ("ceiling: Guard one beside a session heartbeat", lambda: Guard("127.0.0.1", ceiling=1, scope=Scope(["127.0.0.1"])),
+     ConfigError, r"ceiling: 1 leaves no room for work.*ceiling of 2 or more.*IcmpHeartbeat.*watchdog=False"),
     ("rate: zero", lambda: ConcurrencyLimiter(1, rate_per_s=0), ConfigError, r"rate_per_s .*got 0"),
     # timeouts and intervals
     ("heartbeat timeout zero", lambda: HttpHeartbeat(timeout_s=0), ConfigError, r"timeout_s .*got 0"),
@@ -112,10 +114,10 @@ SPEC_ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      lambda: Watchdog(TcpHeartbeat(8080), host="127.0.0.1", failures_to_down=0), ConfigError,
      r"failures_to_down.*got 0"),
     ("Guard connect timeout negative",
-     lambda: Guard("127.0.0.1", ceiling=1, scope=Scope(["127.0.0.1"]), connect_timeout_s=-1), ConfigError,
+     lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), connect_timeout_s=-1), ConfigError,
      r"connect_timeout_s .*got -1"),
     ("Guard interval NaN",
-     lambda: Guard("127.0.0.1", ceiling=1, scope=Scope(["127.0.0.1"]), interval_s=float("nan")), ConfigError,
+     lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), interval_s=float("nan")), ConfigError,
      r"interval_s .*nan"),
 ]  # fmt: skip
 
@@ -256,7 +258,7 @@ async def test_targets_outside_scope_are_refused_before_any_packet() -> None:
                 with pytest.raises(ScopeError, match=rf"{host}.*outside the authorized scope.*nothing was"):
                     await call()
             with pytest.raises(ScopeError, match=rf"{host}.*outside"):
-                async with Guard(target, ceiling=1, scope=scope):
+                async with Guard(target, ceiling=2, scope=scope):
                     pass  # pragma: no cover - never entered
         assert idle_device.stats.connects_total == 0
 

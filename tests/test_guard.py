@@ -93,22 +93,26 @@ async def test_ceiling_five_runs_a_thousand_checks_without_hanging_the_pump(loop
         stats = guard.stats
         assert len(results) == 1000
         assert Counter(r.outcome for r in results) == {Outcome.OPEN: 1000}
-        assert stats.peak_in_flight == 5  # twelve workers, never more than five sessions
+        # Twelve workers, never more than five sessions on the pump, the heartbeat's included: the work
+        # gets four places, the heartbeat keeps the fifth.
+        assert stats.peak_in_flight == 4
+        assert stats.heartbeat_reserved == 1
         assert stats.sessions == stats.completed == 1000
-        assert pump.stats.peak_sessions <= 6  # five probes plus the heartbeat
+        assert stats.peak_device_sessions <= 5
+        assert pump.stats.peak_sessions <= 5
         banners = {r.port: r.data[:8] for r in results if r.port != pump.web_port}
         assert banners[pump.port(21)] == b"220 (vsF"
         assert all(r.status == 200 for r in results if r.port == pump.web_port)  # type: ignore[attr-defined]
 
 
-async def test_connect_only_probes_at_ceiling_one_never_stack_up_on_the_pump(loopback_host: str) -> None:
-    """The pump counts a session until it notices our close; the probes wait for that, so a tight loop
-    of connect-and-close probes cannot pile sessions up on the device beyond the ceiling."""
-    async with fast_pump(loopback_host) as pump, guard_for(pump, 1) as guard:
+async def test_connect_only_probes_at_ceiling_two_never_stack_up_on_the_pump(loopback_host: str) -> None:
+    """The pump counts a session until it notices our close; a slot stays charged until then, so a tight
+    loop of connect-and-close probes cannot pile sessions up on the device beyond the ceiling."""
+    async with fast_pump(loopback_host) as pump, guard_for(pump, 2) as guard:
         for _ in range(150):
             assert (await guard.tcp_connect(pump.port(21))).outcome is Outcome.OPEN
         assert pump.state is DeviceState.UP
-        assert pump.stats.peak_sessions <= 2  # one probe plus the heartbeat
+        assert pump.stats.peak_sessions <= 2  # one probe and the heartbeat: the ceiling counts both
 
 
 async def test_ceiling_ten_hangs_the_pump_and_the_watchdog_stops_everything(loopback_host: str) -> None:
@@ -135,9 +139,11 @@ async def test_ceiling_ten_hangs_the_pump_and_the_watchdog_stops_everything(loop
         # Every check in flight at the declaration was cancelled, and came back as CANCELLED.
         cancelled = [r for r in results if r.outcome is Outcome.CANCELLED]
         assert timeline.in_flight_at_down is not None
-        assert timeline.in_flight_at_down >= 7
+        assert timeline.in_flight_at_down >= 6  # it hangs at 7-9 sessions, one of them a heartbeat's
         assert len(cancelled) == timeline.in_flight_at_down == stats.cancelled_by_watchdog
-        assert stats.in_flight == 0
+        # Cancelled, but still charged: the hung pump has not let go of them (nor of the failed beat's).
+        assert stats.in_flight == len(cancelled)
+        assert stats.lingering == stats.device_sessions == len(cancelled) + 1
         # Nothing reaches the pump after the declaration: no probe, no heartbeat.
         await anyio.sleep(5 * INTERVAL_S)
         assert pump.connects_since(timeline.down_at_s) == 0
@@ -232,24 +238,29 @@ async def test_a_nested_connect_in_run_is_cancelled_and_counted_once(loopback_ho
         async with anyio.create_task_group() as tg:
             tg.start_soon(expect_down)
             await inside.wait()
-            assert guard.limiter.in_flight == 2  # run's session and the nested connection
+            assert guard.limiter.in_flight == 1  # run's session and its connection share one slot
             assert guard.watchdog is not None
             guard.watchdog.declare_down("test")
         stats = guard.stats
         assert stats.cancelled_by_watchdog == 2
         assert stats.failures == 0
-        assert stats.in_flight == 0
+        with anyio.fail_after(2):
+            await guard.wait_let_go()
+        assert guard.stats.in_flight == 0
 
 
-async def test_connect_holds_a_slot_until_closed(loopback_host: str) -> None:
-    async with fast_pump(loopback_host) as pump, guard_for(pump, 1) as guard:
+async def test_connect_holds_a_slot_until_the_device_let_go(loopback_host: str) -> None:
+    async with fast_pump(loopback_host) as pump, guard_for(pump, 2) as guard:
         async with guard.connect(pump.port(21)) as stream:
             assert guard.limiter.in_flight == 1
             assert (await stream.receive()).startswith(b"220")
             with anyio.move_on_after(0.1) as waited:
-                await guard.tcp_connect(pump.port(22))  # the only slot is taken
+                await guard.tcp_connect(pump.port(22))  # the only work slot is taken
             assert waited.cancelled_caught
+        with anyio.fail_after(2):
+            await guard.wait_let_go()  # the pump answered our FIN with its own
         assert guard.limiter.in_flight == 0
+        assert guard.stats.linger_expired == 0
         assert (await guard.tcp_connect(pump.port(22))).outcome is Outcome.OPEN
 
 
@@ -263,12 +274,15 @@ async def test_connect_refused_raises_probe_error_and_counts_a_failure(loopback_
 
 
 async def test_set_ceiling_changes_the_limit_while_running(loopback_host: str) -> None:
-    async with fast_pump(loopback_host) as pump, guard_for(pump, 1) as guard:
+    async with fast_pump(loopback_host) as pump, guard_for(pump, 2) as guard:
         await guard.set_ceiling(4)
         await run_checks(guard, pump, total=40, workers=8)
-        assert guard.stats.peak_in_flight == 4
+        assert guard.stats.peak_in_flight == 3  # four on the device: three checks and the heartbeat
+        assert guard.stats.peak_device_sessions <= 4
         await guard.set_ceiling(2)
         assert guard.stats.ceiling == 2
+        with pytest.raises(ConfigError, match="no room for work"):
+            await guard.set_ceiling(1)
 
 
 async def test_rate_cap_spaces_guarded_sessions(loopback_host: str) -> None:
@@ -318,10 +332,24 @@ async def test_guard_misuse() -> None:
     with pytest.raises(ConfigError, match="ceiling"):
         Guard("127.0.0.1", ceiling=0, scope=scope)
     with pytest.raises(ConfigError, match="interval_s"):
-        Guard("127.0.0.1", ceiling=1, scope=scope, interval_s=0)
+        Guard("127.0.0.1", ceiling=2, scope=scope, interval_s=0)
     with pytest.raises(ConfigError, match="scope"):
-        Guard("127.0.0.1", ceiling=1, scope=["127.0.0.0/30"])  # type: ignore[arg-type]
-    guard = Guard("127.0.0.1", ceiling=1, scope=scope, watchdog=False)
+        Guard("127.0.0.1", ceiling=2, scope=["127.0.0.0/30"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="linger_s"):
+        Guard("127.0.0.1", ceiling=2, scope=scope, interval_s=1.0, linger_s=2.0)  # not past 1 s + 2 s
+    guard = Guard("127.0.0.1", ceiling=1, scope=scope, watchdog=False)  # no heartbeat: all of N is work
     with pytest.raises(RuntimeError, match="async with"):
         await guard.tcp_connect(80)
     assert "127.0.0.1" in repr(guard)
+
+
+def test_ceiling_one_with_a_session_heartbeat_names_the_ways_out() -> None:
+    """N counts the heartbeat's session too: N = 1 leaves the work nothing, and the error says what to do."""
+    scope = Scope(["127.0.0.0/30"])
+    with pytest.raises(ConfigError) as info:
+        Guard("127.0.0.1", ceiling=1, scope=scope)
+    message = str(info.value)
+    assert "ceiling: 1 leaves no room for work" in message
+    for way_out in ("a ceiling of 2 or more", "IcmpHeartbeat", "watchdog=False"):
+        assert way_out in message
+    assert Guard("127.0.0.1", ceiling=1, scope=scope, watchdog=False).heartbeat_reserved == 0

@@ -1,14 +1,21 @@
 """characterize(): measure how many concurrent sessions a device survives, and derive its safe ceiling.
 
 The driver does the I/O; the decisions come from the pure :class:`~fragileprobe._ramp.RampStrategy`. One
-:class:`~fragileprobe.Guard` holds the whole run (scope check, limiter, watchdog). Per level:
+:class:`~fragileprobe.Guard` holds the whole run (scope check, device-side session ledger, watchdog).
 
-1. the Guard's ceiling is set to the level and exactly that many workers start; each runs what a scanner
-   check does, back to back: a full connect to the next service port (round-robin), a banner read (or a
-   small ``HEAD`` on web ports), a short hold, a graceful close;
-2. the main task follows the watchdog's beats for ``dwell_s``: the level passes if the device stays up;
-   it fails the moment the watchdog declares the device down (the Guard cancels every session at once);
-   with early warning on, it is *warned* when the heartbeat latency stays above its limit;
+A level N is N sessions on the *device*, the heartbeat included: the same count as a Guard's ceiling, a
+stored ceiling and an exported scanner setting. Per level:
+
+1. the Guard's ceiling is set to N, and N minus the heartbeat's place workers start; each holds one session
+   the way a scanner's check does, back to back: a full connect to the next service port (round-robin), a
+   banner read (or a well-formed keep-alive ``HEAD`` on web ports), then it keeps the session open for
+   ``hold_s`` while reading, so a session the device closes is reopened at once; a session's slot stays
+   charged until the device has let go of it;
+2. the main task follows the watchdog's beats for ``dwell_s``; each beat records how many sessions the
+   device held at that moment (``LevelResult.held_at_beats``), and the level is credited only with the count
+   actually held (``LevelResult.held``). It fails the moment the watchdog declares the device down (the Guard
+   cancels every session at once); with early warning on, it is *warned* when the heartbeat latency stays
+   above its limit;
 3. after a failure the recovery hook runs, then ``healthy_beats`` good beats in a row are awaited (both
    within ``recovery_timeout_s``), the watchdog is re-armed and the ramp goes on.
 
@@ -66,6 +73,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from fragileprobe._heartbeat import Beat
+    from fragileprobe._net import Network
     from fragileprobe._probes import ProbeStream
     from fragileprobe._store import ProfileStore
     from fragileprobe._watchdog import Watchdog
@@ -90,12 +98,19 @@ FAILED_SESSION_PAUSE_S = 0.02
 # Beats (at most) to wait for the device to look idle again between levels.
 SETTLE_BEATS = 10
 # Settings that change what a level measures; resume refuses a run stored with other values (ConfigError
-# naming both): its trials and the new ones would be merged into one ceiling.
+# naming both): its trials and the new ones would be merged into one ceiling. ``linger_s`` decides how
+# long a closed session still counts as held by the device, so it changes what a level holds too.
 RESUME_MUST_MATCH = (
     "ladder", "dwell_s", "hold_s", "ports", "heartbeat", "early_warning", "margin_fraction", "margin_levels",
+    "linger_s",
 )  # fmt: skip
 _UNRECORDED = "<not recorded>"
-_HEAD_REQUEST = b"HEAD / HTTP/1.0\r\nUser-Agent: fragileprobe characterization\r\n\r\n"
+# A well-formed HTTP/1.1 request that asks the server to keep the session open, so the session can be
+# held without malformed traffic; a server that closes anyway gets a new session at once.
+_HEAD_REQUEST = (
+    "HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n"
+    "User-Agent: fragileprobe characterization\r\n\r\n"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +188,7 @@ class _Run:
 
     guard: Guard
     watchdog: Watchdog
+    reserve: int
     target: Target
     address: str
     web_ports: set[int]
@@ -212,6 +228,8 @@ async def characterize(
     connect_timeout_s: float = 2.0,
     read_timeout_s: float = 1.0,
     progress: Callable[[ProgressEvent], None] | None = None,
+    linger_s: float | None = None,
+    network: Network | None = None,
 ) -> Characterization:
     """Find how many concurrent sessions ``target`` survives and recommend a safe ceiling.
 
@@ -245,6 +263,9 @@ async def characterize(
         connect_timeout_s: Bound on each session's connect.
         read_timeout_s: Bound on each session's banner/response read.
         progress: Called with a :class:`ProgressEvent` at every step (must not block).
+        linger_s: Most seconds a session stays counted after our close while the device has not let go
+            (default: the Guard's, see :class:`~fragileprobe.Guard`).
+        network: How connections are made (default: real sockets; ``fragileprobe.testing.FakeNetwork``).
 
     Returns:
         The :class:`~fragileprobe.Characterization`.
@@ -296,17 +317,20 @@ async def characterize(
         web_ports.add(heartbeat.port)
     bound = log.bind(host=address, target=tgt.label)
 
-    t0 = time.monotonic()
+    t0 = anyio.current_time()
     started_epoch = time.time()
     deadline = None if time_budget_s is None else t0 + time_budget_s
 
     def emit(kind: str, trial: int, level: int | None = None, outcome: str | None = None) -> None:
         if progress is not None:
-            progress(ProgressEvent(kind, trial, level, outcome, time.monotonic() - t0))
+            progress(ProgressEvent(kind, trial, level, outcome, anyio.current_time() - t0))
 
+    # The first ceiling is only for the model-key and open-port probes (one session beside the heartbeat);
+    # every level sets its own.
     guard = Guard(
-        tgt, ceiling=1, scope=scope, heartbeat=heartbeat, interval_s=interval_s,
-        failures_to_down=failures_to_down, connect_timeout_s=connect_timeout_s,
+        tgt, ceiling=2, scope=scope, heartbeat=heartbeat, interval_s=interval_s,
+        failures_to_down=failures_to_down, connect_timeout_s=connect_timeout_s, linger_s=linger_s,
+        network=network,
     )  # fmt: skip
     try:
         await guard.__aenter__()
@@ -351,7 +375,7 @@ async def characterize(
             "ladder": list(config.ladder), "trials": trials, "dwell_s": dwell_s, "crash_budget": crash_budget,
             "refine": refine, "margin_fraction": config.margin_fraction,
             "margin_levels": DEFAULT_MARGIN_LEVELS, "hold_s": hold_s, "ports": list(tgt.ports),
-            "heartbeat": _heartbeat_params(heartbeat),
+            "heartbeat": _heartbeat_params(heartbeat), "linger_s": linger_s,
             "early_warning": None if early_warning is None else dataclasses.asdict(early_warning),
         }  # fmt: skip
         if store is not None:
@@ -382,14 +406,15 @@ async def characterize(
             config, previous_trials=[t.outcomes for t in previous if t.complete][: config.trials]
         )
         run = _Run(
-            guard=guard, watchdog=watchdog, target=tgt, address=address, web_ports=web_ports,
+            guard=guard, watchdog=watchdog, reserve=guard.heartbeat_reserved, target=tgt, address=address,
+            web_ports=web_ports,
             dwell_s=dwell_s, hold_s=hold_s, read_timeout_s=read_timeout_s,
             early_warning=early_warning, baseline=baseline, deadline=deadline, log=bound,
         )  # fmt: skip
 
         finished: list[TrialResult] = list(previous)
         current: list[LevelResult] = []
-        trial_started = time.monotonic()
+        trial_started = anyio.current_time()
         recoveries = 0
 
         def build(trials_: Sequence[TrialResult], reason: str) -> Characterization:
@@ -397,7 +422,7 @@ async def characterize(
                 host=address, model_key=model_key, name=name, ladder=config.ladder, trials=trials_,
                 margin_fraction=config.margin_fraction, baseline_latency_s=baseline,
                 early_warning_factor=None if early_warning is None else early_warning.latency_factor,
-                wall_time_s=sum(t.wall_time_s for t in previous) + (time.monotonic() - t0),
+                wall_time_s=sum(t.wall_time_s for t in previous) + (anyio.current_time() - t0),
                 stop_reason=reason, run_id=run_id, started_at_epoch_s=started_epoch,
             )  # fmt: skip
 
@@ -423,7 +448,7 @@ async def characterize(
                     strategy.observe(OutOfTime())
                 if (
                     deadline is not None
-                    and time.monotonic() >= deadline
+                    and anyio.current_time() >= deadline
                     and not isinstance(strategy.next_action(), Recover | Done)
                 ):
                     strategy.observe(OutOfTime())
@@ -444,7 +469,7 @@ async def characterize(
                     # resumed one and of the model's profile.
                     partial_trial = TrialResult(
                         index=next_index, levels=tuple(current),
-                        wall_time_s=time.monotonic() - trial_started, complete=False,
+                        wall_time_s=anyio.current_time() - trial_started, complete=False,
                     )  # fmt: skip
                     partial = build([*finished, partial_trial], "recovery_failed")
                     if store is not None and run_id is not None:
@@ -457,7 +482,8 @@ async def characterize(
                 strategy.observe(Recovered())
             elif isinstance(action, NextTrial):
                 trial = TrialResult(
-                    index=next_index, levels=tuple(current), wall_time_s=time.monotonic() - trial_started
+                    index=next_index, levels=tuple(current),
+                    wall_time_s=anyio.current_time() - trial_started,
                 )
                 next_index += 1
                 finished.append(trial)
@@ -466,7 +492,7 @@ async def characterize(
                 emit("trial_end", action.finished)
                 bound.info("characterize.trial_done", trial=action.finished, crashes=trial.crashes)
                 current = []
-                trial_started = time.monotonic()
+                trial_started = anyio.current_time()
                 strategy.observe(Proceed())
             else:
                 assert isinstance(action, Done)
@@ -475,7 +501,7 @@ async def characterize(
                         TrialResult(
                             index=next_index,
                             levels=tuple(current),
-                            wall_time_s=time.monotonic() - trial_started,
+                            wall_time_s=anyio.current_time() - trial_started,
                             complete=False,
                         )
                     )
@@ -570,28 +596,46 @@ async def _derive_model_key(
 
 
 async def _session(run: _Run, port: int) -> None:
-    """One scanner-like session: connect, read the banner (or HEAD on a web port), hold, close."""
+    """One scanner-like session: connect, read the banner (or a keep-alive HEAD on a web port), then keep
+    it open for ``hold_s`` while reading, so a session the device closes ends (and is reopened) at once."""
     async with run.guard.connect(port) as stream:
-        opened = time.monotonic()
-        await _exchange(stream, port in run.web_ports, run.read_timeout_s)
-        rest = run.hold_s - (time.monotonic() - opened)
+        opened = anyio.current_time()
+        web = port in run.web_ports
+        if web:
+            await stream.send(_HEAD_REQUEST.format(host=run.address).encode("ascii"))
+        if await _read_first(stream, web, run.read_timeout_s):
+            return  # the device closed the session: the worker opens the next one now
+        rest = run.hold_s - (anyio.current_time() - opened)
         if rest > 0:
-            await anyio.sleep(rest)
+            await _hold(stream, rest)
 
 
-async def _exchange(stream: ProbeStream, web: bool, read_timeout_s: float) -> None:
-    if web:
-        await stream.send(_HEAD_REQUEST)
+async def _read_first(stream: ProbeStream, web: bool, read_timeout_s: float) -> bool:
+    """Read the banner or response head (bounded); True if the device closed the session meanwhile."""
     got = bytearray()
     with anyio.move_on_after(read_timeout_s):
         while len(got) < SESSION_READ_MAX_BYTES:
             try:
                 chunk = await stream.receive(SESSION_READ_MAX_BYTES - len(got))
             except anyio.EndOfStream:
-                return
+                return True
             got += chunk
             if (web and b"\r\n\r\n" in got) or (not web and b"\n" in got):
+                return False
+    return False
+
+
+async def _hold(stream: ProbeStream, seconds: float) -> None:
+    """Keep the session open for ``seconds``, reading (and discarding, bounded) what the device sends, and
+    return early when the device closes it."""
+    read = 0
+    with anyio.move_on_after(seconds):
+        while read < SESSION_READ_MAX_BYTES:
+            try:
+                read += len(await stream.receive(SESSION_READ_MAX_BYTES))
+            except anyio.EndOfStream:
                 return
+        await anyio.sleep(seconds)  # a device that floods: stop reading, keep holding until the end
 
 
 async def _worker(run: _Run, ports: Iterator[int], counters: dict[str, int]) -> None:
@@ -608,17 +652,21 @@ async def _worker(run: _Run, ports: Iterator[int], counters: dict[str, int]) -> 
 
 
 async def _run_level(run: _Run, level: int) -> LevelResult:
-    """Hold ``level`` sessions for the dwell while following the heartbeat; then let the device settle."""
+    """Hold ``level`` device sessions (the heartbeat's included) for the dwell while following the
+    heartbeat; then wait for the device to let go of them and to settle."""
     guard, watchdog = run.guard, run.watchdog
-    await guard.set_ceiling(level)
+    workers = level - run.reserve
+    if workers >= 1:
+        await guard.set_ceiling(level)
     dwell = run.dwell_s
     aborted = False
     if run.deadline is not None:
-        remaining = run.deadline - time.monotonic()
+        remaining = run.deadline - anyio.current_time()
         if remaining < dwell:
             dwell, aborted = max(0.0, remaining), True
     counters = {"started": 0, "failed": 0}
     latencies: list[float] = []
+    held: list[int] = []
     beats_failed = 0
     outcome = LevelOutcome.ABORTED if aborted else LevelOutcome.PASSED
     ew = run.early_warning
@@ -626,7 +674,7 @@ async def _run_level(run: _Run, level: int) -> LevelResult:
     slow = 0
     evidence = False  # a healthy beat that started while the load was on: without it nothing passes
     ports = itertools.cycle(run.target.ports)
-    start = time.monotonic()
+    start = anyio.current_time()
 
     def on_beat(beat: Beat) -> LevelOutcome | None:
         nonlocal beats_failed, slow, evidence
@@ -636,7 +684,10 @@ async def _run_level(run: _Run, level: int) -> LevelResult:
             beats_failed += 1
             return None
         latencies.append(beat.latency_s)
-        evidence = evidence or beat.at_s >= start
+        if beat.at_s >= start:
+            evidence = True
+            if beat.sessions_device is not None:
+                held.append(min(level, beat.sessions_device + run.reserve))
         if limit is not None and ew is not None:
             slow = slow + 1 if beat.latency_s > limit else 0
             if slow >= ew.consecutive_beats:
@@ -644,7 +695,7 @@ async def _run_level(run: _Run, level: int) -> LevelResult:
         return None
 
     async with anyio.create_task_group() as tg:
-        for _ in range(level):
+        for _ in range(max(workers, 0)):
             tg.start_soon(_worker, run, ports, counters)
         with anyio.move_on_after(dwell):
             while (verdict := on_beat(await watchdog.next_beat())) is None:
@@ -661,20 +712,26 @@ async def _run_level(run: _Run, level: int) -> LevelResult:
                     outcome = verdict
         if outcome is LevelOutcome.PASSED and ew is not None and latencies and slow == len(latencies):
             outcome = LevelOutcome.WARNED  # every beat of the level was slow, just fewer than required
-        end_at = time.monotonic()
+        end_at = anyio.current_time()
         in_flight = guard.limiter.in_flight
         tg.cancel_scope.cancel()
     elapsed = end_at - start
-    if outcome is not LevelOutcome.FAILED and not await _settle(run, end_at):
-        outcome = LevelOutcome.FAILED  # the device died right after the load: this level did it
+    if outcome is not LevelOutcome.FAILED:
+        # The next level must not start while this one's sessions are still on the device: their sum
+        # could crash it. Every linger is bounded, so this is too.
+        await guard.wait_let_go()
+        if not await _settle(run, end_at):
+            outcome = LevelOutcome.FAILED  # the device died right after the load: this level did it
     if outcome is LevelOutcome.FAILED:
         down = watchdog.timeline.downs[-1]
         elapsed = max(0.0, down.at_s - start)
         in_flight = down.in_flight
+    if outcome is LevelOutcome.PASSED and held and statistics.median_low(held) < level:
+        run.log.warning("characterize.level_not_held", level=level, held=statistics.median_low(held))
     return LevelResult(
         level=level, outcome=outcome, dwell_s=run.dwell_s, elapsed_s=elapsed, in_flight_at_end=in_flight,
         sessions_started=counters["started"], sessions_failed=counters["failed"],
-        latencies_s=tuple(latencies), beats_failed=beats_failed,
+        latencies_s=tuple(latencies), beats_failed=beats_failed, held_at_beats=tuple(held),
     )  # fmt: skip
 
 

@@ -1,22 +1,30 @@
 """Heartbeats: how fragileprobe asks a device "are you still alive?".
 
-A heartbeat opens its own short connection, outside the probe concurrency ceiling, and closes it at once.
-The device cannot tell a heartbeat from a probe, so while a beat is in flight the device holds one more
-session than the ceiling allows probes: at probe ceiling N it sees up to N + 1 sessions. Characterization
-and the docs count it that way.
+A session heartbeat (:class:`HttpHeartbeat`, :class:`TcpHeartbeat`) opens its own short connection. The
+device cannot tell it from a probe, so it counts as one of the device's N sessions: a Guard at ceiling N
+keeps one place of the N for its heartbeat and gives the work N - 1 (an ICMP heartbeat,
+``opens_session = False``, costs no session). Through a Guard the beat connects via the Guard's
+device-side ledger (the ``network`` argument), so its session too stays counted until the device let go.
 
 Every heartbeat returns a :class:`Beat` and never raises for a network failure; cancellation passes through.
+A plug-in heartbeat implements ``beat(host)``; to be counted exactly it should accept ``network=`` and
+connect through it (any ``fragileprobe`` probe takes it), and it says ``opens_session = False`` if it
+opens no TCP session at all.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import KW_ONLY, dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import anyio
 
 from fragileprobe._errors import ConfigError
 from fragileprobe._probes import Outcome, http_get, tcp_connect
+
+if TYPE_CHECKING:
+    from fragileprobe._net import Network
 
 __all__ = ["DEFAULT_HEARTBEAT_TIMEOUT_S", "Beat", "Heartbeat", "HttpHeartbeat", "TcpHeartbeat"]
 
@@ -30,16 +38,22 @@ class Beat:
     """One heartbeat's result.
 
     Attributes:
-        at_s: when the beat started (``time.monotonic()``; the watchdog restamps with its own clock).
+        at_s: when the beat started (``anyio.current_time()``; the watchdog restamps with its own clock).
         ok: the device answered as expected.
         latency_s: seconds until the answer (or the failure).
         error: why the beat failed, else None.
+        sessions_ours: sessions open on our side when the beat started, this beat not counted (None when
+            nobody counts: a bare Watchdog).
+        sessions_device: sessions the device held from us when the beat started, this beat not counted:
+            established and not yet let go, ours or lingering (None when nobody counts).
     """
 
     at_s: float
     ok: bool
     latency_s: float
     error: str | None = None
+    sessions_ours: int | None = None
+    sessions_device: int | None = None
 
 
 @runtime_checkable
@@ -90,13 +104,15 @@ class HttpHeartbeat:
                 f"HttpHeartbeat.expect_status must be 100-599 or None, got {self.expect_status!r}"
             )
 
-    async def beat(self, host: str) -> Beat:
+    opens_session = True
+
+    async def beat(self, host: str, *, network: Network | None = None) -> Beat:
         """One GET; ok when the expected status arrived within ``timeout_s``."""
-        started = time.monotonic()
+        started = anyio.current_time()
         # One small body read is enough: the status line is the sign of life.
         result = await http_get(
             host, self.port, self.path, timeout_s=self.timeout_s, read_timeout_s=self.timeout_s,
-            total_timeout_s=self.timeout_s, max_bytes=512,
+            total_timeout_s=self.timeout_s, max_bytes=512, network=network,
         )
         if result.outcome is not Outcome.OPEN:
             return Beat(started, False, result.duration_s, f"{result.outcome.value}: {result.error}")
@@ -120,10 +136,12 @@ class TcpHeartbeat:
     def __post_init__(self) -> None:
         _validate("TcpHeartbeat", self.port, self.timeout_s)
 
-    async def beat(self, host: str) -> Beat:
+    opens_session = True
+
+    async def beat(self, host: str, *, network: Network | None = None) -> Beat:
         """One connect and close."""
-        started = time.monotonic()
-        result = await tcp_connect(host, self.port, timeout_s=self.timeout_s)
+        started = anyio.current_time()
+        result = await tcp_connect(host, self.port, timeout_s=self.timeout_s, network=network)
         if result.outcome is not Outcome.OPEN:
             return Beat(started, False, result.duration_s, f"{result.outcome.value}: {result.error}")
         return Beat(started, True, result.duration_s, None)

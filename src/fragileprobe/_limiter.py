@@ -146,6 +146,20 @@ class ConcurrencyLimiter:
         """An async context manager holding one slot from entry (before the connect) to exit (after close)."""
         return _Session(self)
 
+    async def acquire(self) -> object:
+        """Take one slot (waiting for it and for the rate turn); returns the token :meth:`release` takes.
+
+        For holders whose slot outlives a ``with`` block (the device-side ledger keeps a slot charged
+        until the device has let go of the connection).
+        """
+        token = object()
+        await self._enter(token)
+        return token
+
+    def release(self, token: object) -> None:
+        """Give back the slot taken by :meth:`acquire` (once per token)."""
+        self._exit(token)
+
     async def _enter(self, token: object) -> None:
         await self._limiter.acquire_on_behalf_of(token)
         admitted = False

@@ -39,10 +39,7 @@ import enum
 import errno
 import ipaddress
 import math
-import os
 import re
-import socket
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +54,13 @@ from fragileprobe._errors import (
     ProbeResetError,
     ProbeTimeoutError,
 )
+from fragileprobe._net import DEFAULT_NETWORK, linger_close
+from fragileprobe._sessions import HeldConnection
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
+    from fragileprobe._net import Connection, Network
     from fragileprobe._scope import Scope
 
 __all__ = [
@@ -104,8 +104,6 @@ BANNER_SETTLE_S = 0.25
 # our FIN within milliseconds when healthy (the emulated pump: < 20 ms); a device that never closes then
 # costs at most this much. Always within the probe's overall deadline.
 CLOSE_WAIT_S = 0.25
-# What we read (and discard) while waiting for that close, so the final close is a FIN, not an RST.
-CLOSE_DRAIN_MAX_BYTES = 4096
 # HTTP head (status line + headers): h11 uses 16 KiB as its default limit for an incomplete event.
 HTTP_MAX_HEAD_BYTES = 16384
 # http.client refuses more than 100 header lines (_MAXHEADERS); a device sending more is broken or hostile.
@@ -149,7 +147,8 @@ class ProbeResult:
         latency_s: seconds from starting the connect until it completed or failed.
         data: the bytes read (banner, or the HTTP head for :class:`HttpResult`), at most the byte cap.
         error: why the probe ended abnormally, or a note (e.g. the deadline cut a banner short); else None.
-        started_at_s: ``time.monotonic()`` when the probe started (the emulator's clock too).
+        started_at_s: the event loop's clock when the probe started (``anyio.current_time()``; on asyncio
+            that is ``time.monotonic()``, the emulator's clock too).
         duration_s: seconds from start until the socket was closed.
         truncated: reading stopped at the byte cap; the peer had more to say.
     """
@@ -315,122 +314,29 @@ def _hostport(host: str, port: int) -> str:
 # --- connect / close ------------------------------------------------------------------------------------
 
 
-async def _connect_raw(host: str, port: int) -> socket.socket:
-    """Open one full TCP connection to an IP literal; returns the connected non-blocking socket.
+async def _end(conn: Connection, deadline: float) -> None:
+    """End a probe's session gracefully.
 
-    A plain non-blocking ``connect()``: the kernel does the three-way handshake. This skips
-    ``anyio.connect_tcp``'s happy-eyeballs task group and asyncio's transport machinery, which together
-    cost about half the connect rate on loopback and buy nothing for one literal address and a few reads.
-    Raises raw OSError; callers translate.
+    Under a device-side ledger (a :class:`~fragileprobe._sessions.HeldConnection`: the Guard, discovery,
+    characterization) the ledger lingers in the background until the device lets go and keeps the slot
+    charged meanwhile. An unguarded probe lingers here, at most :data:`CLOSE_WAIT_S` and within its own
+    deadline, so that its duration covers the device's close.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    connected = False
-    try:
-        sock.setblocking(False)
-        try:
-            sock.connect((host, port))
-        except BlockingIOError:
-            await anyio.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                # OSError(errno, text) picks the matching subclass (ConnectionRefusedError, ...).
-                raise OSError(err, os.strerror(err)) from None
-        connected = True
-        return sock
-    finally:
-        if not connected:
-            # Cancelled or failed: close here so no socket is left behind (mid-handshake this simply
-            # abandons the SYN; the kernel answers a late SYN-ACK with RST).
-            sock.close()
-
-
-async def _connect_socket(host: str, port: int) -> anyio.abc.SocketStream:
-    """:func:`_connect_raw`, wrapped as an anyio socket stream (for callers who want a ByteStream)."""
-    sock = await _connect_raw(host, port)
-    handed_over = False
-    try:
-        stream = await anyio.abc.SocketStream.from_socket(sock)
-        handed_over = True
-        return stream
-    finally:
-        if not handed_over:
-            sock.close()
-
-
-class _RawConn:
-    """The probes' own minimal stream over a connected non-blocking socket.
-
-    ``receive`` raises ``anyio.EndOfStream`` at EOF and raw ``OSError`` otherwise (translated by the
-    caller); ``close`` is a plain ``close()``: FIN when everything sent to us was read.
-    """
-
-    __slots__ = ("address", "sock")
-
-    def __init__(self, sock: socket.socket, address: str) -> None:
-        self.sock = sock
-        self.address = address
-
-    async def receive(self, max_bytes: int) -> bytes:
-        while True:
-            try:
-                data = self.sock.recv(max_bytes)
-            except BlockingIOError:
-                await anyio.wait_readable(self.sock)
-                continue
-            if not data:
-                raise anyio.EndOfStream
-            return data
-
-    async def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                await anyio.wait_writable(self.sock)
-                continue
-            view = view[sent:]
-
-    async def linger(self, deadline: float) -> None:
-        """Half-close, then wait (bounded) until the peer closes its side too.
-
-        A device counts a session until *it* sees the close; waiting for its FIN keeps our slot (and so
-        the ceiling) held for as long as the device holds the session, and reading what it still sends
-        lets the final close be a FIN rather than an RST. Bounded by :data:`CLOSE_WAIT_S`, the probe's
-        deadline and :data:`CLOSE_DRAIN_MAX_BYTES`; errors here change nothing about the result.
-        """
-        wait = min(CLOSE_WAIT_S, deadline - anyio.current_time())
-        if wait <= 0:
-            return
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return
-        drained = 0
-        with anyio.move_on_after(wait):
-            while drained < CLOSE_DRAIN_MAX_BYTES:
-                try:
-                    drained += len(await self.receive(CLOSE_DRAIN_MAX_BYTES))
-                except (anyio.EndOfStream, OSError):
-                    return
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-async def _close(stream: anyio.abc.ByteStream) -> None:
-    # Shielded so a cancellation arriving now cannot leave the socket open; closing never blocks.
-    with anyio.CancelScope(shield=True):
-        await stream.aclose()
+    if isinstance(conn, HeldConnection):
+        conn.end()
+        return
+    wait = min(CLOSE_WAIT_S, deadline - anyio.current_time())
+    if wait > 0:
+        await linger_close(conn, wait, reset_on_expiry=False)
+    conn.close()
 
 
 class ProbeStream(anyio.abc.ByteStream):
     """A byte stream to one device whose errors are fragileprobe's own.
 
     ``receive``/``send`` raise :class:`~fragileprobe.ProbeResetError` or :class:`~fragileprobe.ProbeError`
-    (chained from the anyio/OS error) instead of anyio's ``BrokenResourceError`` or ``OSError``;
-    ``anyio.EndOfStream`` (the peer closed cleanly) passes through as the stream protocol defines.
+    (chained from the OS error) instead of ``OSError``; ``anyio.EndOfStream`` (the peer closed cleanly)
+    passes through as the stream protocol defines.
 
     Each ``send`` is bounded by ``send_timeout_s`` (settable; default :data:`DEFAULT_SEND_TIMEOUT_S`): a
     device that accepted the connection but never reads fills its receive window, and the send then ends
@@ -439,59 +345,67 @@ class ProbeStream(anyio.abc.ByteStream):
     """
 
     def __init__(
-        self, stream: anyio.abc.SocketStream, host: str, port: int, *,
-        send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
+        self, conn: Connection, host: str, port: int, *, send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
     ) -> None:  # fmt: skip
-        self._stream = stream
+        self._conn = conn
         self.host = host
         self.port = port
         self.send_timeout_s = _check_seconds("send_timeout_s", send_timeout_s)
+        self._closed = False
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            raise anyio.ClosedResourceError
         try:
-            return await self._stream.receive(max_bytes)
-        except (anyio.BrokenResourceError, OSError) as exc:
+            return await self._conn.receive(max_bytes)
+        except OSError as exc:
             raise _to_probe_error(exc, self.host, self.port, "receive from", 0.0) from exc
 
     async def send(self, item: bytes) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
         try:
             with anyio.fail_after(self.send_timeout_s):
-                await self._stream.send(item)
+                await self._conn.send(item)
         except TimeoutError as exc:  # before OSError: TimeoutError is one
             raise ProbeTimeoutError(
                 f"send to {_hostport(self.host, self.port)} timed out after {self.send_timeout_s:g} s: "
                 "the device is not reading (its receive window is full)"
             ) from exc
-        except (anyio.BrokenResourceError, OSError) as exc:
+        except OSError as exc:
             raise _to_probe_error(exc, self.host, self.port, "send to", 0.0) from exc
 
     async def send_eof(self) -> None:
         try:
-            await self._stream.send_eof()
-        except (anyio.BrokenResourceError, OSError) as exc:
+            self._conn.send_eof()
+        except OSError as exc:
             raise _to_probe_error(exc, self.host, self.port, "shut down", 0.0) from exc
 
     async def aclose(self) -> None:
-        """Close gracefully: half-close, wait (at most :data:`CLOSE_WAIT_S`, reading at most
-        :data:`CLOSE_DRAIN_MAX_BYTES`) for the device's FIN, then close. See :meth:`abort`."""
-        try:
-            with anyio.move_on_after(CLOSE_WAIT_S):
-                await self._stream.send_eof()
-                drained = 0
-                while drained < CLOSE_DRAIN_MAX_BYTES:
-                    drained += len(await self._stream.receive(CLOSE_DRAIN_MAX_BYTES))
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass  # the peer closed or broke the connection: either way we are done with it
-        finally:
-            await _close(self._stream)
+        """Close gracefully: half-close and wait for the device's FIN (see the module docstring).
+
+        Through a Guard the wait happens in the background with the slot still charged, and this returns
+        at once; unguarded, it waits here for at most :data:`CLOSE_WAIT_S`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if isinstance(self._conn, HeldConnection):
+            self._conn.end()
+            return
+        with anyio.CancelScope(shield=True):
+            await _end(self._conn, anyio.current_time() + CLOSE_WAIT_S)
 
     async def abort(self) -> None:
-        """Close at once, without waiting for the peer (used when the work was cancelled)."""
-        await _close(self._stream)
+        """End the session without waiting here (used when the work was cancelled or failed).
 
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
+        Through a Guard the device-side accounting is the same as :meth:`aclose`'s (the slot stays charged
+        until the device has let go); unguarded, the socket is closed at once.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
 
 
 async def open_stream(
@@ -501,6 +415,7 @@ async def open_stream(
     timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     scope: Scope | None = None,
     logger: Any = None,
+    network: Network | None = None,
 ) -> ProbeStream:
     """Open a full TCP connection and return it as a :class:`ProbeStream` (the caller closes it).
 
@@ -510,6 +425,7 @@ async def open_stream(
         timeout_s: connect time bound.
         scope: when given, the host is checked (and resolved) first; nothing is sent if it is outside.
         logger: a structlog logger to emit ``probe.connect`` on (default: this module's).
+        network: how to connect (default: real sockets; a Guard passes its device-side ledger).
 
     Raises:
         ScopeError: ``host`` outside ``scope``.
@@ -521,10 +437,10 @@ async def open_stream(
     (logger or log).debug("probe.connect", host=address, port=port, probe="stream")
     try:
         with anyio.fail_after(timeout_s):
-            stream = await _connect_socket(address, port)
-    except (OSError, anyio.BrokenResourceError) as exc:
+            conn = await (network or DEFAULT_NETWORK).connect(address, port)
+    except OSError as exc:
         raise _to_probe_error(exc, address, port, "connect to", timeout_s) from exc
-    return ProbeStream(stream, address, port)
+    return ProbeStream(conn, address, port)
 
 
 # --- bounded reading ------------------------------------------------------------------------------------
@@ -547,7 +463,7 @@ class _Reader:
 
     __slots__ = ("buf", "deadline", "eof", "max_bytes", "read_timeout_s", "stream")
 
-    def __init__(self, stream: _RawConn, *, deadline: float, read_timeout_s: float,
+    def __init__(self, stream: Connection, *, deadline: float, read_timeout_s: float,
                  max_bytes: int) -> None:
         self.stream = stream
         self.deadline = deadline
@@ -594,33 +510,32 @@ async def _probe(
     total_timeout_s: float,
     scope: Scope | None,
     logger: Any,
-    session: Callable[[_RawConn, float], Awaitable[dict[str, Any]]] | None,
+    session: Callable[[Connection, float], Awaitable[dict[str, Any]]] | None,
+    network: Network | None = None,
     result_type: type[ProbeResult] = ProbeResult,
 ) -> Any:
     """Connect, run ``session`` (which returns result fields), close, and build the record."""
     _check_port(port)
     address = _address(host, scope)
     logger = logger or log
-    started = time.monotonic()
-    loop_start = anyio.current_time()
-    deadline = loop_start + total_timeout_s
+    started = anyio.current_time()
+    deadline = started + total_timeout_s
     logger.debug("probe.connect", host=address, port=port, probe=kind)
     fields: dict[str, Any] = {"data": b"", "error": None}
     latency_s = 0.0
     try:
         with anyio.fail_after(min(timeout_s, total_timeout_s)):
-            sock = await _connect_raw(address, port)
+            conn = await (network or DEFAULT_NETWORK).connect(address, port)
     except OSError as exc:
-        latency_s = anyio.current_time() - loop_start
+        latency_s = anyio.current_time() - started
         outcome = _classify(exc)
         fields["error"] = (
             f"connect timed out after {min(timeout_s, total_timeout_s):g} s"
             if outcome is Outcome.TIMEOUT else _describe(exc)
         )
     else:
-        latency_s = anyio.current_time() - loop_start
+        latency_s = anyio.current_time() - started
         outcome = Outcome.OPEN
-        conn = _RawConn(sock, address)
         try:
             try:
                 if session is not None:
@@ -631,12 +546,14 @@ async def _probe(
                 fields["error"] = _describe(exc)
                 fields.setdefault("data", b"")
             if outcome is not Outcome.RESET:
-                await conn.linger(deadline)
+                await _end(conn, deadline)
         finally:
-            conn.close()  # synchronous: a cancellation cannot leave the socket open
+            # Synchronous, so a cancellation cannot leave the socket open; under a ledger this hands the
+            # connection over to its linger instead (a no-op when _end already did).
+            conn.close()
     result = result_type(
         host=address, port=port, outcome=outcome, latency_s=latency_s, started_at_s=started,
-        duration_s=time.monotonic() - started, **fields,
+        duration_s=anyio.current_time() - started, **fields,
     )
     logger.debug(
         "probe.closed", host=address, port=port, probe=kind, outcome=outcome.value,
@@ -658,6 +575,7 @@ async def tcp_connect(
     timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     scope: Scope | None = None,
     logger: Any = None,
+    network: Network | None = None,
 ) -> ProbeResult:
     """Open a full TCP connection and close it gracefully at once; reads nothing.
 
@@ -667,6 +585,7 @@ async def tcp_connect(
         timeout_s: connect time bound.
         scope: when given, checked before anything is sent (raises ScopeError).
         logger: structlog logger for ``probe.connect`` / ``probe.closed`` (default: this module's).
+        network: how to connect (default: real sockets; a Guard passes its device-side ledger).
 
     Returns:
         A :class:`ProbeResult`: OPEN, CLOSED, TIMEOUT, RESET or UNREACHABLE; never raises for network errors.
@@ -674,7 +593,7 @@ async def tcp_connect(
     timeout_s = _check_seconds("timeout_s", timeout_s)
     result: ProbeResult = await _probe(
         "tcp_connect", host, port, timeout_s=timeout_s, total_timeout_s=timeout_s, scope=scope,
-        logger=logger, session=None,
+        logger=logger, session=None, network=network,
     )
     return result
 
@@ -705,6 +624,7 @@ async def grab_banner(
     settle_s: float = BANNER_SETTLE_S,
     scope: Scope | None = None,
     logger: Any = None,
+    network: Network | None = None,
 ) -> ProbeResult:
     """Connect, optionally send a few bytes, read what the service says first, close.
 
@@ -724,6 +644,7 @@ async def grab_banner(
         settle_s: once some banner bytes arrived, a pause this long ends the banner.
         scope: when given, checked before anything is sent (raises ScopeError).
         logger: structlog logger for the probe events.
+        network: how to connect (default: real sockets; a Guard passes its device-side ledger).
 
     Returns:
         A :class:`ProbeResult`; never raises for network errors.
@@ -736,7 +657,7 @@ async def grab_banner(
     if send is not None and (not isinstance(send, bytes) or len(send) > 1024):
         raise ConfigError(f"send must be bytes of at most 1024, got {send!r:.60}")
 
-    async def session(stream: _RawConn, deadline: float) -> dict[str, Any]:
+    async def session(stream: Connection, deadline: float) -> dict[str, Any]:
         reader = _Reader(stream, deadline=deadline, read_timeout_s=read_timeout_s, max_bytes=max_bytes)
         fields: dict[str, Any] = {}
         try:
@@ -760,7 +681,7 @@ async def grab_banner(
 
     result: ProbeResult = await _probe(
         "grab_banner", host, port, timeout_s=timeout_s, total_timeout_s=total, scope=scope,
-        logger=logger, session=session,
+        logger=logger, session=session, network=network,
     )
     return result
 
@@ -867,6 +788,7 @@ async def http_get(
     host_header: str | None = None,
     scope: Scope | None = None,
     logger: Any = None,
+    network: Network | None = None,
 ) -> HttpResult:
     """One minimal HTTP/1.1 GET with ``Connection: close``; reads the head and the body's first bytes.
 
@@ -881,6 +803,7 @@ async def http_get(
         host_header: ``Host`` header value (default: the address and port).
         scope: when given, checked before anything is sent (raises ScopeError).
         logger: structlog logger for the probe events.
+        network: how to connect (default: real sockets; a Guard passes its device-side ledger).
 
     Returns:
         An :class:`HttpResult`: OPEN with ``status`` when a valid head arrived (a body cut short by the
@@ -896,7 +819,7 @@ async def http_get(
     if host_header is not None and (not host_header or any(c in host_header for c in "\r\n\0 ")):
         raise ConfigError(f"host_header must be a non-empty header value: {host_header!r}")
 
-    async def session(stream: _RawConn, deadline: float) -> dict[str, Any]:
+    async def session(stream: Connection, deadline: float) -> dict[str, Any]:
         address = stream.address
         header_host = host_header or (f"[{address}]" if ":" in address else address)
         if host_header is None and port != 80:
@@ -914,13 +837,13 @@ async def http_get(
 
     result: HttpResult = await _probe(
         "http_get", host, port, timeout_s=timeout_s, total_timeout_s=total, scope=scope, logger=logger,
-        session=session, result_type=HttpResult,
+        session=session, result_type=HttpResult, network=network,
     )
     return result
 
 
 async def _read_response(
-    stream: _RawConn, deadline: float, read_timeout_s: float, max_bytes: int, total: float
+    stream: Connection, deadline: float, read_timeout_s: float, max_bytes: int, total: float
 ) -> dict[str, Any]:
     head_reader = _Reader(stream, deadline=deadline, read_timeout_s=read_timeout_s,
                           max_bytes=HTTP_MAX_HEAD_BYTES)

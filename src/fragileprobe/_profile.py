@@ -131,6 +131,11 @@ class LevelResult:
         beats_failed: Heartbeats that failed during the level.
         latency_median_s: Median of ``latencies_s`` (None without beats).
         latency_p95_s: 95th percentile of ``latencies_s`` (None without beats).
+        held_at_beats: Sessions the device held from us at each heartbeat under load, that beat included
+            (the count on the device's side: established and not yet let go).
+        held: The count the level is credited with: the lower median of ``held_at_beats`` (None when
+            not measured, as in documents written before this was recorded). Below ``level`` when the level
+            could not be held (the device closed or refused sessions faster than they were reopened).
     """
 
     level: int
@@ -144,12 +149,26 @@ class LevelResult:
     beats_failed: int = 0
     latency_median_s: float | None = None
     latency_p95_s: float | None = None
+    held_at_beats: tuple[int, ...] = ()
+    held: int | None = None
 
     def __post_init__(self) -> None:
         if self.latencies_s and self.latency_median_s is None:
             object.__setattr__(self, "latency_median_s", statistics.median(self.latencies_s))
         if self.latencies_s and self.latency_p95_s is None:
             object.__setattr__(self, "latency_p95_s", percentile(self.latencies_s, 0.95))
+        if self.held_at_beats and self.held is None:
+            object.__setattr__(self, "held", statistics.median_low(self.held_at_beats))
+
+    @property
+    def credited_level(self) -> int:
+        """The session count this level's outcome speaks for: ``level``, or less if it was not held."""
+        return self.level if self.held is None else min(self.level, self.held)
+
+    @property
+    def not_held(self) -> bool:
+        """True when the device held fewer sessions than the level asked for."""
+        return self.held is not None and self.held < self.level
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
@@ -165,6 +184,8 @@ class LevelResult:
             "beats_failed": self.beats_failed,
             "latency_median_s": self.latency_median_s,
             "latency_p95_s": self.latency_p95_s,
+            "held_at_beats": list(self.held_at_beats),
+            "held": self.held,
         }
 
     @classmethod
@@ -182,6 +203,8 @@ class LevelResult:
             beats_failed=int(data.get("beats_failed", 0)),
             latency_median_s=_opt_float(data.get("latency_median_s")),
             latency_p95_s=_opt_float(data.get("latency_p95_s")),
+            held_at_beats=tuple(int(x) for x in data.get("held_at_beats", ())),
+            held=_opt_int(data.get("held")),
         )
 
 

@@ -841,6 +841,8 @@ class IcmpHeartbeat:
     timeout_s: float = 1.0
     scope: Scope | None = field(default=None, repr=False, compare=False)
     port: int = field(default=0, init=False)
+    # An echo request is no TCP session: the Guard gives the work all N places.
+    opens_session = False
 
     def __post_init__(self) -> None:
         _check_icmp_args(self.timeout_s, 1, 0.0)

@@ -18,8 +18,8 @@ declared down (the heartbeat is traffic too). Beating resumes only when someone 
 
 from __future__ import annotations
 
+import inspect
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from fragileprobe._heartbeat import Heartbeat
+    from fragileprobe._net import Network
 
 __all__ = ["BEAT_SLACK_S", "MAX_TIMELINE_BEATS", "DownEvent", "Watchdog", "WatchdogTimeline"]
 
@@ -134,12 +135,18 @@ class Watchdog:
         interval_s: seconds from one beat's start to the next.
         failures_to_down: consecutive failed beats that declare the device down (default: the first).
         timeout_s: bound on one beat (default: the heartbeat's own ``timeout_s``).
-        clock: time source for the timeline (default ``time.monotonic``, the emulator's clock too).
+        clock: time source for the timeline (default ``anyio.current_time``: the event loop's clock, which
+            on asyncio is ``time.monotonic``, the emulator's clock too, and virtual in
+            ``fragileprobe.testing``).
         sleep: how to wait between beats (default ``anyio.sleep``; tests inject a fake with the clock).
         in_flight: returns the number of sessions in flight, for the timeline (default: registered scopes).
         label: how logs and errors name the device (default: ``host``).
         beat_while_down: keep beating after the declaration even when nobody waits for beats.
         logger: structlog logger to emit on (default: this module's, with ``host`` bound).
+        sessions: returns (sessions open on our side, sessions the device holds) and is sampled at each
+            beat's start into :class:`Beat` (a Guard passes its ledger's counts).
+        network: passed to the heartbeat's ``beat(host, network=...)`` when it accepts one (a Guard passes
+            its device-side ledger, so the beat's session is counted among the device's N).
 
     Raises:
         ConfigError: a non-positive interval or timeout, or ``failures_to_down`` below 1.
@@ -153,12 +160,14 @@ class Watchdog:
         interval_s: float = 1.0,
         failures_to_down: int = 1,
         timeout_s: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = anyio.current_time,
         sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
         in_flight: Callable[[], int] | None = None,
         label: str | None = None,
         logger: Any = None,
         beat_while_down: bool = False,
+        network: Network | None = None,
+        sessions: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if not callable(getattr(heartbeat, "beat", None)):
             raise ConfigError(f"Watchdog.heartbeat {heartbeat!r} has no beat(host) method")
@@ -176,11 +185,13 @@ class Watchdog:
                 raise ConfigError("Watchdog.timeout_s is required when the heartbeat has no timeout_s")
         self._timeout_s = _positive("timeout_s", timeout_s)
         self._heartbeat = heartbeat
+        self._network = network if network is not None and _accepts_network(heartbeat) else None
         self._host = host
         self._failures_to_down = failures_to_down
         self._clock = clock
         self._sleep = sleep
         self._in_flight = in_flight
+        self._sessions = sessions
         self._label = label or host
         self._log = logger if logger is not None else log.bind(host=host)
         self._scopes: set[anyio.CancelScope] = set()
@@ -349,19 +360,22 @@ class Watchdog:
     async def beat_once(self) -> Beat:
         """Run one beat now, record it (declaring down if due) and return it."""
         at_s = self._clock()
+        counts = self._sessions() if self._sessions is not None else (None, None)
         beat: Beat | None = None
         error: str | None = None
         with anyio.move_on_after(self._timeout_s + BEAT_SLACK_S):
             try:
-                beat = await self._heartbeat.beat(self._host)
+                if self._network is not None:
+                    beat = await self._heartbeat.beat(self._host, network=self._network)  # type: ignore[call-arg]
+                else:
+                    beat = await self._heartbeat.beat(self._host)
             except Exception as exc:  # a plug-in heartbeat's bug is a failed beat, not a dead watchdog
                 error = f"heartbeat raised {type(exc).__name__}: {exc}"
         latency_s = self._clock() - at_s
         if beat is None:
             error = error or f"heartbeat gave no answer within {self._timeout_s:g} s"
             beat = Beat(at_s, False, latency_s, error)
-        else:
-            beat = replace(beat, at_s=at_s)
+        beat = replace(beat, at_s=at_s, sessions_ours=counts[0], sessions_device=counts[1])
         self._record(beat)
         return beat
 
@@ -405,6 +419,15 @@ class Watchdog:
                     await self._wake.wait()
         finally:
             self._running = False
+
+
+def _accepts_network(heartbeat: Heartbeat) -> bool:
+    """Whether ``heartbeat.beat`` takes ``network=`` (fragileprobe's own do; a plug-in may not)."""
+    try:
+        params = inspect.signature(heartbeat.beat).parameters
+    except (TypeError, ValueError):
+        return False
+    return "network" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _positive(name: str, value: float) -> float:

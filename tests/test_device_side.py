@@ -1,0 +1,398 @@
+"""N, counted on the device's side: properties over device models written here, in virtual time.
+
+The device models below are not the emulator's: a console that greets late and only notices our close when
+it next polls, services that close or reset sessions by themselves, a web port that answers and hangs up,
+and an application pool that wedges (stops reading and answering everything) once it holds a threshold of
+sessions. The counts are the fake network's: a session counts from the device's accept until the device's
+own code closes it, so "N" is checked exactly where a fragile device feels it.
+
+Properties (hypothesis over interleavings of probes, raw streams, caller timeouts and cancellations,
+exceptions inside checks, ceiling changes and device wedges):
+
+* no session is accepted by the device while that takes it past the Guard's ceiling in force, its
+  heartbeat's included, as long as the device lets go of a session within the linger bound after our close;
+* nothing new reaches a device after it was declared down;
+* every slot comes back within the linger bound once the work stops.
+
+Every run is in virtual time (fragileprobe.testing.run_virtual): exact, and independent of machine load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from fragileprobe import DeviceDownError, Guard, HttpHeartbeat, ProbeError, Scope, Target, TcpHeartbeat
+from fragileprobe.testing import DeviceSocket, FakeNetwork, VirtualTimeDeadlock, run_virtual
+
+HOST = "127.0.0.42"
+WEB = 8080
+INTERVAL_S = 0.25
+BEAT_TIMEOUT_S = 0.5
+LINGER_S = 2.0  # longer than the detection bound (0.75 s), as the Guard requires
+
+
+# --- device models --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Service:
+    """How one port of a device behaves.
+
+    greet_after_s: delay before the banner (None: never greets, waits for the client to speak).
+    poll_s: the service reads only every poll_s (0: reads continuously and notices a close at once).
+    closes_after_s / resets_after_s: ends the session by itself that long after the accept (None: never).
+    """
+
+    greet_after_s: float | None
+    poll_s: float
+    closes_after_s: float | None = None
+    resets_after_s: float | None = None
+
+    @property
+    def notices_within_s(self) -> float:
+        """Longest time from our close to the device's: its greeting, then one poll."""
+        return (self.greet_after_s or 0.0) + self.poll_s
+
+
+@dataclass
+class Device:
+    """A device whose application pool wedges once it holds ``wedge_at`` sessions (None: never)."""
+
+    services: dict[int, Service]
+    wedge_at: int | None = None
+    wedged: anyio.Event = field(default_factory=anyio.Event)
+    accepts_after_wedge: int = 0
+
+    def attach(self, net: FakeNetwork) -> None:
+        for port, service in self.services.items():
+            net.serve(HOST, port, self._console(service))
+        net.serve(HOST, WEB, self._web)
+
+    def note(self, sessions: int) -> None:
+        if self.wedge_at is not None and sessions >= self.wedge_at and not self.wedged.is_set():
+            self.wedged.set()
+
+    async def _frozen(self) -> None:
+        await anyio.sleep_forever()  # a wedged pool neither reads nor answers nor closes
+
+    def _console(self, service: Service) -> Any:
+        async def handler(sock: DeviceSocket) -> None:
+            if self.wedged.is_set():
+                self.accepts_after_wedge += 1
+                await self._frozen()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._ends_by_itself, sock, service, tg.cancel_scope)
+                tg.start_soon(self._serve, sock, service, tg.cancel_scope)
+
+        return handler
+
+    async def _ends_by_itself(self, sock: DeviceSocket, service: Service, done: anyio.CancelScope) -> None:
+        after = min((t for t in (service.closes_after_s, service.resets_after_s) if t is not None), default=None)
+        if after is None:
+            return
+        await anyio.sleep(after)
+        if self.wedged.is_set():
+            await self._frozen()
+        if service.resets_after_s is not None and after == service.resets_after_s:
+            sock.abort()
+        else:
+            sock.close()
+        done.cancel()
+
+    async def _serve(self, sock: DeviceSocket, service: Service, done: anyio.CancelScope) -> None:
+        if service.greet_after_s is not None:
+            await anyio.sleep(service.greet_after_s)
+            if self.wedged.is_set():
+                await self._frozen()
+            await sock.send(b"220 console ready\r\n")
+        while True:
+            if service.poll_s:
+                await anyio.sleep(service.poll_s)
+            if self.wedged.is_set():
+                await self._frozen()
+            try:
+                with anyio.move_on_after(0 if service.poll_s else 3600):
+                    await sock.receive(4096)
+            except (anyio.EndOfStream, OSError):
+                break  # it noticed our FIN or RST: the device closes its side
+        done.cancel()
+
+    async def _web(self, sock: DeviceSocket) -> None:
+        if self.wedged.is_set():
+            self.accepts_after_wedge += 1
+            await self._frozen()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await sock.receive(4096)
+        if self.wedged.is_set():
+            await self._frozen()
+        await sock.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+
+# --- strategies -----------------------------------------------------------------------------------------
+
+times = st.sampled_from([0.0, 0.01, 0.05, 0.2, 0.5, 0.9])
+services = st.builds(
+    Service,
+    greet_after_s=st.one_of(st.none(), times),
+    poll_s=times,
+    closes_after_s=st.one_of(st.none(), times, st.just(1.5)),
+    resets_after_s=st.one_of(st.none(), times),
+)
+KINDS = ("banner", "http", "tcp", "stream", "run", "raises")
+caller = st.tuples(
+    st.sampled_from(KINDS),
+    st.integers(1, 4),  # sessions in a row
+    st.one_of(st.none(), st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0])),  # the caller's own timeout per call
+    st.sampled_from([0.0, 0.02, 0.3]),  # start delay
+)
+ceiling_change = st.tuples(st.sampled_from([0.05, 0.2, 0.6, 1.2]), st.integers(2, 5))
+
+
+@dataclass
+class Outcome:
+    violations: list[tuple[float, int, int]]
+    peak: int
+    accepts_after_down: int
+    let_go_in_s: float | None
+    device_down: bool
+
+
+async def scenario(
+    ports: dict[int, Service], ceiling: int, callers: list[tuple[Any, ...]],
+    changes: list[tuple[float, int]], wedge_at: int | None,
+) -> Outcome:  # fmt: skip
+    device = Device(ports, wedge_at=wedge_at)
+    violations: list[tuple[float, int, int]] = []
+    holder: dict[str, Guard] = {}
+
+    def on_change(host: str, sessions: int, accepted: bool) -> None:
+        device.note(sessions)
+        guard = holder.get("guard")
+        allowed = guard.stats.ceiling if guard is not None else ceiling
+        # Checked at every new session: the moment one of ours would take the device past N. (A lowering
+        # commits once our slots are back, so a count that only shrinks afterwards is no new session.)
+        if accepted and sessions > allowed:
+            violations.append((anyio.current_time(), sessions, allowed))
+
+    async with FakeNetwork(connect_delay_s=0.001, on_change=on_change) as net:
+        device.attach(net)
+        target = Target(HOST, ports=sorted(ports), heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
+        accepts_at_down: list[int] = []
+        guard = Guard(target, ceiling=ceiling, scope=Scope([HOST]), interval_s=INTERVAL_S, linger_s=LINGER_S,
+                      network=net)  # fmt: skip
+        holder["guard"] = guard
+        port_list = sorted(ports)
+        let_go: float | None = None
+        with contextlib.suppress(DeviceDownError):
+            async with guard:
+                assert guard.watchdog is not None
+
+                async def one(kind: str, n: int) -> None:
+                    port = port_list[n % len(port_list)]
+                    if kind == "banner":
+                        await guard.grab_banner(port, read_timeout_s=0.4)
+                    elif kind == "http":
+                        await guard.http_get(WEB, read_timeout_s=0.4)
+                    elif kind == "tcp":
+                        await guard.tcp_connect(port)
+                    elif kind == "stream":
+                        async with guard.connect(port) as stream:
+                            with anyio.move_on_after(0.3), contextlib.suppress(anyio.EndOfStream):
+                                await stream.receive(1024)
+                    elif kind == "run":
+                        async def check() -> None:
+                            async with guard.connect(port) as stream:
+                                await stream.send(b"HELLO\r\n")
+                                with anyio.move_on_after(0.2), contextlib.suppress(anyio.EndOfStream):
+                                    await stream.receive(1024)
+                        await guard.run(check)
+                    else:
+                        async with guard.connect(port):
+                            raise RuntimeError("a buggy check")
+
+                async def call(kind: str, count: int, timeout: float | None, delay: float) -> None:
+                    await anyio.sleep(delay)
+                    for n in range(count):
+                        try:
+                            with anyio.move_on_after(3600 if timeout is None else timeout):
+                                await one(kind, n)
+                        except (ProbeError, RuntimeError):
+                            pass
+                        except DeviceDownError:
+                            return
+
+                async def change(at: float, to: int) -> None:
+                    await anyio.sleep(at)
+                    await guard.set_ceiling(to)
+
+                async def note_down() -> None:
+                    assert guard.watchdog is not None
+                    while not guard.device_down:
+                        await guard.watchdog.next_beat()
+                    accepts_at_down.append(net.accepts(HOST))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(note_down)
+                    async with anyio.create_task_group() as work:
+                        for c in callers:
+                            work.start_soon(call, *c)
+                        for at, to in changes:
+                            work.start_soon(change, at, to)
+                    tg.cancel_scope.cancel()
+                if not guard.device_down:
+                    t0 = anyio.current_time()
+                    await guard.wait_let_go()
+                    let_go = anyio.current_time() - t0
+        after_down = net.accepts(HOST) - accepts_at_down[0] if accepts_at_down else 0
+        return Outcome(violations, net.peak_sessions(HOST), after_down, let_go, guard.device_down)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ports=st.dictionaries(st.sampled_from([21, 22, 23]), services, min_size=1, max_size=3),
+    ceiling=st.integers(2, 5),
+    callers=st.lists(caller, min_size=1, max_size=6),
+    changes=st.lists(ceiling_change, max_size=3),
+    wedge_at=st.one_of(st.none(), st.integers(2, 7)),
+)
+def test_the_device_never_holds_more_than_n_sessions_heartbeat_included(
+    ports: dict[int, Service], ceiling: int, callers: list[tuple[Any, ...]],
+    changes: list[tuple[float, int]], wedge_at: int | None,
+) -> None:  # fmt: skip
+    assert all(s.notices_within_s < LINGER_S for s in ports.values())  # the precondition of the promise
+    with capture_logs():
+        out = run_virtual(scenario, ports, ceiling, callers, changes, wedge_at)
+    assert out.violations == [], out.violations
+    assert out.accepts_after_down == 0, "a session reached the device after it was declared down"
+    if out.let_go_in_s is not None:
+        assert out.let_go_in_s <= LINGER_S + 0.01, "a slot stayed charged past the linger bound"
+
+
+def test_slow_greeting_console_with_caller_timeouts_stays_within_the_ceiling() -> None:
+    """The issue's first example: two callers loop ``move_on_after(0.1): grab_banner`` against a console
+    that greets 1 s after accepting, ceiling 2. The device held 21 of our sessions on the old code (each
+    cancelled probe freed its slot at once while the console held the session until its next read)."""
+    console = Service(greet_after_s=1.0, poll_s=0.0)
+    callers = [("banner", 20, 0.1, 0.0), ("banner", 20, 0.1, 0.0)]
+    with capture_logs():
+        out = run_virtual(scenario, {23: console}, 2, callers, [], None)
+    assert out.violations == []
+    assert out.peak == 2  # one console session and the heartbeat's, never more
+
+
+def test_slow_greeting_with_a_read_timeout_shorter_than_the_greeting_stays_within_the_ceiling() -> None:
+    """No cancellation at all: a 0.3 s read timeout against the same 1 s greeting. The old code freed the
+    slot after its own deadline and the device peaked at 5 with ceiling 2 (promised: 3)."""
+    console = Service(greet_after_s=1.0, poll_s=0.0)
+
+    async def main() -> int:
+        async with FakeNetwork() as net:
+            device = Device({23: console})
+            device.attach(net)
+            target = Target(HOST, ports=[23], heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
+            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net) as g:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(2):
+                        tg.start_soon(_banners, g, 10)
+            return net.peak_sessions(HOST)
+
+    with capture_logs():
+        assert run_virtual(main) == 2
+
+
+async def _banners(guard: Guard, count: int) -> None:
+    for _ in range(count):
+        await guard.grab_banner(23, read_timeout_s=0.3)
+
+
+def test_a_device_slower_than_the_linger_is_reset_and_counted_as_such() -> None:
+    """The promise's precondition, shown: a service that notices our close only after 3 s, with a 2 s
+    linger. Its slot is freed when the linger ends (the connection is reset, and ``linger_expired`` says
+    so), so this device can be above N for the rest of its poll. The linger is the knob for such devices."""
+    lazy = Service(greet_after_s=None, poll_s=3.0)
+    with capture_logs():
+        out = run_virtual(scenario, {23: lazy}, 2, [("tcp", 3, None, 0.0)], [], None)
+    assert out.violations, "a device slower than the linger goes past N: the bound is the linger's"
+
+    async def with_longer_linger() -> tuple[int, int]:
+        async with FakeNetwork() as net:
+            Device({23: lazy}).attach(net)
+            target = Target(HOST, ports=[23], heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
+            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net,
+                             linger_s=4.0) as g:  # fmt: skip
+                for _ in range(3):
+                    await g.tcp_connect(23)
+                expired = g.stats.linger_expired
+            return net.peak_sessions(HOST), expired
+
+    with capture_logs():
+        peak, expired = run_virtual(with_longer_linger)
+    assert peak == 2
+    assert expired == 0
+
+
+def test_an_icmp_like_heartbeat_gives_the_work_all_n_places() -> None:
+    """A heartbeat that opens no session (opens_session = False) costs none of the N."""
+
+    @dataclass(frozen=True)
+    class NoSessionBeat:
+        port: int = 0
+        timeout_s: float = 0.5
+        opens_session = False
+
+        async def beat(self, host: str) -> Any:
+            from fragileprobe import Beat
+
+            return Beat(anyio.current_time(), True, 0.0)
+
+    async def main() -> tuple[int, int]:
+        async with FakeNetwork() as net:
+            Device({23: Service(greet_after_s=0.0, poll_s=0.0)}).attach(net)
+            target = Target(HOST, ports=[23], heartbeat=NoSessionBeat())  # type: ignore[arg-type]
+            async with Guard(target, ceiling=3, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net) as g:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(6):
+                        tg.start_soon(_banners, g, 3)
+                ours = g.stats.peak_in_flight
+            return ours, net.peak_sessions(HOST)
+
+    with capture_logs():
+        ours, device = run_virtual(main)
+    assert ours == 3
+    assert device == 3
+
+
+def test_tcp_heartbeat_is_counted_too() -> None:
+    """A TCP heartbeat opens a session: it takes one of the N like an HTTP one."""
+
+    async def main() -> int:
+        async with FakeNetwork() as net:
+            Device({23: Service(greet_after_s=0.0, poll_s=0.05)}).attach(net)
+            target = Target(HOST, ports=[23], heartbeat=TcpHeartbeat(23, timeout_s=BEAT_TIMEOUT_S))
+            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=0.05, network=net) as g:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(_banners, g, 5)
+            return net.peak_sessions(HOST)
+
+    with capture_logs():
+        assert run_virtual(main) <= 2
+
+
+def test_virtual_time_deadlock_is_reported_not_hung() -> None:
+    """A wait that can never end fails fast in virtual time instead of hanging the test run."""
+
+    async def forever() -> None:
+        await anyio.Event().wait()
+
+    with pytest.raises(VirtualTimeDeadlock):
+        run_virtual(forever)
