@@ -396,3 +396,88 @@ def test_virtual_time_deadlock_is_reported_not_hung() -> None:
 
     with pytest.raises(VirtualTimeDeadlock):
         run_virtual(forever)
+
+
+# --- characterization: what a level held, and a recommendation that holds through the Guard --------------
+
+
+class StoryDevice(Device):
+    """The story's shape: three consoles and a web port (the heartbeat) that answers and hangs up within
+    milliseconds; the application pool wedges at ``wedge_at`` open sessions. ``power_cycle`` resets every
+    session and unwedges it."""
+
+    def __init__(self, net: FakeNetwork, wedge_at: int) -> None:
+        console = Service(greet_after_s=0.01, poll_s=0.0)
+        super().__init__({21: console, 22: console, 23: console}, wedge_at=wedge_at)
+        self.net = net
+        self.crashes = 0
+        self.attach(net)
+        net.on_change = lambda _host, sessions, _accepted: self.note(sessions)
+
+    def note(self, sessions: int) -> None:
+        was = self.wedged.is_set()
+        super().note(sessions)
+        if self.wedged.is_set() and not was:
+            self.crashes += 1
+
+    async def power_cycle(self) -> None:
+        self.net.reset_device(HOST)
+        await anyio.sleep(0.2)  # boot
+        self.wedged = anyio.Event()
+
+
+CHAR_TIMINGS: dict[str, Any] = {
+    "dwell_s": 2.0, "hold_s": 0.5, "interval_s": 0.25, "heartbeat_timeout_s": 0.5, "healthy_beats": 2,
+    "recovery_timeout_s": 10.0, "baseline_beats": 3, "read_timeout_s": 0.4, "connect_timeout_s": 0.5,
+}
+
+
+@pytest.mark.parametrize("wedge_at", [3, 5, 6, 8])
+def test_a_recommendation_used_through_the_guard_never_wedges_the_device(wedge_at: int) -> None:
+    """The issue's second example. A device shaped like the story's pump wedges at ``wedge_at`` sessions.
+    On the old code the characterization passed level 4 with fewer than 4 sessions on the device (web
+    sessions closed by the device at once while our side kept the slot), recommended 4 for a device that
+    hangs at 5, and a Guard at 4 then hung it in 6 of 6 runs. Now every level holds its count on the
+    device, the heartbeat's session included, and a Guard at the recommendation holds at most that many."""
+    from fragileprobe._characterize import characterize
+
+    async def main() -> tuple[Any, int, int, int]:
+        async with FakeNetwork(connect_delay_s=0.001) as net:
+            device = StoryDevice(net, wedge_at)
+            target = Target(HOST, ports=[21, 22, 23, WEB], heartbeat=HttpHeartbeat(port=WEB, timeout_s=0.5))
+
+            async def recovery() -> None:
+                await device.power_cycle()
+
+            char = await characterize(target, scope=Scope([HOST]), ladder=(2, 3, 4, 5, 6, 7, 10), trials=3,
+                                      recovery=recovery, model_key="story-shaped", network=net,
+                                      **CHAR_TIMINGS)  # fmt: skip
+            crashes_in_characterization = device.crashes
+            assert char.safe_ceiling is not None
+            # Now use it as a scanner would, through the Guard: every work place held on the same ports.
+            peak_before = net.peak_sessions(HOST)
+            ceiling = char.safe_ceiling
+            async with Guard(target, ceiling=max(ceiling, 2), scope=Scope([HOST]), interval_s=0.25,
+                             network=net) as guard:  # fmt: skip
+
+                async def hold(port: int) -> None:
+                    for _ in range(10):
+                        async with guard.connect(port) as stream:
+                            with anyio.move_on_after(0.5), contextlib.suppress(anyio.EndOfStream):
+                                await stream.receive(1024)
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(8):  # more callers than places: the Guard makes them wait
+                        tg.start_soon(hold, (21, 22, 23, WEB)[i % 4])
+                assert not guard.device_down
+            return char, crashes_in_characterization, device.crashes, peak_before
+
+    with capture_logs():
+        char, crashes_before, crashes_after, _peak = run_virtual(main)
+    assert crashes_before >= 1, "the ladder reaches the wedge: it was measured, not guessed"
+    assert char.failed_at is not None
+    assert char.failed_at >= wedge_at  # a level that wedged it held at least wedge_at sessions
+    assert char.safe_ceiling < wedge_at, char.summary()
+    assert crashes_after == crashes_before, "the Guard at the recommended ceiling wedged the device"
+    held = [lv for t in char.trials for lv in t.levels if lv.outcome.value == "passed"]
+    assert held and all(not lv.not_held for lv in held), [(lv.level, lv.held_at_beats) for lv in held]
