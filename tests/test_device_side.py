@@ -95,7 +95,8 @@ class Device:
         return handler
 
     async def _ends_by_itself(self, sock: DeviceSocket, service: Service, done: anyio.CancelScope) -> None:
-        after = min((t for t in (service.closes_after_s, service.resets_after_s) if t is not None), default=None)
+        ends = (service.closes_after_s, service.resets_after_s)
+        after = min((t for t in ends if t is not None), default=None)
         if after is None:
             return
         await anyio.sleep(after)
@@ -185,7 +186,8 @@ async def scenario(
 
     async with FakeNetwork(connect_delay_s=0.001, on_change=on_change) as net:
         device.attach(net)
-        target = Target(HOST, ports=sorted(ports), heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
+        heartbeat = HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S)
+        target = Target(HOST, ports=sorted(ports), heartbeat=heartbeat)
         accepts_at_down: list[int] = []
         guard = Guard(target, ceiling=ceiling, scope=Scope([HOST]), interval_s=INTERVAL_S, linger_s=LINGER_S,
                       network=net)  # fmt: skip
@@ -219,11 +221,11 @@ async def scenario(
                         async with guard.connect(port):
                             raise RuntimeError("a buggy check")
 
-                async def call(kind: str, count: int, timeout: float | None, delay: float) -> None:
+                async def call(kind: str, count: int, own_timeout: float | None, delay: float) -> None:
                     await anyio.sleep(delay)
                     for n in range(count):
                         try:
-                            with anyio.move_on_after(3600 if timeout is None else timeout):
+                            with anyio.move_on_after(3600 if own_timeout is None else own_timeout):
                                 await one(kind, n)
                         except (ProbeError, RuntimeError):
                             pass
@@ -299,10 +301,10 @@ def test_slow_greeting_with_a_read_timeout_shorter_than_the_greeting_stays_withi
             device = Device({23: console})
             device.attach(net)
             target = Target(HOST, ports=[23], heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
-            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net) as g:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(2):
-                        tg.start_soon(_banners, g, 10)
+            guard = Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net)
+            async with guard as g, anyio.create_task_group() as tg:
+                for _ in range(2):
+                    tg.start_soon(_banners, g, 10)
             return net.peak_sessions(HOST)
 
     with capture_logs():
@@ -378,10 +380,10 @@ def test_tcp_heartbeat_is_counted_too() -> None:
         async with FakeNetwork() as net:
             Device({23: Service(greet_after_s=0.0, poll_s=0.05)}).attach(net)
             target = Target(HOST, ports=[23], heartbeat=TcpHeartbeat(23, timeout_s=BEAT_TIMEOUT_S))
-            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=0.05, network=net) as g:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(4):
-                        tg.start_soon(_banners, g, 5)
+            guard = Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=0.05, network=net)
+            async with guard as g, anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(_banners, g, 5)
             return net.peak_sessions(HOST)
 
     with capture_logs():
@@ -480,4 +482,5 @@ def test_a_recommendation_used_through_the_guard_never_wedges_the_device(wedge_a
     assert char.safe_ceiling < wedge_at, char.summary()
     assert crashes_after == crashes_before, "the Guard at the recommended ceiling wedged the device"
     held = [lv for t in char.trials for lv in t.levels if lv.outcome.value == "passed"]
-    assert held and all(not lv.not_held for lv in held), [(lv.level, lv.held_at_beats) for lv in held]
+    assert held
+    assert all(not lv.not_held for lv in held), [(lv.level, lv.held_at_beats) for lv in held]

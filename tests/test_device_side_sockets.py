@@ -91,7 +91,8 @@ class SlowConsoleDevice:
 
 
 def _target(dev: SlowConsoleDevice) -> Target:
-    return Target(dev.host, ports=[dev.console_port], heartbeat=HttpHeartbeat(port=dev.web_port, timeout_s=1.0))
+    heartbeat = HttpHeartbeat(port=dev.web_port, timeout_s=1.0)
+    return Target(dev.host, ports=[dev.console_port], heartbeat=heartbeat)
 
 
 async def test_caller_timeouts_cannot_pile_sessions_up_on_a_slow_console(loopback_host: str) -> None:
@@ -135,16 +136,18 @@ async def test_a_read_timeout_shorter_than_the_greeting_cannot_pile_sessions_up(
 
 
 @pytest.mark.parametrize("ceiling", [2, 3])
-async def test_a_device_that_hangs_at_the_ceiling_plus_one_is_never_hung(loopback_host: str, ceiling: int) -> None:
+async def test_a_device_that_hangs_at_the_ceiling_plus_one_is_never_hung(
+    loopback_host: str, ceiling: int
+) -> None:
     """A device that hangs at ceiling + 1 sessions, hammered through the Guard by more callers than places,
     with caller timeouts: it never hangs, because the Guard's count is the device's."""
     async with SlowConsoleDevice(loopback_host, greet_after_s=0.3, hang_at=ceiling + 1) as dev:
         with capture_logs(), anyio.fail_after(30):
             async with Guard(_target(dev), ceiling=ceiling, scope=Scope([dev.host]), interval_s=0.2) as guard:
 
-                async def caller(timeout: float) -> None:
+                async def caller(give_up_s: float) -> None:
                     for _ in range(6):
-                        with anyio.move_on_after(timeout):
+                        with anyio.move_on_after(give_up_s):
                             await guard.grab_banner(dev.console_port, read_timeout_s=0.5)
 
                 async with anyio.create_task_group() as tg:
