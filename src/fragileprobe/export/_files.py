@@ -211,6 +211,13 @@ def _strictness(s: GroupScanSettings) -> tuple[int, int]:
 def plan_exports(assets: Iterable[Any], profiles: Iterable[Any] = ()) -> ExportPlan:
     """Group the inventory for export and give every group its settings.
 
+    A host whose model has a measured ceiling is scanned in its model's group, at that ceiling (the
+    group named after the model when the host is in it, else a group of that name is added): its own
+    measurement governs, and a measured ceiling of 0 keeps it out of every scan. Any other host is scanned
+    in the strictest of its groups (fragile before regular, lowest ceiling first), whose settings come from
+    :func:`template_for_group` ("Medical Device?": 1 session per host). So no host is ever in a regular
+    scan's targets while it is in a fragile group, and none is scanned above its model's measurement.
+
     Args:
         assets: Inventory rows (``ProfileStore.assets()``) or discovered ``Asset`` records: anything with
             ``host``, ``groups`` and ``model_key`` (``zone`` is used when present).
@@ -218,18 +225,17 @@ def plan_exports(assets: Iterable[Any], profiles: Iterable[Any] = ()) -> ExportP
             ``ceiling``; a profile's measured ceiling applies to every host of its model.
 
     Returns:
-        The plan: a group's ceiling is the lowest of its hosts' models (``template_for_group``); a host
-        in several groups is scanned in the strictest one only.
+        The plan.
 
     Raises:
-        ConfigError: An asset without a host or with a non-string group.
+        ConfigError: An asset without a host or with a non-string group, or a profile without a model key.
     """
     ceilings = _Ceilings(profiles)
     members: dict[str, list[_Member]] = {}
     zones: dict[str, str | None] = {}
     models: dict[str, str | None] = {}
     host_groups: dict[str, tuple[str, ...]] = {}
-    measured_hosts: dict[str, bool] = {}
+    model_group: dict[str, str] = {}
     for a in assets:
         host = getattr(a, "host", None)
         groups = tuple(getattr(a, "groups", ()) or ())
@@ -238,25 +244,27 @@ def plan_exports(assets: Iterable[Any], profiles: Iterable[Any] = ()) -> ExportP
         if not all(isinstance(g, str) and g for g in groups):
             raise ConfigError(f"assets: host {host}: groups must be non-empty strings, got {groups!r}")
         key = getattr(a, "model_key", None)
-        ceiling = ceilings.ceiling_for(key) if isinstance(key, str) else None
+        key = key if isinstance(key, str) and key else None
+        ceiling = ceilings.ceiling_for(key) if key else None
         member = _Member(host=host, ceiling=ceiling,
                          medical=ceiling is not None or MEDICAL_UNKNOWN_GROUP in groups)
-        zones[host], models[host] = getattr(a, "zone", None), key if isinstance(key, str) else None
+        zones[host], models[host] = getattr(a, "zone", None), key
+        if key is not None and ceiling is not None:
+            # the model's group: the one named after the model (matched by digest), else the model key
+            model_group[host] = next((g for g in groups if ceilings.ceiling_for(g) is not None
+                                      and _digest(g) == _digest(key)), key)
+            if model_group[host] not in groups:
+                groups = (*groups, model_group[host])
         host_groups[host] = groups
-        measured_hosts[host] = ceiling is not None
         for g in groups:
             members.setdefault(g, []).append(member)
     settings = {g: template_for_group(g, ceilings, assets=m) for g, m in members.items()}
     order = sorted(settings, key=lambda g: (*_strictness(settings[g]), g))
     assigned: dict[str, str] = {}
     for host, groups in host_groups.items():
-        # "Medical Device?" means a medical device of an unmeasured model: a host whose model has a measured
-        # ceiling and another fragile group is scanned there, within its measurement.
-        measured = [g for g in groups if g != MEDICAL_UNKNOWN_GROUP and settings[g].fragile
-                    and not settings[g].characterize_first]
-        if measured_hosts.get(host) and measured:
-            groups = tuple(measured)
-        if groups:
+        if host in model_group:
+            assigned[host] = model_group[host]
+        elif groups:
             assigned[host] = min(groups, key=lambda g: (*_strictness(settings[g]), g))
     slugs = _slugs(order)
     export_groups = tuple(
@@ -283,9 +291,15 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
     return el
 
 
-def _xml(root: ET.Element) -> str:
+def _xml(root: ET.Element, *, declaration: bool = True) -> str:
     ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    head = '<?xml version="1.0" encoding="UTF-8"?>\n' if declaration else ""
+    return head + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _gmp(root: ET.Element) -> str:
+    # A GMP request is a bare element: gvm-cli sends it as it is, and gvmd reads commands, not documents.
+    return _xml(root, declaration=False)
 
 
 def _policy_name(s: GroupScanSettings) -> str:
@@ -400,7 +414,7 @@ def gmp_commands(plan: ExportPlan) -> tuple[GmpCommand, ...]:
     _sub(port_list, "name", "fragileprobe: all TCP ports without the printer ports 9100-9107")
     _sub(port_list, "comment", "raw print ports print whatever a scanner sends them")
     _sub(port_list, "port_range", "T:" + _PORTS_WITHOUT_PRINTERS)
-    out.append(GmpCommand("00-create_port_list.xml", _xml(port_list), "PORT_LIST_ID"))
+    out.append(GmpCommand("00-create_port_list.xml", _gmp(port_list), "PORT_LIST_ID"))
     n = 0
     for g in plan.groups:
         s = g.settings
@@ -415,12 +429,12 @@ def gmp_commands(plan: ExportPlan) -> tuple[GmpCommand, ...]:
             _sub(config, "comment", _description(s))
             _sub(config, "usage_type", "scan")
             config_var = _var_name("CONFIG_ID", g.slug)
-            out.append(GmpCommand(f"{stem}-1-create_config.xml", _xml(config), config_var))
+            out.append(GmpCommand(f"{stem}-1-create_config.xml", _gmp(config), config_var))
             modify = ET.Element("modify_config", {"config_id": _var("CONFIG_ID", g.slug)})
             pref = _sub(modify, "preference")
             _sub(pref, "name", "safe_checks")
             _sub(pref, "value", _b64("yes" if s.safe_checks else "no"))
-            out.append(GmpCommand(f"{stem}-2-modify_config.xml", _xml(modify)))
+            out.append(GmpCommand(f"{stem}-2-modify_config.xml", _gmp(modify)))
         target = ET.Element("create_target")
         _sub(target, "name", f"fragileprobe: {g.name}")
         _sub(target, "comment", _description(s))
@@ -430,7 +444,7 @@ def gmp_commands(plan: ExportPlan) -> tuple[GmpCommand, ...]:
             _sub(target, "exclude_hosts", ",".join(excluded))
         _sub(target, "alive_tests", "Consider Alive")
         ET.SubElement(target, "port_list", {"id": _var("PORT_LIST_ID")})
-        out.append(GmpCommand(f"{stem}-3-create_target.xml", _xml(target), _var_name("TARGET_ID", g.slug)))
+        out.append(GmpCommand(f"{stem}-3-create_target.xml", _gmp(target), _var_name("TARGET_ID", g.slug)))
         task = ET.Element("create_task")
         _sub(task, "name", f"fragileprobe: {g.name}")
         _sub(task, "comment", _description(s))
@@ -444,7 +458,7 @@ def gmp_commands(plan: ExportPlan) -> tuple[GmpCommand, ...]:
                 pref = _sub(prefs, "preference")
                 _sub(pref, "scanner_name", name)
                 _sub(pref, "value", str(value))
-        out.append(GmpCommand(f"{stem}-4-create_task.xml", _xml(task)))
+        out.append(GmpCommand(f"{stem}-4-create_task.xml", _gmp(task)))
     return tuple(out)
 
 
