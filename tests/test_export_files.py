@@ -412,3 +412,15 @@ def test_an_empty_inventory_still_writes_the_shared_files() -> None:
     files = export.render_exports(plan)
     assert "gmp/00-create_port_list.xml" in files
     assert files["targets/do-not-scan.txt"] == ""
+
+
+def test_group_names_become_distinct_file_names_that_never_overwrite_shared_files() -> None:
+    rows = [_Row("10.2.0.1", ("do-not-scan",), None), _Row("10.2.0.2", ("Ward A",), None),
+            _Row("10.2.0.3", ("ward-a",), None), _Row("10.2.0.4", ("../../etc",), None)]
+    plan = export.plan_exports(rows)
+    slugs = [g.slug for g in plan.groups]
+    assert len({s.lower() for s in slugs}) == len(slugs)
+    assert "do-not-scan" not in slugs
+    assert all("/" not in s and not s.startswith(".") for s in slugs)
+    files = export.render_exports(plan, ["targets"])
+    assert files["targets/do-not-scan.txt"] == ""  # the real list, not the group's

@@ -78,6 +78,8 @@ _NESSUS_SYN_SCANNER: Final = ("11219", "Nessus SYN scanner")
 _NESSUS_FRAGILE_DEVICES: Final = ("22481", "Do not scan fragile devices")
 # A group name becomes a file name: letters, digits, '.', '_' and '-' stay, the rest becomes '-'.
 _SLUG_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
+# Stems the shared files use: a group called "do-not-scan" must not overwrite targets/do-not-scan.txt.
+_RESERVED_SLUGS: Final = frozenset({"do-not-scan", "targets", "commands", "apply"})
 # Longest file-name stem from a group name (file systems allow 255 bytes; suffixes need room).
 _MAX_SLUG: Final = 80
 # Bound on what write_exports writes: a plan of a few thousand hosts is a few MiB; more means a bug.
@@ -188,7 +190,7 @@ class _Ceilings:
 
 def _slugs(names: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
-    used: set[str] = set()
+    used: set[str] = set(_RESERVED_SLUGS)
     for name in names:
         base = _SLUG_UNSAFE.sub("-", name).strip("-.")[:_MAX_SLUG] or "group"
         slug, n = base, 2
