@@ -468,7 +468,7 @@ def _gmp_apply_script(commands: tuple[GmpCommand, ...]) -> str:
     """A shell script that sends the commands with gvm-cli in order, filling each ``${...}`` id."""
     lines = [
         "#!/bin/sh",
-        "# Send fragileprobe's GMP commands to a Greenbone manager, in order, with gvm-cli (python-gvm)",
+        "# Send fragileprobe's GMP commands to a Greenbone manager, in order, with gvm-cli (gvm-tools)",
         "# and envsubst (gettext). Usage:",
         "#   GVM_CLI='gvm-cli --gmp-username admin --gmp-password ... socket' sh apply.sh",
         "# Each create_* answers with the id of what it made; later commands refer to it as ${NAME}.",
