@@ -424,3 +424,37 @@ def test_group_names_become_distinct_file_names_that_never_overwrite_shared_file
     assert all("/" not in s and not s.startswith(".") for s in slugs)
     files = export.render_exports(plan, ["targets"])
     assert files["targets/do-not-scan.txt"] == ""  # the real list, not the group's
+
+
+@given(st.integers(min_value=0, max_value=10_000), st.integers(min_value=1, max_value=40))
+def test_no_file_carries_a_per_host_number_above_the_ceiling(ceiling: int, hosts: int) -> None:
+    """Whatever the measured ceiling, every per-device number in every file is that ceiling or below; a
+    ceiling of 0 is DO NOT SCAN with the scanners' minimum of 1 and no GMP target, task or nmap line."""
+    key = "m-cccccccccccc"
+    rows = [_Row(f"10.3.0.{i}", (key,), key) for i in range(hosts)]
+    plan = export.plan_exports(rows, [_Profile(key, ceiling)])
+    group = plan.group(key)
+    limit = max(ceiling, 1)
+    files = export.render_exports(plan)
+    prefs = _prefs(ET.fromstring(files[f"nessus/{group.slug}.nessus"]))
+    assert int(prefs["host.max_simult_tcp_sessions"]) == limit
+    assert int(prefs["max_checks"]) <= limit
+    body = json.loads(files[f"insightvm/{group.slug}.json"])
+    assert body["maxScanProcesses"] == limit
+    assert body["discovery"]["performance"]["parallelism"]["maximum"] == limit
+    tasks = [ET.fromstring(c.xml) for c in export.gmp_commands(plan) if c.file.endswith("create_task.xml")]
+    fragile_tasks = [t for t in tasks if t.findtext("name") == f"fragileprobe: {key}"]
+    lines = [x for x in files["nmap/commands.sh"].splitlines() if x.startswith("nmap ") and group.slug in x]
+    if ceiling == 0:
+        assert group.settings.do_not_scan
+        assert not fragile_tasks
+        assert not lines
+        assert files["targets/do-not-scan.txt"].split() == sorted(r.host for r in rows)
+        return
+    (task,) = fragile_tasks
+    task_prefs = {p.findtext("scanner_name"): p.findtext("value") for p in task.iter("preference")}
+    assert int(task_prefs["max_checks"] or 0) == ceiling
+    (line,) = lines
+    args = line.split()
+    assert int(args[args.index("--max-parallelism") + 1]) == ceiling
+    assert int(args[args.index("--max-hostgroup") + 1]) == min(hosts, 256)
