@@ -362,6 +362,7 @@ class StoryResult:
     settings: dict[str, Any] | None
     store: str
     wall_time_s: float
+    exports_dir: str | None = None  # where the scanner files of the last step were written
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -445,6 +446,7 @@ async def _whole_story(
     trials: int,
 ) -> StoryResult:
     import tempfile
+    from pathlib import Path
 
     from fragileprobe import export
     from fragileprobe._characterize import characterize
@@ -578,13 +580,21 @@ async def _whole_story(
         emit(
             DemoEvent("info", "Other groups keep their scanner defaults (printer ports 9100-9107 excluded).")
         )
+        # The files each scanner imports (profiles export --format all), next to a kept store, else in a
+        # directory of their own that outlives the demo's temporary store.
+        exports_dir = (tempfile.mkdtemp(prefix="fragileprobe-demo-exports-") if temporary
+                       else str(Path(store_path).parent / "fragileprobe-exports"))
+        plan = export.plan_exports(store.assets(), store.profiles())
+        written = export.write_exports(exports_dir, export.render_exports(plan))
+        emit(DemoEvent("ok", f"Scanner files written to {exports_dir} ({len(written)} files: nessus/, gmp/, "
+                             "insightvm/, nmap/, targets/); see docs/scanners/"))
     return StoryResult(
         host=pump_host, seed=seed, threshold=first_threshold, assets=tuple(a.host for a in report.assets),
         groups={g: [a.host for a in m] for g, m in report.groups.items()},
         alerts=tuple(a.host for a in report.alerts), model_key=char.model_key, safe_ceiling=char.safe_ceiling,
         failed_at=char.failed_at, crashes=char.crashes, power_cycles=cycles["n"],
         recovered=pump.state is DeviceState.UP, recognized_group=recognized, settings=settings.to_dict(),
-        store=store_path, wall_time_s=time.monotonic() - started,
+        store=store_path, wall_time_s=time.monotonic() - started, exports_dir=exports_dir,
     )  # fmt: skip
 
 
