@@ -321,7 +321,7 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
 
 # Demo timings: short enough that the whole story runs in well under a minute, long enough that the pump's
 # slowdown and hang are seen exactly as with production timings (the emulator answers in milliseconds).
-STORY_LADDER: tuple[int, ...] = (1, 2, 5, 7, 10)
+STORY_LADDER: tuple[int, ...] = (2, 5, 7, 10)  # a level counts the heartbeat: 1 would be it alone
 STORY_DWELL_S = 0.4
 STORY_TRIALS = 3
 STORY_INTERVAL_S = 0.1
@@ -510,6 +510,9 @@ async def _whole_story(
         emit(DemoEvent("section", f"3. Characterization: ladder {', '.join(map(str, STORY_LADDER))}, "
                                   f"{trials} trials, {dwell_s:g} s per level, heartbeat every "
                                   f"{STORY_INTERVAL_S:g} s"))  # fmt: skip
+        emit(DemoEvent("info", "   N counts every session the pump holds from us, the heartbeat's included, "
+                               "until the pump has let go of it: a level, the safe ceiling and the scanner "
+                               "settings below all mean that one number"))  # fmt: skip
         cycles = {"n": 0}
 
         async def power_cycle() -> None:
@@ -528,8 +531,9 @@ async def _whole_story(
         def progress(event: Any) -> None:
             if event.kind == "level_end":
                 kind = {"passed": "row", "failed": "warn", "warned": "warn"}.get(event.outcome, "row")
-                noun = "session " if event.level == 1 else "sessions"
-                emit(DemoEvent(kind, f"trial {event.trial + 1}: {event.level:>2} {noun} held -> "
+                level = event.level or 0
+                emit(DemoEvent(kind, f"trial {event.trial + 1}: {level:>2} sessions on the pump "
+                                     f"({level - 1} held + the heartbeat) -> "
                                      f"{(event.outcome or '?').upper()}"))  # fmt: skip
 
         char = await characterize(
