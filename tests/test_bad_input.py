@@ -99,7 +99,8 @@ SPEC_ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("ceiling: fraction", lambda: ConcurrencyLimiter(1.5), ConfigError, r"ceiling .*got 1\.5"),  # type: ignore[arg-type]
     ("ceiling: Guard zero", lambda: Guard("127.0.0.1", ceiling=0, scope=Scope(["127.0.0.1"])), ConfigError,
      r"ceiling .*got 0"),
-    ("ceiling: Guard one beside a session heartbeat", lambda: Guard("127.0.0.1", ceiling=1, scope=Scope(["127.0.0.1"])),
+    ("ceiling: Guard one beside a session heartbeat",
+     lambda: Guard("127.0.0.1", ceiling=1, scope=Scope(["127.0.0.1"])),
      ConfigError, r"ceiling: 1 leaves no room for work.*ceiling of 2 or more.*IcmpHeartbeat.*watchdog=False"),
     ("rate: zero", lambda: ConcurrencyLimiter(1, rate_per_s=0), ConfigError, r"rate_per_s .*got 0"),
     # timeouts and intervals

@@ -95,7 +95,8 @@ class Device:
         return handler
 
     async def _ends_by_itself(self, sock: DeviceSocket, service: Service, done: anyio.CancelScope) -> None:
-        after = min((t for t in (service.closes_after_s, service.resets_after_s) if t is not None), default=None)
+        ends = (service.closes_after_s, service.resets_after_s)
+        after = min((t for t in ends if t is not None), default=None)
         if after is None:
             return
         await anyio.sleep(after)
@@ -185,7 +186,8 @@ async def scenario(
 
     async with FakeNetwork(connect_delay_s=0.001, on_change=on_change) as net:
         device.attach(net)
-        target = Target(HOST, ports=sorted(ports), heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
+        heartbeat = HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S)
+        target = Target(HOST, ports=sorted(ports), heartbeat=heartbeat)
         accepts_at_down: list[int] = []
         guard = Guard(target, ceiling=ceiling, scope=Scope([HOST]), interval_s=INTERVAL_S, linger_s=LINGER_S,
                       network=net)  # fmt: skip
@@ -219,11 +221,11 @@ async def scenario(
                         async with guard.connect(port):
                             raise RuntimeError("a buggy check")
 
-                async def call(kind: str, count: int, timeout: float | None, delay: float) -> None:
+                async def call(kind: str, count: int, own_timeout: float | None, delay: float) -> None:
                     await anyio.sleep(delay)
                     for n in range(count):
                         try:
-                            with anyio.move_on_after(3600 if timeout is None else timeout):
+                            with anyio.move_on_after(3600 if own_timeout is None else own_timeout):
                                 await one(kind, n)
                         except (ProbeError, RuntimeError):
                             pass
@@ -299,10 +301,10 @@ def test_slow_greeting_with_a_read_timeout_shorter_than_the_greeting_stays_withi
             device = Device({23: console})
             device.attach(net)
             target = Target(HOST, ports=[23], heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
-            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net) as g:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(2):
-                        tg.start_soon(_banners, g, 10)
+            guard = Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net)
+            async with guard as g, anyio.create_task_group() as tg:
+                for _ in range(2):
+                    tg.start_soon(_banners, g, 10)
             return net.peak_sessions(HOST)
 
     with capture_logs():
@@ -378,10 +380,10 @@ def test_tcp_heartbeat_is_counted_too() -> None:
         async with FakeNetwork() as net:
             Device({23: Service(greet_after_s=0.0, poll_s=0.05)}).attach(net)
             target = Target(HOST, ports=[23], heartbeat=TcpHeartbeat(23, timeout_s=BEAT_TIMEOUT_S))
-            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=0.05, network=net) as g:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(4):
-                        tg.start_soon(_banners, g, 5)
+            guard = Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=0.05, network=net)
+            async with guard as g, anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(_banners, g, 5)
             return net.peak_sessions(HOST)
 
     with capture_logs():
@@ -396,3 +398,89 @@ def test_virtual_time_deadlock_is_reported_not_hung() -> None:
 
     with pytest.raises(VirtualTimeDeadlock):
         run_virtual(forever)
+
+
+# --- characterization: what a level held, and a recommendation that holds through the Guard --------------
+
+
+class StoryDevice(Device):
+    """The story's shape: three consoles and a web port (the heartbeat) that answers and hangs up within
+    milliseconds; the application pool wedges at ``wedge_at`` open sessions. ``power_cycle`` resets every
+    session and unwedges it."""
+
+    def __init__(self, net: FakeNetwork, wedge_at: int) -> None:
+        console = Service(greet_after_s=0.01, poll_s=0.0)
+        super().__init__({21: console, 22: console, 23: console}, wedge_at=wedge_at)
+        self.net = net
+        self.crashes = 0
+        self.attach(net)
+        net.on_change = lambda _host, sessions, _accepted: self.note(sessions)
+
+    def note(self, sessions: int) -> None:
+        was = self.wedged.is_set()
+        super().note(sessions)
+        if self.wedged.is_set() and not was:
+            self.crashes += 1
+
+    async def power_cycle(self) -> None:
+        self.net.reset_device(HOST)
+        await anyio.sleep(0.2)  # boot
+        self.wedged = anyio.Event()
+
+
+CHAR_TIMINGS: dict[str, Any] = {
+    "dwell_s": 2.0, "hold_s": 0.5, "interval_s": 0.25, "heartbeat_timeout_s": 0.5, "healthy_beats": 2,
+    "recovery_timeout_s": 10.0, "baseline_beats": 3, "read_timeout_s": 0.4, "connect_timeout_s": 0.5,
+}
+
+
+@pytest.mark.parametrize("wedge_at", [3, 5, 6, 8])
+def test_a_recommendation_used_through_the_guard_never_wedges_the_device(wedge_at: int) -> None:
+    """The issue's second example. A device shaped like the story's pump wedges at ``wedge_at`` sessions.
+    On the old code the characterization passed level 4 with fewer than 4 sessions on the device (web
+    sessions closed by the device at once while our side kept the slot), recommended 4 for a device that
+    hangs at 5, and a Guard at 4 then hung it in 6 of 6 runs. Now every level holds its count on the
+    device, the heartbeat's session included, and a Guard at the recommendation holds at most that many."""
+    from fragileprobe._characterize import characterize
+
+    async def main() -> tuple[Any, int, int, int]:
+        async with FakeNetwork(connect_delay_s=0.001) as net:
+            device = StoryDevice(net, wedge_at)
+            target = Target(HOST, ports=[21, 22, 23, WEB], heartbeat=HttpHeartbeat(port=WEB, timeout_s=0.5))
+
+            async def recovery() -> None:
+                await device.power_cycle()
+
+            char = await characterize(target, scope=Scope([HOST]), ladder=(2, 3, 4, 5, 6, 7, 10), trials=3,
+                                      recovery=recovery, model_key="story-shaped", network=net,
+                                      **CHAR_TIMINGS)  # fmt: skip
+            crashes_in_characterization = device.crashes
+            assert char.safe_ceiling is not None
+            # Now use it as a scanner would, through the Guard: every work place held on the same ports.
+            peak_before = net.peak_sessions(HOST)
+            ceiling = char.safe_ceiling
+            async with Guard(target, ceiling=max(ceiling, 2), scope=Scope([HOST]), interval_s=0.25,
+                             network=net) as guard:  # fmt: skip
+
+                async def hold(port: int) -> None:
+                    for _ in range(10):
+                        async with guard.connect(port) as stream:
+                            with anyio.move_on_after(0.5), contextlib.suppress(anyio.EndOfStream):
+                                await stream.receive(1024)
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(8):  # more callers than places: the Guard makes them wait
+                        tg.start_soon(hold, (21, 22, 23, WEB)[i % 4])
+                assert not guard.device_down
+            return char, crashes_in_characterization, device.crashes, peak_before
+
+    with capture_logs():
+        char, crashes_before, crashes_after, _peak = run_virtual(main)
+    assert crashes_before >= 1, "the ladder reaches the wedge: it was measured, not guessed"
+    assert char.failed_at is not None
+    assert char.failed_at >= wedge_at  # a level that wedged it held at least wedge_at sessions
+    assert char.safe_ceiling < wedge_at, char.summary()
+    assert crashes_after == crashes_before, "the Guard at the recommended ceiling wedged the device"
+    held = [lv for t in char.trials for lv in t.levels if lv.outcome.value == "passed"]
+    assert held
+    assert all(not lv.not_held for lv in held), [(lv.level, lv.held_at_beats) for lv in held]

@@ -65,19 +65,49 @@ def test_safe_to_scan_group_keeps_defaults_but_excludes_printer_ports() -> None:
     assert export.nessus_policy(s).stop_scanning_unresponsive_hosts
 
 
-def test_nmap_args_make_max_parallelism_really_per_host() -> None:
-    """--max-parallelism only bounds one host with --max-hostgroup 1; no -O, no -sV, no --scan-delay."""
-    args = export.nmap_args(5).args
+def test_nmap_args_follow_nmap_793_global_parallelism_per_host_delay_one_group() -> None:
+    """--max-parallelism k (global for a connect scan, so it caps every device), --scan-delay per host,
+    one host group for the asset group, --host-timeout, printer ports excluded; no -O, no -sV."""
+    nmap = export.nmap_args(5, hosts=33)
+    args = nmap.args
     assert args[0] == "-sT"
-    assert args[args.index("--max-hostgroup") + 1] == "1"
     assert args[args.index("--max-parallelism") + 1] == "5"
+    assert args[args.index("--scan-delay") + 1] == "100ms"  # 10 connects/s per host
+    assert args[args.index("--min-hostgroup") + 1] == args[args.index("--max-hostgroup") + 1] == "33"
+    assert "--host-timeout" in args
     assert "--max-retries" in args
-    assert "--max-rate" in args
+    assert "--max-rate" not in args  # global: it would throttle the group, not each host
     assert args[args.index("--exclude-ports") + 1] == "9100-9107"
-    for forbidden in ("-O", "-sV", "-A", "-sS", "--scan-delay"):
+    for forbidden in ("-O", "-sV", "-A", "-sS"):
         assert forbidden not in args
-    notes = " ".join(export.nmap_args(5).notes)
-    assert "not per host" in notes
+    assert "caps every device at 5" in nmap.reasoning
+    assert "misleading" in nmap.reasoning
+    text = nmap.text().splitlines()
+    assert text[0] == nmap.command()
+    assert text[1].startswith("# why: nmap 7.93")
+
+
+@pytest.mark.parametrize(("hosts", "group"), [(None, 64), (1, 1), (33, 33), (256, 256), (1000, 256)])
+def test_nmap_host_group_holds_the_asset_group_up_to_a_bound(hosts: int | None, group: int) -> None:
+    assert export.nmap_host_group(hosts) == group
+    args = export.nmap_args(3, hosts=hosts).args
+    assert args[args.index("--max-hostgroup") + 1] == str(group)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "3"])
+def test_bad_host_counts_are_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="hosts"):
+        export.nmap_args(3, hosts=bad)  # type: ignore[arg-type]
+
+
+@given(st.floats(min_value=0.01, max_value=1000.0))
+def test_the_scan_delay_is_never_faster_than_the_rate(rate: float) -> None:
+    s = export.template_for_group("Medical Device?")
+    import dataclasses
+
+    args = export.nmap_args(dataclasses.replace(s, rate_per_host=rate)).args
+    delay_ms = int(args[args.index("--scan-delay") + 1].removesuffix("ms"))
+    assert delay_ms / 1000 >= 1 / rate
 
 
 def test_nessus_openvas_insightvm_values_for_a_ceiling() -> None:

@@ -312,8 +312,8 @@ async def test_characterize_a_device_with_hostile_services_ends_with_a_true_resu
     assert char.highest_passed == 4
     assert char.safe_ceiling == 2  # the margin (3 levels) below H + 1 = 5 (no limit was found)
     levels = char.trials[0].levels
-    assert [lv.level for lv in levels] == [1, 2, 4]
-    loaded = [lv for lv in levels if lv.level > 1]  # level 1 is the heartbeat's session alone
+    assert [lv.level for lv in levels] == [2, 4]  # level 1 would be the heartbeat's session alone
+    loaded = levels
     if kind in ("reset", "reset-mid-banner"):
         assert all(lv.sessions_failed > 0 for lv in loaded), "failed sessions are counted, not hidden"
     if kind == "reset":  # every session is reset at once: the device never held the level

@@ -246,3 +246,31 @@ def test_egg_drop_coverage_matches_the_published_bound() -> None:
     assert egg_drop_coverage(7, 1) == 7
     assert egg_drop_coverage(0, 3) == 0
     assert DEFAULT_LADDER[-1] == 50
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    config=st.builds(
+        RampConfig,
+        ladder=ladders.filter(lambda lad: lad[0] >= 2),
+        trials=st.integers(1, 4),
+        refine=st.booleans(),
+        crash_budget=st.integers(1, 4),
+        min_level=st.just(2),
+    ),
+    data=st.data(),
+)
+def test_no_level_below_min_level_is_ever_tested(config: RampConfig, data: st.DataObject) -> None:
+    """With a session heartbeat a level counts it: level 1 would hold the heartbeat alone, so refinement
+    and later trials never go below ``min_level``, whatever the device does."""
+
+    def outcome(trial: int, level: int) -> LevelOutcome:
+        assert level >= config.min_level, (level, config)
+        return data.draw(st.sampled_from([LevelOutcome.PASSED, LevelOutcome.FAILED, LevelOutcome.WARNED]))
+
+    drive(RampStrategy(config), outcome)
+
+
+def test_a_ladder_below_min_level_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"ladder: its levels start at 1, below .* \(2"):
+        RampConfig(ladder=(1, 2, 5), min_level=2)

@@ -37,7 +37,7 @@ import anyio
 import structlog
 
 from fragileprobe._errors import ConfigError, DeviceDownError, ProbeError, RecoveryError
-from fragileprobe._guard import Guard
+from fragileprobe._guard import Guard, opens_session
 from fragileprobe._heartbeat import HttpHeartbeat
 from fragileprobe._probes import check_socket_budget
 from fragileprobe._profile import (
@@ -311,6 +311,17 @@ async def characterize(
             heartbeat = dataclasses.replace(heartbeat, timeout_s=heartbeat_timeout_s)  # type: ignore[type-var]
         except TypeError as exc:
             raise ConfigError(f"heartbeat_timeout_s: cannot override the timeout of {heartbeat!r}") from exc
+    if opens_session(heartbeat):
+        # A level counts the heartbeat's session: level 1 would be the heartbeat alone (the idle baseline
+        # measures exactly that), and the port and model checks before the ramp already hold one probe
+        # beside it. So the ramp starts at 2, and never loads the device above the level it tests.
+        kept = tuple(lv for lv in config.ladder if lv >= 2)
+        if not kept:
+            raise ConfigError(
+                f"ladder: {config.ladder} holds only the heartbeat's session (a level counts it too); give "
+                "levels of 2 or more, or a heartbeat that opens no session"
+            )
+        config = dataclasses.replace(config, ladder=kept, min_level=2)
     address = scope.check(tgt.host)  # ScopeError here: nothing has been sent
     web_ports = set(WEB_PORTS)
     if isinstance(heartbeat, HttpHeartbeat):

@@ -321,7 +321,7 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
 
 # Demo timings: short enough that the whole story runs in well under a minute, long enough that the pump's
 # slowdown and hang are seen exactly as with production timings (the emulator answers in milliseconds).
-STORY_LADDER: tuple[int, ...] = (1, 2, 5, 7, 10)
+STORY_LADDER: tuple[int, ...] = (2, 5, 7, 10)  # a level counts the heartbeat: 1 would be it alone
 STORY_DWELL_S = 0.4
 STORY_TRIALS = 3
 STORY_INTERVAL_S = 0.1
@@ -362,6 +362,7 @@ class StoryResult:
     settings: dict[str, Any] | None
     store: str
     wall_time_s: float
+    exports_dir: str | None = None  # where the scanner files of the last step were written
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -445,6 +446,7 @@ async def _whole_story(
     trials: int,
 ) -> StoryResult:
     import tempfile
+    from pathlib import Path
 
     from fragileprobe import export
     from fragileprobe._characterize import characterize
@@ -508,6 +510,9 @@ async def _whole_story(
         emit(DemoEvent("section", f"3. Characterization: ladder {', '.join(map(str, STORY_LADDER))}, "
                                   f"{trials} trials, {dwell_s:g} s per level, heartbeat every "
                                   f"{STORY_INTERVAL_S:g} s"))  # fmt: skip
+        emit(DemoEvent("info", "   N counts every session the pump holds from us, the heartbeat's included, "
+                               "until the pump has let go of it: a level, the safe ceiling and the scanner "
+                               "settings below all mean that one number"))  # fmt: skip
         cycles = {"n": 0}
 
         async def power_cycle() -> None:
@@ -526,8 +531,9 @@ async def _whole_story(
         def progress(event: Any) -> None:
             if event.kind == "level_end":
                 kind = {"passed": "row", "failed": "warn", "warned": "warn"}.get(event.outcome, "row")
-                noun = "session " if event.level == 1 else "sessions"
-                emit(DemoEvent(kind, f"trial {event.trial + 1}: {event.level:>2} {noun} held -> "
+                level = event.level or 0
+                emit(DemoEvent(kind, f"trial {event.trial + 1}: {level:>2} sessions on the pump "
+                                     f"({level - 1} held + the heartbeat) -> "
                                      f"{(event.outcome or '?').upper()}"))  # fmt: skip
 
         char = await characterize(
@@ -578,13 +584,21 @@ async def _whole_story(
         emit(
             DemoEvent("info", "Other groups keep their scanner defaults (printer ports 9100-9107 excluded).")
         )
+        # The files each scanner imports (profiles export --format all), next to a kept store, else in a
+        # directory of their own that outlives the demo's temporary store.
+        exports_dir = (tempfile.mkdtemp(prefix="fragileprobe-demo-exports-") if temporary
+                       else str(Path(store_path).parent / "fragileprobe-exports"))
+        plan = export.plan_exports(store.assets(), store.profiles())
+        written = export.write_exports(exports_dir, export.render_exports(plan))
+        emit(DemoEvent("ok", f"Scanner files written to {exports_dir} ({len(written)} files: nessus/, gmp/, "
+                             "insightvm/, nmap/, targets/); see docs/scanners/"))
     return StoryResult(
         host=pump_host, seed=seed, threshold=first_threshold, assets=tuple(a.host for a in report.assets),
         groups={g: [a.host for a in m] for g, m in report.groups.items()},
         alerts=tuple(a.host for a in report.alerts), model_key=char.model_key, safe_ceiling=char.safe_ceiling,
         failed_at=char.failed_at, crashes=char.crashes, power_cycles=cycles["n"],
         recovered=pump.state is DeviceState.UP, recognized_group=recognized, settings=settings.to_dict(),
-        store=store_path, wall_time_s=time.monotonic() - started,
+        store=store_path, wall_time_s=time.monotonic() - started, exports_dir=exports_dir,
     )  # fmt: skip
 
 

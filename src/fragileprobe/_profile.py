@@ -604,6 +604,11 @@ class Characterization:
             )
         if self.stop_reason != "complete":
             lines.append(f"The run stopped early: {self.stop_reason.replace('_', ' ')}.")
+        unheld = sorted({(lv.level, lv.held) for t in self.trials for lv in t.levels if lv.not_held})
+        if unheld:
+            what = ", ".join(f"{level} (held {held})" for level, held in unheld)
+            lines.append(f"Not held on the device (it closed or refused sessions faster than they were "
+                         f"reopened), credited only with what it held: {what}.")  # fmt: skip
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -136,6 +136,9 @@ class RampConfig:
         refine: Whether to test the levels between a failure and the last pass.
         crash_budget: Crashes allowed per trial (each may be a power cycle by hand).
         margin_fraction: Safety margin of the ceiling derivation.
+        min_level: The lowest level ever tested (refinement and later trials never go below it). 2 when
+            the heartbeat opens a session: level 1 would be the heartbeat alone, which the idle baseline
+            measures, while the checks before the ramp already put one probe beside it.
     """
 
     ladder: tuple[int, ...] = DEFAULT_LADDER
@@ -143,16 +146,22 @@ class RampConfig:
     refine: bool = True
     crash_budget: int = DEFAULT_CRASH_BUDGET
     margin_fraction: float = DEFAULT_MARGIN_FRACTION
+    min_level: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ladder", validate_ladder(self.ladder))
-        for name in ("trials", "crash_budget"):
+        for name in ("trials", "crash_budget", "min_level"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: must be an integer >= 1, got {value!r}")
         if not isinstance(self.refine, bool):
             raise ConfigError(f"refine: must be a bool, got {self.refine!r}")
         object.__setattr__(self, "margin_fraction", check_margin_fraction(self.margin_fraction))
+        if self.ladder[0] < self.min_level:
+            raise ConfigError(
+                f"ladder: its levels start at {self.ladder[0]}, below the lowest level that can be tested "
+                f"({self.min_level}: a level counts the heartbeat's session too)"
+            )
 
     @property
     def max_level(self) -> int:
@@ -403,7 +412,7 @@ class RampStrategy:
         bad = [lv for lv, oc in current if oc in (LevelOutcome.FAILED, LevelOutcome.WARNED)]
         hi = min(bad) if bad else None  # lowest failure of this trial: never test at or above it
         passes = [lv for lv, oc in current if oc is LevelOutcome.PASSED and (hi is None or lv < hi)]
-        lo = max(passes) if passes else 0
+        lo = max(passes) if passes else cfg.min_level - 1
         crashes_left = cfg.crash_budget - sum(1 for _, oc in current if oc is LevelOutcome.FAILED)
         limit = self._global_limit()
         later = bool(self._trials)
@@ -423,11 +432,11 @@ class RampStrategy:
         if later and limit is not None:
             # Rule 4: start at the current safe estimate, walk up to limit - 1.
             top = min(limit - 1, cfg.max_level)
-            if top < 1:
+            if top < cfg.min_level:
                 return None
             if not current:
-                estimate = self.derivation().safe_ceiling or 1
-                return max(1, min(estimate, top))
+                estimate = self.derivation().safe_ceiling or cfg.min_level
+                return max(cfg.min_level, min(estimate, top))
             if lo >= top:
                 return None
             if cfg.refine:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fragileprobe._errors import ConfigError
 from fragileprobe._files import MAX_JSON_DOCUMENT_BYTES, read_bounded
-from fragileprobe._profile import Characterization, LevelOutcome
+from fragileprobe._profile import Characterization, LevelOutcome, LevelResult
 
 if TYPE_CHECKING:
     import os
@@ -120,8 +120,9 @@ def latency_plot(char: Characterization, ax: Any = None) -> Any:
     Each trial's line joins the median heartbeat latency of the levels it passed (the p95 as a thin
     whisker). A red cross marks a level at which the device stopped answering, drawn at the last latency
     seen before the silence (or above the lines when no beat came back at all); an orange triangle marks an
-    early-warning stop. The dashed green line is the recommended ceiling; the band from the first crash on
-    is shaded: scanners must stay left of it.
+    early-warning stop. A hollow grey circle marks a level the device did not hold (fewer sessions on the
+    device than the level asked for), at the count it did hold. The dashed green line is the recommended
+    ceiling; the band from the first crash on is shaded: scanners must stay left of it.
 
     Returns:
         The matplotlib Figure (``Characterization.plot()`` returns this).
@@ -147,6 +148,10 @@ def latency_plot(char: Characterization, ax: Any = None) -> Any:
             ax.vlines([p[0] for p in passed], [p[1] for p in passed], [p[2] for p in passed],
                       color=line.get_color(), linewidth=0.8, alpha=0.6)  # fmt: skip
         for lv in t.levels:
+            if lv.not_held and lv.held is not None:
+                y = (lv.latency_median_s or 0.0) * 1000.0
+                ax.plot([lv.held], [y], marker="o", markerfacecolor="none", color="grey", markersize=11,
+                        linestyle="none")  # fmt: skip
             if lv.outcome not in (LevelOutcome.FAILED, LevelOutcome.WARNED):
                 continue
             y = lv.latencies_s[-1] * 1000.0 if lv.latencies_s else top_ms
@@ -162,6 +167,9 @@ def latency_plot(char: Characterization, ax: Any = None) -> Any:
     if char.baseline_latency_s:
         ax.axhline(char.baseline_latency_s * 1000.0, color="grey", linewidth=0.8, label="idle baseline")
     ax.plot([], [], marker="X", color="#c0392b", linestyle="none", label="stopped answering")
+    if any(lv.not_held for t in char.trials for lv in t.levels):
+        ax.plot([], [], marker="o", markerfacecolor="none", color="grey", linestyle="none",
+                label="not held: sessions the device really held")  # fmt: skip
     tested = [lv.level for t in char.trials for lv in t.levels]
     if tested:
         ax.set_xlim(0, max(tested) + 1)
@@ -507,6 +515,7 @@ def _level_rows(char: Characterization) -> list[dict[str, Any]]:
                     "trial": t.index + 1,
                     "order": order,
                     "level": lv.level,
+                    "held": _held_text(lv),
                     "outcome": lv.outcome.value,
                     "elapsed": f"{lv.elapsed_s:.2f} s"
                     + (" into the dwell" if lv.outcome is LevelOutcome.FAILED else ""),
@@ -522,6 +531,15 @@ def _level_rows(char: Characterization) -> list[dict[str, Any]]:
     return rows
 
 
+def _held_text(lv: LevelResult) -> str:
+    """What the device really held at the level's heartbeats (its own count, the heartbeat's included)."""
+    if lv.held is None:
+        return "not measured"
+    if lv.not_held:
+        return f"{lv.held}: NOT HELD (the device closed or refused sessions faster than they were reopened)"
+    return str(lv.held)
+
+
 def _tail_text(outcome: LevelOutcome, tail: Sequence[float]) -> str:
     """The heartbeats that led up to a failure, in words."""
     if outcome is not LevelOutcome.FAILED:
@@ -535,6 +553,7 @@ _LEVEL_COLUMNS = (
     ("trial", "trial"),
     ("order", "#"),
     ("level", "sessions"),
+    ("held", "held on the device"),
     ("outcome", "outcome"),
     ("elapsed", "time"),
     ("started", "sessions started"),

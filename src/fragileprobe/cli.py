@@ -980,11 +980,29 @@ def profiles_show(
 
 @profiles_app.command("export", epilog=_EXIT_CODES_HELP)
 def profiles_export(
-    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write here instead of stdout (with --format: the directory, default "
+                          "./fragileprobe-exports)."),
+    ] = None,
     store: StoreOpt = Path("fragileprobe.db"),
+    export_format: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            help="Write files a scanner imports instead of the JSON document, from the stored ceilings and "
+            "the inventory's asset groups: nessus (.nessus policies), gmp (Greenbone GMP commands), "
+            "insightvm (scan template JSON bodies), nmap (one line per group), targets (target and "
+            "exclusion lists, CSV). Repeat for several; 'all' for every one.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Every characterization, profile and inventory row as one JSON document (for 'profiles import')."""
+    """Every characterization, profile and inventory row as one JSON document (for 'profiles import'),
+    or with --format the files each scanner imports, one set per asset group."""
+    if export_format:
+        _export_scanner_files(export_format, out or Path("fragileprobe-exports"), store, json_out)
+        return
     text = _with_store(store, lambda db: db.export_json())
     if out is None:
         print(text)
@@ -997,6 +1015,37 @@ def profiles_export(
         _print_json({"exported_to": str(out), "bytes": len(text) + 1})
     else:
         _out.print(f"exported to {escape(str(out))}")
+
+
+def _export_scanner_files(formats: list[str], out: Path, store: Path, json_out: bool) -> None:
+    """``profiles export --format``: plan from the store, render, write, say where."""
+    from fragileprobe import export
+
+    chosen = [f.strip().lower() for part in formats for f in part.split(",") if f.strip()]
+    if "all" in chosen:
+        chosen = list(export.EXPORT_FORMATS)
+    unknown = sorted(set(chosen) - set(export.EXPORT_FORMATS))
+    if unknown:
+        _fail(f"--format: unknown {', '.join(unknown)} (known: {', '.join(export.EXPORT_FORMATS)}, all)")
+    plan = _with_store(store, lambda db: export.plan_exports(db.assets(), db.profiles()))
+    try:
+        written = export.write_exports(out, export.render_exports(plan, chosen))
+    except FragileProbeError as exc:
+        _fail(str(exc))
+    if json_out:
+        groups = {g.name: {"hosts": list(g.hosts), **g.settings.to_dict()} for g in plan.groups}
+        _print_json({"exported_to": str(out), "formats": chosen, "files": [str(p) for p in written],
+                     "groups": groups})
+        return
+    if not plan.hosts:
+        _out.print(f"no inventory in {escape(str(store))} yet (fragileprobe discover ... --store): only the "
+                   "shared files are written")
+    for g in plan.groups:
+        s = g.settings
+        limit = f"at most {s.sessions_per_host} session(s) per host" if s.sessions_per_host else "defaults"
+        what = "DO NOT SCAN" if s.do_not_scan else limit
+        _out.print(f"  {escape(g.name)}: {len(g.hosts)} host(s), {what}")
+    _out.print(f"wrote {len(written)} file(s) ({', '.join(chosen)}) to {escape(str(out))}")
 
 
 @profiles_app.command("import", epilog=_EXIT_CODES_HELP)

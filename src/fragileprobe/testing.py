@@ -331,6 +331,7 @@ class FakeNetwork:
         connect_delay_s: how long a connect to a listening port takes (one round trip).
         on_change: called with ``(host, sessions, accepted)`` whenever the number of sessions a device holds
             changes; ``accepted`` is True when the change is a new session (the moment a limit is checked).
+            Also settable later as the ``on_change`` attribute (a device model that wedges on its count).
     """
 
     def __init__(
@@ -343,7 +344,7 @@ class FakeNetwork:
         self._peak: dict[str, int] = {}
         self._accepts: dict[str, int] = {}
         self._connect_delay_s = connect_delay_s
-        self._on_change = on_change
+        self.on_change = on_change
         self._tg: TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -403,8 +404,8 @@ class FakeNetwork:
     def _changed(self, host: str, *, accepted: bool) -> None:
         count = len(self._sessions[host])
         self._peak[host] = max(self._peak.get(host, 0), count)
-        if self._on_change is not None:
-            self._on_change(host, count, accepted)
+        if self.on_change is not None:
+            self.on_change(host, count, accepted)
 
     def _session_closed(self, sock: DeviceSocket) -> None:
         held = self._sessions.get(sock.address)

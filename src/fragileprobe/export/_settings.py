@@ -3,11 +3,14 @@
 Pure: a ceiling (or a stored profile, or a group plus the store) in, frozen records and text out. The
 scanner facts these numbers rest on are in ``docs/discovery.md`` and the project's anchors:
 
-* nmap ``--max-parallelism`` counts probes across a whole host group, not per host, and is ignored together
-  with ``--scan-delay``. It only becomes a per-host bound with ``--max-hostgroup 1`` (one host at a time),
-  which is what the fragile settings use. ``--max-rate`` is likewise global, so per host only with one host
-  per group. ``-sV`` excludes 9100-9107 by default; ``-O`` sends deliberately malformed packets and is never
-  suggested for a fragile group.
+* nmap 7.93 (its source, measured on loopback; ``docs/scanners/nmap.md``): for a connect scan
+  ``--max-parallelism`` caps the connects in flight across a whole host group, so it also caps every device;
+  ``--scan-delay`` is per host, and the cap still applies together with it (the warning nmap prints says
+  otherwise and is misleading); the hosts of a host group are scanned side by side, so one host group for the
+  whole asset group makes the scan as long as its slowest host (bounded by ``--host-timeout``), where
+  ``--max-hostgroup 1`` made it the sum of all hosts. nmap has no per-device cap above 1 that leaves the rest
+  of the scan free. ``-sV`` excludes 9100-9107 by default; ``-O`` sends deliberately malformed packets and is
+  never suggested for a fragile group.
 * Nessus: "Max simultaneous checks per host", "Max simultaneous TCP sessions per host", "Safe checks",
   "Stop scanning hosts that become unresponsive during the scan" (off by default; always on here). Tenable's
   OT guidance uses 2 checks per host.
@@ -19,6 +22,7 @@ scanner facts these numbers rest on are in ``docs/discovery.md`` and the project
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,6 +43,7 @@ __all__ = [
     "insightvm_template",
     "nessus_policy",
     "nmap_args",
+    "nmap_host_group",
     "openvas_settings",
     "settings_for_groups",
     "template_for_group",
@@ -63,6 +68,17 @@ DO_NOT_SCAN_NOTE: Final = (
     "characterization measured a ceiling of 0: even one session at a time crashed this model; keep these "
     "hosts out of regular scans (exclude them) and assess them with the vendor or by hand"
 )
+# nmap 7.93 sizes a host group at max(1024 / ports, 64) hosts at least: with no host count given, the group
+# is nmap's own minimum.
+NMAP_DEFAULT_HOST_GROUP: Final = 64
+# One host group holds the whole asset group so that the per-host scan delays run side by side; above 256 a
+# group's tail (its slowest host) holds back more healthy hosts than the parallel delays save (nmap's own
+# default for a few ports is 256).
+NMAP_MAX_HOST_GROUP: Final = 256
+# Per-host budget: nmap's default 1,000 ports at 10 connects/s take under 2 minutes per host, with one retry
+# under 4; a host still unfinished after 30 minutes is stalled, and the scan moves on without it.
+NMAP_HOST_TIMEOUT: Final = "30m"
+MS_PER_S: Final = 1000
 # Network/read timeout for fragile hosts: Tenable's OT guidance (slow stacks answer late, not never).
 FRAGILE_TIMEOUT_S: Final = 15
 
@@ -245,14 +261,27 @@ def settings_for_groups(report: Any, store: Any = None) -> dict[str, GroupScanSe
 
 @dataclass(frozen=True, slots=True)
 class NmapArgs:
-    """nmap command-line arguments (targets not included) and what they mean."""
+    """nmap command-line arguments (targets not included), the reasoning behind them and notes.
+
+    Attributes:
+        args: The arguments, in order.
+        notes: Things the person running the scan must know.
+        reasoning: One line saying which nmap behaviour each bound rests on (empty for regular groups).
+    """
 
     args: tuple[str, ...]
     notes: tuple[str, ...]
+    reasoning: str = ""
+
+    def command(self, targets: str = "<targets>") -> str:
+        """``nmap <args> <targets>`` on one line."""
+        return "nmap " + " ".join(self.args) + " " + targets
 
     def text(self) -> str:
-        """``nmap <args> <targets>`` with the notes as comments."""
-        lines = ["nmap " + " ".join(self.args) + " <targets>"]
+        """The command line first, then the reasoning and the notes as comments."""
+        lines = [self.command()]
+        if self.reasoning:
+            lines.append(f"# why: {self.reasoning}")
         lines.extend(f"#   {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -261,12 +290,41 @@ def _port_exclusion(ranges: tuple[tuple[int, int], ...]) -> str:
     return ",".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in ranges)
 
 
-def nmap_args(x: int | GroupScanSettings | Any) -> NmapArgs:
+def _nmap_delay(rate_per_host: float) -> str:
+    """``--scan-delay`` for a per-host connect rate, in whole milliseconds (rounded up: never faster)."""
+    return f"{math.ceil(MS_PER_S / rate_per_host)}ms"
+
+
+def nmap_host_group(hosts: int | None) -> int:
+    """The host group size for a fragile group of ``hosts`` devices (see :data:`NMAP_MAX_HOST_GROUP`)."""
+    if hosts is None:
+        return NMAP_DEFAULT_HOST_GROUP
+    if isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1:
+        raise ConfigError(f"hosts must be an integer >= 1 or None, got {hosts!r}")
+    return min(hosts, NMAP_MAX_HOST_GROUP)
+
+
+def nmap_args(x: int | GroupScanSettings | Any, *, hosts: int | None = None) -> NmapArgs:
     """nmap arguments for a ceiling, a stored profile or a group's settings.
 
-    Fragile groups: connect scan, one host per host group so that ``--max-parallelism`` (which counts the
-    whole host group) is really a per-host bound, ``--max-rate`` per host for the same reason, one retry,
-    no ``-sV``/``-O``, printer ports excluded.
+    Fragile groups (nmap 7.93's behaviour, see ``docs/scanners/nmap.md``): a connect scan whose
+    ``--max-parallelism k`` is the bound, because for a connect scan it caps the connects in flight across the
+    whole host group, so no device can ever hold more than ``k`` of them; ``--scan-delay`` spaces the probes
+    to each host (it is per host; nmap's warning that it disables ``--max-parallelism`` is misleading, the
+    cap still applies); one host group holding the whole asset group (``--min-hostgroup`` =
+    ``--max-hostgroup``), so the per-host delays run side by side and the scan takes as long as its slowest
+    host instead of the sum of all hosts; ``--host-timeout`` bounds that slowest host; one retry; no
+    ``-sV``/``-O``; printer ports excluded.
+
+    Args:
+        x: A ceiling, a DeviceProfile or a group's GroupScanSettings.
+        hosts: How many devices the scan covers (sizes the host group); None: nmap's minimum group, 64.
+
+    Returns:
+        NmapArgs.
+
+    Raises:
+        ConfigError: A bad ceiling or host count.
     """
     s = _as_settings(x)
     excl = _port_exclusion(s.exclude_ports)
@@ -276,18 +334,29 @@ def nmap_args(x: int | GroupScanSettings | Any) -> NmapArgs:
                  "default or -T4 timing is fine for this group; -O is not needed for vulnerability scans")
         return NmapArgs(args, notes)
     parallel = s.sessions_per_host or CONSERVATIVE_CEILING
-    args_list = ["-sT", "-Pn", "--max-hostgroup", "1", "--max-parallelism", str(parallel),
-                 "--max-retries", "1", "--max-rate", f"{s.rate_per_host or FRAGILE_RATE_PER_HOST:g}",
-                 "--host-timeout", "30m", "--exclude-ports", excl]
+    group = nmap_host_group(hosts)
+    delay = _nmap_delay(s.rate_per_host or FRAGILE_RATE_PER_HOST)
+    args_list = ["-sT", "-Pn", "-n", "--max-parallelism", str(parallel), "--scan-delay", delay,
+                 "--min-hostgroup", str(group), "--max-hostgroup", str(group), "--max-retries", "1",
+                 "--host-timeout", NMAP_HOST_TIMEOUT, "--exclude-ports", excl]
+    reasoning = (
+        f"nmap 7.93: for a connect scan --max-parallelism caps connects in flight across the whole host "
+        f"group, so it caps every device at {parallel} too (and the whole scan at {parallel}); --scan-delay "
+        f"{delay} spaces the probes to each host (it is per host) and the cap still applies with it (the "
+        f"warning 'ignored with --scan-delay' is misleading); up to {group} host(s) form one host group, so "
+        f"their delays run side by side and the scan lasts as long as its slowest host, which "
+        f"--host-timeout bounds"
+    )
     notes_list = [
-        f"--max-parallelism counts probes across the whole host group, not per host: only with "
-        f"--max-hostgroup 1 is it a per-host bound ({parallel} session(s))",
-        "--max-rate is global too; with one host at a time it is the per-host connect rate",
-        "do not add --scan-delay: nmap then ignores --max-parallelism and serializes the scan",
-        "no -O (malformed OS-detection packets crash embedded stacks), no -sV/-A/--script on this group",
+        "-Pn: no ping probes (an unprivileged ping is a connect to 80/443, a session like any other); "
+        "-n: no DNS",
+        "nmap has no per-device cap above 1 that leaves the rest of the scan free: the cap is shared by "
+        "the whole host group (nmap issue #55 asks for a per-host cap)",
+        "no -O (malformed OS-detection packets crash embedded stacks), no -sV/-A/--script on this group "
+        "(service and script scans have their own parallelism, which --max-parallelism does not bound)",
     ]
     notes_list[:0] = _common_notes(s)
-    return NmapArgs(tuple(args_list), tuple(notes_list))
+    return NmapArgs(tuple(args_list), tuple(notes_list), reasoning)
 
 
 # --- Nessus -----------------------------------------------------------------------------------------------
