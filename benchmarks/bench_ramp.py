@@ -10,9 +10,10 @@ Strategies compared:
 * ``manual ladder``: the story's by-hand plan: 1, 2, 5, 7, 10, 15, 20, 30, 50; stop at the first failure;
   recommend the last level that passed (one pass, no margin).
 * ``linear walk``: 1, 2, 3, ... 50; stop at the first failure; recommend the last level that passed.
-* ``fragileprobe``: fragileprobe's default plan (RampStrategy: ladder climb, egg-drop refinement with a crash
-  budget of 2 per trial, 3 trials, later trials re-testing just below the boundary) and its safe-ceiling
-  derivation (the larger of 15 % and 3 levels below the lowest level not known to be safe).
+* ``fragileprobe``: fragileprobe's default plan as characterize() runs it with a session heartbeat
+  (RampStrategy: ladder 2, 5, 7, ... 50, never below 2, egg-drop refinement with a crash budget of 2 per
+  trial, 3 trials, later trials re-testing just below the boundary) and its safe-ceiling derivation (the
+  larger of 15 % and 3 levels below the lowest level not known to be safe).
 * ``fragileprobe + early warning``: the same, with EarlyWarning(latency_factor=3) (stop climbing when the
   heartbeat is 3x slower than idle).
 * two rows that re-derive fragileprobe's own trials with a smaller margin (15 % and 1 level: the rule
@@ -81,6 +82,9 @@ HEARTBEAT_TIMEOUT_S = (
     0.25  # the scaled watchdog timeout of the real-socket runs (also used in the pure model)
 )
 EW_FACTOR = 3.0
+# What characterize() runs with its default HTTP heartbeat: the default ladder from 2 up (level 1 would be
+# the heartbeat's session alone), never testing below 2.
+FRAGILEPROBE_CONFIG = RampConfig(ladder=tuple(lv for lv in DEFAULT_LADDER if lv >= 2), min_level=2)
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def run_fragileprobe(
     """fragileprobe's plan and derivation; ``margin_levels`` re-derives its trials with another margin
     (0: the rule before issue 10)."""
     dev = PureDevice(model)
-    strategy = RampStrategy(RampConfig())
+    strategy = RampStrategy(FRAGILEPROBE_CONFIG)
     while True:
         action = strategy.next_action()
         if isinstance(action, TestLevel):
