@@ -190,13 +190,15 @@ async def test_resume_after_a_failed_recovery_keeps_the_crash_of_the_unfinished_
         ({"ladder": (1, 2, 3)}, "ladder"),
         ({"dwell_s": 0.3}, "dwell_s"),
         ({"hold_s": 0.05}, "hold_s"),
+        ({"linger_s": 0.5}, "linger_s"),
     ],
 )
 async def test_resume_refuses_any_setting_that_changes_what_is_measured(
     loopback_host: str, tmp_path: Path, change: dict[str, Any], field: str
 ) -> None:
     """Resume with other session ports, another heartbeat (kind, port or path), early warning, margin,
-    ladder, dwell or hold: ConfigError naming the field and both values; the stored run is untouched."""
+    linger, ladder, dwell or hold: ConfigError naming the field and both values; the stored run is
+    untouched."""
     store = ProfileStore(tmp_path / "p.db")
     base: dict[str, Any] = {"ladder": (1, 2, 5), "model_key": "pump-t3", **FAST}
     async with EmulatedDevice(loopback_host, threshold=3, jitter=0, boot_delay_s=0.05) as dev:
