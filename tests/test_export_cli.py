@@ -65,7 +65,7 @@ def test_format_all_as_json_lists_every_file(tmp_path: Path) -> None:
         assert Path(path).is_file()
         assert Path(path).is_relative_to(out.resolve())
     assert result["groups"][PUMP]["hosts"] == ["10.0.1.1"]
-    assert result["groups"][PUMP]["sessions_per_host"] == 5
+    assert result["groups"][PUMP]["sessions_per_host"] == 3  # B = 6 (6 never tested), 3 levels below it
     assert (out / "nmap" / "commands.sh").read_text().count("\nnmap -sT") == 3
 
 
