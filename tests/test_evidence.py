@@ -141,6 +141,21 @@ def test_a_profiles_ceiling_is_derived_from_trials_not_from_stated_ceilings() ->
     assert profile.failed_at == 2
 
 
+def test_a_pass_counts_only_at_the_sessions_the_device_held() -> None:
+    """Level 5 passed while the device held only 3 (it closed sessions faster than they were reopened):
+    the derivation credits 3, so the recommendation stays three levels below 4, not below 6; a failure
+    still counts at the level offered. The profile reads the same credited view."""
+    short = LevelResult(level=5, outcome=P, dwell_s=0.1, elapsed_s=0.1, held_at_beats=(3, 3, 4))
+    trial = TrialResult(index=0, levels=(_lv(2, P), short, _lv(7, F)))
+    char = _char([trial])
+    assert trial.credited_outcomes == ((2, P), (3, P), (7, F))
+    assert char.highest_passed == 3
+    assert char.failed_at == 7
+    assert char.safe_ceiling == 1  # B = 4: min(3, floor(4 * 0.85), 4 - 3)
+    assert derive_ceiling([trial.outcomes]).safe_ceiling == 3  # what crediting the level offered gave
+    assert DeviceProfile(model_key="pump-x", characterizations=(char,)).ceiling == 1
+
+
 # --- resume: the unfinished trial's crash is kept, the redone trial is a new trial ------------------------
 
 async def test_resume_after_a_failed_recovery_keeps_the_crash_of_the_unfinished_trial(

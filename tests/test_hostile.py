@@ -309,8 +309,6 @@ async def test_characterize_a_device_with_hostile_services_ends_with_a_true_resu
         assert dev.stats.crashes == 0
     assert char.crashes == 0
     assert not char.ceiling_found
-    assert char.highest_passed == 4
-    assert char.safe_ceiling == 2  # the margin (3 levels) below H + 1 = 5 (no limit was found)
     levels = char.trials[0].levels
     assert [lv.level for lv in levels] == [2, 4]  # level 1 would be the heartbeat's session alone
     loaded = levels
@@ -318,6 +316,14 @@ async def test_characterize_a_device_with_hostile_services_ends_with_a_true_resu
         assert all(lv.sessions_failed > 0 for lv in loaded), "failed sessions are counted, not hidden"
     if kind == "reset":  # every session is reset at once: the device never held the level
         assert all(lv.not_held for lv in loaded), [(lv.level, lv.held_at_beats) for lv in loaded]
+        # a pass counts only at what the device held: no recommendation above it
+        assert char.highest_passed == max(lv.credited_level for lv in loaded) < 4
+        assert char.safe_ceiling == 1
+    elif all(not lv.not_held for lv in loaded):
+        assert char.highest_passed == 4
+        assert char.safe_ceiling == 2  # the margin (3 levels) below H + 1 = 5 (no limit was found)
+    else:  # held only part of the time: credited with what it held
+        assert char.highest_passed == max(lv.credited_level for lv in loaded)
     assert peak < 16 << 20, peak
     assert elapsed < 15
 

@@ -11,7 +11,8 @@ The safe ceiling (see :func:`derive_ceiling` and docs/characterization.md). A le
 on the device at once, the heartbeat included, and a Guard at ceiling N holds at most that many::
 
     L = the lowest level that ever failed (crashed, or tripped the latency early warning), in any trial
-    H = the highest level below L that passed in every trial in which it was tested
+    H = the highest level below L that passed in every trial in which it was tested (a pass counts at the
+        sessions the device held, ``LevelResult.credited_level``)
     B = min(L, H + 1): the lowest level not known to be safe (L when the boundary was pinned, H + 1 when
         a gap below L was never resolved or when nothing failed)
     safe_ceiling = min(H, floor(B * (1 - margin_fraction)), B - margin_levels)      # never >= L
@@ -231,8 +232,17 @@ class TrialResult:
 
     @property
     def outcomes(self) -> tuple[tuple[int, LevelOutcome], ...]:
-        """``(level, outcome)`` pairs in test order (what the ceiling derivation reads)."""
+        """``(level, outcome)`` pairs in test order (what the ramp strategy reads on resume)."""
         return tuple((lv.level, lv.outcome) for lv in self.levels)
+
+    @property
+    def credited_outcomes(self) -> tuple[tuple[int, LevelOutcome], ...]:
+        """What the ceiling derivation reads: a pass counts only at the sessions the device held
+        (``credited_level``); a failure or warning at the level that was offered (the load that did it)."""
+        return tuple(
+            (lv.credited_level if lv.outcome is LevelOutcome.PASSED else lv.level, lv.outcome)
+            for lv in self.levels
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
@@ -449,7 +459,8 @@ class Characterization:
         """Build a characterization and derive its ceiling and knee from the trials (every one of them,
         finished or not)."""
         derivation = derive_ceiling(
-            (t.outcomes for t in trials), margin_fraction=margin_fraction, margin_levels=margin_levels
+            (t.credited_outcomes for t in trials), margin_fraction=margin_fraction,
+            margin_levels=margin_levels,
         )
         knee = latency_knee(
             (lv for t in trials for lv in t.levels),
@@ -774,7 +785,7 @@ class DeviceProfile:
         if not chars:
             return None
         return derive_ceiling(
-            (t.outcomes for c in chars for t in c.trials),
+            (t.credited_outcomes for c in chars for t in c.trials),
             margin_fraction=max(c.margin_fraction for c in chars),
             margin_levels=max(c.margin_levels for c in chars),
         )
