@@ -393,7 +393,9 @@ async def test_resume_with_other_level_settings_is_a_clear_error(loopback_host: 
                        for n in (1, 2))
         store.record_trial(run_id, TrialResult(index=0, levels=passed))
         # the hand-made run records no ports, heartbeat, ...: those are named too, as "<not recorded>"
-        expected = rf"resume: the unfinished run {run_id} was measured with .*dwell_s=0\.2, .*not .*dwell_s=0\.3"
+        expected = (
+            rf"resume: the unfinished run {run_id} was measured with .*dwell_s=0\.2, .*not .*dwell_s=0\.3"
+        )
         with capture_logs(), anyio.fail_after(30), pytest.raises(ConfigError, match=expected):
             await characterize(_target(dev), scope=Scope([dev.host]), ladder=(1, 2), trials=2, store=store,
                                model_key="resume-pump", resume=True, **{**TIMINGS, "dwell_s": 0.3})
