@@ -468,6 +468,7 @@ class _CharacterizeArgs:
     interval_s: float
     healthy_beats: int
     hold_s: float
+    linger_s: float | None
     early_warning: float | None
     margin: float
     recovery: str
@@ -514,10 +515,11 @@ async def _characterize_run(
         hook = manual_recovery(confirm=_confirm_on_stderr)
     else:
         hook = wait_for_recovery(timeout_s=a.recovery_timeout_s, interval_s=a.interval_s)
+    dropped = " (level 1 dropped: a level counts the heartbeat, 1 would be it alone)" * (1 in a.ladder)
     view.console.print(
         f"characterizing {target.label} ports {','.join(map(str, target.ports))}, heartbeat GET "
         f"{a.heartbeat_path} on {heartbeat.port} every {a.interval_s:g} s; "
-        f"ladder {','.join(map(str, a.ladder))}, "
+        f"ladder {','.join(str(lv) for lv in a.ladder if lv >= 2)}{dropped}, "
         f"dwell {a.dwell_s:g} s, {a.trials} trial(s), at most {a.crash_budget} crash(es) per trial; "
         f"recovery: {_recovery_label(a)}; store {store.path}"
     )
@@ -528,7 +530,7 @@ async def _characterize_run(
             early_warning=EarlyWarning(latency_factor=a.early_warning) if a.early_warning else None,
             margin_fraction=a.margin, hold_s=a.hold_s, store=store, name=a.name, resume=resume,
             interval_s=a.interval_s, healthy_beats=a.healthy_beats, recovery_timeout_s=a.recovery_timeout_s,
-            progress=view.on_progress,
+            progress=view.on_progress, linger_s=a.linger_s,
         )  # fmt: skip
 
 
@@ -546,7 +548,7 @@ def _check_characterize_args(a: _CharacterizeArgs) -> None:
     if a.ports is not None:
         parse_ports(a.ports)
     seconds = (
-        ("--dwell", a.dwell_s), ("--interval", a.interval_s), ("--hold", a.hold_s),
+        ("--dwell", a.dwell_s), ("--interval", a.interval_s), ("--hold", a.hold_s), ("--linger", a.linger_s),
         ("--recovery-timeout", a.recovery_timeout_s), ("--time-budget", a.time_budget_s),
     )  # fmt: skip
     for option, value in seconds:
@@ -554,6 +556,13 @@ def _check_characterize_args(a: _CharacterizeArgs) -> None:
             raise ConfigError(f"{option}: must be a positive number of seconds, got {value!r}")
     if a.healthy_beats < 1:
         raise ConfigError(f"--healthy-beats: must be at least 1, got {a.healthy_beats!r}")
+    bound = a.interval_s + a.heartbeat_timeout_s
+    if a.linger_s is not None and a.linger_s <= bound:
+        raise ConfigError(
+            f"--linger: {a.linger_s:g} s is not longer than --interval plus --heartbeat-timeout "
+            f"({bound:g} s): a device that hangs holding our sessions could see one reused before it is "
+            "declared down"
+        )
 
 
 def _recovery_label(a: _CharacterizeArgs) -> str:
@@ -600,8 +609,12 @@ def characterize(
         ),
     ] = None,
     ladder: Annotated[
-        str, typer.Option(help="Concurrent-session levels to climb, lowest first.")
-    ] = "1,2,5,7,10,15,20,30,50",
+        str,
+        typer.Option(
+            help="Levels to climb, lowest first. A level counts every session the device holds from us, "
+            "the heartbeat's included (so the climb starts at 2; level 1 would be the heartbeat alone)."
+        ),
+    ] = "2,5,7,10,15,20,30,50",
     dwell: Annotated[float, typer.Option(help="Seconds each level is held.")] = 5.0,
     trials: Annotated[
         int,
@@ -631,6 +644,14 @@ def characterize(
         int, typer.Option(help="Good heartbeats in a row that count as 'recovered'.")
     ] = 3,
     hold: Annotated[float, typer.Option(help="Seconds each session stays open, like a scanner check.")] = 0.5,
+    linger: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a session stays counted after our close while the device has not closed its side "
+            "(default 5, and always longer than --interval plus --heartbeat-timeout). Raise it for devices "
+            "that notice a close late."
+        ),
+    ] = None,
     scope: Annotated[
         str | None,
         typer.Option(
@@ -695,7 +716,7 @@ def characterize(
         host=host, name=name, ports=ports, ladder=_parse_ladder(ladder), dwell_s=dwell, trials=trials,
         crash_budget=crash_budget, time_budget_s=time_budget, heartbeat_port=heartbeat_port,
         heartbeat_path=heartbeat_path, heartbeat_timeout_s=heartbeat_timeout, interval_s=interval,
-        healthy_beats=healthy_beats, hold_s=hold, early_warning=early_warning, margin=margin,
+        healthy_beats=healthy_beats, hold_s=hold, linger_s=linger, early_warning=early_warning, margin=margin,
         recovery=recovery, recovery_cmd=recovery_cmd, recovery_url=recovery_url,
         recovery_timeout_s=recovery_timeout,
     )  # fmt: skip
