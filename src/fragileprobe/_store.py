@@ -1,4 +1,4 @@
-"""ProfileStore: characterizations, device-model profiles and the discovery inventory, in SQLite or PostgreSQL.
+"""ProfileStore: characterizations, device-model profiles and the discovery inventory (SQLite or PostgreSQL).
 
 The store's location picks the database: a file path is a SQLite file, a ``postgresql://`` URL a shared
 PostgreSQL database (``fragileprobe[sites]``: psycopg 3). The methods below are written once, in SQL that
@@ -505,7 +505,8 @@ class ProfileStore:
         """Record the start of a discovery scan; return its scan id."""
         with self._tx() as conn:
             scan_id = conn.execute(
-                "INSERT INTO scans(targets_json, params_json, started_at_s) VALUES (?, ?, ?) RETURNING scan_id",
+                "INSERT INTO scans(targets_json, params_json, started_at_s) VALUES (?, ?, ?) "
+                "RETURNING scan_id",
                 (_canonical(targets), _canonical(dict(params or {})), time.time()),
             ).fetchone()[0]
         return int(scan_id)
