@@ -278,26 +278,27 @@ class Coordinator:
 
     def _follow_up(self, job: JobRow, batch_id: str, retry_at: dict[str, float], handled: set[str],
                    now: float) -> bool:  # fmt: skip
-        """Resubmit what a finished or lost discovery job left; True while a resubmission is still due."""
+        """Resubmit what a finished or lost discovery job left; True while the batch grew or must wait."""
         site = self.config.site(job.site)
         extra = dict(job.params)
         attempt = int(extra.get("attempt", 1))
         result = job.result or {}
         busy = list(result.get("busy", []))
+        submitted = False
         if job.state == "lost" and attempt < MAX_ATTEMPTS and f"lost:{job.job_id}" not in retry_at:
             retry_at[f"lost:{job.job_id}"] = now
             # Resume the rest: the same leased hosts, resume=True, so finished ones are skipped.
             self.submit(site, "discover", job.hosts, batch_id=batch_id, params=extra["params"], resume=True,
                         attempt=attempt + 1)  # fmt: skip
+            submitted = True
         if busy and attempt < MAX_ATTEMPTS:
             due = retry_at.setdefault(job.job_id, now + self.busy_retry_s * 2 ** (attempt - 1))
             if now < due:
                 return True
-            self.submit(
-                site, "discover", busy, batch_id=batch_id, params=extra["params"], attempt=attempt + 1
-            )
+            self.submit(site, "discover", busy, batch_id=batch_id, params=extra["params"], attempt=attempt + 1)
+            submitted = True
         handled.add(job.job_id)
-        return False
+        return submitted
 
     def _report(self, batch_id: str, jobs: list[JobRow], *, total: int, held: list[str],
                 started: float) -> SitesReport:  # fmt: skip
