@@ -16,21 +16,14 @@ import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests._support.procs import fragileprobe_command
+from tests._support.sites import agents, await_until, site_prefixes
 
 from fragileprobe import ConfigError, Scope
 from fragileprobe._store import ProfileStore
 from fragileprobe.emulator import Fleet, hospital_fleet
 from fragileprobe.sites import Coordinator, DeviceHeldError, Ledger, SiteAgent, SitesConfig
 from fragileprobe.sites._coordinator import shards
-from tests._support.procs import fragileprobe_command
-from tests._support.sites import (  # noqa: F401  (pg_server, pg_url, redis_server: fixtures)
-    agents,
-    await_until,
-    pg_server,
-    pg_url,
-    redis_server,
-    site_prefixes,
-)
 
 # The fleet's services the tests look at (as in test_discovery_fleet): quick, and every model answers.
 PORTS = "21,22,23,80,104,445,2575,3389,5985,8080,9100"
@@ -86,10 +79,13 @@ def test_sites_toml_reads_sites_networks_zones_and_params(tmp_path: Path) -> Non
         ({"site": [{"name": "a", "networks": ["127.10.1.0/33"]}]}, r"site #1 \('a'\): key 'networks'"),
         ({"site": [{"name": "a", "networks": ["127.10.1.0/24"], "targets": ["127.10.9.1"]}]},
          r"site #1 \('a'\): key 'targets'.*127\.10\.9\.1"),
-        ({"site": [{"name": "a", "networks": ["127.10.1.0/24"]}, {"name": "a", "networks": ["127.10.2.0/24"]}]},
+        ({"site": [{"name": "a", "networks": ["127.10.1.0/24"]},
+                   {"name": "a", "networks": ["127.10.2.0/24"]}]},
          r"site name 'a' is used twice"),
-        ({"site": [{"name": "a", "networks": ["127.10.0.0/16"]}, {"name": "b", "networks": ["127.10.2.0/24"]}]},
-         r"'a' \(127\.10\.0\.0/16\) and 'b' \(127\.10\.2\.0/24\) overlap; every address may belong to one site"),
+        ({"site": [{"name": "a", "networks": ["127.10.0.0/16"]},
+                   {"name": "b", "networks": ["127.10.2.0/24"]}]},
+         r"'a' \(127\.10\.0\.0/16\) and 'b' \(127\.10\.2\.0/24\) overlap; every address may belong to "
+         r"one site"),
         ({"site": [{"name": "a", "networks": ["127.10.1.0/24"],
                     "zone": [{"name": "z", "ranges": ["127.10.2.0/25"]}]}]},
          r"zone 'z' range '127\.10\.2\.0/25' is outside the site's networks"),
@@ -115,7 +111,8 @@ def test_discover_sites_rejects_a_bad_file_before_connecting(tmp_path: Path) -> 
     path = tmp_path / "sites.toml"
     data = _config()
     path.write_text('broker = "redis://127.0.0.1:1/0"\nstore = "postgresql://x@127.0.0.1:1/x"\n'
-                    '[[site]]\nname = "a"\nnetworks = ["127.10.1.0/24"]\ntargets = ["127.10.7.1"]\n')  # fmt: skip
+                    '[[site]]\nname = "a"\nnetworks = ["127.10.1.0/24"]\n'
+                    'targets = ["127.10.7.1"]\n')  # fmt: skip
     assert data  # the dict form is tested above; this is the file through the CLI
     done = subprocess.run([*fragileprobe_command(), "discover", "--sites", str(path)], capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
@@ -124,7 +121,7 @@ def test_discover_sites_rejects_a_bad_file_before_connecting(tmp_path: Path) -> 
     assert "Traceback" not in done.stderr
 
 
-# --- the ledger: one job per device, lost jobs, holds --------------------------------------------------------
+# --- the ledger: one job per device, lost jobs, holds -------------------------------------------------------
 
 
 class FakeClock:
@@ -140,7 +137,9 @@ def _ledger(tmp_path: Path) -> tuple[Ledger, FakeClock]:
     return Ledger(ProfileStore(tmp_path / "fp.db"), clock=clock), clock
 
 
-def _started(ledger: Ledger, job_id: str, hosts: list[str], *, kind: str = "discover", ttl: float = 10.0) -> None:
+def _started(
+    ledger: Ledger, job_id: str, hosts: list[str], *, kind: str = "discover", ttl: float = 10.0
+) -> None:
     ledger.submit(job_id=job_id, batch_id="b", site="s", kind=kind, hosts=hosts, params={})
     assert ledger.start(job_id, owner=f"agent-{job_id}", ttl_s=ttl) is not None
 
@@ -160,9 +159,13 @@ def test_a_job_starts_once_whatever_the_broker_delivers(tmp_path: Path) -> None:
 def test_a_lapsed_lease_frees_the_device_and_marks_the_job_lost(tmp_path: Path) -> None:
     ledger, clock = _ledger(tmp_path)
     _started(ledger, "a", ["127.0.0.1", "127.0.0.2"])
-    assert ledger.acquire(["127.0.0.1", "127.0.0.2"], job_id="a", owner="x", kind="discover", ttl_s=10).granted
+    assert ledger.acquire(
+        ["127.0.0.1", "127.0.0.2"], job_id="a", owner="x", kind="discover", ttl_s=10
+    ).granted
     _started(ledger, "b", ["127.0.0.1"])
-    assert ledger.acquire(["127.0.0.1"], job_id="b", owner="y", kind="discover", ttl_s=10).busy == ("127.0.0.1",)
+    assert ledger.acquire(["127.0.0.1"], job_id="b", owner="y", kind="discover", ttl_s=10).busy == (
+        "127.0.0.1",
+    )
     clock.now += 5
     ledger.progress("a", hosts_done=1, ttl_s=10)  # a renewal: still a's for 10 s from now
     clock.now += 9
@@ -172,7 +175,9 @@ def test_a_lapsed_lease_frees_the_device_and_marks_the_job_lost(tmp_path: Path) 
     lost = ledger.reconcile()
     assert "a" in {j.job_id for j in lost}
     assert ledger.job("a").state == "lost"  # type: ignore[union-attr]
-    assert ledger.acquire(["127.0.0.1"], job_id="b", owner="y", kind="discover", ttl_s=10).granted == ("127.0.0.1",)
+    assert ledger.acquire(["127.0.0.1"], job_id="b", owner="y", kind="discover", ttl_s=10).granted == (
+        "127.0.0.1",
+    )
     assert ledger.holds() == []  # a lost discovery holds nothing
 
 
@@ -189,7 +194,9 @@ def test_a_lost_characterization_holds_its_device_until_released(tmp_path: Path)
         assert grant.held == ("127.0.0.5",)
         assert grant.granted == ()
     _started(ledger, "h", ["127.0.0.5"], kind="health")
-    assert ledger.acquire(["127.0.0.5"], job_id="h", owner="y", kind="health", ttl_s=10).granted == ("127.0.0.5",)
+    assert ledger.acquire(["127.0.0.5"], job_id="h", owner="y", kind="health", ttl_s=10).granted == (
+        "127.0.0.5",
+    )
     assert ledger.release_hold("127.0.0.5", by="operator") is True
     assert ledger.release_hold("127.0.0.5", by="operator") is False
     assert ledger.holds() == []
@@ -208,8 +215,9 @@ _OPS = st.lists(
 
 @settings(max_examples=40, deadline=None)
 @given(_OPS)
-def test_no_device_is_ever_leased_to_two_live_jobs(tmp_path_factory: pytest.TempPathFactory,
-                                                  ops: list[tuple[str, int, frozenset[int]]]) -> None:  # fmt: skip
+def test_no_device_is_ever_leased_to_two_live_jobs(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, frozenset[int]]]
+) -> None:
     """Whatever jobs acquire, renew, finish and however the clock moves, a device's grant never overlaps
     another job's unexpired lease (checked against a model of the rule)."""
     ledger, clock = _ledger(tmp_path_factory.mktemp("ledger"))
@@ -238,16 +246,19 @@ def test_no_device_is_ever_leased_to_two_live_jobs(tmp_path_factory: pytest.Temp
                 model[device] = (job, clock.now + ttl)
             for device in grant.busy:
                 holder = model.get(device)
-                assert holder is not None and holder[0] != job and holder[1] > clock.now
+                assert holder is not None
+                assert holder[0] != job
+                assert holder[1] > clock.now
     live = ledger.leases()
     assert len({lease.device for lease in live}) == len(live)
 
 
-# --- the agent's refusals (no broker needed) --------------------------------------------------------------------
+# --- the agent's refusals (no broker needed) ----------------------------------------------------------------
 
 
-async def test_agent_refuses_a_job_outside_its_scope_and_sends_nothing(tmp_path: Path,
-                                                                       loopback_hosts: object) -> None:  # fmt: skip
+async def test_agent_refuses_a_job_outside_its_scope_and_sends_nothing(
+    tmp_path: Path, loopback_hosts: object
+) -> None:
     """A job naming one address outside the agent's own scope is refused whole; no device sees a packet."""
     inside, outside = loopback_hosts(), loopback_hosts()  # type: ignore[operator]
     config = {"device": [{"host": h, "model": "infusion-pump", "seed": 1} for h in (inside, outside)]}
@@ -266,13 +277,16 @@ async def test_agent_refuses_a_job_outside_its_scope_and_sends_nothing(tmp_path:
             assert state == "refused"
         assert all(d.stats.connects_total == 0 for d in fleet.devices.values())
     j1, j2 = ledger.job("j1"), ledger.job("j2")
-    assert j1 is not None and j2 is not None
-    assert j1.state == "refused" and "outside this agent's scope" in (j1.error or "")
-    assert j2.state == "refused" and "sent to the agent of site 'trauma'" in (j2.error or "")
+    assert j1 is not None
+    assert j2 is not None
+    assert j1.state == "refused"
+    assert "outside this agent's scope" in (j1.error or "")
+    assert j2.state == "refused"
+    assert "sent to the agent of site 'trauma'" in (j2.error or "")
     assert ledger.leases() == []
 
 
-# --- end to end, against real servers and real agents (slow) ---------------------------------------------------
+# --- end to end, against real servers and real agents (slow) ------------------------------------------------
 
 SITE_FLEET_MEDICAL_MISPLACED = 4  # hospital_fleet: 3 infusion pumps and 1 syringe pump in the general half
 
@@ -372,16 +386,20 @@ async def test_sigkill_mid_discovery_keeps_finished_hosts_and_resumes_the_rest(
     async with Fleet(hospital_fleet(prefix, seed=3), control_port=None) as fleet:
         with agents(spec) as (first,):
             async with anyio.create_task_group() as tg:
+
                 async def run() -> None:
                     result["report"] = await anyio.to_thread.run_sync(
-                        lambda: coordinator.discover(timeout_s=240))
+                        lambda: coordinator.discover(timeout_s=240)
+                    )
 
                 tg.start_soon(run)
                 await await_until(lambda: any(j.hosts_done >= 20 for j in ledger.jobs()), timeout_s=120,
                                   what="the agent to finish 20 hosts")  # fmt: skip
                 first.kill()
                 (job,) = [j for j in ledger.jobs() if j.state == "started"]
-                stored_done = {h for s in coordinator.store.scans() for h in coordinator.store.hosts_done(s.scan_id)}
+                stored_done = {
+                    h for s in coordinator.store.scans() for h in coordinator.store.hosts_done(s.scan_id)
+                }
                 assert len(stored_done) >= 20  # every finished host is in the store at once
                 await await_until(lambda: ledger.leases() == [], timeout_s=10, what="the leases to lapse")
                 with agents(spec):  # a second agent: the coordinator resumes the shard on it
@@ -395,4 +413,115 @@ async def test_sigkill_mid_discovery_keeps_finished_hosts_and_resumes_the_rest(
     assert report.hosts_resumed >= len(stored_done)  # type: ignore[attr-defined]  # not probed twice
     assert report.unreached == ()  # type: ignore[attr-defined]
     assert _hung([fleet]) == []
+    coordinator.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_sigkill_mid_characterization_holds_the_device_until_a_healthy_heartbeat(
+    pg_url: str, redis_server: object
+) -> None:
+    """SIGKILL mid-characterization: the finished trials are in the store, the device goes on hold, and no
+    job (characterization or discovery) reaches it until a health check's heartbeats release it; then the
+    characterization resumes the same run, keeping the trials finished before the kill."""
+    from fragileprobe.sites import SiteJobError
+
+    broker = redis_server.url  # type: ignore[attr-defined]
+    (prefix,) = site_prefixes(1)
+    pump = f"{prefix}.7"
+    config = SitesConfig.from_dict(_sites_dict(broker, pg_url, [prefix]))
+    spec = {"site": "site-0", "broker": broker, "store": pg_url, "scope": f"{prefix}.0/24"}
+    coordinator = Coordinator(config, poll_s=0.2)
+    store = coordinator.store
+    # Levels far below the pump's crash threshold (7-9): the test is about the agent dying, not the pump.
+    params = {"ladder": [1, 2, 3], "dwell_s": 0.6, "trials": 3, "interval_s": 0.2, "hold_s": 0.2}
+    outcome: dict[str, object] = {}
+    fleet_config = {"device": [{"host": pump, "model": "infusion-pump", "seed": 5}]}
+    async with Fleet(fleet_config, control_port=None) as fleet:
+        device = fleet.device(pump)
+        with agents(spec) as (first,):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    try:
+                        await anyio.to_thread.run_sync(
+                            lambda: coordinator.characterize(pump, params=params, timeout_s=120)
+                        )
+                    except SiteJobError as exc:
+                        outcome["error"] = exc
+
+                tg.start_soon(run)
+                await await_until(lambda: any(r.trials for r in store.runs()), timeout_s=90,
+                                  what="a finished trial in the store")  # fmt: skip
+                first.kill()
+        assert "lost" in str(outcome["error"])
+        (run_row,) = store.runs()
+        kept = run_row.trials
+        assert kept
+        assert run_row.finished_at_s is None
+        assert [h.device for h in coordinator.ledger.holds()] == [pump]
+        touched = device.stats.connects_total
+        with pytest.raises(DeviceHeldError):
+            await anyio.to_thread.run_sync(lambda: coordinator.characterize(pump, params=params))
+        with agents(spec):
+            held_report = await anyio.to_thread.run_sync(lambda: coordinator.discover(timeout_s=120))
+            assert pump in held_report.held
+            assert device.stats.connects_total == touched  # the held device saw nothing
+            assert await anyio.to_thread.run_sync(
+                lambda: coordinator.check_health(pump, params={"interval_s": 0.2, "beats": 3}, timeout_s=60)
+            )
+            assert coordinator.ledger.holds() == []
+            end = await anyio.to_thread.run_sync(lambda: coordinator.characterize(pump, params=params,
+                                                                                  timeout_s=120))  # fmt: skip
+        assert end.state == "done"
+        assert device.stats.peak_sessions <= device.threshold
+        assert device.stats.crashes == 0
+    (resumed,) = store.runs()  # the same run, resumed: not a second one
+    assert resumed.run_id == run_row.run_id
+    assert resumed.finished_at_s is not None
+    assert [t.to_dict() for t in resumed.trials[: len(kept)]] == [t.to_dict() for t in kept]
+    assert len(resumed.trials) == 3
+    coordinator.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_broker_restart_loses_no_finished_result(pg_url: str, redis_server: object) -> None:
+    """Redis restarted (no persistence: its queued messages are gone) mid-batch: every job finished before
+    stays finished in the store, the lost messages are republished, each shard runs exactly once."""
+    redis = redis_server
+    broker = redis.url  # type: ignore[attr-defined]
+    (prefix,) = site_prefixes(1)
+    config = SitesConfig.from_dict(_sites_dict(broker, pg_url, [prefix], shard_size=16, ports="21,8080"))
+    spec = {"site": "site-0", "broker": broker, "store": pg_url, "scope": f"{prefix}.0/24"}
+    coordinator = Coordinator(config, poll_s=0.2, requeue_after_s=3.0)
+    ledger = coordinator.ledger
+    result: dict[str, object] = {}
+    async with Fleet(hospital_fleet(prefix, seed=4), control_port=None) as fleet:
+        with agents(spec):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    result["report"] = await anyio.to_thread.run_sync(
+                        lambda: coordinator.discover(timeout_s=240)
+                    )
+
+                tg.start_soon(run)
+                await await_until(lambda: sum(j.state == "done" for j in ledger.jobs()) >= 3, timeout_s=120,
+                                  what="three finished jobs")  # fmt: skip
+                finished_before = {j.job_id: j.result for j in ledger.jobs() if j.state == "done"}
+                await anyio.to_thread.run_sync(redis.restart)  # type: ignore[attr-defined]
+                await await_until(lambda: "report" in result, timeout_s=200, what="the batch to finish")
+    report = result["report"]
+    for job_id, before in finished_before.items():
+        after = ledger.job(job_id)
+        assert after is not None
+        assert after.state == "done"
+        assert after.result == before
+    jobs = ledger.jobs()
+    assert len(jobs) == 16
+    assert all(j.state == "done" for j in jobs)
+    assert len(coordinator.store.scans()) == 16  # no shard ran twice, whatever was republished
+    windows = {h for h, d in fleet.devices.items() if not {21, 8080} & set(d.ports)}
+    assert {a["host"] for a in report.assets} == set(fleet.devices) - windows  # type: ignore[attr-defined]
     coordinator.close()

@@ -17,7 +17,6 @@ from fragileprobe import StoreError
 from fragileprobe._db import pg_ddl, pg_sql
 from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
 from fragileprobe._store import _MIGRATIONS, SCHEMA_VERSION, ProfileStore
-from tests._support.sites import pg_server, pg_url  # noqa: F401  (fixtures)
 
 
 def _trial(index: int, fails_at: int) -> TrialResult:
@@ -53,7 +52,13 @@ def _exercise(store: ProfileStore) -> dict[str, object]:
         "hosts_done": store.hosts_done(scan),
         "unfinished_scan": store.unfinished_scan(["127.0.0.9", "127.0.0.10"], {"ports": [21]}) is not None,
         "first": (first.first_seen_s, first.zone, first.previous_zone, first.open_ports),
-        "second": (second.first_seen_s, second.last_seen_s, second.zone, second.previous_zone, second.open_ports),
+        "second": (
+            second.first_seen_s,
+            second.last_seen_s,
+            second.zone,
+            second.previous_zone,
+            second.open_ports,
+        ),
         "alerts": store.alerts(),
         "alert_id": alert,
         "assets": [a.host for a in store.assets()],
@@ -188,7 +193,10 @@ def test_pg_sql_translates_every_placeholder(pieces: list[str]) -> None:
 def test_pg_sql_refuses_insert_or_replace_and_rewrites_insert_or_ignore() -> None:
     with pytest.raises(StoreError, match="INSERT OR REPLACE"):
         pg_sql("INSERT OR REPLACE INTO t(a) VALUES (?)")
-    assert pg_sql("INSERT OR IGNORE INTO t(a) VALUES (?)") == "INSERT INTO t(a) VALUES (%s) ON CONFLICT DO NOTHING"
+    assert (
+        pg_sql("INSERT OR IGNORE INTO t(a) VALUES (?)")
+        == "INSERT INTO t(a) VALUES (%s) ON CONFLICT DO NOTHING"
+    )
     assert pg_sql("INSERT OR IGNORE INTO t(a) VALUES (?) RETURNING a") == (
         "INSERT INTO t(a) VALUES (%s) ON CONFLICT DO NOTHING RETURNING a"
     )

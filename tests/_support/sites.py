@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests._support.procs import fragileprobe_command
 
 _db_counter = itertools.count(1)
@@ -137,7 +136,7 @@ def wait_until(predicate: object, *, timeout_s: float, what: str, poll_s: float 
 
 
 async def await_until(predicate: object, *, timeout_s: float, what: str, poll_s: float = 0.1) -> None:
-    """:func:`wait_until` for async tests: sleeps on the event loop, so an in-process emulator keeps serving."""
+    """:func:`wait_until` for async tests: sleeps on the event loop (an in-process emulator keeps serving)."""
     import anyio
 
     deadline = time.monotonic() + timeout_s

@@ -295,7 +295,8 @@ class Coordinator:
             due = retry_at.setdefault(job.job_id, now + self.busy_retry_s * 2 ** (attempt - 1))
             if now < due:
                 return True
-            self.submit(site, "discover", busy, batch_id=batch_id, params=extra["params"], attempt=attempt + 1)
+            self.submit(site, "discover", busy, batch_id=batch_id, params=extra["params"],
+                        attempt=attempt + 1)  # fmt: skip
             submitted = True
         handled.add(job.job_id)
         return submitted
