@@ -33,6 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from fragileprobe._db import is_database_url
+from fragileprobe._discovery import (
+    DEFAULT_BANNER_TIMEOUT_S,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_DISCOVERY_PORTS,
+    DEFAULT_MAX_HOSTS_IN_PARALLEL,
+    DEFAULT_RATE_PER_HOST,
+    DEFAULT_UNRESPONSIVE_AFTER,
+)
 from fragileprobe._errors import ConfigError, FragileProbeError
 from fragileprobe._groups import Zone, Zones, _check_keys, _line_hint, _loads, _read_config
 from fragileprobe._scope import PORT_SETS, Scope, parse_ports, parse_targets
@@ -77,15 +85,18 @@ def queue_for(site: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryParams:
-    """The discovery parameters sent with every job (the same for every site of one run)."""
+    """The discovery parameters sent with every job (the same for every site of one run).
 
-    ports: tuple[int, ...] = PORT_SETS["hospital"]
-    rate_per_host: float = 10.0
+    The defaults are :func:`fragileprobe.discover`'s own, so a multi-site run is as gentle as a local one.
+    """
+
+    ports: tuple[int, ...] = DEFAULT_DISCOVERY_PORTS
+    rate_per_host: float = DEFAULT_RATE_PER_HOST
     per_host_sessions: int = 1
-    max_hosts_in_parallel: int = 64
-    connect_timeout_s: float = 2.0
-    banner_timeout_s: float = 1.5
-    unresponsive_after: int = 3
+    max_hosts_in_parallel: int = DEFAULT_MAX_HOSTS_IN_PARALLEL
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    banner_timeout_s: float = DEFAULT_BANNER_TIMEOUT_S
+    unresponsive_after: int = DEFAULT_UNRESPONSIVE_AFTER
     port_aliases: Mapping[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,12 +270,20 @@ def _discovery(section: Any, *, source: str, text: str) -> tuple[DiscoveryParams
     kw = {"source": source, "text": text}
     params = DiscoveryParams(
         ports=ports,
-        rate_per_host=float(_number(section, "rate_per_host", 10.0, integer=False, **kw)),
+        rate_per_host=float(_number(section, "rate_per_host", DEFAULT_RATE_PER_HOST, integer=False, **kw)),
         per_host_sessions=_number(section, "per_host_sessions", 1, integer=True, **kw),
-        max_hosts_in_parallel=_number(section, "max_hosts_in_parallel", 64, integer=True, **kw),
-        connect_timeout_s=float(_number(section, "connect_timeout_s", 2.0, integer=False, **kw)),
-        banner_timeout_s=float(_number(section, "banner_timeout_s", 1.5, integer=False, **kw)),
-        unresponsive_after=_number(section, "unresponsive_after", 3, integer=True, **kw),
+        max_hosts_in_parallel=_number(
+            section, "max_hosts_in_parallel", DEFAULT_MAX_HOSTS_IN_PARALLEL, integer=True, **kw
+        ),
+        connect_timeout_s=float(
+            _number(section, "connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S, integer=False, **kw)
+        ),
+        banner_timeout_s=float(
+            _number(section, "banner_timeout_s", DEFAULT_BANNER_TIMEOUT_S, integer=False, **kw)
+        ),
+        unresponsive_after=_number(
+            section, "unresponsive_after", DEFAULT_UNRESPONSIVE_AFTER, integer=True, **kw
+        ),
         port_aliases=aliases,
     )
     shard = _number(section, "shard_size", DEFAULT_SHARD_SIZE, integer=True, **kw)
