@@ -933,6 +933,11 @@ def _discover_sites(sites: Path, *, json_out: bool, log_level: str) -> None:
             report = discover_sites(sites, progress=view.on_progress)
     except FragileProbeError as exc:
         _handle_library_error(exc)
+    except KeyboardInterrupt:
+        # The jobs are the agents' now: they finish (or are resumed) whether this coordinator waits or not.
+        _err.print("[bold yellow]interrupted[/]: submitted jobs keep running on the agents; every finished "
+                   "host is in the store. Run the same command again to discover anew.")  # fmt: skip
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out:
         _print_json(report.to_dict())
     else:

@@ -386,6 +386,12 @@ class Coordinator:
             raise SiteJobError(
                 f"characterization of {host} on site {site.name}: job {end.state}: {end.error}"
             )
+        result = end.result or {}
+        if host in result.get("held", []):
+            raise DeviceHeldError(f"{host} went on hold before the job could lease it; nothing sent")
+        if host in result.get("busy", []):
+            raise SiteJobError(f"{host} is leased to another job (a discovery or characterization running "
+                               "now); nothing sent, try again when it has finished")  # fmt: skip
         return end
 
     def check_health(self, host: str, *, params: Mapping[str, Any] | None = None,
