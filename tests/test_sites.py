@@ -525,3 +525,25 @@ async def test_a_broker_restart_loses_no_finished_result(pg_url: str, redis_serv
     windows = {h for h, d in fleet.devices.items() if not {21, 8080} & set(d.ports)}
     assert {a["host"] for a in report.assets} == set(fleet.devices) - windows  # type: ignore[attr-defined]
     coordinator.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--broker", "amqp://127.0.0.1/", "--store", "postgresql://x@127.0.0.1/x",
+          "--scope", "127.10.1.0/24"],
+         "--broker: 'amqp://127.0.0.1/' must be a redis://"),
+        (["--broker", "redis://127.0.0.1:1/0", "--store", "fp.db", "--scope", "127.10.1.0/24"],
+         "--store: 'fp.db' must be the shared postgresql:// URL"),
+        (["--broker", "redis://127.0.0.1:1/0", "--store", "postgresql://x@127.0.0.1/x"],
+         "give --scope"),
+        (["--broker", "redis://127.0.0.1:1/0", "--store", "postgresql://x@127.0.0.1/x", "--scope", "nope"],
+         "--scope: scope entry 'nope'"),
+    ],
+)  # fmt: skip
+def test_agent_command_rejects_bad_options_before_connecting(args: list[str], message: str) -> None:
+    done = subprocess.run([*fragileprobe_command(), "agent", "--site", "trauma", *args], capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
