@@ -547,3 +547,52 @@ def test_agent_command_rejects_bad_options_before_connecting(args: list[str], me
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_device_under_characterization_is_left_to_it_by_a_concurrent_discovery(
+    pg_url: str, redis_server: object
+) -> None:
+    """Two agents on one site, two coordinators: a discovery that reaches a device while another job is
+    characterizing it finds it busy, leaves it alone, and comes back only after the characterization's job
+    has ended; every other device is discovered meanwhile."""
+    broker = redis_server.url  # type: ignore[attr-defined]
+    (prefix,) = site_prefixes(1)
+    hosts = [f"{prefix}.{i}" for i in (11, 12, 13, 14)]
+    data = _sites_dict(broker, pg_url, [prefix], ports="21,8080", shard_size=4)
+    data["site"][0]["targets"] = hosts  # type: ignore[index]
+    config = SitesConfig.from_dict(data)
+    spec = {"site": "site-0", "broker": broker, "store": pg_url, "scope": f"{prefix}.0/24"}
+    fleet_config = {"device": [{"host": h, "model": "infusion-pump", "seed": i} for i, h in enumerate(hosts)]}
+    pump = hosts[0]
+    operator_a = Coordinator(config, poll_s=0.2, busy_retry_s=1.0)
+    operator_b = Coordinator(config, poll_s=0.2, busy_retry_s=1.0)
+    params = {"ladder": [1, 2, 3], "dwell_s": 1.0, "trials": 2, "interval_s": 0.2, "hold_s": 0.2}
+    out: dict[str, object] = {}
+    async with Fleet(fleet_config, control_port=None) as fleet:
+        with agents(spec, spec):
+            async with anyio.create_task_group() as tg:
+
+                async def characterize() -> None:
+                    out["char"] = await anyio.to_thread.run_sync(
+                        lambda: operator_a.characterize(pump, params=params, timeout_s=200)
+                    )
+
+                tg.start_soon(characterize)
+                ledger = operator_b.ledger
+                await await_until(lambda: any(lease.device == pump for lease in ledger.leases()),
+                                  timeout_s=60, what="the characterization to lease the pump")  # fmt: skip
+                out["report"] = await anyio.to_thread.run_sync(lambda: operator_b.discover(timeout_s=200))
+        device = fleet.device(pump)
+        assert device.stats.crashes == 0
+        assert device.stats.peak_sessions <= device.threshold
+    report = out["report"]
+    char_job = out["char"]
+    assert {a["host"] for a in report.assets} == set(hosts)  # type: ignore[attr-defined]
+    jobs = operator_b.ledger.jobs(report.batch_id)  # type: ignore[attr-defined]
+    assert any(pump in (j.result or {}).get("busy", []) for j in jobs)  # it met the lease
+    (worked,) = [j for j in jobs if pump in j.hosts]
+    assert worked.started_at_s >= char_job.finished_at_s  # type: ignore[attr-defined]
+    operator_a.close()
+    operator_b.close()
