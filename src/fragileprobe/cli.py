@@ -812,7 +812,9 @@ _DISCOVER_HELP = (
 
 @app.command(help=_DISCOVER_HELP, epilog=_EXIT_CODES_HELP)
 def discover(
-    targets: Annotated[list[str], typer.Argument(help="Addresses, ranges or CIDR blocks to look at.")],
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="Addresses, ranges or CIDR blocks to look at.")
+    ] = None,
     ports: Annotated[
         str | None, typer.Option(help="Ports to look at (e.g. '21-23,80,443,8080' or 'hospital').")
     ] = None,
@@ -852,8 +854,19 @@ def discover(
     seed: Annotated[int | None, typer.Option(help="Seed of the shuffled host order.")] = None,
     json_out: JsonOpt = False,
     log_level: LogLevelOpt = "error",
+    sites: Annotated[
+        Path | None,
+        typer.Option(help="sites.toml: discover every site through its agents (docs/sites.md); no TARGETS."),
+    ] = None,
 ) -> None:
     """Gently find hosts, group them, alert on misplaced medical devices (see _DISCOVER_HELP)."""
+    if sites is not None:
+        if targets:
+            _fail("discover: give TARGETS or --sites FILE, not both")
+        _discover_sites(sites, json_out=json_out, log_level=log_level)
+        return
+    if not targets:
+        _fail("discover: give TARGETS (addresses, ranges, CIDR blocks) or --sites FILE")
     from fragileprobe._discovery import discover as run_discover
     from fragileprobe._groups import Rules, Zones
     from fragileprobe._progress import LogTap, TerminalDiscoveryView
@@ -925,6 +938,71 @@ def discover(
             _out.print(f"  {escape(group)}: {limit}; " + escape(export_nmap_line(s)))
     if report.alerts or report.unresponsive:
         raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+def _discover_sites(sites: Path, *, json_out: bool, log_level: str) -> None:
+    """The --sites branch of discover: the coordinator of a multi-site run (fragileprobe.sites)."""
+    from fragileprobe._progress import LogTap, TerminalDiscoveryView
+    from fragileprobe.sites._cli import discover_sites
+
+    level = _log_level(log_level)
+    tap = LogTap()
+    _configure_logging(level, tap=tap)
+    view = TerminalDiscoveryView(_err if json_out else _out)
+    try:
+        with view:
+            report = discover_sites(sites, progress=view.on_progress)
+    except FragileProbeError as exc:
+        _handle_library_error(exc)
+    except KeyboardInterrupt:
+        # The jobs are the agents' now: they finish (or are resumed) whether this coordinator waits or not.
+        _err.print("[bold yellow]interrupted[/]: submitted jobs keep running on the agents; every finished "
+                   "host is in the store. Run the same command again to discover anew.")  # fmt: skip
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if json_out:
+        _print_json(report.to_dict())
+    else:
+        _out.print()
+        _out.print(escape(report.summary()))
+    if report.alerts or report.unresponsive or report.held:
+        raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+# --- agent --------------------------------------------------------------------------------------------
+_AGENT_HELP = (
+    "Run a site agent: a Celery worker on the site's queue that discovers and characterizes devices inside "
+    "this site's own networks only, writing every finished host and trial to the shared PostgreSQL store. "
+    "Jobs outside --scope are refused whatever they say. Stop it with Ctrl-C (it finishes nothing halfway: "
+    "a job cut short is resumed by the coordinator). See docs/sites.md."
+)
+
+
+@app.command(help=_AGENT_HELP)
+def agent(
+    site: Annotated[str, typer.Option(help="This agent's site (its queue: fragileprobe.site.NAME).")],
+    broker: Annotated[str, typer.Option(help="The Celery broker, redis://HOST:PORT/DB.")],
+    store: Annotated[str, typer.Option(help="The shared store, postgresql://USER@HOST/DB.")],
+    scope: Annotated[
+        str | None, typer.Option(help="The networks this site may reach (comma-separated CIDR blocks).")
+    ] = None,
+    sites: Annotated[
+        Path | None, typer.Option(help="sites.toml: take the scope from this site's networks there.")
+    ] = None,
+    lease_ttl: Annotated[
+        float, typer.Option(help="Seconds a device lease lives without renewal (a killed agent's devices "
+                            "are free again after it).")
+    ] = 30.0,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run a site agent (see _AGENT_HELP)."""
+    from fragileprobe.sites._cli import run_agent_command
+
+    _configure_logging(_log_level(log_level))
+    try:
+        run_agent_command(site=site, broker=broker, store=store, scope=scope, sites_file=sites,
+                          lease_ttl_s=lease_ttl, loglevel=log_level)  # fmt: skip
+    except FragileProbeError as exc:
+        _handle_library_error(exc)
 
 
 def export_nmap_line(settings: GroupScanSettings) -> str:
