@@ -249,9 +249,10 @@ class SiteAgent:
         for host in hosts:
             target = Target(host, heartbeat=HttpHeartbeat(port=int(p.get("heartbeat_port", 8080))))
             healthy = False
-            # Ceiling 1: the heartbeat's own session only; nothing else is sent to a device that may be down.
+            # No work session is ever opened here: the device sees the heartbeat's session alone. N = 2 is the
+            # smallest a Guard with a session heartbeat accepts (its place plus one that stays unused).
             async with Guard(
-                target, ceiling=1, scope=self.scope, interval_s=float(p.get("interval_s", 0.5))
+                target, ceiling=2, scope=self.scope, interval_s=float(p.get("interval_s", 0.5))
             ) as g:
                 with anyio.move_on_after(float(p.get("timeout_s", HEALTH_TIMEOUT_S))):
                     await g.wait_healthy(beats)
