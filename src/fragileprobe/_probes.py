@@ -57,6 +57,7 @@ from fragileprobe._errors import (
     ProbeResetError,
     ProbeTimeoutError,
 )
+from fragileprobe._numbers import device_decimal, device_hex
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -767,7 +768,7 @@ async def grab_banner(
 
 # --- HTTP (sans-IO parsing: bytes in, fields or _ProtocolViolation out) ---------------------------------
 
-_STATUS_RE = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?$")
+_STATUS_RE = re.compile(rb"^HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\r\n]*))?$")
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _TITLE_RE = re.compile(rb"<title[^>]*>(.*?)(?:</title|$)", re.IGNORECASE | re.DOTALL)
 _PATH_RE = re.compile(r"^/[\x21-\x7e]*$")
@@ -824,10 +825,10 @@ def _decode_chunked(raw: bytes | bytearray, limit: int) -> tuple[bytes, bool]:
             return bytes(out), False
         if eol - pos > HTTP_CHUNK_LINE_MAX_BYTES:
             raise _ProtocolViolation("chunk-size line longer than its cap")
-        size_text = bytes(raw[pos:eol]).rstrip(b"\r").split(b";", 1)[0].strip()
-        if not size_text or len(size_text) > 8 or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+        size_text = bytes(raw[pos:eol]).rstrip(b"\r").split(b";", 1)[0].strip(b" \t")
+        size = device_hex(size_text)
+        if size is None:
             raise _ProtocolViolation(f"malformed chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
         if size == 0:
             return bytes(out), True
         start = eol + 1
@@ -968,10 +969,11 @@ async def _read_response(
     chunked = "chunked" in header_map.get("transfer-encoding", "").lower()
     length: int | None = None
     if not chunked and "content-length" in header_map:
-        text = header_map["content-length"].strip()
-        if not text.isdigit():
+        text = header_map["content-length"].strip(" \t")
+        # ASCII digits only, bounded (RFC 9110 8.6): '\xb2' passes str.isdigit() and then makes int() raise.
+        length = device_decimal(text)
+        if length is None:
             return {**fields, "outcome": Outcome.PROTOCOL_ERROR, "error": f"bad Content-Length {text[:40]!r}"}
-        length = int(text)
     if status in (204, 304) or 100 <= status < 200:
         length = 0
     raw_cap = max_bytes + (HTTP_CHUNK_OVERHEAD_MAX_BYTES if chunked else 0)

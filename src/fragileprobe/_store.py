@@ -13,6 +13,12 @@ Durability rules:
   processes writing one store at once serialize instead of failing; past the timeout: ``StoreError``.
 * The schema is versioned with ``PRAGMA user_version``. A file from a newer fragileprobe, a corrupt file or
   a file that is not a database raises ``StoreError`` before anything is written to it.
+* Only our own files are written. Our stores carry SQLite's ``application_id`` :data:`APPLICATION_ID`
+  (``0x66507262``, ASCII ``fPrb``). An existing file is first inspected without a single write (its header
+  read as bytes, then a read-only connection): another application's id, a table, view or trigger that is
+  not ours, a newer schema or a failed ``PRAGMA quick_check`` refuse it with ``StoreError`` and leave it
+  byte-identical, with no ``-wal``/``-shm`` file left beside it. A store from before the id existed
+  (id 0, only our tables) is stamped when it is opened.
 
 Tables (schema version 1)::
 
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 __all__ = [
+    "APPLICATION_ID",
     "DEFAULT_BUSY_TIMEOUT_S",
     "DEFAULT_STORE_PATH",
     "SCHEMA_VERSION",
@@ -60,6 +67,16 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION = 1
+# SQLite's header field for "which program's file is this" (https://www.sqlite.org/fileformat.html#appid,
+# the same mechanism Fossil and GeoPackage use). ASCII "fPrb"; not in SQLite's registry of magic numbers.
+APPLICATION_ID = 0x66507262
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# The database header is the first 100 bytes: user_version at offset 60, application_id at 68 (big-endian
+# 32-bit), the read/write format versions at 18/19 (2 = WAL).
+_HEADER_BYTES = 100
+# Every schema object of ours (sqlite_sequence is SQLite's own table for AUTOINCREMENT).
+_OUR_TABLES = frozenset({"runs", "trials", "scans", "scan_hosts", "assets", "alerts", "sqlite_sequence"})
+_OUR_INDEXES = frozenset({"runs_model", "runs_host"})
 DEFAULT_STORE_PATH = "fragileprobe.db"
 # How long a writer waits for another process's write lock before StoreError. Each of our transactions
 # holds the lock for milliseconds; 5 s covers a slow disk with many writers and still fails fast for a
@@ -207,6 +224,7 @@ class ProfileStore:
         self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
         self._lock = threading.Lock()
+        self._inspect_existing()  # before the read-write connection: a foreign file is never opened for writing
         self._closed = False
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writers).
@@ -222,6 +240,87 @@ class ProfileStore:
         finally:
             if not opened:  # never leave a half-opened connection (and its file handle) behind
                 self._conn.close()
+
+    def _inspect_existing(self) -> None:
+        """Refuse an existing file that is not a healthy fragileprobe store, without writing anything.
+
+        Raises:
+            StoreError: not a SQLite database, another application's id, objects that are not ours, a newer
+                schema, or a failed quick check. The file is left byte-identical.
+        """
+        try:
+            with self.path.open("rb") as fh:
+                header = fh.read(_HEADER_BYTES)
+        except FileNotFoundError:
+            return  # a new store: created below
+        except IsADirectoryError:
+            raise StoreError(f"cannot open profile store {self.path}: it is a directory") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open profile store {self.path}: {exc.strerror or exc}") from exc
+        if not header:
+            return  # an empty file is an empty database (what sqlite3.connect leaves when nothing was written)
+        if len(header) < _HEADER_BYTES or not header.startswith(_SQLITE_MAGIC):
+            raise StoreError(
+                f"profile store {self.path} is corrupt or not a fragileprobe store: file is not a database"
+            )
+        page_size = int.from_bytes(header[16:18], "big")
+        # SQLite itself requires these: a page size that is a power of two in 512-65536 (1 means 65536) and
+        # the fixed payload fractions 64, 32, 32 at offsets 21-23. Anything else is damage, not a database.
+        if not (page_size == 1 or 512 <= page_size <= 32768 and page_size & (page_size - 1) == 0) or (
+            tuple(header[21:24]) != (64, 32, 32)
+        ):
+            raise StoreError(
+                f"profile store {self.path} is corrupt or not a fragileprobe store: malformed database header"
+            )
+        app_id = int.from_bytes(header[68:72], "big")
+        if app_id not in (0, APPLICATION_ID):
+            raise StoreError(
+                f"profile store {self.path} is not a fragileprobe store: it belongs to another application "
+                f"(SQLite application_id 0x{app_id:08x}, ours is 0x{APPLICATION_ID:08x}); nothing was written"
+            )
+        version = int.from_bytes(header[60:64], "big")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"profile store {self.path} has schema version {version}, newer than this fragileprobe "
+                f"supports ({SCHEMA_VERSION}); upgrade fragileprobe or use another file"
+            )
+        self._inspect_read_only(wal=header[18] == 2 or header[19] == 2)
+
+    def _inspect_read_only(self, *, wal: bool) -> None:
+        """Schema objects and quick_check, through a connection that cannot write."""
+        # A read-only connection to a WAL database creates -wal and -shm files beside it; when no -wal
+        # exists nobody has the database open, and immutable=1 reads the file as it is, creating nothing.
+        wal_file = self.path.with_name(self.path.name + "-wal")
+        mode = "immutable=1" if wal and not wal_file.exists() else "mode=ro"
+        uri = f"{self.path.resolve().as_uri()}?{mode}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open profile store {self.path}: {exc}") from exc
+        try:
+            objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
+            foreign = sorted(
+                f"{kind} {name!r}" for kind, name in objects
+                if not (kind == "table" and name in _OUR_TABLES)
+                and not (kind == "index" and (name in _OUR_INDEXES or str(name).startswith("sqlite_")))
+            )  # fmt: skip
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise StoreError(
+                    f"profile store {self.path} is not a fragileprobe store: it holds {shown}, which are not "
+                    "ours; nothing was written (give another --store path)"
+                )
+            check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"profile store {self.path} is corrupt or not a fragileprobe store: {exc}"
+            ) from exc
+        finally:
+            conn.close()
+        if check != "ok":
+            raise StoreError(f"profile store {self.path} failed its integrity check: {check}; nothing was written")
 
     def _open(self) -> None:
         conn = self._conn
@@ -250,6 +349,9 @@ class ProfileStore:
                             if statement.strip():
                                 conn.execute(statement)
                         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                if int(conn.execute("PRAGMA application_id").fetchone()[0]) != APPLICATION_ID:
+                    with self._write():  # ours (checked above): a new store, or one from before the id
+                        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             # A quick structural check: catches files whose header is fine but whose pages are damaged.
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         except sqlite3.OperationalError as exc:
