@@ -544,7 +544,7 @@ async def discover(
             hs = _HostState()
             try:
                 results = await _probe_host(host, settings, limit, hs)
-            except Exception as exc:  # noqa: BLE001 - one host's failure is a result about that host
+            except Exception as exc:
                 results = []
                 hs.gave_up = _host_failed(host, "probing", exc)
             if hs.gave_up is None and not hs.answered and any(
@@ -562,7 +562,7 @@ async def discover(
                     host, results, settings=settings, limit=limit, zones=zones, rules=rules,
                     profiles=profiles, prior=prior_row, unresponsive=hs.gave_up is not None,
                 )
-            except Exception as exc:  # noqa: BLE001 - as above: the other hosts' results stand
+            except Exception as exc:
                 reason = _host_failed(host, "fingerprinting", exc)
                 if hs.gave_up is None:
                     unresponsive.append(Unresponsive(host, tuple(sorted(hs.answered)), reason))

@@ -694,7 +694,8 @@ class WebhookAlertSink:
         self.url = url
         self.timeout_s = float(timeout_s)
         self._parts = parts
-        # Alerts that could not be delivered (each logged as discovery.alert_webhook_failed); the scan goes on.
+        # Alerts that could not be delivered (each logged as discovery.alert_webhook_failed); the scan goes
+        # on regardless.
         self.failures = 0
 
     async def send(self, alert: Alert) -> bool:

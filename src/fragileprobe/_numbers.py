@@ -58,7 +58,9 @@ def _text(data: str | bytes | bytearray) -> str | None:
         return None
 
 
-def device_decimal(data: str | bytes | bytearray, *, max_digits: int = DEVICE_DECIMAL_MAX_DIGITS) -> int | None:
+def device_decimal(
+    data: str | bytes | bytearray, *, max_digits: int = DEVICE_DECIMAL_MAX_DIGITS
+) -> int | None:
     """A decimal number a device sent (``Content-Length``, a status code), or None if it is not one.
 
     Args:
@@ -117,7 +119,7 @@ def parse_field_int(
             raise ConfigError(f"{field}: {stripped[:40]!r} has more than {max_digits} digits")
         raise ConfigError(f"{field}: {stripped[:40]!r} is not a number (ASCII digits 0-9 only)")
     value = int(stripped)
-    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         low = "" if minimum is None else str(minimum)
         high = "" if maximum is None else str(maximum)
         raise ConfigError(f"{field}: {value} is outside {low}-{high}")

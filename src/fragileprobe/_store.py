@@ -224,7 +224,8 @@ class ProfileStore:
         self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
         self._lock = threading.Lock()
-        self._inspect_existing()  # before the read-write connection: a foreign file is never opened for writing
+        # Before the read-write connection: a foreign file is never opened for writing.
+        self._inspect_existing()
         self._closed = False
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writers).
@@ -258,7 +259,7 @@ class ProfileStore:
         except OSError as exc:
             raise StoreError(f"cannot open profile store {self.path}: {exc.strerror or exc}") from exc
         if not header:
-            return  # an empty file is an empty database (what sqlite3.connect leaves when nothing was written)
+            return  # an empty file is an empty database (sqlite3.connect leaves one when nothing was written)
         if len(header) < _HEADER_BYTES or not header.startswith(_SQLITE_MAGIC):
             raise StoreError(
                 f"profile store {self.path} is corrupt or not a fragileprobe store: file is not a database"
@@ -266,7 +267,7 @@ class ProfileStore:
         page_size = int.from_bytes(header[16:18], "big")
         # SQLite itself requires these: a page size that is a power of two in 512-65536 (1 means 65536) and
         # the fixed payload fractions 64, 32, 32 at offsets 21-23. Anything else is damage, not a database.
-        if not (page_size == 1 or 512 <= page_size <= 32768 and page_size & (page_size - 1) == 0) or (
+        if not (page_size == 1 or (512 <= page_size <= 32768 and page_size & (page_size - 1) == 0)) or (
             tuple(header[21:24]) != (64, 32, 32)
         ):
             raise StoreError(
@@ -320,7 +321,9 @@ class ProfileStore:
         finally:
             conn.close()
         if check != "ok":
-            raise StoreError(f"profile store {self.path} failed its integrity check: {check}; nothing was written")
+            raise StoreError(
+                f"profile store {self.path} failed its integrity check: {check}; nothing was written"
+            )
 
     def _open(self) -> None:
         conn = self._conn
@@ -349,9 +352,9 @@ class ProfileStore:
                             if statement.strip():
                                 conn.execute(statement)
                         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                if int(conn.execute("PRAGMA application_id").fetchone()[0]) != APPLICATION_ID:
-                    with self._write():  # ours (checked above): a new store, or one from before the id
-                        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            if int(conn.execute("PRAGMA application_id").fetchone()[0]) != APPLICATION_ID:
+                with self._write():  # ours (checked above): a new store, or one from before the id
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             # A quick structural check: catches files whose header is fine but whose pages are damaged.
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         except sqlite3.OperationalError as exc:
