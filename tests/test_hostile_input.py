@@ -79,7 +79,8 @@ async def test_content_length_superscript_digit_is_a_protocol_error_not_a_value_
     loopback_host: str,
 ) -> None:
     """``Content-Length: \\xb2`` passed str.isdigit() and made int() raise a bare ValueError out of
-    http_get and out of HttpHeartbeat.beat. Now: a PROTOCOL_ERROR result naming the header, and a failed beat."""
+    http_get and out of HttpHeartbeat.beat. Now: a PROTOCOL_ERROR result naming the header, and a failed
+    beat."""
     async with http_peers({loopback_host: SUPERSCRIPT_LENGTH}) as port:
         with anyio.fail_after(10):
             result = await http_get(loopback_host, port, timeout_s=1, read_timeout_s=1)
@@ -308,6 +309,9 @@ def _damaged_store(path: Path) -> Path:
             trials = [TrialResult(index=0, levels=levels)]
             store.save(Characterization.from_trials(host=f"127.0.0.{i + 1}", model_key=f"m{i}" * 50,
                                                     ladder=(1,), trials=trials))
+    conn = sqlite3.connect(path)  # a copy in rollback-journal mode (as `sqlite3 .backup` or VACUUM INTO make)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
     data = bytearray(path.read_bytes())
     page = int.from_bytes(data[16:18], "big")
     assert len(data) >= 4 * page
