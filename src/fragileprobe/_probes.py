@@ -301,12 +301,14 @@ def _address(host: str, scope: Scope | None) -> str:
     if scope is not None:
         return scope.check(host)
     try:
-        ipaddress.ip_address(host)
+        addr = ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(
             f"host {host!r} is not an IP address; pass scope= to resolve (and check) a host name"
         ) from None
-    return host
+    # One identity per device (as Scope.check gives): ::ffff:a.b.c.d is the IPv4 host a.b.c.d.
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    return host if mapped is None else str(mapped)
 
 
 def _hostport(host: str, port: int) -> str:
