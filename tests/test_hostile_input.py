@@ -469,3 +469,19 @@ def test_manual_recovery_with_a_silent_open_stdin_ends_at_its_timeout_and_exits_
     assert "device trouble: " in stderr
     assert "Traceback" not in stderr
     assert "Fatal Python error" not in stderr
+
+
+@pytest.mark.parametrize("bad", ["٢", "2", 2.7, True, "1e400"])
+def test_numbers_in_an_imported_document_are_json_numbers_only(bad: object) -> None:
+    """A profile import read ``"level": "٢"`` as level 2 (``int()`` takes Arabic-Indic digits), 2.7 as 2
+    and ``true`` as 1: a document that holds those was not written by fragileprobe."""
+    from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
+
+    levels = (LevelResult(level=2, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0),)
+    good = Characterization.from_trials(host="127.0.0.9", model_key="m", ladder=(2,),
+                                        trials=[TrialResult(index=0, levels=levels)]).to_dict()
+    assert Characterization.from_dict(good).ladder == (2,)
+    bad_doc = {**good, "ladder": [bad]}
+    bad_doc["trials"] = [{**good["trials"][0], "levels": [{**good["trials"][0]["levels"][0], "level": bad}]}]
+    with pytest.raises(ConfigError, match="malformed"):
+        Characterization.from_dict(bad_doc)
