@@ -397,6 +397,11 @@ CLI_ROWS = [
     ("unknown option", ["discover", "{h}", "--bogus"], r"--bogus"),
     ("--ladder superscript", ["characterize", "{h}", "--ladder", "1,²"], r"--ladder: '1,²'"),
     ("--dwell infinite", ["characterize", "{h}", "--dwell", "1e400"], r"--dwell: .*got inf"),
+    ("--recovery-cmd missing program",
+     ["characterize", "{h}", "--recovery-cmd", "/nonexistent/pdu-ctl cycle"],
+     r"--recovery-cmd: recovery command '/nonexistent/pdu-ctl': not found"),
+    ("--recovery-url bad port", ["characterize", "{h}", "--recovery-url", "http://127.0.0.1:99999"],
+     r"--recovery-url: url: .*invalid port"),
     ("characterize host name without --scope", ["characterize", "pump-3.ward.invalid"],
      r"host 'pump-3\.ward\.invalid' is a host name: a name needs --scope"),
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import shutil
 import sys
 import threading
 from dataclasses import dataclass
@@ -161,13 +162,20 @@ def command_recovery(
         timeout_s: Kill the command and raise ``RecoveryError`` after this long.
 
     Raises:
-        ConfigError: ``argv`` is empty or not a sequence of strings.
+        ConfigError: ``argv`` is empty or not a sequence of strings, or its program is not found or not
+            executable (checked now: finding out after the device crashed would leave it down).
     """
     if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
         raise ConfigError(f"argv: must be a non-empty list of strings (no shell), got {argv!r}")
     limit = _check_timeout("timeout_s", timeout_s)
     assert limit is not None  # given as a number
     template = tuple(argv)
+    program = template[0]
+    if "{host}" not in program and "{level}" not in program and shutil.which(program) is None:
+        raise ConfigError(
+            f"recovery command {program!r}: not found or not executable"
+            + ("" if "/" in program else " (looked on PATH)")
+        )
 
     async def hook(ctx: RecoveryContext) -> None:
         args = [a.replace("{host}", ctx.host).replace("{level}", str(ctx.level)) for a in template]
@@ -311,6 +319,9 @@ def fleet_recovery(control_url: str, host: str | None = None) -> Callable[[Recov
     """
     if not isinstance(control_url, str) or not control_url:
         raise ConfigError(f"control_url: must be a URL string, got {control_url!r}")
+    from fragileprobe.emulator import FleetClient  # lazily: the emulator is only needed here
+
+    FleetClient(control_url)  # checks the URL now (http, loopback host, port range), not at the first crash
 
     async def hook(ctx: RecoveryContext) -> None:
         from fragileprobe.emulator import FleetClient  # lazily: the emulator is only needed here

@@ -600,6 +600,20 @@ def _check_characterize_args(a: _CharacterizeArgs) -> None:
             raise ConfigError(f"{option}: must be a positive number of seconds, got {value!r}")
     if a.healthy_beats < 1:
         raise ConfigError(f"--healthy-beats: must be at least 1, got {a.healthy_beats!r}")
+    from fragileprobe._recovery import command_recovery, fleet_recovery
+
+    # The recovery hook is checked before anything is sent: a program that cannot run, found out only after
+    # the load crashed the device, would leave it down.
+    if a.recovery_cmd is not None:
+        try:
+            command_recovery(shlex.split(a.recovery_cmd))
+        except ConfigError as exc:
+            raise ConfigError(f"--recovery-cmd: {exc}") from exc
+    if a.recovery_url is not None:
+        try:
+            fleet_recovery(a.recovery_url)
+        except ConfigError as exc:
+            raise ConfigError(f"--recovery-url: {exc}") from exc
 
 
 def _recovery_label(a: _CharacterizeArgs) -> str:
