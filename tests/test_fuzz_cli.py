@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,7 +27,7 @@ from fragileprobe.cli import _run_app
 from fragileprobe.emulator._fleet import FleetConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 # Digits that are not ASCII, signs, separators and junk: what a mistyped or pasted argument holds.
@@ -68,9 +69,17 @@ def _assert_refused(argv: list[str], work: Path, capsys: pytest.CaptureFixture[s
 
 
 @pytest.fixture
-def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A working directory; the CLI's process-wide settings (structlog, sys.excepthook) restored after."""
+    import structlog
+
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    saved = structlog.get_config()
+    try:
+        yield tmp_path
+    finally:
+        structlog.configure(**saved)
 
 
 H = "127.0.0.1"  # never contacted: every example is refused before anything is sent
@@ -247,3 +256,37 @@ def test_any_refused_profile_import_is_one_error_line_and_adds_nothing(text: str
         os.remove(leftover)
     assume(not accepted)
     _assert_refused(["profiles", "import", str(source), "--store", str(store_path)], work, capsys)
+
+
+report_pieces = st.sampled_from(['{"assets": [', '], "groups": {', "}", "}", '"hosts_scanned": "²"', "null",
+                                 "5",
+                                 '{"host": 5}', '{"host": "127.0.0.1", "open_ports": ["٢"]}', ",", '"x": [1]',
+                                 '"alerts": [7]', '"unresponsive": "u"', '"characterizations": []', "\xb2"])
+report_text = st.one_of(st.lists(report_pieces, max_size=12).map("".join), st.text(max_size=100))
+
+
+@CLI_FUZZ
+@given(text=report_text)
+def test_any_refused_report_input_is_one_error_line(text: str, work: Path, capsys: Any) -> None:
+    from fragileprobe import _report
+
+    source = _write(work / "input.json", text, None)
+    scratch = work.parent / f"{work.name}-scratch"
+    scratch.mkdir(exist_ok=True)
+
+    def render() -> None:
+        _report.write_report(_report.load_report_source(str(source)), scratch / "r", plot=False)
+
+    accepted = _accepted(render)
+    for leftover in scratch.iterdir():
+        os.remove(leftover)
+    assume(not accepted)
+    _assert_refused(["report", str(source), "--no-plot", "--out", str(work / "r")], work, capsys)
+
+
+def test_a_discovery_report_with_a_superscript_count_is_one_error_line(work: Path, capsys: Any) -> None:
+    """``report`` of a discovery JSON with ``"hosts_scanned": "²"`` ended in a ValueError traceback."""
+    source = work / "d.json"
+    source.write_text('{"assets": [], "hosts_scanned": "²", "groups": {}, "alerts": [], "unresponsive": []}')
+    line = _assert_refused(["report", str(source), "--no-plot", "--out", str(work / "r")], work, capsys)
+    assert "discovery report is malformed" in line
