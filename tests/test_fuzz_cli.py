@@ -37,7 +37,7 @@ hostile_text = st.one_of(
     st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8).map("".join),
     st.text(max_size=20),
 )
-CLI_FUZZ = settings(max_examples=40, deadline=None,
+CLI_FUZZ = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeAlias
 
 from fragileprobe._errors import ConfigError, ScopeError
-from fragileprobe._numbers import FIELD_MAX_DIGITS, is_ascii_decimal
+from fragileprobe._numbers import is_ascii_decimal
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -442,8 +442,7 @@ def _parse_port_text(text: str, source: object) -> list[int]:
         return list(range(lo, hi + 1))
     if not is_ascii_decimal(item):
         if item.isascii() and item.isdigit():  # only ASCII digits, but more than FIELD_MAX_DIGITS of them
-            raise ConfigError(f"port {item[:FIELD_MAX_DIGITS]}... in {source!r:.80} is outside "
-                              f"{_PORT_MIN}-{_PORT_MAX}")
+            raise ConfigError(f"port {item[:8]}... ({len(item)} digits) is outside {_PORT_MIN}-{_PORT_MAX}")
         known = ", ".join(sorted(PORT_SETS))
         raise ConfigError(f"port {item!r} in {source!r} is not a number, range or named set ({known})")
     return [_port(int(item), source)]
