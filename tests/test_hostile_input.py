@@ -250,16 +250,20 @@ def test_zone_ids_match_exactly(low: int, zone: str, other: str | None) -> None:
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:99999/hook", "http://127.0.0.1:0/", "https://[::1]:70000/",
                                  "http://127.0.0.1:x/", "http://127.0.0.1/a b"])
-async def test_webhook_url_with_a_bad_port_is_refused_before_any_packet(url: str, loopback_host: str) -> None:
+async def test_webhook_url_with_a_bad_port_is_refused_before_any_packet(
+    url: str, loopback_host: str, tmp_path: Path
+) -> None:
     """A webhook URL with port 99999 passed validation; the scan probed the network and crashed at the first
-    alert. Now a ConfigError naming the URL, and the device saw no connection attempt."""
+    alert. Now a ConfigError naming the URL, the device saw no connection attempt, and the alert file that
+    would have been used was not created either."""
     with pytest.raises(ConfigError, match="webhook_url"):
         WebhookAlertSink(url)
     async with EmulatedDevice(loopback_host, model="infusion-pump", seed=1, boot_delay_s=0.05) as dev:
         with pytest.raises(ConfigError, match="webhook_url"):
             await discover(loopback_host, scope=Scope([loopback_host]), ports=PUMP_PORTS, webhook_url=url,
-                           **FAST)  # fmt: skip
+                           alert_file=tmp_path / "alerts.jsonl", **FAST)  # fmt: skip
         assert dev.stats.connects_total == 0
+    assert not (tmp_path / "alerts.jsonl").exists()
 
 
 async def test_a_webhook_that_cannot_be_delivered_is_logged_counted_and_the_scan_goes_on(

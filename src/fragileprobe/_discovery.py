@@ -444,8 +444,10 @@ async def discover(
     if not isinstance(rules, Rules):
         raise ConfigError(f"rules must be a Rules object, got {type(rules).__name__}")
     aliases = dict(port_aliases or {})
-    sinks_file = JsonlAlertSink(alert_file) if alert_file is not None else None
+    # The webhook first: it only checks its URL, while the alert file is created when it is opened, and
+    # nothing may be created before every input that would use it has been validated.
     webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
+    sinks_file = JsonlAlertSink(alert_file) if alert_file is not None else None
     settings = _Settings(
         ports=port_list, per_host_sessions=per_host_sessions, rate_per_host=float(rate_per_host),
         connect_timeout_s=float(connect_timeout_s), banner_timeout_s=float(banner_timeout_s),
