@@ -494,3 +494,13 @@ def test_numbers_in_an_imported_document_are_json_numbers_only(bad: object) -> N
     bad_doc["trials"] = [{**good["trials"][0], "levels": [{**good["trials"][0]["levels"][0], "level": bad}]}]
     with pytest.raises(ConfigError, match="malformed"):
         Characterization.from_dict(bad_doc)
+
+
+def test_a_bad_profile_import_creates_no_store(tmp_path: Path) -> None:
+    """``profiles import bad.json --store new.db`` created new.db before the document was refused."""
+    source = tmp_path / "bad.json"
+    source.write_text('{"characterizations": [{"host": "h", "ladder": ["٢"], "trials": []}]}')
+    line = _one_error_line(_cli("profiles", "import", str(source), "--store", str(tmp_path / "new.db"),
+                                cwd=tmp_path))  # fmt: skip
+    assert "malformed" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]

@@ -1118,6 +1118,10 @@ def profiles_import(
 
     try:
         text = read_bounded_text(source, max_bytes=MAX_JSON_DOCUMENT_BYTES, label=f"source {source}")
+        if not store.exists():
+            # Validate the document before the store file is created: a bad import leaves nothing behind.
+            with _open_store(Path(":memory:")) as scratch:
+                scratch.import_json(text)
         with _open_store(store) as db:
             added = db.import_json(text)
     except FragileProbeError as exc:
