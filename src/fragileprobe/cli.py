@@ -1254,10 +1254,15 @@ def _run_app(args: list[str]) -> int:
     try:
         code = app(args=args, standalone_mode=False)
     except click_exception as exc:
-        message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split())
-        if message:  # empty for "no arguments: here is the help", which was printed already
-            _err.print(f"error: {escape(message)}")
-        return int(getattr(exc, "exit_code", EXIT_BAD_INPUT) or EXIT_BAD_INPUT)
+        text = str(getattr(exc, "format_message", exc.__str__)())
+        code = int(getattr(exc, "exit_code", EXIT_BAD_INPUT) or EXIT_BAD_INPUT)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help is the answer, not an error
+            if text.strip():  # (typer's rich help prints itself and leaves the message empty)
+                print(text, file=sys.stderr)
+            return code
+        message = " ".join(text.split())
+        _err.print(f"error: {escape(message)}")
+        return code
     except abort:
         _err.print("aborted")
         return 1
