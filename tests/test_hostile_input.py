@@ -504,3 +504,10 @@ def test_a_bad_profile_import_creates_no_store(tmp_path: Path) -> None:
                                 cwd=tmp_path))  # fmt: skip
     assert "malformed" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_zones_see_an_ipv4_mapped_host_as_its_ipv4_address() -> None:
+    """The inventory's zones use the same identity as the scope: a mapped block or host is the IPv4 one."""
+    zone = Zone("icu", ("::ffff:127.0.80.0/120",), kind="medical")
+    assert "127.0.80.7" in zone
+    assert "::ffff:127.0.80.7" in Zone("icu", ("127.0.80.0/24",), kind="medical")

@@ -38,6 +38,7 @@ import structlog
 from fragileprobe._errors import ConfigError
 from fragileprobe._files import read_bounded_text
 from fragileprobe._fingerprint import OS_FAMILIES, WEB_SERVICES
+from fragileprobe._scope import canonical_address, canonical_network
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -110,11 +111,12 @@ def _parse_range(text: str, *, where: str) -> _Interval:
     try:
         if "-" in text:
             lo_s, hi_s = (p.strip() for p in text.split("-", 1))
-            lo, hi = ipaddress.ip_address(lo_s), ipaddress.ip_address(hi_s)
+            lo = canonical_address(ipaddress.ip_address(lo_s))
+            hi = canonical_address(ipaddress.ip_address(hi_s))
             if lo.version != hi.version or int(lo) > int(hi):
                 raise ValueError("range must run from low to high within one IP version")
             return lo.version, int(lo), int(hi)
-        net = ipaddress.ip_network(text, strict=False)
+        net = canonical_network(ipaddress.ip_network(text, strict=False))
     except ValueError as exc:
         raise ConfigError(f"{where}: bad address range {text!r}: {exc}") from exc
     return net.version, int(net.network_address), int(net.broadcast_address)
@@ -158,7 +160,7 @@ class Zone:
 
     def __contains__(self, host: object) -> bool:
         try:
-            addr = ipaddress.ip_address(str(host))
+            addr = canonical_address(ipaddress.ip_address(str(host)))
         except ValueError:
             return False
         value = int(addr)

@@ -43,6 +43,7 @@ __all__ = [
     "Target",
     "canonical_address",
     "canonical_host",
+    "canonical_network",
     "parse_ports",
     "parse_targets",
 ]
@@ -136,8 +137,8 @@ def _parse_address(text: str) -> IPAddress | None:
         return None
 
 
-def _canonical_network(net: IPNetwork) -> IPNetwork:
-    """A block inside ::ffff:0:0/96 is the IPv4 block it maps (its addresses are IPv4 hosts)."""
+def canonical_network(net: IPNetwork) -> IPNetwork:
+    """A block inside ::ffff:0:0/96 is the IPv4 block it maps (its addresses are IPv4 hosts); others as given."""
     if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED_V4):
         return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
     return net
@@ -160,7 +161,7 @@ def _scope_network(text: str) -> IPNetwork:
                 f"scope entry {text!r} has host bits set: it would mean the network {net.with_prefixlen}; "
                 f"write {net.with_prefixlen} for the whole block, or {given} for the one address"
             )
-    return _canonical_network(net)
+    return canonical_network(net)
 
 
 def _resolve(name: str) -> list[IPAddress]:
