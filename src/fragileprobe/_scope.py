@@ -138,7 +138,7 @@ def _parse_address(text: str) -> IPAddress | None:
 
 
 def canonical_network(net: IPNetwork) -> IPNetwork:
-    """A block inside ::ffff:0:0/96 is the IPv4 block it maps (its addresses are IPv4 hosts); others as given."""
+    """A block inside ::ffff:0:0/96 is the IPv4 block it maps (its hosts are IPv4 hosts); others unchanged."""
     if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED_V4):
         return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
     return net
