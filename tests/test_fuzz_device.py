@@ -306,6 +306,6 @@ def test_probes_over_a_socket_are_typed_and_bounded(
     result = anyio.run(main)
     elapsed = time.monotonic() - started
     assert isinstance(result.outcome, Outcome)
-    assert result.duration_s <= total_s + 0.5  # the probe's own bound plus scheduling slack on 2 shared cores
+    assert result.duration_s <= total_s + 1.5  # the probe's own bound plus scheduling slack on 2 shared cores
     assert elapsed < 10
     assert len(result.data) <= max(HTTP_MAX_HEAD_BYTES, BANNER_MAX_BYTES)
