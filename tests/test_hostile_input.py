@@ -511,3 +511,20 @@ def test_zones_see_an_ipv4_mapped_host_as_its_ipv4_address() -> None:
     zone = Zone("icu", ("::ffff:127.0.80.0/120",), kind="medical")
     assert "127.0.80.7" in zone
     assert "::ffff:127.0.80.7" in Zone("icu", ("127.0.80.0/24",), kind="medical")
+
+
+async def test_a_heartbeat_port_answering_a_superscript_length_is_device_down_not_a_crash(
+    loopback_host: str,
+) -> None:
+    """The characterization side of the Content-Length example: the heartbeat's answer is a protocol error,
+    so characterize() ends with DeviceDownError at entry (fragileprobe's own error, naming the device), not
+    with the heartbeat's ValueError. (A regression guard: the watchdog already turned a raising beat into a
+    failed one; the beat itself no longer raises.)"""
+    from fragileprobe import DeviceDownError
+    from fragileprobe._characterize import characterize
+
+    async with http_peers({loopback_host: SUPERSCRIPT_LENGTH}) as port:
+        target = Target(loopback_host, ports=(port,), heartbeat=HttpHeartbeat(port=port, timeout_s=0.5))
+        with anyio.fail_after(30), pytest.raises(DeviceDownError, match=loopback_host):
+            await characterize(target, scope=Scope([loopback_host]), ladder=(1, 2), dwell_s=0.2,
+                               interval_s=0.1, healthy_beats=1)  # fmt: skip
