@@ -528,3 +528,14 @@ async def test_a_heartbeat_port_answering_a_superscript_length_is_device_down_no
         with anyio.fail_after(30), pytest.raises(DeviceDownError, match=loopback_host):
             await characterize(target, scope=Scope([loopback_host]), ladder=(1, 2), dwell_s=0.2,
                                interval_s=0.1, healthy_beats=1)  # fmt: skip
+
+
+def test_our_own_store_after_analyze_still_opens(tmp_path: Path) -> None:
+    """SQLite's own tables (sqlite_stat1 after ANALYZE) do not make our store foreign."""
+    path = tmp_path / "fp.db"
+    ProfileStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("ANALYZE")
+    conn.commit()
+    conn.close()
+    ProfileStore(path).close()

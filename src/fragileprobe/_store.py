@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -74,9 +75,6 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 # The database header is the first 100 bytes: user_version at offset 60, application_id at 68 (big-endian
 # 32-bit), the read/write format versions at 18/19 (2 = WAL).
 _HEADER_BYTES = 100
-# Every schema object of ours (sqlite_sequence is SQLite's own table for AUTOINCREMENT).
-_OUR_TABLES = frozenset({"runs", "trials", "scans", "scan_hosts", "assets", "alerts", "sqlite_sequence"})
-_OUR_INDEXES = frozenset({"runs_model", "runs_host"})
 DEFAULT_STORE_PATH = "fragileprobe.db"
 # How long a writer waits for another process's write lock before StoreError. Each of our transactions
 # holds the lock for milliseconds; 5 s covers a slow disk with many writers and still fails fast for a
@@ -137,6 +135,13 @@ CREATE TABLE IF NOT EXISTS alerts (
     alert_json TEXT NOT NULL
 );
 """
+
+
+# Every schema object of ours, read from the schema itself (so a table added there is ours at once). Names
+# starting with "sqlite_" are SQLite's own (sqlite_sequence for AUTOINCREMENT, sqlite_stat1 after ANALYZE,
+# sqlite_autoindex_* for keys).
+_OUR_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+_OUR_INDEXES = frozenset(re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", _SCHEMA))
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,8 +307,9 @@ class ProfileStore:
             objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
             foreign = sorted(
                 f"{kind} {name!r}" for kind, name in objects
-                if not (kind == "table" and name in _OUR_TABLES)
-                and not (kind == "index" and (name in _OUR_INDEXES or str(name).startswith("sqlite_")))
+                if not str(name).startswith("sqlite_")
+                and not (kind == "table" and name in _OUR_TABLES)
+                and not (kind == "index" and name in _OUR_INDEXES)
             )  # fmt: skip
             if foreign:
                 shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
