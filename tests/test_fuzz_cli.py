@@ -290,3 +290,20 @@ def test_a_discovery_report_with_a_superscript_count_is_one_error_line(work: Pat
     source.write_text('{"assets": [], "hosts_scanned": "²", "groups": {}, "alerts": [], "unresponsive": []}')
     line = _assert_refused(["report", str(source), "--no-plot", "--out", str(work / "r")], work, capsys)
     assert "discovery report is malformed" in line
+
+
+def test_characterize_a_host_name_without_scope_never_resolves_it(
+    work: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``characterize <hostname>`` without --scope: the message is about the host name, and the resolver is
+    never asked (any lookup here fails the test)."""
+    import socket
+
+    def no_lookup(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"resolver called with {args!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    monkeypatch.setattr(socket, "gethostbyname", no_lookup)
+    line = _assert_refused(["characterize", "infusion-pump-7.ward.invalid", "--store", str(work / "fp.db")],
+                           work, capsys)  # fmt: skip
+    assert "'infusion-pump-7.ward.invalid' is a host name: a name needs --scope" in line
