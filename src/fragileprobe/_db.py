@@ -130,6 +130,21 @@ def _statements(script: str) -> list[str]:
 # --- SQLite ------------------------------------------------------------------------------------------------
 
 
+# SQLite's header field for "which program's file is this" (https://www.sqlite.org/fileformat.html#appid,
+# the same mechanism Fossil and GeoPackage use). ASCII "fPrb"; not in SQLite's registry of magic numbers.
+APPLICATION_ID = 0x66507262
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+# The database header is the first 100 bytes: user_version at offset 60, application_id at 68 (big-endian
+# 32-bit), the read/write format versions at 18/19 (2 = WAL).
+_HEADER_BYTES = 100
+
+
+def _our_objects(migrations: Sequence[str], kind: str) -> frozenset[str]:
+    """Every table or index of ours, read from the migrations themselves (so one added there is ours at
+    once). Names starting with ``sqlite_`` are SQLite's own (sqlite_sequence, sqlite_stat1, autoindexes)."""
+    return frozenset(re.findall(rf"CREATE {kind} IF NOT EXISTS (\w+)", "\n".join(migrations)))
+
+
 class SqliteBackend:
     """A SQLite file: WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE`` writers, ``PRAGMA user_version``.
 
@@ -143,6 +158,8 @@ class SqliteBackend:
         self.path = Path(path)
         self.location = str(self.path)
         self.busy_timeout_s = busy_timeout_s
+        # Before the read-write connection: a foreign or damaged file is never opened for writing.
+        self._inspect_existing(migrations)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writers).
             self._conn = sqlite3.connect(
@@ -157,6 +174,91 @@ class SqliteBackend:
         finally:
             if not opened:  # never leave a half-opened connection (and its file handle) behind
                 self._conn.close()
+
+    def _inspect_existing(self, migrations: Sequence[str]) -> None:
+        """Refuse an existing file that is not a healthy fragileprobe store, without writing anything.
+
+        Raises:
+            StoreError: not a SQLite database, another application's id, objects that are not ours, a newer
+                schema, or a failed quick check. The file is left byte-identical.
+        """
+        try:
+            with self.path.open("rb") as fh:
+                header = fh.read(_HEADER_BYTES)
+        except FileNotFoundError:
+            return  # a new store: created below
+        except IsADirectoryError:
+            raise StoreError(f"cannot open profile store {self.path}: it is a directory") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open profile store {self.path}: {exc.strerror or exc}") from exc
+        if not header:
+            return  # an empty file is an empty database (sqlite3.connect leaves one when nothing was written)
+        if len(header) < _HEADER_BYTES or not header.startswith(_SQLITE_MAGIC):
+            raise StoreError(
+                f"profile store {self.path} is corrupt or not a fragileprobe store: file is not a database"
+            )
+        page_size = int.from_bytes(header[16:18], "big")
+        # SQLite itself requires these: a page size that is a power of two in 512-65536 (1 means 65536) and
+        # the fixed payload fractions 64, 32, 32 at offsets 21-23. Anything else is damage, not a database.
+        if not (page_size == 1 or (512 <= page_size <= 32768 and page_size & (page_size - 1) == 0)) or (
+            tuple(header[21:24]) != (64, 32, 32)
+        ):
+            raise StoreError(
+                f"profile store {self.path} is corrupt or not a fragileprobe store: malformed database header"
+            )
+        app_id = int.from_bytes(header[68:72], "big")
+        if app_id not in (0, APPLICATION_ID):
+            raise StoreError(
+                f"profile store {self.path} is not a fragileprobe store: it belongs to another application "
+                f"(SQLite application_id 0x{app_id:08x}, ours is 0x{APPLICATION_ID:08x}); nothing was written"
+            )
+        version = int.from_bytes(header[60:64], "big")
+        if version > len(migrations):
+            raise StoreError(
+                f"profile store {self.path} has schema version {version}, newer than this fragileprobe "
+                f"supports ({len(migrations)}); upgrade fragileprobe or use another file"
+            )
+        self._inspect_read_only(migrations, wal=header[18] == 2 or header[19] == 2)
+
+    def _inspect_read_only(self, migrations: Sequence[str], *, wal: bool) -> None:
+        """Schema objects and quick_check, through a connection that cannot write."""
+        # A read-only connection to a WAL database creates -wal and -shm files beside it; when no -wal
+        # exists nobody has the database open, and immutable=1 reads the file as it is, creating nothing.
+        wal_file = self.path.with_name(self.path.name + "-wal")
+        mode = "immutable=1" if wal and not wal_file.exists() else "mode=ro"
+        uri = f"{self.path.resolve().as_uri()}?{mode}"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open profile store {self.path}: {exc}") from exc
+        tables, indexes = _our_objects(migrations, "TABLE"), _our_objects(migrations, "INDEX")
+        try:
+            objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
+            foreign = sorted(
+                f"{kind} {name!r}" for kind, name in objects
+                if not str(name).startswith("sqlite_")
+                and not (kind == "table" and name in tables)
+                and not (kind == "index" and name in indexes)
+            )  # fmt: skip
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise StoreError(
+                    f"profile store {self.path} is not a fragileprobe store: it holds {shown}, which are not "
+                    "ours; nothing was written (give another --store path)"
+                )
+            check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"profile store {self.path} is corrupt or not a fragileprobe store: {exc}"
+            ) from exc
+        finally:
+            conn.close()
+        if check != "ok":
+            raise StoreError(
+                f"profile store {self.path} failed its integrity check: {check}; nothing was written"
+            )
 
     def _open(self, migrations: Sequence[str]) -> None:
         conn = self._conn
@@ -187,6 +289,9 @@ class SqliteBackend:
                             conn.execute(statement)
                     if current < target:
                         conn.execute(f"PRAGMA user_version = {target}")
+            if int(conn.execute("PRAGMA application_id").fetchone()[0]) != APPLICATION_ID:
+                with self.write():  # ours (inspected above): a new store, or one from before the id
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             # A quick structural check: catches files whose header is fine but whose pages are damaged.
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         except sqlite3.OperationalError as exc:

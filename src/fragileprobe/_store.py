@@ -18,6 +18,13 @@ Durability rules:
 * The schema is versioned (SQLite ``PRAGMA user_version``, PostgreSQL the ``fragileprobe_meta`` table) and
   migrated step by step (``_MIGRATIONS``). A database from a newer fragileprobe, a corrupt file, a file that
   is not a database or a foreign PostgreSQL database raises ``StoreError`` before anything is written to it.
+* Only our own files are written. Our SQLite stores carry SQLite's ``application_id``
+  :data:`APPLICATION_ID` (``0x66507262``, ASCII ``fPrb``; PostgreSQL: the ``fragileprobe_meta`` table).
+  An existing file is first inspected without a single write (its header
+  read as bytes, then a read-only connection): another application's id, a table, view or trigger that is
+  not ours, a newer schema or a failed ``PRAGMA quick_check`` refuse it with ``StoreError`` and leave it
+  byte-identical, with no ``-wal``/``-shm`` file left beside it. A store from before the id existed
+  (id 0, only our tables) is stamped when it is opened.
 
 Tables (schema version 1)::
 
@@ -50,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
-from fragileprobe._db import open_backend
+from fragileprobe._db import APPLICATION_ID, open_backend
 from fragileprobe._errors import ConfigError, StoreError
 from fragileprobe._profile import Characterization, DeviceProfile, TrialResult
 
@@ -62,6 +69,7 @@ if TYPE_CHECKING:
     from fragileprobe._db import Connection, PostgresBackend, SqliteBackend
 
 __all__ = [
+    "APPLICATION_ID",
     "DEFAULT_BUSY_TIMEOUT_S",
     "DEFAULT_STORE_PATH",
     "SCHEMA_VERSION",
@@ -171,6 +179,8 @@ CREATE TABLE IF NOT EXISTS device_holds (
 # add a new one (the backends apply the missing steps in one write transaction).
 _MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+
 
 
 @dataclass(frozen=True, slots=True)
