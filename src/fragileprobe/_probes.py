@@ -49,6 +49,7 @@ import structlog
 
 from fragileprobe._errors import (
     ConfigError,
+    FragileProbeError,
     ProbeError,
     ProbeRefusedError,
     ProbeResetError,
@@ -547,6 +548,15 @@ async def _probe(
             except OSError as exc:
                 outcome = _classify(exc)
                 fields["error"] = _describe(exc)
+                fields.setdefault("data", b"")
+            except FragileProbeError:
+                raise
+            except Exception as exc:
+                # Last resort: a parser bug must not end a whole scan; the device's answer becomes a result
+                # about that host, and the bug is logged with its traceback to be fixed.
+                logger.exception("probe.internal_error", host=address, port=port, probe=kind)
+                outcome = Outcome.PROTOCOL_ERROR
+                fields["error"] = f"could not interpret the answer ({type(exc).__name__}: {exc})"
                 fields.setdefault("data", b"")
             if outcome is not Outcome.RESET:
                 await _end(conn, deadline)
