@@ -90,7 +90,9 @@ async def bare(host: str, port: int, count: int, concurrency: int, *, wait_fin: 
 async def guarded(host: str, port: int, http_port: int, count: int, concurrency: int) -> float:
     target = fp.Target(host, ports=[port], heartbeat=fp.HttpHeartbeat(port=http_port, timeout_s=2.0))
     remaining = count
-    async with fp.Guard(target, ceiling=concurrency, scope=fp.Scope([f"{host}/32"]), interval_s=1.0) as guard:
+    # N counts the heartbeat's session: concurrency probes in flight need N = concurrency + 1.
+    scope = fp.Scope([f"{host}/32"])
+    async with fp.Guard(target, ceiling=concurrency + 1, scope=scope, interval_s=1.0) as guard:
 
         async def worker() -> None:
             nonlocal remaining
@@ -104,8 +106,9 @@ async def guarded(host: str, port: int, http_port: int, count: int, concurrency:
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
                 tg.start_soon(worker)
+        await guard.wait_let_go()  # the last slots are charged until the server let go: part of the cost
         rate = count / (time.perf_counter() - start)
-        if guard.device_down or guard.stats.peak_in_flight > concurrency:
+        if guard.device_down or guard.stats.peak_device_sessions > concurrency + 1:
             raise RuntimeError(f"guard misbehaved: {guard.stats}")
     return rate
 

@@ -12,6 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
+# The real Redis/PostgreSQL fixtures of the site-agent tests (pg_server, pg_url, redis_server).
+pytest_plugins = ["tests._support.sites"]
+
 _counter = itertools.count(1)
 
 

@@ -126,7 +126,8 @@ def test_characterize_human_output_shows_levels_device_down_and_settings(
     out = run_cli("characterize", host, "--recovery-url", url, *FAST, "--trials", "1",
                   "--store", str(tmp_path / "fp.db"))  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "trial 1  level   1 sessions: PASSED" in out.stdout
+    assert "trial 1  level   2 sessions: PASSED" in out.stdout  # 1 would be the heartbeat alone
+    assert "level 1 dropped" in out.stdout
     assert "DEVICE DOWN" in out.stdout  # the red panel
     assert "stopped answering its heartbeat" in out.stdout
     assert "Safe ceiling:" in out.stdout

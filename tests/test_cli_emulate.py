@@ -90,7 +90,7 @@ def test_emulate_bad_fleet_file_is_exit_2(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
-    assert out.stderr.startswith("error: model: unknown model 'toaster'")
+    assert out.stderr.startswith(f"error: {bad}: model: unknown model 'toaster'")  # the file is named
 
 
 async def test_emulate_hostile_fleet_and_list_its_devices() -> None:

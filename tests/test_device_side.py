@@ -484,3 +484,17 @@ def test_a_recommendation_used_through_the_guard_never_wedges_the_device(wedge_a
     held = [lv for t in char.trials for lv in t.levels if lv.outcome.value == "passed"]
     assert held
     assert all(not lv.not_held for lv in held), [(lv.level, lv.held_at_beats) for lv in held]
+
+
+def test_the_readme_testing_example_runs() -> None:
+    """The README's fragileprobe.testing example, as written there (docs that cannot drift)."""
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text(encoding="utf-8")
+    section = readme.split("## Testing your own tools", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code is not None
+    namespace: dict[str, Any] = {"anyio": anyio, "fp": __import__("fragileprobe")}
+    with capture_logs():
+        exec(compile(code.group(1), "README.md", "exec"), namespace)  # our own README, nothing else

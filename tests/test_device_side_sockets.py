@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import pytest
@@ -156,3 +157,115 @@ async def test_a_device_that_hangs_at_the_ceiling_plus_one_is_never_hung(
                 down = guard.device_down
     assert not dev.hung, f"hung at {dev.peak} sessions with ceiling {ceiling}"
     assert not down
+
+
+@dataclass
+class StoryShapedDevice:
+    """Three consoles that greet at once and read continuously, and a web port (the heartbeat) that answers
+    and hangs up within milliseconds; the whole device wedges once it holds ``hang_at`` sessions.
+    ``power_cycle`` ends every session and unwedges it."""
+
+    host: str
+    hang_at: int
+    sessions: int = 0
+    peak: int = 0
+    hung: bool = False
+    hangs: int = 0
+    servers: list[asyncio.Server] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def __aenter__(self) -> StoryShapedDevice:
+        for handler in (self._console, self._console, self._console, self._web):
+            server = await asyncio.start_server(self._tracked(handler), self.host, 0)
+            self.servers.append(server)
+            self.ports.append(server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.power_cycle()
+        for server in self.servers:
+            server.close()
+
+    def _tracked(self, handler: Any) -> Any:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.add(task)  # type: ignore[arg-type]
+            self.sessions += 1
+            self.peak = max(self.peak, self.sessions)
+            if not self.hung and self.sessions >= self.hang_at:
+                self.hung = True
+                self.hangs += 1
+            try:
+                if self.hung:
+                    await asyncio.sleep(3600)
+                await handler(reader, writer)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.CancelledError):
+                pass
+            finally:
+                self.sessions -= 1
+                self.tasks.discard(task)  # type: ignore[arg-type]
+                writer.close()
+
+        return run
+
+    async def _console(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"login: ")
+        await writer.drain()
+        while await reader.read(1024):
+            if self.hung:
+                await asyncio.sleep(3600)
+
+    async def _web(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+
+    async def power_cycle(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.sleep(0.1)
+        self.hung = False
+
+
+@pytest.mark.slow
+async def test_the_recommended_ceiling_used_through_the_guard_does_not_hang_a_story_shaped_device(
+    loopback_host: str,
+) -> None:
+    """The issue's second example on real sockets. The old code passed "level 4" with fewer than 4 sessions
+    on the device (web sessions closed by the device at once while our slot stayed taken), recommended 4 for
+    a device that hangs at 5, and a Guard at 4 then hung it (4 probes and the heartbeat)."""
+    from fragileprobe._characterize import characterize
+
+    async with StoryShapedDevice(loopback_host, hang_at=5) as dev:
+        web = dev.ports[3]
+        target = Target(dev.host, ports=dev.ports, heartbeat=HttpHeartbeat(port=web, timeout_s=0.5))
+        with capture_logs(), anyio.fail_after(120):
+            char = await characterize(
+                target, scope=Scope([dev.host]), ladder=(2, 3, 4, 5, 6, 7), trials=2,
+                recovery=dev.power_cycle,
+                model_key="story-shaped", dwell_s=1.0, hold_s=0.3, interval_s=0.2, heartbeat_timeout_s=0.5,
+                healthy_beats=2, recovery_timeout_s=10.0, baseline_beats=3, read_timeout_s=0.3,
+                connect_timeout_s=0.5,
+            )  # fmt: skip
+            hangs_before = dev.hangs
+            dev.peak = dev.sessions
+            assert char.safe_ceiling is not None
+            assert char.safe_ceiling >= 2, char.summary()
+            async with Guard(target, ceiling=char.safe_ceiling, scope=Scope([dev.host]), interval_s=0.2) as g:
+
+                async def hold(port: int) -> None:
+                    # A scanner's check holds its session: here 1.5 s each, on consoles and the web port.
+                    for _ in range(2):
+                        async with g.connect(port) as stream:
+                            with anyio.move_on_after(1.5), contextlib.suppress(anyio.EndOfStream):
+                                while True:
+                                    await stream.receive(1024)
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(8):
+                        tg.start_soon(hold, dev.ports[i % 4])
+    assert hangs_before >= 1, "the ladder reached the hang: it was measured"
+    assert char.safe_ceiling < 5, char.summary()
+    assert dev.hangs == hangs_before, f"a Guard at the recommended {char.safe_ceiling} hung the device"

@@ -560,3 +560,32 @@ def test_decode_chunked_round_trips(chunks: list[bytes], limit: int) -> None:
     body, finished = _decode_chunked(raw, limit)
     assert finished
     assert body == b"".join(chunks)[:limit]
+
+
+async def test_an_unexpected_error_while_reading_an_answer_is_a_result_not_a_crash(
+    loopback_host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Last resort: if interpreting a device's answer raised a bug's exception, the probe still returns a
+    PROTOCOL_ERROR result about that host (and logs the bug), so one device cannot end a whole scan."""
+    import fragileprobe._probes as probes
+
+    def broken(*_args: object) -> object:
+        raise IndexError("a parser bug")
+
+    monkeypatch.setattr(probes, "_parse_head", broken)
+    listener = await anyio.create_tcp_listener(local_host=loopback_host, local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        with capture_logs() as logs:
+            result = await probes.http_get(loopback_host, port, read_timeout_s=1.0)
+        tg.cancel_scope.cancel()
+    assert result.outcome is Outcome.PROTOCOL_ERROR
+    assert "IndexError" in (result.error or "")
+    assert any(e["event"] == "probe.internal_error" for e in logs)

@@ -57,16 +57,25 @@ async def test_command_recovery_timeout_and_missing_program() -> None:
     slow = command_recovery([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=0.3)
     with capture_logs(), anyio.fail_after(10), pytest.raises(RecoveryError, match=r"timed out after 0\.3 s"):
         await call_recovery(slow, _ctx())
-    missing = command_recovery(["/nonexistent/pdu-ctl", "cycle"])
+    with pytest.raises(ConfigError, match=r"recovery command '/nonexistent/pdu-ctl': not found"):
+        command_recovery(["/nonexistent/pdu-ctl", "cycle"])  # refused at construction, before any load
+
+
+async def test_command_recovery_whose_program_vanished_is_a_recovery_error(tmp_path: Path) -> None:
+    program = tmp_path / "pdu-ctl"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    hook = command_recovery([str(program), "cycle"])
+    program.unlink()
     with capture_logs(), pytest.raises(RecoveryError, match="could not run"):
-        await call_recovery(missing, _ctx())
+        await call_recovery(hook, _ctx())
 
 
 def test_command_recovery_refuses_shell_strings() -> None:
     with pytest.raises(ConfigError, match="argv"):
         command_recovery("pdu-ctl cycle 7")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="timeout_s"):
-        command_recovery(["x"], timeout_s=0)
+        command_recovery([sys.executable], timeout_s=0)
 
 
 async def test_wait_for_recovery_returns_when_the_device_comes_back(loopback_host: str) -> None:

@@ -444,8 +444,10 @@ async def discover(
     if not isinstance(rules, Rules):
         raise ConfigError(f"rules must be a Rules object, got {type(rules).__name__}")
     aliases = dict(port_aliases or {})
-    sinks_file = JsonlAlertSink(alert_file) if alert_file is not None else None
+    # The webhook first: it only checks its URL, while the alert file is created when it is opened, and
+    # nothing may be created before every input that would use it has been validated.
     webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
+    sinks_file = JsonlAlertSink(alert_file) if alert_file is not None else None
     settings = _Settings(
         ports=port_list, per_host_sessions=per_host_sessions, rate_per_host=float(rate_per_host),
         connect_timeout_s=float(connect_timeout_s), banner_timeout_s=float(banner_timeout_s),
@@ -542,7 +544,11 @@ async def discover(
                 await finish_host(host, kept, ())
                 continue
             hs = _HostState()
-            results = await _probe_host(host, settings, limit, hs)
+            try:
+                results = await _probe_host(host, settings, limit, hs)
+            except Exception as exc:
+                results = []
+                hs.gave_up = _host_failed(host, "probing", exc)
             if hs.gave_up is None and not hs.answered and any(
                 r.outcome is Outcome.TIMEOUT and _connected(r) for r in results
             ):
@@ -553,10 +559,16 @@ async def discover(
             if hs.gave_up is not None:
                 unresponsive.append(Unresponsive(host, tuple(sorted(hs.answered)), hs.gave_up))
                 log.warning("discovery.host_unresponsive", host=host, reason=hs.gave_up)
-            asset, matches = _build_asset(
-                host, results, settings=settings, limit=limit, zones=zones, rules=rules, profiles=profiles,
-                prior=prior_row, unresponsive=hs.gave_up is not None,
-            )
+            try:
+                asset, matches = _build_asset(
+                    host, results, settings=settings, limit=limit, zones=zones, rules=rules,
+                    profiles=profiles, prior=prior_row, unresponsive=hs.gave_up is not None,
+                )
+            except Exception as exc:
+                reason = _host_failed(host, "fingerprinting", exc)
+                if hs.gave_up is None:
+                    unresponsive.append(Unresponsive(host, tuple(sorted(hs.answered)), reason))
+                asset, matches = None, ()
             await finish_host(host, asset, matches)
 
     observer: Any = None
@@ -580,6 +592,10 @@ async def discover(
             if own is None:
                 raise
             raise own from group
+    if webhook is not None and webhook.failures:
+        notes.append(f"{webhook.failures} alert(s) could not be delivered to the webhook {webhook.url} "
+                     "(logged as discovery.alert_webhook_failed; they are in the log, the store and the "
+                     "alert file)")
     if observer is not None:
         _apply_os_hints(assets, observer.hints())
     icmp_only: tuple[str, ...] = ()
@@ -676,6 +692,18 @@ async def _probe_host(host: str, s: _Settings, limit: int, hs: _HostState) -> li
         for _ in range(min(limit, len(s.ports))):
             tg.start_soon(runner, tg.cancel_scope)
     return results
+
+
+def _host_failed(host: str, stage: str, exc: Exception) -> str:
+    """Log a failure of our own code on one host's bytes; the reason the host is reported with.
+
+    Whatever a device sent, the scan of the other hosts goes on and their results stand (one bad host used
+    to end discover() with an ExceptionGroup). The host is reported as given up on, so it is never grouped
+    "safe to scan". Cancellation is a BaseException and is never caught here.
+    """
+    reason = f"{stage} it failed: {type(exc).__name__}: {str(exc)[:200]}"
+    log.error("discovery.host_failed", host=host, stage=stage, error=reason, exc_info=exc)
+    return reason
 
 
 def _connected(res: ProbeResult) -> bool:

@@ -185,7 +185,8 @@ def strip_telnet_negotiation(data: bytes) -> tuple[bytes, tuple[str, ...]]:
 
 
 # --- HTTP -----------------------------------------------------------------------------------------------
-_STATUS_LINE = re.compile(r"^HTTP/(\d)\.(\d)\s+(\d{3})(?:\s+(.*))?$")
+# re.ASCII: a str pattern's \d also matches '٢' (and int() reads '٢٠٠' as 200); a status is ASCII digits.
+_STATUS_LINE = re.compile(r"^HTTP/(\d)\.(\d)\s+(\d{3})(?:\s+(.*))?$", re.ASCII)
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 
 

@@ -38,6 +38,7 @@ import structlog
 from fragileprobe._errors import ConfigError
 from fragileprobe._files import read_bounded_text
 from fragileprobe._fingerprint import OS_FAMILIES, WEB_SERVICES
+from fragileprobe._scope import canonical_address, canonical_network
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -110,11 +111,12 @@ def _parse_range(text: str, *, where: str) -> _Interval:
     try:
         if "-" in text:
             lo_s, hi_s = (p.strip() for p in text.split("-", 1))
-            lo, hi = ipaddress.ip_address(lo_s), ipaddress.ip_address(hi_s)
+            lo = canonical_address(ipaddress.ip_address(lo_s))
+            hi = canonical_address(ipaddress.ip_address(hi_s))
             if lo.version != hi.version or int(lo) > int(hi):
                 raise ValueError("range must run from low to high within one IP version")
             return lo.version, int(lo), int(hi)
-        net = ipaddress.ip_network(text, strict=False)
+        net = canonical_network(ipaddress.ip_network(text, strict=False))
     except ValueError as exc:
         raise ConfigError(f"{where}: bad address range {text!r}: {exc}") from exc
     return net.version, int(net.network_address), int(net.broadcast_address)
@@ -158,7 +160,7 @@ class Zone:
 
     def __contains__(self, host: object) -> bool:
         try:
-            addr = ipaddress.ip_address(str(host))
+            addr = canonical_address(ipaddress.ip_address(str(host)))
         except ValueError:
             return False
         value = int(addr)
@@ -341,7 +343,7 @@ class Rule:
             items = _tuple_of(getattr(self, fname), str, field_name=f"Rule.{fname}", rule=self.name)
             object.__setattr__(self, fname, items)
         for spec in (*self.services, *self.services_any):
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*(@\d{1,5})?", spec):
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*(@[0-9]{1,5})?", spec):
                 raise ConfigError(
                     f"Rule {self.name!r}: service {spec!r} must be a lower-case name, optionally '@port' "
                     "(e.g. 'http@8080')"
@@ -678,14 +680,25 @@ class WebhookAlertSink:
     """
 
     def __init__(self, url: str, *, timeout_s: float = WEBHOOK_TIMEOUT_S) -> None:
-        parts = urllib.parse.urlsplit(url)
+        if not isinstance(url, str) or any(c in url for c in "\r\n\t\0 "):
+            raise ConfigError(f"webhook_url must be an http:// or https:// URL without spaces, got {url!r}")
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port  # urllib checks the range only when asked, at the first alert: ask now
+        except ValueError as exc:
+            raise ConfigError(f"webhook_url {url!r}: {exc} (a port is 1-65535)") from exc
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"webhook_url must be an http:// or https:// URL with a host, got {url!r}")
+        if port == 0:
+            raise ConfigError(f"webhook_url {url!r}: port 0 is outside 1-65535")
         if not timeout_s > 0:
             raise ConfigError(f"webhook timeout_s must be > 0, got {timeout_s!r}")
         self.url = url
         self.timeout_s = float(timeout_s)
         self._parts = parts
+        # Alerts that could not be delivered (each logged as discovery.alert_webhook_failed); the scan goes
+        # on regardless.
+        self.failures = 0
 
     async def send(self, alert: Alert) -> bool:
         """POST ``alert``; return True on a 2xx answer."""
@@ -719,11 +732,16 @@ class WebhookAlertSink:
                         data += chunk
             m = re.match(rb"HTTP/\d\.\d (\d{3})", data)
             status = int(m.group(1)) if m else None
-        except (OSError, TimeoutError, anyio.BrokenResourceError) as exc:
-            log.warning("discovery.alert_webhook_failed", url=self.url, host=alert.host, error=repr(exc))
+        except (OSError, TimeoutError, anyio.BrokenResourceError, UnicodeError, ValueError) as exc:
+            # UnicodeError/ValueError: a host name the resolver's IDNA codec refuses (checked only here).
+            self.failures += 1
+            log.warning("discovery.alert_webhook_failed", url=self.url, host=alert.host, error=repr(exc),
+                        failures=self.failures)
             return False
         if status is None or not 200 <= status < 300:
-            log.warning("discovery.alert_webhook_failed", url=self.url, host=alert.host, status=status)
+            self.failures += 1
+            log.warning("discovery.alert_webhook_failed", url=self.url, host=alert.host, status=status,
+                        failures=self.failures)
             return False
         return True
 

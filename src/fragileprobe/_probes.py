@@ -49,12 +49,14 @@ import structlog
 
 from fragileprobe._errors import (
     ConfigError,
+    FragileProbeError,
     ProbeError,
     ProbeRefusedError,
     ProbeResetError,
     ProbeTimeoutError,
 )
 from fragileprobe._net import DEFAULT_NETWORK, linger_close
+from fragileprobe._numbers import device_decimal, device_hex
 from fragileprobe._sessions import HeldConnection
 
 if TYPE_CHECKING:
@@ -299,12 +301,14 @@ def _address(host: str, scope: Scope | None) -> str:
     if scope is not None:
         return scope.check(host)
     try:
-        ipaddress.ip_address(host)
+        addr = ipaddress.ip_address(host)
     except ValueError:
         raise ConfigError(
             f"host {host!r} is not an IP address; pass scope= to resolve (and check) a host name"
         ) from None
-    return host
+    # One identity per device (as Scope.check gives): ::ffff:a.b.c.d is the IPv4 host a.b.c.d.
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    return host if mapped is None else str(mapped)
 
 
 def _hostport(host: str, port: int) -> str:
@@ -545,6 +549,15 @@ async def _probe(
                 outcome = _classify(exc)
                 fields["error"] = _describe(exc)
                 fields.setdefault("data", b"")
+            except FragileProbeError:
+                raise
+            except Exception as exc:
+                # Last resort: a parser bug must not end a whole scan; the device's answer becomes a result
+                # about that host, and the bug is logged with its traceback to be fixed.
+                logger.exception("probe.internal_error", host=address, port=port, probe=kind)
+                outcome = Outcome.PROTOCOL_ERROR
+                fields["error"] = f"could not interpret the answer ({type(exc).__name__}: {exc})"
+                fields.setdefault("data", b"")
             if outcome is not Outcome.RESET:
                 await _end(conn, deadline)
         finally:
@@ -688,7 +701,7 @@ async def grab_banner(
 
 # --- HTTP (sans-IO parsing: bytes in, fields or _ProtocolViolation out) ---------------------------------
 
-_STATUS_RE = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?$")
+_STATUS_RE = re.compile(rb"^HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\r\n]*))?$")
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _TITLE_RE = re.compile(rb"<title[^>]*>(.*?)(?:</title|$)", re.IGNORECASE | re.DOTALL)
 _PATH_RE = re.compile(r"^/[\x21-\x7e]*$")
@@ -745,10 +758,10 @@ def _decode_chunked(raw: bytes | bytearray, limit: int) -> tuple[bytes, bool]:
             return bytes(out), False
         if eol - pos > HTTP_CHUNK_LINE_MAX_BYTES:
             raise _ProtocolViolation("chunk-size line longer than its cap")
-        size_text = bytes(raw[pos:eol]).rstrip(b"\r").split(b";", 1)[0].strip()
-        if not size_text or len(size_text) > 8 or not all(c in b"0123456789abcdefABCDEF" for c in size_text):
+        size_text = bytes(raw[pos:eol]).rstrip(b"\r").split(b";", 1)[0].strip(b" \t")
+        size = device_hex(size_text)
+        if size is None:
             raise _ProtocolViolation(f"malformed chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
         if size == 0:
             return bytes(out), True
         start = eol + 1
@@ -891,10 +904,11 @@ async def _read_response(
     chunked = "chunked" in header_map.get("transfer-encoding", "").lower()
     length: int | None = None
     if not chunked and "content-length" in header_map:
-        text = header_map["content-length"].strip()
-        if not text.isdigit():
+        text = header_map["content-length"].strip(" \t")
+        # ASCII digits only, bounded (RFC 9110 8.6): '\xb2' passes str.isdigit() and then makes int() raise.
+        length = device_decimal(text)
+        if length is None:
             return {**fields, "outcome": Outcome.PROTOCOL_ERROR, "error": f"bad Content-Length {text[:40]!r}"}
-        length = int(text)
     if status in (204, 304) or 100 <= status < 200:
         length = 0
     raw_cap = max_bytes + (HTTP_CHUNK_OVERHEAD_MAX_BYTES if chunked else 0)

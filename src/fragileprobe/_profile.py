@@ -193,15 +193,15 @@ class LevelResult:
     def from_dict(cls, data: Mapping[str, Any]) -> LevelResult:
         """Rebuild from :meth:`to_dict` output."""
         return cls(
-            level=int(data["level"]),
+            level=_json_int(data["level"]),
             outcome=LevelOutcome(data["outcome"]),
-            dwell_s=float(data["dwell_s"]),
-            elapsed_s=float(data["elapsed_s"]),
-            in_flight_at_end=int(data.get("in_flight_at_end", 0)),
-            sessions_started=int(data.get("sessions_started", 0)),
-            sessions_failed=int(data.get("sessions_failed", 0)),
-            latencies_s=tuple(float(x) for x in data.get("latencies_s", ())),
-            beats_failed=int(data.get("beats_failed", 0)),
+            dwell_s=_json_float(data["dwell_s"]),
+            elapsed_s=_json_float(data["elapsed_s"]),
+            in_flight_at_end=_json_int(data.get("in_flight_at_end", 0)),
+            sessions_started=_json_int(data.get("sessions_started", 0)),
+            sessions_failed=_json_int(data.get("sessions_failed", 0)),
+            latencies_s=tuple(_json_float(x) for x in data.get("latencies_s", ())),
+            beats_failed=_json_int(data.get("beats_failed", 0)),
             latency_median_s=_opt_float(data.get("latency_median_s")),
             latency_p95_s=_opt_float(data.get("latency_p95_s")),
             held_at_beats=tuple(int(x) for x in data.get("held_at_beats", ())),
@@ -257,9 +257,9 @@ class TrialResult:
     def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
         """Rebuild from :meth:`to_dict` output."""
         return cls(
-            index=int(data["index"]),
+            index=_json_int(data["index"]),
             levels=tuple(LevelResult.from_dict(x) for x in data.get("levels", ())),
-            wall_time_s=float(data.get("wall_time_s", 0.0)),
+            wall_time_s=_json_float(data.get("wall_time_s", 0.0)),
             complete=bool(data.get("complete", True)),
         )
 
@@ -386,12 +386,30 @@ def latency_knee(
     return None
 
 
+def _json_int(value: Any) -> int:
+    """An integer from a stored or imported document: a JSON integer, nothing else.
+
+    ``int()`` would also take ``"٢"`` (Arabic-Indic two), ``2.7`` (truncated) and ``true``; a document that
+    holds those was not written by fragileprobe. Raises ValueError (reported as "malformed" by the caller).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r:.40}")
+    return value
+
+
+def _json_float(value: Any) -> float:
+    """A finite number from a stored or imported document (a JSON number; never a string like ``"1e400"``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r:.40}")
+    return float(value)
+
+
 def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+    return None if value is None else _json_float(value)
 
 
 def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    return None if value is None else _json_int(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -664,7 +682,7 @@ class Characterization:
         if not isinstance(data, collections.abc.Mapping):
             raise ConfigError(f"characterization data is malformed: expected an object, got {data!r:.80}")
         try:
-            fmt = int(data.get("format", FORMAT_VERSION))
+            fmt = _json_int(data.get("format", FORMAT_VERSION))
         except (TypeError, ValueError) as exc:
             bad = data.get("format")
             raise ConfigError(f"characterization data is malformed: format {bad!r:.40}") from exc
@@ -677,10 +695,10 @@ class Characterization:
                 host=str(data["host"]),
                 model_key=data.get("model_key"),
                 name=data.get("name"),
-                ladder=tuple(int(x) for x in data["ladder"]),
+                ladder=tuple(_json_int(x) for x in data["ladder"]),
                 trials=tuple(TrialResult.from_dict(t) for t in data["trials"]),
-                margin_fraction=float(data.get("margin_fraction", DEFAULT_MARGIN_FRACTION)),
-                margin_levels=int(data.get("margin_levels", DEFAULT_MARGIN_LEVELS)),
+                margin_fraction=_json_float(data.get("margin_fraction", DEFAULT_MARGIN_FRACTION)),
+                margin_levels=_json_int(data.get("margin_levels", DEFAULT_MARGIN_LEVELS)),
                 baseline_latency_s=_opt_float(data.get("baseline_latency_s")),
                 early_warning_factor=_opt_float(data.get("early_warning_factor")),
                 safe_ceiling=_opt_int(data.get("safe_ceiling")),
@@ -689,10 +707,10 @@ class Characterization:
                 highest_passed=_opt_int(data.get("highest_passed")),
                 ceiling_found=bool(data.get("ceiling_found", False)),
                 latency_knee=_opt_int(data.get("latency_knee")),
-                wall_time_s=float(data.get("wall_time_s", 0.0)),
+                wall_time_s=_json_float(data.get("wall_time_s", 0.0)),
                 stop_reason=str(data.get("stop_reason", "complete")),
                 run_id=data.get("run_id"),
-                started_at_epoch_s=float(data.get("started_at_epoch_s", 0.0)),
+                started_at_epoch_s=_json_float(data.get("started_at_epoch_s", 0.0)),
             )
         # AttributeError: a trial or level that is not an object
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import shutil
 import sys
 import threading
 from dataclasses import dataclass
@@ -161,13 +162,20 @@ def command_recovery(
         timeout_s: Kill the command and raise ``RecoveryError`` after this long.
 
     Raises:
-        ConfigError: ``argv`` is empty or not a sequence of strings.
+        ConfigError: ``argv`` is empty or not a sequence of strings, or its program is not found or not
+            executable (checked now: finding out after the device crashed would leave it down).
     """
     if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
         raise ConfigError(f"argv: must be a non-empty list of strings (no shell), got {argv!r}")
     limit = _check_timeout("timeout_s", timeout_s)
     assert limit is not None  # given as a number
     template = tuple(argv)
+    program = template[0]
+    if "{host}" not in program and "{level}" not in program and shutil.which(program) is None:
+        raise ConfigError(
+            f"recovery command {program!r}: not found or not executable"
+            + ("" if "/" in program else " (looked on PATH)")
+        )
 
     async def hook(ctx: RecoveryContext) -> None:
         args = [a.replace("{host}", ctx.host).replace("{level}", str(ctx.level)) for a in template]
@@ -222,13 +230,45 @@ def manual_recovery(
             if confirm is None and _in_notebook() and _has_ipywidgets():
                 await _notebook_button(message)
             else:
-                ask = confirm or input
-                # abandon_on_cancel: a blocked input() cannot be interrupted; on timeout we stop waiting.
-                await anyio.to_thread.run_sync(ask, message, abandon_on_cancel=True)
+                await _ask_in_daemon_thread(confirm or input, message, host=ctx.host)
             return
         raise RecoveryError(f"nobody confirmed the power cycle of {ctx.host} within {limit:g} s")
 
     return hook
+
+
+# How often the event loop looks whether the person has answered: a person needs seconds, not milliseconds.
+_PROMPT_POLL_S = 0.1
+
+
+async def _ask_in_daemon_thread(ask: Callable[[str], str], message: str, *, host: str) -> None:
+    """Call ``ask(message)`` in a daemon thread and wait (cancellably) until it returns.
+
+    A blocked ``input()`` cannot be interrupted. In one of anyio's worker threads, abandoned at the timeout,
+    it kept the interpreter from exiting for as long as stdin stayed open and silent (the run reported its
+    failed recovery and then never ended); a daemon thread dies with the process.
+
+    Raises:
+        RecoveryError: ``ask`` raised (``input()`` at the end of stdin: nobody can ever confirm).
+    """
+    done = threading.Event()
+    failure: list[Exception] = []
+
+    def run() -> None:
+        try:
+            ask(message)
+        except Exception as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="fragileprobe-manual-recovery", daemon=True).start()
+    while not done.is_set():  # noqa: ASYNC110 - a threading.Event set from a foreign thread is polled
+        await anyio.sleep(_PROMPT_POLL_S)
+    if failure:
+        exc = failure[0]
+        what = "stdin is closed" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
+        raise RecoveryError(f"nobody can confirm the power cycle of {host}: {what}") from exc
 
 
 def _has_ipywidgets() -> bool:
@@ -279,6 +319,9 @@ def fleet_recovery(control_url: str, host: str | None = None) -> Callable[[Recov
     """
     if not isinstance(control_url, str) or not control_url:
         raise ConfigError(f"control_url: must be a URL string, got {control_url!r}")
+    from fragileprobe.emulator import FleetClient  # lazily: the emulator is only needed here
+
+    FleetClient(control_url)  # checks the URL now (http, loopback host, port range), not at the first crash
 
     async def hook(ctx: RecoveryContext) -> None:
         from fragileprobe.emulator import FleetClient  # lazily: the emulator is only needed here

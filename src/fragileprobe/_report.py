@@ -971,7 +971,7 @@ def write_report(
         store: For a discovery run, the store whose profiles set the fragile groups' ceilings.
 
     Raises:
-        ConfigError: A file cannot be written.
+        ConfigError: A file cannot be written, or a discovery dict is malformed (nothing is written then).
     """
     base = Path(out)
     html_path, md_path, png_path = (base.with_name(base.name + s) for s in (".html", ".md", ".png"))
@@ -984,10 +984,17 @@ def write_report(
     else:
         kind = "discovery"
         data = _discovery_dict(subject)
-        settings = discovery_settings(data, store)
-        page = discovery_html(data, settings=settings, plot=plot)
-        fig = discovery_plot(data) if plot and data.get("groups") else None
-        md = discovery_markdown(data, settings=settings, plot_file=png_path.name if fig is not None else None)
+        try:
+            settings = discovery_settings(data, store)
+            page = discovery_html(data, settings=settings, plot=plot)
+            fig = discovery_plot(data) if plot and data.get("groups") else None
+            md = discovery_markdown(data, settings=settings,
+                                    plot_file=png_path.name if fig is not None else None)  # fmt: skip
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            # A discovery dict read from a file is whatever the file held: a field of the wrong type
+            # ("hosts_scanned": "²", an asset that is a number) is that file's fault, reported as such,
+            # and nothing is written.
+            raise ConfigError(f"discovery report is malformed: {type(exc).__name__}: {exc}"[:300]) from exc
     try:
         html_path.write_text(page, encoding="utf-8")
         md_path.write_text(md, encoding="utf-8")

@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeAlias
 
 from fragileprobe._errors import ConfigError, ScopeError
+from fragileprobe._numbers import is_ascii_decimal
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -40,6 +41,9 @@ __all__ = [
     "PORT_SETS",
     "Scope",
     "Target",
+    "canonical_address",
+    "canonical_host",
+    "canonical_network",
     "parse_ports",
     "parse_targets",
 ]
@@ -95,11 +99,69 @@ _PORT_MIN = 1
 _PORT_MAX = 65535
 
 
+# IPv4-mapped IPv6 addresses (RFC 4291 2.5.5.2): ::ffff:a.b.c.d is the IPv4 host a.b.c.d, reached through a
+# dual-stack socket. Written either way it is one device, so it gets one identity.
+_MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def canonical_address(addr: IPAddress) -> IPAddress:
+    """The one identity of an address: an IPv4-mapped IPv6 address is its IPv4 address.
+
+    An IPv6 zone id (``fe80::1%eth0``) is kept: the same link-local address on another interface is another
+    device (RFC 4007 6). Everything that names a host (scope checks, target lists, per-host limiters, the
+    inventory and the store) uses this form, so one device is never counted as two.
+    """
+    if isinstance(addr, ipaddress.IPv6Address):
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            return mapped
+    return addr
+
+
+def canonical_host(host: str) -> str:
+    """:func:`canonical_address` of an address string (other text, such as a host name, is only stripped)."""
+    text = host.strip()
+    addr = _parse_address(text)
+    return text if addr is None else str(addr)
+
+
+def _zone(addr: IPAddress) -> str | None:
+    return addr.scope_id if isinstance(addr, ipaddress.IPv6Address) else None
+
+
 def _parse_address(text: str) -> IPAddress | None:
+    """An address in its canonical form (see :func:`canonical_address`), or None."""
     try:
-        return ipaddress.ip_address(text)
+        return canonical_address(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def canonical_network(net: IPNetwork) -> IPNetwork:
+    """A block inside ::ffff:0:0/96 is the IPv4 block it maps (its hosts are IPv4 hosts); others unchanged."""
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED_V4):
+        return ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
+
+
+def _scope_network(text: str) -> IPNetwork:
+    """Parse one scope entry; an entry with host bits set is refused, naming the network it would mean.
+
+    ``127.0.79.5/24`` is either a typo for ``127.0.79.5`` or for ``127.0.79.0/24``: guessing the larger one
+    (as ``strict=False`` does) would authorize 255 hosts nobody named.
+    """
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"scope entry {text!r} is not an address or CIDR block: {exc}") from exc
+    if "/" in text:
+        given = ipaddress.ip_address(text.partition("/")[0].strip())
+        if int(given) != int(net.network_address):
+            raise ConfigError(
+                f"scope entry {text!r} has host bits set: it would mean the network {net.with_prefixlen}; "
+                f"write {net.with_prefixlen} for the whole block, or {given} for the one address"
+            )
+    return canonical_network(net)
 
 
 def _resolve(name: str) -> list[IPAddress]:
@@ -147,10 +209,7 @@ class Scope:
             text = raw.strip()
             if not text:
                 continue
-            try:
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"scope entry {text!r} is not an address or CIDR block: {exc}") from exc
+            net = _scope_network(text)
             if net.num_addresses > LARGE_RANGE_HOSTS and not allow_large:
                 raise ConfigError(
                     f"scope entry {text!r} covers {net.num_addresses} addresses, more than "
@@ -163,10 +222,13 @@ class Scope:
         # Per IP version: merged [first, last] address intervals, sorted, for a bisect lookup. A scope listing
         # thousands of single addresses (an asset list) is then checked in O(log n) per host, not O(n):
         # checking 5,000 targets against 5,000 entries took 5 s, 65,536 would take 15 minutes.
-        index: dict[int, tuple[list[int], list[int]]] = {}
-        for version in (4, 6):
+        # The key is (IP version, IPv6 zone id): a zone is part of an address's identity, so fe80::1%eth0 in
+        # the scope never authorizes fe80::1%eth1 (another interface's neighbour) nor a zoneless fe80::1.
+        index: dict[tuple[int, str | None], tuple[list[int], list[int]]] = {}
+        keys = {(n.version, _zone(n.network_address)) for n in networks}
+        for key in keys:
             spans = sorted((int(n.network_address), int(n.broadcast_address))
-                           for n in networks if n.version == version)  # fmt: skip
+                           for n in networks if (n.version, _zone(n.network_address)) == key)  # fmt: skip
             starts: list[int] = []
             ends: list[int] = []
             for first, last in spans:
@@ -175,7 +237,7 @@ class Scope:
                 else:
                     starts.append(first)
                     ends.append(last)
-            index[version] = (starts, ends)
+            index[key] = (starts, ends)
         self._index = index
 
     @property
@@ -184,7 +246,7 @@ class Scope:
         return self._networks
 
     def _contains_address(self, addr: IPAddress) -> bool:
-        starts, ends = self._index[addr.version]
+        starts, ends = self._index.get((addr.version, _zone(addr)), ([], []))
         value = int(addr)
         i = bisect.bisect_right(starts, value) - 1
         return i >= 0 and value <= ends[i]
@@ -269,7 +331,7 @@ def _expand_item(text: str, *, allow_large: bool, budget: int) -> list[IPAddress
             raise ConfigError(f"target range {text!r}: {start_text!r} is not an IP address")
         end_text = end_text.strip()
         end: IPAddress | None
-        if end_text.isdigit() and isinstance(start, ipaddress.IPv4Address):
+        if is_ascii_decimal(end_text) and isinstance(start, ipaddress.IPv4Address):
             last = int(end_text)
             if last > 255:
                 raise ConfigError(f"target range {text!r}: last octet {last} is above 255")
@@ -342,7 +404,7 @@ def parse_targets(
             if is_name:
                 addrs = addrs[:1]
         for addr in addrs:
-            address = str(addr)
+            address = str(canonical_address(addr))  # one device, one entry: ::ffff:a.b.c.d is a.b.c.d
             if scope is not None and address not in scope:
                 raise ScopeError(
                     f"target {address} (from {text!r}) is outside the authorized scope {scope}; "
@@ -371,13 +433,17 @@ def _parse_port_text(text: str, source: object) -> list[int]:
         return list(named)
     if "-" in item:
         lo_text, _, hi_text = item.partition("-")
-        if not (lo_text.strip().isdigit() and hi_text.strip().isdigit()):
+        lo_text, hi_text = lo_text.strip(), hi_text.strip()
+        # ASCII digits only: '²'.isdigit() is True (and int() then fails), int('٢٢') is 22.
+        if not (is_ascii_decimal(lo_text) and is_ascii_decimal(hi_text)):
             raise ConfigError(f"port range {item!r} in {source!r} must look like '21-23'")
         lo, hi = _port(int(lo_text), source), _port(int(hi_text), source)
         if hi < lo:
             raise ConfigError(f"port range {item!r} in {source!r} is reversed")
         return list(range(lo, hi + 1))
-    if not item.isdigit():
+    if not is_ascii_decimal(item):
+        if item.isascii() and item.isdigit():  # only ASCII digits, but more than FIELD_MAX_DIGITS of them
+            raise ConfigError(f"port {item[:8]}... ({len(item)} digits) is outside {_PORT_MIN}-{_PORT_MAX}")
         known = ", ".join(sorted(PORT_SETS))
         raise ConfigError(f"port {item!r} in {source!r} is not a number, range or named set ({known})")
     return [_port(int(item), source)]
@@ -449,9 +515,10 @@ class Target:
         if not isinstance(self.host, str) or not self.host.strip():
             raise ConfigError(f"Target.host must be a non-empty string, got {self.host!r}")
         host = self.host.strip()
-        if _parse_address(host) is None and not _HOSTNAME_RE.match(host):
+        addr = _parse_address(host)
+        if addr is None and not _HOSTNAME_RE.match(host):
             raise ConfigError(f"Target.host {host!r} is neither an IP address nor a valid host name")
-        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "host", host if addr is None else str(addr))
         try:
             ports = parse_ports(self.ports)
         except ConfigError as exc:

@@ -1,7 +1,10 @@
-"""ProfileStore: characterizations, device-model profiles and the discovery inventory, in SQLite.
+"""ProfileStore: characterizations, device-model profiles and the discovery inventory (SQLite or PostgreSQL).
 
-``sqlite3`` is imported here and only here; ``fragileprobe/__init__.py`` loads this module lazily, so
-``import fragileprobe`` stays free of it.
+The store's location picks the database: a file path is a SQLite file, a ``postgresql://`` URL a shared
+PostgreSQL database (``fragileprobe[sites]``: psycopg 3). The methods below are written once, in SQL that
+both accept; what differs (connecting, the write lock, migrations, the dialect, error translation) lives in
+``fragileprobe._db``. ``fragileprobe/__init__.py`` loads this module lazily, so ``import fragileprobe``
+stays free of both drivers.
 
 Durability rules:
 
@@ -15,10 +18,19 @@ Durability rules:
 * Evidence is never lost: profiles and ceilings are derived again from every stored trial of every run of
   the model, finished or not (a run that ended with a failed recovery included), never read from a stored
   ceiling; an imported document whose stated ceiling disagrees with its own trials is refused whole.
-* Writers take the write lock up front (``BEGIN IMMEDIATE``) and wait up to ``busy_timeout_s`` for it, so two
-  processes writing one store at once serialize instead of failing; past the timeout: ``StoreError``.
-* The schema is versioned with ``PRAGMA user_version``. A file from a newer fragileprobe, a corrupt file or
-  a file that is not a database raises ``StoreError`` before anything is written to it.
+* Writers take the write lock up front (SQLite ``BEGIN IMMEDIATE``; PostgreSQL one advisory lock taken
+  first in the transaction) and wait up to ``busy_timeout_s`` for it, so two processes writing one store at
+  once, on one machine or many, serialize instead of failing; past the timeout: ``StoreError``.
+* The schema is versioned (SQLite ``PRAGMA user_version``, PostgreSQL the ``fragileprobe_meta`` table) and
+  migrated step by step (``_MIGRATIONS``). A database from a newer fragileprobe, a corrupt file, a file that
+  is not a database or a foreign PostgreSQL database raises ``StoreError`` before anything is written to it.
+* Only our own files are written. Our SQLite stores carry SQLite's ``application_id``
+  :data:`APPLICATION_ID` (``0x66507262``, ASCII ``fPrb``; PostgreSQL: the ``fragileprobe_meta`` table).
+  An existing file is first inspected without a single write (its header
+  read as bytes, then a read-only connection): another application's id, a table, view or trigger that is
+  not ours, a newer schema or a failed ``PRAGMA quick_check`` refuse it with ``StoreError`` and leave it
+  byte-identical, with no ``-wal``/``-shm`` file left beside it. A store from before the id existed
+  (id 0, only our tables) is stamped when it is opened.
 
 Tables (schema version 1)::
 
@@ -30,23 +42,29 @@ Tables (schema version 1)::
     assets(host, first_seen_s, last_seen_s, zone, previous_zone, model_key, open_ports_json,
            services_json, os_family, groups_json, scan_id, previous_scan_id)
     alerts(alert_id, recorded_at_s, alert_json)
+
+Added by schema version 2 (site agents, ``fragileprobe.sites``)::
+
+    leases(device, owner, job_id, kind, acquired_at_s, expires_at_s)      one job per device at a time
+    site_jobs(job_id, batch_id, site, kind, hosts_json, params_json, state, owner, submitted_at_s,
+              started_at_s, finished_at_s, expires_at_s, hosts_done, result_json, error)
+    device_holds(device, job_id, reason, held_at_s)   devices no job may touch until released
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
+from fragileprobe._db import APPLICATION_ID, open_backend
 from fragileprobe._errors import ConfigError, StoreError
 from fragileprobe._profile import (
     DEFAULT_MARGIN_FRACTION,
@@ -60,8 +78,12 @@ from fragileprobe._profile import (
 if TYPE_CHECKING:
     import os
     from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from pathlib import Path
+
+    from fragileprobe._db import Connection, PostgresBackend, SqliteBackend
 
 __all__ = [
+    "APPLICATION_ID",
     "DEFAULT_BUSY_TIMEOUT_S",
     "DEFAULT_STORE_PATH",
     "SCHEMA_VERSION",
@@ -73,14 +95,13 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
 DEFAULT_STORE_PATH = "fragileprobe.db"
 # How long a writer waits for another process's write lock before StoreError. Each of our transactions
 # holds the lock for milliseconds; 5 s covers a slow disk with many writers and still fails fast for a
 # store that another program keeps locked.
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -134,6 +155,46 @@ CREATE TABLE IF NOT EXISTS alerts (
     alert_json TEXT NOT NULL
 );
 """
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS leases (
+    device TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    acquired_at_s REAL NOT NULL,
+    expires_at_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS site_jobs (
+    job_id TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    hosts_json TEXT NOT NULL,
+    params_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT,
+    submitted_at_s REAL NOT NULL,
+    started_at_s REAL,
+    finished_at_s REAL,
+    expires_at_s REAL,
+    hosts_done INTEGER NOT NULL DEFAULT 0,
+    result_json TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS site_jobs_batch ON site_jobs(batch_id);
+CREATE TABLE IF NOT EXISTS device_holds (
+    device TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    held_at_s REAL NOT NULL
+);
+"""
+# The schema as steps: _MIGRATIONS[i] brings a store from version i to i + 1. Never edit a released step;
+# add a new one (the backends apply the missing steps in one write transaction).
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,15 +254,18 @@ def _canonical(value: Any) -> str:
 
 
 class ProfileStore:
-    """A SQLite store of characterizations, profiles and the discovery inventory.
+    """A store of characterizations, profiles and the discovery inventory: a SQLite file or PostgreSQL.
 
     Args:
-        path: The database file (created if missing). Default: ``fragileprobe.db`` in the working directory.
+        path: The database file (created if missing), or a ``postgresql://user@host/dbname`` URL of a
+            database shared by every site (needs ``fragileprobe[sites]``). Default: ``fragileprobe.db`` in
+            the working directory.
         busy_timeout_s: How long a write waits for another process's lock before ``StoreError``.
 
     Raises:
-        StoreError: The file is corrupt, not a database, from a newer schema, or locked beyond the timeout.
-        ConfigError: ``busy_timeout_s`` is not a positive number.
+        StoreError: The database is corrupt, not a database, foreign, from a newer schema, unreachable, or
+            locked beyond the timeout.
+        ConfigError: ``busy_timeout_s`` is not a positive number, or the URL's scheme is not supported.
 
     Use it as a context manager, or call :meth:`close`. Thread-safe (one lock around the connection).
     """
@@ -218,118 +282,36 @@ class ProfileStore:
             or busy_timeout_s <= 0
         ):
             raise ConfigError(f"busy_timeout_s: must be a positive number, got {busy_timeout_s!r}")
-        self.path = Path(path)
         self.busy_timeout_s = float(busy_timeout_s)
         self._lock = threading.Lock()
         self._closed = False
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writers).
-            self._conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open profile store {self.path}: {exc}") from exc
-        opened = False
-        try:
-            self._open()
-            opened = True
-        finally:
-            if not opened:  # never leave a half-opened connection (and its file handle) behind
-                self._conn.close()
-
-    def _open(self) -> None:
-        conn = self._conn
-        try:
-            # Reading user_version first also proves the file is a database before anything is written.
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"profile store {self.path} is corrupt or not a fragileprobe store: {exc}"
-            ) from exc
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"profile store {self.path} has schema version {version}, newer than this fragileprobe "
-                f"supports ({SCHEMA_VERSION}); upgrade fragileprobe or use another file"
-            )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            if version < SCHEMA_VERSION:
-                with self._write():
-                    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                    if current < SCHEMA_VERSION:  # another process may have created it meanwhile
-                        for statement in _SCHEMA.split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
-                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            # A quick structural check: catches files whose header is fine but whose pages are damaged.
-            check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"profile store {self.path} is corrupt: {exc}") from exc
-        if check != "ok":
-            raise StoreError(f"profile store {self.path} failed its integrity check: {check}")
-        log.debug("store.opened", path=str(self.path), journal_mode=mode, schema_version=SCHEMA_VERSION)
+        self._backend: SqliteBackend | PostgresBackend = open_backend(
+            path, busy_timeout_s=self.busy_timeout_s, migrations=_MIGRATIONS
+        )
+        # A file store's Path; a PostgreSQL store's URL (password redacted), for messages.
+        self.path: Path | str = getattr(self._backend, "path", self._backend.location)
 
     # --- plumbing ------------------------------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding the write lock from the start (BEGIN IMMEDIATE)."""
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(
-                f"profile store {self.path} is locked by another writer "
-                f"(waited {self.busy_timeout_s:g} s): {exc}"
-            ) from exc
-        committed = False
-        try:
-            yield conn
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"profile store {self.path}: commit failed: {exc}") from exc
-            committed = True
-        finally:
-            # Whatever interrupted the transaction (an error, KeyboardInterrupt), nothing half-written stays.
-            if not committed and conn.in_transaction:
-                conn.execute("ROLLBACK")
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """Lock the connection for one write transaction and translate sqlite3 errors."""
+    def _tx(self) -> Iterator[Connection]:
+        """Lock the connection for one write transaction (errors come out as StoreError)."""
         if self._closed:
             raise StoreError(f"profile store {self.path} is closed")
-        with self._lock:
-            try:
-                with self._write() as conn:
-                    yield conn
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"profile store {self.path}: {exc}") from exc
+        with self._lock, self._backend.write() as conn:
+            yield conn
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if self._closed:
             raise StoreError(f"profile store {self.path} is closed")
         with self._lock:
-            try:
-                return list(self._conn.execute(sql, tuple(args)).fetchall())
-            except sqlite3.OperationalError as exc:
-                raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(f"profile store {self.path}: {exc}") from exc
+            return self._backend.query(sql, args)
 
     def close(self) -> None:
         """Close the database (idempotent)."""
         if not self._closed:
             self._closed = True
             with self._lock:
-                self._conn.close()
+                self._backend.close()
 
     def __enter__(self) -> Self:
         return self
@@ -383,7 +365,7 @@ class ProfileStore:
             )
 
     @staticmethod
-    def _write_trials(conn: sqlite3.Connection, run_id: str, trials: Iterable[TrialResult]) -> None:
+    def _write_trials(conn: Connection, run_id: str, trials: Iterable[TrialResult]) -> None:
         now = time.time()
         for trial in trials:
             data = trial.to_dict()
@@ -411,7 +393,7 @@ class ProfileStore:
         with self._tx() as conn:
             return self._save(conn, characterization, status)
 
-    def _save(self, conn: sqlite3.Connection, characterization: Characterization, status: str) -> str:
+    def _save(self, conn: Connection, characterization: Characterization, status: str) -> str:
         run_id = characterization.run_id or uuid.uuid4().hex
         exists = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if not exists:
@@ -616,12 +598,11 @@ class ProfileStore:
     def start_scan(self, targets: Any, params: Mapping[str, Any] | None = None) -> int:
         """Record the start of a discovery scan; return its scan id."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO scans(targets_json, params_json, started_at_s) VALUES (?, ?, ?)",
+            scan_id = conn.execute(
+                "INSERT INTO scans(targets_json, params_json, started_at_s) VALUES (?, ?, ?) "
+                "RETURNING scan_id",
                 (_canonical(targets), _canonical(dict(params or {})), time.time()),
-            )
-            scan_id = cur.lastrowid
-        assert scan_id is not None  # an INSERT into a rowid table always sets it
+            ).fetchone()[0]
         return int(scan_id)
 
     def unfinished_scan(self, targets: Any, params: Mapping[str, Any] | None = None) -> ScanRow | None:
@@ -646,7 +627,8 @@ class ProfileStore:
         """Record that a scan has finished with one host (its own transaction)."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO scan_hosts(scan_id, host, done_at_s) VALUES (?, ?, ?)",
+                "INSERT INTO scan_hosts(scan_id, host, done_at_s) VALUES (?, ?, ?) "
+                "ON CONFLICT (scan_id, host) DO UPDATE SET done_at_s = excluded.done_at_s",
                 (scan_id, host, time.time()),
             )
 
@@ -718,12 +700,10 @@ class ProfileStore:
     def record_alert(self, alert: Mapping[str, Any]) -> int:
         """Store one alert (a JSON-able dict); return its id."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO alerts(recorded_at_s, alert_json) VALUES (?, ?)",
+            alert_id = conn.execute(
+                "INSERT INTO alerts(recorded_at_s, alert_json) VALUES (?, ?) RETURNING alert_id",
                 (time.time(), _canonical(dict(alert))),
-            )
-            alert_id = cur.lastrowid
-        assert alert_id is not None  # an INSERT into a rowid table always sets it
+            ).fetchone()[0]
         return int(alert_id)
 
     def alerts(self) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import shlex
 import signal
 import sys
@@ -322,10 +323,12 @@ def _handle_library_error(exc: FragileProbeError) -> NoReturn:
 
 
 def _parse_ladder(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
+    from fragileprobe._numbers import is_ascii_decimal
+
+    pieces = [x for x in text.replace(" ", "").split(",") if x]
+    if not all(is_ascii_decimal(x) for x in pieces):  # int() would take '٢' and '+2'; '²' would crash it
         _fail(f"--ladder: {text!r} is not a comma-separated list of integers like '1,2,5,7,10'")
+    levels = tuple(int(x) for x in pieces)
     if not levels:
         _fail("--ladder: give at least one level, like '1,2,5,7,10'")
     return levels
@@ -468,6 +471,7 @@ class _CharacterizeArgs:
     interval_s: float
     healthy_beats: int
     hold_s: float
+    linger_s: float | None
     early_warning: float | None
     margin: float
     recovery: str
@@ -476,11 +480,37 @@ class _CharacterizeArgs:
     recovery_timeout_s: float
 
 
+# Longest answer read from the person at the manual-recovery prompt (they press Enter; the rest is ignored).
+_CONFIRM_MAX_BYTES = 4096
+
+
 def _confirm_on_stderr(message: str) -> str:
-    # The manual-recovery prompt goes to stderr so that --json output on stdout stays clean.
+    """Prompt on stderr, wait for a line on stdin; EOFError when stdin ends.
+
+    The prompt goes to stderr so that --json output on stdout stays clean. stdin is read with ``select`` and
+    ``os.read`` on its descriptor, never ``sys.stdin.readline()``: this runs in a daemon thread that is
+    abandoned when the recovery times out, and a thread blocked inside the buffered reader holds its lock,
+    which aborts the interpreter at exit ("could not acquire lock ... at interpreter shutdown").
+    """
+    import os
+    import select
+
     sys.stderr.write(message)
     sys.stderr.flush()
-    return sys.stdin.readline()
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdin (embedded, replaced): plain readline
+        return sys.stdin.readline()
+    got = b""
+    while b"\n" not in got and len(got) < _CONFIRM_MAX_BYTES:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        chunk = os.read(fd, 1)  # one byte at a time: what follows the line stays for whoever reads next
+        if not chunk:
+            raise EOFError("stdin closed")
+        got += chunk
+    return got.decode("utf-8", errors="replace")
 
 
 async def _characterize_run(
@@ -514,10 +544,11 @@ async def _characterize_run(
         hook = manual_recovery(confirm=_confirm_on_stderr)
     else:
         hook = wait_for_recovery(timeout_s=a.recovery_timeout_s, interval_s=a.interval_s)
+    dropped = " (level 1 dropped: a level counts the heartbeat, 1 would be it alone)" * (1 in a.ladder)
     view.console.print(
         f"characterizing {target.label} ports {','.join(map(str, target.ports))}, heartbeat GET "
         f"{a.heartbeat_path} on {heartbeat.port} every {a.interval_s:g} s; "
-        f"ladder {','.join(map(str, a.ladder))}, "
+        f"ladder {','.join(str(lv) for lv in a.ladder if lv >= 2)}{dropped}, "
         f"dwell {a.dwell_s:g} s, {a.trials} trial(s), at most {a.crash_budget} crash(es) per trial; "
         f"recovery: {_recovery_label(a)}; store {store.path}"
     )
@@ -528,8 +559,23 @@ async def _characterize_run(
             early_warning=EarlyWarning(latency_factor=a.early_warning) if a.early_warning else None,
             margin_fraction=a.margin, hold_s=a.hold_s, store=store, name=a.name, resume=resume,
             interval_s=a.interval_s, healthy_beats=a.healthy_beats, recovery_timeout_s=a.recovery_timeout_s,
-            progress=view.on_progress,
+            progress=view.on_progress, linger_s=a.linger_s,
         )  # fmt: skip
+
+
+def _host_as_scope(host: str) -> str:
+    """HOST as its own scope, when no --scope is given: only an address can be (a name is never resolved)."""
+    from fragileprobe._scope import _HOSTNAME_RE, _parse_address
+
+    text = host.strip()
+    if _parse_address(text) is not None:
+        return text
+    if _HOSTNAME_RE.match(text):
+        raise ConfigError(
+            f"host {text!r} is a host name: a name needs --scope (the authorized addresses) to be resolved "
+            "and checked against; give its address instead, or add --scope"
+        )
+    raise ConfigError(f"host {text!r} is not an address or a host name")
 
 
 def _check_characterize_args(a: _CharacterizeArgs) -> None:
@@ -546,14 +592,37 @@ def _check_characterize_args(a: _CharacterizeArgs) -> None:
     if a.ports is not None:
         parse_ports(a.ports)
     seconds = (
-        ("--dwell", a.dwell_s), ("--interval", a.interval_s), ("--hold", a.hold_s),
+        ("--dwell", a.dwell_s), ("--interval", a.interval_s), ("--hold", a.hold_s), ("--linger", a.linger_s),
         ("--recovery-timeout", a.recovery_timeout_s), ("--time-budget", a.time_budget_s),
     )  # fmt: skip
     for option, value in seconds:
-        if value is not None and not (value > 0 or (option == "--hold" and value == 0)):
+        if value is not None and not (
+            math.isfinite(value) and (value > 0 or (option == "--hold" and value == 0))
+        ):
             raise ConfigError(f"{option}: must be a positive number of seconds, got {value!r}")
     if a.healthy_beats < 1:
         raise ConfigError(f"--healthy-beats: must be at least 1, got {a.healthy_beats!r}")
+    bound = a.interval_s + a.heartbeat_timeout_s
+    if a.linger_s is not None and a.linger_s <= bound:
+        raise ConfigError(
+            f"--linger: {a.linger_s:g} s is not longer than --interval plus --heartbeat-timeout "
+            f"({bound:g} s): a device that hangs holding our sessions could see one reused before it is "
+            "declared down"
+        )
+    from fragileprobe._recovery import command_recovery, fleet_recovery
+
+    # The recovery hook is checked before anything is sent: a program that cannot run, found out only after
+    # the load crashed the device, would leave it down.
+    if a.recovery_cmd is not None:
+        try:
+            command_recovery(shlex.split(a.recovery_cmd))
+        except ConfigError as exc:
+            raise ConfigError(f"--recovery-cmd: {exc}") from exc
+    if a.recovery_url is not None:
+        try:
+            fleet_recovery(a.recovery_url)
+        except ConfigError as exc:
+            raise ConfigError(f"--recovery-url: {exc}") from exc
 
 
 def _recovery_label(a: _CharacterizeArgs) -> str:
@@ -600,8 +669,12 @@ def characterize(
         ),
     ] = None,
     ladder: Annotated[
-        str, typer.Option(help="Concurrent-session levels to climb, lowest first.")
-    ] = "1,2,5,7,10,15,20,30,50",
+        str,
+        typer.Option(
+            help="Levels to climb, lowest first. A level counts every session the device holds from us, "
+            "the heartbeat's included (so the climb starts at 2; level 1 would be the heartbeat alone)."
+        ),
+    ] = "2,5,7,10,15,20,30,50",
     dwell: Annotated[float, typer.Option(help="Seconds each level is held.")] = 5.0,
     trials: Annotated[
         int,
@@ -631,6 +704,14 @@ def characterize(
         int, typer.Option(help="Good heartbeats in a row that count as 'recovered'.")
     ] = 3,
     hold: Annotated[float, typer.Option(help="Seconds each session stays open, like a scanner check.")] = 0.5,
+    linger: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a session stays counted after our close while the device has not closed its side "
+            "(default 5, and always longer than --interval plus --heartbeat-timeout). Raise it for devices "
+            "that notice a close late."
+        ),
+    ] = None,
     scope: Annotated[
         str | None,
         typer.Option(
@@ -699,7 +780,7 @@ def characterize(
         host=host, name=name, ports=ports, ladder=_parse_ladder(ladder), dwell_s=dwell, trials=trials,
         crash_budget=crash_budget, time_budget_s=time_budget, heartbeat_port=heartbeat_port,
         heartbeat_path=heartbeat_path, heartbeat_timeout_s=heartbeat_timeout, interval_s=interval,
-        healthy_beats=healthy_beats, hold_s=hold, early_warning=early_warning, margin=margin,
+        healthy_beats=healthy_beats, hold_s=hold, linger_s=linger, early_warning=early_warning, margin=margin,
         recovery=recovery, recovery_cmd=recovery_cmd, recovery_url=recovery_url,
         recovery_timeout_s=recovery_timeout,
     )  # fmt: skip
@@ -707,7 +788,7 @@ def characterize(
     tap = LogTap()
     _configure_logging(level, tap=tap)
     try:
-        authorized = Scope(scope if scope is not None else [host])
+        authorized = Scope(scope if scope is not None else [_host_as_scope(host)])
         address = authorized.check(host)
         _check_characterize_args(args)  # before the store file is created: bad input leaves nothing behind
         db = _open_store(store)
@@ -775,13 +856,60 @@ def characterize(
 
 # --- discover -----------------------------------------------------------------------------------------
 def _parse_aliases(items: list[str] | None) -> dict[int, int]:
+    from fragileprobe._numbers import is_ascii_decimal, parse_field_int
+
     aliases: dict[int, int] = {}
     for item in items or []:
         bound, sep, known = item.partition("=")
-        if not sep or not bound.strip().isdigit() or not known.strip().isdigit():
+        if not sep or not is_ascii_decimal(bound.strip()) or not is_ascii_decimal(known.strip()):
             _fail(f"--port-alias: {item!r} is not BOUND=WELLKNOWN like '10021=21'")
-        aliases[int(bound)] = int(known)
+        try:
+            port = parse_field_int(bound, field=f"--port-alias {item!r}", minimum=1, maximum=65535)
+            aliases[port] = parse_field_int(known, field=f"--port-alias {item!r}", minimum=1, maximum=65535)
+        except ConfigError as exc:
+            _fail(str(exc))
     return aliases
+
+
+def _check_alert_file(path: Path) -> None:
+    """The alert file must be appendable, checked without creating it (it is created at the first run)."""
+    import os
+
+    if path.exists():
+        if path.is_dir() or not os.access(path, os.W_OK):
+            raise ConfigError(f"alert file {path}: cannot append to it: "
+                              + ("it is a directory" if path.is_dir() else "Permission denied"))
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"alert file {path}: cannot append to it: No such file or directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"alert file {path}: cannot append to it: Permission denied")
+
+
+def _check_discover_args(
+    *, ports: str | None, sessions_per_host: int, rate_per_host: float, max_hosts: int,
+    connect_timeout: float, banner_timeout: float, webhook: str | None, alerts: Path | None,
+) -> None:
+    """Validate what discover() would reject, before the store (or any other file) is created."""
+    from fragileprobe._discovery import _positive
+    from fragileprobe._groups import WebhookAlertSink
+    from fragileprobe._scope import parse_ports
+
+    if ports is not None:
+        try:
+            parse_ports(ports)
+        except ConfigError as exc:
+            raise ConfigError(f"--ports: {exc}") from exc
+    _positive("per_host_sessions", sessions_per_host, integer=True)
+    _positive("rate_per_host", rate_per_host)
+    _positive("max_hosts_in_parallel", max_hosts, integer=True)
+    _positive("connect_timeout_s", connect_timeout)
+    _positive("banner_timeout_s", banner_timeout)
+    if webhook is not None:
+        WebhookAlertSink(webhook)  # the URL (scheme, host, port range) is checked; nothing is sent
+    if alerts is not None:
+        _check_alert_file(alerts)
 
 
 _DISCOVER_HELP = (
@@ -795,7 +923,9 @@ _DISCOVER_HELP = (
 
 @app.command(help=_DISCOVER_HELP, epilog=_EXIT_CODES_HELP)
 def discover(
-    targets: Annotated[list[str], typer.Argument(help="Addresses, ranges or CIDR blocks to look at.")],
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="Addresses, ranges or CIDR blocks to look at.")
+    ] = None,
     ports: Annotated[
         str | None, typer.Option(help="Ports to look at (e.g. '21-23,80,443,8080' or 'hospital').")
     ] = None,
@@ -835,8 +965,19 @@ def discover(
     seed: Annotated[int | None, typer.Option(help="Seed of the shuffled host order.")] = None,
     json_out: JsonOpt = False,
     log_level: LogLevelOpt = "error",
+    sites: Annotated[
+        Path | None,
+        typer.Option(help="sites.toml: discover every site through its agents (docs/sites.md); no TARGETS."),
+    ] = None,
 ) -> None:
     """Gently find hosts, group them, alert on misplaced medical devices (see _DISCOVER_HELP)."""
+    if sites is not None:
+        if targets:
+            _fail("discover: give TARGETS or --sites FILE, not both")
+        _discover_sites(sites, json_out=json_out, log_level=log_level)
+        return
+    if not targets:
+        _fail("discover: give TARGETS (addresses, ranges, CIDR blocks) or --sites FILE")
     from fragileprobe._discovery import discover as run_discover
     from fragileprobe._groups import Rules, Zones
     from fragileprobe._progress import LogTap, TerminalDiscoveryView
@@ -853,6 +994,11 @@ def discover(
         authorized = Scope(scope) if scope is not None else Scope(hosts)
         for address in hosts:  # before the store file is created: a scope error leaves nothing behind
             authorized.check(address)
+        _check_discover_args(
+            ports=ports, sessions_per_host=sessions_per_host, rate_per_host=rate_per_host,
+            max_hosts=max_hosts, connect_timeout=connect_timeout, banner_timeout=banner_timeout,
+            webhook=webhook, alerts=alerts,
+        )  # fmt: skip
         zone_map = Zones.from_toml(zones) if zones is not None else None
         rule_set = Rules.from_toml(rules) if rules is not None else None
         db = _open_store(store)
@@ -908,6 +1054,71 @@ def discover(
             _out.print(f"  {escape(group)}: {limit}; " + escape(export_nmap_line(s)))
     if report.alerts or report.unresponsive:
         raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+def _discover_sites(sites: Path, *, json_out: bool, log_level: str) -> None:
+    """The --sites branch of discover: the coordinator of a multi-site run (fragileprobe.sites)."""
+    from fragileprobe._progress import LogTap, TerminalDiscoveryView
+    from fragileprobe.sites._cli import discover_sites
+
+    level = _log_level(log_level)
+    tap = LogTap()
+    _configure_logging(level, tap=tap)
+    view = TerminalDiscoveryView(_err if json_out else _out)
+    try:
+        with view:
+            report = discover_sites(sites, progress=view.on_progress)
+    except FragileProbeError as exc:
+        _handle_library_error(exc)
+    except KeyboardInterrupt:
+        # The jobs are the agents' now: they finish (or are resumed) whether this coordinator waits or not.
+        _err.print("[bold yellow]interrupted[/]: submitted jobs keep running on the agents; every finished "
+                   "host is in the store. Run the same command again to discover anew.")  # fmt: skip
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if json_out:
+        _print_json(report.to_dict())
+    else:
+        _out.print()
+        _out.print(escape(report.summary()))
+    if report.alerts or report.unresponsive or report.held:
+        raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+# --- agent --------------------------------------------------------------------------------------------
+_AGENT_HELP = (
+    "Run a site agent: a Celery worker on the site's queue that discovers and characterizes devices inside "
+    "this site's own networks only, writing every finished host and trial to the shared PostgreSQL store. "
+    "Jobs outside --scope are refused whatever they say. Stop it with Ctrl-C (it finishes nothing halfway: "
+    "a job cut short is resumed by the coordinator). See docs/sites.md."
+)
+
+
+@app.command(help=_AGENT_HELP)
+def agent(
+    site: Annotated[str, typer.Option(help="This agent's site (its queue: fragileprobe.site.NAME).")],
+    broker: Annotated[str, typer.Option(help="The Celery broker, redis://HOST:PORT/DB.")],
+    store: Annotated[str, typer.Option(help="The shared store, postgresql://USER@HOST/DB.")],
+    scope: Annotated[
+        str | None, typer.Option(help="The networks this site may reach (comma-separated CIDR blocks).")
+    ] = None,
+    sites: Annotated[
+        Path | None, typer.Option(help="sites.toml: take the scope from this site's networks there.")
+    ] = None,
+    lease_ttl: Annotated[
+        float, typer.Option(help="Seconds a device lease lives without renewal (a killed agent's devices "
+                            "are free again after it).")
+    ] = 30.0,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Run a site agent (see _AGENT_HELP)."""
+    from fragileprobe.sites._cli import run_agent_command
+
+    _configure_logging(_log_level(log_level))
+    try:
+        run_agent_command(site=site, broker=broker, store=store, scope=scope, sites_file=sites,
+                          lease_ttl_s=lease_ttl, loglevel=log_level)  # fmt: skip
+    except FragileProbeError as exc:
+        _handle_library_error(exc)
 
 
 def export_nmap_line(settings: GroupScanSettings) -> str:
@@ -1059,6 +1270,10 @@ def profiles_import(
 
     try:
         text = read_bounded_text(source, max_bytes=MAX_JSON_DOCUMENT_BYTES, label=f"source {source}")
+        if not store.exists():
+            # Validate the document before the store file is created: a bad import leaves nothing behind.
+            with _open_store(Path(":memory:")) as scratch:
+                scratch.import_json(text)
         with _open_store(store) as db:
             added = db.import_json(text)
     except FragileProbeError as exc:
@@ -1165,7 +1380,49 @@ def main() -> None:
     # Before any command: library events stay off stdout (structlog's default prints there) even in
     # commands that do not configure logging themselves; the measuring commands refine this.
     _configure_logging(logging.ERROR)
-    app()
+    sys.exit(_run_app(sys.argv[1:]))
+
+
+def _usage_error_types() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """The command-line parser's (ClickException, Abort) classes: the copy newer typer vendors, and click's
+    own when it is installed too (Celery, in the sites extra, brings it), so either is caught."""
+    import importlib
+
+    errors: list[type[Exception]] = []
+    aborts: list[type[Exception]] = [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors.append(module.ClickException)
+        aborts.append(getattr(module, "Abort", typer.Abort))
+    return (tuple(errors) or (typer.Exit,)), tuple(aborts)
+
+
+def _run_app(args: list[str]) -> int:
+    """Run the app; a usage error (unknown option, a value the parser refuses) is one ``error:`` line, exit 2.
+
+    The parser's own report is a framed box of several lines; scripts and people expect the one line every
+    other bad input gets.
+    """
+    click_exception, abort = _usage_error_types()
+    try:
+        code = app(args=args, standalone_mode=False)
+    except click_exception as exc:
+        text = str(getattr(exc, "format_message", exc.__str__)())
+        code = int(getattr(exc, "exit_code", EXIT_BAD_INPUT) or EXIT_BAD_INPUT)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments: the help is the answer, not an error
+            if text.strip():  # (typer's rich help prints itself and leaves the message empty)
+                print(text, file=sys.stderr)
+            return code
+        message = " ".join(text.split())
+        _err.print(f"error: {escape(message)}")
+        return code
+    except abort:
+        _err.print("aborted")
+        return 1
+    return int(code) if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -221,7 +221,10 @@ class FleetConfig:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"fleet config: {file} is not valid TOML: {exc}") from exc
-        return cls.from_mapping(data)
+        try:
+            return cls.from_mapping(data)
+        except ConfigError as exc:  # name the file: the message alone does not say which config was wrong
+            raise ConfigError(f"{file}: {exc}") from exc
 
     def to_toml(self) -> str:
         """Render the config in the TOML format :meth:`from_toml` reads."""
