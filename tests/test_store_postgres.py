@@ -200,3 +200,25 @@ def test_pg_sql_refuses_insert_or_replace_and_rewrites_insert_or_ignore() -> Non
     assert pg_sql("INSERT OR IGNORE INTO t(a) VALUES (?) RETURNING a") == (
         "INSERT INTO t(a) VALUES (%s) ON CONFLICT DO NOTHING RETURNING a"
     )
+
+
+def test_postgres_store_never_overwrites_a_trial_and_keeps_unfinished_runs(pg_url: str) -> None:
+    """The evidence rules hold on PostgreSQL too: another trial under a stored index is a StoreError, and a
+    run stopped by a failed recovery bounds the model's ceiling."""
+    crash = TrialResult(index=0, levels=(
+        LevelResult(level=2, outcome=LevelOutcome.PASSED, dwell_s=0.1, elapsed_s=0.1),
+        LevelResult(level=5, outcome=LevelOutcome.FAILED, dwell_s=0.1, elapsed_s=0.1),
+    ), complete=False)  # fmt: skip
+    redo = TrialResult(index=0, levels=(LevelResult(level=5, outcome=LevelOutcome.PASSED, dwell_s=0.1,
+                                                    elapsed_s=0.1),))  # fmt: skip
+    with ProfileStore(pg_url) as store:
+        run = store.begin_run(host="127.0.0.9", model_key="pg-evidence", params={})
+        store.record_trial(run, crash)
+        store.record_trial(run, crash)  # the same trial again: a no-op
+        with pytest.raises(StoreError, match="never overwritten"):
+            store.record_trial(run, redo)
+        store.mark_run(run, "recovery_failed")
+        assert store.trials(run) == (crash,)
+        ceiling = store.ceiling_for("pg-evidence")
+        assert ceiling is not None
+        assert ceiling < 5
