@@ -237,12 +237,11 @@ class TrialResult:
 
     @property
     def credited_outcomes(self) -> tuple[tuple[int, LevelOutcome], ...]:
-        """What the ceiling derivation reads: a pass counts only at the sessions the device held
-        (``credited_level``); a failure or warning at the level that was offered (the load that did it)."""
-        return tuple(
-            (lv.credited_level if lv.outcome is LevelOutcome.PASSED else lv.level, lv.outcome)
-            for lv in self.levels
-        )
+        """What the ceiling derivation reads: every level at the sessions the device held
+        (``credited_level``). A pass speaks only for what was held; a failure or warning came with at most
+        that load, so it bounds the ceiling there too (crediting it at the level offered could bound it
+        above the load that really did it)."""
+        return tuple((lv.credited_level, lv.outcome) for lv in self.levels)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict."""
