@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CharacterizeState",
+    "estimate_remaining_s",
     "LogTap",
     "NotebookProgress",
     "TerminalCharacterizeView",
@@ -362,6 +363,43 @@ class TerminalDiscoveryView:
                 f"discovery: {p.hosts_done}/{p.hosts_total} hosts, {p.assets_found} assets, "
                 f"{p.alerts} alerts, {_fmt_s(time.monotonic() - self.started)} elapsed"
             )
+
+
+def estimate_remaining_s(
+    *, done: int, total: int, elapsed_s: float, probes_sent: int, rate_per_s: float, tail_s: float,
+) -> float | None:
+    """Seconds a discovery still needs, counting silent space at its real (small) cost (pure).
+
+    Most addresses of a large block are silent and cost their liveness probes only, so a per-host average
+    taken from the live hosts would be far too long, and one taken from the first finished addresses (all
+    silent, or all live on loopback) too short or too long. Two bounds, the larger wins:
+
+    * the rate bound: the connects the remaining addresses will need at the mix seen so far (probes per
+      finished address), at the global rate, plus ``tail_s`` (the last addresses' own timeouts);
+    * the throughput so far: addresses finished per second, once 5 % of them are done (before that the
+      pipeline is still filling, and thousands of addresses in flight have not finished yet).
+
+    Args:
+        done: Addresses finished.
+        total: Addresses in the run.
+        elapsed_s: Seconds since the start.
+        probes_sent: Connects and datagrams sent so far (in-flight addresses' included).
+        rate_per_s: The global connect rate.
+        tail_s: Time the last address in flight still needs (a couple of connect timeouts).
+
+    Returns:
+        Seconds left, 0.0 when done, None before the first address finished.
+    """
+    if done >= total:
+        return 0.0
+    if done <= 0 or rate_per_s <= 0:
+        return None
+    remaining = total - done
+    per_address = max(probes_sent, done) / done
+    estimate = remaining * per_address / rate_per_s + max(0.0, tail_s)
+    if done >= 0.05 * total and elapsed_s > 0:
+        estimate = max(estimate, remaining * elapsed_s / done)
+    return estimate
 
 
 # --- notebooks ----------------------------------------------------------------------------------------------
