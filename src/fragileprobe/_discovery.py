@@ -82,6 +82,9 @@ from fragileprobe._scope import PORT_SETS, Target, parse_ports, parse_targets
 from fragileprobe._timing import (
     BANNER_SERVICE_ALLOWANCE_S,
     DEFAULT_GLOBAL_RATE,
+    PRIORITY_FIRST_LOOK,
+    PRIORITY_LIVE,
+    PRIORITY_LOOK_AGAIN,
     GlobalPacer,
     RttEstimator,
     TimeoutBounds,
@@ -433,6 +436,7 @@ class _Run:
     planner: LivenessPlanner
     network_rtt: RttEstimator = field(default_factory=RttEstimator)
     probes: int = 0
+    probes_done: int = 0  # probes of the hosts already finished
     alive: int = 0
     silent: int = 0
     peak_hosts_in_flight: int = 0
@@ -659,8 +663,8 @@ async def discover(
                 host=host, hosts_alive=run.alive, hosts_silent=run.silent, probes_sent=run.probes,
                 elapsed_s=elapsed,
                 eta_s=estimate_remaining_s(
-                    done=state["done"], total=len(todo), elapsed_s=elapsed,
-                    probes_sent=run.probes, rate_per_s=global_rate,
+                    done=state["done"], total=len(todo), elapsed_s=elapsed, probes_done=run.probes_done,
+                    probes_sent=run.probes, rate_per_s=global_rate, in_flight=min(parallel, len(todo)),
                     tail_s=2 * run.network_rtt.timeout_s(settings.connect_bounds),
                 ),
             ))
@@ -806,6 +810,7 @@ async def _work_host(
     policy = HostPolicy(ports=s.ports, liveness=run.planner.plan(), unresponsive_after=s.unresponsive_after,
                         spoke_before=_spoke_before(prior_row))
     results, udp = await _probe_host(host, run, limit, policy)
+    run.probes_done += len(results) + len(udp)
     if not policy.alive:
         run.silent += 1
         await finish_host(host, None, ())
@@ -846,13 +851,13 @@ async def _probe_host(
     host_rtt = RttEstimator()
     results: list[ProbeResult] = []
 
-    async def one(port: int, cancel: anyio.CancelScope) -> None:
+    async def one(port: int, cancel: anyio.CancelScope, priority: int = PRIORITY_LIVE) -> None:
         hint = s.port_aliases.get(port, port)
         kind = _probe_kind(port, hint)
         async with limiter.session():
             if policy.stopped():
                 return
-            await run.pacer.acquire(urgent=policy.alive)
+            await run.pacer.acquire(PRIORITY_LIVE if policy.alive else priority)
             estimator = host_rtt if host_rtt.samples else run.network_rtt
             connect_t = (estimator.timeout_s(s.connect_bounds) if s.adaptive else s.connect_bounds.ceiling_s)
             banner_t = (s.banner_bounds.clamp(connect_t + BANNER_SERVICE_ALLOWANCE_S) if s.adaptive
@@ -876,11 +881,13 @@ async def _probe_host(
     async with anyio.create_task_group() as tg:
         # Liveness ports one at a time: an address that turns out alive never sees more than one of our
         # sessions before its limits are known to apply.
+        looks = 0
         while policy.in_liveness:
             port = policy.next_port()
             if port is None:
                 break
-            await one(port, tg.cancel_scope)
+            await one(port, tg.cancel_scope, PRIORITY_FIRST_LOOK if looks == 0 else PRIORITY_LOOK_AGAIN)
+            looks += 1
         if policy.alive and policy.gave_up is None:
             # `limit` runners, not one task per port: memory stays O(limit) per host even for "1-65535".
             # The limiter admits them one session (and one rate slot) at a time.
@@ -888,11 +895,12 @@ async def _probe_host(
                 tg.start_soon(runner, tg.cancel_scope)
     udp: list[UdpResult] = []
     if policy.alive and policy.gave_up is None and s.udp_ports:
-        timeout = (s.banner_bounds.clamp((host_rtt.timeout_s(s.connect_bounds)) + BANNER_SERVICE_ALLOWANCE_S)
-                   if s.adaptive else s.banner_bounds.ceiling_s)
+        # An agent answers a datagram as fast as a stack answers a SYN (no application handshake first), so
+        # the wait is the host's connect timeout: silence costs that, once per UDP port.
+        timeout = (host_rtt.timeout_s(s.connect_bounds) if s.adaptive else s.banner_bounds.ceiling_s)
         for port in s.udp_ports:
             async with limiter.session():
-                await run.pacer.acquire(urgent=True)
+                await run.pacer.acquire(PRIORITY_LIVE)
                 run.probes += 1
                 udp.append(await udp_probe(host, port, timeout_s=timeout, community=s.snmp_community))
     return results, udp

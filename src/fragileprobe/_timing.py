@@ -9,9 +9,11 @@ Two pieces, both free of sockets:
   by every host's answers; it times the probes of addresses that have not answered yet) and one per host
   (used once that host has answered).
 * :class:`GlobalPacer` spaces new connections across the whole run (``rate_per_s`` in total, runZero-style:
-  1,000 packets/s by default there) with two priorities, so that the ports of a host known to be alive go
-  before the liveness probes of the silent space: live hosts finish early, and the end of the run is only the
-  last silent addresses' timeouts.
+  1,000 packets/s by default there) with three priorities: the ports of a host known to be alive first,
+  then every address's first liveness probe, then the second ones. Most live hosts answer their first probe
+  (an open port or a RST), so they are all found in the first sweep over the block and finished while the
+  second sweep (for hosts behind a firewall) runs: the end of the run is the silent space's timeouts, not a
+  live host's work.
 
 Only connect round trips feed the estimator: ``connect()`` completing (SYN-ACK) or being refused (RST) is one
 network round trip plus the peer's kernel, which is what the connect timeout waits for. A banner's delay also
@@ -33,6 +35,9 @@ from fragileprobe._errors import ConfigError
 __all__ = [
     "BANNER_SERVICE_ALLOWANCE_S",
     "DEFAULT_GLOBAL_RATE",
+    "PRIORITY_FIRST_LOOK",
+    "PRIORITY_LIVE",
+    "PRIORITY_LOOK_AGAIN",
     "GlobalPacer",
     "RttEstimator",
     "TimeoutBounds",
@@ -126,13 +131,20 @@ class RttEstimator:
         return f"RttEstimator(srtt_s={self.srtt_s}, rttvar_s={self.rttvar_s:.6f}, samples={self.samples})"
 
 
-class GlobalPacer:
-    """At most ``rate_per_s`` grants per second across every caller, urgent callers first.
+# Priorities of GlobalPacer.acquire, most urgent first.
+PRIORITY_LIVE: Final = 0        # a port of a host known to be alive
+PRIORITY_FIRST_LOOK: Final = 1  # an address's first liveness probe
+PRIORITY_LOOK_AGAIN: Final = 2  # its later liveness probes
+PRIORITIES: Final = 3
 
-    ``await pacer.acquire(urgent=True)`` before each new connection. Grants are spaced evenly (a token
-    bucket of depth :data:`PACER_MAX_BURST`, refilled at ``rate_per_s``); within a wake-up, urgent waiters
-    (ports of hosts known to be alive) are served before the others (liveness probes), each queue in arrival
-    order. The pacer's own task is :meth:`run`.
+
+class GlobalPacer:
+    """At most ``rate_per_s`` grants per second across every caller, most urgent callers first.
+
+    ``await pacer.acquire(priority)`` before each new connection. Grants are spaced evenly (a token bucket
+    of depth :data:`PACER_MAX_BURST`, refilled at ``rate_per_s``); within a wake-up, waiters of a lower
+    priority number are served first (:data:`PRIORITY_LIVE`, :data:`PRIORITY_FIRST_LOOK`,
+    :data:`PRIORITY_LOOK_AGAIN`), each queue in arrival order. The pacer's own task is :meth:`run`.
 
     Raises:
         ConfigError: ``rate_per_s`` not a positive finite number.
@@ -144,15 +156,15 @@ class GlobalPacer:
             raise ConfigError(f"global_rate must be a positive number of connects per second, "
                               f"got {rate_per_s!r}")
         self.rate_per_s = float(rate_per_s)
-        self._queues: tuple[collections.deque[anyio.Event], collections.deque[anyio.Event]] = (
-            collections.deque(), collections.deque())
+        self._queues: tuple[collections.deque[anyio.Event], ...] = tuple(
+            collections.deque() for _ in range(PRIORITIES))
         self._wake = anyio.Event()
         self.granted = 0
 
-    async def acquire(self, *, urgent: bool = False) -> None:
+    async def acquire(self, priority: int = PRIORITY_LIVE) -> None:
         """Wait for this caller's turn (cancellation leaves the queue without taking a grant)."""
         event = anyio.Event()
-        queue = self._queues[0 if urgent else 1]
+        queue = self._queues[min(max(priority, 0), PRIORITIES - 1)]
         queue.append(event)
         self._wake.set()
         try:
@@ -164,7 +176,7 @@ class GlobalPacer:
 
     def waiting(self) -> int:
         """Callers waiting for a grant now."""
-        return len(self._queues[0]) + len(self._queues[1])
+        return sum(len(q) for q in self._queues)
 
     async def run(self) -> None:
         """Grant turns forever (start it in a task group; cancel the group's scope to stop it)."""
@@ -183,7 +195,7 @@ class GlobalPacer:
             tokens = min(float(PACER_MAX_BURST), tokens + (now - last) * self.rate_per_s)
             last = now
             while tokens >= 1.0 and self.waiting():
-                queue = self._queues[0] if self._queues[0] else self._queues[1]
+                queue = next(q for q in self._queues if q)
                 queue.popleft().set()
                 self.granted += 1
                 tokens -= 1.0
