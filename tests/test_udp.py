@@ -334,9 +334,11 @@ async def test_a_closed_udp_port_is_closed(loopback_host: str) -> None:
     assert res.outcome is Outcome.CLOSED  # ICMP port unreachable, reported on the connected socket
 
 
-def test_a_port_without_a_probe_is_a_config_error() -> None:
+def test_a_port_without_a_probe_or_a_host_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="udp_ports"):
         anyio.run(lambda: udp_probe("127.0.0.1", 5353, timeout_s=0.1))
+    with pytest.raises(ConfigError, match="not an IP address"):
+        anyio.run(lambda: udp_probe("localhost", 161, timeout_s=0.1))
 
 
 def _snmp_response(rid: int, value: bytes | None, status: int = 0) -> bytes:

@@ -5,19 +5,28 @@ What it does to each host, and why:
 * Full TCP connects only (the probes module never sends a half-open SYN nor OS-detection packets).
 * Every limit is per host: a :class:`~fragileprobe.ConcurrencyLimiter` per host caps the sessions held at
   once (``per_host_sessions``, default 1) and the connect rate (``rate_per_host`` connects/s, default 10,
-  below runZero's 40 packets/s per host). Many hosts are worked in parallel under a global cap
-  (``max_hosts_in_parallel``), in shuffled order so no subnet is hammered. (nmap's ``--max-parallelism``
-  counts a whole host group, which is why it cannot protect one fragile device.)
+  below runZero's 40 packets/s per host). Many hosts are worked in parallel (``max_hosts_in_parallel``,
+  default: as many as the file-descriptor limit allows, at most 4,096), in shuffled order so no subnet is
+  hammered, and all new connections together stay under ``global_rate`` (1,000/s, runZero's total). (nmap's
+  ``--max-parallelism`` counts a whole host group, which is why it cannot protect one fragile device.)
+* Liveness first (``fragileprobe._hostpolicy``): each address is tried on ``liveness_ports`` likely ports
+  before the others; any answer (open or refused) works it on every port, and an address silent on all of
+  them costs those few timeouts only. Timeouts follow measured round trips (``fragileprobe._timing``: RFC
+  6298, per network and per host, within floors and the given ceilings).
 * A host whose model has a stored profile is never probed above that profile's ceiling. A host not yet
   identified is held to the lowest stored ceiling of any model when ``per_host_sessions`` is above it, so
   the rule also holds before the host's model is known.
 * On open ports: the banner is read (nothing is sent), except on printer ports 9100-9107, which print what
   they receive, and on ports of protocols where the client speaks first (SMB, RDP, TLS, databases, DICOM,
   HL7): there the probe is connect + close only. Web ports get one bounded ``GET /``.
-* A host that stops answering mid-scan (``unresponsive_after`` consecutive timeouts, connect or HTTP, after it
-  had answered on some port) is left alone for the rest of the run and reported; nothing is retried harder.
-  A host that accepts connections but answers nothing, with a request timing out (a hung device), is
-  reported the same way. Neither lands in a fallback group ("safe to scan"): silence is not evidence.
+* A host that stops answering mid-scan (``unresponsive_after`` strikes in a row after it spoke: a connect
+  that succeeds and then yields nothing where an answer was due, a web port's ``GET /`` or a banner port) is
+  left alone for the rest of the run and reported; nothing is retried harder. A connect that times out on a
+  host that answers elsewhere is a filtered port, never a strike. A host that accepts connections but
+  answers nothing, with a request timing out (a hung device), is reported the same way. Neither lands in a
+  fallback group ("safe to scan"): silence is not evidence.
+* UDP: one datagram per UDP port per live host (SNMP sysDescr, NTP, SSDP; ``fragileprobe._udp``), within the
+  host's limits; answers become services (``protocol="udp"``) and notes, feeding the OS guess and the groups.
 * Each finished host is written to the store at once (asset row, alert, "host done"), so a killed scan
   loses at most the hosts in flight, and ``resume=True`` continues the unfinished scan with the same
   targets and parameters.

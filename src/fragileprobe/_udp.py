@@ -25,6 +25,7 @@ indefinite form), nesting and sizes bounded.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import socket
@@ -418,8 +419,13 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
         A :class:`UdpResult`; never raises for network errors or bad answers.
 
     Raises:
-        ConfigError: No probe is known for the port.
+        ConfigError: No probe is known for the port, or ``host`` is not an IP literal.
     """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # connect() would resolve a name with a blocking DNS query nobody authorized.
+        raise ConfigError(f"host {host!r} is not an IP address literal") from None
     proto = protocol or UDP_PROBES.get(port)
     if proto not in ("snmp", "ntp", "ssdp"):
         raise ConfigError(f"udp_ports: no UDP probe is known for port {port} (known: {sorted(UDP_PROBES)})")
