@@ -127,3 +127,15 @@ def test_notebook_progress_outside_a_notebook_prints_a_line_per_level(
     assert capsys.readouterr().out == "trial 1 level 5: passed (0.0 s)\n"
     assert progress.rows == [(0, 5, "passed")]
     assert "done" in progress._html()
+
+
+def test_discovery_view_says_how_loud_the_run_will_be_when_it_starts() -> None:
+    buf = io.StringIO()
+    view = TerminalDiscoveryView(Console(file=buf, width=200, force_terminal=False))
+    tap = LogTap()
+    tap.sinks.append(view.on_log)
+    with view:
+        tap(None, "info", {"event": "discovery.start", "todo": 4096, "global_rate": 1000.0,
+                           "per_host_sessions": 1, "rate_per_host": 10.0, "max_hosts_in_parallel": 4096})
+    assert ("discovery: 4096 address(es); at most 1000 new connections/s in total, 1 session(s) and "
+            "10 connects/s per host, 4096 hosts at once") in buf.getvalue()

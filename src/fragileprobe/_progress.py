@@ -165,7 +165,7 @@ class LogTap:
     """
 
     EVENTS: Final = frozenset(
-        {"watchdog.beat", "watchdog.device_down", "characterize.level", "discovery.alert"}
+        {"watchdog.beat", "watchdog.device_down", "characterize.level", "discovery.alert", "discovery.start"}
     )
 
     def __init__(self) -> None:
@@ -302,6 +302,14 @@ class TerminalCharacterizeView:
         return Panel(table, title="fragileprobe characterize", border_style="cyan")
 
 
+def start_line(fields: MutableMapping[str, Any]) -> str:
+    """The line a discovery prints before its first packet: how wide and how loud it will be."""
+    return (f"discovery: {fields.get('todo')} address(es); at most {fields.get('global_rate'):g} new "
+            f"connections/s in total, {fields.get('per_host_sessions')} session(s) and "
+            f"{fields.get('rate_per_host'):g} connects/s per host, {fields.get('max_hosts_in_parallel')} "
+            "hosts at once")
+
+
 def discovery_line(p: DiscoveryProgress) -> str:
     """One line of discovery progress: addresses done, live hosts found, assets, alerts, elapsed, ETA."""
     eta = "?" if p.eta_s is None else "~" + _fmt_s(p.eta_s)
@@ -351,7 +359,11 @@ class TerminalDiscoveryView:
             self._progress = None
 
     def on_log(self, event: str, fields: MutableMapping[str, Any]) -> None:
-        """Feed a structlog event (from :class:`LogTap`): alerts are shown the moment they are raised."""
+        """Feed a structlog event (from :class:`LogTap`): the run's limits when it starts (every input is
+        valid by then, and no packet has been sent yet); alerts the moment they are raised."""
+        if event == "discovery.start":
+            self.console.print(start_line(fields))
+            return
         if event != "discovery.alert":
             return
         from rich.markup import escape

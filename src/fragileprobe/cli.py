@@ -909,13 +909,6 @@ def discover(
         _fail(str(exc))
     view = TerminalDiscoveryView(console)
     tap.sinks.append(view.on_log)
-    # Said (on stderr, also with --json) before the first packet, so that a wide scan is never loud by
-    # surprise.
-    _err.print(
-        f"discovery: {len(hosts)} address(es); at most {global_rate:g} new connections/s in total, "
-        f"{sessions_per_host} session(s) and {rate_per_host:g} connects/s per host; hosts at once: "
-        + (str(max_hosts) if max_hosts is not None else "sized to the file-descriptor limit")
-    )
 
     async def run() -> Any:
         with view:
