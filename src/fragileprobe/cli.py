@@ -793,8 +793,9 @@ _DISCOVER_HELP = (
     "trips (RFC 6298, floor 0.5 s, ceilings --connect-timeout/--banner-timeout); as many hosts at once as "
     "the file-descriptor limit allows (at most 4,096), while a global rate of 1,000 new connections per "
     "second (runZero's total default) keeps a wide scan from being loud by surprise. With the old fixed "
-    "64 hosts at once and 2 s timeouts on every port, that /20 took ~770 s; now about 11 s, finding every "
-    "live host, 3x faster than nmap -sT with its host discovery, which missed the firewalled pumps."
+    "64 hosts at once and 2 s timeouts on every port, that /20 was projected at ~770 s; now about 11 s, "
+    "finding every live host: 3.9x faster than nmap -sT -n with its host discovery (2.9x than -T4), which "
+    "missed the firewalled pumps."
 )
 
 
