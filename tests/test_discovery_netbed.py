@@ -81,6 +81,16 @@ def test_silent_addresses_cost_two_syns_and_no_live_host_is_lost(bed: NetBed) ->
     assert out["progress"][-1]["eta_s"] == 0.0
 
 
+def test_addresses_without_a_route_are_not_silently_called_silent(bed: NetBed) -> None:
+    """The scanner namespace has no route to 10.93.0.0/30: every probe fails locally (ENETUNREACH). Those
+    addresses are skipped, and the report says why instead of passing them off as silent space."""
+    out = scan(bed, "10.93.0.0/30", udp_ports=[])
+    assert out["assets"] == {}
+    assert out["hosts_alive"] == 0
+    assert any("could not reach their address" in n and "unreachable" in n for n in out["report_notes"])
+    assert bed.syns() == 0
+
+
 @pytest.mark.slow
 def test_nmap_host_discovery_misses_the_firewalled_pumps_here(bed: NetBed) -> None:
     """The bed is realistic enough to show the failure the shortcut must avoid: nmap's ping probes
@@ -172,3 +182,37 @@ async def test_a_device_that_spoke_once_and_went_quiet_is_left_alone_never_safe(
     assert device.connects < len(POSES)
     (asset,) = report.assets
     assert not any(g.startswith("safe to scan") for g in asset.groups)
+
+
+async def test_hosts_at_once_are_sized_to_the_file_limit(loopback_hosts: Any) -> None:
+    """Without max_hosts_in_parallel, discovery works as many hosts at once as ``ulimit -n`` allows (minus
+    the headroom), instead of refusing or running out of files mid-scan."""
+    import resource
+
+    from fragileprobe._probes import FD_HEADROOM
+
+    hosts = [loopback_hosts() for _ in range(300)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+    try:
+        report = await discover(hosts, scope=Scope(hosts), ports=[9], udp_ports=[], rate_per_host=100)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report.max_hosts_in_parallel == 200 - FD_HEADROOM
+    assert report.hosts_alive == 300, "every loopback address refused port 9: all alive, none lost to EMFILE"
+
+
+def test_the_notebook_view_prints_a_bounded_number_of_lines_outside_a_notebook(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fragileprobe import NotebookDiscoveryProgress
+    from fragileprobe._discovery import DiscoveryProgress
+
+    view = NotebookDiscoveryProgress()
+    for done in range(1, 4097):
+        view(DiscoveryProgress(hosts_done=done, hosts_total=4096, assets_found=done // 80, alerts=0,
+                               host="10.0.0.1", hosts_alive=done // 70, elapsed_s=done / 400,
+                               eta_s=(4096 - done) / 400))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= NotebookDiscoveryProgress.MAX_LINES
+    assert lines[-1].startswith("discovery: 4096/4096 addresses, 58 live, 51 assets")

@@ -450,6 +450,8 @@ class _Run:
     silent: int = 0
     peak_hosts_in_flight: int = 0
     hosts_in_flight: int = 0
+    unreachable: int = 0  # probes the local stack or a router refused (no route, no free port, no file)
+    unreachable_error: str | None = None
 
 
 def _positive(name: str, value: float, *, integer: bool = False) -> float:
@@ -714,6 +716,11 @@ async def discover(
             if own is None:
                 raise
             raise own from group
+    if run.unreachable:
+        # Not silence: the probe never reached the address (or a router refused it). An address whose
+        # liveness probes all failed so is counted silent, so say it.
+        notes.append(f"{run.unreachable} probe(s) could not reach their address ({run.unreachable_error}); "
+                     "addresses whose every liveness probe failed so were skipped as silent")
     if observer is not None:
         _apply_os_hints(assets, observer.hints())
     icmp_only: tuple[str, ...] = ()
@@ -874,6 +881,9 @@ async def _probe_host(
             run.probes += 1
             res = await _run_probe(host, port, kind, connect_t, banner_t)
         results.append(res)
+        if res.outcome is Outcome.UNREACHABLE:
+            run.unreachable += 1
+            run.unreachable_error = run.unreachable_error or res.error
         if res.outcome in (Outcome.OPEN, Outcome.CLOSED, Outcome.RESET, Outcome.PROTOCOL_ERROR) or (
             res.outcome is Outcome.TIMEOUT and not (res.error or "").startswith("connect timed out")
         ):

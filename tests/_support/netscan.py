@@ -46,7 +46,7 @@ def main() -> None:
         "max_hosts_in_parallel": report.max_hosts_in_parallel, "global_rate": report.global_rate,
         "notes": {a.host: list(a.notes) for a in report.assets if a.notes},
         "services": {a.host: [s.to_dict() for s in a.services] for a in report.assets},
-        "progress": progress,
+        "progress": progress, "report_notes": list(report.notes),
     }))
 
 
