@@ -547,5 +547,5 @@ async def test_asking_for_more_sockets_than_the_file_limit_is_refused_before_any
             await characterize(target, scope=Scope([dev.host]), ladder=(1, 10, 400))
         hosts = [dev.host, *(allocate_loopback() for _ in range(3))]
         with pytest.raises(ConfigError, match=r"max_hosts_in_parallel x per_host_sessions \(4 x 50\)"):
-            await discover(hosts, scope=Scope(hosts), per_host_sessions=50)
+            await discover(hosts, scope=Scope(hosts), per_host_sessions=50, max_hosts_in_parallel=4)
         assert dev.stats.connects_total == 0

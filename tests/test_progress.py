@@ -96,7 +96,25 @@ def test_discovery_view_prints_alerts_and_progress_lines_without_a_terminal() ->
                                            host="127.0.0.7"))  # fmt: skip
     text = buf.getvalue()
     assert "ALERT 127.0.0.7: medical device in zone 'Office LAN' (general), model pump-abc" in text
-    assert "discovery: 1/1 hosts, 1 assets, 1 alerts" in text
+    assert "discovery: 1/1 addresses, 0 live, 1 assets, 1 alerts" in text
+
+
+def test_discovery_lines_say_addresses_live_hosts_and_the_time_left_for_a_large_block() -> None:
+    """A /16 prints at most MAX_LINES lines, each with the live hosts found and the estimate left."""
+    buf = io.StringIO()
+    view = TerminalDiscoveryView(Console(file=buf, width=160, force_terminal=False))
+    total = 65536
+    with view:
+        for done in range(1, total + 1, 7):
+            view.on_progress(DiscoveryProgress(hosts_done=done, hosts_total=total, assets_found=done // 1000,
+                                               alerts=0, host="10.0.0.1", hosts_alive=done // 700,
+                                               elapsed_s=done / 500, eta_s=(total - done) / 500))
+        view.on_progress(DiscoveryProgress(hosts_done=total, hosts_total=total, assets_found=65, alerts=0,
+                                           host="10.0.0.1", hosts_alive=93, elapsed_s=131.0, eta_s=0.0))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) <= TerminalDiscoveryView.MAX_LINES + 1
+    assert lines[-1].startswith(f"discovery: {total}/{total} addresses, 93 live, 65 assets")
+    assert "left" in lines[-1]
 
 
 def test_notebook_progress_outside_a_notebook_prints_a_line_per_level(
@@ -109,3 +127,15 @@ def test_notebook_progress_outside_a_notebook_prints_a_line_per_level(
     assert capsys.readouterr().out == "trial 1 level 5: passed (0.0 s)\n"
     assert progress.rows == [(0, 5, "passed")]
     assert "done" in progress._html()
+
+
+def test_discovery_view_says_how_loud_the_run_will_be_when_it_starts() -> None:
+    buf = io.StringIO()
+    view = TerminalDiscoveryView(Console(file=buf, width=200, force_terminal=False))
+    tap = LogTap()
+    tap.sinks.append(view.on_log)
+    with view:
+        tap(None, "info", {"event": "discovery.start", "todo": 4096, "global_rate": 1000.0,
+                           "per_host_sessions": 1, "rate_per_host": 10.0, "max_hosts_in_parallel": 4096})
+    assert ("discovery: 4096 address(es); at most 1000 new connections/s in total, 1 session(s) and "
+            "10 connects/s per host, 4096 hosts at once") in buf.getvalue()

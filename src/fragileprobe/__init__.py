@@ -91,6 +91,7 @@ _LAZY: dict[str, str] = {
     "characterize_sync": "_characterize",
     # people's side: notebook progress and reports (matplotlib only when a plot is drawn)
     "NotebookProgress": "_progress",
+    "NotebookDiscoveryProgress": "_progress",
     "ReportFiles": "_report",
     "write_report": "_report",
     # raw packets (optional extra fragileprobe[raw]; scapy is imported only when a feature runs)
@@ -256,6 +257,9 @@ if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checke
     )
     from fragileprobe._profile import (
         derive_ceiling as derive_ceiling,
+    )
+    from fragileprobe._progress import (
+        NotebookDiscoveryProgress as NotebookDiscoveryProgress,
     )
     from fragileprobe._progress import (
         NotebookProgress as NotebookProgress,

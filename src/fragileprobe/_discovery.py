@@ -5,19 +5,28 @@ What it does to each host, and why:
 * Full TCP connects only (the probes module never sends a half-open SYN nor OS-detection packets).
 * Every limit is per host: a :class:`~fragileprobe.ConcurrencyLimiter` per host caps the sessions held at
   once (``per_host_sessions``, default 1) and the connect rate (``rate_per_host`` connects/s, default 10,
-  below runZero's 40 packets/s per host). Many hosts are worked in parallel under a global cap
-  (``max_hosts_in_parallel``), in shuffled order so no subnet is hammered. (nmap's ``--max-parallelism``
-  counts a whole host group, which is why it cannot protect one fragile device.)
+  below runZero's 40 packets/s per host). Many hosts are worked in parallel (``max_hosts_in_parallel``,
+  default: as many as the file-descriptor limit allows, at most 4,096), in shuffled order so no subnet is
+  hammered, and all new connections together stay under ``global_rate`` (1,000/s, runZero's total). (nmap's
+  ``--max-parallelism`` counts a whole host group, which is why it cannot protect one fragile device.)
+* Liveness first (``fragileprobe._hostpolicy``): each address is tried on ``liveness_ports`` likely ports
+  before the others; any answer (open or refused) works it on every port, and an address silent on all of
+  them costs those few timeouts only. Timeouts follow measured round trips (``fragileprobe._timing``: RFC
+  6298, per network and per host, within floors and the given ceilings).
 * A host whose model has a stored profile is never probed above that profile's ceiling. A host not yet
   identified is held to the lowest stored ceiling of any model when ``per_host_sessions`` is above it, so
   the rule also holds before the host's model is known.
 * On open ports: the banner is read (nothing is sent), except on printer ports 9100-9107, which print what
   they receive, and on ports of protocols where the client speaks first (SMB, RDP, TLS, databases, DICOM,
   HL7): there the probe is connect + close only. Web ports get one bounded ``GET /``.
-* A host that stops answering mid-scan (``unresponsive_after`` consecutive timeouts, connect or HTTP, after it
-  had answered on some port) is left alone for the rest of the run and reported; nothing is retried harder.
-  A host that accepts connections but answers nothing, with a request timing out (a hung device), is
-  reported the same way. Neither lands in a fallback group ("safe to scan"): silence is not evidence.
+* A host that stops answering mid-scan (``unresponsive_after`` strikes in a row after it spoke: a connect
+  that succeeds and then yields nothing where an answer was due, a web port's ``GET /`` or a banner port) is
+  left alone for the rest of the run and reported; nothing is retried harder. A connect that times out on a
+  host that answers elsewhere is a filtered port, never a strike. A host that accepts connections but
+  answers nothing, with a request timing out (a hung device), is reported the same way. Neither lands in a
+  fallback group ("safe to scan"): silence is not evidence.
+* UDP: one datagram per UDP port per live host (SNMP sysDescr, NTP, SSDP; ``fragileprobe._udp``), within the
+  host's limits; answers become services (``protocol="udp"``) and notes, feeding the OS guess and the groups.
 * Each finished host is written to the store at once (asset row, alert, "host done"), so a killed scan
   loses at most the hosts in flight, and ``resume=True`` continues the unfinished scan with the same
   targets and parameters.
@@ -59,8 +68,16 @@ from fragileprobe._groups import (
     alert_for,
     log_alert,
 )
+from fragileprobe._hostpolicy import (
+    DEFAULT_LIVENESS_PORTS,
+    HostPolicy,
+    LivenessPlanner,
+    ProbeKind,
+    classify,
+)
 from fragileprobe._limiter import ConcurrencyLimiter
 from fragileprobe._probes import (
+    FD_HEADROOM,
     HttpResult,
     Outcome,
     ProbeResult,
@@ -69,18 +86,39 @@ from fragileprobe._probes import (
     http_get,
     tcp_connect,
 )
+from fragileprobe._progress import estimate_remaining_s
 from fragileprobe._scope import PORT_SETS, Target, parse_ports, parse_targets
+from fragileprobe._timing import (
+    BANNER_SERVICE_ALLOWANCE_S,
+    DEFAULT_GLOBAL_RATE,
+    PRIORITY_FIRST_LOOK,
+    PRIORITY_LIVE,
+    PRIORITY_LOOK_AGAIN,
+    GlobalPacer,
+    RttEstimator,
+    TimeoutBounds,
+)
+from fragileprobe._udp import (
+    DEFAULT_SNMP_COMMUNITY,
+    DEFAULT_UDP_PORTS,
+    UDP_PROBES,
+    UdpResult,
+    check_community,
+    fingerprint_udp,
+    udp_probe,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
     from pathlib import Path
 
     from fragileprobe._scope import Scope
     from fragileprobe._store import AssetRow, ProfileStore
 
 __all__ = [
-    "DEFAULT_DISCOVERY_PORTS",
     "CLIENT_FIRST_PORTS",
+    "DEFAULT_DISCOVERY_PORTS",
+    "DEFAULT_GLOBAL_RATE",
     "PRINTER_PORTS",
     "WEB_PORTS",
     "Asset",
@@ -111,13 +149,28 @@ WEB_PORTS: Final = frozenset({80, 631, 5985, 8000, 8008, 8080, 8081, 8888})
 # Per-host connect rate default: a quarter of runZero's 40 packets/s per host, the gentlest default of the
 # scanners we compared (see ANCHORS.md).
 DEFAULT_RATE_PER_HOST: Final = 10.0
-# Hosts worked at once. Each holds at most per_host_sessions sockets, so this also bounds our open sockets.
+# Hosts worked at once where the file-descriptor limit cannot be read (not POSIX).
 DEFAULT_MAX_HOSTS_IN_PARALLEL: Final = 64
-# Connect bound: a slow embedded stack on a busy ward answers a SYN in well under a second.
+# Most hosts worked at once when sized automatically: at the default global rate (1,000 connects/s) and a
+# silent address's two sub-second timeouts, about 2,000 addresses are in flight at once; 4,096 leaves room
+# for slow links, and each waiting host costs a task (a few KiB), not a socket.
+MAX_HOSTS_IN_PARALLEL: Final = 4096
+# Connect bound, the ceiling of the adaptive timeout: a slow embedded stack on a busy ward answers a SYN in
+# well under a second.
 DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0
-# Banner wait: speak-first services greet within ~100 ms; silent ports (SMB, RDP, TLS) cost this much each,
-# so it is kept short.
+# Floor of the adaptive connect timeout: 2.5x the round trip of a hospital's WAN-linked site (~200 ms), plus
+# event-loop delay on a loaded 2-core scanner. nmap's floor is 100 ms; a connect scan in Python cannot
+# measure that finely under load.
+CONNECT_TIMEOUT_FLOOR_S: Final = 0.5
+# Connect timeout before any round trip was measured: just under the kernel's first SYN retransmission
+# (1 s, RFC 6298's initial RTO), so an unanswered probe is one SYN.
+CONNECT_TIMEOUT_INITIAL_S: Final = 0.9
+# Banner wait ceiling: speak-first services greet within ~100 ms; silent ports (SMB, RDP, TLS) cost this much
+# each, so it is kept short.
 DEFAULT_BANNER_TIMEOUT_S: Final = 1.5
+# Floor of the adaptive banner wait: the slowest emulated device answers in ~30 ms at one session, a busy
+# embedded stack in ~100 ms; 0.5 s is 5x that.
+BANNER_TIMEOUT_FLOOR_S: Final = 0.5
 # Consecutive connect timeouts, after the host had answered, that mark it unresponsive for this run.
 DEFAULT_UNRESPONSIVE_AFTER: Final = 3
 # Body bytes kept from GET / (the <title> sits in the first few hundred bytes).
@@ -232,13 +285,31 @@ class Move:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryProgress:
-    """Passed to the progress callback after each host."""
+    """Passed to the progress callback after each address.
+
+    Attributes:
+        hosts_done: Addresses finished (silent ones included).
+        hosts_total: Addresses this call works.
+        assets_found: Hosts with an open port so far.
+        alerts: Alerts raised so far.
+        host: The address just finished.
+        hosts_alive: Addresses that answered (open or refused) so far.
+        hosts_silent: Addresses skipped because no liveness port answered.
+        probes_sent: Connects and datagrams sent so far.
+        elapsed_s: Seconds since the call started.
+        eta_s: Estimated seconds left (see ``fragileprobe._progress.estimate_remaining_s``), None at first.
+    """
 
     hosts_done: int
     hosts_total: int
     assets_found: int
     alerts: int
     host: str
+    hosts_alive: int = 0
+    hosts_silent: int = 0
+    probes_sent: int = 0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +331,10 @@ class DiscoveryReport:
         notes: Things worth knowing that are not errors (e.g. raw probes unavailable).
         params: The parameters the scan ran with.
         icmp_only: With ``raw=True``: addresses without an open port that answered ICMP echo.
+        hosts_alive: Addresses that answered on some port (open or refused), this call.
+        probes_sent: Connects and datagrams sent by this call.
+        max_hosts_in_parallel: Hosts worked at once (sized from the file-descriptor budget by default).
+        global_rate: The run's total connect rate (connects and datagrams per second).
     """
 
     assets: tuple[Asset, ...]
@@ -276,6 +351,10 @@ class DiscoveryReport:
     notes: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     icmp_only: tuple[str, ...] = ()
+    hosts_alive: int = 0
+    probes_sent: int = 0
+    max_hosts_in_parallel: int = 0
+    global_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -289,6 +368,8 @@ class DiscoveryReport:
             "hosts_scanned": self.hosts_scanned, "hosts_resumed": self.hosts_resumed,
             "wall_time_s": self.wall_time_s, "scan_id": self.scan_id, "notes": list(self.notes),
             "params": dict(self.params), "icmp_only": list(self.icmp_only),
+            "hosts_alive": self.hosts_alive, "probes_sent": self.probes_sent,
+            "max_hosts_in_parallel": self.max_hosts_in_parallel, "global_rate": self.global_rate,
         }
 
     def to_json(self, *, indent: int | None = 2) -> str:
@@ -322,7 +403,8 @@ class DiscoveryReport:
         lines = [
             f"discovery: {len(self.assets)} assets on {self.hosts_scanned + self.hosts_resumed} addresses "
             f"in {self.wall_time_s:.1f} s"
-            + (f" ({self.hosts_resumed} done before resume)" if self.hosts_resumed else ""),
+            + (f" ({self.hosts_resumed} done before resume)" if self.hosts_resumed else "")
+            + (f"; {self.hosts_alive} answered, {self.probes_sent} probes" if self.probes_sent else ""),
         ]
         for group, members in sorted(self.groups.items()):
             lines.append(f"  {group}: {len(members)}")
@@ -340,22 +422,36 @@ class DiscoveryReport:
 
 # --- the driver -------------------------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class _HostState:
-    answered: list[int] = field(default_factory=list)
-    consecutive_timeouts: int = 0
-    gave_up: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class _Settings:
     ports: tuple[int, ...]
     per_host_sessions: int
     rate_per_host: float
-    connect_timeout_s: float
-    banner_timeout_s: float
+    connect_bounds: TimeoutBounds
+    banner_bounds: TimeoutBounds
+    adaptive: bool
     unresponsive_after: int
     port_aliases: Mapping[int, int]
+    udp_ports: tuple[int, ...]
+    snmp_community: str
+
+
+@dataclass(slots=True)
+class _Run:
+    """What the hosts of one run share: the global pacer, the network RTT, the liveness planner, counters."""
+
+    settings: _Settings
+    pacer: GlobalPacer
+    planner: LivenessPlanner
+    network_rtt: RttEstimator = field(default_factory=RttEstimator)
+    probes: int = 0
+    probes_done: int = 0  # probes of the hosts already finished
+    alive: int = 0
+    silent: int = 0
+    peak_hosts_in_flight: int = 0
+    hosts_in_flight: int = 0
+    unreachable: int = 0  # probes the local stack or a router refused (no route, no free port, no file)
+    unreachable_error: str | None = None
 
 
 def _positive(name: str, value: float, *, integer: bool = False) -> float:
@@ -364,6 +460,24 @@ def _positive(name: str, value: float, *, integer: bool = False) -> float:
         kind = "a positive integer" if integer else "a positive number"
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
     return value
+
+
+def auto_hosts_in_parallel(hosts: int, per_host_sessions: int) -> int:
+    """Hosts worked at once when not given: as many as the file-descriptor budget allows, at most
+    :data:`MAX_HOSTS_IN_PARALLEL` and never more than there are hosts.
+
+    Each host holds at most ``per_host_sessions`` sockets; :data:`~fragileprobe._probes.FD_HEADROOM`
+    descriptors stay free for everything else (the store, logs, the event loop).
+    """
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except ImportError:  # pragma: no cover - not POSIX
+        soft = DEFAULT_MAX_HOSTS_IN_PARALLEL + FD_HEADROOM
+    budget = MAX_HOSTS_IN_PARALLEL if soft == getattr(resource, "RLIM_INFINITY", -1) else (
+        (soft - FD_HEADROOM) // per_host_sessions)
+    return max(1, min(hosts, MAX_HOSTS_IN_PARALLEL, budget))
 
 
 async def discover(
@@ -376,10 +490,15 @@ async def discover(
     store: ProfileStore | None = None,
     per_host_sessions: int = 1,
     rate_per_host: float = DEFAULT_RATE_PER_HOST,
-    max_hosts_in_parallel: int = DEFAULT_MAX_HOSTS_IN_PARALLEL,
+    max_hosts_in_parallel: int | None = None,
+    global_rate: float = DEFAULT_GLOBAL_RATE,
+    liveness_ports: int = DEFAULT_LIVENESS_PORTS,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     banner_timeout_s: float = DEFAULT_BANNER_TIMEOUT_S,
+    adaptive_timeouts: bool = True,
     unresponsive_after: int = DEFAULT_UNRESPONSIVE_AFTER,
+    udp_ports: str | int | Iterable[int | str] = DEFAULT_UDP_PORTS,
+    snmp_community: str = DEFAULT_SNMP_COMMUNITY,
     resume: bool = False,
     seed: int | None = None,
     alert_file: str | Path | None = None,
@@ -393,21 +512,32 @@ async def discover(
     Args:
         targets: Target spec (``"10.1.0.0/24"``, ranges, lists); every address must lie inside ``scope``.
         scope: The authorized scope; targets outside raise ScopeError before anything is sent.
-        ports: Ports to look at (a port spec; default the "hospital" set).
+        ports: TCP ports to look at (a port spec; default the "hospital" set).
         zones: Network zones (default: none, every host "unzoned", no alerts).
         rules: Group rules (default ``Rules.default()``).
         store: ProfileStore for stored ceilings, the inventory and resume (default: none).
         per_host_sessions: Sessions held at once per host (default 1).
-        rate_per_host: Connects per second per host (default 10).
-        max_hosts_in_parallel: Hosts worked at once (global cap).
-        connect_timeout_s: Connect bound per probe.
-        banner_timeout_s: How long to wait for a banner (and for an HTTP answer) per port.
-        unresponsive_after: Consecutive connect timeouts, after answering, that make a host left alone.
+        rate_per_host: Connects (and datagrams) per second per host (default 10).
+        max_hosts_in_parallel: Hosts worked at once (default: as many as the file-descriptor budget
+            allows, at most 4,096); each stays within its own limits.
+        global_rate: New connections (and datagrams) per second for the whole run (default 1,000, runZero's
+            total rate).
+        liveness_ports: Ports tried on an address before the rest (default 2); an address silent on all of
+            them (every connect timed out) is skipped. 0 probes every port of every address.
+        connect_timeout_s: Ceiling of the adaptive connect timeout (the fixed timeout without adaptation).
+        banner_timeout_s: Ceiling of the adaptive wait for a banner or an HTTP answer.
+        adaptive_timeouts: Follow measured round-trip times within floors and ceilings (default); False
+            uses the two ceilings as fixed timeouts.
+        unresponsive_after: Strikes in a row, after the host spoke, that make it left alone (see
+            ``fragileprobe._hostpolicy``).
+        udp_ports: UDP ports that get one datagram on each live host (SNMP 161, NTP 123, SSDP 1900 by
+            default; ``()`` for none).
+        snmp_community: The SNMP v2c community of the sysDescr request (default "public").
         resume: Continue the latest unfinished scan with the same targets and parameters (needs a store).
         seed: Seed for the host order shuffle (default: random).
         alert_file: JSON-lines file that alerts are appended to.
         webhook_url: URL each alert is POSTed to (bounded timeout; failures logged, not raised).
-        progress: Called after each host with a DiscoveryProgress.
+        progress: Called after each address with a DiscoveryProgress.
         raw: Also use the raw-packet extras (ICMP, passive OS hint) when available; else a note.
         port_aliases: Bound port -> well-known port, for services on non-standard ports (hints only).
 
@@ -425,16 +555,29 @@ async def discover(
         port_list = parse_ports(ports)
     except ConfigError as exc:
         raise ConfigError(f"ports: {exc}") from exc
+    try:
+        udp_list = parse_ports(udp_ports) if udp_ports not in ((), [], "") else ()
+    except ConfigError as exc:
+        raise ConfigError(f"udp_ports: {exc}") from exc
+    unknown_udp = [p for p in udp_list if p not in UDP_PROBES]
+    if unknown_udp:
+        raise ConfigError(f"udp_ports: no UDP probe is known for {unknown_udp} (known: {sorted(UDP_PROBES)})")
     _positive("per_host_sessions", per_host_sessions, integer=True)
     _positive("rate_per_host", rate_per_host)
-    _positive("max_hosts_in_parallel", max_hosts_in_parallel, integer=True)
+    if max_hosts_in_parallel is not None:
+        _positive("max_hosts_in_parallel", max_hosts_in_parallel, integer=True)
+    _positive("global_rate", global_rate)
+    if isinstance(liveness_ports, bool) or not isinstance(liveness_ports, int) or liveness_ports < 0:
+        raise ConfigError(f"liveness_ports must be an integer of at least 0, got {liveness_ports!r}")
     _positive("connect_timeout_s", connect_timeout_s)
     _positive("banner_timeout_s", banner_timeout_s)
     _positive("unresponsive_after", unresponsive_after, integer=True)
+    check_community(snmp_community)
+    parallel = (max_hosts_in_parallel if max_hosts_in_parallel is not None
+                else auto_hosts_in_parallel(len(hosts), per_host_sessions))
     check_socket_budget(
-        min(len(hosts), max_hosts_in_parallel) * per_host_sessions,
-        f"max_hosts_in_parallel x per_host_sessions ({min(len(hosts), max_hosts_in_parallel)} x "
-        f"{per_host_sessions})",
+        min(len(hosts), parallel) * per_host_sessions,
+        f"max_hosts_in_parallel x per_host_sessions ({min(len(hosts), parallel)} x {per_host_sessions})",
     )
     if resume and store is None:
         raise ConfigError("resume=True needs a store (the unfinished scan is kept there)")
@@ -448,15 +591,21 @@ async def discover(
     # nothing may be created before every input that would use it has been validated.
     webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
     sinks_file = JsonlAlertSink(alert_file) if alert_file is not None else None
+    connect_t, banner_t = float(connect_timeout_s), float(banner_timeout_s)
     settings = _Settings(
         ports=port_list, per_host_sessions=per_host_sessions, rate_per_host=float(rate_per_host),
-        connect_timeout_s=float(connect_timeout_s), banner_timeout_s=float(banner_timeout_s),
-        unresponsive_after=unresponsive_after, port_aliases=aliases,
+        connect_bounds=TimeoutBounds(floor_s=min(CONNECT_TIMEOUT_FLOOR_S, connect_t), ceiling_s=connect_t,
+                                     initial_s=min(CONNECT_TIMEOUT_INITIAL_S, connect_t)),
+        banner_bounds=TimeoutBounds(floor_s=min(BANNER_TIMEOUT_FLOOR_S, banner_t), ceiling_s=banner_t,
+                                    initial_s=banner_t),
+        adaptive=bool(adaptive_timeouts), unresponsive_after=unresponsive_after, port_aliases=aliases,
+        udp_ports=udp_list, snmp_community=snmp_community,
     )
     params = {
         "ports": list(port_list), "per_host_sessions": per_host_sessions, "rate_per_host": rate_per_host,
         "connect_timeout_s": connect_timeout_s, "banner_timeout_s": banner_timeout_s,
-        "unresponsive_after": unresponsive_after,
+        "unresponsive_after": unresponsive_after, "udp_ports": list(udp_list),
+        "liveness_ports": liveness_ports, "adaptive_timeouts": bool(adaptive_timeouts),
     }
     notes: list[str] = []
     raw_ok = False
@@ -490,13 +639,15 @@ async def discover(
 
     todo = [h for h in hosts if h not in done_before]
     random.Random(seed).shuffle(todo)
+    run = _Run(settings=settings, pacer=GlobalPacer(global_rate),
+               planner=LivenessPlanner(port_list, count=liveness_ports, hints=aliases))
     assets: dict[str, Asset] = {}
     alerts: dict[str, Alert] = {}
     unresponsive: list[Unresponsive] = []
     state = {"done": 0}
     log.info("discovery.start", hosts=len(hosts), todo=len(todo), ports=len(port_list), scan_id=scan_id,
              per_host_sessions=per_host_sessions, rate_per_host=rate_per_host,
-             max_hosts_in_parallel=max_hosts_in_parallel)
+             max_hosts_in_parallel=parallel, global_rate=global_rate, liveness_ports=liveness_ports)
 
     async def finish_host(host: str, asset: Asset | None, matches: Sequence[GroupMatch]) -> None:
         if asset is not None:
@@ -519,57 +670,29 @@ async def discover(
             await anyio.to_thread.run_sync(store.mark_host_done, scan_id, host)
         state["done"] += 1
         if progress is not None:
-            progress(DiscoveryProgress(hosts_done=state["done"], hosts_total=len(todo),
-                                       assets_found=len(assets), alerts=len(alerts), host=host))
+            elapsed = time.monotonic() - started
+            progress(DiscoveryProgress(
+                hosts_done=state["done"], hosts_total=len(todo), assets_found=len(assets), alerts=len(alerts),
+                host=host, hosts_alive=run.alive, hosts_silent=run.silent, probes_sent=run.probes,
+                elapsed_s=elapsed,
+                eta_s=estimate_remaining_s(
+                    done=state["done"], total=len(todo), elapsed_s=elapsed, probes_done=run.probes_done,
+                    probes_sent=run.probes, rate_per_s=global_rate, in_flight=min(parallel, len(todo)),
+                    tail_s=2 * run.network_rtt.timeout_s(settings.connect_bounds),
+                ),
+            ))
 
     queue = iter(todo)
 
     async def worker() -> None:
         for host in queue:  # shared iterator: each host is taken by exactly one worker
-            prior_row = prior.get(host)
-            limit = per_host_sessions
-            known = _known_from_inventory(prior_row, profiles)
-            if known is not None and known[1] is not None:
-                limit = min(limit, known[1])
-            elif floor is not None:
-                # One session at a time is the gentlest a discovery can be, even under a stored ceiling of 0.
-                limit = min(limit, max(1, floor))
-            if limit < 1 and prior_row is not None and known is not None:
-                # The host's model failed at its lowest measured level (stored ceiling 0): not even one
-                # session. Report what the inventory knows and leave the host alone.
-                kept = _asset_from_row(prior_row, profiles, zones)
-                kept = dataclasses.replace(kept, sessions_limit=0,
-                                           notes=(f"stored profile {known[0]} has ceiling 0: not probed",))
-                log.warning("discovery.host_left_alone", host=host, model_key=known[0], ceiling=0)
-                await finish_host(host, kept, ())
-                continue
-            hs = _HostState()
+            run.hosts_in_flight += 1
+            run.peak_hosts_in_flight = max(run.peak_hosts_in_flight, run.hosts_in_flight)
             try:
-                results = await _probe_host(host, settings, limit, hs)
-            except Exception as exc:
-                results = []
-                hs.gave_up = _host_failed(host, "probing", exc)
-            if hs.gave_up is None and not hs.answered and any(
-                r.outcome is Outcome.TIMEOUT and _connected(r) for r in results
-            ):
-                # Accepted connections, answered nothing, and a request (GET /) went unanswered: a hung
-                # device looks exactly like this. Never call it "safe to scan" on no evidence.
-                hs.gave_up = ("accepted connections but answered on no port (a request timed out): hung, "
-                              "or every service is silent")
-            if hs.gave_up is not None:
-                unresponsive.append(Unresponsive(host, tuple(sorted(hs.answered)), hs.gave_up))
-                log.warning("discovery.host_unresponsive", host=host, reason=hs.gave_up)
-            try:
-                asset, matches = _build_asset(
-                    host, results, settings=settings, limit=limit, zones=zones, rules=rules,
-                    profiles=profiles, prior=prior_row, unresponsive=hs.gave_up is not None,
-                )
-            except Exception as exc:
-                reason = _host_failed(host, "fingerprinting", exc)
-                if hs.gave_up is None:
-                    unresponsive.append(Unresponsive(host, tuple(sorted(hs.answered)), reason))
-                asset, matches = None, ()
-            await finish_host(host, asset, matches)
+                await _work_host(host, run, prior.get(host), profiles, floor, zones, rules, unresponsive,
+                                 finish_host)
+            finally:
+                run.hosts_in_flight -= 1
 
     observer: Any = None
     async with contextlib.AsyncExitStack() as stack:
@@ -582,9 +705,12 @@ async def discover(
             except RawUnavailableError as exc:
                 notes.append(f"passive OS hint skipped: {exc}")
         try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(min(max_hosts_in_parallel, max(len(todo), 1))):
-                    tg.start_soon(worker)
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(run.pacer.run)
+                async with anyio.create_task_group() as tg:
+                    for _ in range(min(parallel, max(len(todo), 1))):
+                        tg.start_soon(worker)
+                outer.cancel_scope.cancel()  # every host is done: stop the pacer
         except ExceptionGroup as group:
             # A worker failed (the store could not be written, a progress callback raised): surface our
             # own error as itself rather than wrapped in the task group's ExceptionGroup.
@@ -596,12 +722,16 @@ async def discover(
         notes.append(f"{webhook.failures} alert(s) could not be delivered to the webhook {webhook.url} "
                      "(logged as discovery.alert_webhook_failed; they are in the log, the store and the "
                      "alert file)")
+    if run.unreachable:
+        # Not silence: the probe never reached the address (or a router refused it). An address whose
+        # liveness probes all failed so is counted silent, so say it.
+        notes.append(f"{run.unreachable} probe(s) could not reach their address ({run.unreachable_error}); "
+                     "addresses whose every liveness probe failed so were skipped as silent")
     if observer is not None:
         _apply_os_hints(assets, observer.hints())
     icmp_only: tuple[str, ...] = ()
     if raw_ok:
-        icmp_only = await _icmp_sweep([h for h in todo if h not in assets], scope, max_hosts_in_parallel,
-                                      notes)
+        icmp_only = await _icmp_sweep([h for h in todo if h not in assets], scope, parallel, notes)
 
     # Assets finished by the interrupted part of a resumed scan come back from the store.
     if store is not None and done_before:
@@ -628,9 +758,12 @@ async def discover(
         new=new, gone=gone, moved=moved, icmp_only=icmp_only, hosts_scanned=len(todo),
         hosts_resumed=len(done_before),
         wall_time_s=time.monotonic() - started, scan_id=scan_id, notes=tuple(notes), params=params,
+        hosts_alive=run.alive, probes_sent=run.probes, max_hosts_in_parallel=parallel,
+        global_rate=float(global_rate),
     )
     log.info("discovery.done", assets=len(ordered), alerts=len(report.alerts),
-             unresponsive=len(report.unresponsive), wall_time_s=round(report.wall_time_s, 3))
+             unresponsive=len(report.unresponsive), wall_time_s=round(report.wall_time_s, 3),
+             hosts_alive=run.alive, probes_sent=run.probes, peak_hosts_in_flight=run.peak_hosts_in_flight)
     return report
 
 
@@ -645,53 +778,181 @@ def discover_sync(targets: str | Iterable[str], **kwargs: Any) -> DiscoveryRepor
 
 # --- per host ---------------------------------------------------------------------------------------------
 
-async def _probe_host(host: str, s: _Settings, limit: int, hs: _HostState) -> list[ProbeResult]:
-    """Probe every port of one host through its own limiter; stop early if it goes quiet."""
+def _session_limit(
+    prior_row: AssetRow | None, per_host_sessions: int, profiles: Mapping[str, tuple[str, int | None]],
+    floor: int | None,
+) -> tuple[int, tuple[str, int | None] | None]:
+    """The host's session cap: its model's stored ceiling, else the lowest stored ceiling (pure)."""
+    limit = per_host_sessions
+    known = _known_from_inventory(prior_row, profiles)
+    if known is not None and known[1] is not None:
+        limit = min(limit, known[1])
+    elif floor is not None:
+        # One session at a time is the gentlest a discovery can be, even under a stored ceiling of 0.
+        limit = min(limit, max(1, floor))
+    return limit, known
+
+
+def _spoke_before(row: AssetRow | None) -> frozenset[int]:
+    """Ports that said something on the previous sighting (a product, a banner detail, a web answer)."""
+    if row is None or not isinstance(row.services, list):
+        return frozenset()
+    out = set()
+    for d in row.services:
+        if isinstance(d, dict) and any(d.get(k) for k in ("product", "version", "detail", "title", "server")):
+            port = d.get("port")
+            if isinstance(port, int) and not isinstance(port, bool):
+                out.add(port)
+    return frozenset(out)
+
+
+async def _work_host(
+    host: str,
+    run: _Run,
+    prior_row: AssetRow | None,
+    profiles: Mapping[str, tuple[str, int | None]],
+    floor: int | None,
+    zones: Zones | None,
+    rules: Rules,
+    unresponsive: list[Unresponsive],
+    finish_host: Callable[[str, Asset | None, Sequence[GroupMatch]], Awaitable[None]],
+) -> None:
+    """Probe one host under its own limits, decide what it is, and hand the result to ``finish_host``."""
+    s = run.settings
+    limit, known = _session_limit(prior_row, s.per_host_sessions, profiles, floor)
+    if limit < 1 and prior_row is not None and known is not None:
+        # The host's model failed at its lowest measured level (stored ceiling 0): not even one
+        # session. Report what the inventory knows and leave the host alone.
+        kept = _asset_from_row(prior_row, profiles, zones)
+        kept = dataclasses.replace(kept, sessions_limit=0,
+                                   notes=(f"stored profile {known[0]} has ceiling 0: not probed",))
+        log.warning("discovery.host_left_alone", host=host, model_key=known[0], ceiling=0)
+        await finish_host(host, kept, ())
+        return
+    policy = HostPolicy(ports=s.ports, liveness=run.planner.plan(), unresponsive_after=s.unresponsive_after,
+                        spoke_before=_spoke_before(prior_row))
+    try:
+        results, udp = await _probe_host(host, run, limit, policy)
+    except Exception as exc:
+        # Our own code failed on this host's bytes: a result about this host (given up on, never "safe to
+        # scan"), never the end of the scan.
+        reason = _host_failed(host, "probing", exc)
+        unresponsive.append(Unresponsive(host, tuple(sorted(policy.answered)), reason))
+        await finish_host(host, None, ())
+        return
+    run.probes_done += len(results) + len(udp)
+    if not policy.alive:
+        run.silent += 1
+        await finish_host(host, None, ())
+        return
+    run.alive += 1
+    if policy.hung_without_a_word():
+        # Accepted connections, answered nothing, and a request (GET /, a banner port) went unanswered: a
+        # hung device looks exactly like this. Never call it "safe to scan" on no evidence.
+        policy.gave_up = ("accepted connections but answered on no port (a request timed out): hung, "
+                          "or every service is silent")
+    if policy.gave_up is not None:
+        unresponsive.append(Unresponsive(host, tuple(sorted(policy.answered)), policy.gave_up))
+        log.warning("discovery.host_unresponsive", host=host, reason=policy.gave_up)
+    try:
+        asset, matches = _build_asset(
+            host, results, settings=s, limit=limit, zones=zones, rules=rules, profiles=profiles,
+            prior=prior_row, unresponsive=policy.gave_up is not None, filtered=policy.filtered, udp=udp,
+        )
+    except Exception as exc:
+        reason = _host_failed(host, "fingerprinting", exc)
+        if policy.gave_up is None:
+            unresponsive.append(Unresponsive(host, tuple(sorted(policy.answered)), reason))
+        asset, matches = None, ()
+    if asset is not None:
+        run.planner.learn(asset.open_ports)
+    await finish_host(host, asset, matches)
+
+
+def _probe_kind(port: int, hint: int) -> ProbeKind:
+    if port in PRINTER_PORTS or hint in PRINTER_PORTS or hint in CLIENT_FIRST_PORTS:
+        return ProbeKind.CONNECT
+    if port in WEB_PORTS or hint in WEB_PORTS:
+        return ProbeKind.HTTP
+    return ProbeKind.BANNER
+
+
+async def _probe_host(
+    host: str, run: _Run, limit: int, policy: HostPolicy
+) -> tuple[list[ProbeResult], list[UdpResult]]:
+    """Probe one host through its own limiter: liveness ports one at a time, then the rest; stop if it goes
+    quiet; then one datagram per UDP port if it is alive."""
+    s = run.settings
     limiter = ConcurrencyLimiter(ceiling=limit, rate_per_s=s.rate_per_host)
+    host_rtt = RttEstimator()
     results: list[ProbeResult] = []
 
-    async def one(port: int, cancel: anyio.CancelScope) -> None:
+    async def one(port: int, cancel: anyio.CancelScope, priority: int = PRIORITY_LIVE) -> None:
+        hint = s.port_aliases.get(port, port)
+        kind = _probe_kind(port, hint)
         async with limiter.session():
-            if hs.gave_up is not None:
+            if policy.stopped():
                 return
-            hint = s.port_aliases.get(port, port)
-            if port in PRINTER_PORTS or hint in PRINTER_PORTS or hint in CLIENT_FIRST_PORTS:
-                res: ProbeResult = await tcp_connect(host, port, timeout_s=s.connect_timeout_s)
-            elif port in WEB_PORTS or hint in WEB_PORTS:
-                res = await http_get(host, port, "/", timeout_s=s.connect_timeout_s,
-                                     read_timeout_s=s.banner_timeout_s, max_bytes=HTTP_BODY_BYTES)
-            else:
-                res = await grab_banner(host, port, timeout_s=s.connect_timeout_s,
-                                        read_timeout_s=s.banner_timeout_s,
-                                        total_timeout_s=s.connect_timeout_s + s.banner_timeout_s)
+            await run.pacer.acquire(PRIORITY_LIVE if policy.alive else priority)
+            estimator = host_rtt if host_rtt.samples else run.network_rtt
+            connect_t = (estimator.timeout_s(s.connect_bounds) if s.adaptive else s.connect_bounds.ceiling_s)
+            banner_t = (s.banner_bounds.clamp(connect_t + BANNER_SERVICE_ALLOWANCE_S) if s.adaptive
+                        else s.banner_bounds.ceiling_s)
+            run.probes += 1
+            res = await _run_probe(host, port, kind, connect_t, banner_t)
         results.append(res)
-        spoke = bool(res.data) or (isinstance(res, HttpResult) and res.status is not None)
-        if spoke:
-            hs.answered.append(port)
-            hs.consecutive_timeouts = 0
-        elif res.outcome is Outcome.TIMEOUT:
-            # A connect that timed out, or a web server that accepted and never answered GET /. A silent
-            # banner port (SMB, RDP, TLS) and a refused port (RST from the stack) say nothing either way.
-            hs.consecutive_timeouts += 1
-            if hs.answered and hs.consecutive_timeouts >= s.unresponsive_after:
-                hs.gave_up = (f"{hs.consecutive_timeouts} consecutive timeouts after answering on "
-                              f"{len(hs.answered)} port(s)")
-                cancel.cancel()
-
-    ports = iter(s.ports)
+        if res.outcome is Outcome.UNREACHABLE:
+            run.unreachable += 1
+            run.unreachable_error = run.unreachable_error or res.error
+        if res.outcome in (Outcome.OPEN, Outcome.CLOSED, Outcome.RESET, Outcome.PROTOCOL_ERROR) or (
+            res.outcome is Outcome.TIMEOUT and not (res.error or "").startswith("connect timed out")
+        ):
+            host_rtt.observe(res.latency_s)
+            run.network_rtt.observe(res.latency_s)
+        policy.observe(port, classify(res, kind, expects_banner=policy.expects_banner(port, hint)))
+        if policy.stopped():
+            cancel.cancel()
 
     async def runner(cancel: anyio.CancelScope) -> None:
-        for port in ports:  # shared iterator: each port is taken by exactly one runner, in port order
+        while (port := policy.next_port()) is not None:
             await one(port, cancel)
 
     async with anyio.create_task_group() as tg:
-        # `limit` runners, not one task per port: memory stays O(limit) per host even for "1-65535" (a
-        # task per port held ~6 KB each while waiting, 1.7 GB for 4 hosts x 65,535 ports). The limiter
-        # still admits them one session (and one rate slot) at a time, so a host never sees more than
-        # `limit` of our connections at once.
-        for _ in range(min(limit, len(s.ports))):
-            tg.start_soon(runner, tg.cancel_scope)
-    return results
+        # Liveness ports one at a time: an address that turns out alive never sees more than one of our
+        # sessions before its limits are known to apply.
+        looks = 0
+        while policy.in_liveness:
+            port = policy.next_port()
+            if port is None:
+                break
+            await one(port, tg.cancel_scope, PRIORITY_FIRST_LOOK if looks == 0 else PRIORITY_LOOK_AGAIN)
+            looks += 1
+        if policy.alive and policy.gave_up is None:
+            # `limit` runners, not one task per port: memory stays O(limit) per host even for "1-65535".
+            # The limiter admits them one session (and one rate slot) at a time.
+            for _ in range(min(limit, len(s.ports))):
+                tg.start_soon(runner, tg.cancel_scope)
+    udp: list[UdpResult] = []
+    if policy.alive and policy.gave_up is None and s.udp_ports:
+        # An agent answers a datagram as fast as a stack answers a SYN (no application handshake first), so
+        # the wait is the host's connect timeout: silence costs that, once per UDP port.
+        timeout = (host_rtt.timeout_s(s.connect_bounds) if s.adaptive else s.banner_bounds.ceiling_s)
+        for port in s.udp_ports:
+            async with limiter.session():
+                await run.pacer.acquire(PRIORITY_LIVE)
+                run.probes += 1
+                udp.append(await udp_probe(host, port, timeout_s=timeout, community=s.snmp_community))
+    return results, udp
+
+
+async def _run_probe(host: str, port: int, kind: ProbeKind, connect_t: float, banner_t: float) -> ProbeResult:
+    if kind is ProbeKind.CONNECT:
+        return await tcp_connect(host, port, timeout_s=connect_t)
+    if kind is ProbeKind.HTTP:
+        return await http_get(host, port, "/", timeout_s=connect_t, read_timeout_s=banner_t,
+                              max_bytes=HTTP_BODY_BYTES)
+    return await grab_banner(host, port, timeout_s=connect_t, read_timeout_s=banner_t,
+                             total_timeout_s=connect_t + banner_t)
 
 
 def _host_failed(host: str, stage: str, exc: Exception) -> str:
@@ -725,11 +986,15 @@ def _build_asset(
     profiles: Mapping[str, tuple[str, int | None]],
     prior: AssetRow | None,
     unresponsive: bool = False,
+    filtered: Sequence[int] = (),
+    udp: Sequence[UdpResult] = (),
 ) -> tuple[Asset | None, tuple[GroupMatch, ...]]:
     """Turn one host's probe results into an Asset and its groups (pure).
 
     An ``unresponsive`` host keeps the groups its evidence earned (medical, known model) but never lands in
-    a fallback group ("safe to scan"): what it did not say is no evidence that it is sturdy.
+    a fallback group ("safe to scan"): what it did not say is no evidence that it is sturdy. ``filtered``
+    ports (no answer while the host answered elsewhere) and the UDP answers become notes and services; UDP
+    services are not open TCP ports and do not change the model key.
     """
     open_results = sorted((r for r in results if _connected(r)), key=lambda r: r.port)
     if not open_results:
@@ -748,7 +1013,8 @@ def _build_asset(
             if r.data:
                 banners[r.port] = r.data
         services.append(info)
-    os_guess = guess_os(services)
+    udp_services = [info for info in (fingerprint_udp(u) for u in udp) if info is not None]
+    os_guess = guess_os([*services, *udp_services])
     server_header = model_server_header(servers)
     key = model_key(open_ports=[r.port for r in open_results], banners=banners, server_header=server_header)
     known = profiles.get(model_key_digest(key))
@@ -757,8 +1023,14 @@ def _build_asset(
     notes: list[str] = []
     if limit < settings.per_host_sessions:
         notes.append(f"sessions capped at {limit} (stored profile ceiling)")
+    if filtered:
+        notes.append("filtered (no answer while the host answered on other ports): "
+                     + ", ".join(map(str, sorted(filtered))))
+    notes.extend(f"udp/{info.port} {info.service}: {info.product or info.detail or 'answered'}"
+                 for info in udp_services)
     asset = Asset(
-        host=host, open_ports=tuple(r.port for r in open_results), services=tuple(services),
+        host=host, open_ports=tuple(r.port for r in open_results),
+        services=tuple(services) + tuple(udp_services),
         os_family=os_guess.family, os_evidence=os_guess.evidence, zone=zone.name if zone else UNZONED,
         zone_kind=zone.kind if zone else None, model_key=key,
         known_model=known[0] if known else None, ceiling=known[1] if known else None,
@@ -802,7 +1074,7 @@ def _asset_from_row(
             services.append(ServiceInfo(
                 port=int(d.get("port", 0)), service=str(d.get("service", "unknown")),
                 product=d.get("product"), version=d.get("version"), detail=d.get("detail"),
-                title=d.get("title"), server=d.get("server"),
+                title=d.get("title"), server=d.get("server"), protocol=str(d.get("protocol", "tcp")),
             ))
     known = profiles.get(model_key_digest(row.model_key or ""))
     zone = zones.zone_for(row.host) if zones is not None else None

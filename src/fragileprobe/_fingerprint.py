@@ -75,6 +75,7 @@ class ServiceInfo:
         detail: Extra text: an HTTP status, a banner's comment, telnet options negotiated; None if none.
         title: HTML ``<title>`` for web services, else None.
         server: HTTP ``Server:`` header for web services, else None.
+        protocol: "tcp", or "udp" for an answer to one of discovery's UDP probes (SNMP, NTP, SSDP).
     """
 
     port: int
@@ -84,10 +85,11 @@ class ServiceInfo:
     detail: str | None = None
     title: str | None = None
     server: str | None = None
+    protocol: str = "tcp"
 
     def to_dict(self) -> dict[str, object]:
-        """Return a JSON-ready dict of the fields."""
-        return {
+        """Return a JSON-ready dict of the fields (``protocol`` only when it is not "tcp")."""
+        out: dict[str, object] = {
             "port": self.port,
             "service": self.service,
             "product": self.product,
@@ -96,6 +98,9 @@ class ServiceInfo:
             "title": self.title,
             "server": self.server,
         }
+        if self.protocol != "tcp":
+            out["protocol"] = self.protocol
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,6 +530,39 @@ def fingerprint_service(port: int, banner: bytes) -> ServiceInfo:
     product, version = _product_from_free_text(line)
     return ServiceInfo(port=port, service=hint, product=_clip(product), version=_clip(version),
                        detail=_clip(line) if line else None)
+
+
+# --- UDP answers (discovery's SNMP, NTP and SSDP probes) -------------------------------------------------
+
+def fingerprint_snmp(port: int, sys_descr: str) -> ServiceInfo:
+    """ServiceInfo from an SNMP ``sysDescr`` ("Linux pump-7 5.10.0 ...", "Hardware: ... Windows ...").
+
+    The product is the first word (an OS or a vendor stack), the version the first version-like token; the
+    whole first line (clipped) is the detail, which is where :func:`guess_os` and the group rules look.
+    """
+    line = _first_line(_CTRL.sub(" ", sys_descr))
+    words = line.split()
+    product = _clip(words[0].rstrip(":,;")) if words else None
+    version = next((w for w in words[1:] if _VERSION_WORD.match(w)), None)
+    return ServiceInfo(port=port, service="snmp", product=product, version=_clip(version),
+                       detail=_clip(line) if line else None, protocol="udp")
+
+
+def fingerprint_ntp(port: int, stratum: str | None, reference: str | None) -> ServiceInfo:
+    """ServiceInfo from an NTP server answer (its stratum and reference id)."""
+    detail = f"stratum {stratum}" + (f", reference {reference}" if reference else "")
+    return ServiceInfo(port=port, service="ntp", detail=_clip(detail), protocol="udp")
+
+
+def fingerprint_ssdp(port: int, server: str | None, st: str | None) -> ServiceInfo:
+    """ServiceInfo from an SSDP answer: its ``SERVER`` header ("OS/ver UPnP/1.1 product/ver")."""
+    product = version = None
+    if server:
+        tokens = [t for t in server.split() if not t.upper().startswith("UPNP/")]
+        if tokens:
+            product, _, version = tokens[-1].partition("/")
+    return ServiceInfo(port=port, service="ssdp", product=_clip(product), version=_clip(version or None),
+                       detail=_clip(st), server=_clip(server), protocol="udp")
 
 
 # --- OS family ------------------------------------------------------------------------------------------

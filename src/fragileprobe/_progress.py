@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CharacterizeState",
+    "estimate_remaining_s",
     "LogTap",
+    "NotebookDiscoveryProgress",
     "NotebookProgress",
     "TerminalCharacterizeView",
     "TerminalDiscoveryView",
+    "discovery_line",
 ]
 
 # Heartbeat latencies kept for the live view's "recent" figure: a few seconds of beats at the usual
@@ -162,7 +165,7 @@ class LogTap:
     """
 
     EVENTS: Final = frozenset(
-        {"watchdog.beat", "watchdog.device_down", "characterize.level", "discovery.alert"}
+        {"watchdog.beat", "watchdog.device_down", "characterize.level", "discovery.alert", "discovery.start"}
     )
 
     def __init__(self) -> None:
@@ -299,11 +302,32 @@ class TerminalCharacterizeView:
         return Panel(table, title="fragileprobe characterize", border_style="cyan")
 
 
-class TerminalDiscoveryView:
-    """Rich view of a discovery scan: a progress bar on a terminal, a line every few hosts otherwise."""
+def start_line(fields: MutableMapping[str, Any]) -> str:
+    """The line a discovery prints before its first packet: how wide and how loud it will be."""
+    return (f"discovery: {fields.get('todo')} address(es); at most {fields.get('global_rate'):g} new "
+            f"connections/s in total, {fields.get('per_host_sessions')} session(s) and "
+            f"{fields.get('rate_per_host'):g} connects/s per host, {fields.get('max_hosts_in_parallel')} "
+            "hosts at once")
 
-    # Without a terminal, one line per this many hosts (and at the end): a /24 gives ~10 lines.
+
+def discovery_line(p: DiscoveryProgress) -> str:
+    """One line of discovery progress: addresses done, live hosts found, assets, alerts, elapsed, ETA."""
+    eta = "?" if p.eta_s is None else "~" + _fmt_s(p.eta_s)
+    return (f"discovery: {p.hosts_done}/{p.hosts_total} addresses, {p.hosts_alive} live, "
+            f"{p.assets_found} assets, {p.alerts} alerts, {_fmt_s(p.elapsed_s)} elapsed, {eta} left")
+
+
+class TerminalDiscoveryView:
+    """Rich view of a discovery scan: a progress bar on a terminal, a line every few hosts otherwise.
+
+    The remaining time is the library's estimate (``DiscoveryProgress.eta_s``), which counts silent
+    addresses at the cost of their liveness probes; Rich's own (from the bar's speed) would not.
+    """
+
+    # Without a terminal, one line per this many addresses at least (and at the end): a /24 gives ~10 lines.
     LINE_EVERY_HOSTS: Final = 25
+    # ...and at most this many lines for a large block (a /16 would otherwise print 2,600).
+    MAX_LINES: Final = 40
 
     def __init__(self, console: Any) -> None:
         self.console = console
@@ -314,19 +338,19 @@ class TerminalDiscoveryView:
 
     def __enter__(self) -> TerminalDiscoveryView:
         if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self._progress = Progress(
                 TextColumn("discovery"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("hosts  {task.fields[assets]} assets  {task.fields[alerts]} alerts"),
-                TimeRemainingColumn(),
+                TextColumn("addresses  {task.fields[alive]} live  {task.fields[assets]} assets  "
+                           "{task.fields[alerts]} alerts  {task.fields[eta]} left"),
                 console=self.console,
                 transient=True,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("scan", total=None, assets=0, alerts=0)
+            self._task = self._progress.add_task("scan", total=None, assets=0, alerts=0, alive=0, eta="?")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -335,7 +359,11 @@ class TerminalDiscoveryView:
             self._progress = None
 
     def on_log(self, event: str, fields: MutableMapping[str, Any]) -> None:
-        """Feed a structlog event (from :class:`LogTap`): alerts are shown the moment they are raised."""
+        """Feed a structlog event (from :class:`LogTap`): the run's limits when it starts (every input is
+        valid by then, and no packet has been sent yet); alerts the moment they are raised."""
+        if event == "discovery.start":
+            self.console.print(start_line(fields))
+            return
         if event != "discovery.alert":
             return
         from rich.markup import escape
@@ -356,15 +384,95 @@ class TerminalDiscoveryView:
                 completed=p.hosts_done,
                 assets=p.assets_found,
                 alerts=p.alerts,
+                alive=p.hosts_alive,
+                eta="?" if p.eta_s is None else "~" + _fmt_s(p.eta_s),
             )
-        elif p.hosts_done % self.LINE_EVERY_HOSTS == 0 or p.hosts_done == p.hosts_total:
-            self.console.print(
-                f"discovery: {p.hosts_done}/{p.hosts_total} hosts, {p.assets_found} assets, "
-                f"{p.alerts} alerts, {_fmt_s(time.monotonic() - self.started)} elapsed"
-            )
+            return
+        every = max(self.LINE_EVERY_HOSTS, -(-p.hosts_total // self.MAX_LINES))
+        if p.hosts_done % every == 0 or p.hosts_done == p.hosts_total:
+            self.console.print(discovery_line(p))
 
 
-# --- notebooks ----------------------------------------------------------------------------------------------
+def estimate_remaining_s(
+    *, done: int, total: int, elapsed_s: float, probes_done: int, probes_sent: int, rate_per_s: float,
+    tail_s: float, in_flight: int = 0,
+) -> float | None:
+    """Seconds a discovery still needs, counting silent space at its real (small) cost (pure).
+
+    Most addresses of a large block are silent and cost their liveness probes only, so a per-host average
+    taken from the live hosts would be far too long; and with thousands of addresses in flight, the
+    addresses finished per second say little until the first wave is through. So the estimate is the
+    connects still to send, at the global rate:
+
+    * the connects a finished address needed on average (``probes_done / done``: the mix of silent and live
+      addresses seen so far) times the addresses of the run, minus the connects already sent (those of the
+      addresses in flight included), at ``rate_per_s``; plus ``tail_s``, the last addresses' own timeouts;
+    * when the whole first wave is through (``done >= in_flight``), at least the time the remaining
+      addresses take at the throughput seen so far (a scan bound by per-host work, not by the rate).
+
+    Args:
+        done: Addresses finished.
+        total: Addresses in the run.
+        elapsed_s: Seconds since the start.
+        probes_done: Connects and datagrams sent to the finished addresses.
+        probes_sent: Connects and datagrams sent so far (in-flight addresses' included).
+        rate_per_s: The global connect rate.
+        tail_s: Time the last address in flight still needs (a couple of connect timeouts).
+        in_flight: Addresses worked at once.
+
+    Returns:
+        Seconds left, 0.0 when done, None before the first address finished.
+    """
+    if done >= total:
+        return 0.0
+    if done <= 0 or rate_per_s <= 0:
+        return None
+    per_address = max(probes_done, 1) / done
+    to_send = max(0.0, total * per_address - probes_sent)
+    estimate = to_send / rate_per_s + max(0.0, tail_s)
+    if done >= max(in_flight, 1) and elapsed_s > 0:
+        estimate = max(estimate, (total - done) * elapsed_s / done)
+    return estimate
+
+
+# --- notebooks ---
+
+
+class NotebookDiscoveryProgress:
+    """Progress of a discovery, updated in place in a Jupyter cell (a few text lines outside a notebook).
+
+    Pass it as ``progress=``:
+    ``report = await fp.discover(block, scope=scope, progress=NotebookDiscoveryProgress())``. It shows
+    addresses done, live hosts found and the estimate of the time left (silent space counted at its real
+    cost, see :func:`estimate_remaining_s`).
+    """
+
+    # Outside a notebook: at most this many printed lines.
+    MAX_LINES: Final = 20
+
+    def __init__(self) -> None:
+        self.last: DiscoveryProgress | None = None
+        self._handle: Any = None
+        self._display: Any = None
+        try:
+            from IPython import get_ipython
+            from IPython.display import HTML, display
+        except ImportError:
+            return
+        if get_ipython() is None:
+            return
+        self._display = HTML
+        page = HTML("<div>discovery: starting</div>")  # type: ignore[no-untyped-call, unused-ignore]
+        self._handle = display(page, display_id=True)  # type: ignore[no-untyped-call, unused-ignore]
+
+    def __call__(self, p: DiscoveryProgress) -> None:
+        self.last = p
+        if self._handle is not None:
+            self._handle.update(self._display(f"<div>{html.escape(discovery_line(p))}</div>"))
+            return
+        every = max(1, -(-p.hosts_total // self.MAX_LINES))
+        if p.hosts_done % every == 0 or p.hosts_done == p.hosts_total:
+            print(discovery_line(p), flush=True)
 
 
 class NotebookProgress:

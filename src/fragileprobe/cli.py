@@ -888,7 +888,7 @@ def _check_alert_file(path: Path) -> None:
 
 
 def _check_discover_args(
-    *, ports: str | None, sessions_per_host: int, rate_per_host: float, max_hosts: int,
+    *, ports: str | None, sessions_per_host: int, rate_per_host: float, max_hosts: int | None,
     connect_timeout: float, banner_timeout: float, webhook: str | None, alerts: Path | None,
 ) -> None:
     """Validate what discover() would reject, before the store (or any other file) is created."""
@@ -903,7 +903,8 @@ def _check_discover_args(
             raise ConfigError(f"--ports: {exc}") from exc
     _positive("per_host_sessions", sessions_per_host, integer=True)
     _positive("rate_per_host", rate_per_host)
-    _positive("max_hosts_in_parallel", max_hosts, integer=True)
+    if max_hosts is not None:  # None: sized to the file-descriptor budget
+        _positive("max_hosts_in_parallel", max_hosts, integer=True)
     _positive("connect_timeout_s", connect_timeout)
     _positive("banner_timeout_s", banner_timeout)
     if webhook is not None:
@@ -916,8 +917,18 @@ _DISCOVER_HELP = (
     "Gently find hosts, sort them into asset groups, and alert on medical devices in the wrong zone.\n\n"
     "Full TCP connects only (never half-open scans or OS-detection packets), one session per host at a time "
     "at a low connect rate, limits per host and not only in total, hosts in shuffled order. Hosts that stop "
-    "answering are left alone. Ends with the safe scanner settings for every group found. Exit code 1 when "
-    "an alert was raised or a host stopped answering."
+    "answering are left alone; a port that never answers on a host that answers elsewhere is filtered, not "
+    "hung. Ends with the safe scanner settings for every group found. Exit code 1 when an alert was raised "
+    "or a host stopped answering.\n\n"
+    "Defaults for networks where most addresses never answer (measured in benchmarks/bench_network.py, a /20 "
+    "with 1.5 % live hosts; see docs/discovery.md): each address is first tried on 2 likely ports, and an "
+    "address silent on both costs those two timeouts, not one per port; timeouts follow the measured round "
+    "trips (RFC 6298, floor 0.5 s, ceilings --connect-timeout/--banner-timeout); as many hosts at once as "
+    "the file-descriptor limit allows (at most 4,096), while a global rate of 1,000 new connections per "
+    "second (runZero's total default) keeps a wide scan from being loud by surprise. With the old fixed "
+    "64 hosts at once and 2 s timeouts on every port, that /20 was projected at ~770 s; now about 11 s, "
+    "finding every live host: 3.9x faster than nmap -sT -n with its host discovery (2.9x than -T4), which "
+    "missed the firewalled pumps."
 )
 
 
@@ -936,6 +947,20 @@ def discover(
     rate_per_host: Annotated[
         float, typer.Option(help="New connections per second per host (gentle by default).")
     ] = 10.0,
+    global_rate: Annotated[
+        float,
+        typer.Option(
+            help="New connections (and UDP datagrams) per second in total, all hosts together "
+            "(runZero's default total is 1,000)."
+        ),
+    ] = 1000.0,
+    liveness_ports: Annotated[
+        int,
+        typer.Option(
+            help="Likely ports tried on each address before the others; an address silent on all of "
+            "them is skipped (0: every port of every address)."
+        ),
+    ] = 2,
     sessions_per_host: Annotated[
         int,
         typer.Option(
@@ -944,12 +969,31 @@ def discover(
         ),
     ] = 1,
     max_hosts: Annotated[
-        int, typer.Option(help="Hosts worked in parallel (each within its own limits).")
-    ] = 64,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds a connect may take.")] = 2.0,
+        int | None,
+        typer.Option(
+            help="Hosts worked in parallel, each within its own limits (default: as many as the "
+            "file-descriptor limit allows, at most 4,096)."
+        ),
+    ] = None,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Most seconds a connect may take (ceiling of the adaptive timeout).")
+    ] = 2.0,
     banner_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for a banner or a web answer.")
+        float,
+        typer.Option(help="Most seconds to wait for a banner or a web answer (adaptive wait's ceiling)."),
     ] = 1.5,
+    fixed_timeouts: Annotated[
+        bool, typer.Option(help="Use --connect-timeout/--banner-timeout as fixed timeouts (no adaptation).")
+    ] = False,
+    udp_ports: Annotated[
+        str,
+        typer.Option(
+            help="UDP ports that get one datagram per live host (161 SNMP, 123 NTP, 1900 SSDP), or 'none'."
+        ),
+    ] = "161,123,1900",
+    snmp_community: Annotated[
+        str, typer.Option(help="SNMP v2c community of the sysDescr request.")
+    ] = "public",
     port_alias: Annotated[
         list[str] | None,
         typer.Option(help="BOUND=WELLKNOWN: a service on a moved port, e.g. '10021=21' (repeatable)."),
@@ -982,13 +1026,24 @@ def discover(
     from fragileprobe._groups import Rules, Zones
     from fragileprobe._progress import LogTap, TerminalDiscoveryView
     from fragileprobe._report import discovery_settings
-    from fragileprobe._scope import PORT_SETS, Scope, parse_targets
+    from fragileprobe._scope import PORT_SETS, Scope, parse_ports, parse_targets
+    from fragileprobe._udp import UDP_PROBES, check_community
 
     level = _log_level(log_level)
     tap = LogTap()
     _configure_logging(level, tap=tap)
     console = _err if json_out else _out
     aliases = _parse_aliases(port_alias)
+    udp: list[int] = []
+    try:
+        if udp_ports.strip().lower() != "none":
+            udp = list(parse_ports(udp_ports))
+            unknown = [p for p in udp if p not in UDP_PROBES]
+            if unknown:
+                _fail(f"--udp-ports: no UDP probe is known for {unknown} (known: {sorted(UDP_PROBES)})")
+        check_community(snmp_community)
+    except ConfigError as exc:
+        _fail(f"--udp-ports/--snmp-community: {exc}")
     try:
         hosts = parse_targets(targets)
         authorized = Scope(scope) if scope is not None else Scope(hosts)
@@ -1015,6 +1070,8 @@ def discover(
                 max_hosts_in_parallel=max_hosts, connect_timeout_s=connect_timeout,
                 banner_timeout_s=banner_timeout, resume=resume, seed=seed, alert_file=alerts,
                 webhook_url=webhook, progress=view.on_progress, port_aliases=aliases,
+                global_rate=global_rate, liveness_ports=liveness_ports,
+                adaptive_timeouts=not fixed_timeouts, udp_ports=udp, snmp_community=snmp_community,
             )  # fmt: skip
 
     try:
