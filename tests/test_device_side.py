@@ -498,3 +498,47 @@ def test_the_readme_testing_example_runs() -> None:
     namespace: dict[str, Any] = {"anyio": anyio, "fp": __import__("fragileprobe")}
     with capture_logs():
         exec(compile(code.group(1), "README.md", "exec"), namespace)  # our own README, nothing else
+
+
+# --- discovery: one session per host, counted on the device's side ------------------------------------------
+
+discovery_services = st.builds(
+    Service,
+    greet_after_s=st.one_of(st.none(), st.sampled_from([0.0, 0.3, 0.8])),
+    poll_s=st.sampled_from([0.0, 0.05, 0.1]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hosts=st.lists(st.dictionaries(st.sampled_from([21, 22, 23]), discovery_services, min_size=1, max_size=3),
+                   min_size=1, max_size=4),
+    per_host=st.integers(1, 2),
+)
+def test_discovery_never_holds_more_than_per_host_sessions_on_any_device(
+    hosts: list[dict[int, Service]], per_host: int
+) -> None:
+    """Discovery's per-host limit is the device's count too: late greeters and slow pollers (which notice
+    our close only at their next read, within discovery's linger) never hold more than ``per_host_sessions``
+    of our sessions, whatever the banner timeouts cut short."""
+    from fragileprobe._discovery import discover
+
+    addresses = [f"127.0.0.{50 + i}" for i in range(len(hosts))]
+
+    async def main() -> tuple[dict[str, int], dict[str, int], int]:
+        async with FakeNetwork(connect_delay_s=0.001) as net:
+            for address, services in zip(addresses, hosts, strict=True):
+                for port, service in services.items():
+                    net.serve(address, port, Device({port: service})._console(service))
+                net.serve(address, WEB, Device({})._web)
+            report = await discover(addresses, scope=Scope(addresses), ports=[21, 22, 23, WEB],
+                                    per_host_sessions=per_host, banner_timeout_s=0.2, connect_timeout_s=0.5,
+                                    udp_ports=(), network=net)  # fmt: skip
+            peaks = {a: net.peak_sessions(a) for a in addresses}
+            return peaks, {a: net.accepts(a) for a in addresses}, len(report.assets)
+
+    with capture_logs():
+        peaks, accepts, assets = run_virtual(main)
+    assert all(n >= 2 for n in accepts.values()), accepts  # every host was really worked, web port included
+    assert assets == len(addresses)
+    assert all(peak <= per_host for peak in peaks.values()), (peaks, per_host)

@@ -737,8 +737,8 @@ async def _run_level(run: _Run, level: int) -> LevelResult:
         down = watchdog.timeline.downs[-1]
         elapsed = max(0.0, down.at_s - start)
         in_flight = down.in_flight
-    if outcome is LevelOutcome.PASSED and held and statistics.median_high(held) < level:
-        run.log.warning("characterize.level_not_held", level=level, held=statistics.median_high(held))
+    if outcome is LevelOutcome.PASSED and held and statistics.median_low(held) < level:
+        run.log.warning("characterize.level_not_held", level=level, held=statistics.median_low(held))
     return LevelResult(
         level=level, outcome=outcome, dwell_s=run.dwell_s, elapsed_s=elapsed, in_flight_at_end=in_flight,
         sessions_started=counters["started"], sessions_failed=counters["failed"],

@@ -88,6 +88,7 @@ from fragileprobe._probes import (
 )
 from fragileprobe._progress import estimate_remaining_s
 from fragileprobe._scope import PORT_SETS, Target, parse_ports, parse_targets
+from fragileprobe._sessions import DISCOVERY_LINGER_S, DeviceSessions, SessionPool, check_linger
 from fragileprobe._timing import (
     BANNER_SERVICE_ALLOWANCE_S,
     DEFAULT_GLOBAL_RATE,
@@ -112,6 +113,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
     from pathlib import Path
 
+    from fragileprobe._net import Network
     from fragileprobe._scope import Scope
     from fragileprobe._store import AssetRow, ProfileStore
 
@@ -434,6 +436,8 @@ class _Settings:
     port_aliases: Mapping[int, int]
     udp_ports: tuple[int, ...]
     snmp_community: str
+    linger_s: float = DISCOVERY_LINGER_S
+    network: Network | None = None
 
 
 @dataclass(slots=True)
@@ -506,6 +510,8 @@ async def discover(
     progress: Callable[[DiscoveryProgress], None] | None = None,
     raw: bool = False,
     port_aliases: Mapping[int, int] | None = None,
+    linger_s: float = DISCOVERY_LINGER_S,
+    network: Network | None = None,
 ) -> DiscoveryReport:
     """Find the hosts among ``targets``, fingerprint them, group them and alert on misplaced devices.
 
@@ -540,6 +546,10 @@ async def discover(
         progress: Called after each address with a DiscoveryProgress.
         raw: Also use the raw-packet extras (ICMP, passive OS hint) when available; else a note.
         port_aliases: Bound port -> well-known port, for services on non-standard ports (hints only).
+        linger_s: Most seconds a session stays counted against its host after our close while the device
+            has not closed its side (default 1 s: ``per_host_sessions`` counts sessions on the device's
+            side, until it let go; see docs/guarantees.md).
+        network: How connections are made (default: real sockets; ``fragileprobe.testing.FakeNetwork``).
 
     Returns:
         A DiscoveryReport.
@@ -599,7 +609,7 @@ async def discover(
         banner_bounds=TimeoutBounds(floor_s=min(BANNER_TIMEOUT_FLOOR_S, banner_t), ceiling_s=banner_t,
                                     initial_s=banner_t),
         adaptive=bool(adaptive_timeouts), unresponsive_after=unresponsive_after, port_aliases=aliases,
-        udp_ports=udp_list, snmp_community=snmp_community,
+        udp_ports=udp_list, snmp_community=snmp_community, linger_s=check_linger(linger_s), network=network,
     )
     params = {
         "ports": list(port_list), "per_host_sessions": per_host_sessions, "rate_per_host": rate_per_host,
@@ -881,16 +891,29 @@ async def _probe_host(
     host: str, run: _Run, limit: int, policy: HostPolicy
 ) -> tuple[list[ProbeResult], list[UdpResult]]:
     """Probe one host through its own limiter: liveness ports one at a time, then the rest; stop if it goes
-    quiet; then one datagram per UDP port if it is alive."""
+    quiet; then one datagram per UDP port if it is alive.
+
+    Every TCP session is counted on the device's side: its slot stays charged until the host has let go of
+    it (its FIN or RST, or ``linger_s``), so ``limit`` is what the host holds from us, not what we hold.
+    """
     s = run.settings
     limiter = ConcurrencyLimiter(ceiling=limit, rate_per_s=s.rate_per_host)
+    async with DeviceSessions(host, linger_s=s.linger_s, network=s.network) as sessions:
+        return await _probe_host_sessions(host, run, limit, policy, limiter, sessions.pool(limiter))
+
+
+async def _probe_host_sessions(
+    host: str, run: _Run, limit: int, policy: HostPolicy, limiter: ConcurrencyLimiter, pool: SessionPool
+) -> tuple[list[ProbeResult], list[UdpResult]]:
+    s = run.settings
     host_rtt = RttEstimator()
     results: list[ProbeResult] = []
 
     async def one(port: int, cancel: anyio.CancelScope, priority: int = PRIORITY_LIVE) -> None:
         hint = s.port_aliases.get(port, port)
         kind = _probe_kind(port, hint)
-        async with limiter.session():
+        slot = await pool.slot()
+        try:
             if policy.stopped():
                 return
             await run.pacer.acquire(PRIORITY_LIVE if policy.alive else priority)
@@ -899,7 +922,9 @@ async def _probe_host(
             banner_t = (s.banner_bounds.clamp(connect_t + BANNER_SERVICE_ALLOWANCE_S) if s.adaptive
                         else s.banner_bounds.ceiling_s)
             run.probes += 1
-            res = await _run_probe(host, port, kind, connect_t, banner_t)
+            res = await _run_probe(host, port, kind, connect_t, banner_t, slot.network)
+        finally:
+            slot.release()  # its connection keeps the slot charged until the host let go of it
         results.append(res)
         if res.outcome is Outcome.UNREACHABLE:
             run.unreachable += 1
@@ -945,14 +970,16 @@ async def _probe_host(
     return results, udp
 
 
-async def _run_probe(host: str, port: int, kind: ProbeKind, connect_t: float, banner_t: float) -> ProbeResult:
+async def _run_probe(
+    host: str, port: int, kind: ProbeKind, connect_t: float, banner_t: float, network: Network
+) -> ProbeResult:
     if kind is ProbeKind.CONNECT:
-        return await tcp_connect(host, port, timeout_s=connect_t)
+        return await tcp_connect(host, port, timeout_s=connect_t, network=network)
     if kind is ProbeKind.HTTP:
         return await http_get(host, port, "/", timeout_s=connect_t, read_timeout_s=banner_t,
-                              max_bytes=HTTP_BODY_BYTES)
+                              max_bytes=HTTP_BODY_BYTES, network=network)
     return await grab_banner(host, port, timeout_s=connect_t, read_timeout_s=banner_t,
-                             total_timeout_s=connect_t + banner_t)
+                             total_timeout_s=connect_t + banner_t, network=network)
 
 
 def _host_failed(host: str, stage: str, exc: Exception) -> str:

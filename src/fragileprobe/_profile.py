@@ -134,11 +134,10 @@ class LevelResult:
         latency_p95_s: 95th percentile of ``latencies_s`` (None without beats).
         held_at_beats: Sessions the device held from us at each heartbeat under load, that beat included
             (the count on the device's side: established and not yet let go).
-        held: The count the level is credited with: the most sessions the device held at half or more of its
-            beats, the upper median of ``held_at_beats`` (one sample taken while a session was being reopened
-            does not decide it); None when not measured, as in documents written before this was recorded.
-            Below ``level`` when the level could not be held (the device closed or refused sessions faster
-            than they were reopened).
+        held: The count the level is credited with: the lower median of ``held_at_beats`` (conservative: a
+            sample taken while a session was being reopened can only lower it); None when not measured, as
+            in documents written before this was recorded. Below ``level`` when the level could not be held
+            (the device closed, reset or refused sessions faster than they were reopened).
     """
 
     level: int
@@ -161,7 +160,7 @@ class LevelResult:
         if self.latencies_s and self.latency_p95_s is None:
             object.__setattr__(self, "latency_p95_s", percentile(self.latencies_s, 0.95))
         if self.held_at_beats and self.held is None:
-            object.__setattr__(self, "held", statistics.median_high(self.held_at_beats))
+            object.__setattr__(self, "held", statistics.median_low(self.held_at_beats))
 
     @property
     def credited_level(self) -> int:

@@ -49,7 +49,14 @@ if TYPE_CHECKING:
 
     from fragileprobe._limiter import ConcurrencyLimiter
 
-__all__ = ["DEFAULT_LINGER_S", "DeviceSessions", "SessionPool", "SessionStatistics", "Slot"]
+__all__ = [
+    "DEFAULT_LINGER_S",
+    "DISCOVERY_LINGER_S",
+    "DeviceSessions",
+    "SessionPool",
+    "SessionStatistics",
+    "Slot",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +65,10 @@ log = structlog.get_logger(__name__)
 # its greeting. Five seconds covers that and is longer than the default watchdog's detection bound
 # (1 s interval + 2 s heartbeat timeout), as the rule above requires.
 DEFAULT_LINGER_S = 5.0
+# Discovery's linger: it runs no watchdog, so no detection bound applies; one session per host means a
+# tarpit port costs one linger each before the next port. One second covers a service that notices our
+# close at its next read after a late greeting (discovery waits at most its banner timeout for one).
+DISCOVERY_LINGER_S = 1.0
 
 
 def check_linger(value: float) -> float:
