@@ -14,7 +14,7 @@ Durability rules:
 * The schema is versioned with ``PRAGMA user_version``. A file from a newer fragileprobe, a corrupt file or
   a file that is not a database raises ``StoreError`` before anything is written to it.
 
-Tables (schema version 1)::
+Tables (schema version 2; version 2 added the two ``shield_*`` tables)::
 
     runs(run_id, host, model_key, name, params_json, started_at_s, finished_at_s, status, result_json)
     trials(run_id, trial_index, trial_json, recorded_at_s)                 one row per finished trial
@@ -23,6 +23,10 @@ Tables (schema version 1)::
     assets(host, first_seen_s, last_seen_s, zone, previous_zone, model_key, open_ports_json,
            services_json, os_family, groups_json, scan_id, previous_scan_id)
     alerts(alert_id, recorded_at_s, alert_json)
+    shield_sessions(session_id, host, port, client, username, started_at_s, ended_at_s, bytes_up,
+                    bytes_down, outcome, reply, ceiling, limit_source, waited_s)   one row per shield session
+    shield_trips(trip_id, host, tripped_at_s, reason, sessions_closed, ceiling, limit_source,
+                 released_at_s, released_by)                                    devices the shield tripped
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_STORE_PATH = "fragileprobe.db"
 # How long a writer waits for another process's write lock before StoreError. Each of our transactions
 # holds the lock for milliseconds; 5 s covers a slow disk with many writers and still fails fast for a
@@ -249,6 +253,10 @@ class ProfileStore:
                         for statement in _SCHEMA.split(";"):
                             if statement.strip():
                                 conn.execute(statement)
+                        if current < 2:  # migration 1 -> 2: the shield's audit tables
+                            for statement in _SHIELD_SCHEMA.split(";"):
+                                if statement.strip():
+                                    conn.execute(statement)
                         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             # A quick structural check: catches files whose header is fine but whose pages are damaged.
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
@@ -646,6 +654,48 @@ class ProfileStore:
         """Every stored alert, oldest first (the dicts given to :meth:`record_alert`)."""
         return [json.loads(r[0]) for r in self._query("SELECT alert_json FROM alerts ORDER BY alert_id")]
 
+    # --- shield audit (schema version 2) -----------------------------------------------------------------
+    def record_shield_sessions(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Store shield session records (``ShieldSession.to_dict()``) in one transaction; return how many."""
+        values = [tuple(r.get(c) for c in _SHIELD_SESSION_COLUMNS) for r in rows]
+        if values:
+            with self._tx() as conn:
+                conn.executemany(_SHIELD_SESSION_INSERT, values)
+        return len(values)
+
+    def shield_sessions(self, host: str | None = None) -> list[dict[str, Any]]:
+        """Stored shield sessions (all, or one destination host's), in start order."""
+        where, args = (" WHERE host = ?", (host,)) if host is not None else ("", ())
+        rows = self._query(f"SELECT {', '.join(_SHIELD_SESSION_COLUMNS)} FROM shield_sessions{where} "
+                           "ORDER BY started_at_s, session_id", args)  # fmt: skip
+        return [dict(zip(_SHIELD_SESSION_COLUMNS, r, strict=True)) for r in rows]
+
+    def record_shield_trip(self, trip: Mapping[str, Any]) -> int:
+        """Store one shield trip (``ShieldTrip.to_dict()``); return its id."""
+        with self._tx() as conn:
+            cur = conn.execute(_SHIELD_TRIP_INSERT, tuple(trip.get(c) for c in _SHIELD_TRIP_COLUMNS))
+            trip_id = cur.lastrowid
+        assert trip_id is not None  # an INSERT into a rowid table always sets it
+        return int(trip_id)
+
+    def finish_shield_trip(
+        self, host: str, tripped_at_s: float, released_at_s: float, released_by: str
+    ) -> None:
+        """Record when and how a shield trip of ``host`` (tripped at ``tripped_at_s``) ended."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE shield_trips SET released_at_s = ?, released_by = ? "
+                "WHERE host = ? AND tripped_at_s = ?",
+                (released_at_s, released_by, host, tripped_at_s),
+            )
+
+    def shield_trips(self, host: str | None = None) -> list[dict[str, Any]]:
+        """Stored shield trips (all, or one host's), oldest first."""
+        where, args = (" WHERE host = ?", (host,)) if host is not None else ("", ())
+        rows = self._query(f"SELECT {', '.join(_SHIELD_TRIP_COLUMNS)} FROM shield_trips{where} "
+                           "ORDER BY tripped_at_s, trip_id", args)  # fmt: skip
+        return [dict(zip(_SHIELD_TRIP_COLUMNS, r, strict=True)) for r in rows]
+
 
 _RUN_SELECT = (
     "SELECT run_id, host, model_key, name, params_json, started_at_s, finished_at_s, status FROM runs"
@@ -704,3 +754,53 @@ def _scan_row(row: tuple[Any, ...]) -> ScanRow:
 
 def _with_run_id(char: Characterization, run_id: str) -> Characterization:
     return dataclasses.replace(char, run_id=run_id)
+
+
+# --- shield audit tables (schema version 2) ----------------------------------------------------------------
+_SHIELD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shield_sessions (
+    session_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    client TEXT NOT NULL,
+    username TEXT,
+    started_at_s REAL NOT NULL,
+    ended_at_s REAL NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reply INTEGER,
+    ceiling INTEGER,
+    limit_source TEXT,
+    waited_s REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shield_sessions_host ON shield_sessions(host, started_at_s);
+CREATE TABLE IF NOT EXISTS shield_trips (
+    trip_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    tripped_at_s REAL NOT NULL,
+    reason TEXT,
+    sessions_closed INTEGER NOT NULL,
+    ceiling INTEGER,
+    limit_source TEXT,
+    released_at_s REAL,
+    released_by TEXT
+);
+CREATE INDEX IF NOT EXISTS shield_trips_host ON shield_trips(host, tripped_at_s);
+"""
+_SHIELD_SESSION_COLUMNS = (
+    "host", "port", "client", "username", "started_at_s", "ended_at_s", "bytes_up", "bytes_down", "outcome",
+    "reply", "ceiling", "limit_source", "waited_s",
+)
+_SHIELD_SESSION_INSERT = (
+    f"INSERT INTO shield_sessions({', '.join(_SHIELD_SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _SHIELD_SESSION_COLUMNS)})"
+)
+_SHIELD_TRIP_COLUMNS = (
+    "host", "tripped_at_s", "reason", "sessions_closed", "ceiling", "limit_source", "released_at_s",
+    "released_by",
+)
+_SHIELD_TRIP_INSERT = (
+    f"INSERT INTO shield_trips({', '.join(_SHIELD_TRIP_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _SHIELD_TRIP_COLUMNS)})"
+)

@@ -1,0 +1,1049 @@
+"""Shield: a SOCKS5 server that puts any scanner behind fragileprobe's ceiling and watchdog.
+
+::
+
+    async with Shield(scope=Scope("10.20.0.0/24"), store=ProfileStore("fp.db")) as shield:
+        print(shield.address)          # ('127.0.0.1', 1080): point the scanner's SOCKS5 proxy here
+        await shield.wait_closed()     # or do other work; leaving the block stops it
+
+For every CONNECT (the protocol is :mod:`fragileprobe._socks`, sans-IO):
+
+1. **scope**: the destination must be an IP literal inside ``scope``; a name (never resolved), an
+   out-of-scope address, a printer port 9100-9107 (unless ``allow_printer_ports``) or a host whose stored
+   ceiling is 0 ("do not scan") is refused with 0x02 "connection not allowed by ruleset"; nothing is sent.
+2. **ceiling**: the destination host's :class:`~fragileprobe.Guard` (created lazily, one per host, kept while
+   the host has sessions or is tripped, closed after :data:`GUARD_LINGER_S` idle) gives the session a slot of
+   the host's ceiling: a per-host override, else the stored ceiling of the host's model (inventory model key
+   -> :class:`~fragileprobe.ProfileStore` profile), else :data:`MEDICAL_CEILING` for hosts in the
+   "Medical Device?" group, else ``default_ceiling``. Over the ceiling a CONNECT waits at most
+   ``slot_wait_s``, then is refused (0x02); it is never relayed over the ceiling.
+3. **upstream**: the connect is ``guard.connect(port)``: the Guard does the device-side session accounting
+   (the slot is held until the device has let go). Its result is the reply (see :func:`reply_for`).
+4. **watchdog**: when a heartbeat is known for the host (``heartbeats``, else the inventory's web port, else
+   ``default_heartbeat``) the Guard's watchdog beats it while the Guard is open. When it declares the device
+   down the Guard cancels every relayed session to it at once and refuses new ones; the shield records a
+   trip, raises an alert (structlog, JSON-lines file, store, webhook) and keeps the host blocked until
+   ``release_beats`` healthy beats in a row (or, with ``release="operator"``, until :meth:`Shield.release`).
+   Other hosts are not affected.
+5. **relay**: one chunk of at most :data:`RELAY_CHUNK_BYTES` in flight per direction (a send waits for the
+   other side to take the bytes: backpressure), idle and total timeouts, byte counts per direction. Memory
+   grows with sessions, not with bytes.
+6. **audit**: every session ends as one :class:`ShieldSession` record: a ``shield.session`` structlog event,
+   a row in the store (written in batches by one task), and the shield's recent-session list.
+
+Not an open proxy: loopback by default; any other listen address needs ``users`` (RFC 1929) and
+``allow_clients``. A client outside the allow-list is closed before one byte is read from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import hmac
+import ipaddress
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.abc import SocketAttribute
+
+from fragileprobe import _socks
+from fragileprobe._errors import (
+    ConfigError,
+    DeviceDownError,
+    ProbeError,
+    ProbeRefusedError,
+    ProbeTimeoutError,
+)
+from fragileprobe._guard import Guard
+from fragileprobe._heartbeat import HttpHeartbeat
+from fragileprobe._probes import DEFAULT_CONNECT_TIMEOUT_S
+from fragileprobe._scope import Scope, Target
+from fragileprobe._socks import AuthMethod, Reply
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from fragileprobe._groups import JsonlAlertSink, WebhookAlertSink
+    from fragileprobe._heartbeat import Heartbeat
+    from fragileprobe._probes import ProbeStream
+    from fragileprobe._store import ProfileStore
+
+__all__ = [
+    "DEFAULT_CEILING",
+    "GUARD_LINGER_S",
+    "MEDICAL_CEILING",
+    "PRINTER_PORTS",
+    "RELAY_CHUNK_BYTES",
+    "SessionOutcome",
+    "Shield",
+    "ShieldSession",
+    "ShieldStats",
+    "ShieldTrip",
+    "reply_for",
+]
+
+log = structlog.get_logger(__name__)
+
+# --- limits, each with its reason ---------------------------------------------------------------------------
+
+# IANA's port for SOCKS.
+DEFAULT_LISTEN_PORT: Final = 1080
+# Hosts the inventory knows nothing fragile about: Greenbone's task default of 4 checks per host at once
+# (ANCHORS.md). A host whose model has a stored profile always gets that ceiling instead.
+DEFAULT_CEILING: Final = 4
+# Hosts that look medical but whose model has no stored ceiling: one session at a time, the export's most
+# conservative setting (fragileprobe.export.CONSERVATIVE_CEILING; same number, kept local so the shield does
+# not import the exporters).
+MEDICAL_CEILING: Final = 1
+MEDICAL_GROUP: Final = "Medical Device?"
+# How long a CONNECT over the ceiling waits for a slot before it is refused. proxychains-ng blocks the whole
+# tool inside connect() while it waits for our reply (it makes the socket blocking for the handshake), so a
+# long wait stalls the scanner; 5 s lets a queued nmap -sV probe through after one short service probe.
+DEFAULT_SLOT_WAIT_S: Final = 5.0
+# A relayed session with no byte in either direction for this long is closed: an interactive session
+# survives a pause, a scanner's forgotten connection does not hold one of a device's few slots for ever.
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+# Hard bound on one relayed session.
+DEFAULT_TOTAL_TIMEOUT_S: Final = 3600.0
+# After either side's FIN, the other side gets this much silence to finish. A full close (nmap -sT's
+# close()) looks exactly like a half-close on the wire, and a device that does not close on EOF would
+# otherwise keep its slot for the whole idle timeout.
+HALF_CLOSE_IDLE_S: Final = 1.0
+# A SOCKS client sends greeting and request at once; 10 s allows a slow one and bounds a silent one.
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+# One read per direction: 64 KiB matches the kernel's default loopback segment size and is what one
+# recv() usually returns under bulk load; with one chunk in flight per direction a session holds at most
+# 128 KiB of relay data in user space, whatever it transfers.
+RELAY_CHUNK_BYTES: Final = 65536
+# Client connections served at once: each relayed session holds two sockets; 4,096 sessions stay well
+# inside a default 65,536 file-descriptor limit (raise the ulimit before raising this).
+DEFAULT_MAX_SESSIONS: Final = 4096
+# A host's Guard stays open this long after its last session, so a scanner that opens one connection after
+# another (nmap -sT through proxychains is serial) does not pay a new Guard and a first heartbeat each time.
+GUARD_LINGER_S: Final = 5.0
+# Healthy beats in a row that end a trip (with release="auto"): one good beat right after a hang can be a
+# device half-way through rebooting; three seconds of health at the default interval is a working one.
+DEFAULT_RELEASE_BEATS: Final = 3
+# Session records kept in memory for ``Shield.sessions`` (the store keeps all of them).
+MAX_RECENT_SESSIONS: Final = 10_000
+# Store writes: session records queue here and are committed in batches (one transaction each), so a scan
+# of thousands of ports does not pay thousands of fsyncs; when the queue is full, sessions wait to end.
+AUDIT_QUEUE_ROWS: Final = 1024
+AUDIT_BATCH_ROWS: Final = 256
+# Printer raw ports (JetDirect): they print whatever they receive (nmap -sV excludes them for that reason).
+PRINTER_PORTS: Final = range(9100, 9108)
+
+_LOOPBACK_CLIENTS: Final = ("127.0.0.0/8", "::1")
+_NET_ERRNOS: Final = frozenset({errno.ENETUNREACH, errno.ENETDOWN})
+_HOST_ERRNOS: Final = frozenset({errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL})
+
+
+class SessionOutcome(enum.Enum):
+    """How one client session through the shield ended."""
+
+    RELAYED = "relayed"  # connected and relayed until one side closed
+    IDLE_TIMEOUT = "idle_timeout"
+    TOTAL_TIMEOUT = "total_timeout"
+    CLIENT_RESET = "client_reset"
+    DEVICE_RESET = "device_reset"
+    CANCELLED_BY_WATCHDOG = "cancelled_by_watchdog"  # the device tripped while the session ran
+    REFUSED_SCOPE = "refused_scope"
+    REFUSED_NAME = "refused_name"
+    REFUSED_COMMAND = "refused_command"
+    REFUSED_PRINTER_PORT = "refused_printer_port"
+    REFUSED_DO_NOT_SCAN = "refused_do_not_scan"
+    REFUSED_TRIPPED = "refused_tripped"
+    CEILING_WAIT_TIMEOUT = "ceiling_wait_timeout"
+    CONNECT_REFUSED = "connect_refused"
+    CONNECT_TIMEOUT = "connect_timeout"
+    NETWORK_UNREACHABLE = "network_unreachable"
+    HOST_UNREACHABLE = "host_unreachable"
+    CONNECT_FAILED = "connect_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldSession:
+    """One CONNECT through the shield, as audited.
+
+    Attributes:
+        client: the client's address and port (``"127.0.0.1:40112"``).
+        username: the RFC 1929 user, or None without authentication.
+        host: the destination address.
+        port: the destination port.
+        started_at_s: when the request arrived (epoch seconds).
+        ended_at_s: when the session ended (epoch seconds).
+        bytes_up: bytes relayed client -> device.
+        bytes_down: bytes relayed device -> client.
+        outcome: how it ended (a :class:`SessionOutcome` value).
+        reply: the SOCKS5 reply code sent (None if the session ended before a reply was due).
+        ceiling: the ceiling applied to the host (None when refused before a ceiling applied).
+        limit_source: where that ceiling came from ("stored ceiling of model X", "medical default", ...).
+        waited_s: seconds from the request to the reply (slot wait plus connect).
+    """
+
+    client: str
+    username: str | None
+    host: str
+    port: int
+    started_at_s: float
+    ended_at_s: float
+    bytes_up: int
+    bytes_down: int
+    outcome: str
+    reply: int | None
+    ceiling: int | None
+    limit_source: str | None
+    waited_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the store's row)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldTrip:
+    """A device the shield's watchdog declared down.
+
+    Attributes:
+        host: the device.
+        tripped_at_s: when (epoch seconds).
+        reason: the failed heartbeat's error.
+        sessions_closed: relayed sessions in flight at that moment (all closed by the Guard).
+        ceiling: the ceiling the host had.
+        limit_source: where it came from.
+        released_at_s: when the block ended (None while blocked).
+        released_by: "healthy_beats" or "operator" (None while blocked).
+    """
+
+    host: str
+    tripped_at_s: float
+    reason: str | None
+    sessions_closed: int
+    ceiling: int
+    limit_source: str
+    released_at_s: float | None = None
+    released_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (also what the alert sinks write, with ``kind: "shield_trip"``)."""
+        return {"kind": "shield_trip", **asdict(self)}
+
+    def to_json(self) -> str:
+        """One line of JSON (the alert sinks' format)."""
+        import json
+
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldStats:
+    """Counters of a running shield.
+
+    Attributes:
+        clients_refused: connections closed unread (outside the allow-list, or over ``max_sessions``).
+        auth_failures: RFC 1929 logins refused (or no acceptable method).
+        sessions: CONNECT/BIND/UDP requests answered (every :class:`ShieldSession`).
+        relayed: sessions that were connected and relayed.
+        refused: sessions refused (policy, ceiling wait, trip) or whose connect failed.
+        active: client connections open now.
+        hosts: destination hosts with an open Guard now.
+        tripped_hosts: hosts blocked by a trip now.
+        trips: trips so far.
+        bytes_up: bytes relayed client -> device so far.
+        bytes_down: bytes relayed device -> client so far.
+    """
+
+    clients_refused: int
+    auth_failures: int
+    sessions: int
+    relayed: int
+    refused: int
+    active: int
+    hosts: int
+    tripped_hosts: int
+    trips: int
+    bytes_up: int
+    bytes_down: int
+
+
+def reply_for(exc: BaseException) -> tuple[Reply, SessionOutcome]:
+    """The SOCKS5 reply for a failed upstream connect (the one mapping; see docs/shield.md).
+
+    * refused (RST to our SYN): 0x05 connection refused;
+    * timed out: 0x06 "TTL expired". RFC 1928 has no "timed out" code; 0x06 is what Tor answers for a
+      connect timeout, and unlike 0x04 it does not claim the host is gone (a hung device still has a host);
+    * ENETUNREACH/ENETDOWN: 0x03 network unreachable; EHOSTUNREACH/EHOSTDOWN/EADDRNOTAVAIL: 0x04 host
+      unreachable;
+    * the watchdog refused it: 0x02 not allowed by ruleset;
+    * anything else: 0x01 general failure.
+    """
+    if isinstance(exc, DeviceDownError):
+        return Reply.NOT_ALLOWED, SessionOutcome.REFUSED_TRIPPED
+    if isinstance(exc, ProbeRefusedError):
+        return Reply.CONNECTION_REFUSED, SessionOutcome.CONNECT_REFUSED
+    if isinstance(exc, ProbeTimeoutError):
+        return Reply.TTL_EXPIRED, SessionOutcome.CONNECT_TIMEOUT
+    cause = exc.__cause__
+    code = cause.errno if isinstance(cause, OSError) else None
+    if code in _NET_ERRNOS:
+        return Reply.NETWORK_UNREACHABLE, SessionOutcome.NETWORK_UNREACHABLE
+    if code in _HOST_ERRNOS:
+        return Reply.HOST_UNREACHABLE, SessionOutcome.HOST_UNREACHABLE
+    if isinstance(exc, ProbeError) and isinstance(cause, ConnectionResetError):
+        return Reply.CONNECTION_REFUSED, SessionOutcome.CONNECT_REFUSED
+    return Reply.GENERAL_FAILURE, SessionOutcome.CONNECT_FAILED
+
+
+def _positive(name: str, value: float) -> float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"Shield.{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"Shield.{name} must be an int of at least {minimum}, got {value!r}")
+    return value
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Host:
+    """One destination host: its Guard (owned by its host task), its limit and its trip state."""
+
+    __slots__ = (
+        "address", "ceiling", "guard", "heartbeat", "last_active", "limit_source", "ready", "release_event",
+        "sessions", "trip", "trip_index", "wake",
+    )  # fmt: skip
+
+    def __init__(self, address: str, ceiling: int, limit_source: str, heartbeat: Heartbeat | None) -> None:
+        self.address = address
+        self.ceiling = ceiling
+        self.limit_source = limit_source
+        self.heartbeat = heartbeat
+        self.guard: Guard | None = None
+        self.ready = anyio.Event()
+        self.wake = anyio.Event()
+        self.release_event = anyio.Event()
+        self.sessions = 0
+        self.last_active = anyio.current_time()
+        self.trip: ShieldTrip | None = None
+        self.trip_index = -1
+
+    @property
+    def blocked(self) -> bool:
+        return self.trip is not None or (self.guard is not None and self.guard.device_down)
+
+    def poke(self) -> None:
+        self.wake.set()
+        self.wake = anyio.Event()
+
+
+class _Counters:
+    __slots__ = ("down", "eof", "last", "outcome", "up")
+
+    def __init__(self) -> None:
+        self.up = 0
+        self.down = 0
+        self.eof = False
+        self.last = anyio.current_time()
+        self.outcome = SessionOutcome.RELAYED
+
+
+class Shield:
+    """A SOCKS5 server enforcing per-device ceilings and a watchdog (see the module docstring).
+
+    Args:
+        scope: the authorized destinations.
+        listen_host: address to listen on (an IP literal; loopback by default).
+        listen_port: port to listen on (0: any free port; see :attr:`address`).
+        store: the profile store: ceilings of known models, the inventory (model keys, groups, web ports),
+            and where sessions and trips are recorded.
+        default_ceiling: ceiling of hosts the inventory knows nothing fragile about.
+        medical_ceiling: ceiling of "Medical Device?" hosts whose model has no stored ceiling.
+        ceilings: per-host ceiling overrides (address -> ceiling; 0 refuses the host).
+        heartbeats: per-host heartbeats (address -> Heartbeat), before the inventory's web port.
+        default_heartbeat: heartbeat for hosts with neither (None: such hosts run without a watchdog).
+        heartbeat_interval_s: seconds between beats.
+        failures_to_down: failed beats in a row that trip a device.
+        release: "auto" (blocked until ``release_beats`` healthy beats) or "operator" (:meth:`release`).
+        release_beats: healthy beats in a row that end a trip with ``release="auto"``.
+        slot_wait_s: how long a CONNECT over the ceiling waits for a slot before it is refused.
+        connect_timeout_s: bound on the upstream connect.
+        idle_timeout_s: a relayed session silent this long in both directions is closed.
+        total_timeout_s: bound on one relayed session.
+        allow_printer_ports: relay to ports 9100-9107 too.
+        users: RFC 1929 credentials (username -> password); required on a non-loopback listen address.
+        allow_clients: client addresses/networks allowed to connect (default: loopback only); required on
+            a non-loopback listen address.
+        max_sessions: client connections served at once (more are closed unread).
+        alert_file: JSON-lines file every trip is appended to.
+        webhook_url: URL every trip is POSTed to.
+
+    Raises:
+        ConfigError: an invalid argument (named), or a non-loopback listen address without ``users`` and
+            ``allow_clients``.
+    """
+
+    def __init__(
+        self,
+        *,
+        scope: Scope,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = DEFAULT_LISTEN_PORT,
+        store: ProfileStore | None = None,
+        default_ceiling: int = DEFAULT_CEILING,
+        medical_ceiling: int = MEDICAL_CEILING,
+        ceilings: Mapping[str, int] | None = None,
+        heartbeats: Mapping[str, Heartbeat] | None = None,
+        default_heartbeat: Heartbeat | None = None,
+        heartbeat_interval_s: float = 1.0,
+        failures_to_down: int = 1,
+        release: Literal["auto", "operator"] = "auto",
+        release_beats: int = DEFAULT_RELEASE_BEATS,
+        slot_wait_s: float = DEFAULT_SLOT_WAIT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S,
+        allow_printer_ports: bool = False,
+        users: Mapping[str, str] | None = None,
+        allow_clients: Iterable[str] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        alert_file: str | None = None,
+        webhook_url: str | None = None,
+    ) -> None:
+        if not isinstance(scope, Scope):
+            raise ConfigError(f"Shield.scope must be a Scope, got {scope!r}")
+        self._scope = scope
+        try:
+            listen = ipaddress.ip_address(listen_host)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"Shield.listen_host must be an IP address literal, got {listen_host!r}"
+            ) from None
+        self._listen_host = str(listen)
+        self._listen_port = _count("listen_port", listen_port, 0)
+        if self._listen_port > 65535:
+            raise ConfigError(f"Shield.listen_port must be 0-65535, got {listen_port!r}")
+        if not listen.is_loopback and (not users or allow_clients is None):
+            raise ConfigError(
+                f"Shield.listen_host {listen_host} is not a loopback address: an open SOCKS proxy into a "
+                "medical network is refused; give users= (RFC 1929 login) and allow_clients= "
+                "(who may connect)"
+            )
+        self._users = {str(k).encode(): str(v).encode() for k, v in (users or {}).items()}
+        try:
+            self._clients = Scope(list(allow_clients) if allow_clients is not None else _LOOPBACK_CLIENTS,
+                                  allow_large=True)  # fmt: skip
+        except ConfigError as exc:
+            raise ConfigError(f"Shield.allow_clients: {exc}") from exc
+        self._store = store
+        self._default_ceiling = _count("default_ceiling", default_ceiling, 1)
+        self._medical_ceiling = _count("medical_ceiling", medical_ceiling, 1)
+        self._ceilings = {self._literal("ceilings", h): _count(f"ceilings[{h}]", c, 0)
+                          for h, c in (ceilings or {}).items()}  # fmt: skip
+        self._heartbeats = {self._literal("heartbeats", h): hb for h, hb in (heartbeats or {}).items()}
+        for h, hb in [*self._heartbeats.items(), ("default_heartbeat", default_heartbeat)]:
+            if hb is not None and not callable(getattr(hb, "beat", None)):
+                raise ConfigError(f"Shield.heartbeats[{h}] {hb!r} has no beat(host) method")
+        self._default_heartbeat = default_heartbeat
+        self._interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
+        self._failures_to_down = _count("failures_to_down", failures_to_down, 1)
+        if release not in ("auto", "operator"):
+            raise ConfigError(f"Shield.release must be 'auto' or 'operator', got {release!r}")
+        self._release_mode = release
+        self._release_beats = _count("release_beats", release_beats, 1)
+        self._slot_wait_s = _positive("slot_wait_s", slot_wait_s)
+        self._connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
+        self._idle_timeout_s = _positive("idle_timeout_s", idle_timeout_s)
+        self._total_timeout_s = _positive("total_timeout_s", total_timeout_s)
+        self._allow_printer_ports = bool(allow_printer_ports)
+        self._max_sessions = _count("max_sessions", max_sessions, 1)
+        self._jsonl: JsonlAlertSink | None = None
+        self._webhook: WebhookAlertSink | None = None
+        if alert_file is not None or webhook_url is not None:
+            from fragileprobe._groups import JsonlAlertSink, WebhookAlertSink
+
+            self._jsonl = JsonlAlertSink(alert_file) if alert_file is not None else None
+            self._webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
+        self._hosts: dict[str, _Host] = {}
+        self._profiles: dict[str, tuple[str, int | None]] = {}
+        self._assets: dict[str, Any] = {}
+        self._recent: deque[ShieldSession] = deque(maxlen=MAX_RECENT_SESSIONS)
+        self._trips: list[ShieldTrip] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._listener: anyio.abc.Listener[Any] | None = None
+        self._address: tuple[str, int] | None = None
+        self._audit_send: Any = None
+        self._closed = anyio.Event()
+        self._active = 0
+        self._n = {"clients_refused": 0, "auth_failures": 0, "sessions": 0, "relayed": 0, "refused": 0,
+                   "bytes_up": 0, "bytes_down": 0}  # fmt: skip
+
+    @staticmethod
+    def _literal(name: str, host: str) -> str:
+        try:
+            return str(ipaddress.ip_address(host))
+        except (ValueError, TypeError):
+            raise ConfigError(f"Shield.{name}: {host!r} is not an IP address literal") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"Shield(listen={self._listen_host}:{self._listen_port}, scope={self._scope}, "
+            f"default_ceiling={self._default_ceiling}, auth={'on' if self._users else 'off'}, "
+            f"release={self._release_mode!r})"
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Shield:
+        if self._tg is not None:
+            raise RuntimeError("a Shield can be entered once")
+        if self._store is not None:
+            await anyio.to_thread.run_sync(self._load_inventory, self._store)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=self._listen_host,
+                                                       local_port=self._listen_port, reuse_port=False)
+        except OSError as exc:
+            raise ConfigError(
+                f"Shield: cannot listen on {_hostport(self._listen_host, self._listen_port)}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self._listener = listener
+        sockname = listener.extra(SocketAttribute.local_address)
+        self._address = (str(sockname[0]), int(sockname[1]))
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        send, receive = anyio.create_memory_object_stream[ShieldSession](AUDIT_QUEUE_ROWS)
+        self._audit_send = send
+        self._tg.start_soon(self._audit_writer, receive)
+        self._tg.start_soon(listener.serve, self._handle)
+        log.info("shield.listening", host=self._address[0], port=self._address[1], scope=str(self._scope),
+                 auth=bool(self._users), clients=str(self._clients), release=self._release_mode)  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return
+        tg.cancel_scope.cancel()
+        try:
+            await tg.__aexit__(None, None, None)
+        finally:
+            if self._listener is not None:
+                await self._listener.aclose()
+            self._closed.set()
+            stats = self.stats
+            log.info("shield.closed", sessions=stats.sessions, relayed=stats.relayed, refused=stats.refused,
+                     trips=stats.trips, bytes_up=stats.bytes_up, bytes_down=stats.bytes_down)  # fmt: skip
+
+    async def wait_closed(self) -> None:
+        """Wait until the shield is closed (run it until cancelled: ``await shield.wait_closed()``)."""
+        await self._closed.wait()
+
+    def _load_inventory(self, store: ProfileStore) -> None:
+        from fragileprobe._fingerprint import model_key_digest
+
+        self._profiles = {model_key_digest(p.model_key): (p.model_key, p.ceiling) for p in store.profiles()}
+        self._assets = {a.host: a for a in store.assets()}
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the shield listens on (port resolved when ``listen_port=0``)."""
+        if self._address is None:
+            raise RuntimeError("use the Shield inside 'async with Shield(...) as shield:'")
+        return self._address
+
+    @property
+    def stats(self) -> ShieldStats:
+        return ShieldStats(
+            clients_refused=self._n["clients_refused"], auth_failures=self._n["auth_failures"],
+            sessions=self._n["sessions"], relayed=self._n["relayed"], refused=self._n["refused"],
+            active=self._active, hosts=sum(1 for h in self._hosts.values() if h.guard is not None),
+            tripped_hosts=sum(1 for h in self._hosts.values() if h.blocked), trips=len(self._trips),
+            bytes_up=self._n["bytes_up"], bytes_down=self._n["bytes_down"],
+        )  # fmt: skip
+
+    @property
+    def sessions(self) -> tuple[ShieldSession, ...]:
+        """The most recent session records (at most :data:`MAX_RECENT_SESSIONS`), oldest first."""
+        return tuple(self._recent)
+
+    @property
+    def trips(self) -> tuple[ShieldTrip, ...]:
+        """Every trip so far (updated when a trip ends)."""
+        return tuple(self._trips)
+
+    def guard_for(self, host: str) -> Guard | None:
+        """The open Guard of ``host`` (None when it has none now)."""
+        entry = self._hosts.get(host)
+        return entry.guard if entry is not None else None
+
+    def blocked(self, host: str) -> bool:
+        """True while ``host`` is blocked by a trip."""
+        entry = self._hosts.get(host)
+        return entry is not None and entry.blocked
+
+    def release(self, host: str) -> bool:
+        """Operator release: end ``host``'s trip now (returns False if it is not blocked)."""
+        entry = self._hosts.get(host)
+        if entry is None or not entry.blocked:
+            return False
+        log.warning("shield.operator_release", host=host)
+        entry.release_event.set()
+        entry.poke()
+        return True
+
+    def limit_for(self, host: str) -> tuple[int, str]:
+        """The ceiling the shield applies to ``host`` and where it comes from (pure lookup)."""
+        if host in self._ceilings:
+            return self._ceilings[host], "configured for this host"
+        asset = self._assets.get(host)
+        if asset is not None and asset.model_key:
+            from fragileprobe._fingerprint import model_key_digest
+
+            known = self._profiles.get(model_key_digest(asset.model_key))
+            if known is not None and known[1] is not None:
+                return int(known[1]), f"stored ceiling of model {known[0]}"
+            if known is not None:
+                return self._medical_ceiling, f"model {known[0]} has a profile but no ceiling yet"
+        if asset is not None and MEDICAL_GROUP in asset.groups:
+            return self._medical_ceiling, "medical default (Medical Device? of unknown model)"
+        return self._default_ceiling, "configured default"
+
+    def heartbeat_for(self, host: str) -> Heartbeat | None:
+        """The heartbeat the shield's watchdog uses for ``host`` (None: no watchdog)."""
+        if host in self._heartbeats:
+            return self._heartbeats[host]
+        asset = self._assets.get(host)
+        if asset is not None:
+            web = sorted({int(s["port"]) for s in asset.services if isinstance(s, dict)
+                          and s.get("service") in ("http", "https") and s.get("port")})  # fmt: skip
+            if web:
+                # 8080 first: the management web server of the devices this project exists for (the same
+                # rule as the model key's Server: header).
+                port = 8080 if 8080 in web else web[0]
+                return HttpHeartbeat(port=port, expect_status=None)
+        return self._default_heartbeat
+
+    # --- client connections -------------------------------------------------------------------------------
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        async with client:
+            remote = client.extra(SocketAttribute.remote_address)
+            peer_host = str(remote[0])
+            peer = _hostport(peer_host, int(remote[1]))
+            if peer_host not in self._clients:
+                self._n["clients_refused"] += 1
+                log.warning("shield.client_refused", client=peer, reason="not in the client allow-list")
+                return
+            if self._active >= self._max_sessions:
+                self._n["clients_refused"] += 1
+                log.warning("shield.client_refused", client=peer, reason="max_sessions",
+                            max_sessions=self._max_sessions)  # fmt: skip
+                return
+            self._active += 1
+            try:
+                await self._serve_client(client, peer)
+            finally:
+                self._active -= 1
+
+    async def _serve_client(self, client: anyio.abc.SocketStream, peer: str) -> None:
+        machine = _socks.SocksServer()
+        started = time.time()
+        user: str | None = None
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                event, user = await self._handshake(client, machine, peer)
+        except TimeoutError:
+            log.info("shield.handshake_timeout", client=peer, after_s=HANDSHAKE_TIMEOUT_S)
+            return
+        except _socks.SocksProtocolError as exc:
+            log.info("shield.protocol_error", client=peer, error=str(exc))
+            if exc.reply:
+                await _send_quietly(client, exc.reply)
+            return
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return
+        if event is None:
+            return
+        if isinstance(event, _socks.RequestRefused):
+            outcome = (SessionOutcome.REFUSED_NAME if event.reason == "domain_name"
+                       else SessionOutcome.REFUSED_COMMAND)  # fmt: skip
+            await _send_quietly(client, machine.reply(event.reply))
+            await self._audit(ShieldSession(peer, user, event.host, event.port, started, time.time(), 0, 0,
+                                            outcome.value, int(event.reply), None, None, 0.0),
+                              reason=event.reason)  # fmt: skip
+            return
+        await self._connect(client, machine, event, peer, user, started)
+
+    async def _handshake(
+        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, peer: str
+    ) -> tuple[_socks.ConnectRequest | _socks.RequestRefused | None, str | None]:
+        user: str | None = None
+        while True:
+            event = machine.next_event()
+            if isinstance(event, _socks.NeedData):
+                machine.receive_data(await client.receive(_socks.MAX_BUFFER_BYTES))
+            elif isinstance(event, _socks.Greeting):
+                wanted = AuthMethod.USERNAME_PASSWORD if self._users else AuthMethod.NO_AUTH
+                chosen = wanted if wanted in event.methods else AuthMethod.NO_ACCEPTABLE
+                await client.send(machine.select_method(chosen))
+                if chosen is AuthMethod.NO_ACCEPTABLE:
+                    self._n["auth_failures"] += 1
+                    log.warning("shield.auth_refused", client=peer, offered=list(event.methods),
+                                wanted=int(wanted))  # fmt: skip
+                    return None, None
+            elif isinstance(event, _socks.AuthRequest):
+                expected = self._users.get(event.username)
+                # compare_digest: the answer's timing says nothing about how much of a password was right.
+                ok = expected is not None and hmac.compare_digest(expected, event.password)
+                await client.send(machine.auth_result(ok))
+                if not ok:
+                    self._n["auth_failures"] += 1
+                    log.warning("shield.auth_failed", client=peer,
+                                username=event.username.decode("utf-8", "backslashreplace"))  # fmt: skip
+                    return None, None
+                user = event.username.decode("utf-8", "backslashreplace")
+            else:
+                return event, user
+
+    # --- CONNECT ------------------------------------------------------------------------------------------
+
+    def _refusal(self, host: str, port: int) -> SessionOutcome | None:
+        if host not in self._scope:
+            return SessionOutcome.REFUSED_SCOPE
+        if port in PRINTER_PORTS and not self._allow_printer_ports:
+            return SessionOutcome.REFUSED_PRINTER_PORT
+        return None
+
+    async def _connect(
+        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, request: _socks.ConnectRequest,
+        peer: str, user: str | None, started: float,
+    ) -> None:  # fmt: skip
+        host, port = request.host, request.port
+        t0 = anyio.current_time()
+        counters = _Counters()
+
+        async def finish(outcome: SessionOutcome, reply: Reply | None, entry: _Host | None = None,
+                         **extra: Any) -> None:  # fmt: skip
+            if reply is not None and reply is not Reply.SUCCEEDED:
+                await _send_quietly(client, machine.reply(reply))
+            record = ShieldSession(
+                peer, user, host, port, started, time.time(), counters.up, counters.down, outcome.value,
+                None if reply is None else int(reply), entry.ceiling if entry else None,
+                entry.limit_source if entry else None, round(waited, 6),
+            )  # fmt: skip
+            await self._audit(record, **extra)
+
+        waited = 0.0
+        refusal = self._refusal(host, port)
+        if refusal is not None or port == 0:
+            await finish(refusal or SessionOutcome.CONNECT_FAILED, Reply.NOT_ALLOWED if refusal else
+                         Reply.GENERAL_FAILURE)  # fmt: skip
+            return
+        entry = self._host(host)
+        if entry.ceiling == 0:
+            await finish(SessionOutcome.REFUSED_DO_NOT_SCAN, Reply.NOT_ALLOWED, entry)
+            return
+        entry.sessions += 1
+        try:
+            await entry.ready.wait()
+            guard = entry.guard
+            if guard is None or entry.blocked:
+                waited = anyio.current_time() - t0
+                await finish(SessionOutcome.REFUSED_TRIPPED, Reply.NOT_ALLOWED, entry)
+                return
+            connected = False
+            outcome = SessionOutcome.RELAYED
+            reply: Reply | None = Reply.SUCCEEDED
+            # One deadline for the slot wait and the connect; lifted the moment the connect succeeded, so
+            # it never bounds the relay (the relay has its own idle and total timeouts).
+            with anyio.CancelScope(deadline=t0 + self._slot_wait_s + self._connect_timeout_s) as waiting:
+                try:
+                    async with guard.connect(port, timeout_s=self._connect_timeout_s) as stream:
+                        connected = True
+                        waiting.deadline = math.inf
+                        waited = anyio.current_time() - t0
+                        outcome = await self._relay(client, machine, stream, counters)
+                except DeviceDownError as exc:
+                    if connected:
+                        outcome, reply = SessionOutcome.CANCELLED_BY_WATCHDOG, Reply.SUCCEEDED
+                    else:
+                        reply, outcome = reply_for(exc)
+                    entry.poke()
+                except ProbeError as exc:
+                    if connected:  # only the close can raise here; the relay handles its own errors
+                        outcome = SessionOutcome.DEVICE_RESET
+                    else:
+                        reply, outcome = reply_for(exc)
+            if waiting.cancelled_caught and not connected:
+                reply, outcome = Reply.NOT_ALLOWED, SessionOutcome.CEILING_WAIT_TIMEOUT
+            if not connected:
+                waited = anyio.current_time() - t0
+            await finish(outcome, reply, entry)
+        finally:
+            entry.sessions -= 1
+            entry.last_active = anyio.current_time()
+            entry.poke()
+
+    async def _relay(
+        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, device: ProbeStream,
+        counters: _Counters,
+    ) -> SessionOutcome:  # fmt: skip
+        local = device.extra(SocketAttribute.local_address)
+        try:
+            await client.send(machine.reply(Reply.SUCCEEDED, str(local[0]), int(local[1])))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return SessionOutcome.CLIENT_RESET
+        device.send_timeout_s = self._idle_timeout_s
+        first = machine.trailing_data()
+        if first:
+            try:
+                await device.send(first)
+            except ProbeError:
+                return SessionOutcome.DEVICE_RESET
+            counters.up += len(first)
+            self._n["bytes_up"] += len(first)
+        with anyio.CancelScope(deadline=anyio.current_time() + self._total_timeout_s) as total:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump, client, device, counters, True, tg.cancel_scope)
+                await self._pump(device, client, counters, False, tg.cancel_scope)
+        if total.cancelled_caught:
+            return SessionOutcome.TOTAL_TIMEOUT
+        return counters.outcome
+
+    async def _pump(
+        self, src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream, counters: _Counters, up: bool,
+        relay: anyio.CancelScope,
+    ) -> None:  # fmt: skip
+        """Copy ``src`` to ``dst`` one chunk at a time until EOF, an error, or the idle bound."""
+        src_reset = SessionOutcome.CLIENT_RESET if up else SessionOutcome.DEVICE_RESET
+        dst_reset = SessionOutcome.DEVICE_RESET if up else SessionOutcome.CLIENT_RESET
+        broken = (ProbeError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+        while True:
+            idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
+            data = b""
+            with anyio.move_on_after(counters.last + idle - anyio.current_time()):
+                try:
+                    data = await src.receive(RELAY_CHUNK_BYTES)
+                except anyio.EndOfStream:
+                    first_eof = not counters.eof
+                    counters.eof = True
+                    counters.last = anyio.current_time()
+                    if first_eof:
+                        with contextlib.suppress(*broken):  # the other side is gone too: its pump sees it
+                            await dst.send_eof()
+                        return
+                    relay.cancel()  # both sides have sent FIN: done
+                    return
+                except broken:
+                    counters.outcome = src_reset
+                    relay.cancel()
+                    return
+            if not data:
+                idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
+                if anyio.current_time() - counters.last >= idle:
+                    if not counters.eof:
+                        counters.outcome = SessionOutcome.IDLE_TIMEOUT
+                    relay.cancel()
+                    return
+                continue
+            counters.last = anyio.current_time()
+            try:
+                if up:
+                    await dst.send(data)
+                else:
+                    with anyio.fail_after(self._idle_timeout_s):  # a client that stopped reading
+                        await dst.send(data)
+            except TimeoutError:
+                counters.outcome = SessionOutcome.IDLE_TIMEOUT
+                relay.cancel()
+                return
+            except broken:
+                counters.outcome = dst_reset
+                relay.cancel()
+                return
+            if up:
+                counters.up += len(data)
+                self._n["bytes_up"] += len(data)
+            else:
+                counters.down += len(data)
+                self._n["bytes_down"] += len(data)
+
+    # --- hosts: one Guard each ----------------------------------------------------------------------------
+
+    def _host(self, host: str) -> _Host:
+        entry = self._hosts.get(host)
+        if entry is None:
+            ceiling, source = self.limit_for(host)
+            entry = _Host(host, ceiling, source, self.heartbeat_for(host))
+            self._hosts[host] = entry
+            if ceiling > 0:
+                assert self._tg is not None  # sessions only run inside the shield's task group
+                self._tg.start_soon(self._host_task, entry)
+        return entry
+
+    async def _host_task(self, entry: _Host) -> None:
+        heartbeat = entry.heartbeat
+        guard = Guard(
+            Target(entry.address) if heartbeat is None else Target(entry.address, heartbeat=heartbeat),
+            ceiling=entry.ceiling, scope=self._scope, watchdog=heartbeat is not None,
+            interval_s=self._interval_s, failures_to_down=self._failures_to_down,
+            connect_timeout_s=self._connect_timeout_s,
+        )  # fmt: skip
+        try:
+            try:
+                async with guard:
+                    entry.guard = guard
+                    entry.ready.set()
+                    log.info("shield.host_open", host=entry.address, ceiling=entry.ceiling,
+                             limit_source=entry.limit_source, heartbeat=repr(heartbeat))  # fmt: skip
+                    await self._hold(entry, guard)
+            except DeviceDownError as exc:  # dead at the first beat: no session was started
+                entry.guard = None
+                await self._tripped(entry, str(exc), 0)
+                entry.ready.set()
+                await self._recover_unguarded(entry)
+        finally:
+            entry.ready.set()
+            if self._hosts.get(entry.address) is entry:
+                del self._hosts[entry.address]
+            log.info("shield.host_closed", host=entry.address)
+
+    async def _hold(self, entry: _Host, guard: Guard) -> None:
+        """Keep the Guard open while the host has sessions or is tripped; close it after the linger."""
+        while True:
+            if guard.device_down:
+                down = guard.timeline.downs[-1] if guard.timeline.downs else None
+                await self._tripped(entry, down.reason if down else None, down.in_flight if down else 0)
+                await self._await_release(entry, guard)
+                continue
+            idle_for = anyio.current_time() - entry.last_active
+            if entry.sessions == 0 and idle_for >= GUARD_LINGER_S:
+                del self._hosts[entry.address]  # new CONNECTs from now on get a fresh entry
+                return
+            wake = entry.wake
+            with anyio.move_on_after(min(self._interval_s, max(GUARD_LINGER_S - idle_for, 0.01))):
+                await wake.wait()
+
+    async def _tripped(self, entry: _Host, reason: str | None, in_flight: int) -> None:
+        trip = ShieldTrip(entry.address, time.time(), reason, in_flight, entry.ceiling, entry.limit_source)
+        entry.trip = trip
+        entry.trip_index = len(self._trips)
+        self._trips.append(trip)
+        log.warning("shield.trip", host=entry.address, reason=reason, sessions_closed=in_flight,
+                    ceiling=entry.ceiling, release=self._release_mode)  # fmt: skip
+        assert self._tg is not None
+        self._tg.start_soon(self._deliver_alert, trip)
+
+    async def _released(self, entry: _Host, by: str) -> None:
+        trip = entry.trip
+        entry.trip = None
+        entry.release_event = anyio.Event()
+        if trip is None:
+            return
+        from dataclasses import replace
+
+        released_at_s = time.time()
+        done = replace(trip, released_at_s=released_at_s, released_by=by)
+        self._trips[entry.trip_index] = done
+        log.warning("shield.released", host=entry.address, released_by=by,
+                    blocked_s=round(released_at_s - trip.tripped_at_s, 3))  # fmt: skip
+        if self._store is not None:
+            await anyio.to_thread.run_sync(self._store.finish_shield_trip, trip.host, trip.tripped_at_s,
+                                           released_at_s, by)  # fmt: skip
+
+    async def _await_release(self, entry: _Host, guard: Guard) -> None:
+        if self._release_mode == "operator":
+            await entry.release_event.wait()
+            guard.rearm()
+            await self._released(entry, "operator")
+            return
+        # The Guard's watchdog beats again while someone waits for beats; nothing else is sent meanwhile.
+        await guard.wait_healthy(self._release_beats)
+        guard.rearm()
+        await self._released(entry, "healthy_beats")
+
+    async def _recover_unguarded(self, entry: _Host) -> None:
+        """A host that failed its very first beat: beat it (spaced) until healthy, or wait for release."""
+        heartbeat = entry.heartbeat
+        assert heartbeat is not None  # without a heartbeat there is no watchdog and no DeviceDownError
+        if self._release_mode == "operator":
+            await entry.release_event.wait()
+            await self._released(entry, "operator")
+            return
+        run = 0
+        while run < self._release_beats:
+            started = anyio.current_time()
+            beat = await heartbeat.beat(entry.address)
+            run = run + 1 if beat.ok else 0
+            await anyio.sleep(max(self._interval_s - (anyio.current_time() - started), 0.0))
+        await self._released(entry, "healthy_beats")
+
+    # --- audit and alerts ---------------------------------------------------------------------------------
+
+    async def _audit(self, record: ShieldSession, **extra: Any) -> None:
+        self._n["sessions"] += 1
+        relayed = record.reply == Reply.SUCCEEDED
+        self._n["relayed" if relayed else "refused"] += 1
+        self._recent.append(record)
+        event = "shield.session" if relayed else "shield.refused"
+        (log.info if relayed else log.warning)(event, **record.to_dict(), **extra)
+        if self._store is not None and self._audit_send is not None:
+            await self._audit_send.send(record)
+
+    async def _audit_writer(self, receive: Any) -> None:
+        store = self._store
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                while len(batch) < AUDIT_BATCH_ROWS:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                if store is not None:
+                    rows = [r.to_dict() for r in batch]
+                    # Shielded: a batch already taken from the queue is written even while closing.
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(store.record_shield_sessions, rows)
+
+    async def _deliver_alert(self, trip: ShieldTrip) -> None:
+        with anyio.CancelScope(shield=True):  # an alert raised is delivered, even while closing
+            if self._store is not None:
+                await anyio.to_thread.run_sync(self._store.record_shield_trip, trip.to_dict())
+                await anyio.to_thread.run_sync(self._store.record_alert, trip.to_dict())
+            if self._jsonl is not None:
+                await anyio.to_thread.run_sync(self._jsonl.write, trip)
+            if self._webhook is not None:
+                await self._webhook.send(trip)
+
+
+async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:
+    """Send a last answer to a client we are about to close; a client already gone changes nothing."""
+    try:
+        with anyio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            await stream.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass
+
+
+def recent_by_host(sessions: Sequence[ShieldSession]) -> dict[str, list[ShieldSession]]:
+    """Group session records by destination host (for reports and tests)."""
+    out: dict[str, list[ShieldSession]] = {}
+    for s in sessions:
+        out.setdefault(s.host, []).append(s)
+    return out
