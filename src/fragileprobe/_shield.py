@@ -1047,3 +1047,123 @@ def recent_by_host(sessions: Sequence[ShieldSession]) -> dict[str, list[ShieldSe
     for s in sessions:
         out.setdefault(s.host, []).append(s)
     return out
+
+
+# --- running a tool behind the shield (proxychains-ng) ------------------------------------------------------
+
+PROXYCHAINS: Final = "proxychains4"
+# proxychains-ng waits this much longer than the shield's own bound (slot wait + connect) for our reply, so
+# the tool always hears the shield's answer instead of proxychains giving up first.
+PROXYCHAINS_READ_MARGIN_S: Final = 2.0
+# nmap scan types and options that send raw packets: proxychains hooks only connect(), so these would go
+# straight to the device, past the ceiling and the watchdog.
+_NMAP_RAW_SCANS: Final = frozenset("SUAWMNFXYZOI")
+_NMAP_RAW_OPTIONS: Final = frozenset({"-O", "--osscan-guess", "--traceroute", "-sn", "-PE", "-PP", "-PM",
+                                      "-PO", "-PR", "--send-eth", "--send-ip"})  # fmt: skip
+_NMAP_RAW_PREFIXES: Final = ("-PS", "-PA", "-PU", "-PY", "-PO", "-b")
+
+
+def proxychains_config(
+    host: str, port: int, *, read_timeout_s: float, connect_timeout_s: float,
+    username: str | None = None, password: str | None = None,
+) -> str:  # fmt: skip
+    """The proxychains-ng configuration that sends every TCP connect through the shield (pure).
+
+    ``strict_chain`` (one proxy, no fallback to a direct connection), no ``proxy_dns`` (names are never
+    sent to the shield, which refuses them anyway; give the tool IP literals).
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"proxychains: the shield address must be an IP literal, got {host!r}") from None
+    auth = ""
+    if username is not None:
+        if password is None or any(c.isspace() for c in username + password):
+            raise ConfigError("proxychains: username and password must be given together, without spaces")
+        auth = f" {username} {password}"
+    return (
+        "# written by fragileprobe shield --exec\n"
+        "strict_chain\n"
+        "quiet_mode\n"
+        f"tcp_read_time_out {int(read_timeout_s * 1000)}\n"
+        f"tcp_connect_time_out {int(connect_timeout_s * 1000)}\n"
+        "[ProxyList]\n"
+        f"socks5 {host} {port}{auth}\n"
+    )
+
+
+def check_exec_command(argv: Sequence[str], *, root: bool) -> list[str]:
+    """Refuse a command whose traffic would bypass proxychains; return warnings for the rest (pure).
+
+    For nmap: raw scan types (-sS, -sU, ...; -sS is nmap's default as root), -O, raw host discovery
+    (-PE, -PS, ...; nmap's default ping as root) and --traceroute are refused: proxychains hooks connect()
+    only, so a SYN scan never goes through the shield and would reach the device unguarded.
+
+    Raises:
+        ConfigError: an empty command, or an nmap run that would send raw packets.
+    """
+    if not argv:
+        raise ConfigError("--exec: give the command after '--', e.g. -- nmap -sT -Pn -n 10.0.0.5")
+    import os
+
+    warnings: list[str] = []
+    tool = os.path.basename(argv[0])
+    if tool != "nmap":
+        warnings.append(f"{tool}: only its TCP connect() calls go through the shield; UDP, ICMP and raw "
+                        "packets do not")  # fmt: skip
+        return warnings
+    args = list(argv[1:])
+    scan_types: set[str] = set()
+    for arg in args:
+        if arg.startswith("-s") and not arg.startswith("--") and len(arg) > 2 and arg[2:].isalpha():
+            scan_types.update(arg[2:])
+        if arg in _NMAP_RAW_OPTIONS or arg.startswith(_NMAP_RAW_PREFIXES):
+            raise ConfigError(f"--exec nmap {arg}: sends raw packets, which never pass through the shield")
+    raw = sorted(scan_types & _NMAP_RAW_SCANS)
+    if raw:
+        raise ConfigError(
+            f"--exec nmap -s{''.join(raw)}: half-open/raw scans never pass through the shield (proxychains "
+            "hooks connect() only); use -sT"
+        )
+    if root and "T" not in scan_types and "L" not in scan_types:
+        raise ConfigError(
+            "--exec nmap as root defaults to a SYN scan (-sS), which bypasses the shield: add -sT"
+        )
+    if root and "-Pn" not in args:
+        raise ConfigError("--exec nmap as root pings hosts with raw packets first: add -Pn")
+    if "-n" not in args:
+        warnings.append("nmap without -n resolves addresses itself (DNS does not go through the shield)")
+    return warnings
+
+
+async def run_behind(shield: Shield, argv: Sequence[str], *, username: str | None = None,
+                     password: str | None = None) -> int:  # fmt: skip
+    """Run ``argv`` under proxychains-ng with every TCP connect sent through ``shield``; its exit code.
+
+    Raises:
+        ConfigError: proxychains4 is not installed, or the command would bypass the shield.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    binary = shutil.which(PROXYCHAINS)
+    if binary is None:
+        raise ConfigError("--exec needs proxychains-ng (Debian/Ubuntu: apt-get install proxychains4)")
+    for warning in check_exec_command(argv, root=os.geteuid() == 0):
+        log.warning("shield.exec_warning", warning=warning)
+    host, port = shield.address
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "127.0.0.1" if ipaddress.ip_address(host).version == 4 else "::1"
+    text = proxychains_config(host, port, read_timeout_s=shield._slot_wait_s + shield._connect_timeout_s
+                              + PROXYCHAINS_READ_MARGIN_S, connect_timeout_s=shield._connect_timeout_s,
+                              username=username, password=password)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="fragileprobe-shield-") as tmp:
+        conf = os.path.join(tmp, "proxychains.conf")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it may hold the password
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        cmd = [binary, "-q", "-f", conf, *argv]
+        log.info("shield.exec", command=list(argv), proxy=_hostport(host, port))
+        proc = await anyio.run_process(cmd, check=False, stdin=None, stdout=None, stderr=None)
+        return proc.returncode
