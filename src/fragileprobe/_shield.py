@@ -166,6 +166,7 @@ class SessionOutcome(enum.Enum):
     NETWORK_UNREACHABLE = "network_unreachable"
     HOST_UNREACHABLE = "host_unreachable"
     CONNECT_FAILED = "connect_failed"
+    SHIELD_CLOSED = "shield_closed"  # the shield stopped while the session ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +486,7 @@ class Shield:
         self._listener: anyio.abc.Listener[Any] | None = None
         self._address: tuple[str, int] | None = None
         self._audit_send: Any = None
+        self._audit_receive: Any = None
         self._closed = anyio.Event()
         self._active = 0
         self._n = {"clients_refused": 0, "auth_failures": 0, "sessions": 0, "relayed": 0, "refused": 0,
@@ -526,6 +528,7 @@ class Shield:
         await self._tg.__aenter__()
         send, receive = anyio.create_memory_object_stream[ShieldSession](AUDIT_QUEUE_ROWS)
         self._audit_send = send
+        self._audit_receive = receive
         self._tg.start_soon(self._audit_writer, receive)
         self._tg.start_soon(listener.serve, self._handle)
         log.info("shield.listening", host=self._address[0], port=self._address[1], scope=str(self._scope),
@@ -542,6 +545,10 @@ class Shield:
         finally:
             if self._listener is not None:
                 await self._listener.aclose()
+            self._flush_audit()
+            for stream in (self._audit_send, self._audit_receive):
+                if stream is not None:
+                    stream.close()
             self._closed.set()
             stats = self.stats
             log.info("shield.closed", sessions=stats.sessions, relayed=stats.relayed, refused=stats.refused,
@@ -736,69 +743,80 @@ class Shield:
         host, port = request.host, request.port
         t0 = anyio.current_time()
         counters = _Counters()
+        entry: _Host | None = None
 
-        async def finish(outcome: SessionOutcome, reply: Reply | None, entry: _Host | None = None,
-                         **extra: Any) -> None:  # fmt: skip
-            if reply is not None and reply is not Reply.SUCCEEDED:
-                await _send_quietly(client, machine.reply(reply))
-            record = ShieldSession(
+        def record(outcome: SessionOutcome, reply: Reply | None, waited_s: float) -> ShieldSession:
+            return ShieldSession(
                 peer, user, host, port, started, time.time(), counters.up, counters.down, outcome.value,
                 None if reply is None else int(reply), entry.ceiling if entry else None,
-                entry.limit_source if entry else None, round(waited, 6),
+                entry.limit_source if entry else None, round(waited_s, 6),
             )  # fmt: skip
-            await self._audit(record, **extra)
 
-        waited = 0.0
+        async def finish(outcome: SessionOutcome, reply: Reply | None, waited_s: float = 0.0) -> None:
+            if reply is not None and reply is not Reply.SUCCEEDED:
+                await _send_quietly(client, machine.reply(reply))
+            await self._audit(record(outcome, reply, waited_s))
+
         refusal = self._refusal(host, port)
         if refusal is not None or port == 0:
-            await finish(refusal or SessionOutcome.CONNECT_FAILED, Reply.NOT_ALLOWED if refusal else
-                         Reply.GENERAL_FAILURE)  # fmt: skip
+            await finish(refusal or SessionOutcome.CONNECT_FAILED,
+                         Reply.NOT_ALLOWED if refusal else Reply.GENERAL_FAILURE)  # fmt: skip
             return
         entry = self._host(host)
         if entry.ceiling == 0:
-            await finish(SessionOutcome.REFUSED_DO_NOT_SCAN, Reply.NOT_ALLOWED, entry)
+            await finish(SessionOutcome.REFUSED_DO_NOT_SCAN, Reply.NOT_ALLOWED)
             return
         entry.sessions += 1
         try:
-            await entry.ready.wait()
-            guard = entry.guard
-            if guard is None or entry.blocked:
-                waited = anyio.current_time() - t0
-                await finish(SessionOutcome.REFUSED_TRIPPED, Reply.NOT_ALLOWED, entry)
-                return
-            connected = False
-            outcome = SessionOutcome.RELAYED
-            reply: Reply | None = Reply.SUCCEEDED
-            # One deadline for the slot wait and the connect; lifted the moment the connect succeeded, so
-            # it never bounds the relay (the relay has its own idle and total timeouts).
-            with anyio.CancelScope(deadline=t0 + self._slot_wait_s + self._connect_timeout_s) as waiting:
-                try:
-                    async with guard.connect(port, timeout_s=self._connect_timeout_s) as stream:
-                        connected = True
-                        waiting.deadline = math.inf
-                        waited = anyio.current_time() - t0
-                        outcome = await self._relay(client, machine, stream, counters)
-                except DeviceDownError as exc:
-                    if connected:
-                        outcome, reply = SessionOutcome.CANCELLED_BY_WATCHDOG, Reply.SUCCEEDED
-                    else:
-                        reply, outcome = reply_for(exc)
-                    entry.poke()
-                except ProbeError as exc:
-                    if connected:  # only the close can raise here; the relay handles its own errors
-                        outcome = SessionOutcome.DEVICE_RESET
-                    else:
-                        reply, outcome = reply_for(exc)
-            if waiting.cancelled_caught and not connected:
-                reply, outcome = Reply.NOT_ALLOWED, SessionOutcome.CEILING_WAIT_TIMEOUT
-            if not connected:
-                waited = anyio.current_time() - t0
-            await finish(outcome, reply, entry)
+            outcome, reply, waited_s = await self._open_and_relay(client, machine, entry, port, t0, counters)
+        except anyio.get_cancelled_exc_class():
+            # The shield is closing: the session still gets its record (synchronously: nothing may await).
+            self._record_now(record(SessionOutcome.SHIELD_CLOSED, None, anyio.current_time() - t0))
+            raise
         finally:
             entry.sessions -= 1
             entry.last_active = anyio.current_time()
             entry.poke()
+        await finish(outcome, reply, waited_s)
 
+    async def _open_and_relay(
+        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, entry: _Host, port: int,
+        t0: float, counters: _Counters,
+    ) -> tuple[SessionOutcome, Reply | None, float]:  # fmt: skip
+        """Take a slot and connect through the host's Guard, then relay; (outcome, reply, waited_s)."""
+        await entry.ready.wait()
+        guard = entry.guard
+        if guard is None or entry.blocked:
+            return SessionOutcome.REFUSED_TRIPPED, Reply.NOT_ALLOWED, anyio.current_time() - t0
+        connected = False
+        waited_s = 0.0
+        outcome = SessionOutcome.RELAYED
+        reply: Reply = Reply.SUCCEEDED
+        # One deadline for the slot wait and the connect; lifted the moment the connect succeeded, so it
+        # never bounds the relay (the relay has its own idle and total timeouts).
+        with anyio.CancelScope(deadline=t0 + self._slot_wait_s + self._connect_timeout_s) as waiting:
+            try:
+                async with guard.connect(port, timeout_s=self._connect_timeout_s) as stream:
+                    connected = True
+                    waiting.deadline = math.inf
+                    waited_s = anyio.current_time() - t0
+                    outcome = await self._relay(client, machine, stream, counters)
+            except DeviceDownError as exc:
+                if connected:
+                    outcome = SessionOutcome.CANCELLED_BY_WATCHDOG
+                else:
+                    reply, outcome = reply_for(exc)
+                entry.poke()
+            except ProbeError as exc:
+                if connected:  # only the close can raise here; the relay handles its own errors
+                    outcome = SessionOutcome.DEVICE_RESET
+                else:
+                    reply, outcome = reply_for(exc)
+        if waiting.cancelled_caught and not connected:
+            reply, outcome = Reply.NOT_ALLOWED, SessionOutcome.CEILING_WAIT_TIMEOUT
+        if not connected:
+            waited_s = anyio.current_time() - t0
+        return outcome, reply, waited_s
     async def _relay(
         self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, device: ProbeStream,
         counters: _Counters,
@@ -995,31 +1013,51 @@ class Shield:
 
     # --- audit and alerts ---------------------------------------------------------------------------------
 
-    async def _audit(self, record: ShieldSession, **extra: Any) -> None:
+    def _record_now(self, record: ShieldSession, **extra: Any) -> bool:
+        """Count, keep and log one record; queue it for the store if there is room (no await)."""
         self._n["sessions"] += 1
         relayed = record.reply == Reply.SUCCEEDED
         self._n["relayed" if relayed else "refused"] += 1
         self._recent.append(record)
         event = "shield.session" if relayed else "shield.refused"
         (log.info if relayed else log.warning)(event, **record.to_dict(), **extra)
-        if self._store is not None and self._audit_send is not None:
-            await self._audit_send.send(record)
+        if self._store is None or self._audit_send is None:
+            return True
+        try:
+            self._audit_send.send_nowait(record)
+        except anyio.WouldBlock:
+            return False
+        return True
+
+    async def _audit(self, record: ShieldSession, **extra: Any) -> None:
+        if not self._record_now(record, **extra):
+            await self._audit_send.send(record)  # the queue is full: the session waits for the writer
 
     async def _audit_writer(self, receive: Any) -> None:
         store = self._store
-        async with receive:
-            async for first in receive:
-                batch = [first]
-                while len(batch) < AUDIT_BATCH_ROWS:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                if store is not None:
-                    rows = [r.to_dict() for r in batch]
-                    # Shielded: a batch already taken from the queue is written even while closing.
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(store.record_shield_sessions, rows)
+        async for first in receive:
+            batch = [first]
+            while len(batch) < AUDIT_BATCH_ROWS:
+                try:
+                    batch.append(receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            if store is not None:
+                rows = [r.to_dict() for r in batch]
+                # Shielded: a batch already taken from the queue is written even while closing.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(store.record_shield_sessions, rows)
+
+    def _flush_audit(self) -> None:
+        """Write what the writer did not get to before the shield closed (records of the last sessions)."""
+        rows = []
+        while self._audit_receive is not None:
+            try:
+                rows.append(self._audit_receive.receive_nowait().to_dict())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        if rows and self._store is not None:
+            self._store.record_shield_sessions(rows)
 
     async def _deliver_alert(self, trip: ShieldTrip) -> None:
         with anyio.CancelScope(shield=True):  # an alert raised is delivered, even while closing
