@@ -1101,7 +1101,7 @@ def _subject_from_store(
     if not history:
         if model is not None:
             _fail(f"--model: no characterization of {model!r} in {db.path}")
-        if db.assets():
+        if db.assets() or db.shield_sessions():
             return _report.discovery_dict_from_store(db)
         _fail(f"--store: {db.path} holds no characterization and no discovery inventory")
     return history[-1]
