@@ -1019,8 +1019,10 @@ class Shield:
         relayed = record.reply == Reply.SUCCEEDED
         self._n["relayed" if relayed else "refused"] += 1
         self._recent.append(record)
+        # A policy refusal is worth a warning; a closed port answering a scanner is the scan's normal result.
+        policy = record.outcome.startswith("refused_") or record.outcome == "ceiling_wait_timeout"
         event = "shield.session" if relayed else "shield.refused"
-        (log.info if relayed else log.warning)(event, **record.to_dict(), **extra)
+        (log.warning if policy else log.info)(event, **record.to_dict(), **extra)
         if self._store is None or self._audit_send is None:
             return True
         try:
