@@ -19,6 +19,7 @@ Every socket is on 127.0.0.0/8; every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import os
 import re
@@ -216,6 +217,14 @@ def connect_rate(connect: Any) -> float:
     return CONNECTS / (time.perf_counter() - start)
 
 
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def part2() -> str:
     port = 24555
     sender = subprocess.Popen([sys.executable, "-c", SENDER, STURDY, str(port), str(BULK_BYTES)],
@@ -238,6 +247,7 @@ def part2() -> str:
             return socks_connect(proxy, STURDY, port)
 
         d_bulk, s_bulk, d_rate, s_rate = [], [], [], []
+        rss_before = rss_mib(shield.pid)
         for _ in range(3):
             d_bulk.append(bulk(direct))
             s_bulk.append(bulk(via))
@@ -245,6 +255,7 @@ def part2() -> str:
             time.sleep(0.3)
             s_rate.append(connect_rate(via))
             time.sleep(0.3)
+        rss_after = rss_mib(shield.pid)
     finally:
         for p in (sender, shield):
             p.terminate()
@@ -256,9 +267,79 @@ def part2() -> str:
         "", "| measure | direct | through the shield | ratio |", "|---|---:|---:|---:|",
         f"| bulk transfer (MiB/s) | {db:,.0f} | {sb:,.0f} | {sb / db:.2f} |",
         f"| connects/s (connect, handshake, close) | {dr:,.0f} | {sr:,.0f} | {sr / dr:.2f} |",
+        "", f"shield process RSS: {rss_before:.1f} MiB before, {rss_after:.1f} MiB after relaying "
+            f"{3 * BULK_BYTES >> 20} MiB and {6 * CONNECTS} connects",
         "", f"runs: bulk direct {[round(x) for x in d_bulk]}, shield {[round(x) for x in s_bulk]}; "
             f"connects direct {[round(x) for x in d_rate]}, shield {[round(x) for x in s_rate]}",
     ])  # fmt: skip
+
+
+HOLDER = r"""
+import asyncio, sys
+hosts, port = sys.argv[1].split(","), int(sys.argv[2])
+async def handle(reader, writer):
+    try:
+        while await reader.read(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        writer.close()
+async def main():
+    servers = [await asyncio.start_server(handle, h, port, backlog=2048) for h in hosts]
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+MANY_HOSTS = 20
+MANY_PER_HOST = 100
+
+
+async def part2b() -> str:
+    """Thousands of concurrent sessions across hosts: the shield's memory per session."""
+    hosts = [f"127.202.3.{i + 1}" for i in range(MANY_HOSTS)]
+    port = 24556
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, ",".join(hosts), str(port)],  # noqa: ASYNC220
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    shield = subprocess.Popen([*FP, "shield", "--scope", "127.202.3.0/24", "--listen", "127.0.0.1:0",  # noqa: ASYNC220
+                               "--log-level", "error", "--default-ceiling", str(MANY_PER_HOST)],
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    writers = []
+    try:
+        assert holder.stdout is not None
+        assert shield.stderr is not None
+        holder.stdout.readline()
+        m = re.search(r"listening on ([\d.]+):(\d+)", shield.stderr.readline())
+        assert m
+        proxy = (m.group(1), int(m.group(2)))
+        idle = rss_mib(shield.pid)
+
+        async def one(host: str) -> None:
+            reader, writer = await asyncio.open_connection(*proxy)
+            writer.write(b"\x05\x01\x00")
+            await reader.readexactly(2)
+            writer.write(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", port))
+            reply = await reader.readexactly(10)
+            assert reply[1] == 0, reply
+            writers.append(writer)
+
+        start = time.monotonic()
+        with anyio.fail_after(120):
+            for _ in range(MANY_PER_HOST // 10):
+                await asyncio.gather(*(one(h) for h in hosts for _i in range(10)))
+        opened = time.monotonic() - start
+        await anyio.sleep(1.0)
+        loaded = rss_mib(shield.pid)
+    finally:
+        for writer in writers:
+            writer.close()
+        for p in (holder, shield):
+            p.terminate()
+            p.wait(timeout=10)
+    n = len(writers)
+    return (f"### Part 2b: {n:,} concurrent sessions across {MANY_HOSTS} hosts (opened in {opened:.1f} s)\n\n"
+            f"shield process RSS: {idle:.1f} MiB idle, {loaded:.1f} MiB with {n:,} sessions open: "
+            f"{(loaded - idle) * 1024 / max(n, 1):.1f} KiB per session")
 
 
 # --- part 3: a trip --------------------------------------------------------------------------------------
@@ -268,8 +349,8 @@ async def part3() -> str:
     host = "127.202.2.5"
     lines = ["### Part 3: a device tripped by the shield (infusion pump, ceiling 4, heartbeat GET / on 8080 "
              "every 0.5 s)", "", "| release mode | sessions closed at the trip | CONNECTs asked after the trip "
-             "| refused | connections the device received after the trip | of them heartbeats |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| refused | relayed after the trip | connections the device received after the trip | heartbeats recorded after "
+             "the trip |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for release in ("operator", "auto"):
         async with EmulatedPump(host, seed=5, boot_delay_s=0.05, syn_watch=False) as pump:
             beat = HttpHeartbeat(port=pump.web_port, expect_status=None, timeout_s=0.5)
@@ -296,18 +377,21 @@ async def part3() -> str:
                     except (RuntimeError, OSError):
                         refused += 1
                     await anyio.sleep(0.01)
-                after = pump.stats.connects_since(trip_mono)
+                after = pump.connects_since(trip_mono)
                 beats = sum(1 for b in (shield.guard_for(host).timeline.beats if shield.guard_for(host) else ())
                             if b.at_s >= trip_mono)  # fmt: skip
                 for s in held:
                     s.close()
-            lines.append(f"| {release} | {trip.sessions_closed} | {asked} | {refused} | {after} | {beats} |")
+            relayed = sum(1 for r in shield.sessions if r.reply == 0 and r.started_at_s >= trip.tripped_at_s)
+            lines.append(f"| {release} | {trip.sessions_closed} | {asked} | {refused} | {relayed} | {after} | "
+                         f"{beats} |")  # fmt: skip
     return "\n".join(lines)
 
 
 async def main(quick: bool) -> str:
     out = await part1(quick)
     out.append(await anyio.to_thread.run_sync(part2))
+    out.append(await part2b())
     out.append(await part3())
     return "\n\n".join(out)
 
