@@ -388,12 +388,15 @@ async def part3() -> str:
     return "\n".join(lines)
 
 
-async def main(quick: bool) -> str:
-    out = await part1(quick)
-    out.append(await anyio.to_thread.run_sync(part2))
-    out.append(await part2b())
-    out.append(await part3())
-    return "\n\n".join(out)
+async def main(quick: bool) -> None:
+    def show(text: str) -> None:  # each part as soon as it is done: a later failure loses nothing
+        print(text + "\n", flush=True)
+
+    for text in await part1(quick):
+        show(text)
+    show(await anyio.to_thread.run_sync(part2))
+    show(await part2b())
+    show(await part3())
 
 
 if __name__ == "__main__":
@@ -407,4 +410,4 @@ if __name__ == "__main__":
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    print(anyio.run(main, args.quick))
+    anyio.run(main, args.quick)

@@ -954,7 +954,9 @@ class Shield:
                 del self._hosts[entry.address]  # new CONNECTs from now on get a fresh entry
                 return
             wake = entry.wake
-            with anyio.move_on_after(min(self._interval_s, max(GUARD_LINGER_S - idle_for, 0.01))):
+            # Sessions end with a poke; the timeout only bounds how late a trip without sessions is seen.
+            wait = self._interval_s if entry.sessions else min(self._interval_s, GUARD_LINGER_S - idle_for)
+            with anyio.move_on_after(max(wait, 0.01)):
                 await wake.wait()
 
     async def _tripped(self, entry: _Host, reason: str | None, in_flight: int) -> None:
