@@ -43,6 +43,7 @@ import errno
 import hmac
 import ipaddress
 import math
+import socket
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
 from anyio.abc import SocketAttribute
 
@@ -63,7 +65,7 @@ from fragileprobe._errors import (
 )
 from fragileprobe._guard import Guard
 from fragileprobe._heartbeat import HttpHeartbeat
-from fragileprobe._probes import DEFAULT_CONNECT_TIMEOUT_S
+from fragileprobe._probes import DEFAULT_CONNECT_TIMEOUT_S, _RawConn
 from fragileprobe._scope import Scope, Target
 from fragileprobe._socks import AuthMethod, Reply
 
@@ -116,12 +118,19 @@ DEFAULT_TOTAL_TIMEOUT_S: Final = 3600.0
 # close()) looks exactly like a half-close on the wire, and a device that does not close on EOF would
 # otherwise keep its slot for the whole idle timeout.
 HALF_CLOSE_IDLE_S: Final = 1.0
+# Accept backlog: nmap opens hundreds of connections at once; the kernel caps it at somaxconn anyway.
+LISTEN_BACKLOG: Final = 1024
+# After accept() fails for lack of descriptors, wait this long before trying again (instead of spinning).
+ACCEPT_BACKOFF_S: Final = 0.1
+# A bulk transfer where every recv and send succeeds at once never reaches an await: yield to the event loop
+# every this many chunks (4 MiB at 256 KiB) so the watchdog and other sessions run.
+CHUNKS_PER_CHECKPOINT: Final = 16
 # A SOCKS client sends greeting and request at once; 10 s allows a slow one and bounds a silent one.
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-# One read per direction: 64 KiB matches the kernel's default loopback segment size and is what one
-# recv() usually returns under bulk load; with one chunk in flight per direction a session holds at most
-# 128 KiB of relay data in user space, whatever it transfers.
-RELAY_CHUNK_BYTES: Final = 65536
+# One read: 256 KiB. Reads go into one scratch buffer shared by all sessions; a session holds relay data of
+# its own only when the destination did not take a chunk at once (at most one chunk per direction: 512 KiB
+# in the worst case, nothing when idle), whatever it transfers.
+RELAY_CHUNK_BYTES: Final = 262144
 # Client connections served at once: each relayed session holds two sockets; 4,096 sessions stay well
 # inside a default 65,536 file-descriptor limit (raise the ulimit before raising this).
 DEFAULT_MAX_SESSIONS: Final = 4096
@@ -478,12 +487,13 @@ class Shield:
             self._jsonl = JsonlAlertSink(alert_file) if alert_file is not None else None
             self._webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
         self._hosts: dict[str, _Host] = {}
+        self._scratch = bytearray(RELAY_CHUNK_BYTES)
         self._profiles: dict[str, tuple[str, int | None]] = {}
         self._assets: dict[str, Any] = {}
         self._recent: deque[ShieldSession] = deque(maxlen=MAX_RECENT_SESSIONS)
         self._trips: list[ShieldTrip] = []
         self._tg: anyio.abc.TaskGroup | None = None
-        self._listener: anyio.abc.Listener[Any] | None = None
+        self._listener: socket.socket | None = None
         self._address: tuple[str, int] | None = None
         self._audit_send: Any = None
         self._audit_receive: Any = None
@@ -513,16 +523,21 @@ class Shield:
             raise RuntimeError("a Shield can be entered once")
         if self._store is not None:
             await anyio.to_thread.run_sync(self._load_inventory, self._store)
+        family = socket.AF_INET6 if ":" in self._listen_host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            listener = await anyio.create_tcp_listener(local_host=self._listen_host,
-                                                       local_port=self._listen_port, reuse_port=False)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self._listen_host, self._listen_port))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
         except OSError as exc:
+            listener.close()
             raise ConfigError(
                 f"Shield: cannot listen on {_hostport(self._listen_host, self._listen_port)}: "
                 f"{exc.strerror or exc}"
             ) from exc
         self._listener = listener
-        sockname = listener.extra(SocketAttribute.local_address)
+        sockname = listener.getsockname()
         self._address = (str(sockname[0]), int(sockname[1]))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -530,7 +545,7 @@ class Shield:
         self._audit_send = send
         self._audit_receive = receive
         self._tg.start_soon(self._audit_writer, receive)
-        self._tg.start_soon(listener.serve, self._handle)
+        self._tg.start_soon(self._accept_loop, listener)
         log.info("shield.listening", host=self._address[0], port=self._address[1], scope=str(self._scope),
                  auth=bool(self._users), clients=str(self._clients), release=self._release_mode)  # fmt: skip
         return self
@@ -544,7 +559,7 @@ class Shield:
             await tg.__aexit__(None, None, None)
         finally:
             if self._listener is not None:
-                await self._listener.aclose()
+                self._listener.close()
             self._flush_audit()
             for stream in (self._audit_send, self._audit_receive):
                 if stream is not None:
@@ -647,9 +662,27 @@ class Shield:
 
     # --- client connections -------------------------------------------------------------------------------
 
-    async def _handle(self, client: anyio.abc.SocketStream) -> None:
-        async with client:
-            remote = client.extra(SocketAttribute.remote_address)
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept clients on our own non-blocking socket: no asyncio transport per client, so the relay can
+        move bytes with plain recv_into/send (a transport buys nothing for a byte pipe and costs a copy)."""
+        assert self._tg is not None
+        while True:
+            await anyio.wait_readable(listener)
+            try:
+                conn, remote = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: back off instead of spinning
+                log.error("shield.accept_failed", error=exc.strerror or str(exc))
+                await anyio.sleep(ACCEPT_BACKOFF_S)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._tg.start_soon(self._handle, conn, remote)
+
+    async def _handle(self, conn: socket.socket, remote: Any) -> None:
+        client = _RawConn(conn, str(remote[0]))
+        try:
             peer_host = str(remote[0])
             peer = _hostport(peer_host, int(remote[1]))
             if peer_host not in self._clients:
@@ -666,8 +699,10 @@ class Shield:
                 await self._serve_client(client, peer)
             finally:
                 self._active -= 1
+        finally:
+            conn.close()
 
-    async def _serve_client(self, client: anyio.abc.SocketStream, peer: str) -> None:
+    async def _serve_client(self, client: _RawConn, peer: str) -> None:
         machine = _socks.SocksServer()
         started = time.time()
         user: str | None = None
@@ -682,7 +717,7 @@ class Shield:
             if exc.reply:
                 await _send_quietly(client, exc.reply)
             return
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        except (anyio.EndOfStream, OSError):
             return
         if event is None:
             return
@@ -697,7 +732,7 @@ class Shield:
         await self._connect(client, machine, event, peer, user, started)
 
     async def _handshake(
-        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, peer: str
+        self, client: _RawConn, machine: _socks.SocksServer, peer: str
     ) -> tuple[_socks.ConnectRequest | _socks.RequestRefused | None, str | None]:
         user: str | None = None
         while True:
@@ -737,7 +772,7 @@ class Shield:
         return None
 
     async def _connect(
-        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, request: _socks.ConnectRequest,
+        self, client: _RawConn, machine: _socks.SocksServer, request: _socks.ConnectRequest,
         peer: str, user: str | None, started: float,
     ) -> None:  # fmt: skip
         host, port = request.host, request.port
@@ -780,7 +815,7 @@ class Shield:
         await finish(outcome, reply, waited_s)
 
     async def _open_and_relay(
-        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, entry: _Host, port: int,
+        self, client: _RawConn, machine: _socks.SocksServer, entry: _Host, port: int,
         t0: float, counters: _Counters,
     ) -> tuple[SessionOutcome, Reply | None, float]:  # fmt: skip
         """Take a slot and connect through the host's Guard, then relay; (outcome, reply, waited_s)."""
@@ -818,13 +853,12 @@ class Shield:
             waited_s = anyio.current_time() - t0
         return outcome, reply, waited_s
     async def _relay(
-        self, client: anyio.abc.SocketStream, machine: _socks.SocksServer, device: ProbeStream,
-        counters: _Counters,
+        self, client: _RawConn, machine: _socks.SocksServer, device: ProbeStream, counters: _Counters,
     ) -> SessionOutcome:  # fmt: skip
         local = device.extra(SocketAttribute.local_address)
         try:
             await client.send(machine.reply(Reply.SUCCEEDED, str(local[0]), int(local[1])))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        except OSError:
             return SessionOutcome.CLIENT_RESET
         device.send_timeout_s = self._idle_timeout_s
         first = machine.trailing_data()
@@ -837,42 +871,76 @@ class Shield:
             self._n["bytes_up"] += len(first)
         with anyio.CancelScope(deadline=anyio.current_time() + self._total_timeout_s) as total:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, client, device, counters, True, tg.cancel_scope)
-                await self._pump(device, client, counters, False, tg.cancel_scope)
+                tg.start_soon(self._pump_up, client.sock, device, counters, tg.cancel_scope)
+                await self._pump_down(device, client.sock, counters, tg.cancel_scope)
         if total.cancelled_caught:
             return SessionOutcome.TOTAL_TIMEOUT
         return counters.outcome
 
-    async def _pump(
-        self, src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream, counters: _Counters, up: bool,
-        relay: anyio.CancelScope,
-    ) -> None:  # fmt: skip
-        """Copy ``src`` to ``dst`` one chunk at a time until EOF, an error, or the idle bound."""
-        src_reset = SessionOutcome.CLIENT_RESET if up else SessionOutcome.DEVICE_RESET
-        dst_reset = SessionOutcome.DEVICE_RESET if up else SessionOutcome.CLIENT_RESET
-        broken = (ProbeError, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+    def _eof(self, counters: _Counters, relay: anyio.CancelScope) -> bool:
+        """Note one side's FIN; True if it was the first (forward it), False if both are done."""
+        first = not counters.eof
+        counters.eof = True
+        counters.last = anyio.current_time()
+        if not first:
+            relay.cancel()  # both sides have sent FIN: done
+        return first
+
+    def _broken(self, counters: _Counters, outcome: SessionOutcome, relay: anyio.CancelScope) -> None:
+        counters.outcome = outcome
+        relay.cancel()
+
+    async def _pump_up(
+        self, src: socket.socket, device: ProbeStream, counters: _Counters, relay: anyio.CancelScope
+    ) -> None:
+        """Client -> device: recv_into the shared scratch buffer, then send; the next read waits until the
+        device took this chunk (backpressure)."""
+        scratch = self._scratch
         while True:
-            idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
+            try:
+                n = src.recv_into(scratch)
+            except BlockingIOError:
+                if not await self._wait(src, counters, relay):
+                    return
+                continue
+            except OSError:
+                return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
+            if n == 0:
+                if self._eof(counters, relay):
+                    with contextlib.suppress(ProbeError):  # the device is gone too: its pump sees it
+                        await device.send_eof()
+                return
+            counters.last = anyio.current_time()
+            data = bytes(scratch[:n])  # copied out before the await: the buffer is shared
+            try:
+                await device.send(data)
+            except ProbeTimeoutError:
+                return self._broken(counters, SessionOutcome.IDLE_TIMEOUT, relay)
+            except ProbeError:
+                return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
+            counters.up += n
+            self._n["bytes_up"] += n
+
+    async def _pump_down(
+        self, device: ProbeStream, dst: socket.socket, counters: _Counters, relay: anyio.CancelScope
+    ) -> None:
+        """Device -> client: one chunk read at a time (the stream's transport reads only while we wait for
+        it), sent on the client's own socket; the next read waits until the client took this one."""
+        chunks = 0
+        while True:
             data = b""
+            idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
             with anyio.move_on_after(counters.last + idle - anyio.current_time()):
                 try:
-                    data = await src.receive(RELAY_CHUNK_BYTES)
+                    data = await device.receive(RELAY_CHUNK_BYTES)
                 except anyio.EndOfStream:
-                    first_eof = not counters.eof
-                    counters.eof = True
-                    counters.last = anyio.current_time()
-                    if first_eof:
-                        with contextlib.suppress(*broken):  # the other side is gone too: its pump sees it
-                            await dst.send_eof()
-                        return
-                    relay.cancel()  # both sides have sent FIN: done
+                    if self._eof(counters, relay):
+                        with contextlib.suppress(OSError):
+                            dst.shutdown(socket.SHUT_WR)
                     return
-                except broken:
-                    counters.outcome = src_reset
-                    relay.cancel()
-                    return
+                except ProbeError:
+                    return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
             if not data:
-                idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
                 if anyio.current_time() - counters.last >= idle:
                     if not counters.eof:
                         counters.outcome = SessionOutcome.IDLE_TIMEOUT
@@ -880,26 +948,35 @@ class Shield:
                     return
                 continue
             counters.last = anyio.current_time()
-            try:
-                if up:
-                    await dst.send(data)
-                else:
-                    with anyio.fail_after(self._idle_timeout_s):  # a client that stopped reading
-                        await dst.send(data)
-            except TimeoutError:
-                counters.outcome = SessionOutcome.IDLE_TIMEOUT
-                relay.cancel()
-                return
-            except broken:
-                counters.outcome = dst_reset
-                relay.cancel()
-                return
-            if up:
-                counters.up += len(data)
-                self._n["bytes_up"] += len(data)
-            else:
-                counters.down += len(data)
-                self._n["bytes_down"] += len(data)
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[dst.send(view):]
+                except BlockingIOError:
+                    if not await self._wait(dst, counters, relay, readable=False):
+                        return
+                except OSError:
+                    return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
+            counters.down += len(data)
+            self._n["bytes_down"] += len(data)
+            chunks += 1
+            if chunks % CHUNKS_PER_CHECKPOINT == 0:
+                # When every read and send completes at once nothing awaits for long: let others run.
+                await anyio.lowlevel.checkpoint()
+
+    async def _wait(self, sock: socket.socket, counters: _Counters, relay: anyio.CancelScope, *,
+                    readable: bool = True) -> bool:  # fmt: skip
+        """Wait until ``sock`` is ready, bounded by the idle rule; False (and the relay cancelled) if idle."""
+        idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
+        remaining = counters.last + idle - anyio.current_time()
+        if remaining > 0:
+            with anyio.move_on_after(remaining):
+                await (anyio.wait_readable(sock) if readable else anyio.wait_writable(sock))
+                return True
+        if not counters.eof:
+            counters.outcome = SessionOutcome.IDLE_TIMEOUT
+        relay.cancel()
+        return False
 
     # --- hosts: one Guard each ----------------------------------------------------------------------------
 
@@ -1074,13 +1151,10 @@ class Shield:
                 await self._webhook.send(trip)
 
 
-async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:
+async def _send_quietly(stream: _RawConn, data: bytes) -> None:
     """Send a last answer to a client we are about to close; a client already gone changes nothing."""
-    try:
-        with anyio.move_on_after(HANDSHAKE_TIMEOUT_S):
-            await stream.send(data)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
+    with contextlib.suppress(OSError), anyio.move_on_after(HANDSHAKE_TIMEOUT_S):
+        await stream.send(data)
 
 
 def recent_by_host(sessions: Sequence[ShieldSession]) -> dict[str, list[ShieldSession]]:
