@@ -97,7 +97,8 @@ async def recover(fleet: Fleet) -> None:
             await device.power_cycle(boot_delay_s=0.05)
 
 
-async def measured(fleet: Fleet, name: str, cmd: list[str], note: str = "") -> Row:
+async def measured(fleet: Fleet, name: str, cmd: list[str], note: str = "", store: Path | None = None) -> Row:
+    started = time.time()
     await recover(fleet)
     await anyio.sleep(0.5)
     before = {h: d.stats.crashes for h, d in fleet.devices.items()}
@@ -107,7 +108,15 @@ async def measured(fleet: Fleet, name: str, cmd: list[str], note: str = "") -> R
     hosts, services, timed_out = parse_nmap(out)
     extra = f"{timed_out} host(s) hit --host-timeout" if timed_out else ""
     summary = re.search(r"shield: .*", err)
-    notes = "; ".join(x for x in (note, extra, summary.group(0) if summary else "") if x)
+    outcomes = ""
+    if store is not None:
+        with ProfileStore(store) as db:
+            rows = [r for r in db.shield_sessions() if r["started_at_s"] >= started]
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        outcomes = "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    notes = "; ".join(x for x in (note, extra, summary.group(0) if summary else "", outcomes) if x)
     return Row(name, wall, hosts, services, hung, notes)
 
 
@@ -143,7 +152,10 @@ async def part1(quick: bool) -> list[str]:
             rows = [
                 await measured(fleet, "nmap -sT", nmap_cmd(["-sT"], targets)),
                 await measured(fleet, "nmap -sT through the shield",
-                               shield_cmd(store, [], nmap_cmd(["-sT"], targets))),
+                               shield_cmd(store, [], nmap_cmd(["-sT"], targets)), store=store),
+                await measured(fleet, "nmap -sT --max-parallelism 1 through the shield",
+                               shield_cmd(store, [], nmap_cmd(["-sT", "--max-parallelism", "1"], targets)),
+                               "what --exec advises", store=store),
             ]
             out.append(table(rows, f"Part 1: whole fleet ({len(targets)} addresses, {len(config.devices)} devices, "
                                    f"{len(FLEET_PORTS)} ports, default timing)"))
@@ -155,7 +167,10 @@ async def part1(quick: bool) -> list[str]:
             rows_sv = [
                 await measured(fleet, "nmap -sT -sV", nmap_cmd(sv, one_each)),
                 await measured(fleet, "nmap -sT -sV through the shield",
-                               shield_cmd(store, [], nmap_cmd(sv, one_each))),
+                               shield_cmd(store, [], nmap_cmd(sv, one_each)), store=store),
+                await measured(fleet, "nmap -sT -sV --max-parallelism 1 through the shield",
+                               shield_cmd(store, [], nmap_cmd([*sv, "--max-parallelism", "1"], one_each)),
+                               "what --exec advises for -sV", store=store),
             ]
             out.append(table(rows_sv, f"Part 1b: version detection, one device of each model ({len(one_each)} "
                                       f"hosts; nmap --host-timeout {SV_HOST_TIMEOUT_S}s)"))

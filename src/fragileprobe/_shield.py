@@ -1249,6 +1249,12 @@ def check_exec_command(argv: Sequence[str], *, root: bool) -> list[str]:
         raise ConfigError("--exec nmap as root pings hosts with raw packets first: add -Pn")
     if "-n" not in args:
         warnings.append("nmap without -n resolves addresses itself (DNS does not go through the shield)")
+    if "--max-parallelism" not in args:
+        warnings.append(
+            "nmap through proxychains stops inside every connect() until the shield answers: a connect that "
+            "waits for a device's slot freezes the whole scan, sessions nmap holds cannot end meanwhile, and "
+            "after --slot-wait the port is refused and reported closed; add --max-parallelism 1"
+        )
     return warnings
 
 
