@@ -94,6 +94,11 @@ _LAZY: dict[str, str] = {
     "NotebookDiscoveryProgress": "_progress",
     "ReportFiles": "_report",
     "write_report": "_report",
+    # the shield: a SOCKS5 server that puts any scanner behind the ceiling and the watchdog
+    "Shield": "_shield",
+    "ShieldSession": "_shield",
+    "ShieldStats": "_shield",
+    "ShieldTrip": "_shield",
     # raw packets (optional extra fragileprobe[raw]; scapy is imported only when a feature runs)
     "CaptureSummary": "_raw",
     "IcmpHeartbeat": "_raw",
@@ -341,6 +346,18 @@ if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checke
     )
     from fragileprobe._scope import (
         parse_targets as parse_targets,
+    )
+    from fragileprobe._shield import (
+        Shield as Shield,
+    )
+    from fragileprobe._shield import (
+        ShieldSession as ShieldSession,
+    )
+    from fragileprobe._shield import (
+        ShieldStats as ShieldStats,
+    )
+    from fragileprobe._shield import (
+        ShieldTrip as ShieldTrip,
     )
     from fragileprobe._store import (
         ProfileStore as ProfileStore,

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MEDICAL_KINDS",
     "Alert",
+    "AlertRecord",
     "GroupMatch",
     "HostView",
     "JsonlAlertSink",
@@ -621,6 +622,15 @@ def alert_for(host: HostView, matches: Sequence[GroupMatch], *, first_seen: str)
                  groups=tuple(m.group for m in matches))
 
 
+class AlertRecord(Protocol):
+    """What the file and webhook sinks need from an alert: a zone :class:`Alert`, or a shield trip."""
+
+    @property
+    def host(self) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
 def log_alert(alert: Alert) -> None:
     """Send an alert to structlog as ``discovery.alert`` (warning level)."""
     log.warning("discovery.alert", host=alert.host, model=alert.model, zone=alert.zone,
@@ -651,7 +661,7 @@ class JsonlAlertSink:
         except OSError as exc:
             raise ConfigError(f"alert file {self.path}: cannot append to it: {exc.strerror or exc}") from exc
 
-    def write(self, alert: Alert) -> bool:
+    def write(self, alert: AlertRecord) -> bool:
         """Append ``alert``; return False (and log) if the file could not be written."""
         try:
             with self.path.open("a", encoding="utf-8") as fh:
@@ -700,7 +710,7 @@ class WebhookAlertSink:
         # on regardless.
         self.failures = 0
 
-    async def send(self, alert: Alert) -> bool:
+    async def send(self, alert: AlertRecord) -> bool:
         """POST ``alert``; return True on a 2xx answer."""
         import anyio  # local: keeps `import fragileprobe._groups` free of the event-loop library
         import anyio.abc

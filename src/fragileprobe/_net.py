@@ -24,9 +24,12 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "CLOSE_DRAIN_MAX_BYTES",
@@ -177,6 +180,21 @@ class SocketConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """anyio's socket attributes (local and remote address and port, family, the raw socket)."""
+        from anyio.abc import SocketAttribute
+
+        sock = self.sock
+        return {
+            SocketAttribute.family: lambda: sock.family,
+            SocketAttribute.local_address: sock.getsockname,
+            SocketAttribute.local_port: lambda: sock.getsockname()[1],
+            SocketAttribute.remote_address: sock.getpeername,
+            SocketAttribute.remote_port: lambda: sock.getpeername()[1],
+            SocketAttribute.raw_socket: lambda: sock,
+        }
 
     def abort(self) -> None:
         # SO_LINGER with a zero timeout turns close() into an RST (and skips TIME_WAIT on our side).

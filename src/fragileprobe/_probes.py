@@ -60,7 +60,7 @@ from fragileprobe._numbers import device_decimal, device_hex
 from fragileprobe._sessions import HeldConnection
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from fragileprobe._net import Connection, Network
     from fragileprobe._scope import Scope
@@ -399,6 +399,12 @@ class ProbeStream(anyio.abc.ByteStream):
             return
         with anyio.CancelScope(shield=True):
             await _end(self._conn, anyio.current_time() + CLOSE_WAIT_S)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The connection's typed attributes (anyio's ``SocketAttribute`` for a real socket)."""
+        extra: Mapping[Any, Callable[[], Any]] = getattr(self._conn, "extra_attributes", {})
+        return extra
 
     async def abort(self) -> None:
         """End the session without waiting here (used when the work was cancelled or failed).

@@ -42,7 +42,7 @@ from fragileprobe._errors import ConfigError, ScopeError
 from fragileprobe._net import DEFAULT_NETWORK, Connection, Network, linger_close
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -184,8 +184,12 @@ class DeviceSessions:
         if tg is None:
             return None
         # The linger tasks are shielded and bounded by linger_s: this waits for the device to let go of
-        # every session before the ledger is gone, even when the caller is being cancelled.
-        return await tg.__aexit__(exc_type, exc, tb)
+        # every session before the ledger is gone, even when the caller is being cancelled. The caller's
+        # exception is not handed to the task group: it has nothing to do with the lingers, and a task group
+        # that re-raised the very exception an exit stack is unwinding would link it into its own context
+        # chain (a cycle anyio's task bookkeeping then walks for ever). It propagates on its own.
+        await tg.__aexit__(None, None, None)
+        return None
 
     def pool(self, limiter: ConcurrencyLimiter, *, gate: Callable[[], None] | None = None) -> SessionPool:
         """The slots of ``limiter``, accounted here. ``gate`` runs synchronously right before each connect
@@ -442,6 +446,12 @@ class HeldConnection:
 
     def send_eof(self) -> None:
         self._conn.send_eof()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The underlying connection's typed attributes (a socket's addresses), if it has any."""
+        extra: Mapping[Any, Callable[[], Any]] = getattr(self._conn, "extra_attributes", {})
+        return extra
 
     def end(self) -> None:
         """Our side is done (idempotent): the ledger lingers, then gives the slot back."""

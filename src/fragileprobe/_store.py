@@ -32,7 +32,7 @@ Durability rules:
   byte-identical, with no ``-wal``/``-shm`` file left beside it. A store from before the id existed
   (id 0, only our tables) is stamped when it is opened.
 
-Tables (schema version 1)::
+Tables (schema version 2; version 2 added the two ``shield_*`` tables)::
 
     runs(run_id, host, model_key, name, params_json, started_at_s, finished_at_s, status, result_json)
     trials(run_id, trial_index, trial_json, recorded_at_s)     one row per trial (finished or not), never
@@ -49,6 +49,13 @@ Added by schema version 2 (site agents, ``fragileprobe.sites``)::
     site_jobs(job_id, batch_id, site, kind, hosts_json, params_json, state, owner, submitted_at_s,
               started_at_s, finished_at_s, expires_at_s, hosts_done, result_json, error)
     device_holds(device, job_id, reason, held_at_s)   devices no job may touch until released
+
+Added by schema version 3 (the shield's audit trail, ``fragileprobe.Shield``)::
+
+    shield_sessions(session_id, host, port, client, username, started_at_s, ended_at_s, bytes_up,
+                    bytes_down, outcome, reply, ceiling, limit_source, waited_s)   one row per shield session
+    shield_trips(trip_id, host, tripped_at_s, reason, sessions_closed, ceiling, limit_source,
+                 released_at_s, released_by)                                    devices the shield tripped
 """
 
 from __future__ import annotations
@@ -189,9 +196,41 @@ CREATE TABLE IF NOT EXISTS device_holds (
     held_at_s REAL NOT NULL
 );
 """
+# --- shield audit tables (schema version 3) ----------------------------------------------------------------
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS shield_sessions (
+    session_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    client TEXT NOT NULL,
+    username TEXT,
+    started_at_s REAL NOT NULL,
+    ended_at_s REAL NOT NULL,
+    bytes_up INTEGER NOT NULL,
+    bytes_down INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    reply INTEGER,
+    ceiling INTEGER,
+    limit_source TEXT,
+    waited_s REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shield_sessions_host ON shield_sessions(host, started_at_s);
+CREATE TABLE IF NOT EXISTS shield_trips (
+    trip_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host TEXT NOT NULL,
+    tripped_at_s REAL NOT NULL,
+    reason TEXT,
+    sessions_closed INTEGER NOT NULL,
+    ceiling INTEGER,
+    limit_source TEXT,
+    released_at_s REAL,
+    released_by TEXT
+);
+CREATE INDEX IF NOT EXISTS shield_trips_host ON shield_trips(host, tripped_at_s);
+"""
 # The schema as steps: _MIGRATIONS[i] brings a store from version i to i + 1. Never edit a released step;
 # add a new one (the backends apply the missing steps in one write transaction).
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -710,6 +749,49 @@ class ProfileStore:
         """Every stored alert, oldest first (the dicts given to :meth:`record_alert`)."""
         return [json.loads(r[0]) for r in self._query("SELECT alert_json FROM alerts ORDER BY alert_id")]
 
+    # --- shield audit (schema version 3) -----------------------------------------------------------------
+    def record_shield_sessions(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Store shield session records (``ShieldSession.to_dict()``) in one transaction; return how many."""
+        values = [tuple(r.get(c) for c in _SHIELD_SESSION_COLUMNS) for r in rows]
+        if values:
+            with self._tx() as conn:  # one transaction; the backend seam has no executemany
+                for value in values:
+                    conn.execute(_SHIELD_SESSION_INSERT, value)
+        return len(values)
+
+    def shield_sessions(self, host: str | None = None) -> list[dict[str, Any]]:
+        """Stored shield sessions (all, or one destination host's), in start order."""
+        where, args = (" WHERE host = ?", (host,)) if host is not None else ("", ())
+        rows = self._query(f"SELECT {', '.join(_SHIELD_SESSION_COLUMNS)} FROM shield_sessions{where} "
+                           "ORDER BY started_at_s, session_id", args)  # fmt: skip
+        return [dict(zip(_SHIELD_SESSION_COLUMNS, r, strict=True)) for r in rows]
+
+    def record_shield_trip(self, trip: Mapping[str, Any]) -> int:
+        """Store one shield trip (``ShieldTrip.to_dict()``); return its id."""
+        with self._tx() as conn:
+            trip_id = conn.execute(
+                _SHIELD_TRIP_INSERT + " RETURNING trip_id", tuple(trip.get(c) for c in _SHIELD_TRIP_COLUMNS)
+            ).fetchone()[0]
+        return int(trip_id)
+
+    def finish_shield_trip(
+        self, host: str, tripped_at_s: float, released_at_s: float, released_by: str
+    ) -> None:
+        """Record when and how a shield trip of ``host`` (tripped at ``tripped_at_s``) ended."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE shield_trips SET released_at_s = ?, released_by = ? "
+                "WHERE host = ? AND tripped_at_s = ?",
+                (released_at_s, released_by, host, tripped_at_s),
+            )
+
+    def shield_trips(self, host: str | None = None) -> list[dict[str, Any]]:
+        """Stored shield trips (all, or one host's), oldest first."""
+        where, args = (" WHERE host = ?", (host,)) if host is not None else ("", ())
+        rows = self._query(f"SELECT {', '.join(_SHIELD_TRIP_COLUMNS)} FROM shield_trips{where} "
+                           "ORDER BY tripped_at_s, trip_id", args)  # fmt: skip
+        return [dict(zip(_SHIELD_TRIP_COLUMNS, r, strict=True)) for r in rows]
+
 
 _RUN_SELECT = (
     "SELECT run_id, host, model_key, name, params_json, started_at_s, finished_at_s, status FROM runs"
@@ -767,3 +849,21 @@ def _scan_row(row: tuple[Any, ...]) -> ScanRow:
 
 def _with_run_id(char: Characterization, run_id: str) -> Characterization:
     return dataclasses.replace(char, run_id=run_id)
+
+
+_SHIELD_SESSION_COLUMNS = (
+    "host", "port", "client", "username", "started_at_s", "ended_at_s", "bytes_up", "bytes_down", "outcome",
+    "reply", "ceiling", "limit_source", "waited_s",
+)
+_SHIELD_SESSION_INSERT = (
+    f"INSERT INTO shield_sessions({', '.join(_SHIELD_SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _SHIELD_SESSION_COLUMNS)})"
+)
+_SHIELD_TRIP_COLUMNS = (
+    "host", "tripped_at_s", "reason", "sessions_closed", "ceiling", "limit_source", "released_at_s",
+    "released_by",
+)
+_SHIELD_TRIP_INSERT = (
+    f"INSERT INTO shield_trips({', '.join(_SHIELD_TRIP_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _SHIELD_TRIP_COLUMNS)})"
+)

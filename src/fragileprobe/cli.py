@@ -1426,10 +1426,168 @@ def _subject_from_store(
     if not history:
         if model is not None:
             _fail(f"--model: no characterization of {model!r} in {db.path}")
-        if db.assets():
+        if db.assets() or db.shield_sessions():
             return _report.discovery_dict_from_store(db)
         _fail(f"--store: {db.path} holds no characterization and no discovery inventory")
     return history[-1]
+
+
+# --- shield --------------------------------------------------------------------------------------------
+_SHIELD_HELP = """A SOCKS5 proxy that holds each device to its ceiling and trips it when it stops answering.
+
+Point any scanner's SOCKS5 proxy at it, or run the tool behind it with --exec (proxychains-ng):
+
+  fragileprobe shield --scope 10.20.0.0/24 --store fp.db --exec -- nmap -sT -sV -Pn -n 10.20.0.0/24
+
+Every CONNECT must be an IP literal in --scope; each destination host gets at most its ceiling of sessions
+(its model's stored ceiling, 1 for unknown medical devices, --default-ceiling otherwise); a device that fails
+its heartbeat is tripped: its sessions are closed, new ones refused, an alert raised. Listens on loopback
+unless --listen says otherwise, which then needs --user and --allow-client. As operator release
+(--release operator), send SIGUSR1 to release every tripped device. Sessions and trips go to --store."""
+
+
+def _parse_pairs(items: list[str] | None, option: str, sep: str = "=") -> list[tuple[str, str]]:
+    pairs = []
+    for item in items or []:
+        left, found, right = item.partition(sep)
+        if not found or not left or not right:
+            _fail(f"{option}: {item!r} is not LEFT{sep}RIGHT")
+        pairs.append((left, right))
+    return pairs
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        _fail(f"--listen: {text!r} is not HOST:PORT (an IP literal, e.g. 127.0.0.1:1080)")
+    return host, int(port)
+
+
+@app.command(help=_SHIELD_HELP, epilog=_EXIT_CODES_HELP)
+def shield(
+    command: Annotated[
+        list[str] | None, typer.Argument(help="With --exec: the command to run behind the shield (after --).")
+    ] = None,
+    scope: Annotated[str, typer.Option(help="Authorized destinations (comma-separated CIDRs).")] = "",
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen at (127.0.0.1:1080; a free port with --exec).")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Profile store: ceilings and inventory in, sessions and trips out.")
+    ] = None,
+    default_ceiling: Annotated[int, typer.Option(help="Ceiling of hosts not known to be fragile.")] = 4,
+    medical_ceiling: Annotated[int, typer.Option(help="Ceiling of medical devices of unknown models.")] = 1,
+    ceiling: Annotated[
+        list[str] | None, typer.Option(help="HOST=N: a ceiling for one host (0 refuses it; repeatable).")
+    ] = None,
+    heartbeat: Annotated[
+        list[str] | None, typer.Option(help="HOST=PORT: HTTP heartbeat on that port (repeatable).")
+    ] = None,
+    heartbeat_port: Annotated[
+        int | None, typer.Option(help="HTTP heartbeat port for hosts without one from the inventory.")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 1.0,
+    release: Annotated[str, typer.Option(help="'auto' (healthy beats) or 'operator' (SIGUSR1).")] = "auto",
+    release_beats: Annotated[int, typer.Option(help="Healthy beats in a row that end a trip.")] = 3,
+    slot_wait: Annotated[float, typer.Option(help="Seconds a CONNECT over the ceiling waits.")] = 5.0,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds an upstream connect may take.")] = 2.0,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds of silence that close a session.")] = 300.0,
+    total_timeout: Annotated[float, typer.Option(help="Longest relayed session, in seconds.")] = 3600.0,
+    allow_printer_ports: Annotated[bool, typer.Option(help="Relay to ports 9100-9107 too.")] = False,
+    user: Annotated[
+        list[str] | None, typer.Option(help="NAME:PASSWORD for RFC 1929 login (repeatable; visible in ps).")
+    ] = None,
+    allow_client: Annotated[
+        list[str] | None, typer.Option(help="Client address/CIDR allowed to connect (repeatable).")
+    ] = None,
+    alerts: Annotated[Path | None, typer.Option(help="Append trip alerts to this JSON-lines file.")] = None,
+    webhook: Annotated[str | None, typer.Option(help="POST each trip alert as JSON to this URL.")] = None,
+    exec_: Annotated[bool, typer.Option("--exec", help="Run COMMAND behind the shield, then stop.")] = False,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """SOCKS5 shield (see _SHIELD_HELP)."""
+    from fragileprobe._heartbeat import HttpHeartbeat
+    from fragileprobe._scope import Scope
+    from fragileprobe._shield import Shield, check_exec_command, run_behind
+
+    _configure_logging(_log_level(log_level))
+    if not scope:
+        _fail("--scope: give the authorized destinations, e.g. --scope 10.20.0.0/24")
+    if command and not exec_:
+        _fail("a command was given without --exec")
+    host, port = _parse_listen(listen) if listen else ("127.0.0.1", 0 if exec_ else 1080)
+    users = dict(_parse_pairs(user, "--user", ":"))
+    try:
+        if exec_:
+            for warning in check_exec_command(command or [], root=_is_root()):
+                _err.print(f"warning: {escape(warning)}")
+        ceilings = {h: _int_option("--ceiling", v) for h, v in _parse_pairs(ceiling, "--ceiling")}
+        beats = {h: HttpHeartbeat(port=_int_option("--heartbeat", p), expect_status=None)
+                 for h, p in _parse_pairs(heartbeat, "--heartbeat")}  # fmt: skip
+        default_beat = HttpHeartbeat(port=heartbeat_port, expect_status=None) if heartbeat_port else None
+        db = _open_store(store) if store is not None else None
+        server = Shield(
+            scope=Scope(scope), listen_host=host, listen_port=port, store=db,
+            default_ceiling=default_ceiling, medical_ceiling=medical_ceiling, ceilings=ceilings,
+            heartbeats=beats, default_heartbeat=default_beat,
+            heartbeat_interval_s=interval, release=release, release_beats=release_beats,  # type: ignore[arg-type]
+            slot_wait_s=slot_wait, connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout,
+            total_timeout_s=total_timeout, allow_printer_ports=allow_printer_ports, users=users or None,
+            allow_clients=allow_client, alert_file=str(alerts) if alerts else None, webhook_url=webhook,
+        )  # fmt: skip
+    except FragileProbeError as exc:
+        _fail(str(exc))
+    login = next(iter(users.items()), (None, None))
+
+    async def run() -> int:
+        async with server:
+            h, p = server.address
+            _err.print(f"shield listening on {escape(h)}:{p} (scope {escape(scope)})")
+            if exec_:
+                return await run_behind(server, command or [], username=login[0], password=login[1])
+            with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+                async for _ in signals:
+                    blocked = [t.host for t in server.trips if t.released_at_s is None]
+                    released = [h for h in blocked if server.release(h)]
+                    _err.print(f"released: {', '.join(released) or 'nothing was blocked'}")
+            return 0
+
+    try:
+        try:
+            code, interrupted = anyio.run(lambda: _interruptible(run))
+        except FragileProbeError as exc:
+            _handle_library_error(exc)
+        stats = server.stats
+        _err.print(
+            f"shield: {stats.sessions} session(s), {stats.relayed} relayed, {stats.refused} refused, "
+            f"{stats.trips} trip(s), {stats.bytes_up} bytes up, {stats.bytes_down} bytes down"
+        )
+        for trip in server.trips:
+            _err.print(f"[bold red]TRIP[/] {escape(trip.host)}: {escape(str(trip.reason))}; "
+                       f"{trip.sessions_closed} session(s) closed")  # fmt: skip
+    finally:
+        if db is not None:
+            db.close()
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if exec_:
+        raise typer.Exit(int(code or 0))
+    if server.trips:
+        raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def _int_option(option: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        _fail(f"{option}: {text!r} is not an integer")
 
 
 def main() -> None:

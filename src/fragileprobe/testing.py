@@ -362,7 +362,9 @@ class FakeNetwork:
         tg, self._tg = self._tg, None
         assert tg is not None
         tg.cancel_scope.cancel()  # the devices are switched off with the network
-        return await tg.__aexit__(exc_type, exc, tb)
+        # Not handed the caller's exception (see DeviceSessions.__aexit__): it propagates on its own.
+        await tg.__aexit__(None, None, None)
+        return None
 
     # --- configuration ---------------------------------------------------------------------------------
 

@@ -1,0 +1,1297 @@
+"""Shield: a SOCKS5 server that puts any scanner behind fragileprobe's ceiling and watchdog.
+
+::
+
+    async with Shield(scope=Scope("10.20.0.0/24"), store=ProfileStore("fp.db")) as shield:
+        print(shield.address)          # ('127.0.0.1', 1080): point the scanner's SOCKS5 proxy here
+        await shield.wait_closed()     # or do other work; leaving the block stops it
+
+For every CONNECT (the protocol is :mod:`fragileprobe._socks`, sans-IO):
+
+1. **scope**: the destination must be an IP literal inside ``scope``; a name (never resolved), an
+   out-of-scope address, a printer port 9100-9107 (unless ``allow_printer_ports``) or a host whose stored
+   ceiling is 0 ("do not scan") is refused with 0x02 "connection not allowed by ruleset"; nothing is sent.
+2. **ceiling**: the destination host's :class:`~fragileprobe.Guard` (created lazily, one per host, kept while
+   the host has sessions or is tripped, closed after :data:`GUARD_LINGER_S` idle) gives the session a slot of
+   the host's ceiling: a per-host override, else the stored ceiling of the host's model (inventory model key
+   -> :class:`~fragileprobe.ProfileStore` profile), else :data:`MEDICAL_CEILING` for hosts in the
+   "Medical Device?" group, else ``default_ceiling``. Over the ceiling a CONNECT waits at most
+   ``slot_wait_s``, then is refused (0x02); it is never relayed over the ceiling.
+3. **upstream**: the connect is ``guard.connect(port)``: the Guard does the device-side session accounting
+   (the slot is held until the device has let go). Its result is the reply (see :func:`reply_for`).
+4. **watchdog**: when a heartbeat is known for the host (``heartbeats``, else the inventory's web port, else
+   ``default_heartbeat``) the Guard's watchdog beats it while the Guard is open. When it declares the device
+   down the Guard cancels every relayed session to it at once and refuses new ones; the shield records a
+   trip, raises an alert (structlog, JSON-lines file, store, webhook) and keeps the host blocked until
+   ``release_beats`` healthy beats in a row (or, with ``release="operator"``, until :meth:`Shield.release`).
+   Other hosts are not affected.
+5. **relay**: one chunk of at most :data:`RELAY_CHUNK_BYTES` in flight per direction (a send waits for the
+   other side to take the bytes: backpressure), idle and total timeouts, byte counts per direction. Memory
+   grows with sessions, not with bytes.
+6. **audit**: every session ends as one :class:`ShieldSession` record: a ``shield.session`` structlog event,
+   a row in the store (written in batches by one task), and the shield's recent-session list.
+
+Not an open proxy: loopback by default; any other listen address needs ``users`` (RFC 1929) and
+``allow_clients``. A client outside the allow-list is closed before one byte is read from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import hmac
+import ipaddress
+import math
+import socket
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import structlog
+from anyio.abc import SocketAttribute
+
+from fragileprobe import _socks
+from fragileprobe._errors import (
+    ConfigError,
+    DeviceDownError,
+    ProbeError,
+    ProbeRefusedError,
+    ProbeTimeoutError,
+)
+from fragileprobe._guard import Guard, opens_session
+from fragileprobe._heartbeat import HttpHeartbeat
+from fragileprobe._net import SocketConnection
+from fragileprobe._probes import DEFAULT_CONNECT_TIMEOUT_S
+from fragileprobe._scope import Scope, Target
+from fragileprobe._socks import AuthMethod, Reply
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from fragileprobe._groups import JsonlAlertSink, WebhookAlertSink
+    from fragileprobe._heartbeat import Heartbeat
+    from fragileprobe._probes import ProbeStream
+    from fragileprobe._store import ProfileStore
+
+__all__ = [
+    "DEFAULT_CEILING",
+    "GUARD_LINGER_S",
+    "MEDICAL_CEILING",
+    "PRINTER_PORTS",
+    "RELAY_CHUNK_BYTES",
+    "SessionOutcome",
+    "Shield",
+    "ShieldSession",
+    "ShieldStats",
+    "ShieldTrip",
+    "reply_for",
+]
+
+log = structlog.get_logger(__name__)
+
+# --- limits, each with its reason ---------------------------------------------------------------------------
+
+# IANA's port for SOCKS.
+DEFAULT_LISTEN_PORT: Final = 1080
+# Hosts the inventory knows nothing fragile about: Greenbone's task default of 4 checks per host at once
+# (ANCHORS.md). A host whose model has a stored profile always gets that ceiling instead.
+DEFAULT_CEILING: Final = 4
+# Hosts that look medical but whose model has no stored ceiling: two sessions on the device, one relayed
+# session at a time beside the shield's heartbeat (a ceiling counts every session the device holds, the
+# heartbeat's included; docs/guarantees.md).
+MEDICAL_CEILING: Final = 2
+MEDICAL_GROUP: Final = "Medical Device?"
+# How long a CONNECT over the ceiling waits for a slot before it is refused. proxychains-ng blocks the whole
+# tool inside connect() while it waits for our reply (it makes the socket blocking for the handshake), so a
+# long wait stalls the scanner; 5 s lets a queued nmap -sV probe through after one short service probe.
+DEFAULT_SLOT_WAIT_S: Final = 5.0
+# A relayed session with no byte in either direction for this long is closed: an interactive session
+# survives a pause, a scanner's forgotten connection does not hold one of a device's few slots for ever.
+DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
+# Hard bound on one relayed session.
+DEFAULT_TOTAL_TIMEOUT_S: Final = 3600.0
+# After either side's FIN, the other side gets this much silence to finish. A full close (nmap -sT's
+# close()) looks exactly like a half-close on the wire, and a device that does not close on EOF would
+# otherwise keep its slot for the whole idle timeout.
+HALF_CLOSE_IDLE_S: Final = 1.0
+# Accept backlog: nmap opens hundreds of connections at once; the kernel caps it at somaxconn anyway.
+LISTEN_BACKLOG: Final = 1024
+# After accept() fails for lack of descriptors, wait this long before trying again (instead of spinning).
+ACCEPT_BACKOFF_S: Final = 0.1
+# A bulk transfer where every recv and send succeeds at once never reaches an await: yield to the event loop
+# every this many chunks (4 MiB at 256 KiB) so the watchdog and other sessions run.
+CHUNKS_PER_CHECKPOINT: Final = 16
+# A SOCKS client sends greeting and request at once; 10 s allows a slow one and bounds a silent one.
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+# One read: 256 KiB. Reads go into one scratch buffer shared by all sessions; a session holds relay data of
+# its own only when the destination did not take a chunk at once (at most one chunk per direction: 512 KiB
+# in the worst case, nothing when idle), whatever it transfers.
+RELAY_CHUNK_BYTES: Final = 262144
+# Client connections served at once: each relayed session holds two sockets; 4,096 sessions stay well
+# inside a default 65,536 file-descriptor limit (raise the ulimit before raising this).
+DEFAULT_MAX_SESSIONS: Final = 4096
+# A host's Guard stays open this long after its last session, so a scanner that opens one connection after
+# another (nmap -sT through proxychains is serial) does not pay a new Guard and a first heartbeat each time.
+GUARD_LINGER_S: Final = 5.0
+# Healthy beats in a row that end a trip (with release="auto"): one good beat right after a hang can be a
+# device half-way through rebooting; three seconds of health at the default interval is a working one.
+DEFAULT_RELEASE_BEATS: Final = 3
+# Session records kept in memory for ``Shield.sessions`` (the store keeps all of them).
+MAX_RECENT_SESSIONS: Final = 10_000
+# Store writes: session records queue here and are committed in batches (one transaction each), so a scan
+# of thousands of ports does not pay thousands of fsyncs; when the queue is full, sessions wait to end.
+AUDIT_QUEUE_ROWS: Final = 1024
+AUDIT_BATCH_ROWS: Final = 256
+# Printer raw ports (JetDirect): they print whatever they receive (nmap -sV excludes them for that reason).
+PRINTER_PORTS: Final = range(9100, 9108)
+
+_LOOPBACK_CLIENTS: Final = ("127.0.0.0/8", "::1")
+_NET_ERRNOS: Final = frozenset({errno.ENETUNREACH, errno.ENETDOWN})
+_HOST_ERRNOS: Final = frozenset({errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EADDRNOTAVAIL})
+
+
+class SessionOutcome(enum.Enum):
+    """How one client session through the shield ended."""
+
+    RELAYED = "relayed"  # connected and relayed until one side closed
+    IDLE_TIMEOUT = "idle_timeout"
+    TOTAL_TIMEOUT = "total_timeout"
+    CLIENT_RESET = "client_reset"
+    DEVICE_RESET = "device_reset"
+    CANCELLED_BY_WATCHDOG = "cancelled_by_watchdog"  # the device tripped while the session ran
+    REFUSED_SCOPE = "refused_scope"
+    REFUSED_NAME = "refused_name"
+    REFUSED_COMMAND = "refused_command"
+    REFUSED_PRINTER_PORT = "refused_printer_port"
+    REFUSED_DO_NOT_SCAN = "refused_do_not_scan"
+    REFUSED_TRIPPED = "refused_tripped"
+    CEILING_WAIT_TIMEOUT = "ceiling_wait_timeout"
+    CONNECT_REFUSED = "connect_refused"
+    CONNECT_TIMEOUT = "connect_timeout"
+    NETWORK_UNREACHABLE = "network_unreachable"
+    HOST_UNREACHABLE = "host_unreachable"
+    CONNECT_FAILED = "connect_failed"
+    SHIELD_CLOSED = "shield_closed"  # the shield stopped while the session ran
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldSession:
+    """One CONNECT through the shield, as audited.
+
+    Attributes:
+        client: the client's address and port (``"127.0.0.1:40112"``).
+        username: the RFC 1929 user, or None without authentication.
+        host: the destination address.
+        port: the destination port.
+        started_at_s: when the request arrived (epoch seconds).
+        ended_at_s: when the session ended (epoch seconds).
+        bytes_up: bytes relayed client -> device.
+        bytes_down: bytes relayed device -> client.
+        outcome: how it ended (a :class:`SessionOutcome` value).
+        reply: the SOCKS5 reply code sent (None if the session ended before a reply was due).
+        ceiling: the ceiling applied to the host (None when refused before a ceiling applied).
+        limit_source: where that ceiling came from ("stored ceiling of model X", "medical default", ...).
+        waited_s: seconds from the request to the reply (slot wait plus connect).
+    """
+
+    client: str
+    username: str | None
+    host: str
+    port: int
+    started_at_s: float
+    ended_at_s: float
+    bytes_up: int
+    bytes_down: int
+    outcome: str
+    reply: int | None
+    ceiling: int | None
+    limit_source: str | None
+    waited_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the store's row)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldTrip:
+    """A device the shield's watchdog declared down.
+
+    Attributes:
+        host: the device.
+        tripped_at_s: when (epoch seconds).
+        reason: the failed heartbeat's error.
+        sessions_closed: relayed sessions in flight at that moment (all closed by the Guard).
+        ceiling: the ceiling the host had.
+        limit_source: where it came from.
+        released_at_s: when the block ended (None while blocked).
+        released_by: "healthy_beats" or "operator" (None while blocked).
+    """
+
+    host: str
+    tripped_at_s: float
+    reason: str | None
+    sessions_closed: int
+    ceiling: int
+    limit_source: str
+    released_at_s: float | None = None
+    released_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (also what the alert sinks write, with ``kind: "shield_trip"``)."""
+        return {"kind": "shield_trip", **asdict(self)}
+
+    def to_json(self) -> str:
+        """One line of JSON (the alert sinks' format)."""
+        import json
+
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ShieldStats:
+    """Counters of a running shield.
+
+    Attributes:
+        clients_refused: connections closed unread (outside the allow-list, or over ``max_sessions``).
+        auth_failures: RFC 1929 logins refused (or no acceptable method).
+        sessions: CONNECT/BIND/UDP requests answered (every :class:`ShieldSession`).
+        relayed: sessions that were connected and relayed.
+        refused: sessions refused (policy, ceiling wait, trip) or whose connect failed.
+        active: client connections open now.
+        hosts: destination hosts with an open Guard now.
+        tripped_hosts: hosts blocked by a trip now.
+        trips: trips so far.
+        bytes_up: bytes relayed client -> device so far.
+        bytes_down: bytes relayed device -> client so far.
+    """
+
+    clients_refused: int
+    auth_failures: int
+    sessions: int
+    relayed: int
+    refused: int
+    active: int
+    hosts: int
+    tripped_hosts: int
+    trips: int
+    bytes_up: int
+    bytes_down: int
+
+
+def reply_for(exc: BaseException) -> tuple[Reply, SessionOutcome]:
+    """The SOCKS5 reply for a failed upstream connect (the one mapping; see docs/shield.md).
+
+    * refused (RST to our SYN): 0x05 connection refused;
+    * timed out: 0x06 "TTL expired". RFC 1928 has no "timed out" code; 0x06 is what Tor answers for a
+      connect timeout, and unlike 0x04 it does not claim the host is gone (a hung device still has a host);
+    * ENETUNREACH/ENETDOWN: 0x03 network unreachable; EHOSTUNREACH/EHOSTDOWN/EADDRNOTAVAIL: 0x04 host
+      unreachable;
+    * the watchdog refused it: 0x02 not allowed by ruleset;
+    * anything else: 0x01 general failure.
+    """
+    if isinstance(exc, DeviceDownError):
+        return Reply.NOT_ALLOWED, SessionOutcome.REFUSED_TRIPPED
+    if isinstance(exc, ProbeRefusedError):
+        return Reply.CONNECTION_REFUSED, SessionOutcome.CONNECT_REFUSED
+    if isinstance(exc, ProbeTimeoutError):
+        return Reply.TTL_EXPIRED, SessionOutcome.CONNECT_TIMEOUT
+    cause = exc.__cause__
+    code = cause.errno if isinstance(cause, OSError) else None
+    if code in _NET_ERRNOS:
+        return Reply.NETWORK_UNREACHABLE, SessionOutcome.NETWORK_UNREACHABLE
+    if code in _HOST_ERRNOS:
+        return Reply.HOST_UNREACHABLE, SessionOutcome.HOST_UNREACHABLE
+    if isinstance(exc, ProbeError) and isinstance(cause, ConnectionResetError):
+        return Reply.CONNECTION_REFUSED, SessionOutcome.CONNECT_REFUSED
+    return Reply.GENERAL_FAILURE, SessionOutcome.CONNECT_FAILED
+
+
+def _positive(name: str, value: float) -> float:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"Shield.{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"Shield.{name} must be an int of at least {minimum}, got {value!r}")
+    return value
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Host:
+    """One destination host: its Guard (owned by its host task), its limit and its trip state."""
+
+    __slots__ = (
+        "address", "ceiling", "guard", "heartbeat", "last_active", "limit_source", "ready", "release_event",
+        "sessions", "trip", "trip_index", "wake",
+    )  # fmt: skip
+
+    def __init__(self, address: str, ceiling: int, limit_source: str, heartbeat: Heartbeat | None) -> None:
+        self.address = address
+        self.ceiling = ceiling
+        self.limit_source = limit_source
+        self.heartbeat = heartbeat
+        self.guard: Guard | None = None
+        self.ready = anyio.Event()
+        self.wake = anyio.Event()
+        self.release_event = anyio.Event()
+        self.sessions = 0
+        self.last_active = anyio.current_time()
+        self.trip: ShieldTrip | None = None
+        self.trip_index = -1
+
+    @property
+    def blocked(self) -> bool:
+        return self.trip is not None or (self.guard is not None and self.guard.device_down)
+
+    def poke(self) -> None:
+        self.wake.set()
+        self.wake = anyio.Event()
+
+
+class _Counters:
+    __slots__ = ("down", "eof", "last", "outcome", "up")
+
+    def __init__(self) -> None:
+        self.up = 0
+        self.down = 0
+        self.eof = False
+        self.last = anyio.current_time()
+        self.outcome = SessionOutcome.RELAYED
+
+
+class Shield:
+    """A SOCKS5 server enforcing per-device ceilings and a watchdog (see the module docstring).
+
+    Args:
+        scope: the authorized destinations.
+        listen_host: address to listen on (an IP literal; loopback by default).
+        listen_port: port to listen on (0: any free port; see :attr:`address`).
+        store: the profile store: ceilings of known models, the inventory (model keys, groups, web ports),
+            and where sessions and trips are recorded.
+        default_ceiling: ceiling of hosts the inventory knows nothing fragile about.
+        medical_ceiling: ceiling of "Medical Device?" hosts whose model has no stored ceiling.
+        ceilings: per-host ceiling overrides (address -> ceiling; 0 refuses the host).
+        heartbeats: per-host heartbeats (address -> Heartbeat), before the inventory's web port.
+        default_heartbeat: heartbeat for hosts with neither (None: such hosts run without a watchdog).
+        heartbeat_interval_s: seconds between beats.
+        failures_to_down: failed beats in a row that trip a device.
+        release: "auto" (blocked until ``release_beats`` healthy beats) or "operator" (:meth:`release`).
+        release_beats: healthy beats in a row that end a trip with ``release="auto"``.
+        slot_wait_s: how long a CONNECT over the ceiling waits for a slot before it is refused.
+        connect_timeout_s: bound on the upstream connect.
+        idle_timeout_s: a relayed session silent this long in both directions is closed.
+        total_timeout_s: bound on one relayed session.
+        allow_printer_ports: relay to ports 9100-9107 too.
+        users: RFC 1929 credentials (username -> password); required on a non-loopback listen address.
+        allow_clients: client addresses/networks allowed to connect (default: loopback only); required on
+            a non-loopback listen address.
+        max_sessions: client connections served at once (more are closed unread).
+        alert_file: JSON-lines file every trip is appended to.
+        webhook_url: URL every trip is POSTed to.
+
+    Raises:
+        ConfigError: an invalid argument (named), or a non-loopback listen address without ``users`` and
+            ``allow_clients``.
+    """
+
+    def __init__(
+        self,
+        *,
+        scope: Scope,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = DEFAULT_LISTEN_PORT,
+        store: ProfileStore | None = None,
+        default_ceiling: int = DEFAULT_CEILING,
+        medical_ceiling: int = MEDICAL_CEILING,
+        ceilings: Mapping[str, int] | None = None,
+        heartbeats: Mapping[str, Heartbeat] | None = None,
+        default_heartbeat: Heartbeat | None = None,
+        heartbeat_interval_s: float = 1.0,
+        failures_to_down: int = 1,
+        release: Literal["auto", "operator"] = "auto",
+        release_beats: int = DEFAULT_RELEASE_BEATS,
+        slot_wait_s: float = DEFAULT_SLOT_WAIT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S,
+        allow_printer_ports: bool = False,
+        users: Mapping[str, str] | None = None,
+        allow_clients: Iterable[str] | None = None,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        alert_file: str | None = None,
+        webhook_url: str | None = None,
+    ) -> None:
+        if not isinstance(scope, Scope):
+            raise ConfigError(f"Shield.scope must be a Scope, got {scope!r}")
+        self._scope = scope
+        try:
+            listen = ipaddress.ip_address(listen_host)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"Shield.listen_host must be an IP address literal, got {listen_host!r}"
+            ) from None
+        self._listen_host = str(listen)
+        self._listen_port = _count("listen_port", listen_port, 0)
+        if self._listen_port > 65535:
+            raise ConfigError(f"Shield.listen_port must be 0-65535, got {listen_port!r}")
+        if not listen.is_loopback and (not users or allow_clients is None):
+            raise ConfigError(
+                f"Shield.listen_host {listen_host} is not a loopback address: an open SOCKS proxy into a "
+                "medical network is refused; give users= (RFC 1929 login) and allow_clients= "
+                "(who may connect)"
+            )
+        self._users = {str(k).encode(): str(v).encode() for k, v in (users or {}).items()}
+        try:
+            self._clients = Scope(list(allow_clients) if allow_clients is not None else _LOOPBACK_CLIENTS,
+                                  allow_large=True)  # fmt: skip
+        except ConfigError as exc:
+            raise ConfigError(f"Shield.allow_clients: {exc}") from exc
+        self._store = store
+        self._default_ceiling = _count("default_ceiling", default_ceiling, 1)
+        self._medical_ceiling = _count("medical_ceiling", medical_ceiling, 1)
+        self._ceilings = {self._literal("ceilings", h): _count(f"ceilings[{h}]", c, 0)
+                          for h, c in (ceilings or {}).items()}  # fmt: skip
+        self._heartbeats = {self._literal("heartbeats", h): hb for h, hb in (heartbeats or {}).items()}
+        for h, hb in [*self._heartbeats.items(), ("default_heartbeat", default_heartbeat)]:
+            if hb is not None and not callable(getattr(hb, "beat", None)):
+                raise ConfigError(f"Shield.heartbeats[{h}] {hb!r} has no beat(host) method")
+        self._default_heartbeat = default_heartbeat
+        self._interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
+        self._failures_to_down = _count("failures_to_down", failures_to_down, 1)
+        if release not in ("auto", "operator"):
+            raise ConfigError(f"Shield.release must be 'auto' or 'operator', got {release!r}")
+        self._release_mode = release
+        self._release_beats = _count("release_beats", release_beats, 1)
+        self._slot_wait_s = _positive("slot_wait_s", slot_wait_s)
+        self._connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
+        self._idle_timeout_s = _positive("idle_timeout_s", idle_timeout_s)
+        self._total_timeout_s = _positive("total_timeout_s", total_timeout_s)
+        self._allow_printer_ports = bool(allow_printer_ports)
+        self._max_sessions = _count("max_sessions", max_sessions, 1)
+        self._jsonl: JsonlAlertSink | None = None
+        self._webhook: WebhookAlertSink | None = None
+        if alert_file is not None or webhook_url is not None:
+            from fragileprobe._groups import JsonlAlertSink, WebhookAlertSink
+
+            self._jsonl = JsonlAlertSink(alert_file) if alert_file is not None else None
+            self._webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
+        self._hosts: dict[str, _Host] = {}
+        self._scratch = bytearray(RELAY_CHUNK_BYTES)
+        self._profiles: dict[str, tuple[str, int | None]] = {}
+        self._assets: dict[str, Any] = {}
+        self._recent: deque[ShieldSession] = deque(maxlen=MAX_RECENT_SESSIONS)
+        self._trips: list[ShieldTrip] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._listener: socket.socket | None = None
+        self._address: tuple[str, int] | None = None
+        self._audit_send: Any = None
+        self._audit_receive: Any = None
+        self._closed = anyio.Event()
+        self._active = 0
+        self._n = {"clients_refused": 0, "auth_failures": 0, "sessions": 0, "relayed": 0, "refused": 0,
+                   "bytes_up": 0, "bytes_down": 0}  # fmt: skip
+
+    @staticmethod
+    def _literal(name: str, host: str) -> str:
+        try:
+            return str(ipaddress.ip_address(host))
+        except (ValueError, TypeError):
+            raise ConfigError(f"Shield.{name}: {host!r} is not an IP address literal") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"Shield(listen={self._listen_host}:{self._listen_port}, scope={self._scope}, "
+            f"default_ceiling={self._default_ceiling}, auth={'on' if self._users else 'off'}, "
+            f"release={self._release_mode!r})"
+        )
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Shield:
+        if self._tg is not None:
+            raise RuntimeError("a Shield can be entered once")
+        if self._store is not None:
+            await anyio.to_thread.run_sync(self._load_inventory, self._store)
+        family = socket.AF_INET6 if ":" in self._listen_host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self._listen_host, self._listen_port))
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except OSError as exc:
+            listener.close()
+            raise ConfigError(
+                f"Shield: cannot listen on {_hostport(self._listen_host, self._listen_port)}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self._listener = listener
+        sockname = listener.getsockname()
+        self._address = (str(sockname[0]), int(sockname[1]))
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        send, receive = anyio.create_memory_object_stream[ShieldSession](AUDIT_QUEUE_ROWS)
+        self._audit_send = send
+        self._audit_receive = receive
+        self._tg.start_soon(self._audit_writer, receive)
+        self._tg.start_soon(self._accept_loop, listener)
+        log.info("shield.listening", host=self._address[0], port=self._address[1], scope=str(self._scope),
+                 auth=bool(self._users), clients=str(self._clients), release=self._release_mode)  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return
+        tg.cancel_scope.cancel()
+        try:
+            await tg.__aexit__(None, None, None)
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+            self._flush_audit()
+            for stream in (self._audit_send, self._audit_receive):
+                if stream is not None:
+                    stream.close()
+            self._closed.set()
+            stats = self.stats
+            log.info("shield.closed", sessions=stats.sessions, relayed=stats.relayed, refused=stats.refused,
+                     trips=stats.trips, bytes_up=stats.bytes_up, bytes_down=stats.bytes_down)  # fmt: skip
+
+    async def wait_closed(self) -> None:
+        """Wait until the shield is closed (run it until cancelled: ``await shield.wait_closed()``)."""
+        await self._closed.wait()
+
+    def _load_inventory(self, store: ProfileStore) -> None:
+        from fragileprobe._fingerprint import model_key_digest
+
+        self._profiles = {model_key_digest(p.model_key): (p.model_key, p.ceiling) for p in store.profiles()}
+        self._assets = {a.host: a for a in store.assets()}
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the shield listens on (port resolved when ``listen_port=0``)."""
+        if self._address is None:
+            raise RuntimeError("use the Shield inside 'async with Shield(...) as shield:'")
+        return self._address
+
+    @property
+    def stats(self) -> ShieldStats:
+        return ShieldStats(
+            clients_refused=self._n["clients_refused"], auth_failures=self._n["auth_failures"],
+            sessions=self._n["sessions"], relayed=self._n["relayed"], refused=self._n["refused"],
+            active=self._active, hosts=sum(1 for h in self._hosts.values() if h.guard is not None),
+            tripped_hosts=sum(1 for h in self._hosts.values() if h.blocked), trips=len(self._trips),
+            bytes_up=self._n["bytes_up"], bytes_down=self._n["bytes_down"],
+        )  # fmt: skip
+
+    @property
+    def sessions(self) -> tuple[ShieldSession, ...]:
+        """The most recent session records (at most :data:`MAX_RECENT_SESSIONS`), oldest first."""
+        return tuple(self._recent)
+
+    @property
+    def trips(self) -> tuple[ShieldTrip, ...]:
+        """Every trip so far (updated when a trip ends)."""
+        return tuple(self._trips)
+
+    def guard_for(self, host: str) -> Guard | None:
+        """The open Guard of ``host`` (None when it has none now)."""
+        entry = self._hosts.get(host)
+        return entry.guard if entry is not None else None
+
+    def blocked(self, host: str) -> bool:
+        """True while ``host`` is blocked by a trip."""
+        entry = self._hosts.get(host)
+        return entry is not None and entry.blocked
+
+    def release(self, host: str) -> bool:
+        """Operator release: end ``host``'s trip now (returns False if it is not blocked)."""
+        entry = self._hosts.get(host)
+        if entry is None or not entry.blocked:
+            return False
+        log.warning("shield.operator_release", host=host)
+        entry.release_event.set()
+        entry.poke()
+        return True
+
+    def limit_for(self, host: str) -> tuple[int, str]:
+        """The ceiling the shield applies to ``host`` and where it comes from (pure lookup)."""
+        if host in self._ceilings:
+            return self._ceilings[host], "configured for this host"
+        asset = self._assets.get(host)
+        if asset is not None and asset.model_key:
+            from fragileprobe._fingerprint import model_key_digest
+
+            known = self._profiles.get(model_key_digest(asset.model_key))
+            if known is not None and known[1] is not None:
+                return int(known[1]), f"stored ceiling of model {known[0]}"
+            if known is not None:
+                return self._medical_ceiling, f"model {known[0]} has a profile but no ceiling yet"
+        if asset is not None and MEDICAL_GROUP in asset.groups:
+            return self._medical_ceiling, "medical default (Medical Device? of unknown model)"
+        return self._default_ceiling, "configured default"
+
+    def heartbeat_for(self, host: str) -> Heartbeat | None:
+        """The heartbeat the shield's watchdog uses for ``host`` (None: no watchdog)."""
+        if host in self._heartbeats:
+            return self._heartbeats[host]
+        asset = self._assets.get(host)
+        if asset is not None:
+            web = sorted({int(s["port"]) for s in asset.services if isinstance(s, dict)
+                          and s.get("service") in ("http", "https") and s.get("port")})  # fmt: skip
+            if web:
+                # 8080 first: the management web server of the devices this project exists for (the same
+                # rule as the model key's Server: header).
+                port = 8080 if 8080 in web else web[0]
+                return HttpHeartbeat(port=port, expect_status=None)
+        return self._default_heartbeat
+
+    # --- client connections -------------------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept clients on our own non-blocking socket: no asyncio transport per client, so the relay can
+        move bytes with plain recv_into/send (a transport buys nothing for a byte pipe and costs a copy)."""
+        assert self._tg is not None
+        while True:
+            await anyio.wait_readable(listener)
+            try:
+                conn, remote = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: back off instead of spinning
+                log.error("shield.accept_failed", error=exc.strerror or str(exc))
+                await anyio.sleep(ACCEPT_BACKOFF_S)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._tg.start_soon(self._handle, conn, remote)
+
+    async def _handle(self, conn: socket.socket, remote: Any) -> None:
+        client = SocketConnection(conn, str(remote[0]), int(remote[1]))
+        try:
+            peer_host = str(remote[0])
+            peer = _hostport(peer_host, int(remote[1]))
+            if peer_host not in self._clients:
+                self._n["clients_refused"] += 1
+                log.warning("shield.client_refused", client=peer, reason="not in the client allow-list")
+                return
+            if self._active >= self._max_sessions:
+                self._n["clients_refused"] += 1
+                log.warning("shield.client_refused", client=peer, reason="max_sessions",
+                            max_sessions=self._max_sessions)  # fmt: skip
+                return
+            self._active += 1
+            try:
+                await self._serve_client(client, peer)
+            finally:
+                self._active -= 1
+        finally:
+            conn.close()
+
+    async def _serve_client(self, client: SocketConnection, peer: str) -> None:
+        machine = _socks.SocksServer()
+        started = time.time()
+        user: str | None = None
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT_S):
+                event, user = await self._handshake(client, machine, peer)
+        except TimeoutError:
+            log.info("shield.handshake_timeout", client=peer, after_s=HANDSHAKE_TIMEOUT_S)
+            return
+        except _socks.SocksProtocolError as exc:
+            log.info("shield.protocol_error", client=peer, error=str(exc))
+            if exc.reply:
+                await _send_quietly(client, exc.reply)
+            return
+        except (anyio.EndOfStream, OSError):
+            return
+        if event is None:
+            return
+        if isinstance(event, _socks.RequestRefused):
+            outcome = (SessionOutcome.REFUSED_NAME if event.reason == "domain_name"
+                       else SessionOutcome.REFUSED_COMMAND)  # fmt: skip
+            await _send_quietly(client, machine.reply(event.reply))
+            await self._audit(ShieldSession(peer, user, event.host, event.port, started, time.time(), 0, 0,
+                                            outcome.value, int(event.reply), None, None, 0.0),
+                              reason=event.reason)  # fmt: skip
+            return
+        await self._connect(client, machine, event, peer, user, started)
+
+    async def _handshake(
+        self, client: SocketConnection, machine: _socks.SocksServer, peer: str
+    ) -> tuple[_socks.ConnectRequest | _socks.RequestRefused | None, str | None]:
+        user: str | None = None
+        while True:
+            event = machine.next_event()
+            if isinstance(event, _socks.NeedData):
+                machine.receive_data(await client.receive(_socks.MAX_BUFFER_BYTES))
+            elif isinstance(event, _socks.Greeting):
+                wanted = AuthMethod.USERNAME_PASSWORD if self._users else AuthMethod.NO_AUTH
+                chosen = wanted if wanted in event.methods else AuthMethod.NO_ACCEPTABLE
+                await client.send(machine.select_method(chosen))
+                if chosen is AuthMethod.NO_ACCEPTABLE:
+                    self._n["auth_failures"] += 1
+                    log.warning("shield.auth_refused", client=peer, offered=list(event.methods),
+                                wanted=int(wanted))  # fmt: skip
+                    return None, None
+            elif isinstance(event, _socks.AuthRequest):
+                expected = self._users.get(event.username)
+                # compare_digest: the answer's timing says nothing about how much of a password was right.
+                ok = expected is not None and hmac.compare_digest(expected, event.password)
+                await client.send(machine.auth_result(ok))
+                if not ok:
+                    self._n["auth_failures"] += 1
+                    log.warning("shield.auth_failed", client=peer,
+                                username=event.username.decode("utf-8", "backslashreplace"))  # fmt: skip
+                    return None, None
+                user = event.username.decode("utf-8", "backslashreplace")
+            else:
+                return event, user
+
+    # --- CONNECT ------------------------------------------------------------------------------------------
+
+    def _refusal(self, host: str, port: int) -> SessionOutcome | None:
+        if host not in self._scope:
+            return SessionOutcome.REFUSED_SCOPE
+        if port in PRINTER_PORTS and not self._allow_printer_ports:
+            return SessionOutcome.REFUSED_PRINTER_PORT
+        return None
+
+    async def _connect(
+        self, client: SocketConnection, machine: _socks.SocksServer, request: _socks.ConnectRequest,
+        peer: str, user: str | None, started: float,
+    ) -> None:  # fmt: skip
+        host, port = request.host, request.port
+        t0 = anyio.current_time()
+        counters = _Counters()
+        entry: _Host | None = None
+
+        def record(outcome: SessionOutcome, reply: Reply | None, waited_s: float) -> ShieldSession:
+            return ShieldSession(
+                peer, user, host, port, started, time.time(), counters.up, counters.down, outcome.value,
+                None if reply is None else int(reply), entry.ceiling if entry else None,
+                entry.limit_source if entry else None, round(waited_s, 6),
+            )  # fmt: skip
+
+        async def finish(outcome: SessionOutcome, reply: Reply | None, waited_s: float = 0.0) -> None:
+            if reply is not None and reply is not Reply.SUCCEEDED:
+                await _send_quietly(client, machine.reply(reply))
+            await self._audit(record(outcome, reply, waited_s))
+
+        refusal = self._refusal(host, port)
+        if refusal is not None or port == 0:
+            await finish(refusal or SessionOutcome.CONNECT_FAILED,
+                         Reply.NOT_ALLOWED if refusal else Reply.GENERAL_FAILURE)  # fmt: skip
+            return
+        entry = self._host(host)
+        if entry.ceiling == 0:
+            await finish(SessionOutcome.REFUSED_DO_NOT_SCAN, Reply.NOT_ALLOWED)
+            return
+        entry.sessions += 1
+        try:
+            outcome, reply, waited_s = await self._open_and_relay(client, machine, entry, port, t0, counters)
+        except anyio.get_cancelled_exc_class():
+            # The shield is closing: the session still gets its record (synchronously: nothing may await).
+            self._record_now(record(SessionOutcome.SHIELD_CLOSED, None, anyio.current_time() - t0))
+            raise
+        finally:
+            entry.sessions -= 1
+            entry.last_active = anyio.current_time()
+            entry.poke()
+        await finish(outcome, reply, waited_s)
+
+    async def _open_and_relay(
+        self, client: SocketConnection, machine: _socks.SocksServer, entry: _Host, port: int,
+        t0: float, counters: _Counters,
+    ) -> tuple[SessionOutcome, Reply | None, float]:  # fmt: skip
+        """Take a slot and connect through the host's Guard, then relay; (outcome, reply, waited_s)."""
+        await entry.ready.wait()
+        guard = entry.guard
+        if guard is None or entry.blocked:
+            return SessionOutcome.REFUSED_TRIPPED, Reply.NOT_ALLOWED, anyio.current_time() - t0
+        connected = False
+        waited_s = 0.0
+        outcome = SessionOutcome.RELAYED
+        reply: Reply = Reply.SUCCEEDED
+        # One deadline for the slot wait and the connect; lifted the moment the connect succeeded, so it
+        # never bounds the relay (the relay has its own idle and total timeouts).
+        with anyio.CancelScope(deadline=t0 + self._slot_wait_s + self._connect_timeout_s) as waiting:
+            try:
+                async with guard.connect(port, timeout_s=self._connect_timeout_s) as stream:
+                    connected = True
+                    waiting.deadline = math.inf
+                    waited_s = anyio.current_time() - t0
+                    outcome = await self._relay(client, machine, stream, counters)
+            except DeviceDownError as exc:
+                if connected:
+                    outcome = SessionOutcome.CANCELLED_BY_WATCHDOG
+                else:
+                    reply, outcome = reply_for(exc)
+                entry.poke()
+            except ProbeError as exc:
+                if connected:  # only the close can raise here; the relay handles its own errors
+                    outcome = SessionOutcome.DEVICE_RESET
+                else:
+                    reply, outcome = reply_for(exc)
+        if waiting.cancelled_caught and not connected:
+            reply, outcome = Reply.NOT_ALLOWED, SessionOutcome.CEILING_WAIT_TIMEOUT
+        if not connected:
+            waited_s = anyio.current_time() - t0
+        return outcome, reply, waited_s
+    async def _relay(
+        self, client: SocketConnection, machine: _socks.SocksServer, device: ProbeStream, counters: _Counters,
+    ) -> SessionOutcome:  # fmt: skip
+        local = device.extra(SocketAttribute.local_address)
+        try:
+            await client.send(machine.reply(Reply.SUCCEEDED, str(local[0]), int(local[1])))
+        except OSError:
+            return SessionOutcome.CLIENT_RESET
+        device.send_timeout_s = self._idle_timeout_s
+        first = machine.trailing_data()
+        if first:
+            try:
+                await device.send(first)
+            except ProbeError:
+                return SessionOutcome.DEVICE_RESET
+            counters.up += len(first)
+            self._n["bytes_up"] += len(first)
+        with anyio.CancelScope(deadline=anyio.current_time() + self._total_timeout_s) as total:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump_up, client.sock, device, counters, tg.cancel_scope)
+                await self._pump_down(device, client.sock, counters, tg.cancel_scope)
+        if total.cancelled_caught:
+            return SessionOutcome.TOTAL_TIMEOUT
+        return counters.outcome
+
+    def _eof(self, counters: _Counters, relay: anyio.CancelScope) -> bool:
+        """Note one side's FIN; True if it was the first (forward it), False if both are done."""
+        first = not counters.eof
+        counters.eof = True
+        counters.last = anyio.current_time()
+        if not first:
+            relay.cancel()  # both sides have sent FIN: done
+        return first
+
+    def _broken(self, counters: _Counters, outcome: SessionOutcome, relay: anyio.CancelScope) -> None:
+        counters.outcome = outcome
+        relay.cancel()
+
+    async def _pump_up(
+        self, src: socket.socket, device: ProbeStream, counters: _Counters, relay: anyio.CancelScope
+    ) -> None:
+        """Client -> device: recv_into the shared scratch buffer, then send; the next read waits until the
+        device took this chunk (backpressure)."""
+        scratch = self._scratch
+        while True:
+            try:
+                n = src.recv_into(scratch)
+            except BlockingIOError:
+                if not await self._wait(src, counters, relay):
+                    return
+                continue
+            except OSError:
+                return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
+            if n == 0:
+                if self._eof(counters, relay):
+                    with contextlib.suppress(ProbeError):  # the device is gone too: its pump sees it
+                        await device.send_eof()
+                return
+            counters.last = anyio.current_time()
+            data = bytes(scratch[:n])  # copied out before the await: the buffer is shared
+            try:
+                await device.send(data)
+            except ProbeTimeoutError:
+                return self._broken(counters, SessionOutcome.IDLE_TIMEOUT, relay)
+            except ProbeError:
+                return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
+            counters.up += n
+            self._n["bytes_up"] += n
+
+    async def _pump_down(
+        self, device: ProbeStream, dst: socket.socket, counters: _Counters, relay: anyio.CancelScope
+    ) -> None:
+        """Device -> client: one chunk read at a time (the stream's transport reads only while we wait for
+        it), sent on the client's own socket; the next read waits until the client took this one."""
+        chunks = 0
+        while True:
+            data = b""
+            idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
+            with anyio.move_on_after(counters.last + idle - anyio.current_time()):
+                try:
+                    data = await device.receive(RELAY_CHUNK_BYTES)
+                except anyio.EndOfStream:
+                    if self._eof(counters, relay):
+                        with contextlib.suppress(OSError):
+                            dst.shutdown(socket.SHUT_WR)
+                    return
+                except ProbeError:
+                    return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
+            if not data:
+                if anyio.current_time() - counters.last >= idle:
+                    if not counters.eof:
+                        counters.outcome = SessionOutcome.IDLE_TIMEOUT
+                    relay.cancel()
+                    return
+                continue
+            counters.last = anyio.current_time()
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[dst.send(view):]
+                except BlockingIOError:
+                    if not await self._wait(dst, counters, relay, readable=False):
+                        return
+                except OSError:
+                    return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
+            counters.down += len(data)
+            self._n["bytes_down"] += len(data)
+            chunks += 1
+            if chunks % CHUNKS_PER_CHECKPOINT == 0:
+                # When every read and send completes at once nothing awaits for long: let others run.
+                await anyio.lowlevel.checkpoint()
+
+    async def _wait(self, sock: socket.socket, counters: _Counters, relay: anyio.CancelScope, *,
+                    readable: bool = True) -> bool:  # fmt: skip
+        """Wait until ``sock`` is ready, bounded by the idle rule; False (and the relay cancelled) if idle."""
+        idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
+        remaining = counters.last + idle - anyio.current_time()
+        if remaining > 0:
+            with anyio.move_on_after(remaining):
+                await (anyio.wait_readable(sock) if readable else anyio.wait_writable(sock))
+                return True
+        if not counters.eof:
+            counters.outcome = SessionOutcome.IDLE_TIMEOUT
+        relay.cancel()
+        return False
+
+    # --- hosts: one Guard each ----------------------------------------------------------------------------
+
+    def _host(self, host: str) -> _Host:
+        entry = self._hosts.get(host)
+        if entry is None:
+            ceiling, source = self.limit_for(host)
+            entry = _Host(host, ceiling, source, self.heartbeat_for(host))
+            self._hosts[host] = entry
+            if ceiling > 0:
+                assert self._tg is not None  # sessions only run inside the shield's task group
+                self._tg.start_soon(self._host_task, entry)
+        return entry
+
+    async def _host_task(self, entry: _Host) -> None:
+        heartbeat = entry.heartbeat
+        if heartbeat is not None and entry.ceiling < 2 and opens_session(heartbeat):
+            # N counts the heartbeat's session: at N = 1 there is room for the relayed session or for the
+            # heartbeat, not both. Never more than N on the device comes first: relay without liveness.
+            log.warning("shield.no_room_for_heartbeat", host=entry.address, ceiling=entry.ceiling)
+            heartbeat = None
+        guard = Guard(
+            Target(entry.address) if heartbeat is None else Target(entry.address, heartbeat=heartbeat),
+            ceiling=entry.ceiling, scope=self._scope, watchdog=heartbeat is not None,
+            interval_s=self._interval_s, failures_to_down=self._failures_to_down,
+            connect_timeout_s=self._connect_timeout_s,
+        )  # fmt: skip
+        try:
+            try:
+                async with guard:
+                    entry.guard = guard
+                    entry.ready.set()
+                    log.info("shield.host_open", host=entry.address, ceiling=entry.ceiling,
+                             limit_source=entry.limit_source, heartbeat=repr(heartbeat))  # fmt: skip
+                    await self._hold(entry, guard)
+            except DeviceDownError as exc:  # dead at the first beat: no session was started
+                entry.guard = None
+                await self._tripped(entry, str(exc), 0)
+                entry.ready.set()
+                await self._recover_unguarded(entry)
+        finally:
+            entry.ready.set()
+            if self._hosts.get(entry.address) is entry:
+                del self._hosts[entry.address]
+            log.info("shield.host_closed", host=entry.address)
+
+    async def _hold(self, entry: _Host, guard: Guard) -> None:
+        """Keep the Guard open while the host has sessions or is tripped; close it after the linger."""
+        while True:
+            if guard.device_down:
+                down = guard.timeline.downs[-1] if guard.timeline.downs else None
+                await self._tripped(entry, down.reason if down else None, down.in_flight if down else 0)
+                await self._await_release(entry, guard)
+                continue
+            idle_for = anyio.current_time() - entry.last_active
+            if entry.sessions == 0 and idle_for >= GUARD_LINGER_S:
+                del self._hosts[entry.address]  # new CONNECTs from now on get a fresh entry
+                return
+            wake = entry.wake
+            # Sessions end with a poke; the timeout only bounds how late a trip without sessions is seen.
+            wait = self._interval_s if entry.sessions else min(self._interval_s, GUARD_LINGER_S - idle_for)
+            with anyio.move_on_after(max(wait, 0.01)):
+                await wake.wait()
+
+    async def _tripped(self, entry: _Host, reason: str | None, in_flight: int) -> None:
+        trip = ShieldTrip(entry.address, time.time(), reason, in_flight, entry.ceiling, entry.limit_source)
+        entry.trip = trip
+        entry.trip_index = len(self._trips)
+        self._trips.append(trip)
+        log.warning("shield.trip", host=entry.address, reason=reason, sessions_closed=in_flight,
+                    ceiling=entry.ceiling, release=self._release_mode)  # fmt: skip
+        assert self._tg is not None
+        self._tg.start_soon(self._deliver_alert, trip)
+
+    async def _released(self, entry: _Host, by: str) -> None:
+        trip = entry.trip
+        entry.trip = None
+        entry.release_event = anyio.Event()
+        if trip is None:
+            return
+        from dataclasses import replace
+
+        released_at_s = time.time()
+        done = replace(trip, released_at_s=released_at_s, released_by=by)
+        self._trips[entry.trip_index] = done
+        log.warning("shield.released", host=entry.address, released_by=by,
+                    blocked_s=round(released_at_s - trip.tripped_at_s, 3))  # fmt: skip
+        if self._store is not None:
+            await anyio.to_thread.run_sync(self._store.finish_shield_trip, trip.host, trip.tripped_at_s,
+                                           released_at_s, by)  # fmt: skip
+
+    async def _await_release(self, entry: _Host, guard: Guard) -> None:
+        if self._release_mode == "operator":
+            await entry.release_event.wait()
+            guard.rearm()
+            await self._released(entry, "operator")
+            return
+        # The Guard's watchdog beats again while someone waits for beats; nothing else is sent meanwhile.
+        await guard.wait_healthy(self._release_beats)
+        guard.rearm()
+        await self._released(entry, "healthy_beats")
+
+    async def _recover_unguarded(self, entry: _Host) -> None:
+        """A host that failed its very first beat: beat it (spaced) until healthy, or wait for release."""
+        heartbeat = entry.heartbeat
+        assert heartbeat is not None  # without a heartbeat there is no watchdog and no DeviceDownError
+        if self._release_mode == "operator":
+            await entry.release_event.wait()
+            await self._released(entry, "operator")
+            return
+        run = 0
+        while run < self._release_beats:
+            started = anyio.current_time()
+            beat = await heartbeat.beat(entry.address)
+            run = run + 1 if beat.ok else 0
+            await anyio.sleep(max(self._interval_s - (anyio.current_time() - started), 0.0))
+        await self._released(entry, "healthy_beats")
+
+    # --- audit and alerts ---------------------------------------------------------------------------------
+
+    def _record_now(self, record: ShieldSession, **extra: Any) -> bool:
+        """Count, keep and log one record; queue it for the store if there is room (no await)."""
+        self._n["sessions"] += 1
+        relayed = record.reply == Reply.SUCCEEDED
+        self._n["relayed" if relayed else "refused"] += 1
+        self._recent.append(record)
+        # A policy refusal is worth a warning; a closed port answering a scanner is the scan's normal result.
+        policy = record.outcome.startswith("refused_") or record.outcome == "ceiling_wait_timeout"
+        event = "shield.session" if relayed else "shield.refused"
+        (log.warning if policy else log.info)(event, **record.to_dict(), **extra)
+        if self._store is None or self._audit_send is None:
+            return True
+        try:
+            self._audit_send.send_nowait(record)
+        except anyio.WouldBlock:
+            return False
+        return True
+
+    async def _audit(self, record: ShieldSession, **extra: Any) -> None:
+        if not self._record_now(record, **extra):
+            await self._audit_send.send(record)  # the queue is full: the session waits for the writer
+
+    async def _audit_writer(self, receive: Any) -> None:
+        store = self._store
+        async for first in receive:
+            batch = [first]
+            while len(batch) < AUDIT_BATCH_ROWS:
+                try:
+                    batch.append(receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            if store is not None:
+                rows = [r.to_dict() for r in batch]
+                # Shielded: a batch already taken from the queue is written even while closing.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(store.record_shield_sessions, rows)
+
+    def _flush_audit(self) -> None:
+        """Write what the writer did not get to before the shield closed (records of the last sessions)."""
+        rows = []
+        while self._audit_receive is not None:
+            try:
+                rows.append(self._audit_receive.receive_nowait().to_dict())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        if rows and self._store is not None:
+            self._store.record_shield_sessions(rows)
+
+    async def _deliver_alert(self, trip: ShieldTrip) -> None:
+        with anyio.CancelScope(shield=True):  # an alert raised is delivered, even while closing
+            if self._store is not None:
+                await anyio.to_thread.run_sync(self._store.record_shield_trip, trip.to_dict())
+                await anyio.to_thread.run_sync(self._store.record_alert, trip.to_dict())
+            if self._jsonl is not None:
+                await anyio.to_thread.run_sync(self._jsonl.write, trip)
+            if self._webhook is not None:
+                await self._webhook.send(trip)
+
+
+async def _send_quietly(stream: SocketConnection, data: bytes) -> None:
+    """Send a last answer to a client we are about to close; a client already gone changes nothing."""
+    with contextlib.suppress(OSError), anyio.move_on_after(HANDSHAKE_TIMEOUT_S):
+        await stream.send(data)
+
+
+def recent_by_host(sessions: Sequence[ShieldSession]) -> dict[str, list[ShieldSession]]:
+    """Group session records by destination host (for reports and tests)."""
+    out: dict[str, list[ShieldSession]] = {}
+    for s in sessions:
+        out.setdefault(s.host, []).append(s)
+    return out
+
+
+# --- running a tool behind the shield (proxychains-ng) ------------------------------------------------------
+
+PROXYCHAINS: Final = "proxychains4"
+# proxychains-ng waits this much longer than the shield's own bound (slot wait + connect) for our reply, so
+# the tool always hears the shield's answer instead of proxychains giving up first.
+PROXYCHAINS_READ_MARGIN_S: Final = 2.0
+# nmap scan types and options that send raw packets: proxychains hooks only connect(), so these would go
+# straight to the device, past the ceiling and the watchdog.
+_NMAP_RAW_SCANS: Final = frozenset("SUAWMNFXYZOI")
+_NMAP_RAW_OPTIONS: Final = frozenset({"-O", "--osscan-guess", "--traceroute", "-sn", "-PE", "-PP", "-PM",
+                                      "-PO", "-PR", "--send-eth", "--send-ip"})  # fmt: skip
+_NMAP_RAW_PREFIXES: Final = ("-PS", "-PA", "-PU", "-PY", "-PO", "-b")
+
+
+def proxychains_config(
+    host: str, port: int, *, read_timeout_s: float, connect_timeout_s: float,
+    username: str | None = None, password: str | None = None,
+) -> str:  # fmt: skip
+    """The proxychains-ng configuration that sends every TCP connect through the shield (pure).
+
+    ``strict_chain`` (one proxy, no fallback to a direct connection), no ``proxy_dns`` (names are never
+    sent to the shield, which refuses them anyway; give the tool IP literals).
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"proxychains: the shield address must be an IP literal, got {host!r}") from None
+    auth = ""
+    if username is not None:
+        if password is None or any(c.isspace() for c in username + password):
+            raise ConfigError("proxychains: username and password must be given together, without spaces")
+        auth = f" {username} {password}"
+    return (
+        "# written by fragileprobe shield --exec\n"
+        "strict_chain\n"
+        "quiet_mode\n"
+        f"tcp_read_time_out {int(read_timeout_s * 1000)}\n"
+        f"tcp_connect_time_out {int(connect_timeout_s * 1000)}\n"
+        "[ProxyList]\n"
+        f"socks5 {host} {port}{auth}\n"
+    )
+
+
+def check_exec_command(argv: Sequence[str], *, root: bool) -> list[str]:
+    """Refuse a command whose traffic would bypass proxychains; return warnings for the rest (pure).
+
+    For nmap: raw scan types (-sS, -sU, ...; -sS is nmap's default as root), -O, raw host discovery
+    (-PE, -PS, ...; nmap's default ping as root) and --traceroute are refused: proxychains hooks connect()
+    only, so a SYN scan never goes through the shield and would reach the device unguarded.
+
+    Raises:
+        ConfigError: an empty command, or an nmap run that would send raw packets.
+    """
+    if not argv:
+        raise ConfigError("--exec: give the command after '--', e.g. -- nmap -sT -Pn -n 10.0.0.5")
+    import os
+
+    warnings: list[str] = []
+    tool = os.path.basename(argv[0])
+    if tool != "nmap":
+        warnings.append(f"{tool}: only its TCP connect() calls go through the shield; UDP, ICMP and raw "
+                        "packets do not")  # fmt: skip
+        return warnings
+    args = list(argv[1:])
+    scan_types: set[str] = set()
+    for arg in args:
+        if arg.startswith("-s") and not arg.startswith("--") and len(arg) > 2 and arg[2:].isalpha():
+            scan_types.update(arg[2:])
+        if arg in _NMAP_RAW_OPTIONS or arg.startswith(_NMAP_RAW_PREFIXES):
+            raise ConfigError(f"--exec nmap {arg}: sends raw packets, which never pass through the shield")
+    raw = sorted(scan_types & _NMAP_RAW_SCANS)
+    if raw:
+        raise ConfigError(
+            f"--exec nmap -s{''.join(raw)}: half-open/raw scans never pass through the shield (proxychains "
+            "hooks connect() only); use -sT"
+        )
+    if root and "T" not in scan_types and "L" not in scan_types:
+        raise ConfigError(
+            "--exec nmap as root defaults to a SYN scan (-sS), which bypasses the shield: add -sT"
+        )
+    if root and "-Pn" not in args:
+        raise ConfigError("--exec nmap as root pings hosts with raw packets first: add -Pn")
+    if "-n" not in args:
+        warnings.append("nmap without -n resolves addresses itself (DNS does not go through the shield)")
+    if "--max-parallelism" not in args:
+        warnings.append(
+            "nmap through proxychains stops inside every connect() until the shield answers: a connect that "
+            "waits for a device's slot freezes the whole scan, sessions nmap holds cannot end meanwhile, and "
+            "after --slot-wait the port is refused and reported closed; add --max-parallelism 1"
+        )
+    return warnings
+
+
+async def run_behind(shield: Shield, argv: Sequence[str], *, username: str | None = None,
+                     password: str | None = None) -> int:  # fmt: skip
+    """Run ``argv`` under proxychains-ng with every TCP connect sent through ``shield``; its exit code.
+
+    Raises:
+        ConfigError: proxychains4 is not installed, or the command would bypass the shield.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    binary = shutil.which(PROXYCHAINS)
+    if binary is None:
+        raise ConfigError("--exec needs proxychains-ng (Debian/Ubuntu: apt-get install proxychains4)")
+    for warning in check_exec_command(argv, root=os.geteuid() == 0):
+        log.warning("shield.exec_warning", warning=warning)
+    host, port = shield.address
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "127.0.0.1" if ipaddress.ip_address(host).version == 4 else "::1"
+    text = proxychains_config(host, port, read_timeout_s=shield._slot_wait_s + shield._connect_timeout_s
+                              + PROXYCHAINS_READ_MARGIN_S, connect_timeout_s=shield._connect_timeout_s,
+                              username=username, password=password)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="fragileprobe-shield-") as tmp:
+        conf = os.path.join(tmp, "proxychains.conf")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it may hold the password
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        cmd = [binary, "-q", "-f", conf, *argv]
+        log.info("shield.exec", command=list(argv), proxy=_hostport(host, port))
+        proc = await anyio.run_process(cmd, check=False, stdin=None, stdout=None, stderr=None)
+        return proc.returncode
