@@ -438,6 +438,20 @@ def estimate_remaining_s(
 # --- notebooks ---
 
 
+def _notebook_handle(initial_html: str) -> tuple[Any, Any]:
+    """In a running IPython kernel: (a display handle showing ``initial_html``, the ``HTML`` class) for
+    updating one cell output in place; elsewhere (None, None), and the views print lines instead."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+    except ImportError:
+        return None, None
+    if get_ipython() is None:
+        return None, None
+    page = HTML(initial_html)  # type: ignore[no-untyped-call, unused-ignore]
+    return display(page, display_id=True), HTML  # type: ignore[no-untyped-call, unused-ignore]
+
+
 class NotebookDiscoveryProgress:
     """Progress of a discovery, updated in place in a Jupyter cell (a few text lines outside a notebook).
 
@@ -452,18 +466,7 @@ class NotebookDiscoveryProgress:
 
     def __init__(self) -> None:
         self.last: DiscoveryProgress | None = None
-        self._handle: Any = None
-        self._display: Any = None
-        try:
-            from IPython import get_ipython
-            from IPython.display import HTML, display
-        except ImportError:
-            return
-        if get_ipython() is None:
-            return
-        self._display = HTML
-        page = HTML("<div>discovery: starting</div>")  # type: ignore[no-untyped-call, unused-ignore]
-        self._handle = display(page, display_id=True)  # type: ignore[no-untyped-call, unused-ignore]
+        self._handle, self._display = _notebook_handle("<div>discovery: starting</div>")
 
     def __call__(self, p: DiscoveryProgress) -> None:
         self.last = p
@@ -491,18 +494,7 @@ class NotebookProgress:
         self.rows: list[tuple[int, int | None, str]] = []
         self.current = "starting"
         self.elapsed_s = 0.0
-        self._handle: Any = None
-        self._display: Any = None
-        try:
-            from IPython import get_ipython
-            from IPython.display import HTML, display
-        except ImportError:
-            return
-        if get_ipython() is None:
-            return
-        self._display = HTML
-        page = HTML(self._html())  # type: ignore[no-untyped-call, unused-ignore]
-        self._handle = display(page, display_id=True)  # type: ignore[no-untyped-call, unused-ignore]
+        self._handle, self._display = _notebook_handle(self._html())
 
     def __call__(self, event: ProgressEvent) -> None:
         self.elapsed_s = event.elapsed_s
