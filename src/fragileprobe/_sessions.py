@@ -206,14 +206,15 @@ class DeviceSessions:
         pool.device += 1
         self._connects += 1
         self._peak = max(self._peak, self._device)
+        connected = False
         try:
             conn = await self._network.connect(self._address, port)
-        except BaseException:
-            # Refused, failed, timed out or cancelled: the device holds nothing.
-            self._device -= 1
-            pool.device -= 1
-            pool.maybe_idle()
-            raise
+            connected = True
+        finally:
+            if not connected:  # refused, failed, timed out or cancelled: the device holds nothing
+                self._device -= 1
+                pool.device -= 1
+                pool.maybe_idle()
         self._open += 1
         pool.open += 1
         return HeldConnection(conn, self, pool, release)
@@ -381,11 +382,13 @@ class Slot:
             self._attached = False
             self._unref()
 
+        held: HeldConnection | None = None
         try:
-            return await sessions._connect(self.pool, port, release)
-        except BaseException:
-            release()
-            raise
+            held = await sessions._connect(self.pool, port, release)
+            return held
+        finally:
+            if held is None:  # no connection: the slot is free again for this owner's next one
+                release()
 
 
 
