@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
+import time
 import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,6 +138,8 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 # The database header is the first 100 bytes: user_version at offset 60, application_id at 68 (big-endian
 # 32-bit), the read/write format versions at 18/19 (2 = WAL).
 _HEADER_BYTES = 100
+# Pause between attempts to open a store another process holds busy while creating or migrating it.
+_OPEN_RETRY_S = 0.05
 
 
 def _our_objects(migrations: Sequence[str], kind: str) -> frozenset[str]:
@@ -158,12 +161,30 @@ class SqliteBackend:
         self.path = Path(path)
         self.location = str(self.path)
         self.busy_timeout_s = busy_timeout_s
+        # Opening races another process that is creating or migrating the same file: switching a new file
+        # to WAL, or a read-only inspection during that switch, can answer SQLITE_BUSY at once instead of
+        # waiting in the busy handler. Such a refusal is retried until busy_timeout_s has passed.
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                self._open_once(migrations)
+                return
+            except StoreError as exc:
+                cause = exc.__cause__
+                locked = isinstance(cause, sqlite3.OperationalError) and (
+                    "locked" in str(cause) or "busy" in str(cause)
+                )
+                if not locked or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_OPEN_RETRY_S)
+
+    def _open_once(self, migrations: Sequence[str]) -> None:
         # Before the read-write connection: a foreign or damaged file is never opened for writing.
         self._inspect_existing(migrations)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writers).
             self._conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open profile store {self.path}: {exc}") from exc
