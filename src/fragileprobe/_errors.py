@@ -43,7 +43,16 @@ class FragileProbeError(Exception):
 
 
 class ConfigError(FragileProbeError, ValueError):
-    """Raised when a configuration value or an input spec is invalid; the message names the field."""
+    """Raised when a configuration value or an input spec is invalid; the message names the field.
+
+    Attributes:
+        field: The setting at fault (``"dwell_s"``, ``"ports"``), when one setting is; ``None`` for input
+            that is wrong as a whole (a file that is not TOML). The CLI maps it to its option.
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ScopeError(ConfigError):
