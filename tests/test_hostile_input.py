@@ -113,17 +113,17 @@ async def test_a_crash_in_our_code_on_one_host_is_a_result_about_that_host(
     """Fault injection at the isolation boundary: whatever our own code raises on one host's bytes (here a
     RuntimeError from the fingerprinting of one host's banner), the other hosts' results stand, and that
     host is reported as given up on, never grouped "safe to scan"."""
-    import fragileprobe._discovery as discovery_module
+    import fragileprobe._discovery_policy as discovery_module
 
     bad, good = loopback_hosts(), loopback_hosts()
-    real = discovery_module._build_asset
+    real = discovery_module.build_asset
 
     def build(host: str, *args: Any, **kwargs: Any) -> Any:
         if host == bad:
             raise RuntimeError("parser bug triggered by this host's bytes")
         return real(host, *args, **kwargs)
 
-    monkeypatch.setattr(discovery_module, "_build_asset", build)
+    monkeypatch.setattr(discovery_module, "build_asset", build)
     async with http_peers({bad: HEALTHY, good: HEALTHY}) as port:
         with capture_logs() as logs, anyio.fail_after(30):
             report = await discover([bad, good], scope=Scope([bad, good]), ports=[port],
@@ -395,7 +395,8 @@ CLI_ROWS = [
      r"webhook_url .*99999.*out of range"),
     ("--sessions-per-host superscript", ["discover", "{h}", "--sessions-per-host", "²"],
      r"sessions-per-host"),
-    ("--sessions-per-host zero", ["discover", "{h}", "--sessions-per-host", "0"], r"per_host_sessions"),
+    ("--sessions-per-host zero", ["discover", "{h}", "--sessions-per-host", "0"],
+     r"--sessions-per-host: .*got 0"),
     ("--alerts in a missing directory", ["discover", "{h}", "--alerts", "{tmp}/no/such/a.jsonl"],
      r"alert file .*cannot append"),
     ("unknown option", ["discover", "{h}", "--bogus"], r"--bogus"),

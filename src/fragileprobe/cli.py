@@ -32,8 +32,11 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from fragileprobe._demo import DemoEvent
+    from fragileprobe._discovery import DiscoveryReport
+    from fragileprobe._discovery_settings import DiscoverySettings
+    from fragileprobe._groups import Rules, Zones
     from fragileprobe._profile import Characterization
-    from fragileprobe._progress import LogTap, TerminalCharacterizeView
+    from fragileprobe._progress import LogTap, TerminalCharacterizeView, TerminalDiscoveryView
     from fragileprobe._scope import Scope
     from fragileprobe._store import ProfileStore
     from fragileprobe.emulator._fleet import Fleet, FleetConfig
@@ -887,30 +890,135 @@ def _check_alert_file(path: Path) -> None:
         raise ConfigError(f"alert file {path}: cannot append to it: Permission denied")
 
 
-def _check_discover_args(
-    *, ports: str | None, sessions_per_host: int, rate_per_host: float, max_hosts: int | None,
-    connect_timeout: float, banner_timeout: float, webhook: str | None, alerts: Path | None,
-) -> None:
-    """Validate what discover() would reject, before the store (or any other file) is created."""
-    from fragileprobe._discovery import _positive
-    from fragileprobe._groups import WebhookAlertSink
-    from fragileprobe._scope import parse_ports
+# ConfigError.field of a discovery setting -> the discover option that sets it (the error names the option).
+_DISCOVER_OPTIONS = {
+    "ports": "--ports", "udp_ports": "--udp-ports", "per_host_sessions": "--sessions-per-host",
+    "rate_per_host": "--rate-per-host", "max_hosts_in_parallel": "--max-hosts",
+    "global_rate": "--global-rate",
+    "liveness_ports": "--liveness-ports", "connect_timeout_s": "--connect-timeout",
+    "banner_timeout_s": "--banner-timeout", "snmp_community": "--snmp-community",
+    "port_aliases": "--port-alias", "seed": "--seed",
+}
 
-    if ports is not None:
+
+def _check_discover_args(
+    options: dict[str, Any], *, webhook: str | None, alerts: Path | None
+) -> DiscoverySettings:
+    """The discovery settings of ``options`` (settings fields), and the alert outputs checked, before the
+    store (or any other file) is created.
+
+    Raises:
+        ConfigError: A bad option, its message naming the option (``--sessions-per-host: must be ...``).
+    """
+    from fragileprobe._discovery_settings import DiscoverySettings
+    from fragileprobe._groups import WebhookAlertSink
+
+    try:
+        settings = DiscoverySettings(**options)
+        if webhook is not None:
+            WebhookAlertSink(webhook)  # the URL (scheme, host, port range) is checked; nothing is sent
+        if alerts is not None:
+            _check_alert_file(alerts)
+    except ConfigError as exc:
+        option = _DISCOVER_OPTIONS.get(exc.field or "")
+        if option is None or exc.field is None:
+            raise
+        text = str(exc)
+        named = option + text[len(exc.field):] if text.startswith(exc.field) else f"{option}: {text}"
+        raise ConfigError(named, field=exc.field) from exc
+    return settings
+
+
+@dataclass(frozen=True, slots=True)
+class _DiscoverInputs:
+    """What the discover command checked before anything was created (the store is opened last)."""
+
+    hosts: list[str]
+    scope: Scope
+    settings: DiscoverySettings
+    zones: Zones | None
+    rules: Rules | None
+    store: ProfileStore
+
+
+def _discover_inputs(
+    targets: list[str], *, scope: str | None, options: dict[str, Any], zones: Path | None, rules: Path | None,
+    store: Path, webhook: str | None, alerts: Path | None,
+) -> _DiscoverInputs:
+    """Targets, scope, settings, zones and rules checked (a bad one fails the command), then the store."""
+    from fragileprobe._groups import Rules, Zones
+    from fragileprobe._scope import Scope, parse_targets
+
+    try:
+        hosts = parse_targets(targets)
+        authorized = Scope(scope) if scope is not None else Scope(hosts)
+        for address in hosts:  # before the store file is created: a scope error leaves nothing behind
+            authorized.check(address)
+        settings = _check_discover_args(options, webhook=webhook, alerts=alerts)
+        zone_map = Zones.from_toml(zones) if zones is not None else None
+        rule_set = Rules.from_toml(rules) if rules is not None else None
+        return _DiscoverInputs(hosts, authorized, settings, zone_map, rule_set, _open_store(store))
+    except FragileProbeError as exc:
+        _fail(str(exc))
+
+
+def _run_discovery(
+    inputs: _DiscoverInputs, view: TerminalDiscoveryView, *, resume: bool, alerts: Path | None,
+    webhook: str | None, json_out: bool, store: Path,
+) -> tuple[DiscoveryReport, dict[str, GroupScanSettings]]:
+    """Run the discovery (Ctrl-C: the resume command, exit 130); its report and the settings per group."""
+    from fragileprobe._discovery import discover as run_discover
+    from fragileprobe._report import discovery_settings
+
+    db = inputs.store
+
+    async def run() -> Any:
+        with view:
+            return await run_discover(
+                inputs.hosts, scope=inputs.scope, settings=inputs.settings, zones=inputs.zones,
+                rules=inputs.rules, store=db, resume=resume, alert_file=alerts, webhook_url=webhook,
+                progress=view.on_progress,
+            )
+
+    try:
         try:
-            parse_ports(ports)
-        except ConfigError as exc:
-            raise ConfigError(f"--ports: {exc}") from exc
-    _positive("per_host_sessions", sessions_per_host, integer=True)
-    _positive("rate_per_host", rate_per_host)
-    if max_hosts is not None:  # None: sized to the file-descriptor budget
-        _positive("max_hosts_in_parallel", max_hosts, integer=True)
-    _positive("connect_timeout_s", connect_timeout)
-    _positive("banner_timeout_s", banner_timeout)
-    if webhook is not None:
-        WebhookAlertSink(webhook)  # the URL (scheme, host, port range) is checked; nothing is sent
-    if alerts is not None:
-        _check_alert_file(alerts)
+            report, interrupted = anyio.run(lambda: _interruptible(run))
+        except FragileProbeError as exc:
+            _handle_library_error(exc)
+        if interrupted:
+            command = _resume_command()
+            if json_out:
+                _print_json({"status": "interrupted", "store": str(store), "resume_command": command})
+            _err.print(
+                f"[bold yellow]interrupted[/]: hosts finished so far are saved in {escape(str(store))}. "
+                f"Resume with:\n  {escape(command)}"
+            )
+            raise typer.Exit(EXIT_INTERRUPTED)
+        return report, discovery_settings(report, db)
+    finally:
+        db.close()
+
+
+def _print_discovery(
+    report: DiscoveryReport, settings: dict[str, GroupScanSettings], *, json_out: bool
+) -> None:
+    """The report: JSON (with the scan settings per group), or the summary, the alerts and the settings."""
+    if json_out:
+        _print_json({**report.to_dict(), "scan_settings": {g: s.to_dict() for g, s in settings.items()}})
+        return
+    _out.print()
+    _out.print(escape(report.summary()))
+    for alert in report.alerts:
+        _out.print(
+            "[bold red]ALERT[/] "
+            + escape(f"{alert.host} ({alert.model}) is in zone {alert.zone!r} ({alert.zone_kind}): ")
+            + escape("; ".join(alert.evidence))
+        )
+    _out.print()
+    _out.print("[bold cyan]Scanner settings per group[/] (fragileprobe report --store ... for details)")
+    for group, s in sorted(settings.items()):
+        limit = f"at most {s.sessions_per_host} session(s) per host" if s.sessions_per_host else "defaults"
+        _out.print(f"  {escape(group)}: {limit}; " + escape(export_nmap_line(s)))
 
 
 _DISCOVER_HELP = (
@@ -1022,93 +1130,27 @@ def discover(
         return
     if not targets:
         _fail("discover: give TARGETS (addresses, ranges, CIDR blocks) or --sites FILE")
-    from fragileprobe._discovery import discover as run_discover
-    from fragileprobe._groups import Rules, Zones
     from fragileprobe._progress import LogTap, TerminalDiscoveryView
-    from fragileprobe._report import discovery_settings
-    from fragileprobe._scope import PORT_SETS, Scope, parse_ports, parse_targets
-    from fragileprobe._udp import UDP_PROBES, check_community
 
-    level = _log_level(log_level)
     tap = LogTap()
-    _configure_logging(level, tap=tap)
-    console = _err if json_out else _out
-    aliases = _parse_aliases(port_alias)
-    udp: list[int] = []
-    try:
-        if udp_ports.strip().lower() != "none":
-            udp = list(parse_ports(udp_ports))
-            unknown = [p for p in udp if p not in UDP_PROBES]
-            if unknown:
-                _fail(f"--udp-ports: no UDP probe is known for {unknown} (known: {sorted(UDP_PROBES)})")
-        check_community(snmp_community)
-    except ConfigError as exc:
-        _fail(f"--udp-ports/--snmp-community: {exc}")
-    try:
-        hosts = parse_targets(targets)
-        authorized = Scope(scope) if scope is not None else Scope(hosts)
-        for address in hosts:  # before the store file is created: a scope error leaves nothing behind
-            authorized.check(address)
-        _check_discover_args(
-            ports=ports, sessions_per_host=sessions_per_host, rate_per_host=rate_per_host,
-            max_hosts=max_hosts, connect_timeout=connect_timeout, banner_timeout=banner_timeout,
-            webhook=webhook, alerts=alerts,
-        )  # fmt: skip
-        zone_map = Zones.from_toml(zones) if zones is not None else None
-        rule_set = Rules.from_toml(rules) if rules is not None else None
-        db = _open_store(store)
-    except FragileProbeError as exc:
-        _fail(str(exc))
-    view = TerminalDiscoveryView(console)
+    _configure_logging(_log_level(log_level), tap=tap)
+    options: dict[str, Any] = {
+        "udp_ports": () if udp_ports.strip().lower() == "none" else udp_ports,
+        "per_host_sessions": sessions_per_host, "rate_per_host": rate_per_host,
+        "max_hosts_in_parallel": max_hosts, "global_rate": global_rate, "liveness_ports": liveness_ports,
+        "connect_timeout_s": connect_timeout, "banner_timeout_s": banner_timeout,
+        "adaptive_timeouts": not fixed_timeouts, "snmp_community": snmp_community,
+        "port_aliases": _parse_aliases(port_alias), "seed": seed,
+    }
+    if ports is not None:
+        options["ports"] = ports
+    inputs = _discover_inputs(targets, scope=scope, options=options, zones=zones, rules=rules, store=store,
+                              webhook=webhook, alerts=alerts)
+    view = TerminalDiscoveryView(_err if json_out else _out)
     tap.sinks.append(view.on_log)
-
-    async def run() -> Any:
-        with view:
-            return await run_discover(
-                hosts, scope=authorized, ports=ports or PORT_SETS["hospital"], zones=zone_map, rules=rule_set,
-                store=db, per_host_sessions=sessions_per_host, rate_per_host=rate_per_host,
-                max_hosts_in_parallel=max_hosts, connect_timeout_s=connect_timeout,
-                banner_timeout_s=banner_timeout, resume=resume, seed=seed, alert_file=alerts,
-                webhook_url=webhook, progress=view.on_progress, port_aliases=aliases,
-                global_rate=global_rate, liveness_ports=liveness_ports,
-                adaptive_timeouts=not fixed_timeouts, udp_ports=udp, snmp_community=snmp_community,
-            )  # fmt: skip
-
-    try:
-        try:
-            report, interrupted = anyio.run(lambda: _interruptible(run))
-        except FragileProbeError as exc:
-            _handle_library_error(exc)
-        if interrupted:
-            command = _resume_command()
-            if json_out:
-                _print_json({"status": "interrupted", "store": str(store), "resume_command": command})
-            _err.print(
-                f"[bold yellow]interrupted[/]: hosts finished so far are saved in {escape(str(store))}. "
-                f"Resume with:\n  {escape(command)}"
-            )
-            raise typer.Exit(EXIT_INTERRUPTED)
-        settings = discovery_settings(report, db)
-    finally:
-        db.close()
-    if json_out:
-        _print_json({**report.to_dict(), "scan_settings": {g: s.to_dict() for g, s in settings.items()}})
-    else:
-        _out.print()
-        _out.print(escape(report.summary()))
-        for alert in report.alerts:
-            _out.print(
-                "[bold red]ALERT[/] "
-                + escape(f"{alert.host} ({alert.model}) is in zone {alert.zone!r} ({alert.zone_kind}): ")
-                + escape("; ".join(alert.evidence))
-            )
-        _out.print()
-        _out.print("[bold cyan]Scanner settings per group[/] (fragileprobe report --store ... for details)")
-        for group, s in sorted(settings.items()):
-            limit = (
-                f"at most {s.sessions_per_host} session(s) per host" if s.sessions_per_host else "defaults"
-            )
-            _out.print(f"  {escape(group)}: {limit}; " + escape(export_nmap_line(s)))
+    report, settings = _run_discovery(inputs, view, resume=resume, alerts=alerts, webhook=webhook,
+                                      json_out=json_out, store=store)
+    _print_discovery(report, settings, json_out=json_out)
     if report.alerts or report.unresponsive:
         raise typer.Exit(EXIT_DEVICE_TROUBLE)
 
