@@ -63,6 +63,7 @@ _LAZY: dict[str, str] = {
     "Alert": "_groups",
     "Asset": "_discovery",
     "DiscoveryReport": "_discovery",
+    "DiscoverySettings": "_discovery_settings",
     "Rule": "_groups",
     "Rules": "_groups",
     "Zone": "_groups",
@@ -166,6 +167,9 @@ if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checke
     )
     from fragileprobe._discovery import (
         discover_sync as discover_sync,
+    )
+    from fragileprobe._discovery_settings import (
+        DiscoverySettings as DiscoverySettings,
     )
     from fragileprobe._fingerprint import (
         OsGuess as OsGuess,

@@ -79,9 +79,6 @@ __all__ = [
     "session_limit",
 ]
 
-Profiles = dict[str, tuple[str, int | None]]
-"""Model-key digest -> (model key, stored ceiling) of every stored profile."""
-
 # Outcomes where the peer's stack answered our SYN, so the connect's latency is a round trip.
 _ANSWERED: Final = frozenset({Outcome.OPEN, Outcome.CLOSED, Outcome.RESET, Outcome.PROTOCOL_ERROR})
 # Outcomes where a session was established (the host has a listening port there).
@@ -338,14 +335,14 @@ class DiscoveryPolicy:
         settings: The run's settings.
         rules: The group rules.
         zones: The network zones, or None (every host unzoned, no alerts).
-        profiles: Every stored profile, by model-key digest.
+        profiles: Model-key digest -> (model key, stored ceiling) of every stored profile.
         prior: The inventory before this scan, by host.
     """
 
     settings: DiscoverySettings
     rules: Rules
     zones: Zones | None = None
-    profiles: Profiles = field(default_factory=dict)
+    profiles: Mapping[str, tuple[str, int | None]] = field(default_factory=dict)
     prior: Mapping[str, AssetRow] = field(default_factory=dict)
     planner: LivenessPlanner = field(init=False)
     floor: int | None = field(init=False)

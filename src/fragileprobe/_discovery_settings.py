@@ -38,7 +38,13 @@ from fragileprobe._hostpolicy import DEFAULT_LIVENESS_PORTS
 from fragileprobe._scope import parse_ports
 from fragileprobe._sessions import DISCOVERY_LINGER_S
 from fragileprobe._timing import DEFAULT_GLOBAL_RATE, TimeoutBounds
-from fragileprobe._udp import DEFAULT_SNMP_COMMUNITY, DEFAULT_UDP_PORTS, UDP_PROBES, check_community
+from fragileprobe._udp import (
+    DEFAULT_SNMP_COMMUNITY,
+    DEFAULT_UDP_PORTS,
+    MAX_COMMUNITY_BYTES,
+    UDP_PROBES,
+    check_community,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -153,7 +159,7 @@ class DiscoverySettings:
             "banner_timeout_s": _checked(_validate.positive, "banner_timeout_s", banner_timeout_s),
             "adaptive_timeouts": bool(adaptive_timeouts),
             "unresponsive_after": _validate.positive_int("unresponsive_after", unresponsive_after),
-            "snmp_community": _named("snmp_community", check_community, snmp_community),
+            "snmp_community": _community(snmp_community),
             "port_aliases": _aliases(port_aliases),
             "linger_s": _checked(_validate.positive, "linger_s", linger_s),
             "seed": _seed(seed),
@@ -244,7 +250,7 @@ def _named(field: str, check: Callable[[Any], Any], value: object) -> Any:
         if exc.field is not None:
             raise
         text = str(exc)
-        message = text if text.startswith(field) else f"{field}: {text}"
+        message = text if text.startswith(f"{field}:") else f"{field}: {text}"
         raise ConfigError(message, field=field) from exc
 
 
@@ -278,6 +284,16 @@ def _aliases(aliases: Mapping[int, int] | None) -> Mapping[int, int]:
     checked = {_validate.port("port_aliases", bound): _validate.port("port_aliases", known)
                for bound, known in aliases.items()}
     return types.MappingProxyType(dict(sorted(checked.items())))
+
+
+def _community(community: str) -> str:
+    """The SNMP community when ``check_community`` takes it (the rule lives with the SNMP code)."""
+    try:
+        return check_community(community)
+    except ConfigError:
+        shown = community[:40] + "..." if isinstance(community, str) and len(community) > 40 else community
+        raise _validate.fail("snmp_community", f"1-{MAX_COMMUNITY_BYTES} printable ASCII characters",
+                             shown) from None
 
 
 def _seed(seed: int | None) -> int | None:
