@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fragileprobe._hostpolicy import (
+    HUNG_REASON,
     LIKELY_PORTS,
     HostPolicy,
     LivenessPlanner,
@@ -154,3 +155,18 @@ def test_the_planner_starts_from_the_likely_ports_and_learns_the_network() -> No
     moved = LivenessPlanner((10021, 10080, 10022), count=1, hints={10080: 80, 10021: 21, 10022: 22})
     assert moved.plan() == (10080,)
     assert LivenessPlanner(PORTS, count=0).plan() == tuple(sorted(PORTS, key=LIKELY_PORTS.index))
+
+
+def test_a_host_that_accepted_and_never_spoke_is_concluded_hung() -> None:
+    """Rule 4: connections accepted, no answer anywhere, a request timed out: given up on after the fact."""
+    hung = HostPolicy(ports=PORTS, liveness=(80,), unresponsive_after=3)
+    drive(hung, {}, Seen.STALLED)
+    assert hung.gave_up is None, "never spoke, so no strikes: the rule applies at the end"
+    assert hung.conclude() == HUNG_REASON
+    assert hung.stopped()
+    quiet = HostPolicy(ports=PORTS, liveness=(80,), unresponsive_after=3)
+    drive(quiet, {}, Seen.ACCEPTED)
+    assert quiet.conclude() is None, "nothing was due, nothing went unanswered"
+    spoke = HostPolicy(ports=PORTS, liveness=(80,), unresponsive_after=9)
+    drive(spoke, {21: Seen.SPOKE}, Seen.STALLED)
+    assert spoke.conclude() is None, "a host that spoke is judged by its strikes (rule 3)"

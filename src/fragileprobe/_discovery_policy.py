@@ -87,9 +87,6 @@ _SESSION: Final = frozenset({Outcome.OPEN, Outcome.RESET, Outcome.PROTOCOL_ERROR
 _CONNECT_TIMED_OUT: Final = "connect timed out"
 # The note of an unresponsive host that kept none of its fallback groups.
 _NO_FALLBACK_NOTE: Final = "in no fallback group: it stopped answering or never answered; investigate first"
-# The reason a hung device (accepted connections, answered nothing, a request timed out) is given up on.
-_HUNG_REASON: Final = ("accepted connections but answered on no port (a request timed out): hung, "
-                       "or every service is silent")
 
 
 # --- one probe --------------------------------------------------------------------------------------------
@@ -382,11 +379,8 @@ class DiscoveryPolicy:
             tally.silent += 1
             return Conclusion.SILENT, None
         tally.alive += 1
-        if state.hung_without_a_word():
-            state.gave_up = _HUNG_REASON
-        if state.gave_up is None:
-            return Conclusion.ALIVE, None
-        return Conclusion.ALIVE, probing.unresponsive(state.gave_up)
+        reason = state.conclude()
+        return Conclusion.ALIVE, None if reason is None else probing.unresponsive(reason)
 
     def assess(self, probing: HostProbing, *, now_s: float) -> tuple[Asset | None, tuple[GroupMatch, ...]]:
         """The host's Asset and groups (``now_s``: Unix time of its last sighting)."""

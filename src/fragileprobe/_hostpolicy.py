@@ -1,4 +1,4 @@
-"""What discovery does next to one host, decided without I/O (the executor in ``_discovery`` does the I/O).
+"""What discovery does next to one host, decided without I/O (``_discovery_run`` does the I/O).
 
 The rules, in the order they apply:
 
@@ -15,6 +15,9 @@ The rules, in the order they apply:
    first, or a port that spoke on the previous sighting) silent. ``unresponsive_after`` strikes in a row
    (a port that speaks resets the count) and the host gets no further probe. A host given up on never lands
    in a fallback group ("safe to scan").
+4. **A host that accepted and never spoke is hung** (:meth:`HostPolicy.conclude`, after the last probe): it
+   accepted connections, answered on no port, and a request (``GET /``, a banner port) went unanswered. A
+   hung device looks exactly like that; it is given up on too, never "safe to scan" on no evidence.
 
 :class:`Seen` is the vocabulary: what one probe said about the host, from :func:`classify`.
 """
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BANNER_PORTS",
+    "HUNG_REASON",
     "LIKELY_PORTS",
     "HostPolicy",
     "LivenessPlanner",
@@ -54,6 +58,9 @@ LIKELY_PORTS: Final = (80, 22, 8080, 23, 443, 21, 445, 3389, 135, 139, 9100, 631
 # Two ports that together cover the services most devices expose; at the default global rate a /20 of
 # silent space costs ~8 s of SYNs.
 DEFAULT_LIVENESS_PORTS: Final = 2
+# Why a host that accepted connections and answered nothing was given up on (rule 4).
+HUNG_REASON: Final = ("accepted connections but answered on no port (a request timed out): hung, "
+                      "or every service is silent")
 
 
 class ProbeKind(enum.Enum):
@@ -250,3 +257,9 @@ class HostPolicy:
     def hung_without_a_word(self) -> bool:
         """Accepted connections, never spoke, and a request went unanswered: a hung device looks so."""
         return self.gave_up is None and not self.answered and self.stalled > 0
+
+    def conclude(self) -> str | None:
+        """After the last probe: why the host was given up on (rule 3, or rule 4 now), or None."""
+        if self.hung_without_a_word():
+            self.gave_up = HUNG_REASON
+        return self.gave_up
