@@ -892,12 +892,19 @@ def _check_alert_file(path: Path) -> None:
 
 # ConfigError.field of a discovery setting -> the discover option that sets it (the error names the option).
 _DISCOVER_OPTIONS = {
-    "ports": "--ports", "udp_ports": "--udp-ports", "per_host_sessions": "--sessions-per-host",
-    "rate_per_host": "--rate-per-host", "max_hosts_in_parallel": "--max-hosts",
+    "ports": "--ports",
+    "udp_ports": "--udp-ports",
+    "per_host_sessions": "--sessions-per-host",
+    "rate_per_host": "--rate-per-host",
+    "max_hosts_in_parallel": "--max-hosts",
     "global_rate": "--global-rate",
-    "liveness_ports": "--liveness-ports", "connect_timeout_s": "--connect-timeout",
-    "banner_timeout_s": "--banner-timeout", "snmp_community": "--snmp-community",
-    "port_aliases": "--port-alias", "seed": "--seed",
+    "liveness_ports": "--liveness-ports",
+    "connect_timeout_s": "--connect-timeout",
+    "banner_timeout_s": "--banner-timeout",
+    "snmp_community": "--snmp-community",
+    "port_aliases": "--port-alias",
+    "seed": "--seed",
+    "webhook_url": "--webhook",
 }
 
 
@@ -924,7 +931,8 @@ def _check_discover_args(
         if option is None or exc.field is None:
             raise
         text = str(exc)
-        named = option + text[len(exc.field):] if text.startswith(exc.field) else f"{option}: {text}"
+        prefix = f"{exc.field}:"
+        named = option + text[len(exc.field):] if text.startswith(prefix) else f"{option}: {text}"
         raise ConfigError(named, field=exc.field) from exc
     return settings
 
