@@ -33,7 +33,7 @@ PACKAGE = "fragileprobe"
 # a subpackage ("fragileprobe.export") places the package and every module in it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # errors, configuration checks, numbers from device bytes, and tools that depend on nothing of ours
-    ("foundation", ("_errors", "_validate", "_numbers", "_files", "_sync")),
+    ("foundation", ("_errors", "_validate", "_numbers", "_files", "_sync", "_public")),
     # what names a device: address identity, port specs, the Target record, the authorized scope
     ("scope", ("_addresses", "_ports", "_target", "_scope")),
     ("network", ("_net",)),
