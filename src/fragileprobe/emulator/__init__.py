@@ -32,6 +32,7 @@ _PUBLIC: dict[str, str] = {
     "hospital_fleet": "_fleet",
     "hostile_fleet": "_fleet",
     "uniform_fleet": "_fleet",
+    "ControlServer": "_control",
     "DeviceInfo": "_control",
     "EmulatorProcess": "_process",
     "FleetClient": "_control",
@@ -60,6 +61,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and IDEs
+    from fragileprobe.emulator._control import ControlServer as ControlServer
     from fragileprobe.emulator._control import DeviceInfo as DeviceInfo
     from fragileprobe.emulator._control import FleetClient as FleetClient
     from fragileprobe.emulator._device import DEFAULT_BOOT_DELAY_S as DEFAULT_BOOT_DELAY_S
