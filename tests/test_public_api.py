@@ -12,6 +12,7 @@ import subprocess
 import sys
 import traceback
 import types
+import typing
 
 import pytest
 
@@ -87,13 +88,24 @@ def test_the_whole_error_tree_is_public() -> None:
 
 
 @pytest.mark.parametrize("package", [fragileprobe, fragileprobe.emulator], ids=lambda p: p.__name__)
-def test_public_classes_and_functions_name_the_package(package: types.ModuleType) -> None:
-    """A public class or function says ``fragileprobe.<Name>``, so reprs and tracebacks do."""
+def test_public_errors_and_functions_name_the_package(package: types.ModuleType) -> None:
+    """A public exception class or function says ``fragileprobe.<Name>``, so tracebacks do; other classes
+    keep their defining module, where their type hints resolve."""
     for name in package.__all__:
         value = getattr(package, name)
-        if isinstance(value, type | types.FunctionType):
+        is_error = isinstance(value, type) and issubclass(value, BaseException)
+        if is_error or isinstance(value, types.FunctionType):
             assert value.__module__ == package.__name__, name
-    assert repr(fragileprobe.Guard) == "<class 'fragileprobe.Guard'>"
+        elif isinstance(value, type):
+            assert value.__module__ == f"{package.__name__}.{package._PUBLIC[name]}", name
+    assert repr(fragileprobe.DeviceDownError) == "<class 'fragileprobe.DeviceDownError'>"
+
+
+def test_record_type_hints_still_resolve_after_loading() -> None:
+    """``typing.get_type_hints`` on a public record (what the record codec does) works once it was fetched
+    from the package: its ``__module__`` still names the module whose globals hold its annotations' names."""
+    hints = typing.get_type_hints(fragileprobe.ProbeResult)
+    assert hints["outcome"] is fragileprobe.Outcome
 
 
 def test_a_traceback_names_the_public_error() -> None:
@@ -123,7 +135,7 @@ def test_a_traceback_names_the_public_error() -> None:
     ids=lambda v: type(v).__name__,
 )
 def test_public_errors_and_records_survive_pickling(value: object) -> None:
-    """Renaming ``__module__`` keeps pickling working: pickle finds ``fragileprobe.<Name>`` lazily."""
+    """Errors (rehomed to ``fragileprobe``) and records pickle and load back equal."""
     copy = pickle.loads(pickle.dumps(value))
     assert type(copy) is type(value)
     if isinstance(value, BaseException):
@@ -133,12 +145,13 @@ def test_public_errors_and_records_survive_pickling(value: object) -> None:
         assert copy == value
 
 
-def test_pickle_loads_a_public_class_in_a_fresh_interpreter() -> None:
-    """A pickle made here loads where nothing of fragileprobe was imported yet (the lookup is lazy)."""
-    data = pickle.dumps(fragileprobe.RampConfig())
-    code = "import pickle, sys; print(type(pickle.loads(sys.stdin.buffer.read())))"
+def test_pickle_loads_a_public_error_in_a_fresh_interpreter() -> None:
+    """A pickled error loads where nothing of fragileprobe was imported yet (found through the package)."""
+    error = fragileprobe.ConfigError("dwell_s: must be a positive number, got 0", field="dwell_s")
+    data = pickle.dumps(error)
+    code = "import pickle, sys; e = pickle.loads(sys.stdin.buffer.read()); print(type(e), e.field)"
     out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, check=True)
-    assert out.stdout.strip() == b"<class 'fragileprobe.RampConfig'>"
+    assert out.stdout.strip() == b"<class 'fragileprobe.ConfigError'> dwell_s"
 
 
 def test_import_does_not_load_heavy_modules() -> None:

@@ -2,9 +2,10 @@
 
 The public API is the table :data:`_PUBLIC` below (public name -> the private module that defines it);
 ``__all__`` is made from it. Names load on first use (PEP 562), so ``import fragileprobe`` stays cheap: no
-anyio, no sqlite3, and never scapy, pandas or matplotlib until a feature that needs them is used. A loaded
-class or function says ``fragileprobe.<Name>`` in its ``__module__`` (and so in tracebacks); the error tree
-loads with the package, so every traceback names ``fragileprobe.DeviceDownError`` and its kin.
+anyio, no sqlite3, and never scapy, pandas or matplotlib until a feature that needs them is used. The error
+tree loads with the package, and its classes (and the public functions) say ``fragileprobe`` in their
+``__module__``, so a traceback names ``fragileprobe.DeviceDownError``; records keep their defining module
+(type hints are looked up through it, see :mod:`fragileprobe._public`).
 
 Layers, bottom to top. A module imports only from its own layer or below, never above, not even lazily
 inside a function (``tests/test_layers.py`` walks the import graph and holds this table, with its few

@@ -1,11 +1,15 @@
 """How a package hands out its public names: one table, names imported on first use (PEP 562).
 
 ``fragileprobe``'s and ``fragileprobe.emulator``'s ``__init__`` each keep one table, public name -> the
-private module that defines it, and answer a module ``__getattr__`` with :func:`load`. A loaded class or
-function is given the package as its ``__module__``, so a traceback or a ``repr`` says
-``fragileprobe.DeviceDownError``, not ``fragileprobe._errors.DeviceDownError`` (what trio's
-``fixup_module_metadata`` does). Pickle finds such a class by that name too: the package's ``__getattr__``
-loads it.
+private module that defines it, and answer a module ``__getattr__`` with :func:`load`.
+
+A loaded exception class or function is given the package as its ``__module__`` (what trio's
+``fixup_module_metadata`` does), so a traceback says ``fragileprobe.DeviceDownError``, not
+``fragileprobe._errors.DeviceDownError``. Pickle finds such a name through the package too: its
+``__getattr__`` loads it. Other classes (the records, Guard, the stores) keep the module that defines them:
+``typing.get_type_hints`` and ``inspect.getsource`` look a class's names and source up through its
+``__module__``, and the record codec reads the field types with ``get_type_hints``; a rehomed record would
+send it to the package's namespace, where its annotations' names are not.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ __all__ = ["load", "rehome"]
 
 
 def rehome(value: object, package: str) -> None:
-    """Make ``package`` the ``__module__`` of ``value``, when it is a class or function of a private module.
+    """Make ``package`` the ``__module__`` of ``value``: an exception class or a function of a private module.
 
-    Anything else (a constant, a mapping, an object from another package) is left alone.
+    Anything else (other classes, constants, objects from another package) is left alone (see the module
+    docstring for why).
     """
-    if not isinstance(value, type | types.FunctionType):
+    is_error = isinstance(value, type) and issubclass(value, BaseException)
+    if not (is_error or isinstance(value, types.FunctionType)):
         return
     if value.__module__.startswith(package + "._"):
         value.__module__ = package
