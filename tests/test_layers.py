@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -256,3 +257,14 @@ def test_the_walker_sees_lazy_imports_and_skips_type_checking() -> None:
     visitor = _Imports(f"{PACKAGE}._scope", SRC / "_scope.py")
     visitor.visit(ast.parse(source))
     assert [e.imported for e in visitor.edges] == [f"{PACKAGE}._probes", f"{PACKAGE}._sync"]
+
+
+def test_the_package_docstring_draws_the_same_layers() -> None:
+    """``src/fragileprobe/__init__.py`` states the layers (as trio does): each layer and module of the table
+    appears in its docstring, so the drawing cannot drift from what this test enforces."""
+    import fragileprobe
+
+    doc = fragileprobe.__doc__ or ""
+    words = [n for layer, names in LAYERS for n in (layer, *names) if n]
+    missing = [n for n in words if not re.search(rf"\b{n}\b", doc)]
+    assert not missing, f"add to the layer drawing in src/fragileprobe/__init__.py's docstring: {missing}"
