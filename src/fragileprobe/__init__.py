@@ -86,6 +86,9 @@ _LAZY: dict[str, str] = {
     "manual_recovery": "_recovery",
     "wait_for_recovery": "_recovery",
     "EarlyWarning": "_characterize",
+    "CharacterizeSettings": "_charsettings",
+    "RecoverySettings": "_charsettings",
+    "TimingSettings": "_charsettings",
     "ProgressEvent": "_characterize",
     "characterize": "_characterize",
     "characterize_sync": "_characterize",
@@ -145,6 +148,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checkers and IDEs
     from fragileprobe._characterize import (
         EarlyWarning as EarlyWarning,
+    )
+    from fragileprobe._charsettings import (
+        CharacterizeSettings as CharacterizeSettings,
+    )
+    from fragileprobe._charsettings import (
+        RecoverySettings as RecoverySettings,
+    )
+    from fragileprobe._charsettings import (
+        TimingSettings as TimingSettings,
     )
     from fragileprobe._characterize import (
         ProgressEvent as ProgressEvent,
