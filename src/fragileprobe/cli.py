@@ -784,8 +784,8 @@ def characterize(
                 early_warning=None if early_warning is None else EarlyWarning(latency_factor=early_warning),
             )  # fmt: skip
         args = _CharacterizeArgs(
-            host=host, name=name, ports=parse_ports(ports) if ports else None, heartbeat_port=heartbeat_port,
-            heartbeat_path=heartbeat_path, recovery_url=recovery_url,
+            host=host, name=name, ports=None if ports is None else parse_ports(ports),
+            heartbeat_port=heartbeat_port, heartbeat_path=heartbeat_path, recovery_url=recovery_url,
             recovery_label=_recovery_label(recovery, recovery_cmd, recovery_url, recovery_timeout),
             settings=chosen,
         )  # fmt: skip
