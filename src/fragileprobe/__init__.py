@@ -149,15 +149,6 @@ if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checke
     from fragileprobe._characterize import (
         EarlyWarning as EarlyWarning,
     )
-    from fragileprobe._charsettings import (
-        CharacterizeSettings as CharacterizeSettings,
-    )
-    from fragileprobe._charsettings import (
-        RecoverySettings as RecoverySettings,
-    )
-    from fragileprobe._charsettings import (
-        TimingSettings as TimingSettings,
-    )
     from fragileprobe._characterize import (
         ProgressEvent as ProgressEvent,
     )
@@ -166,6 +157,15 @@ if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checke
     )
     from fragileprobe._characterize import (
         characterize_sync as characterize_sync,
+    )
+    from fragileprobe._charsettings import (
+        CharacterizeSettings as CharacterizeSettings,
+    )
+    from fragileprobe._charsettings import (
+        RecoverySettings as RecoverySettings,
+    )
+    from fragileprobe._charsettings import (
+        TimingSettings as TimingSettings,
     )
     from fragileprobe._discovery import (
         Asset as Asset,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from fragileprobe import _validate
 from fragileprobe._level_verdict import EarlyWarning
@@ -230,20 +230,28 @@ class CharacterizeSettings:
             TypeError: A keyword characterize() does not take (as Python says for a function).
             ConfigError: A bad value (``field`` names its keyword).
         """
+        return cls().replace(**options)
+
+    def replace(self, **options: Unpack[CharacterizeOptions]) -> CharacterizeSettings:
+        """A copy with some of the flat keywords changed: ``settings.replace(dwell_s=1.0, recovery=hook)``.
+
+        Raises:
+            TypeError: A keyword characterize() does not take.
+            ConfigError: A bad value (``field`` names its keyword).
+        """
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
             raise TypeError(f"characterize() got an unexpected keyword argument {unknown[0]!r}")
         parts: dict[str, dict[str, Any]] = {"timing": {}, "recovery": {}, "ramp": {}, "": {}}
         for keyword, value in options.items():
             part, attribute = OPTIONS[keyword]
-            parts[part][attribute] = value
-        if "ladder" in parts["ramp"]:
-            parts["ramp"]["ladder"] = _ladder(parts["ramp"]["ladder"])
-        return cls(
-            timing=TimingSettings(**parts["timing"]),
-            recovery=RecoverySettings(**parts["recovery"]),
-            ramp=RampConfig(**parts["ramp"]),
-            early_warning=parts[""].get("early_warning"),
+            parts[part][attribute] = _ladder(value) if keyword == "ladder" else value
+        return dataclasses.replace(
+            self,
+            timing=dataclasses.replace(self.timing, **parts["timing"]),
+            recovery=dataclasses.replace(self.recovery, **parts["recovery"]),
+            ramp=dataclasses.replace(self.ramp, **parts["ramp"]),
+            **parts[""],
         )
 
     def __repr__(self) -> str:
