@@ -155,3 +155,17 @@ def test_the_settings_are_public() -> None:
     for name in ("CharacterizeSettings", "TimingSettings", "RecoverySettings", "RampConfig", "EarlyWarning"):
         assert name in fp.__all__
         assert getattr(fp, name) is globals()[name]
+
+
+def test_replace_changes_flat_keywords_in_their_record_and_validates_again() -> None:
+    base = CharacterizeSettings.from_options(dwell_s=0.4, trials=2)
+    changed = base.replace(recovery=_hook, ladder=[2, 3], hold_s=0)
+    assert changed.recovery.hook is _hook
+    assert changed.ramp == RampConfig(ladder=(2, 3), trials=2)
+    assert changed.timing == TimingSettings(dwell_s=0.4, hold_s=0)
+    assert base.recovery.hook is None  # frozen: the original is untouched
+    with pytest.raises(ConfigError, match=r"^dwell_s: ") as info:
+        base.replace(dwell_s=-1)
+    assert info.value.field == "dwell_s"
+    with pytest.raises(TypeError, match="'dwell'"):
+        base.replace(dwell=1.0)  # type: ignore[call-arg]
