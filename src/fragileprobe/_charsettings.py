@@ -43,6 +43,7 @@ __all__ = [
 DEFAULT_DWELL_S = 5.0
 # Half a second per session, about what a scanner's service check holds a connection for.
 DEFAULT_HOLD_S = 0.5
+# One heartbeat a second: a hang is seen within about a second, and the beat itself is a negligible load.
 DEFAULT_INTERVAL_S = 1.0
 # One failed beat declares the device down: the fragile devices this is for do not come back by themselves.
 DEFAULT_FAILURES_TO_DOWN = 1
@@ -50,6 +51,8 @@ DEFAULT_FAILURES_TO_DOWN = 1
 DEFAULT_HEALTHY_BEATS = 3
 # Idle beats whose median is the latency baseline (odd, so the median is one real beat).
 DEFAULT_BASELINE_BEATS = 5
+# A session's connect and first read: an embedded stack answers a SYN in milliseconds and a banner within
+# a second when healthy; a longer wait would only hold a slot while the heartbeat decides.
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
 DEFAULT_READ_TIMEOUT_S = 1.0
 
