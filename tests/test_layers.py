@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sessions", ("_limiter", "_sessions")),
     ("watchdog", ("_watchdog",)),
     ("guard", ("_guard",)),
-    ("ramp", ("_ramp", "_profile", "_recovery")),
+    ("ramp", ("_ramp", "_profile", "_recovery", "_level_verdict", "_charsettings")),
     ("store", ("_db", "_store")),
     ("orchestrators", ("_characterize", "_discovery", "_groups", "_hostpolicy", "_timing")),
     ("outputs", ("_report", "_progress", "export", "_shield", "_socks", "sites")),

@@ -18,7 +18,8 @@ exceptions and their reasons)::
     orchestrators  _characterize, _discovery,    the two drivers and their pure policies (rules and zones,
                    _groups, _hostpolicy, _timing per-host plans, timeouts that follow the network)
     store          _db, _store                   profiles, runs and the inventory, on SQLite or PostgreSQL
-    ramp           _ramp, _profile, _recovery    the ramp state machine, its records, recovery hooks
+    ramp           _ramp, _profile, _recovery,   the ramp state machine, its records, recovery hooks,
+                   _level_verdict, _charsettings a level's verdict, characterization settings
     guard          _guard                        one device, its ceiling, heartbeat and watchdog together
     watchdog       _watchdog                     stop everything the moment the device stops answering
     sessions       _limiter, _sessions           the ceiling, counted as the device counts sessions
@@ -113,10 +114,13 @@ _PUBLIC: dict[str, str] = {
     "fleet_recovery": "_recovery",
     "manual_recovery": "_recovery",
     "wait_for_recovery": "_recovery",
-    "EarlyWarning": "_characterize",
+    "EarlyWarning": "_level_verdict",
     "ProgressEvent": "_characterize",
     "characterize": "_characterize",
     "characterize_sync": "_characterize",
+    "CharacterizeSettings": "_charsettings",
+    "RecoverySettings": "_charsettings",
+    "TimingSettings": "_charsettings",
     # people's side: notebook progress and reports (matplotlib only when a plot is drawn)
     "NotebookProgress": "_progress",
     "NotebookDiscoveryProgress": "_progress",
@@ -160,10 +164,12 @@ for _name in [name for name, module in _PUBLIC.items() if module == "_errors"]:
 del _name
 
 if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and IDEs
-    from fragileprobe._characterize import EarlyWarning as EarlyWarning
     from fragileprobe._characterize import ProgressEvent as ProgressEvent
     from fragileprobe._characterize import characterize as characterize
     from fragileprobe._characterize import characterize_sync as characterize_sync
+    from fragileprobe._charsettings import CharacterizeSettings as CharacterizeSettings
+    from fragileprobe._charsettings import RecoverySettings as RecoverySettings
+    from fragileprobe._charsettings import TimingSettings as TimingSettings
     from fragileprobe._discovery import Asset as Asset
     from fragileprobe._discovery import DiscoveryReport as DiscoveryReport
     from fragileprobe._discovery import discover as discover
@@ -196,6 +202,7 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._heartbeat import Heartbeat as Heartbeat
     from fragileprobe._heartbeat import HttpHeartbeat as HttpHeartbeat
     from fragileprobe._heartbeat import TcpHeartbeat as TcpHeartbeat
+    from fragileprobe._level_verdict import EarlyWarning as EarlyWarning
     from fragileprobe._limiter import ConcurrencyLimiter as ConcurrencyLimiter
     from fragileprobe._limiter import LimiterStatistics as LimiterStatistics
     from fragileprobe._ports import PORT_SETS as PORT_SETS

@@ -395,7 +395,8 @@ class EmulatedDevice:
                     await listener.aclose()
             raise ConfigError(
                 f"port: cannot listen on {self.host}:{bound} for {self.model.name} port {model_port} "
-                f"({exc.strerror or exc})"
+                f"({exc.strerror or exc})",
+                field="port",
             ) from exc
         threshold = self._fm.boot()
         self._held = 0
