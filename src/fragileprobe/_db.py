@@ -1,7 +1,7 @@
 """The store's database seam: one SQLite file or one PostgreSQL database, behind the same small interface.
 
-:class:`~fragileprobe.ProfileStore` writes its SQL once, in the dialect both databases accept (``?``
-placeholders, ``INSERT ... ON CONFLICT``, ``RETURNING``), and runs it through a backend chosen by the
+The store's repositories write their SQL once, in the dialect both databases accept (``?``
+placeholders, ``INSERT ... ON CONFLICT``, ``RETURNING``), and run it through a backend chosen by the
 store's location::
 
     ProfileStore("fragileprobe.db")                    -> SqliteBackend   (sqlite3, the default)
