@@ -705,42 +705,10 @@ class PostgresBackend:
             self._connect()
 
     def _migrate(self, migrations: Sequence[str]) -> None:
+        """Claim a new database (or prove an existing one ours) and apply the missing schema steps."""
         target = len(migrations)
         with self.write() as conn:
-            meta = conn.execute("SELECT to_regclass('fragileprobe_meta') IS NOT NULL").fetchone()[0]
-            if not meta:
-                others = conn.execute(
-                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
-                ).fetchone()[0]
-                if others:
-                    raise StoreError(
-                        f"profile store {self.location} holds {others} other tables and no "
-                        "fragileprobe_meta: a foreign database, refused (give fragileprobe its own database)"
-                    )
-                conn.execute("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                conn.execute(
-                    "INSERT INTO fragileprobe_meta(key, value) VALUES ('application', ?), "
-                    "('schema_version', '0')",
-                    (PG_APPLICATION,),
-                )
-            rows = dict(conn.execute("SELECT key, value FROM fragileprobe_meta").fetchall())
-            if rows.get("application") != PG_APPLICATION:
-                raise StoreError(
-                    f"profile store {self.location}: fragileprobe_meta names application "
-                    f"{rows.get('application')!r}, not {PG_APPLICATION!r}: refused"
-                )
-            try:
-                version = int(rows.get("schema_version", ""))
-            except ValueError:
-                raise StoreError(
-                    f"profile store {self.location} is corrupt: schema_version "
-                    f"{rows.get('schema_version')!r} is not a number"
-                ) from None
-            if version > target:
-                raise StoreError(
-                    f"profile store {self.location} has schema version {version}, newer than this "
-                    f"fragileprobe supports ({target}); upgrade fragileprobe or use another database"
-                )
+            version = self._stored_version(conn, target)
             for step in migrations[version:]:
                 for statement in _statements(step):
                     self._raw.execute(pg_ddl(statement))
@@ -749,6 +717,48 @@ class PostgresBackend:
                     "UPDATE fragileprobe_meta SET value = ? WHERE key = 'schema_version'", (str(target),)
                 )
         log.debug("store.opened", location=self.location, schema_version=target)
+
+    def _stored_version(self, conn: Connection, target: int) -> int:
+        """The schema version in ``fragileprobe_meta`` (created, at 0, in an empty database).
+
+        Raises:
+            StoreError: Other tables and no ``fragileprobe_meta`` (a foreign database), another
+                application's meta table, a version that is not a number or newer than ``target``.
+        """
+        if not conn.execute("SELECT to_regclass('fragileprobe_meta') IS NOT NULL").fetchone()[0]:
+            others = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+            ).fetchone()[0]
+            if others:
+                raise StoreError(
+                    f"profile store {self.location} holds {others} other tables and no "
+                    "fragileprobe_meta: a foreign database, refused (give fragileprobe its own database)"
+                )
+            conn.execute("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
+                "INSERT INTO fragileprobe_meta(key, value) VALUES ('application', ?), "
+                "('schema_version', '0')",
+                (PG_APPLICATION,),
+            )
+        rows = dict(conn.execute("SELECT key, value FROM fragileprobe_meta").fetchall())
+        if rows.get("application") != PG_APPLICATION:
+            raise StoreError(
+                f"profile store {self.location}: fragileprobe_meta names application "
+                f"{rows.get('application')!r}, not {PG_APPLICATION!r}: refused"
+            )
+        try:
+            version = int(rows.get("schema_version", ""))
+        except ValueError:
+            raise StoreError(
+                f"profile store {self.location} is corrupt: schema_version "
+                f"{rows.get('schema_version')!r} is not a number"
+            ) from None
+        if version > target:
+            raise StoreError(
+                f"profile store {self.location} has schema version {version}, newer than this "
+                f"fragileprobe supports ({target}); upgrade fragileprobe or use another database"
+            )
+        return version
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
