@@ -149,14 +149,13 @@ class ProfileStore:
         self.path: Path | str = self.db.path
         self.profile_repo = ProfileRepository(self.db)
         self.inventory_repo = InventoryRepository(self.db)
-        self._aio: AsyncStore | None = None
+        # Made here, not on first use, so two threads asking at once still share one limiter.
+        self._aio = AsyncStore(self)
 
     # --- plumbing ------------------------------------------------------------------------------------
     @property
     def aio(self) -> AsyncStore:
         """The same store, awaitable: ``await store.aio.upsert_asset(...)`` (see :class:`AsyncStore`)."""
-        if self._aio is None:
-            self._aio = AsyncStore(self)
         return self._aio
 
     def _tx(self) -> AbstractContextManager[Connection]:
