@@ -41,9 +41,9 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from fragileprobe import _validate
 from fragileprobe._codec import Codec, Computed, Field, dataframe
 from fragileprobe._errors import ConfigError
-from fragileprobe._validate import fail
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -95,18 +95,14 @@ class LevelOutcome(enum.Enum):
 
 def check_margin_fraction(value: float) -> float:
     """Validate a safety margin fraction (0 <= value < 1); raise ConfigError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"margin_fraction: must be a number in [0, 1), got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"margin_fraction: must be in [0, 1), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise _validate.fail("margin_fraction", "a number in [0, 1)", value)  # NaN fails the range test
     return float(value)
 
 
 def check_margin_levels(value: int) -> int:
     """Validate a margin in whole levels (an integer >= 1); raise ConfigError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"margin_levels: must be an integer >= 1, got {value!r}")
-    return value
+    return _validate.positive_int("margin_levels", value)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -608,16 +604,7 @@ class Characterization:
                 required key (``field`` names it: ``trials[0].levels[1].level``).
         """
         if isinstance(data, collections.abc.Mapping) and "format" in data:
-            fmt = data["format"]
-            if isinstance(fmt, bool) or not isinstance(fmt, int):
-                raise ConfigError(
-                    f"characterization data is malformed: {fail('format', 'an integer', fmt)}", field="format"
-                )
-            if fmt > FORMAT_VERSION:
-                raise ConfigError(
-                    f"characterization format {fmt} is newer than this fragileprobe ({FORMAT_VERSION})",
-                    field="format",
-                )
+            _check_format(data["format"])
         return _CHARACTERIZATIONS.decode(data)
 
     @classmethod
@@ -754,6 +741,19 @@ class DeviceProfile:
 
 
 # --- the codecs: the JSON layout and the DataFrame columns, from the fields -------------------------------
+
+
+def _check_format(fmt: Any) -> None:
+    """A document's ``format`` must be an integer no newer than :data:`FORMAT_VERSION`."""
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        bad = _validate.fail("format", "an integer", fmt)
+        raise ConfigError(f"characterization data is malformed: {bad}", field="format")
+    if fmt > FORMAT_VERSION:
+        raise ConfigError(
+            f"characterization format {fmt} is newer than this fragileprobe ({FORMAT_VERSION})",
+            field="format",
+        )
+
 
 _LEVELS: Final = Codec(
     LevelResult,
