@@ -50,7 +50,6 @@ import structlog
 
 from fragileprobe import _codec as codec
 from fragileprobe import _validate
-from fragileprobe._codec import dataframe
 from fragileprobe._errors import ConfigError, FragileProbeError, RawUnavailableError
 from fragileprobe._fingerprint import (
     ServiceInfo,
@@ -391,7 +390,7 @@ class DiscoveryReport:
         """
         alerted = {al.host for al in self.alerts}
         rows = ({**_ASSETS.row(a), "alert": a.host in alerted} for a in self.assets)
-        return dataframe(rows, (*_ASSETS.columns(), "alert"))
+        return codec.dataframe(rows, (*_ASSETS.columns(), "alert"))
 
     def _repr_html_(self) -> str:
         """A readable summary in Jupyter, drawn by the report layer.

@@ -7,6 +7,11 @@ Records, from small to large::
     Characterization  one device: every trial, the derived ceiling, the latency knee, a summary
     DeviceProfile     one device *model*: the characterizations of its devices, the lowest ceiling
 
+The records hold data: their JSON layout (``to_dict``/``from_dict``, strict on input) and their DataFrame
+columns come from their fields through :mod:`fragileprobe._codec` (the codecs at the end of this module);
+plots and HTML are drawn by the report layer (``fragileprobe._report``), to which ``plot()`` and
+``_repr_html_`` delegate.
+
 The safe ceiling (see :func:`derive_ceiling` and docs/characterization.md). A level N is N sessions held
 on the device at once, the heartbeat included, and a Guard at ceiling N holds at most that many::
 
