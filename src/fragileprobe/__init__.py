@@ -17,7 +17,8 @@ exceptions and their reasons)::
                    _shield, _socks, sites        progress, scanner templates, the SOCKS5 shield, site agents
     orchestrators  _characterize, _discovery,    the two drivers and their pure policies (rules and zones,
                    _groups, _hostpolicy, _timing per-host plans, timeouts that follow the network)
-    store          _db, _store                   profiles, runs and the inventory, on SQLite or PostgreSQL
+    store          _db, _schema, _repo_profiles, profiles, runs and the inventory, on SQLite or PostgreSQL:
+                   _repo_inventory, _store       one core, two repositories, the ProfileStore facade
     ramp           _ramp, _profile, _recovery,   the ramp state machine, its records, recovery hooks,
                    _level_verdict, _charsettings a level's verdict, characterization settings
     guard          _guard                        one device, its ceiling, heartbeat and watchdog together
@@ -29,7 +30,8 @@ exceptions and their reasons)::
     scope          _addresses, _ports, _target,  what names a device, and the authorized scope
                    _scope
     foundation     _errors, _validate, _numbers, one error tree, one configuration check, numbers from
-                   _files, _sync, _public        device bytes, bounded file reads, sync entry points
+                   _files, _sync, _public,       device bytes, bounded file reads, sync entry points, the
+                   _codec                        record codec
 
 A new public name is one entry in :data:`_PUBLIC` plus its line in the ``TYPE_CHECKING`` block at the end
 (``tests/test_public_api.py`` checks that the two agree and prints the missing line).
@@ -124,8 +126,8 @@ _PUBLIC: dict[str, str] = {
     # people's side: notebook progress and reports (matplotlib only when a plot is drawn)
     "NotebookProgress": "_progress",
     "NotebookDiscoveryProgress": "_progress",
-    "ReportFiles": "_report",
-    "write_report": "_report",
+    "ReportFiles": "_report._files",
+    "write_report": "_report._files",
     # the shield: a SOCKS5 server that puts any scanner behind the ceiling and the watchdog
     "Shield": "_shield",
     "ShieldSession": "_shield",
@@ -241,8 +243,8 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._recovery import fleet_recovery as fleet_recovery
     from fragileprobe._recovery import manual_recovery as manual_recovery
     from fragileprobe._recovery import wait_for_recovery as wait_for_recovery
-    from fragileprobe._report import ReportFiles as ReportFiles
-    from fragileprobe._report import write_report as write_report
+    from fragileprobe._report._files import ReportFiles as ReportFiles
+    from fragileprobe._report._files import write_report as write_report
     from fragileprobe._scope import Scope as Scope
     from fragileprobe._scope import parse_targets as parse_targets
     from fragileprobe._shield import Shield as Shield
