@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import anyio
 import structlog
 
-from fragileprobe import _probes
+from fragileprobe import _probes, _validate
 from fragileprobe._errors import ConfigError, DeviceDownError
 from fragileprobe._limiter import ConcurrencyLimiter
 from fragileprobe._probes import HttpResult, Outcome, ProbeResult, ProbeStream
@@ -227,9 +227,9 @@ class Guard:
 
         self._target = Target(target) if isinstance(target, str) else target
         if not isinstance(self._target, Target):
-            raise ConfigError(f"Guard.target must be a Target or an address string, got {target!r}")
+            raise _validate.fail("Guard.target", "a Target or an address string", target)
         if not isinstance(scope, Scope):
-            raise ConfigError(f"Guard.scope must be a Scope, got {scope!r}")
+            raise _validate.fail("Guard.scope", "a Scope", scope)
         self._scope = scope
         self._heartbeat = heartbeat if heartbeat is not None else self._target.heartbeat
         self._watchdog_on = bool(watchdog)
@@ -252,10 +252,11 @@ class Guard:
                 raise ConfigError(
                     f"linger_s: {self._linger_s:g} s is not longer than the watchdog's detection bound "
                     f"({probe.detection_bound_s:g} s = interval + heartbeat timeout): a device that hangs "
-                    "holding our sessions could see a slot reused before it is declared down"
+                    "holding our sessions could see a slot reused before it is declared down",
+                    field="linger_s",
                 )
         if network is not None and not callable(getattr(network, "connect", None)):
-            raise ConfigError(f"Guard.network: {network!r} has no connect(host, port) method")
+            raise _validate.fail("Guard.network", "an object with a connect(host, port) method", network)
         self._network = network
         self._sessions: DeviceSessions | None = None
         self._work: SessionPool | None = None
@@ -272,8 +273,7 @@ class Guard:
 
     def _work_ceiling(self, ceiling: int) -> int:
         """The work's share of N (N minus the heartbeat's place), validating N."""
-        if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 1:
-            raise ConfigError(f"ceiling must be an int of at least 1, got {ceiling!r}")
+        _validate.positive_int("ceiling", ceiling)
         if ceiling - self._reserve < 1:
             hb = self._heartbeat
             raise ConfigError(
@@ -281,7 +281,8 @@ class Guard:
                 "opens a session of its own, and a ceiling counts every session the device holds, the "
                 f"heartbeat included. Ways out: a ceiling of {self._reserve + 1} or more, a heartbeat that "
                 "opens no session (IcmpHeartbeat, with fragileprobe[raw]), or watchdog=False (no liveness "
-                "checks)"
+                "checks)",
+                field="ceiling",
             )
         return ceiling - self._reserve
 

@@ -47,6 +47,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from fragileprobe import _validate
 from fragileprobe._errors import ConfigError, RawUnavailableError
 
 if TYPE_CHECKING:
@@ -285,9 +286,9 @@ def _ipv4(host: str, field: str = "host") -> str:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError as exc:
-        raise ConfigError(f"{field}: {host!r} is not an IP address") from exc
+        raise _validate.fail(field, "an IP address", host) from exc
     if addr.version != 4:
-        raise ConfigError(f"{field}: {host!r}: raw-packet features support IPv4 only")
+        raise _validate.fail(field, "an IPv4 address (raw-packet features support IPv4 only)", host)
     return str(addr)
 
 
@@ -697,13 +698,18 @@ class IcmpResult:
         return 1.0 - self.received / self.sent if self.sent else 1.0
 
 
+def _seconds_up_to(field: str, value: float, maximum: float, *, zero_ok: bool) -> None:
+    """``value`` is a number of seconds in ``0 < value <= maximum`` (``0 <= ...`` when ``zero_ok``)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not (value >= 0 if zero_ok else value > 0) or not value <= maximum:
+        low = ">= 0" if zero_ok else "> 0"
+        raise _validate.fail(field, f"a number of seconds {low} and <= {maximum:g}", value)
+
+
 def _check_icmp_args(timeout_s: float, count: int, interval_s: float) -> None:
-    if not 0 < timeout_s <= ICMP_MAX_TIMEOUT_S:
-        raise ConfigError(f"timeout_s: must be > 0 and <= {ICMP_MAX_TIMEOUT_S}, got {timeout_s!r}")
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= ICMP_MAX_COUNT:
-        raise ConfigError(f"count: must be an integer from 1 to {ICMP_MAX_COUNT}, got {count!r}")
-    if not 0 <= interval_s <= ICMP_MAX_INTERVAL_S:
-        raise ConfigError(f"interval_s: must be >= 0 and <= {ICMP_MAX_INTERVAL_S}, got {interval_s!r}")
+    _seconds_up_to("timeout_s", timeout_s, ICMP_MAX_TIMEOUT_S, zero_ok=False)
+    _validate.count("count", count, minimum=1, maximum=ICMP_MAX_COUNT)
+    _seconds_up_to("interval_s", interval_s, ICMP_MAX_INTERVAL_S, zero_ok=True)
 
 
 def _icmp_worker(
@@ -1000,14 +1006,8 @@ class SynAckObserver:
             hosts = (hosts,)
         self.hosts: tuple[str, ...] = tuple(dict.fromkeys(_ipv4(h) for h in hosts))
         if not self.hosts:
-            raise ConfigError("hosts: at least one address to observe is needed")
-        if (
-            isinstance(max_observations, bool)
-            or not isinstance(max_observations, int)
-            or max_observations < 1
-        ):
-            raise ConfigError(f"max_observations: must be a positive integer, got {max_observations!r}")
-        self._max = max_observations
+            raise _validate.fail("hosts", "at least one address to observe", self.hosts)
+        self._max = _validate.positive_int("max_observations", max_observations)
         self._hostset = frozenset(self.hosts)
         self._lock = threading.Lock()
         self._by_host: dict[str, dict[int, SynAckObservation]] = {h: {} for h in self.hosts}
@@ -1058,11 +1058,11 @@ class SynAckObserver:
         """
         if host is None:
             if len(self.hosts) != 1:
-                raise ConfigError("host: several hosts were observed; say which one")
+                raise ConfigError("host: several hosts were observed; say which one", field="host")
             host = self.hosts[0]
         host = _ipv4(host)
         if host not in self._hostset:
-            raise ConfigError(f"host: {host} was not observed")
+            raise _validate.fail("host", f"one of the observed hosts {list(self.hosts)}", host)
         if self._final is not None:
             return self._final[host]
         return self._summarize(host)
@@ -1221,8 +1221,7 @@ class PacketCapture:
         self.host = _ipv4(host)
         self.path = Path(path)
         for name, value, floor in (("max_packets", max_packets, 1), ("max_bytes", max_bytes, 1024)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < floor:
-                raise ConfigError(f"{name}: must be an integer >= {floor}, got {value!r}")
+            _validate.count(name, value, minimum=floor)
         self.max_packets = max_packets
         self.max_bytes = max_bytes
         self._lock = threading.Lock()

@@ -35,7 +35,8 @@ from typing import Final
 
 import anyio
 
-from fragileprobe._errors import ConfigError, ProbeError
+from fragileprobe import _validate
+from fragileprobe._errors import ProbeError
 from fragileprobe._fingerprint import ServiceInfo, fingerprint_ntp, fingerprint_snmp, fingerprint_ssdp
 from fragileprobe._probes import Outcome
 
@@ -153,7 +154,7 @@ def _encode_integer(value: int) -> bytes:
 
 def _encode_oid(arcs: tuple[int, ...]) -> bytes:
     if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] > 39) or any(a < 0 for a in arcs):
-        raise ConfigError(f"oid: not a valid object identifier: {arcs!r}")
+        raise _validate.fail("oid", "a valid object identifier", arcs)
     out = bytearray()
     for arc in (arcs[0] * 40 + arcs[1], *arcs[2:]):
         chunk = [arc & 0x7F]
@@ -171,7 +172,7 @@ def ber_encode(tag: int, value: BerValue) -> bytes:
     if isinstance(value, list):
         content = b"".join(ber_encode(t, v) for t, v in value)
     elif isinstance(value, bool):
-        raise ConfigError("ber: booleans are not encoded")
+        raise _validate.fail("ber value", "an int, bytes, an OID tuple, None or a list, not a bool", value)
     elif isinstance(value, int):
         content = _encode_integer(value)
     elif isinstance(value, bytes):
@@ -287,8 +288,8 @@ def check_community(community: str) -> str:
     if not isinstance(community, str) or not 1 <= len(community) <= MAX_COMMUNITY_BYTES or not all(
         0x20 <= ord(c) < 0x7F for c in community
     ):
-        raise ConfigError(f"snmp_community must be 1-{MAX_COMMUNITY_BYTES} printable ASCII characters, "
-                          f"got {community!r:.40}")
+        shown = community[:40] if isinstance(community, str) else community
+        raise _validate.fail("snmp_community", f"1-{MAX_COMMUNITY_BYTES} printable ASCII characters", shown)
     return community
 
 
@@ -296,7 +297,7 @@ def snmp_get_request(community: str, request_id: int, oid: tuple[int, ...] = SYS
     """An SNMP v2c GetRequest for one OID (RFC 3416), as bytes."""
     check_community(community)
     if not 0 <= request_id < 2**31:
-        raise ConfigError(f"request_id must be in 0..2**31-1, got {request_id!r}")
+        raise _validate.fail("request_id", "an integer in 0-2147483647 (2**31-1)", request_id)
     binding: list[tuple[int, BerValue]] = [(TAG_OID, oid), (TAG_NULL, None)]
     varbinds: list[tuple[int, BerValue]] = [(TAG_SEQUENCE, binding)]
     pdu: list[tuple[int, BerValue]] = [(TAG_INTEGER, request_id), (TAG_INTEGER, 0), (TAG_INTEGER, 0),
@@ -345,7 +346,7 @@ def parse_snmp_response(data: bytes, request_id: int, oid: tuple[int, ...] = SYS
 def ntp_request(cookie: bytes) -> bytes:
     """An NTP v4 client (mode 3) request whose transmit timestamp is the 8-byte ``cookie`` (RFC 5905)."""
     if len(cookie) != 8:
-        raise ConfigError("cookie must be 8 bytes")
+        raise _validate.fail("cookie", "8 bytes", cookie)
     return bytes([0x23]) + bytes(39) + cookie  # LI 0, VN 4, mode 3; everything else zero
 
 
@@ -425,10 +426,10 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
         ipaddress.ip_address(host)
     except ValueError:
         # connect() would resolve a name with a blocking DNS query nobody authorized.
-        raise ConfigError(f"host {host!r} is not an IP address literal") from None
+        raise _validate.fail("host", "an IP address literal", host) from None
     proto = protocol or UDP_PROBES.get(port)
     if proto not in ("snmp", "ntp", "ssdp"):
-        raise ConfigError(f"udp_ports: no UDP probe is known for port {port} (known: {sorted(UDP_PROBES)})")
+        raise _validate.fail("udp_ports", f"a port with a known UDP probe ({sorted(UDP_PROBES)})", port)
     nonce = os.urandom(8)
     request_id = int.from_bytes(nonce[:4], "big") & 0x7FFFFFFF
     if proto == "snmp":

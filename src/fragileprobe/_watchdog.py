@@ -19,7 +19,6 @@ declared down (the heartbeat is traffic too). Beating resumes only when someone 
 from __future__ import annotations
 
 import inspect
-import math
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from fragileprobe._errors import ConfigError, DeviceDownError
+from fragileprobe import _validate
+from fragileprobe._errors import DeviceDownError
 from fragileprobe._heartbeat import Beat
 
 if TYPE_CHECKING:
@@ -170,20 +170,16 @@ class Watchdog:
         sessions: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if not callable(getattr(heartbeat, "beat", None)):
-            raise ConfigError(f"Watchdog.heartbeat {heartbeat!r} has no beat(host) method")
+            raise _validate.fail("Watchdog.heartbeat", "an object with a beat(host) method", heartbeat)
         if not isinstance(host, str) or not host:
-            raise ConfigError(f"Watchdog.host must be a non-empty address string, got {host!r}")
-        self._interval_s = _positive("interval_s", interval_s)
-        count_ok = isinstance(failures_to_down, int) and not isinstance(failures_to_down, bool)
-        if not count_ok or failures_to_down < 1:
-            raise ConfigError(
-                f"Watchdog.failures_to_down must be an int of at least 1, got {failures_to_down!r}"
-            )
+            raise _validate.fail("Watchdog.host", "a non-empty address string", host)
+        self._interval_s = _validate.positive("Watchdog.interval_s", interval_s)
+        _validate.positive_int("Watchdog.failures_to_down", failures_to_down)
         if timeout_s is None:
             timeout_s = getattr(heartbeat, "timeout_s", None)
             if timeout_s is None:
-                raise ConfigError("Watchdog.timeout_s is required when the heartbeat has no timeout_s")
-        self._timeout_s = _positive("timeout_s", timeout_s)
+                raise _validate.fail("Watchdog.timeout_s", "given when the heartbeat has no timeout_s", None)
+        self._timeout_s = _validate.positive("Watchdog.timeout_s", timeout_s)
         self._heartbeat = heartbeat
         self._network = network if network is not None and _accepts_network(heartbeat) else None
         self._host = host
@@ -348,8 +344,7 @@ class Watchdog:
 
         Never returns on a device that stays down: bound it with ``anyio.fail_after``.
         """
-        if isinstance(beats, bool) or not isinstance(beats, int) or beats < 1:
-            raise ConfigError(f"beats must be an int of at least 1, got {beats!r}")
+        _validate.positive_int("beats", beats)
         run = 0
         while run < beats:
             beat = await self.next_beat()
@@ -429,9 +424,3 @@ def _accepts_network(heartbeat: Heartbeat) -> bool:
         return False
     return "network" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
-
-def _positive(name: str, value: float) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"Watchdog.{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
