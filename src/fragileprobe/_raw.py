@@ -712,11 +712,22 @@ def _check_icmp_args(timeout_s: float, count: int, interval_s: float) -> None:
     _seconds_up_to("interval_s", interval_s, ICMP_MAX_INTERVAL_S, zero_ok=True)
 
 
-def _icmp_worker(
-    host: str, timeout_s: float, count: int, interval_s: float, stop: threading.Event
-) -> IcmpResult:
-    """Send ``count`` echo requests one at a time and wait for each reply (runs in a worker thread)."""
-    sc = _scapy("icmp_reachable")
+@dataclass(slots=True)
+class _EchoTally:
+    """What an ICMP check has counted so far (one worker thread owns it)."""
+
+    sent: int = 0
+    rtts: list[float] = field(default_factory=list)
+    ttl: int | None = None
+    error: str | None = None
+
+    def result(self, host: str) -> IcmpResult:
+        return IcmpResult(host=host, sent=self.sent, received=len(self.rtts), rtts_s=tuple(self.rtts),
+                          ttl=self.ttl, error=self.error)
+
+
+def _open_icmp_socket(sc: _Scapy, host: str) -> Any:
+    """A layer-3 scapy socket that receives ICMP from ``host`` (its filter attached where it can be)."""
     iface = _interface_for(sc, host)
     # The interface picks its layer-3 socket: on Linux loopback a PF_PACKET socket's echo request is never
     # answered, so scapy uses a SOCK_RAW socket there. The filter narrows what reaches Python where the
@@ -738,43 +749,58 @@ def _icmp_worker(
                 if not select.select([sock.ins], [], [], 0)[0]:
                     break
                 sock.ins.recv(65536)
+    return sock
+
+
+def _await_echo_reply(
+    sc: _Scapy,
+    sock: Any,
+    echo: tuple[int, int],
+    started: float,
+    timeout_s: float,
+    stop: threading.Event,
+    tally: _EchoTally,
+) -> None:
+    """Read until the reply to ``echo`` (id, sequence) arrives, ``timeout_s`` passes or ``stop`` is set."""
+    deadline = started + timeout_s
+    while not stop.is_set():
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return
+        readable, _, _ = select.select([sock], [], [], min(remaining, _POLL_S))
+        reply = sock.recv() if readable else None
+        if reply is None or not reply.haslayer(sc.ICMP):
+            continue
+        icmp = reply[sc.ICMP]
+        if int(icmp.type) == 0 and (int(icmp.id), int(icmp.seq)) == echo:
+            tally.rtts.append(time.perf_counter() - started)
+            if tally.ttl is None:
+                tally.ttl = int(reply[sc.IP].ttl)
+            return
+        if int(icmp.type) == 3:
+            tally.error = "destination unreachable"
+
+
+def _icmp_worker(
+    host: str, timeout_s: float, count: int, interval_s: float, stop: threading.Event
+) -> IcmpResult:
+    """Send ``count`` echo requests one at a time and wait for each reply (runs in a worker thread)."""
+    sc = _scapy("icmp_reachable")
+    sock = _open_icmp_socket(sc, host)
     ident = random.getrandbits(16)  # tells our replies from another pinger's
-    rtts: list[float] = []
-    ttl: int | None = None
-    error: str | None = None
-    sent = 0
+    tally = _EchoTally()
     try:
         for seq in range(1, count + 1):
-            if stop.is_set():
-                break
-            if seq > 1 and interval_s > 0 and stop.wait(interval_s):
+            if stop.is_set() or (seq > 1 and interval_s > 0 and stop.wait(interval_s)):
                 break
             request = sc.IP(dst=host) / sc.ICMP(type=8, id=ident, seq=seq)
             started = time.perf_counter()
             sock.send(request)
-            sent += 1
-            deadline = started + timeout_s
-            while not stop.is_set():
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                readable, _, _ = select.select([sock], [], [], min(remaining, _POLL_S))
-                if not readable:
-                    continue
-                reply = sock.recv()
-                if reply is None or not reply.haslayer(sc.ICMP):
-                    continue
-                icmp = reply[sc.ICMP]
-                if int(icmp.type) == 0 and int(icmp.id) == ident and int(icmp.seq) == seq:
-                    rtts.append(time.perf_counter() - started)
-                    if ttl is None:
-                        ttl = int(reply[sc.IP].ttl)
-                    break
-                if int(icmp.type) == 3:
-                    error = "destination unreachable"
+            tally.sent += 1
+            _await_echo_reply(sc, sock, (ident, seq), started, timeout_s, stop, tally)
     finally:
         sock.close()
-    return IcmpResult(host=host, sent=sent, received=len(rtts), rtts_s=tuple(rtts), ttl=ttl, error=error)
+    return tally.result(host)
 
 
 async def icmp_reachable(

@@ -31,7 +31,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
@@ -39,6 +39,9 @@ from fragileprobe import _validate
 from fragileprobe._errors import ProbeError
 from fragileprobe._fingerprint import ServiceInfo, fingerprint_ntp, fingerprint_snmp, fingerprint_ssdp
 from fragileprobe._probes import Outcome
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "DEFAULT_SNMP_COMMUNITY",
@@ -205,23 +208,56 @@ def _decode_oid(content: bytes) -> tuple[int, ...]:
     return (*head, *arcs[1:])
 
 
+def _decode_integer(content: bytes) -> int:
+    if not 1 <= len(content) <= MAX_INTEGER_BYTES:
+        raise BerError(f"ber: INTEGER of {len(content)} bytes")
+    return int.from_bytes(content, "big", signed=True)
+
+
+def _decode_null(content: bytes) -> None:
+    if content:
+        raise BerError("ber: NULL with content")
+
+
+# How a primitive element's content is read, by tag; any other primitive tag keeps its bytes.
+_PRIMITIVES: Final[dict[int, Callable[[bytes], BerValue]]] = {
+    TAG_INTEGER: _decode_integer,
+    TAG_OID: _decode_oid,
+    TAG_NULL: _decode_null,
+    **dict.fromkeys(TAG_EXCEPTIONS, _decode_null),  # noSuchObject, noSuchInstance, endOfMibView: NULL-like
+}
+
+
 class _Decoder:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.elements = 0
 
     def element(self, pos: int, end: int, depth: int) -> tuple[int, BerValue, int]:
+        """``(tag, value, where it ends)`` of the element at ``pos``, inside a container ending at ``end``."""
+        self._count(depth)
+        tag, start, content_end = self._header(pos, end)
+        if tag in _CONSTRUCTED:
+            return tag, self._children(start, content_end, depth), content_end
+        decode = _PRIMITIVES.get(tag, bytes)
+        return tag, decode(self.data[start:content_end]), content_end
+
+    def _count(self, depth: int) -> None:
         if depth > MAX_BER_DEPTH:
             raise BerError(f"ber: nested deeper than {MAX_BER_DEPTH}")
         self.elements += 1
         if self.elements > MAX_BER_ELEMENTS:
             raise BerError(f"ber: more than {MAX_BER_ELEMENTS} elements")
+
+    def _header(self, pos: int, end: int) -> tuple[int, int, int]:
+        """``(tag, content start, content end)`` from the tag and length octets at ``pos`` (X.690 8.1.2-3)."""
         if pos + 2 > end:
             raise BerError("ber: truncated tag or length")
         tag, first = self.data[pos], self.data[pos + 1]
         if tag & 0x1F == 0x1F:
             raise BerError("ber: multi-byte tags are not used by SNMP")
         pos += 2
+        length = first
         if first & 0x80:
             count = first & 0x7F
             if count == 0:
@@ -230,33 +266,16 @@ class _Decoder:
                 raise BerError("ber: bad long-form length")
             length = int.from_bytes(self.data[pos:pos + count], "big")
             pos += count
-        else:
-            length = first
         if pos + length > end:
             raise BerError(f"ber: element of {length} bytes runs past its container")
-        content_end = pos + length
-        value: BerValue
-        if tag in _CONSTRUCTED:
-            items: list[tuple[int, BerValue]] = []
-            while pos < content_end:
-                child_tag, child, pos = self.element(pos, content_end, depth + 1)
-                items.append((child_tag, child))
-            value = items
-        else:
-            content = self.data[pos:content_end]
-            if tag == TAG_INTEGER:
-                if not 1 <= len(content) <= MAX_INTEGER_BYTES:
-                    raise BerError(f"ber: INTEGER of {len(content)} bytes")
-                value = int.from_bytes(content, "big", signed=True)
-            elif tag == TAG_OID:
-                value = _decode_oid(content)
-            elif tag == TAG_NULL or tag in TAG_EXCEPTIONS:
-                if content:
-                    raise BerError("ber: NULL with content")
-                value = None
-            else:
-                value = bytes(content)
-        return tag, value, content_end
+        return tag, pos, pos + length
+
+    def _children(self, pos: int, end: int, depth: int) -> list[tuple[int, BerValue]]:
+        items: list[tuple[int, BerValue]] = []
+        while pos < end:
+            child_tag, child, pos = self.element(pos, end, depth + 1)
+            items.append((child_tag, child))
+        return items
 
 
 def ber_decode(data: bytes) -> tuple[int, BerValue]:
