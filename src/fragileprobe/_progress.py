@@ -69,6 +69,8 @@ class CharacterizeState:
     planned_trials: int
     ladder: tuple[int, ...]
     dwell_s: float
+    # time.monotonic, not the event loop's clock: the state is built before the loop runs, and Rich redraws
+    # it (elapsed_s) from its own refresh thread, outside the loop.
     started: float = field(default_factory=time.monotonic)
     trial: int = 0
     level: int | None = None
@@ -84,7 +86,7 @@ class CharacterizeState:
     _levels_this_trial: int = 0
 
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
+        return time.monotonic() - self.started  # also called from Rich's refresh thread (see ``started``)
 
     def remaining_s(self) -> float | None:
         """A rough estimate: levels still expected times the mean level time (recoveries included)."""
@@ -107,12 +109,12 @@ class CharacterizeState:
             self.phase = "climbing"
         elif event.kind == "level_start":
             self.level = event.level
-            self.level_started = time.monotonic()
+            self.level_started = time.monotonic()  # the clock of ``started`` (compared with it)
             self.phase = "holding"
             self.recent_latencies_s.clear()
         elif event.kind == "level_end":
             if self.level_started is not None:
-                self.level_seconds.append(time.monotonic() - self.level_started)
+                self.level_seconds.append(time.monotonic() - self.level_started)  # as level_started
             self._levels_this_trial += 1
             median = statistics.median(self.recent_latencies_s) if self.recent_latencies_s else None
             # In flight and the level's own median arrive right after, in the characterize.level log event.
@@ -331,7 +333,7 @@ class TerminalDiscoveryView:
 
     def __init__(self, console: Any) -> None:
         self.console = console
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # built before the event loop runs (the CLI), so not its clock
         self._progress: Any = None
         self._task: Any = None
         self._alerts = 0

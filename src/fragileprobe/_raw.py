@@ -794,7 +794,7 @@ def _icmp_worker(
             if stop.is_set() or (seq > 1 and interval_s > 0 and stop.wait(interval_s)):
                 break
             request = sc.IP(dst=host) / sc.ICMP(type=8, id=ident, seq=seq)
-            started = time.perf_counter()
+            started = time.perf_counter()  # a worker thread, outside the event loop and its clock
             sock.send(request)
             tally.sent += 1
             _await_echo_reply(sc, sock, (ident, seq), started, timeout_s, stop, tally)
@@ -884,19 +884,19 @@ class IcmpHeartbeat:
         """Send one echo request to ``host``; ok when the reply comes back within ``timeout_s``."""
         from fragileprobe._heartbeat import Beat
 
-        at_s = time.monotonic()
+        at_s = anyio.current_time()
         try:
             result = await icmp_reachable(host, timeout_s=self.timeout_s, count=1, scope=self.scope)
         except (OSError, RawUnavailableError) as exc:
             # A send error (no route, interface down, privilege dropped since construction) is a failed
             # beat, as the Heartbeat protocol asks: the watchdog then stops probing, the safe side.
             return Beat(
-                at_s=at_s, ok=False, latency_s=time.monotonic() - at_s, error=f"icmp send failed: {exc}"
+                at_s=at_s, ok=False, latency_s=anyio.current_time() - at_s, error=f"icmp send failed: {exc}"
             )
         if result.reachable:
             return Beat(at_s=at_s, ok=True, latency_s=result.rtt_s or 0.0, error=None)
         reason = result.error or f"no echo reply within {self.timeout_s} s"
-        return Beat(at_s=at_s, ok=False, latency_s=time.monotonic() - at_s, error=reason)
+        return Beat(at_s=at_s, ok=False, latency_s=anyio.current_time() - at_s, error=reason)
 
 
 # ------------------------------------------------------------------------------------------ passive OS hint
@@ -1314,7 +1314,7 @@ class PacketCapture:
 
     async def __aenter__(self) -> PacketCapture:
         require_raw("capture")
-        self._started_s = time.monotonic()
+        self._started_s = anyio.current_time()
         await anyio.to_thread.run_sync(self._check_path)
         ok = False
         try:
@@ -1342,7 +1342,7 @@ class PacketCapture:
             packets_lost=self._sniffer.kernel_drops,
             max_packets=self.max_packets,
             max_bytes=self.max_bytes,
-            duration_s=time.monotonic() - self._started_s,
+            duration_s=anyio.current_time() - self._started_s,
         )
         log.info(
             "raw.capture.stop",

@@ -29,7 +29,6 @@ import ipaddress
 import os
 import re
 import socket
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -458,7 +457,7 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
     else:
         payload = ssdp_request(host)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    started = time.monotonic()
+    started = anyio.current_time()
     sock = socket.socket(family, socket.SOCK_DGRAM)
     data = b""
     try:
@@ -475,15 +474,15 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
                     except BlockingIOError:
                         continue
         except TimeoutError:
-            return UdpResult(host, port, proto, Outcome.TIMEOUT, time.monotonic() - started,
+            return UdpResult(host, port, proto, Outcome.TIMEOUT, anyio.current_time() - started,
                              error=f"no answer within {timeout_s:g} s")
         except OSError as exc:
             outcome = Outcome.CLOSED if exc.errno == errno.ECONNREFUSED else Outcome.UNREACHABLE
-            return UdpResult(host, port, proto, outcome, time.monotonic() - started,
+            return UdpResult(host, port, proto, outcome, anyio.current_time() - started,
                              error=(exc.strerror or str(exc)).lower())
     finally:
         sock.close()
-    latency = time.monotonic() - started
+    latency = anyio.current_time() - started
     try:
         if proto == "snmp":
             fields: tuple[tuple[str, str], ...] = (("sys_descr", parse_snmp_response(data, request_id)),)
