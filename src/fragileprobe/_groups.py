@@ -32,7 +32,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import structlog
 
@@ -222,7 +222,7 @@ class Zones:
         return cls.from_dict(data, source=src, text=text)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "zones", text: str = "") -> Zones:
+    def from_dict(cls, data: Mapping[str, object], *, source: str = "zones", text: str = "") -> Zones:
         """Build zones from parsed TOML (``{"zone": [{"name":..., "kind":..., "ranges": [...]}, ...]}``)."""
         _check_keys(data, {"zone"}, where="top level", source=source, text=text)
         entries = data.get("zone", [])
@@ -562,7 +562,7 @@ class Rules:
         return cls.from_dict(_loads(text, src), source=src, text=text)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "rules", text: str = "") -> Rules:
+    def from_dict(cls, data: Mapping[str, object], *, source: str = "rules", text: str = "") -> Rules:
         """Build rules from parsed TOML (``{"rule": [{...}, ...], "include_defaults": bool}``)."""
         _check_keys(data, {"rule", "include_defaults"}, where="top level", source=source, text=text)
         entries = data.get("rule", [])
@@ -648,7 +648,7 @@ class Alert:
     first_seen: str
     groups: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {
             "host": self.host, "model": self.model, "zone": self.zone, "zone_kind": self.zone_kind,
@@ -825,7 +825,7 @@ def _read_config(path: str | Path) -> tuple[str, str]:
     return read_bounded_text(path, max_bytes=MAX_CONFIG_BYTES), str(Path(path))
 
 
-def _loads(text: str, source: str) -> dict[str, Any]:
+def _loads(text: str, source: str) -> dict[str, object]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -842,7 +842,7 @@ def _line_hint(text: str, key: str) -> str:
 
 
 def _check_keys(
-    entry: Mapping[str, Any], allowed: Iterable[str], *, where: str, source: str, text: str
+    entry: Mapping[str, object], allowed: Iterable[str], *, where: str, source: str, text: str
 ) -> None:
     allowed = frozenset(allowed)
     unknown = sorted(k for k in entry if k not in allowed)

@@ -34,7 +34,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypedDict, TypeVar
 
 import anyio
 import structlog
@@ -58,14 +58,52 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
+    from typing import Unpack
+
+    from structlog.typing import FilteringBoundLogger
 
     from fragileprobe._heartbeat import Heartbeat
     from fragileprobe._net import Network
     from fragileprobe._scope import Scope
+    from fragileprobe._watchdog import _Watch
 
 __all__ = ["Guard", "GuardStats"]
 
 log = structlog.get_logger(__name__)
+
+
+class _WatchdogSettings(TypedDict):
+    """The Guard's arguments that go to each Watchdog it builds."""
+
+    interval_s: float
+    failures_to_down: int
+    clock: Callable[[], float]
+
+
+class _ConnectOptions(TypedDict, total=False):
+    """Keyword arguments of :func:`~fragileprobe.tcp_connect` a guarded probe passes on."""
+
+    timeout_s: float
+    scope: Scope | None
+
+
+class _BannerOptions(_ConnectOptions, total=False):
+    """Keyword arguments of :func:`~fragileprobe.grab_banner` a guarded probe passes on."""
+
+    read_timeout_s: float
+    total_timeout_s: float | None
+    max_bytes: int
+    send: bytes | None
+    settle_s: float
+
+
+class _HttpOptions(_ConnectOptions, total=False):
+    """Keyword arguments of :func:`~fragileprobe.http_get` a guarded probe passes on."""
+
+    read_timeout_s: float
+    total_timeout_s: float | None
+    max_bytes: int
+    host_header: str | None
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -238,7 +276,7 @@ class Guard:
         self._limiter = ConcurrencyLimiter(work, rate_per_s=rate_per_s)
         self._beat_limiter = ConcurrencyLimiter(1) if self._reserve else None
         self._connect_timeout_s = _probes._check_seconds("connect_timeout_s", connect_timeout_s)
-        self._watchdog_args: dict[str, Any] = {
+        self._watchdog_args: _WatchdogSettings = {
             "interval_s": interval_s, "failures_to_down": failures_to_down, "clock": clock,
         }
         # Validate the watchdog settings now (ConfigError at construction, not at entry).
@@ -264,7 +302,7 @@ class Guard:
         self._address: str | None = None
         self._stack: AsyncExitStack | None = None
         self._closed = False
-        self._log: Any = log.bind(target=self._target.label)
+        self._log: FilteringBoundLogger = log.bind(target=self._target.label)
         self._started = 0
         self._completed = 0
         self._failures = 0
@@ -466,7 +504,7 @@ class Guard:
 
     # --- sessions ---------------------------------------------------------------------------------------
 
-    def _watch(self) -> Any:
+    def _watch(self) -> _Watch | _NoWatch:
         return self._watchdog.watch() if self._watchdog is not None else _NO_WATCH
 
     def _gate(self) -> None:
@@ -591,7 +629,7 @@ class Guard:
             )
         return result
 
-    async def tcp_connect(self, port: int, **kwargs: Any) -> ProbeResult:
+    async def tcp_connect(self, port: int, **kwargs: Unpack[_ConnectOptions]) -> ProbeResult:
         """:func:`~fragileprobe.tcp_connect` to the device as one guarded session."""
         kwargs.setdefault("timeout_s", self._connect_timeout_s)
 
@@ -600,7 +638,7 @@ class Guard:
 
         return await self._guarded_probe("tcp_connect", port, ProbeResult, call)
 
-    async def grab_banner(self, port: int, **kwargs: Any) -> ProbeResult:
+    async def grab_banner(self, port: int, **kwargs: Unpack[_BannerOptions]) -> ProbeResult:
         """:func:`~fragileprobe.grab_banner` on the device as one guarded session (same keyword args)."""
         kwargs.setdefault("timeout_s", self._connect_timeout_s)
 
@@ -609,7 +647,7 @@ class Guard:
 
         return await self._guarded_probe("grab_banner", port, ProbeResult, call)
 
-    async def http_get(self, port: int, path: str = "/", **kwargs: Any) -> HttpResult:
+    async def http_get(self, port: int, path: str = "/", **kwargs: Unpack[_HttpOptions]) -> HttpResult:
         """:func:`~fragileprobe.http_get` on the device as one guarded session (same keyword args)."""
         kwargs.setdefault("timeout_s", self._connect_timeout_s)
 

@@ -225,7 +225,11 @@ def require_raw(feature: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Scapy:
-    """The handful of scapy names fragileprobe uses, imported once."""
+    """The handful of scapy names fragileprobe uses, imported once.
+
+    Typed ``Any``, as are the sockets, packets and writers they make: scapy ships no type information, and
+    its objects stay inside this module (callers get our own records).
+    """
 
     IP: Any
     ICMP: Any

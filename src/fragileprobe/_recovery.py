@@ -21,7 +21,7 @@ import shutil
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import structlog
@@ -83,7 +83,7 @@ class RecoveryHook(Protocol):
     def __call__(self, ctx: RecoveryContext, /) -> Awaitable[None]: ...
 
 
-def _takes_context(fn: Callable[..., Any]) -> bool:
+def _takes_context(fn: Callable[..., object]) -> bool:
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins and C callables without a signature: assume the protocol
@@ -91,7 +91,7 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
-async def call_recovery(hook: Callable[..., Awaitable[Any]], ctx: RecoveryContext) -> None:
+async def call_recovery(hook: Callable[..., Awaitable[object]], ctx: RecoveryContext) -> None:
     """Run a hook with or without the context, translating its failure into ``RecoveryError``.
 
     Cancellation passes through untouched.
@@ -284,7 +284,13 @@ async def _notebook_button(message: str) -> None:
         await anyio.sleep(0.2)
 
 
-def emulator_recovery(device: Any) -> Callable[[RecoveryContext], Awaitable[None]]:
+class _PowerCyclable(Protocol):
+    """What :func:`emulator_recovery` needs: a device it can power-cycle (``EmulatedDevice`` is one)."""
+
+    def power_cycle(self) -> Awaitable[object]: ...
+
+
+def emulator_recovery(device: _PowerCyclable) -> Callable[[RecoveryContext], Awaitable[None]]:
     """A hook that power-cycles an in-process emulated device (``device.power_cycle()``)."""
     if not callable(getattr(device, "power_cycle", None)):
         raise _validate.fail("device", "an object with a power_cycle() method", device)

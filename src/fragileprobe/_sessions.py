@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskGroup
+    from structlog.typing import FilteringBoundLogger
 
     from fragileprobe._limiter import ConcurrencyLimiter
 
@@ -116,14 +117,14 @@ class DeviceSessions:
 
     def __init__(
         self, address: str, *, linger_s: float = DEFAULT_LINGER_S, network: Network | None = None,
-        logger: Any = None,
+        logger: FilteringBoundLogger | None = None,
     ) -> None:  # fmt: skip
         self._address = address
         self._linger_s = check_linger(linger_s)
         self._network: Network = network if network is not None else DEFAULT_NETWORK
         if not callable(getattr(self._network, "connect", None)):
             raise _validate.fail("network", "an object with a connect(host, port) method", self._network)
-        self._log: Any = logger if logger is not None else log.bind(host=address)
+        self._log: FilteringBoundLogger = logger if logger is not None else log.bind(host=address)
         self._tg: TaskGroup | None = None
         self._device = 0
         self._peak = 0
@@ -448,7 +449,7 @@ class HeldConnection:
         self._conn.send_eof()
 
     @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:  # anyio's signature: values of any type
         """The underlying connection's typed attributes (a socket's addresses), if it has any."""
         extra: Mapping[Any, Callable[[], Any]] = getattr(self._conn, "extra_attributes", {})
         return extra

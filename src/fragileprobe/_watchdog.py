@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskStatus
+    from structlog.typing import FilteringBoundLogger
 
     from fragileprobe._heartbeat import Heartbeat
     from fragileprobe._net import Network
@@ -161,10 +162,10 @@ class Watchdog:
         failures_to_down: int = 1,
         timeout_s: float | None = None,
         clock: Callable[[], float] = anyio.current_time,
-        sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
+        sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
         in_flight: Callable[[], int] | None = None,
         label: str | None = None,
-        logger: Any = None,
+        logger: FilteringBoundLogger | None = None,
         beat_while_down: bool = False,
         network: Network | None = None,
         sessions: Callable[[], tuple[int, int]] | None = None,
@@ -189,7 +190,7 @@ class Watchdog:
         self._in_flight = in_flight
         self._sessions = sessions
         self._label = label or host
-        self._log = logger if logger is not None else log.bind(host=host)
+        self._log: FilteringBoundLogger = logger if logger is not None else log.bind(host=host)
         self._scopes: set[anyio.CancelScope] = set()
         self._cancelled_scopes: set[anyio.CancelScope] = set()
         self._beats: deque[Beat] = deque(maxlen=MAX_TIMELINE_BEATS)
