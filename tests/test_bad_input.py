@@ -123,7 +123,7 @@ SPEC_ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
      r"failures_to_down.*got 0"),
     ("Guard connect timeout negative",
      lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), connect_timeout_s=-1), ConfigError,
-     r"connect_timeout_s .*got -1"),
+     r"^connect_timeout_s: must be a positive number, got -1$"),
     ("Guard interval NaN",
      lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), interval_s=float("nan")), ConfigError,
      r"^Watchdog\.interval_s: must be a positive number, got nan$"),

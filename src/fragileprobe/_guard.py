@@ -275,7 +275,7 @@ class Guard:
         work = self._work_ceiling(ceiling)
         self._limiter = ConcurrencyLimiter(work, rate_per_s=rate_per_s)
         self._beat_limiter = ConcurrencyLimiter(1) if self._reserve else None
-        self._connect_timeout_s = _probes._check_seconds("connect_timeout_s", connect_timeout_s)
+        self._connect_timeout_s = _validate.positive("connect_timeout_s", connect_timeout_s)
         self._watchdog_args: _WatchdogSettings = {
             "interval_s": interval_s, "failures_to_down": failures_to_down, "clock": clock,
         }
@@ -584,7 +584,7 @@ class Guard:
     @asynccontextmanager
     async def _connect(self, port: int, timeout_s: float) -> AsyncIterator[ProbeStream]:
         address = self._require_open()
-        _probes._check_port(port)
+        _validate.port("port", port)
         what = f"connect:{port}"
         record: _Record | None = None
         try:
