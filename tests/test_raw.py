@@ -242,8 +242,9 @@ def test_frame_parser_ignores_non_tcp_and_fragments() -> None:
 async def test_icmp_reachable_rejects_bad_arguments_before_sending(
     kwargs: dict[str, float], field: str
 ) -> None:
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match=rf"^{field}: must be .*, got {kwargs[field]!r}$") as info:
         await icmp_reachable("127.0.0.1", **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
 
 
 @pytest.mark.parametrize("host", ["::1", "not-an-address", "127.0.0.256"])
