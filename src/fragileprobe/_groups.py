@@ -724,7 +724,8 @@ class JsonlAlertSink:
             with self.path.open("a", encoding="utf-8"):
                 pass
         except OSError as exc:
-            raise ConfigError(f"alert file {self.path}: cannot append to it: {exc.strerror or exc}") from exc
+            message = f"alert file {self.path}: cannot append to it: {exc.strerror or exc}"
+            raise ConfigError(message, field="alert_file") from exc
 
     def write(self, alert: AlertRecord) -> bool:
         """Append ``alert``; return False (and log) if the file could not be written."""

@@ -449,30 +449,16 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
     if proto not in ("snmp", "ntp", "ssdp"):
         raise _validate.fail("udp_ports", f"a port with a known UDP probe ({sorted(UDP_PROBES)})", port)
     nonce = os.urandom(8)
-    request_id = int.from_bytes(nonce[:4], "big") & 0x7FFFFFFF
-    if proto == "snmp":
-        payload = snmp_get_request(community, request_id)
-    elif proto == "ntp":
-        payload = ntp_request(nonce)
-    else:
-        payload = ssdp_request(host)
+    payload = _request(proto, host, community, nonce)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     started = anyio.current_time()
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    data = b""
     try:
         sock.setblocking(False)
         try:
             sock.connect((host, port))  # connected: only this peer's datagrams, and ICMP errors reported
             sock.send(payload)
-            with anyio.fail_after(timeout_s):
-                while True:
-                    await anyio.wait_readable(sock)
-                    try:
-                        data = sock.recv(MAX_DATAGRAM_BYTES)
-                        break
-                    except BlockingIOError:
-                        continue
+            data = await _receive_one(sock, timeout_s)
         except TimeoutError:
             return UdpResult(host, port, proto, Outcome.TIMEOUT, anyio.current_time() - started,
                              error=f"no answer within {timeout_s:g} s")
@@ -484,15 +470,44 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
         sock.close()
     latency = anyio.current_time() - started
     try:
-        if proto == "snmp":
-            fields: tuple[tuple[str, str], ...] = (("sys_descr", parse_snmp_response(data, request_id)),)
-        elif proto == "ntp":
-            fields = parse_ntp_response(data, nonce)
-        else:
-            fields = parse_ssdp_response(data)
+        fields = _answer_fields(proto, data, nonce)
     except BerError as exc:
         return UdpResult(host, port, proto, Outcome.PROTOCOL_ERROR, latency, data=data, error=str(exc))
     return UdpResult(host, port, proto, Outcome.OPEN, latency, data=data, fields=fields)
+
+
+def _request_id(nonce: bytes) -> int:
+    """SNMP's request id: the nonce's first 31 bits (RFC 3416 allows 0..2**31-1)."""
+    return int.from_bytes(nonce[:4], "big") & 0x7FFFFFFF
+
+
+def _request(proto: str, host: str, community: str, nonce: bytes) -> bytes:
+    """The one datagram that asks ``proto``'s question, tied to ``nonce`` where the protocol allows."""
+    if proto == "snmp":
+        return snmp_get_request(community, _request_id(nonce))
+    if proto == "ntp":
+        return ntp_request(nonce)
+    return ssdp_request(host)
+
+
+def _answer_fields(proto: str, data: bytes, nonce: bytes) -> tuple[tuple[str, str], ...]:
+    """The fields of the answer to the request made from ``nonce`` (BerError when it is not one)."""
+    if proto == "snmp":
+        return (("sys_descr", parse_snmp_response(data, _request_id(nonce))),)
+    if proto == "ntp":
+        return parse_ntp_response(data, nonce)
+    return parse_ssdp_response(data)
+
+
+async def _receive_one(sock: socket.socket, timeout_s: float) -> bytes:
+    """The first datagram on the connected, non-blocking ``sock`` (TimeoutError after ``timeout_s``)."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            await anyio.wait_readable(sock)
+            try:
+                return sock.recv(MAX_DATAGRAM_BYTES)
+            except BlockingIOError:
+                continue
 
 
 def fingerprint_udp(result: UdpResult) -> ServiceInfo | None:
