@@ -203,5 +203,5 @@ def test_the_cli_builds_the_same_settings_object() -> None:
 
     built = _check_discover_args({"ports": "21-23", "per_host_sessions": 2}, webhook=None, alerts=None)
     assert built == DiscoverySettings(ports="21-23", per_host_sessions=2)
-    with pytest.raises(ConfigError, match="webhook_url"):
+    with pytest.raises(ConfigError, match=r"^--webhook: must be an http"):
         _check_discover_args({}, webhook="gopher://x", alerts=None)

@@ -11,6 +11,7 @@ import pytest
 
 from fragileprobe import ConfigError, ProbeError
 from fragileprobe.emulator import (
+    ControlServer,
     DeviceState,
     EmulatorProcess,
     Fleet,
@@ -99,6 +100,10 @@ def test_bad_prefix_and_control_settings() -> None:
         Fleet({"device": []}, control_port=70000)
     with pytest.raises(ConfigError, match=r"^control_host"):
         Fleet({"device": []}, control_host="0.0.0.0")
+    with pytest.raises(ConfigError, match=r"^control_port: must be an integer in 0-65535, got -1"):
+        ControlServer(Fleet({"device": []}, control_port=None), port=-1)
+    with pytest.raises(ConfigError, match=r"^timeout_s: must be a positive number"):
+        FleetClient("http://127.0.0.1:80", timeout_s=0)
     with pytest.raises(ConfigError, match=r"^url"):
         FleetClient("http://192.168.1.1:80")
     with pytest.raises(ConfigError, match=r"^url"):
@@ -151,6 +156,31 @@ async def test_fleet_serves_every_device_and_control_api(loopback_hosts: Callabl
         assert cycled.stats.power_cycles == 1
         with pytest.raises(ConfigError, match=r"^host"):
             await client.stats("127.0.0.99")
+
+
+async def test_control_server_is_started_beside_a_fleet_of_devices_only(
+    loopback_hosts: Callable[[], str],
+) -> None:
+    """``Fleet(control_port=None)`` is the devices alone; a ControlServer started beside it drives them, and
+    stops with its own context (the devices keep serving)."""
+    config = _small_config(loopback_hosts)
+    pump_host = config["device"][0]["host"]  # type: ignore[index]
+    async with Fleet(config, control_port=None) as fleet:
+        server = ControlServer(fleet, host="127.0.0.1")
+        with pytest.raises(RuntimeError, match="not running"):
+            _ = server.url
+        async with server:
+            assert server.url.startswith("http://127.0.0.1:")
+            client = FleetClient(server.url, timeout_s=5)
+            assert [i.host for i in await client.list_devices()] == list(fleet.devices)
+            assert (await client.hang(pump_host)).state is DeviceState.HUNG
+        with pytest.raises(RuntimeError, match="not running"):
+            _ = server.url
+        with pytest.raises(ProbeError, match="refused"):
+            await client.list_devices()
+        with pytest.raises(RuntimeError):
+            _ = fleet.control_url
+        assert fleet.device(pump_host).state is DeviceState.HUNG
 
 
 async def test_control_api_rejects_malformed_requests(loopback_hosts: Callable[[], str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import anyio
@@ -123,7 +124,7 @@ def test_zone_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     [
         ({"name": "", "ranges": ("10.0.0.1",)}, "Zone.name"),
         ({"name": "a", "ranges": ()}, "Zone.ranges"),
-        ({"name": "a", "ranges": ("10.0.0.300",)}, "bad address range"),
+        ({"name": "a", "ranges": ("10.0.0.300",)}, r"Zone\.ranges: must be CIDR blocks.*got '10\.0\.0\.300'"),
         ({"name": "a", "ranges": ("10.0.0.9-10.0.0.1",)}, "low to high"),
         ({"name": "a", "ranges": ("10.0.0.1",), "kind": "Medical Net"}, "Zone.kind"),
     ],
@@ -220,7 +221,8 @@ def test_unknown_rule_key_names_file_rule_key_line_and_suggestion(tmp_path: Path
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ('[[rule]]\nname = "x"\nports_all = [0]\n', "outside 1-65535"),
+        ('[[rule]]\nname = "x"\nports_all = [0]\n',
+         r"Rule\.ports_all: must be ports in 1-65535 \(rule 'x'\), got \[0\]"),
         ('[[rule]]\nname = "x"\nports_all = ["ssh"]\n', "list of int"),
         ('[[rule]]\nname = "x"\nos_family = ["linux"]\n', "os_family"),
         ('[[rule]]\nname = "x {host}"\n', "unknown placeholder"),
@@ -236,6 +238,34 @@ def test_bad_rules_files_raise_config_error(tmp_path: Path, body: str, message: 
     with pytest.raises(ConfigError, match=message) as info:
         Rules.from_toml(write(tmp_path, "r.toml", body))
     assert "r.toml" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": ""}, "Rule.name"),
+        ({"name": "x {host}"}, "Rule.name"),
+        ({"name": "x", "ports_any": (70000,)}, "Rule.ports_any"),
+        ({"name": "x", "products": (5,)}, "Rule.products"),
+        ({"name": "x", "services_any": ("HTTP",)}, "Rule.services_any"),
+        ({"name": "x", "os_family": ("linux",)}, "Rule.os_family"),
+        ({"name": "x", "known_model": "yes"}, "Rule.known_model"),
+        ({"name": "x", "fallback": 1}, "Rule.fallback"),
+    ],
+)
+def test_bad_rule_values_name_their_field(kwargs: dict[str, object], field: str) -> None:
+    """Each check says which field it refused, in the one message format, and names the rule."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(field)}: must be ") as info:
+        Rule(**kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field
+    if field != "Rule.name":
+        assert "(rule 'x')" in str(info.value)
+
+
+def test_a_rules_file_error_keeps_the_field_of_the_rule() -> None:
+    with pytest.raises(ConfigError, match=r"^r\.toml: rule #1 \('x'\): Rule\.medical: must be ") as info:
+        Rules.from_dict({"rule": [{"name": "x", "medical": "yes"}]}, source="r.toml")
+    assert info.value.field == "Rule.medical"
 
 
 def test_shipped_example_files_load() -> None:

@@ -343,6 +343,28 @@ async def test_guard_misuse() -> None:
     assert "127.0.0.1" in repr(guard)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"ceiling": 0}, "ceiling"),
+        ({"ceiling": 1}, "ceiling"),  # no room beside the session heartbeat
+        ({"interval_s": 0}, "Watchdog.interval_s"),
+        ({"failures_to_down": 0}, "Watchdog.failures_to_down"),
+        ({"connect_timeout_s": -1}, "connect_timeout_s"),
+        ({"linger_s": float("nan")}, "linger_s"),
+        ({"linger_s": 2.0}, "linger_s"),  # not past the detection bound
+        ({"scope": ["127.0.0.1"]}, "Guard.scope"),
+        ({"network": object()}, "Guard.network"),
+    ],
+)
+def test_bad_guard_settings_name_their_field(kwargs: dict[str, object], field: str) -> None:
+    """ConfigError.field names the setting, so a front end can point at it without reading the message."""
+    settings: dict[str, object] = {"ceiling": 2, "scope": Scope(["127.0.0.1"]), **kwargs}
+    with pytest.raises(ConfigError) as info:
+        Guard("127.0.0.1", **settings)  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
 def test_ceiling_one_with_a_session_heartbeat_names_the_ways_out() -> None:
     """N counts the heartbeat's session too: N = 1 leaves the work nothing, and the error says what to do."""
     scope = Scope(["127.0.0.0/30"])

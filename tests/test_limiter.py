@@ -17,14 +17,16 @@ from fragileprobe import ConcurrencyLimiter, ConfigError, LimiterStatistics
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5, "3", None])
 def test_ceiling_below_one_or_not_int_is_config_error(bad: object) -> None:
-    with pytest.raises(ConfigError, match="ceiling"):
+    with pytest.raises(ConfigError, match=r"^ceiling: must be an integer >= 1, got ") as info:
         ConcurrencyLimiter(bad)  # type: ignore[arg-type]
+    assert info.value.field == "ceiling"
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True])
 def test_bad_rate_is_config_error(bad: object) -> None:
-    with pytest.raises(ConfigError, match="rate_per_s"):
+    with pytest.raises(ConfigError, match=r"^rate_per_s: must be a positive number, got ") as info:
         ConcurrencyLimiter(2, rate_per_s=bad)  # type: ignore[arg-type]
+    assert info.value.field == "rate_per_s"
 
 
 async def test_set_ceiling_validates() -> None:

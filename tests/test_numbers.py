@@ -65,8 +65,9 @@ def test_field_int_round_trips_and_checks_its_range(value: int, low: int, high: 
     if low <= value <= high:
         assert parse_field_int(text, field="n", minimum=low, maximum=high) == value
     else:
-        with pytest.raises(ConfigError, match=rf"^n: {value} is outside {low}-{high}$"):
+        with pytest.raises(ConfigError, match=rf"^n: {value} is outside {low}-{high}$") as info:
             parse_field_int(text, field="n", minimum=low, maximum=high)
+        assert info.value.field == "n"
 
 
 def test_long_numbers_are_refused_before_conversion() -> None:

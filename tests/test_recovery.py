@@ -72,10 +72,12 @@ async def test_command_recovery_whose_program_vanished_is_a_recovery_error(tmp_p
 
 
 def test_command_recovery_refuses_shell_strings() -> None:
-    with pytest.raises(ConfigError, match="argv"):
+    with pytest.raises(ConfigError, match=r"^argv: must be a non-empty list of strings") as info:
         command_recovery("pdu-ctl cycle 7")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="timeout_s"):
+    assert info.value.field == "argv"
+    with pytest.raises(ConfigError, match=r"^timeout_s: must be a positive number, got 0$") as info:
         command_recovery([sys.executable], timeout_s=0)
+    assert info.value.field == "timeout_s"
 
 
 async def test_wait_for_recovery_returns_when_the_device_comes_back(loopback_host: str) -> None:

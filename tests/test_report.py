@@ -259,3 +259,64 @@ def test_html_report_renders_with_its_plot_in_headless_chromium(
     plot_region = pixels[700:1200, 40:700, :3]
     non_white = (plot_region < 0.95).any(axis=2).mean()
     assert non_white > 0.05
+
+
+# --- the report layer's shape: split by output, the records without views ----------------------------------
+
+# Every name another module or test imports from ``fragileprobe._report`` (grep "_report import\|_report\.").
+REPORT_NAMES = (
+    "MEDICAL_GROUP", "ReportFiles", "characterization_html", "characterization_markdown",
+    "characterization_repr_html", "discovery_dict_from_store", "discovery_html", "discovery_markdown",
+    "discovery_plot", "discovery_repr_html", "discovery_settings", "figure_png", "latency_plot",
+    "load_report_source", "settings_for_characterization", "shield_section_html", "shield_timeline",
+    "timeline_plot", "write_report",
+)  # fmt: skip
+
+
+def test_the_report_package_still_offers_every_name_others_import() -> None:
+    assert sorted(_report.__all__) == sorted(REPORT_NAMES)
+    for name in REPORT_NAMES:
+        assert getattr(_report, name) is not None
+    assert fp.write_report is _report.write_report
+    assert fp.ReportFiles is _report.ReportFiles
+
+
+def test_records_views_are_thin_delegations_to_the_report_layer(
+    char: fp.Characterization, ward: tuple[fp.DiscoveryReport, str]
+) -> None:
+    """``_repr_html_`` (Jupyter's hook) and ``plot()`` (the README tour) draw nothing themselves."""
+    assert char._repr_html_() == _report.characterization_repr_html(char)
+    report, _ = ward
+    assert report._repr_html_() == _report.discovery_repr_html(report)
+    labels = [t.get_text() for t in char.plot().axes[0].get_legend().get_texts()]
+    assert labels == [t.get_text() for t in _report.latency_plot(char).axes[0].get_legend().get_texts()]
+
+
+def _report_imports(path: Path) -> list[str]:
+    """The functions of ``path`` that import the report layer (or a drawing library)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for inner in ast.walk(node):
+            names = [inner.module or ""] if isinstance(inner, ast.ImportFrom) else []
+            names += [a.name for a in inner.names] if isinstance(inner, ast.Import) else []
+            if any(n.startswith(("fragileprobe._report", "matplotlib")) for n in names):
+                found.append(node.name)
+    return sorted(found)
+
+
+def test_record_modules_hold_no_views_but_the_allowed_delegations() -> None:
+    """The records' only ties to the report layer are the allow-listed delegations (docs/CONTRACTS.md)."""
+    import pathlib
+
+    src = pathlib.Path(fp.__file__).parent
+    assert _report_imports(src / "_profile.py") == ["_repr_html_", "plot"]
+    assert _report_imports(src / "_discovery.py") == ["_repr_html_"]
+    for module in ("_profile.py", "_discovery.py"):
+        text = (src / module).read_text(encoding="utf-8")
+        assert "<table" not in text
+        assert "<div" not in text

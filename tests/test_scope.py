@@ -290,3 +290,51 @@ def test_target_validation_names_the_field(kwargs: dict[str, object], fragment: 
     host = kwargs.pop("host")
     with pytest.raises(ConfigError, match=fragment):
         Target(host, **kwargs)  # type: ignore[arg-type]
+
+
+# --- where the pieces live ------------------------------------------------------------------------------
+def test_scope_re_exports_what_moved_out_of_it() -> None:
+    """Target, port specs and address identity moved to _target, _ports and _addresses; every old import
+    from ``fragileprobe._scope`` still gives the same objects."""
+    from fragileprobe import _addresses, _ports, _scope, _target
+
+    assert _scope.Target is _target.Target is Target
+    assert _scope.parse_ports is _ports.parse_ports is parse_ports
+    assert _scope.PORT_SETS is _ports.PORT_SETS is PORT_SETS
+    assert _scope.canonical_address is _addresses.canonical_address
+    assert _scope.canonical_host is _addresses.canonical_host
+    assert _scope.canonical_network is _addresses.canonical_network
+    assert _scope._parse_address is _addresses.parse_address
+    assert _scope._HOSTNAME_RE is _addresses.HOSTNAME_RE
+
+
+@pytest.mark.parametrize(
+    ("make", "field", "message"),
+    [
+        (lambda: Target(""), "Target.host", "Target.host: must be a non-empty string, got ''"),
+        (lambda: Target("bad host"), "Target.host", "Target.host: must be an IP address or a valid host"),
+        (lambda: Target("127.0.1.5", name=5), "Target.name", "Target.name: must be a string or None, got 5"),
+        (lambda: Target("127.0.1.5", ports="0"), "Target.ports", "Target.ports: port 0"),
+        (lambda: parse_targets("127.0.1.5", max_hosts=0), "max_hosts", "max_hosts: must be an integer >= 1"),
+        (lambda: Scope("127.0.1.0/24").check(""), "host", "host: must be a non-empty string, got ''"),
+    ],
+)
+def test_settings_errors_name_their_field(make: object, field: str, message: str) -> None:
+    """Checks of settings (not of spec syntax) use the one format and set ``ConfigError.field``."""
+    with pytest.raises(ConfigError) as info:
+        make()  # type: ignore[operator]
+    assert info.value.field == field
+    assert str(info.value).startswith(message)
+
+
+@given(st.lists(st.integers(0, 255), min_size=1, max_size=6), st.integers(1, 8))
+def test_parse_targets_keeps_order_drops_duplicates_and_caps(octets: list[int], cap: int) -> None:
+    """Any list of loopback addresses expands to its distinct addresses in first-seen order, or is refused
+    with a max_hosts error when there are more than ``max_hosts`` of them."""
+    spec = ",".join(f"127.0.9.{o}" for o in octets)
+    distinct = list(dict.fromkeys(f"127.0.9.{o}" for o in octets))
+    if len(distinct) > cap:
+        with pytest.raises(ConfigError, match="max_hosts"):
+            parse_targets(spec, max_hosts=cap)
+    else:
+        assert parse_targets(spec, max_hosts=cap) == distinct

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import textwrap
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fragileprobe._errors import ConfigError, StoreError
 from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
@@ -229,3 +232,66 @@ def test_export_and_import_round_trip(tmp_path: Path) -> None:
         assert b.ceiling_for("pump-abc") == 3
     with ProfileStore(tmp_path / "c.db") as c, pytest.raises(ConfigError):
         c.import_json('{"nope": 1}')
+
+
+def test_export_document_keeps_its_asset_and_alert_shape(tmp_path: Path) -> None:
+    """The asset dicts of export_json are generated from AssetRow's fields: same keys as always, lists for
+    tuples, no scan ids (they only mean something in their own store)."""
+    with ProfileStore(tmp_path / "s.db") as store:
+        scan = store.start_scan(["127.0.1.5"])
+        store.upsert_asset("127.0.1.5", scan_id=scan, seen_at_s=5.0, zone="icu", open_ports=[80, 21, 80],
+                           services={"21": "ftp"}, groups=["Medical Device?"])  # fmt: skip
+        store.record_alert({"host": "127.0.1.5"})
+        data = json.loads(store.export_json())
+    assert data["assets"] == [{
+        "host": "127.0.1.5", "first_seen_s": 5.0, "last_seen_s": 5.0, "zone": "icu", "previous_zone": None,
+        "model_key": None, "open_ports": [21, 80], "services": {"21": "ftp"}, "os_family": None,
+        "groups": ["Medical Device?"],
+    }]  # fmt: skip
+    assert list(data["assets"][0]) == [
+        "host", "first_seen_s", "last_seen_s", "zone", "previous_zone", "model_key", "open_ports", "services",
+        "os_family", "groups",
+    ]  # fmt: skip
+    assert data["alerts"] == [{"host": "127.0.1.5"}]
+    assert data["fragileprobe_store"] == SCHEMA_VERSION
+
+
+_ZONES = st.one_of(st.none(), st.sampled_from(["icu", "office", "lab"]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sightings=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=1e9, allow_nan=False),
+            _ZONES,
+            st.lists(st.integers(min_value=1, max_value=65535), max_size=6),
+            st.lists(st.text(min_size=1, max_size=8), max_size=3),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_upsert_keeps_the_earliest_sighting_and_the_zone_before(
+    tmp_path_factory: pytest.TempPathFactory, sightings: list[tuple[float, str | None, list[int], list[str]]]
+) -> None:
+    """Any sequence of sightings of one host: first_seen is the earliest, last_seen the latest given, the
+    previous zone is the one before the last upsert, ports are sorted and unique, and reading the row back
+    gives what the upsert returned."""
+    path = tmp_path_factory.mktemp("upsert") / "s.db"
+    with ProfileStore(path) as store:
+        row = None
+        for i, (seen, zone, ports, groups) in enumerate(sightings):
+            row = store.upsert_asset("127.0.1.5", scan_id=i, seen_at_s=seen, zone=zone, open_ports=ports,
+                                     groups=groups)  # fmt: skip
+        assert row is not None
+        assert store.asset("127.0.1.5") == row
+        assert store.assets() == [row]
+    last_seen, last_zone, last_ports, last_groups = sightings[-1]
+    assert row.first_seen_s == min(s[0] for s in sightings)
+    assert row.last_seen_s == last_seen
+    assert row.zone == last_zone
+    assert row.previous_zone == (sightings[-2][1] if len(sightings) > 1 else None)
+    assert row.previous_scan_id == (len(sightings) - 2 if len(sightings) > 1 else None)
+    assert row.open_ports == tuple(sorted(set(last_ports)))
+    assert row.groups == tuple(last_groups)

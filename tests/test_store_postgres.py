@@ -78,7 +78,7 @@ def test_postgres_store_reopens_with_its_data_and_version(pg_url: str) -> None:
         store.mark_host_done(scan, "127.0.0.1")
     with ProfileStore(pg_url) as again:
         assert again.hosts_done(scan) == {"127.0.0.1"}
-        version = again._query("SELECT value FROM fragileprobe_meta WHERE key = 'schema_version'")
+        version = again.db.query("SELECT value FROM fragileprobe_meta WHERE key = 'schema_version'")
     assert version == [(str(SCHEMA_VERSION),)]
 
 
@@ -96,7 +96,7 @@ def test_postgres_migrates_a_version_1_store_step_by_step(pg_url: str) -> None:
         conn.execute("INSERT INTO alerts(recorded_at_s, alert_json) VALUES (1.0, '{\"kept\": true}')")
     with ProfileStore(pg_url) as store:
         assert store.alerts() == [{"kept": True}]
-        assert store._query("SELECT count(*) FROM leases") == [(0,)]
+        assert store.db.query("SELECT count(*) FROM leases") == [(0,)]
 
 
 @pytest.mark.parametrize(

@@ -58,12 +58,15 @@ def test_any_samples_give_a_bounded_timeout(samples: list[float]) -> None:
 
 
 def test_bounds_are_validated() -> None:
-    with pytest.raises(ConfigError, match="floor_s"):
+    with pytest.raises(ConfigError, match=r"^floor_s: must be at most ceiling_s \(2\), got 3\.0$") as info:
         TimeoutBounds(floor_s=3.0, ceiling_s=2.0, initial_s=1.0)
-    with pytest.raises(ConfigError, match="initial_s"):
+    assert info.value.field == "floor_s"
+    with pytest.raises(ConfigError, match=r"^initial_s: must be a positive number, got nan$") as info:
         TimeoutBounds(floor_s=0.1, ceiling_s=2.0, initial_s=math.nan)
-    with pytest.raises(ConfigError, match="global_rate"):
+    assert info.value.field == "initial_s"
+    with pytest.raises(ConfigError, match=r"^global_rate: must be a positive number, got 0$") as info:
         GlobalPacer(0)
+    assert info.value.field == "global_rate"
 
 
 async def test_pacer_serves_the_most_urgent_callers_first_each_in_arrival_order() -> None:

@@ -335,10 +335,13 @@ async def test_a_closed_udp_port_is_closed(loopback_host: str) -> None:
 
 
 def test_a_port_without_a_probe_or_a_host_name_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="udp_ports"):
+    unknown = r"^udp_ports: must be a port with a known UDP probe .*, got 5353$"
+    with pytest.raises(ConfigError, match=unknown) as info:
         anyio.run(lambda: udp_probe("127.0.0.1", 5353, timeout_s=0.1))
-    with pytest.raises(ConfigError, match="not an IP address"):
+    assert info.value.field == "udp_ports"
+    with pytest.raises(ConfigError, match=r"^host: must be an IP address literal, got 'localhost'$") as info:
         anyio.run(lambda: udp_probe("localhost", 161, timeout_s=0.1))
+    assert info.value.field == "host"
 
 
 def _snmp_response(rid: int, value: bytes | None, status: int = 0) -> bytes:

@@ -71,8 +71,9 @@ def make(clock: FakeClock, script: list[bool], *, then: bool = True, **kwargs: o
     ],
 )
 def test_bad_settings_are_config_errors(kwargs: dict[str, object], fragment: str) -> None:
-    with pytest.raises(ConfigError, match=fragment):
+    with pytest.raises(ConfigError, match=rf"^Watchdog\.{fragment}: must be ") as info:
         Watchdog(HttpHeartbeat(), host="127.0.0.9", **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == f"Watchdog.{fragment}"
 
 
 def test_heartbeat_without_beat_is_a_config_error() -> None:

@@ -1,7 +1,11 @@
 """characterize(): measure how many concurrent sessions a device survives, and derive its safe ceiling.
 
-The driver does the I/O; the decisions come from the pure :class:`~fragileprobe._ramp.RampStrategy`. One
-:class:`~fragileprobe.Guard` holds the whole run (scope check, device-side session ledger, watchdog).
+The driver does the I/O; the decisions are pure: :class:`~fragileprobe._ramp.RampStrategy` says which level
+comes next and when to recover, :class:`~fragileprobe._level_verdict.LevelVerdict` says how a level ended.
+The driver's loop (:meth:`_Driver.drive`) asks the ramp, does what it says, and feeds the result back. One
+:class:`~fragileprobe.Guard` holds the whole run (scope check, device-side session ledger, watchdog). What
+the run measures with is one :class:`~fragileprobe.CharacterizeSettings` (or the same settings as flat
+keywords), validated before anything is sent.
 
 A level N is N sessions on the *device*, the heartbeat included: the same count as a Guard's ceiling, a
 stored ceiling and an exported scanner setting. Per level:
@@ -27,21 +31,28 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import statistics
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Unpack
 
 import anyio
 import structlog
 
+from fragileprobe import _validate
+from fragileprobe._charsettings import (
+    CharacterizeOptions,
+    CharacterizeSettings,
+    RecoverySettings,
+    TimingSettings,
+    check_settings,
+)
 from fragileprobe._errors import ConfigError, DeviceDownError, ProbeError, RecoveryError
 from fragileprobe._guard import Guard, opens_session
 from fragileprobe._heartbeat import HttpHeartbeat
+from fragileprobe._level_verdict import EarlyWarning, LevelVerdict
 from fragileprobe._probes import check_socket_budget
 from fragileprobe._profile import (
-    DEFAULT_MARGIN_FRACTION,
     DEFAULT_MARGIN_LEVELS,
     Characterization,
     LevelOutcome,
@@ -49,12 +60,10 @@ from fragileprobe._profile import (
     TrialResult,
 )
 from fragileprobe._ramp import (
-    DEFAULT_CRASH_BUDGET,
-    DEFAULT_LADDER,
-    DEFAULT_TRIALS,
     Done,
     Failed,
     NextTrial,
+    Observation,
     OutOfTime,
     Passed,
     Proceed,
@@ -65,17 +74,16 @@ from fragileprobe._ramp import (
     TestLevel,
     Warned,
 )
-from fragileprobe._recovery import DEFAULT_RECOVERY_TIMEOUT_S, RecoveryContext, call_recovery
+from fragileprobe._recovery import RecoveryContext, call_recovery
 from fragileprobe._scope import Scope, Target
 from fragileprobe._sync import run_sync
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
-    from fragileprobe._heartbeat import Beat
     from fragileprobe._net import Network
     from fragileprobe._probes import ProbeStream
-    from fragileprobe._store import ProfileStore
+    from fragileprobe._store import ProfileStore, RunRow
     from fragileprobe._watchdog import Watchdog
 
 __all__ = [
@@ -113,40 +121,6 @@ _HEAD_REQUEST = (
 )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EarlyWarning:
-    """Stop climbing when the heartbeat slows down, before the device dies.
-
-    A level is *warned* (and climbing stops there, with no crash) when ``consecutive_beats`` heartbeats in
-    a row take longer than ``latency_factor`` times the idle baseline (measured before the ramp) and
-    longer than ``min_latency_s``.
-
-    Attributes:
-        latency_factor: Multiple of the idle baseline that counts as slow (> 1).
-        consecutive_beats: Slow beats in a row needed (one slow beat can be the prober's own hiccup).
-        min_latency_s: Absolute floor: beats faster than this never count as slow.
-    """
-
-    latency_factor: float = 3.0
-    consecutive_beats: int = 2
-    min_latency_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        f = self.latency_factor
-        if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f) or f <= 1.0:
-            raise ConfigError(f"latency_factor: must be a number > 1, got {f!r}")
-        n = self.consecutive_beats
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"consecutive_beats: must be an integer >= 1, got {n!r}")
-        m = self.min_latency_s
-        if isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m) or m < 0:
-            raise ConfigError(f"min_latency_s: must be a number >= 0, got {m!r}")
-
-    def limit_s(self, baseline_s: float) -> float:
-        """The latency above which a beat counts as slow."""
-        return max(self.latency_factor * baseline_s, self.min_latency_s)
-
-
 @dataclass(frozen=True, slots=True)
 class ProgressEvent:
     """What the ramp is doing, for a progress display.
@@ -167,19 +141,16 @@ class ProgressEvent:
     elapsed_s: float
 
 
-def _positive(name: str, value: float | None, *, allow_none: bool = False, allow_zero: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-    if not ok or value is None or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(
-            f"{name}: must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}"
-        )
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Plan:
+    """What characterize() settled before anything is sent: the device, its heartbeat, the ramp."""
 
-
-def _count(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    target: Target
+    address: str
+    heartbeat: Any
+    ramp: RampConfig
+    web_ports: frozenset[int]
+    settings: CharacterizeSettings
 
 
 @dataclass(slots=True, kw_only=True)
@@ -191,10 +162,8 @@ class _Run:
     reserve: int
     target: Target
     address: str
-    web_ports: set[int]
-    dwell_s: float
-    hold_s: float
-    read_timeout_s: float
+    web_ports: frozenset[int]
+    timing: TimingSettings
     early_warning: EarlyWarning | None
     baseline: float
     deadline: float | None
@@ -205,330 +174,433 @@ async def characterize(
     target: Target | str,
     *,
     scope: Scope,
-    ladder: Sequence[int] = DEFAULT_LADDER,
-    dwell_s: float = 5.0,
-    trials: int = DEFAULT_TRIALS,
-    recovery: Callable[..., Awaitable[Any]] | None = None,
-    refine: bool = True,
-    crash_budget: int = DEFAULT_CRASH_BUDGET,
-    time_budget_s: float | None = None,
-    early_warning: EarlyWarning | None = None,
-    margin_fraction: float = DEFAULT_MARGIN_FRACTION,
-    hold_s: float = 0.5,
+    settings: CharacterizeSettings | None = None,
     store: ProfileStore | None = None,
     model_key: str | None = None,
     name: str | None = None,
     resume: bool = False,
-    interval_s: float = 1.0,
-    heartbeat_timeout_s: float | None = None,
-    failures_to_down: int = 1,
-    healthy_beats: int = 3,
-    recovery_timeout_s: float = DEFAULT_RECOVERY_TIMEOUT_S,
-    baseline_beats: int = 5,
-    connect_timeout_s: float = 2.0,
-    read_timeout_s: float = 1.0,
     progress: Callable[[ProgressEvent], None] | None = None,
-    linger_s: float | None = None,
     network: Network | None = None,
+    **options: Unpack[CharacterizeOptions],
 ) -> Characterization:
     """Find how many concurrent sessions ``target`` survives and recommend a safe ceiling.
+
+    What the run measures with comes either as one ``settings`` object or as flat keywords, never both:
+
+    ``ladder``, ``trials``, ``refine``, ``crash_budget``, ``margin_fraction``
+        the ramp (:class:`~fragileprobe.RampConfig`): levels to climb (strictly increasing), passes up the
+        ramp, whether to test between a failure and the last pass, crashes allowed per trial, the safety
+        margin below the lowest failing level (default 15%);
+    ``dwell_s``, ``hold_s``, ``interval_s``, ``heartbeat_timeout_s``, ``failures_to_down``,
+    ``baseline_beats``, ``connect_timeout_s``, ``read_timeout_s``, ``linger_s``, ``time_budget_s``
+        the timing (:class:`~fragileprobe.TimingSettings`);
+    ``recovery``, ``healthy_beats``, ``recovery_timeout_s``
+        the recovery (:class:`~fragileprobe.RecoverySettings`): the async hook that brings a crashed
+        device back (None: wait for it), good beats in a row that count as recovered, the bound on one
+        recovery;
+    ``early_warning``
+        stop climbing when the heartbeat slows (:class:`~fragileprobe.EarlyWarning`).
 
     Args:
         target: The device (a :class:`~fragileprobe.Target`, or an address with the default pump ports and
             an HTTP heartbeat on 8080).
         scope: The authorized scope; the target must lie in it (``ScopeError`` before anything is sent).
-        ladder: Levels (concurrent sessions) to climb, strictly increasing.
-        dwell_s: How long each level is held.
-        trials: Passes up the ramp (fragile devices fail in slightly different places each time).
-        recovery: Async callable that brings a crashed device back (see ``fragileprobe._recovery``);
-            None: wait for it to come back by itself.
-        refine: Test the levels between a failure and the last pass, so the boundary is exact.
-        crash_budget: Crashes allowed per trial (each may be a power cycle by hand).
-        time_budget_s: Stop (with what was measured) after this long; None: no limit.
-        early_warning: Stop climbing when the heartbeat slows (see :class:`EarlyWarning`).
-        margin_fraction: Safety margin below the lowest failing level (default 15%).
-        hold_s: How long each session stays open after its banner/response.
+        settings: Everything the run measures with (:class:`~fragileprobe.CharacterizeSettings`).
         store: Where each finished trial and the result are written (and resumed from).
         model_key: The device model's key; None: derived from what the device shows.
         name: A name for the device / model in reports.
         resume: Continue the latest unfinished run for this target and model in ``store``; every stored
             trial, finished or not, stays evidence (``ConfigError`` if a setting of ``RESUME_MUST_MATCH``
             differs from the stored run's).
-        interval_s: Seconds between heartbeats.
-        heartbeat_timeout_s: Overrides the heartbeat's own timeout.
-        failures_to_down: Failed beats in a row that declare the device down.
-        healthy_beats: Good beats in a row that count as recovered.
-        recovery_timeout_s: Bound on one recovery (hook plus healthy beats).
-        baseline_beats: Idle beats measured before the ramp (the latency baseline).
-        connect_timeout_s: Bound on each session's connect.
-        read_timeout_s: Bound on each session's banner/response read.
         progress: Called with a :class:`ProgressEvent` at every step (must not block).
-        linger_s: Most seconds a session stays counted after our close while the device has not let go
-            (default: the Guard's, see :class:`~fragileprobe.Guard`).
         network: How connections are made (default: real sockets; ``fragileprobe.testing.FakeNetwork``).
+        **options: The settings as flat keywords (see above), when ``settings`` is not given.
 
     Returns:
         The :class:`~fragileprobe.Characterization`.
 
     Raises:
-        ConfigError: A bad argument (named in the message).
+        ConfigError: A bad argument (named in the message and by ``field``), or ``settings`` together with
+            flat keywords.
+        TypeError: A keyword characterize() does not take.
         ScopeError: The target is outside ``scope``.
         DeviceDownError: The device did not answer its heartbeat before the run started (already down, or
             the heartbeat port is not open); nothing else was sent.
         RecoveryError: A recovery failed or timed out; ``.partial`` holds the observations so far.
         StoreError: The store could not be written.
     """
-    config = RampConfig(
-        ladder=tuple(ladder), trials=trials, refine=refine, crash_budget=crash_budget,
-        margin_fraction=margin_fraction,
-    )  # fmt: skip
-    check_socket_budget(config.max_level + 1, f"ladder: its top level {config.max_level} (and a heartbeat)")
-    _positive("dwell_s", dwell_s)
-    _positive("hold_s", hold_s, allow_zero=True)
-    _positive("time_budget_s", time_budget_s, allow_none=True)
-    _positive("interval_s", interval_s)
-    _positive("heartbeat_timeout_s", heartbeat_timeout_s, allow_none=True)
-    _positive("recovery_timeout_s", recovery_timeout_s)
-    _positive("connect_timeout_s", connect_timeout_s)
-    _positive("read_timeout_s", read_timeout_s)
-    _count("healthy_beats", healthy_beats, 1)
-    _count("baseline_beats", baseline_beats, 1)
-    _count("failures_to_down", failures_to_down, 1)
-    if early_warning is not None and not isinstance(early_warning, EarlyWarning):
-        raise ConfigError(f"early_warning: must be an EarlyWarning or None, got {early_warning!r}")
-    if recovery is not None and not callable(recovery):
-        raise ConfigError(f"recovery: must be an async callable or None, got {recovery!r}")
-    if resume and store is None:
-        raise ConfigError("resume: needs a store to resume from")
-    if not isinstance(scope, Scope):
-        raise ConfigError(f"scope: must be a Scope, got {scope!r}")
-    tgt = Target(target) if isinstance(target, str) else target
-    if not isinstance(tgt, Target):
-        raise ConfigError(f"target: must be a Target or an address string, got {target!r}")
-    heartbeat = tgt.heartbeat
-    if heartbeat_timeout_s is not None:
-        try:
-            heartbeat = dataclasses.replace(heartbeat, timeout_s=heartbeat_timeout_s)  # type: ignore[type-var]
-        except TypeError as exc:
-            raise ConfigError(f"heartbeat_timeout_s: cannot override the timeout of {heartbeat!r}") from exc
-    if opens_session(heartbeat):
-        # A level counts the heartbeat's session: level 1 would be the heartbeat alone (the idle baseline
-        # measures exactly that), and the port and model checks before the ramp already hold one probe
-        # beside it. So the ramp starts at 2, and never loads the device above the level it tests.
-        kept = tuple(lv for lv in config.ladder if lv >= 2)
-        if not kept:
-            raise ConfigError(
-                f"ladder: {config.ladder} holds only the heartbeat's session (a level counts it too); give "
-                "levels of 2 or more, or a heartbeat that opens no session"
-            )
-        config = dataclasses.replace(config, ladder=kept, min_level=2)
-    address = scope.check(tgt.host)  # ScopeError here: nothing has been sent
-    web_ports = set(WEB_PORTS)
-    if isinstance(heartbeat, HttpHeartbeat):
-        web_ports.add(heartbeat.port)
-    bound = log.bind(host=address, target=tgt.label)
-
+    chosen = _chosen_settings(settings, dict(options))
+    plan = _plan(target, scope, chosen, resume_without_store=resume and store is None)
+    timing = chosen.timing
     t0 = anyio.current_time()
-    started_epoch = time.time()
-    deadline = None if time_budget_s is None else t0 + time_budget_s
-
-    def emit(kind: str, trial: int, level: int | None = None, outcome: str | None = None) -> None:
-        if progress is not None:
-            progress(ProgressEvent(kind, trial, level, outcome, anyio.current_time() - t0))
-
     # The first ceiling is only for the model-key and open-port probes (one session beside the heartbeat);
     # every level sets its own.
     guard = Guard(
-        tgt, ceiling=2, scope=scope, heartbeat=heartbeat, interval_s=interval_s,
-        failures_to_down=failures_to_down, connect_timeout_s=connect_timeout_s, linger_s=linger_s,
-        network=network,
+        plan.target, ceiling=2, scope=scope, heartbeat=plan.heartbeat, interval_s=timing.interval_s,
+        failures_to_down=timing.failures_to_down, connect_timeout_s=timing.connect_timeout_s,
+        linger_s=timing.linger_s, network=network,
     )  # fmt: skip
+    await _enter(guard, plan)
     try:
-        await guard.__aenter__()
-    except DeviceDownError as exc:
-        raise DeviceDownError(
-            f"{tgt.label} did not answer its heartbeat ({type(heartbeat).__name__} on port {heartbeat.port}) "
-            f"before the characterization started: it is already down, or that port is not open. "
-            f"Nothing else was sent. ({exc})"
-        ) from exc
-    try:
-        watchdog = guard.watchdog
-        assert watchdog is not None  # the Guard runs its watchdog (watchdog=True is the default)
-        baseline = await _baseline(watchdog, baseline_beats)
-        if baseline is None:
-            raise DeviceDownError(
-                f"{tgt.label} stopped answering its heartbeat on port {heartbeat.port} while the idle "
-                "baseline was measured, before any load; nothing else was sent"
-            )
-        emit("baseline", 0)
-        if model_key is None:
-            model_key, open_ports = await _derive_model_key(
-                guard, tgt, heartbeat, web_ports, read_timeout_s, name
-            )
-        else:
-            open_ports = await _open_ports(guard, tgt)
-        bound = bound.bind(model_key=model_key)
-        if not open_ports:
-            # Sessions to closed ports hold nothing: every level would "pass" with no load on the device and
-            # the result would recommend a ceiling that was never tested.
-            raise ConfigError(
-                f"target.ports: none of {', '.join(map(str, tgt.ports))} accepts a connection on "
-                f"{tgt.label}; the ramp's sessions would hold nothing (give the device's open service ports)"
-            )
-        if len(open_ports) < len(tgt.ports):
-            closed = [p for p in tgt.ports if p not in open_ports]
-            bound.warning("characterize.ports_closed", closed=closed, used=open_ports)
-            tgt = dataclasses.replace(tgt, ports=tuple(open_ports))  # sessions go to open ports only
-
-        previous: list[TrialResult] = []  # every stored trial of a resumed run, finished or not
-        run_id: str | None = None
-        params = {
-            "ladder": list(config.ladder), "trials": trials, "dwell_s": dwell_s, "crash_budget": crash_budget,
-            "refine": refine, "margin_fraction": config.margin_fraction,
-            "margin_levels": DEFAULT_MARGIN_LEVELS, "hold_s": hold_s, "ports": list(tgt.ports),
-            "heartbeat": _heartbeat_params(heartbeat), "linger_s": linger_s,
-            "early_warning": None if early_warning is None else dataclasses.asdict(early_warning),
-        }  # fmt: skip
-        if store is not None:
-            row = store.unfinished_run(host=address, model_key=model_key) if resume else None
-            if row is not None:
-                # What a level measures must not change mid-run: trials measured otherwise would be merged
-                # into one ceiling. A run stored without one of these settings cannot prove it was the same.
-                changed = [k for k in RESUME_MUST_MATCH if row.params.get(k, _UNRECORDED) != params[k]]
-                if changed:
-                    was = ", ".join(f"{k}={row.params.get(k, _UNRECORDED)!r}" for k in changed)
-                    now = ", ".join(f"{k}={params[k]!r}" for k in changed)
-                    raise ConfigError(
-                        f"resume: the unfinished run {row.run_id} was measured with {was}, not {now}; resume "
-                        "with the same settings, or start a new run without resume"
-                    )
-                run_id = row.run_id
-                # Every stored trial stays evidence (an unfinished one's crash too); the plan goes on after
-                # the finished ones, and a redone trial gets a new index: stored trials are never replaced.
-                previous = sorted(row.trials, key=lambda t: t.index)
-                bound.info(
-                    "characterize.resumed", run_id=run_id, finished_trials=sum(t.complete for t in previous),
-                    unfinished_trials=sum(not t.complete for t in previous),
-                )  # fmt: skip
-            else:
-                run_id = store.begin_run(host=address, model_key=model_key, name=name, params=params)
-        next_index = max((t.index for t in previous), default=-1) + 1
-        strategy = RampStrategy(
-            config, previous_trials=[t.outcomes for t in previous if t.complete][: config.trials]
-        )
-        run = _Run(
-            guard=guard, watchdog=watchdog, reserve=guard.heartbeat_reserved, target=tgt, address=address,
-            web_ports=web_ports,
-            dwell_s=dwell_s, hold_s=hold_s, read_timeout_s=read_timeout_s,
-            early_warning=early_warning, baseline=baseline, deadline=deadline, log=bound,
+        driver = await _start(
+            guard, plan, store=store, model_key=model_key, name=name, resume=resume,
+            events=_Events(progress, t0),
         )  # fmt: skip
-
-        finished: list[TrialResult] = list(previous)
-        current: list[LevelResult] = []
-        trial_started = anyio.current_time()
-        recoveries = 0
-
-        def build(trials_: Sequence[TrialResult], reason: str) -> Characterization:
-            return Characterization.from_trials(
-                host=address, model_key=model_key, name=name, ladder=config.ladder, trials=trials_,
-                margin_fraction=config.margin_fraction, baseline_latency_s=baseline,
-                early_warning_factor=None if early_warning is None else early_warning.latency_factor,
-                wall_time_s=sum(t.wall_time_s for t in previous) + (anyio.current_time() - t0),
-                stop_reason=reason, run_id=run_id, started_at_epoch_s=started_epoch,
-            )  # fmt: skip
-
-        while True:
-            action = strategy.next_action()
-            if isinstance(action, TestLevel):
-                emit("level_start", action.trial, action.level)
-                result = await _run_level(run, action.level)
-                current.append(result)
-                emit("level_end", action.trial, action.level, result.outcome.value)
-                bound.info(
-                    "characterize.level", trial=action.trial, level=action.level,
-                    outcome=result.outcome.value, elapsed_s=round(result.elapsed_s, 4),
-                    latency_median_s=result.latency_median_s, in_flight=result.in_flight_at_end,
-                )  # fmt: skip
-                if result.outcome is LevelOutcome.PASSED:
-                    strategy.observe(Passed(action.level))
-                elif result.outcome is LevelOutcome.WARNED:
-                    strategy.observe(Warned(action.level))
-                elif result.outcome is LevelOutcome.FAILED:
-                    strategy.observe(Failed(action.level))
-                else:
-                    strategy.observe(OutOfTime())
-                if (
-                    deadline is not None
-                    and anyio.current_time() >= deadline
-                    and not isinstance(strategy.next_action(), Recover | Done)
-                ):
-                    strategy.observe(OutOfTime())
-            elif isinstance(action, Recover):
-                recoveries += 1
-                emit("recovering", action.trial, action.level)
-                ctx = RecoveryContext(
-                    host=address,
-                    heartbeat=heartbeat,
-                    trial=action.trial,
-                    level=action.level,
-                    attempt=recoveries,
-                )
-                try:
-                    await _recover(run, recovery, ctx, healthy_beats, recovery_timeout_s)
-                except RecoveryError as exc:
-                    # Kept as evidence under its own index: its crash bounds the ceiling of this run, of a
-                    # resumed one and of the model's profile.
-                    partial_trial = TrialResult(
-                        index=next_index, levels=tuple(current),
-                        wall_time_s=anyio.current_time() - trial_started, complete=False,
-                    )  # fmt: skip
-                    partial = build([*finished, partial_trial], "recovery_failed")
-                    if store is not None and run_id is not None:
-                        store.record_trial(run_id, partial_trial)
-                        store.mark_run(run_id, "recovery_failed")
-                    exc.partial = partial
-                    bound.error("characterize.recovery_failed", level=action.level, error=str(exc))
-                    raise
-                emit("recovered", action.trial, action.level)
-                strategy.observe(Recovered())
-            elif isinstance(action, NextTrial):
-                trial = TrialResult(
-                    index=next_index, levels=tuple(current),
-                    wall_time_s=anyio.current_time() - trial_started,
-                )
-                next_index += 1
-                finished.append(trial)
-                if store is not None and run_id is not None:
-                    store.record_trial(run_id, trial)  # its own transaction: survives kill -9 from here on
-                emit("trial_end", action.finished)
-                bound.info("characterize.trial_done", trial=action.finished, crashes=trial.crashes)
-                current = []
-                trial_started = anyio.current_time()
-                strategy.observe(Proceed())
-            else:
-                assert isinstance(action, Done)
-                if current:  # a trial cut short by the time budget
-                    finished.append(
-                        TrialResult(
-                            index=next_index,
-                            levels=tuple(current),
-                            wall_time_s=anyio.current_time() - trial_started,
-                            complete=False,
-                        )
-                    )
-                char = build(finished, action.reason)
-                if store is not None and run_id is not None:
-                    store.finish_run(run_id, char, status=action.reason)
-                emit("done", strategy.trial)
-                bound.info(
-                    "characterize.done", safe_ceiling=char.safe_ceiling, failed_at=char.failed_at,
-                    crashes=char.crashes, reason=action.reason,
-                )  # fmt: skip
-                return char
+        return await driver.drive()
     finally:
         await guard.__aexit__(None, None, None)
 
 
+def characterize_sync(target: Target | str, **kwargs: Any) -> Characterization:
+    """:func:`characterize` from synchronous code (scripts; see ``fragileprobe.run_sync``)."""
+    return run_sync(characterize, target, **kwargs)
+
+
+# --- before anything is sent ------------------------------------------------------------------------------
+def _chosen_settings(settings: CharacterizeSettings | None, options: dict[str, Any]) -> CharacterizeSettings:
+    """The run's settings: ``settings`` as given, or built from the flat keywords; never both."""
+    if settings is None:
+        return CharacterizeSettings.from_options(**options)
+    if options:
+        raise _validate.fail(
+            "settings", "given without the flat keywords it holds (set them in the settings)", sorted(options)
+        )
+    return check_settings(settings)
+
+
+def _plan(target: Target | str, scope: Scope, settings: CharacterizeSettings, *, resume_without_store: bool
+) -> _Plan:  # fmt: skip
+    """Check everything that needs no packet: the socket budget, the scope, the target, the ladder."""
+    top = settings.ramp.max_level
+    check_socket_budget(top + 1, f"ladder: its top level {top} (and a heartbeat)")
+    if resume_without_store:
+        raise ConfigError("resume: needs a store to resume from", field="resume")
+    if not isinstance(scope, Scope):
+        raise _validate.fail("scope", "a Scope", scope)
+    tgt = Target(target) if isinstance(target, str) else target
+    if not isinstance(tgt, Target):
+        raise _validate.fail("target", "a Target or an address string", target)
+    heartbeat = _heartbeat(tgt.heartbeat, settings.timing.heartbeat_timeout_s)
+    address = scope.check(tgt.host)  # ScopeError here: nothing has been sent
+    web_ports = WEB_PORTS | ({heartbeat.port} if isinstance(heartbeat, HttpHeartbeat) else set())
+    return _Plan(
+        target=tgt, address=address, heartbeat=heartbeat, ramp=_ramp_for(settings.ramp, heartbeat),
+        web_ports=frozenset(web_ports), settings=settings,
+    )  # fmt: skip
+
+
+def _heartbeat(heartbeat: Any, timeout_s: float | None) -> Any:
+    """The target's heartbeat, with ``heartbeat_timeout_s`` as its timeout when one is given."""
+    if timeout_s is None:
+        return heartbeat
+    try:
+        return dataclasses.replace(heartbeat, timeout_s=timeout_s)
+    except TypeError as exc:
+        raise ConfigError(
+            f"heartbeat_timeout_s: cannot override the timeout of {heartbeat!r}", field="heartbeat_timeout_s"
+        ) from exc
+
+
+def _ramp_for(ramp: RampConfig, heartbeat: Any) -> RampConfig:
+    """The ramp as run with ``heartbeat``: from level 2 up when the heartbeat holds a session itself."""
+    if not opens_session(heartbeat):
+        return ramp
+    # A level counts the heartbeat's session: level 1 would be the heartbeat alone (the idle baseline
+    # measures exactly that), and the port and model checks before the ramp already hold one probe
+    # beside it. So the ramp starts at 2, and never loads the device above the level it tests.
+    kept = tuple(lv for lv in ramp.ladder if lv >= 2)
+    if not kept:
+        raise ConfigError(
+            f"ladder: {ramp.ladder} holds only the heartbeat's session (a level counts it too); give "
+            "levels of 2 or more, or a heartbeat that opens no session",
+            field="ladder",
+        )
+    return dataclasses.replace(ramp, ladder=kept, min_level=2)
+
+
+async def _enter(guard: Guard, plan: _Plan) -> None:
+    """Enter the Guard (its first heartbeat); DeviceDownError saying that nothing else was sent."""
+    try:
+        await guard.__aenter__()
+    except DeviceDownError as exc:
+        hb = plan.heartbeat
+        raise DeviceDownError(
+            f"{plan.target.label} did not answer its heartbeat ({type(hb).__name__} on port {hb.port}) "
+            f"before the characterization started: it is already down, or that port is not open. "
+            f"Nothing else was sent. ({exc})"
+        ) from exc
+
+
+# --- the start: baseline, identification, the store's run -------------------------------------------------
+class _Events:
+    """The ``progress`` callback, fed with :class:`ProgressEvent` records timed from the run's start."""
+
+    def __init__(self, progress: Callable[[ProgressEvent], None] | None, t0: float) -> None:
+        self.progress = progress
+        self.t0 = t0
+        self.started_epoch = time.time()
+
+    def emit(self, kind: str, trial: int, level: int | None = None, outcome: str | None = None) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(kind, trial, level, outcome, anyio.current_time() - self.t0))
+
+
+async def _start(
+    guard: Guard,
+    plan: _Plan,
+    *,
+    store: ProfileStore | None,
+    model_key: str | None,
+    name: str | None,
+    resume: bool,
+    events: _Events,
+) -> _Driver:
+    """Measure the idle baseline, identify the model and its open ports, open (or resume) the stored run."""
+    watchdog = guard.watchdog
+    assert watchdog is not None  # the Guard runs its watchdog (watchdog=True is the default)
+    settings = plan.settings
+    bound = log.bind(host=plan.address, target=plan.target.label)
+    baseline = await _baseline(watchdog, settings.timing.baseline_beats)
+    if baseline is None:
+        raise DeviceDownError(
+            f"{plan.target.label} stopped answering its heartbeat on port {plan.heartbeat.port} while the "
+            "idle baseline was measured, before any load; nothing else was sent"
+        )
+    events.emit("baseline", 0)
+    key, target = await _identify(guard, plan, model_key, name, bound)
+    bound = bound.bind(model_key=key)
+    params = _params(plan, target)
+    run_id, previous = _open_record(store, resume, plan.address, key, name, params, bound)
+    deadline = None if settings.timing.time_budget_s is None else events.t0 + settings.timing.time_budget_s
+    run = _Run(
+        guard=guard, watchdog=watchdog, reserve=guard.heartbeat_reserved, target=target,
+        address=plan.address, web_ports=plan.web_ports, timing=settings.timing,
+        early_warning=settings.early_warning, baseline=baseline, deadline=deadline, log=bound,
+    )  # fmt: skip
+    strategy = RampStrategy(
+        plan.ramp, previous_trials=[t.outcomes for t in previous if t.complete][: plan.ramp.trials]
+    )
+    return _Driver(
+        run=run, strategy=strategy, plan=plan, store=store, run_id=run_id, model_key=key, name=name,
+        previous=previous, events=events,
+    )  # fmt: skip
+
+
+async def _identify(
+    guard: Guard, plan: _Plan, model_key: str | None, name: str | None, bound: Any
+) -> tuple[str, Target]:
+    """The model key (given, or derived from what the device shows) and the target with its open ports."""
+    tgt = plan.target
+    if model_key is None:
+        model_key, open_ports = await _derive_model_key(
+            guard, tgt, plan.heartbeat, plan.web_ports, plan.settings.timing.read_timeout_s, name
+        )
+    else:
+        open_ports = await _open_ports(guard, tgt)
+    if not open_ports:
+        # Sessions to closed ports hold nothing: every level would "pass" with no load on the device and
+        # the result would recommend a ceiling that was never tested.
+        raise ConfigError(
+            f"target.ports: none of {', '.join(map(str, tgt.ports))} accepts a connection on "
+            f"{tgt.label}; the ramp's sessions would hold nothing (give the device's open service ports)",
+            field="target.ports",
+        )
+    if len(open_ports) < len(tgt.ports):
+        closed = [p for p in tgt.ports if p not in open_ports]
+        bound.warning("characterize.ports_closed", closed=closed, used=open_ports)
+        tgt = dataclasses.replace(tgt, ports=tuple(open_ports))  # sessions go to open ports only
+    return model_key, tgt
+
+
+def _params(plan: _Plan, target: Target) -> dict[str, Any]:
+    """The run's settings as stored with it (what resume compares, see ``RESUME_MUST_MATCH``)."""
+    s = plan.settings
+    ew = s.early_warning
+    return {
+        "ladder": list(plan.ramp.ladder), "trials": s.ramp.trials, "dwell_s": s.timing.dwell_s,
+        "crash_budget": s.ramp.crash_budget, "refine": s.ramp.refine,
+        "margin_fraction": plan.ramp.margin_fraction,
+        "margin_levels": DEFAULT_MARGIN_LEVELS, "hold_s": s.timing.hold_s, "ports": list(target.ports),
+        "heartbeat": _heartbeat_params(plan.heartbeat), "linger_s": s.timing.linger_s,
+        "early_warning": None if ew is None else dataclasses.asdict(ew),
+    }  # fmt: skip
+
+
+def _open_record(
+    store: ProfileStore | None,
+    resume: bool,
+    address: str,
+    model_key: str,
+    name: str | None,
+    params: dict[str, Any],
+    bound: Any,
+) -> tuple[str | None, list[TrialResult]]:
+    """The stored run's id and its trials so far: the unfinished one resumed, or a new one begun."""
+    if store is None:
+        return None, []
+    row = store.unfinished_run(host=address, model_key=model_key) if resume else None
+    if row is None:
+        return store.begin_run(host=address, model_key=model_key, name=name, params=params), []
+    _check_resumable(row, params)
+    # Every stored trial stays evidence (an unfinished one's crash too); the plan goes on after the finished
+    # ones, and a redone trial gets a new index: stored trials are never replaced.
+    previous = sorted(row.trials, key=lambda t: t.index)
+    bound.info(
+        "characterize.resumed", run_id=row.run_id, finished_trials=sum(t.complete for t in previous),
+        unfinished_trials=sum(not t.complete for t in previous),
+    )  # fmt: skip
+    return row.run_id, previous
+
+
+def _check_resumable(row: RunRow, params: dict[str, Any]) -> None:
+    """What a level measures must not change mid-run: trials measured otherwise would be merged into one
+    ceiling. A run stored without one of these settings cannot prove it was the same."""
+    changed = [k for k in RESUME_MUST_MATCH if row.params.get(k, _UNRECORDED) != params[k]]
+    if changed:
+        was = ", ".join(f"{k}={row.params.get(k, _UNRECORDED)!r}" for k in changed)
+        now = ", ".join(f"{k}={params[k]!r}" for k in changed)
+        raise ConfigError(
+            f"resume: the unfinished run {row.run_id} was measured with {was}, not {now}; resume "
+            "with the same settings, or start a new run without resume",
+            field="resume",
+        )
+
+
+# --- the driver loop ----------------------------------------------------------------------------------------
+def _observation(level: int, outcome: LevelOutcome) -> Observation:
+    """What the ramp is told about a level that ended with ``outcome``."""
+    if outcome is LevelOutcome.PASSED:
+        return Passed(level)
+    if outcome is LevelOutcome.WARNED:
+        return Warned(level)
+    if outcome is LevelOutcome.FAILED:
+        return Failed(level)
+    return OutOfTime()  # aborted: the time budget ran out in the middle of the level
+
+
+@dataclass(slots=True, kw_only=True)
+class _Driver:
+    """Runs what the ramp asks for and tells it what happened; keeps the trials and the store up to date."""
+
+    run: _Run
+    strategy: RampStrategy
+    plan: _Plan
+    store: ProfileStore | None
+    run_id: str | None
+    model_key: str
+    name: str | None
+    previous: list[TrialResult]
+    events: _Events
+    finished: list[TrialResult] = field(default_factory=list)
+    current: list[LevelResult] = field(default_factory=list)
+    trial_started: float = field(default_factory=anyio.current_time)
+    next_index: int = 0
+    recoveries: int = 0
+
+    def __post_init__(self) -> None:
+        self.finished = list(self.previous)
+        self.next_index = max((t.index for t in self.previous), default=-1) + 1
+
+    async def drive(self) -> Characterization:
+        """The loop: ask the ramp what to do, do it, feed the result back, until it says done."""
+        while True:
+            action = self.strategy.next_action()
+            if isinstance(action, Done):
+                return self._finish(action)
+            if isinstance(action, TestLevel):
+                self.strategy.observe(await self._test_level(action))
+                self._check_time_budget()
+            elif isinstance(action, Recover):
+                await self._recover(action)
+                self.strategy.observe(Recovered())
+            else:
+                self._end_trial(action)
+                self.strategy.observe(Proceed())
+
+    async def _test_level(self, action: TestLevel) -> Observation:
+        self.events.emit("level_start", action.trial, action.level)
+        result = await _run_level(self.run, action.level)
+        self.current.append(result)
+        self.events.emit("level_end", action.trial, action.level, result.outcome.value)
+        self.run.log.info(
+            "characterize.level", trial=action.trial, level=action.level, outcome=result.outcome.value,
+            elapsed_s=round(result.elapsed_s, 4), latency_median_s=result.latency_median_s,
+            in_flight=result.in_flight_at_end,
+        )  # fmt: skip
+        return _observation(action.level, result.outcome)
+
+    def _check_time_budget(self) -> None:
+        """Out of time after a level: stop, unless a crash must be recovered first (or it is over)."""
+        deadline = self.run.deadline
+        if deadline is None or anyio.current_time() < deadline:
+            return
+        if not isinstance(self.strategy.next_action(), Recover | Done):
+            self.strategy.observe(OutOfTime())
+
+    async def _recover(self, action: Recover) -> None:
+        self.recoveries += 1
+        self.events.emit("recovering", action.trial, action.level)
+        ctx = RecoveryContext(
+            host=self.run.address, heartbeat=self.plan.heartbeat, trial=action.trial, level=action.level,
+            attempt=self.recoveries,
+        )  # fmt: skip
+        try:
+            await _recover(self.run, self.plan.settings.recovery, ctx)
+        except RecoveryError as exc:
+            # Kept as evidence under its own index: its crash bounds the ceiling of this run, of a resumed
+            # one and of the model's profile.
+            partial_trial = self._trial(complete=False)
+            exc.partial = self._build([*self.finished, partial_trial], "recovery_failed")
+            if self.store is not None and self.run_id is not None:
+                self.store.record_trial(self.run_id, partial_trial)
+                self.store.mark_run(self.run_id, "recovery_failed")
+            self.run.log.error("characterize.recovery_failed", level=action.level, error=str(exc))
+            raise
+        self.events.emit("recovered", action.trial, action.level)
+
+    def _end_trial(self, action: NextTrial) -> None:
+        trial = self._trial(complete=True)
+        self.next_index += 1
+        self.finished.append(trial)
+        if self.store is not None and self.run_id is not None:
+            self.store.record_trial(self.run_id, trial)  # its own transaction: survives kill -9 from here on
+        self.events.emit("trial_end", action.finished)
+        self.run.log.info("characterize.trial_done", trial=action.finished, crashes=trial.crashes)
+        self.current = []
+        self.trial_started = anyio.current_time()
+
+    def _finish(self, action: Done) -> Characterization:
+        if self.current:  # a trial cut short by the time budget
+            self.finished.append(self._trial(complete=False))
+        char = self._build(self.finished, action.reason)
+        if self.store is not None and self.run_id is not None:
+            self.store.finish_run(self.run_id, char, status=action.reason)
+        self.events.emit("done", self.strategy.trial)
+        self.run.log.info(
+            "characterize.done", safe_ceiling=char.safe_ceiling, failed_at=char.failed_at,
+            crashes=char.crashes, reason=action.reason,
+        )  # fmt: skip
+        return char
+
+    def _trial(self, *, complete: bool) -> TrialResult:
+        """The current trial's levels as a record (under the next free index)."""
+        return TrialResult(
+            index=self.next_index, levels=tuple(self.current),
+            wall_time_s=anyio.current_time() - self.trial_started, complete=complete,
+        )  # fmt: skip
+
+    def _build(self, trials: Sequence[TrialResult], reason: str) -> Characterization:
+        ramp, ew = self.plan.ramp, self.run.early_warning
+        return Characterization.from_trials(
+            host=self.run.address, model_key=self.model_key, name=self.name, ladder=ramp.ladder,
+            trials=trials, margin_fraction=ramp.margin_fraction, baseline_latency_s=self.run.baseline,
+            early_warning_factor=None if ew is None else ew.latency_factor,
+            wall_time_s=sum(t.wall_time_s for t in self.previous) + (anyio.current_time() - self.events.t0),
+            stop_reason=reason, run_id=self.run_id, started_at_epoch_s=self.events.started_epoch,
+        )  # fmt: skip
+
+
+# --- the I/O of one level ----------------------------------------------------------------------------------
 def _heartbeat_params(heartbeat: Any) -> dict[str, Any]:
     """What a heartbeat measures with, for the run's params: its kind, port and (HTTP) path."""
     return {
@@ -536,11 +608,6 @@ def _heartbeat_params(heartbeat: Any) -> dict[str, Any]:
         "port": getattr(heartbeat, "port", None),
         "path": getattr(heartbeat, "path", None),
     }
-
-
-def characterize_sync(target: Target | str, **kwargs: Any) -> Characterization:
-    """:func:`characterize` from synchronous code (scripts; see ``fragileprobe.run_sync``)."""
-    return run_sync(characterize, target, **kwargs)
 
 
 async def _baseline(watchdog: Watchdog, beats: int) -> float | None:
@@ -563,7 +630,12 @@ async def _open_ports(guard: Guard, target: Target) -> list[int]:
 
 
 async def _derive_model_key(
-    guard: Guard, target: Target, heartbeat: Any, web_ports: set[int], read_timeout_s: float, name: str | None
+    guard: Guard,
+    target: Target,
+    heartbeat: Any,
+    web_ports: frozenset[int],
+    read_timeout_s: float,
+    name: str | None,
 ) -> tuple[str, list[int]]:
     """Identify the model from what the device shows: open ports, banners, the web server's name.
 
@@ -614,9 +686,9 @@ async def _session(run: _Run, port: int) -> None:
         web = port in run.web_ports
         if web:
             await stream.send(_HEAD_REQUEST.format(host=run.address).encode("ascii"))
-        if await _read_first(stream, web, run.read_timeout_s):
+        if await _read_first(stream, web, run.timing.read_timeout_s):
             return  # the device closed the session: the worker opens the next one now
-        rest = run.hold_s - (anyio.current_time() - opened)
+        rest = run.timing.hold_s - (anyio.current_time() - opened)
         if rest > 0:
             await _hold(stream, rest)
 
@@ -664,86 +736,72 @@ async def _worker(run: _Run, ports: Iterator[int], counters: dict[str, int]) -> 
 
 async def _run_level(run: _Run, level: int) -> LevelResult:
     """Hold ``level`` device sessions (the heartbeat's included) for the dwell while following the
-    heartbeat; then wait for the device to let go of them and to settle."""
+    heartbeat (the :class:`LevelVerdict` judges each beat); then wait for the device to let go of them and
+    to settle."""
     guard, watchdog = run.guard, run.watchdog
     workers = level - run.reserve
     if workers >= 1:
         await guard.set_ceiling(level)
-    dwell = run.dwell_s
-    aborted = False
-    if run.deadline is not None:
-        remaining = run.deadline - anyio.current_time()
-        if remaining < dwell:
-            dwell, aborted = max(0.0, remaining), True
+    dwell, aborted = _dwell(run)
     counters = {"started": 0, "failed": 0}
-    latencies: list[float] = []
-    held: list[int] = []
-    beats_failed = 0
-    outcome = LevelOutcome.ABORTED if aborted else LevelOutcome.PASSED
-    ew = run.early_warning
-    limit = ew.limit_s(run.baseline) if ew is not None else None
-    slow = 0
-    evidence = False  # a healthy beat that started while the load was on: without it nothing passes
     ports = itertools.cycle(run.target.ports)
     start = anyio.current_time()
-
-    def on_beat(beat: Beat) -> LevelOutcome | None:
-        nonlocal beats_failed, slow, evidence
-        if watchdog.down:
-            return LevelOutcome.FAILED
-        if not beat.ok:
-            beats_failed += 1
-            return None
-        latencies.append(beat.latency_s)
-        if beat.at_s >= start:
-            evidence = True
-            if beat.sessions_device is not None:
-                held.append(min(level, beat.sessions_device + run.reserve))
-        if limit is not None and ew is not None:
-            slow = slow + 1 if beat.latency_s > limit else 0
-            if slow >= ew.consecutive_beats:
-                return LevelOutcome.WARNED
-        return None
-
+    verdict = LevelVerdict.for_level(
+        level, start_s=start, reserve=run.reserve, early_warning=run.early_warning, baseline_s=run.baseline
+    )
     async with anyio.create_task_group() as tg:
         for _ in range(max(workers, 0)):
             tg.start_soon(_worker, run, ports, counters)
-        with anyio.move_on_after(dwell):
-            while (verdict := on_beat(await watchdog.next_beat())) is None:
-                pass
-            outcome = verdict
-        if outcome is LevelOutcome.PASSED and not evidence:
+        await _follow(watchdog, verdict, dwell)
+        if verdict.wants_evidence(aborted=aborted):
             # The dwell ended before any heartbeat that started under load came back (a slow device, or a
             # dwell shorter than the beat interval): keep the load on until one does. The watchdog bounds
             # this: a beat either answers or fails within its timeout.
-            with anyio.move_on_after(watchdog.detection_bound_s + watchdog.interval_s):
-                while not evidence and (verdict := on_beat(await watchdog.next_beat())) is None:
-                    pass
-                if verdict is not None:
-                    outcome = verdict
-        if outcome is LevelOutcome.PASSED and ew is not None and latencies and slow == len(latencies):
-            outcome = LevelOutcome.WARNED  # every beat of the level was slow, just fewer than required
+            await _follow(watchdog, verdict, watchdog.detection_bound_s + watchdog.interval_s, evidence=True)
         end_at = anyio.current_time()
         in_flight = guard.limiter.in_flight
         tg.cancel_scope.cancel()
-    elapsed = end_at - start
+    outcome = verdict.outcome(aborted=aborted)
     if outcome is not LevelOutcome.FAILED:
         # The next level must not start while this one's sessions are still on the device: their sum
-        # could crash it. Every linger is bounded, so this is too.
+        # could crash it. Every linger is bounded, so this is too. A device that dies right after the load
+        # does not settle: this level did it.
         await guard.wait_let_go()
-        if not await _settle(run, end_at):
-            outcome = LevelOutcome.FAILED  # the device died right after the load: this level did it
+        outcome = verdict.outcome(aborted=aborted, settled=await _settle(run, end_at))
+    elapsed = end_at - start
     if outcome is LevelOutcome.FAILED:
         down = watchdog.timeline.downs[-1]
-        elapsed = max(0.0, down.at_s - start)
-        in_flight = down.in_flight
+        elapsed, in_flight = max(0.0, down.at_s - start), down.in_flight
+    held = tuple(verdict.held_at_beats)
     if outcome is LevelOutcome.PASSED and held and statistics.median_low(held) < level:
         run.log.warning("characterize.level_not_held", level=level, held=statistics.median_low(held))
     return LevelResult(
-        level=level, outcome=outcome, dwell_s=run.dwell_s, elapsed_s=elapsed, in_flight_at_end=in_flight,
+        level=level, outcome=outcome, dwell_s=run.timing.dwell_s, elapsed_s=elapsed,
+        in_flight_at_end=in_flight,
         sessions_started=counters["started"], sessions_failed=counters["failed"],
-        latencies_s=tuple(latencies), beats_failed=beats_failed, held_at_beats=tuple(held),
+        latencies_s=tuple(verdict.latencies_s), beats_failed=verdict.beats_failed, held_at_beats=held,
     )  # fmt: skip
+
+
+def _dwell(run: _Run) -> tuple[float, bool]:
+    """The dwell this level gets, and whether the time budget cut it short (the level is then aborted)."""
+    dwell = run.timing.dwell_s
+    if run.deadline is None:
+        return dwell, False
+    remaining = run.deadline - anyio.current_time()
+    if remaining < dwell:
+        return max(0.0, remaining), True
+    return dwell, False
+
+
+async def _follow(
+    watchdog: Watchdog, verdict: LevelVerdict, seconds: float, *, evidence: bool = False
+) -> None:
+    """Feed the watchdog's beats to ``verdict`` for ``seconds``, until a beat decides the level (or, with
+    ``evidence``, until a healthy beat under load came back)."""
+    with anyio.move_on_after(seconds):
+        while verdict.decided is None and not (evidence and verdict.evidence):
+            verdict.observe(await watchdog.next_beat(), down=watchdog.down)
 
 
 async def _settle(run: _Run, since: float) -> bool:
@@ -767,25 +825,20 @@ async def _settle(run: _Run, since: float) -> bool:
     return not watchdog.down
 
 
-async def _recover(
-    run: _Run,
-    hook: Callable[..., Awaitable[Any]] | None,
-    ctx: RecoveryContext,
-    healthy_beats: int,
-    timeout_s: float,
-) -> None:
-    guard = run.guard
+async def _recover(run: _Run, recovery: RecoverySettings, ctx: RecoveryContext) -> None:
+    """Run the recovery hook, then wait for ``healthy_beats`` good beats (both within its timeout)."""
+    guard, hook = run.guard, recovery.hook
     run.log.warning("characterize.recovering", level=ctx.level, attempt=ctx.attempt)
     try:
-        with anyio.fail_after(timeout_s):
+        with anyio.fail_after(recovery.timeout_s):
             if hook is not None:
                 await call_recovery(hook, ctx)
-            await guard.wait_healthy(healthy_beats)
+            await guard.wait_healthy(recovery.healthy_beats)
     except TimeoutError as exc:
         what = "the recovery hook" if hook is not None else "waiting (no recovery hook given)"
         raise RecoveryError(
-            f"{ctx.host} did not answer {healthy_beats} healthy heartbeats within {timeout_s:g} s of "
-            f"{what} after crashing at {ctx.level} sessions"
+            f"{ctx.host} did not answer {recovery.healthy_beats} healthy heartbeats within "
+            f"{recovery.timeout_s:g} s of {what} after crashing at {ctx.level} sessions"
         ) from exc
     guard.rearm()
     run.log.info("characterize.recovered", level=ctx.level)

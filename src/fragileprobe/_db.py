@@ -1,7 +1,7 @@
 """The store's database seam: one SQLite file or one PostgreSQL database, behind the same small interface.
 
-:class:`~fragileprobe.ProfileStore` writes its SQL once, in the dialect both databases accept (``?``
-placeholders, ``INSERT ... ON CONFLICT``, ``RETURNING``), and runs it through a backend chosen by the
+The store's repositories write their SQL once, in the dialect both databases accept (``?``
+placeholders, ``INSERT ... ON CONFLICT``, ``RETURNING``), and run it through a backend chosen by the
 store's location::
 
     ProfileStore("fragileprobe.db")                    -> SqliteBackend   (sqlite3, the default)
@@ -21,8 +21,18 @@ A backend owns what really differs between the two, and nothing else:
 * the small dialect translation for PostgreSQL: ``?`` -> ``%s``, ``x IS ?`` -> ``x IS NOT DISTINCT FROM
   %s``, ``INSERT OR IGNORE`` -> ``ON CONFLICT DO NOTHING``, and in the schema ``REAL`` -> ``DOUBLE
   PRECISION``, ``INTEGER`` -> ``BIGINT``, ``AUTOINCREMENT`` keys -> identity columns, ``TEXT`` ->
-  ``TEXT COLLATE "C"`` (byte order, as SQLite sorts, so ``ORDER BY host`` agrees on both);
-* translating the driver's errors to :class:`~fragileprobe.StoreError`, here and nowhere else.
+  ``TEXT COLLATE "C"`` (byte order, as SQLite sorts, so ``ORDER BY host`` agrees on both).
+
+Errors are the same for both: every driver error (``sqlite3.Error``, ``psycopg.Error``) becomes a
+:class:`~fragileprobe.StoreError` through :func:`translated` and its one table (``_MESSAGES``), keyed by
+what was being done (the :data:`Phase`) and the kind of failure the driver reported (its result code or
+exception class, never its text). Nothing else in the store catches a driver error.
+
+Above the backends sits :class:`Database`, the store's core: one open backend, the lock that makes this
+process's threads take turns on its one connection (a transaction is never interleaved with another
+thread's statements), and the closed flag. The repositories (``_repo_profiles``, ``_repo_inventory``) and
+the site ledger write their SQL against it; :class:`RecordColumns` derives a table's column list and row
+decoding from a record dataclass, so a field is written once.
 
 ``psycopg`` is imported lazily, inside :class:`PostgresBackend`, so ``import fragileprobe`` never loads it
 and a SQLite-only install never needs it. The SQL given to a backend contains no ``?`` or ``%`` inside
@@ -31,14 +41,18 @@ string literals (the translation is textual, and the store's statements are writ
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import re
 import sqlite3
+import sys
+import threading
 import time
 import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, Protocol, TypeVar
 
 import structlog
 
@@ -46,22 +60,33 @@ from fragileprobe._errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
 
+    from _typeshed import DataclassInstance
+
 __all__ = [
+    "APPLICATION_ID",
     "PG_APPLICATION",
     "PG_CONNECT_TIMEOUT_S",
     "PG_WRITE_LOCK_KEY",
     "Backend",
     "Connection",
     "Cursor",
+    "Database",
+    "Phase",
     "PostgresBackend",
+    "RecordColumns",
     "SqliteBackend",
+    "canonical_json",
+    "error_kind",
+    "is_busy",
     "is_database_url",
     "open_backend",
-    "pg_sql",
     "pg_ddl",
+    "pg_sql",
+    "store_error",
+    "translated",
 ]
 
 log = structlog.get_logger(__name__)
@@ -76,6 +101,91 @@ PG_APPLICATION: Final = "fragileprobe"
 # should say so rather than hang the agent or the coordinator.
 PG_CONNECT_TIMEOUT_S: Final = 10
 _URL_SCHEMES: Final = ("postgresql://", "postgres://")
+
+
+# --- driver errors -> StoreError: the one mapping ---------------------------------------------------------
+
+# What the store was doing when the driver failed; it picks the message (see _MESSAGES).
+Phase = Literal["open", "inspect", "write", "use", "commit"]
+# What kind of failure the driver reported, read from its result code or exception class, never its text.
+ErrorKind = Literal["busy", "down", "damaged", "other"]
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html). sqlite3 reports the extended code in
+# ``sqlite_errorcode``; its low byte is the primary code (SQLITE_BUSY_RECOVERY = 261 -> SQLITE_BUSY).
+_SQLITE_BUSY: Final = 5
+_SQLITE_LOCKED: Final = 6
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+_PRIMARY_CODE_MASK: Final = 0xFF
+
+# phase -> kind -> message; a kind missing from a phase reads that phase's "other". {where} is the store's
+# path or redacted URL, {detail} the driver's first line, {waited_s} the busy timeout.
+_MESSAGES: Final[Mapping[Phase, Mapping[ErrorKind, str]]] = {
+    "open": {"other": "cannot open profile store {where}: {detail}"},
+    "inspect": {
+        "busy": "profile store {where} is locked: {detail}",
+        "down": "profile store {where} is unusable: {detail}",
+        "other": "profile store {where} is corrupt or not a fragileprobe store: {detail}",
+    },
+    "write": {
+        "busy": "profile store {where} is locked by another writer (waited {waited_s:g} s): {detail}",
+        "down": "profile store {where} is unreachable or unusable: {detail}",
+        "damaged": "profile store {where} is corrupt: {detail}",
+        "other": "profile store {where}: {detail}",
+    },
+    "use": {
+        "busy": "profile store {where} is locked: {detail}",
+        "down": "profile store {where} is unreachable or unusable: {detail}",
+        "damaged": "profile store {where} is corrupt: {detail}",
+        "other": "profile store {where}: {detail}",
+    },
+    "commit": {"other": "profile store {where}: commit failed: {detail}"},
+}
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """The drivers' base error classes; psycopg's only once it is loaded (it is imported lazily)."""
+    pg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) if pg is None else (sqlite3.Error, pg.Error)
+
+
+def error_kind(exc: Exception) -> ErrorKind:
+    """Classify a driver error by its result code (SQLite) or class (psycopg)."""
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & _PRIMARY_CODE_MASK
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return "busy"
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return "damaged"
+        return "down" if isinstance(exc, sqlite3.OperationalError) else "other"
+    pg = sys.modules.get("psycopg")
+    if pg is not None and isinstance(exc, pg.errors.LockNotAvailable):
+        return "busy"
+    if pg is not None and isinstance(exc, pg.OperationalError):
+        return "down"
+    return "other"
+
+
+def store_error(exc: Exception, *, where: str, phase: Phase, waited_s: float = 0.0) -> StoreError:
+    """The StoreError for driver error ``exc`` raised while doing ``phase`` on the store ``where``."""
+    messages = _MESSAGES[phase]
+    template = messages.get(error_kind(exc), messages["other"])
+    return StoreError(template.format(where=where, detail=_one_line(exc), waited_s=waited_s))
+
+
+@contextmanager
+def translated(where: str, phase: Phase, *, waited_s: float = 0.0) -> Iterator[None]:
+    """Run a block whose driver errors come out as :func:`store_error` (``raise ... from`` the original)."""
+    try:
+        yield
+    except _driver_errors() as exc:
+        raise store_error(exc, where=where, phase=phase, waited_s=waited_s) from exc
+
+
+def is_busy(exc: BaseException) -> bool:
+    """True for a StoreError caused by the database being busy or locked (by its code, not its text)."""
+    cause = exc.__cause__
+    return isinstance(cause, Exception) and error_kind(cause) == "busy"
 
 
 class Cursor(Protocol):
@@ -124,6 +234,132 @@ def open_backend(
     return SqliteBackend(location, busy_timeout_s=busy_timeout_s, migrations=migrations)
 
 
+# --- the core: one open database, its lock, and records <-> rows ------------------------------------------
+
+R = TypeVar("R", bound="DataclassInstance")
+
+
+class Database:
+    """One open store database: its backend, one lock for this process's threads, and the closed flag.
+
+    Every statement of the store runs through :meth:`write` (one transaction holding the database's write
+    lock) or :meth:`query` (one read statement). Both hold :attr:`lock` for their whole duration, which is
+    what makes sharing the one connection between threads correct: the SQLite connection is opened with
+    ``check_same_thread=False`` precisely because this lock, not the thread, guarantees that one thread at
+    a time uses it, and that no thread's statement lands inside another thread's transaction.
+
+    Args:
+        location: A SQLite file path or a ``postgresql://`` URL (see :func:`open_backend`).
+        busy_timeout_s: How long a writer waits for another process's write lock.
+        migrations: The schema steps (``fragileprobe._schema.MIGRATIONS``).
+
+    Raises:
+        StoreError: See the backends.
+        ConfigError: An unsupported URL scheme, or psycopg missing for a PostgreSQL URL.
+    """
+
+    def __init__(
+        self, location: str | os.PathLike[str], *, busy_timeout_s: float, migrations: Sequence[str]
+    ) -> None:
+        self.busy_timeout_s = busy_timeout_s
+        self.backend: SqliteBackend | PostgresBackend = open_backend(
+            location, busy_timeout_s=busy_timeout_s, migrations=migrations
+        )
+        # A file store's Path; a PostgreSQL store's URL with its password redacted (for messages).
+        self.path: Path | str = getattr(self.backend, "path", self.backend.location)
+        self.lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"profile store {self.path} is closed")
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction (all or nothing); driver errors come out as StoreError."""
+        with self.lock:
+            self._check_open()  # under the lock: a close() that ran while we waited is seen
+            with self.backend.write() as conn:
+                yield conn
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read statement; driver errors come out as StoreError."""
+        with self.lock:
+            self._check_open()
+            return self.backend.query(sql, args)
+
+    def close(self) -> None:
+        """Close the database (idempotent; waits for a statement another thread is running)."""
+        with self.lock:
+            if not self._closed:
+                self._closed = True
+                self.backend.close()
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces, so equal values compare equal as text (scan params, targets).
+
+    Raises:
+        ConfigError: The value is not JSON-able.
+    """
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"store: value is not JSON-able: {exc}") from exc
+
+
+class RecordColumns(Generic[R]):
+    """A table's columns and row decoding, derived from the fields of a record dataclass.
+
+    Field ``f`` is column ``f``; a field named in ``json`` is column ``f_json`` holding JSON text, turned
+    back into the field's value by its converter (``tuple``, or None to keep the decoded JSON; a NULL
+    column stays None). Fields named in ``derived`` are not columns: the caller passes them to
+    :meth:`decode` (a run's trials, read from their own table).
+
+    Args:
+        record: The frozen dataclass of one row.
+        json: Field name -> converter for the fields stored as JSON.
+        derived: Fields that are not columns of the table.
+    """
+
+    __slots__ = ("_convert", "columns", "fields", "record", "sql")
+
+    def __init__(
+        self,
+        record: type[R],
+        *,
+        json: Mapping[str, Callable[[Any], Any] | None] | None = None,
+        derived: Sequence[str] = (),
+    ) -> None:
+        convert = dict(json or {})
+        names = tuple(f.name for f in dataclasses.fields(record) if f.name not in derived)
+        unknown = (set(convert) | set(derived)) - {f.name for f in dataclasses.fields(record)}
+        if unknown:
+            raise TypeError(f"RecordColumns({record.__name__}): no such fields: {sorted(unknown)}")
+        self.record = record
+        self.fields: tuple[str, ...] = names
+        self.columns: tuple[str, ...] = tuple(f"{n}_json" if n in convert else n for n in names)
+        self.sql = ", ".join(self.columns)
+        self._convert = convert
+
+    def _value(self, name: str, raw: Any) -> Any:
+        if name not in self._convert or raw is None:
+            return raw
+        value = json.loads(raw)
+        converter = self._convert[name]
+        return value if converter is None else converter(value)
+
+    def decode(self, row: Sequence[Any], **derived: Any) -> R:
+        """The record for one row selected with :attr:`sql`, plus the derived fields."""
+        values = {n: self._value(n, raw) for n, raw in zip(self.fields, row, strict=True)}
+        return self.record(**values, **derived)
+
+
 def _statements(script: str) -> list[str]:
     return [s for s in (part.strip() for part in script.split(";")) if s]
 
@@ -163,31 +399,29 @@ class SqliteBackend:
         self.busy_timeout_s = busy_timeout_s
         # Opening races another process that is creating or migrating the same file: switching a new file
         # to WAL, or a read-only inspection during that switch, can answer SQLITE_BUSY at once instead of
-        # waiting in the busy handler. Such a refusal is retried until busy_timeout_s has passed.
+        # waiting in the busy handler. Such a refusal (SQLITE_BUSY / SQLITE_LOCKED, see is_busy) is retried
+        # until busy_timeout_s has passed. This runs in the caller's thread, outside any event loop, so the
+        # deadline is on time.monotonic() (anyio.current_time() needs a running loop).
         deadline = time.monotonic() + busy_timeout_s
         while True:
             try:
                 self._open_once(migrations)
                 return
             except StoreError as exc:
-                cause = exc.__cause__
-                locked = isinstance(cause, sqlite3.OperationalError) and (
-                    "locked" in str(cause) or "busy" in str(cause)
-                )
-                if not locked or time.monotonic() >= deadline:
+                if not is_busy(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(_OPEN_RETRY_S)
 
     def _open_once(self, migrations: Sequence[str]) -> None:
         # Before the read-write connection: a foreign or damaged file is never opened for writing.
         self._inspect_existing(migrations)
-        try:
+        with translated(self.location, "open"):
             # isolation_level=None: we issue BEGIN/COMMIT ourselves (BEGIN IMMEDIATE for writers).
+            # check_same_thread=False: Database.lock, not the opening thread, owns the connection (the
+            # store is called from anyio worker threads).
             self._conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
             )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open profile store {self.path}: {exc}") from exc
         opened = False
         try:
             self._open(migrations)
@@ -248,32 +482,13 @@ class SqliteBackend:
         wal_file = self.path.with_name(self.path.name + "-wal")
         mode = "immutable=1" if wal and not wal_file.exists() else "mode=ro"
         uri = f"{self.path.resolve().as_uri()}?{mode}"
-        try:
+        with translated(self.location, "open"):
             conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open profile store {self.path}: {exc}") from exc
-        tables, indexes = _our_objects(migrations, "TABLE"), _our_objects(migrations, "INDEX")
         try:
-            objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
-            foreign = sorted(
-                f"{kind} {name!r}" for kind, name in objects
-                if not str(name).startswith("sqlite_")
-                and not (kind == "table" and name in tables)
-                and not (kind == "index" and name in indexes)
-            )  # fmt: skip
-            if foreign:
-                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-                raise StoreError(
-                    f"profile store {self.path} is not a fragileprobe store: it holds {shown}, which are not "
-                    "ours; nothing was written (give another --store path)"
-                )
-            check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"profile store {self.path} is corrupt or not a fragileprobe store: {exc}"
-            ) from exc
+            with translated(self.location, "inspect"):
+                objects = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
+                self._refuse_foreign(objects, migrations)
+                check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         finally:
             conn.close()
         if check != "ok":
@@ -281,91 +496,84 @@ class SqliteBackend:
                 f"profile store {self.path} failed its integrity check: {check}; nothing was written"
             )
 
+    def _refuse_foreign(self, objects: Sequence[tuple[str, str]], migrations: Sequence[str]) -> None:
+        """StoreError if ``sqlite_master`` lists a table, index, view or trigger that is not ours."""
+        tables, indexes = _our_objects(migrations, "TABLE"), _our_objects(migrations, "INDEX")
+        foreign = sorted(
+            f"{kind} {name!r}" for kind, name in objects
+            if not str(name).startswith("sqlite_")
+            and not (kind == "table" and name in tables)
+            and not (kind == "index" and name in indexes)
+        )  # fmt: skip
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise StoreError(
+                f"profile store {self.path} is not a fragileprobe store: it holds {shown}, which are not "
+                "ours; nothing was written (give another --store path)"
+            )
+
     def _open(self, migrations: Sequence[str]) -> None:
         conn = self._conn
         target = len(migrations)
-        try:
+        with translated(self.location, "inspect"):
             # Reading user_version first also proves the file is a database before anything is written.
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"profile store {self.path} is corrupt or not a fragileprobe store: {exc}"
-            ) from exc
         if version > target:
             raise StoreError(
                 f"profile store {self.path} has schema version {version}, newer than this fragileprobe "
                 f"supports ({target}); upgrade fragileprobe or use another file"
             )
-        try:
+        with translated(self.location, "inspect"):
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             if version < target:
-                with self.write():
-                    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                    # Another process may have migrated meanwhile: apply only the steps still missing.
-                    for step in migrations[current:]:
-                        for statement in _statements(step):
-                            conn.execute(statement)
-                    if current < target:
-                        conn.execute(f"PRAGMA user_version = {target}")
+                self._migrate(migrations)
             if int(conn.execute("PRAGMA application_id").fetchone()[0]) != APPLICATION_ID:
                 with self.write():  # ours (inspected above): a new store, or one from before the id
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             # A quick structural check: catches files whose header is fine but whose pages are damaged.
             check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"profile store {self.path} is corrupt: {exc}") from exc
         if check != "ok":
             raise StoreError(f"profile store {self.path} failed its integrity check: {check}")
         log.debug("store.opened", path=str(self.path), journal_mode=mode, schema_version=target)
 
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        """Apply the schema steps still missing, in one write transaction."""
+        conn, target = self._conn, len(migrations)
+        with self.write():
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            # Another process may have migrated meanwhile: apply only the steps still missing.
+            for step in migrations[current:]:
+                for statement in _statements(step):
+                    conn.execute(statement)
+            if current < target:
+                conn.execute(f"PRAGMA user_version = {target}")
+
     @contextmanager
-    def _begin(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding the write lock from the start (BEGIN IMMEDIATE)."""
+    def write(self) -> Iterator[Connection]:
+        """One write transaction, holding the write lock from the start (``BEGIN IMMEDIATE``)."""
         conn = self._conn
-        try:
+        with translated(self.location, "write", waited_s=self.busy_timeout_s):
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(
-                f"profile store {self.path} is locked by another writer "
-                f"(waited {self.busy_timeout_s:g} s): {exc}"
-            ) from exc
         committed = False
         try:
-            yield conn
-            try:
+            with translated(self.location, "use"):
+                yield conn
+            with translated(self.location, "commit"):
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"profile store {self.path}: commit failed: {exc}") from exc
             committed = True
         finally:
             # Whatever interrupted the transaction (an error, KeyboardInterrupt), nothing half-written stays.
             if not committed and conn.in_transaction:
-                conn.execute("ROLLBACK")
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One write transaction; sqlite3 errors come out as StoreError."""
-        try:
-            with self._begin() as conn:
-                yield conn
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"profile store {self.path}: {exc}") from exc
+                with translated(self.location, "use"):
+                    conn.execute("ROLLBACK")
 
     def query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run one read statement outside a transaction."""
-        try:
+        with translated(self.location, "use"):
             return list(self._conn.execute(sql, tuple(args)).fetchall())
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"profile store {self.path} is locked or unusable: {exc}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"profile store {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the connection."""
@@ -485,13 +693,11 @@ class PostgresBackend:
                 self.close()
 
     def _connect(self) -> None:
-        try:
+        with translated(self.location, "open"):
             self._raw = self._psycopg.connect(
                 self._url, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT_S,
                 application_name="fragileprobe",
             )  # fmt: skip
-        except self._psycopg.Error as exc:
-            raise StoreError(f"cannot open profile store {self.location}: {_one_line(exc)}") from exc
 
     def _ensure(self) -> None:
         if self._raw is None or self._raw.closed or self._raw.broken:
@@ -499,42 +705,10 @@ class PostgresBackend:
             self._connect()
 
     def _migrate(self, migrations: Sequence[str]) -> None:
+        """Claim a new database (or prove an existing one ours) and apply the missing schema steps."""
         target = len(migrations)
         with self.write() as conn:
-            meta = conn.execute("SELECT to_regclass('fragileprobe_meta') IS NOT NULL").fetchone()[0]
-            if not meta:
-                others = conn.execute(
-                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
-                ).fetchone()[0]
-                if others:
-                    raise StoreError(
-                        f"profile store {self.location} holds {others} other tables and no "
-                        "fragileprobe_meta: a foreign database, refused (give fragileprobe its own database)"
-                    )
-                conn.execute("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                conn.execute(
-                    "INSERT INTO fragileprobe_meta(key, value) VALUES ('application', ?), "
-                    "('schema_version', '0')",
-                    (PG_APPLICATION,),
-                )
-            rows = dict(conn.execute("SELECT key, value FROM fragileprobe_meta").fetchall())
-            if rows.get("application") != PG_APPLICATION:
-                raise StoreError(
-                    f"profile store {self.location}: fragileprobe_meta names application "
-                    f"{rows.get('application')!r}, not {PG_APPLICATION!r}: refused"
-                )
-            try:
-                version = int(rows.get("schema_version", ""))
-            except ValueError:
-                raise StoreError(
-                    f"profile store {self.location} is corrupt: schema_version "
-                    f"{rows.get('schema_version')!r} is not a number"
-                ) from None
-            if version > target:
-                raise StoreError(
-                    f"profile store {self.location} has schema version {version}, newer than this "
-                    f"fragileprobe supports ({target}); upgrade fragileprobe or use another database"
-                )
+            version = self._stored_version(conn, target)
             for step in migrations[version:]:
                 for statement in _statements(step):
                     self._raw.execute(pg_ddl(statement))
@@ -544,35 +718,65 @@ class PostgresBackend:
                 )
         log.debug("store.opened", location=self.location, schema_version=target)
 
+    def _stored_version(self, conn: Connection, target: int) -> int:
+        """The schema version in ``fragileprobe_meta`` (created, at 0, in an empty database).
+
+        Raises:
+            StoreError: Other tables and no ``fragileprobe_meta`` (a foreign database), another
+                application's meta table, a version that is not a number or newer than ``target``.
+        """
+        if not conn.execute("SELECT to_regclass('fragileprobe_meta') IS NOT NULL").fetchone()[0]:
+            others = conn.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+            ).fetchone()[0]
+            if others:
+                raise StoreError(
+                    f"profile store {self.location} holds {others} other tables and no "
+                    "fragileprobe_meta: a foreign database, refused (give fragileprobe its own database)"
+                )
+            conn.execute("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
+                "INSERT INTO fragileprobe_meta(key, value) VALUES ('application', ?), "
+                "('schema_version', '0')",
+                (PG_APPLICATION,),
+            )
+        rows = dict(conn.execute("SELECT key, value FROM fragileprobe_meta").fetchall())
+        if rows.get("application") != PG_APPLICATION:
+            raise StoreError(
+                f"profile store {self.location}: fragileprobe_meta names application "
+                f"{rows.get('application')!r}, not {PG_APPLICATION!r}: refused"
+            )
+        try:
+            version = int(rows.get("schema_version", ""))
+        except ValueError:
+            raise StoreError(
+                f"profile store {self.location} is corrupt: schema_version "
+                f"{rows.get('schema_version')!r} is not a number"
+            ) from None
+        if version > target:
+            raise StoreError(
+                f"profile store {self.location} has schema version {version}, newer than this "
+                f"fragileprobe supports ({target}); upgrade fragileprobe or use another database"
+            )
+        return version
+
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction holding the store's advisory write lock from its first statement."""
         pg = self._psycopg
-        try:
+        with translated(self.location, "use"):
             self._ensure()
             raw = self._raw
             raw.execute("BEGIN")
-        except pg.Error as exc:
-            raise StoreError(f"profile store {self.location} is unreachable: {_one_line(exc)}") from exc
         committed = False
         try:
-            try:
+            with translated(self.location, "write", waited_s=self.busy_timeout_s):
                 raw.execute(f"SET LOCAL lock_timeout = {int(self.busy_timeout_s * 1000)}")
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (PG_WRITE_LOCK_KEY,))
-            except pg.errors.LockNotAvailable as exc:
-                raise StoreError(
-                    f"profile store {self.location} is locked by another writer "
-                    f"(waited {self.busy_timeout_s:g} s)"
-                ) from exc
-            try:
+            with translated(self.location, "use"):
                 yield _PgConnection(raw)
+            with translated(self.location, "commit"):
                 raw.execute("COMMIT")
-            except pg.OperationalError as exc:
-                raise StoreError(
-                    f"profile store {self.location} is unreachable or unusable: {_one_line(exc)}"
-                ) from exc
-            except pg.Error as exc:
-                raise StoreError(f"profile store {self.location}: {_one_line(exc)}") from exc
             committed = True
         finally:
             if not committed and not raw.closed and not raw.broken:
@@ -582,16 +786,9 @@ class PostgresBackend:
 
     def query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run one read statement (autocommit: it sees every committed write)."""
-        pg = self._psycopg
-        try:
+        with translated(self.location, "use"):
             self._ensure()
             return list(self._raw.execute(pg_sql(sql), tuple(args)).fetchall())
-        except pg.OperationalError as exc:
-            raise StoreError(
-                f"profile store {self.location} is unreachable or unusable: {_one_line(exc)}"
-            ) from exc
-        except pg.Error as exc:
-            raise StoreError(f"profile store {self.location}: {_one_line(exc)}") from exc
 
     def close(self) -> None:
         """Close the connection."""

@@ -12,7 +12,6 @@ and ``open_stream`` for the sessions it holds), so every read is bounded.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +25,14 @@ from fragileprobe.emulator._fragility import DeviceState, threshold_bounds
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from fragileprobe._characterize import ProgressEvent
+    from fragileprobe._charsettings import CharacterizeSettings
+    from fragileprobe._discovery import DiscoveryReport
+    from fragileprobe._groups import Zones
     from fragileprobe._probes import ProbeStream
+    from fragileprobe._profile import Characterization
+    from fragileprobe._scope import Scope
+    from fragileprobe._store import ProfileStore
 
 _T = TypeVar("_T")
 
@@ -129,7 +135,7 @@ async def run_demo(
     Raises:
         ConfigError: a bad argument (the message names it).
     """
-    started = time.monotonic()
+    started = anyio.current_time()
 
     async def attempt(address: str) -> DemoResult:
         # No SYN watcher: the demo makes full connects only, and the sniffer would cost seconds to start.
@@ -155,17 +161,48 @@ async def _on_a_free_address(host: str | None, attempt: Callable[[str], Awaitabl
             return await attempt(host or _random_host())
         except ConfigError as exc:
             # A random address already in use by someone else: try another one.
-            if host is not None or not str(exc).startswith("port:") or n == _BIND_ATTEMPTS - 1:
+            if host is not None or exc.field != "port" or n == _BIND_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started: float) -> DemoResult:
-    host = pump.host
-    model = pump.model
     first_threshold = pump.threshold
-    bounds = threshold_bounds(model.fragility)
-    emit(DemoEvent("section", f"An emulated {model.product} on {host}"))
+    bounds = threshold_bounds(pump.model.fragility)
+    _introduce(pump, bounds, emit)
+    emit(DemoEvent("section", "1. Services and banners (one connection at a time)"))
+    banners = await _banners(pump, emit)
+    emit(DemoEvent("section", "2. Heartbeat latency as load rises (sessions held open on FTP)"))
+    latencies = await _slowdown(pump, emit)
+    emit(DemoEvent("section", "3. More sessions, one at a time, heartbeat after each"))
+    hung_at = await _crash(pump, emit)
+    emit(DemoEvent("section", "4. Every session closed: does it come back by itself?"))
+    stayed_hung = await _stays_hung(pump, emit)
+    emit(DemoEvent("section", f"5. Power cycle (boot delay {pump.boot_delay_s} s)"))
+    refused, ok = await _power_cycle(pump, emit)
+    emit(DemoEvent("section", "What this means"))
+    if bounds is not None:
+        safe = bounds[0] - 1
+        emit(
+            DemoEvent(
+                "info",
+                f"This model hangs somewhere in {bounds[0]}..{bounds[1]} concurrent sessions. A scanner "
+                f"must stay at or below {safe} including its own heartbeat: at most {safe - 1} probe "
+                "sessions plus 1 heartbeat. fragileprobe enforces such a ceiling and stops the moment the "
+                "heartbeat fails.",
+            )
+        )
+    return DemoResult(
+        host=pump.host, seed=pump.seed, threshold=first_threshold, banners=banners,
+        latency_by_load_s=tuple(latencies), hung_at_sessions=hung_at, stayed_hung=stayed_hung,
+        refused_while_booting=refused, recovered=ok, threshold_after_cycle=pump.threshold,
+        wall_time_s=anyio.current_time() - started,
+    )  # fmt: skip
+
+
+def _introduce(pump: EmulatedPump, bounds: tuple[int, int] | None, emit: Callable[[DemoEvent], None]) -> None:
+    model = pump.model
+    emit(DemoEvent("section", f"An emulated {model.product} on {pump.host}"))
     ports = ", ".join(f"{p}->{b}" if p != b else str(p) for p, b in pump.ports.items())
     offset_note = "" if pump.port_offset == 0 else f" (ports below 1024 at +{pump.port_offset}: not root)"
     emit(DemoEvent("info", f"{model.vendor}; ports {ports}{offset_note}"))
@@ -178,8 +215,10 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
             )
         )
 
-    # 1. services and banners
-    emit(DemoEvent("section", "1. Services and banners (one connection at a time)"))
+
+async def _banners(pump: EmulatedPump, emit: Callable[[DemoEvent], None]) -> dict[int, str]:
+    """Each service's banner (the web page's server and title), one connection at a time."""
+    model, host = pump.model, pump.host
     banners: dict[int, str] = {}
     for model_port in model.ports:
         port = pump.port(model_port)
@@ -191,63 +230,42 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
             text = _printable(probe.data) or f"({probe.outcome.value})"
         banners[model_port] = text
         emit(DemoEvent("row", f"{model_port:>5}/tcp  {model.services[model_port].kind:<7} {text}"))
+    return banners
 
-    # 2. latency under load
-    emit(DemoEvent("section", "2. Heartbeat latency as load rises (sessions held open on FTP)"))
-    latencies: list[tuple[int, float]] = []
+
+async def _crash(pump: EmulatedPump, emit: Callable[[DemoEvent], None]) -> int | None:
+    """Open sessions one at a time with a heartbeat after each; the sessions (heartbeat included) at the
+    hang, or None if the pump never hung."""
+    host = pump.host
     held: list[ProbeStream] = []
-    try:
-        for load in LATENCY_LOADS:
-            while len(held) < load:
-                held.append(await _open_session(host, pump.port(21)))
-            ok, latency = await _heartbeat(host, pump.web_port)
-            latencies.append((load, latency))
-            emit(
-                DemoEvent(
-                    "row" if ok else "warn",
-                    f"{load} sessions + 1 heartbeat = {load + 1}: GET / in {latency * 1000:6.1f} ms"
-                    + ("" if ok else "  (no answer!)"),
-                )
-            )
-    finally:
-        for stream in held:
-            await stream.aclose()
-        held.clear()
-    await _wait_for(lambda: pump.stats.sessions_now == 0, 2.0)
-
-    # 3. the crash
-    emit(DemoEvent("section", "3. More sessions, one at a time, heartbeat after each"))
-    hung_at: int | None = None
     try:
         for count in range(1, MAX_DEMO_SESSIONS + 1):
             try:
                 held.append(await _open_session(host, pump.port(21)))
             except ProbeError as exc:
                 emit(DemoEvent("warn", f"session {count}: {exc}"))
-                hung_at = count
-                break
+                return count
             ok, latency = await _heartbeat(host, pump.web_port)
-            if ok:
-                emit(DemoEvent("row", f"{count} sessions + heartbeat: answered in {latency * 1000:6.1f} ms"))
-                continue
-            hung_at = count + 1
-            emit(
-                DemoEvent(
-                    "warn",
-                    f"{count} sessions + heartbeat = {count + 1}: no answer within "
-                    f"{HEARTBEAT_TIMEOUT_S} s. The pump is {pump.state.value.upper()}.",
+            if not ok:
+                emit(
+                    DemoEvent(
+                        "warn",
+                        f"{count} sessions + heartbeat = {count + 1}: no answer within "
+                        f"{HEARTBEAT_TIMEOUT_S} s. The pump is {pump.state.value.upper()}.",
+                    )
                 )
-            )
-            break
+                return count + 1
+            emit(DemoEvent("row", f"{count} sessions + heartbeat: answered in {latency * 1000:6.1f} ms"))
     finally:
         for stream in held:
             await stream.aclose()
-        held.clear()
+    return None
 
-    # 4. stays hung
-    emit(DemoEvent("section", "4. Every session closed: does it come back by itself?"))
+
+async def _stays_hung(pump: EmulatedPump, emit: Callable[[DemoEvent], None]) -> bool:
+    """One second after every session closed: is the pump still hung?"""
     await anyio.sleep(1.0)
-    ok, _ = await _heartbeat(host, pump.web_port)
+    ok, _ = await _heartbeat(pump.host, pump.web_port)
     stayed_hung = not ok and pump.state is DeviceState.HUNG
     emit(
         DemoEvent(
@@ -265,9 +283,12 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
             f"connection attempts while hung {stats.attempts_while_hung}",
         )
     )
+    return stayed_hung
 
-    # 5. power cycle
-    emit(DemoEvent("section", f"5. Power cycle (boot delay {pump.boot_delay_s} s)"))
+
+async def _power_cycle(pump: EmulatedPump, emit: Callable[[DemoEvent], None]) -> tuple[bool, bool]:
+    """Power-cycle the pump: (its web port refused connections while booting, it answers after boot)."""
+    host = pump.host
     refused = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(pump.power_cycle)
@@ -284,33 +305,7 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
             f"new threshold T = {pump.threshold}",
         )
     )
-
-    # summary
-    emit(DemoEvent("section", "What this means"))
-    if bounds is not None:
-        safe = bounds[0] - 1
-        emit(
-            DemoEvent(
-                "info",
-                f"This model hangs somewhere in {bounds[0]}..{bounds[1]} concurrent sessions. A scanner "
-                f"must stay at or below {safe} including its own heartbeat: at most {safe - 1} probe "
-                "sessions plus 1 heartbeat. fragileprobe enforces such a ceiling and stops the moment the "
-                "heartbeat fails.",
-            )
-        )
-    return DemoResult(
-        host=host,
-        seed=pump.seed,
-        threshold=first_threshold,
-        banners=banners,
-        latency_by_load_s=tuple(latencies),
-        hung_at_sessions=hung_at,
-        stayed_hung=stayed_hung,
-        refused_while_booting=refused,
-        recovered=ok,
-        threshold_after_cycle=pump.threshold,
-        wall_time_s=time.monotonic() - started,
-    )
+    return refused, ok
 
 
 # --- the whole story -------------------------------------------------------------------------------------
@@ -327,6 +322,9 @@ STORY_TRIALS = 3
 STORY_INTERVAL_S = 0.1
 STORY_HEARTBEAT_TIMEOUT_S = 0.3
 STORY_HOLD_S = 0.1
+# Two healthy beats after a power cycle and three idle beats for the baseline: enough at 0.1 s a beat.
+STORY_HEALTHY_BEATS = 2
+STORY_BASELINE_BEATS = 3
 # Discovery at demo speed: 20 connects/s per host (runZero's default is 40 packets/s) and a short banner
 # wait (silent Windows ports would otherwise cost 1.5 s each).
 STORY_RATE_PER_HOST = 20.0
@@ -414,7 +412,8 @@ async def run_story(
 
     from fragileprobe.emulator._fleet import Fleet
 
-    started = time.monotonic()
+    settings = story_settings(dwell_s=dwell_s, trials=trials)  # a bad value is refused before anything starts
+    started = anyio.current_time()
 
     async def attempt(address: str) -> StoryResult:
         ward = _ward(address)
@@ -430,187 +429,281 @@ async def run_story(
         async with Fleet(config, control_port=None) as fleet:
             with tempfile.TemporaryDirectory(prefix="fragileprobe-demo-") as tmp:
                 path = store_path or f"{tmp}/fragileprobe-demo.db"
-                return await _whole_story(fleet, ward, emit, started, seed, path, dwell_s, trials)
+                scene = _Scene.of(fleet, ward, seed)
+                return await _whole_story(scene, emit, started, path, settings)
 
     return await _on_a_free_address(host, attempt)
 
 
+def story_settings(
+    *, dwell_s: float = STORY_DWELL_S, trials: int = STORY_TRIALS, recovery: Any = None
+) -> CharacterizeSettings:
+    """The story's characterization settings: the production rules at demo speed.
+
+    Raises:
+        ConfigError: A bad ``dwell_s`` or ``trials`` (``field`` names it).
+    """
+    from fragileprobe._charsettings import CharacterizeSettings, RecoverySettings, TimingSettings
+    from fragileprobe._ramp import RampConfig
+
+    return CharacterizeSettings(
+        timing=TimingSettings(
+            dwell_s=dwell_s, interval_s=STORY_INTERVAL_S, heartbeat_timeout_s=STORY_HEARTBEAT_TIMEOUT_S,
+            hold_s=STORY_HOLD_S, baseline_beats=STORY_BASELINE_BEATS,
+        ),
+        recovery=RecoverySettings(hook=recovery, healthy_beats=STORY_HEALTHY_BEATS),
+        ramp=RampConfig(ladder=STORY_LADDER, trials=trials),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Scene:
+    """The ward network of the story: its devices, the scope and zones, and how discovery reaches them."""
+
+    fleet: Any
+    ward: list[tuple[str, str, str]]
+    scope: Scope
+    zones: Zones
+    ports: list[int]
+    aliases: dict[int, int]
+    seed: int
+
+    @classmethod
+    def of(cls, fleet: Any, ward: list[tuple[str, str, str]], seed: int) -> _Scene:
+        from fragileprobe._groups import Zone, Zones
+        from fragileprobe._scope import Scope
+
+        def ranges(kind: str) -> tuple[str, ...]:
+            return tuple(h for h, _, z in ward if z == kind)
+
+        zones = Zones([
+            Zone(name="Office LAN", kind="general", ranges=ranges("general")),
+            Zone(name="ICU device VLAN", kind="medical", ranges=ranges("medical")),
+        ])  # fmt: skip
+        devices = list(fleet.devices.values())
+        return cls(
+            fleet=fleet, ward=ward, scope=Scope([h for h, _, _ in ward]), zones=zones,
+            ports=sorted({b for d in devices for b in d.ports.values()}),
+            aliases={b: p for d in devices for p, b in d.ports.items() if b != p}, seed=seed,
+        )  # fmt: skip
+
+    @property
+    def pump_host(self) -> str:
+        return self.ward[0][0]
+
+    async def discover(self, hosts: list[str], store: ProfileStore) -> DiscoveryReport:
+        from fragileprobe._discovery import discover
+
+        return await discover(
+            hosts, scope=self.scope, ports=self.ports, zones=self.zones, store=store,
+            rate_per_host=STORY_RATE_PER_HOST, banner_timeout_s=STORY_BANNER_TIMEOUT_S,
+            port_aliases=self.aliases, seed=self.seed,
+        )  # fmt: skip
+
+
 async def _whole_story(
-    fleet: Any,
-    ward: list[tuple[str, str, str]],
+    scene: _Scene,
     emit: Callable[[DemoEvent], None],
     started: float,
-    seed: int,
     store_path: str,
-    dwell_s: float,
-    trials: int,
+    settings: CharacterizeSettings,
 ) -> StoryResult:
+    from fragileprobe import export
+    from fragileprobe._store import ProfileStore
+
+    pump = scene.fleet.device(scene.pump_host)
+    first_threshold = pump.threshold
+    _set_the_scene(scene, first_threshold, emit)
+    with ProfileStore(store_path) as store:
+        emit(DemoEvent("section", "1. Gentle discovery (one session per host at a time, full connects only)"))
+        report = await _first_discovery(scene, store, emit)
+        emit(DemoEvent("section", "2. A closer look: the pump's answer time as load rises"))
+        await _slowdown(pump, emit)
+        char, cycles = await _characterization(scene, report, store, settings, emit)
+        emit(DemoEvent("section", "4. The stored profile"))
+        temporary = _stored_profile(store, store_path, char.model_key, emit)
+        emit(DemoEvent("section", "5. Discovery again: the model is recognized everywhere it is plugged in"))
+        again, recognized = await _second_discovery(scene, store, emit)
+        emit(DemoEvent("section", "6. Recommended scanner settings for the pump's group"))
+        group = recognized or export.MEDICAL_UNKNOWN_GROUP
+        group_settings = export.template_for_group(group, store, assets=again.groups.get(group, ()))
+        exports_dir = _scanner_files(store, store_path, group_settings, temporary=temporary, emit=emit)
+    return StoryResult(
+        host=scene.pump_host, seed=scene.seed, threshold=first_threshold,
+        assets=tuple(a.host for a in report.assets),
+        groups={g: [a.host for a in m] for g, m in report.groups.items()},
+        alerts=tuple(a.host for a in report.alerts), model_key=char.model_key, safe_ceiling=char.safe_ceiling,
+        failed_at=char.failed_at, crashes=char.crashes, power_cycles=cycles,
+        recovered=pump.state is DeviceState.UP, recognized_group=recognized,
+        settings=group_settings.to_dict(), store=store_path, wall_time_s=anyio.current_time() - started,
+        exports_dir=exports_dir,
+    )  # fmt: skip
+
+
+def _set_the_scene(scene: _Scene, threshold: int | None, emit: Callable[[DemoEvent], None]) -> None:
+    emit(DemoEvent("section", "The scene: a small ward network, emulated on loopback"))
+    for h, model, zone in scene.ward:
+        what = scene.fleet.device(h).model.product if model else "(nothing there)"
+        emit(DemoEvent("row", f"{h:<16} {zone + ' zone':<13} {what}"))
+    emit(DemoEvent("info", f"The pump at {scene.pump_host} was plugged into the office network by mistake. "
+                           f"It hangs when it holds T concurrent sessions; this boot T = {threshold} "
+                           "(nobody tells fragileprobe that)."))  # fmt: skip
+    if scene.aliases:
+        offset = next(iter(scene.fleet.devices.values())).port_offset
+        emit(DemoEvent("info", f"Not root: services below port 1024 listen at +{offset}."))
+
+
+async def _first_discovery(scene: _Scene, store: ProfileStore, emit: Callable[[DemoEvent], None]
+) -> DiscoveryReport:  # fmt: skip
+    """Discover the whole ward: the assets, their groups, the alert for the pump on the wrong network."""
+    targets = [h for h, _, _ in scene.ward]
+    report = await scene.discover(targets, store)
+    for asset in report.assets:
+        services = ", ".join(
+            f"{s.port}/{s.service}" + (f" {s.product}" if s.product else "")
+            + (f" {s.version}" if s.version else "")
+            for s in asset.services
+        )  # fmt: skip
+        emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] {services}"))
+    for alert in report.alerts:
+        emit(DemoEvent("alert", f"ALERT: {alert.host} looks like a medical device and sits in zone "
+                                f"'{alert.zone}' ({alert.zone_kind}): wrong network drop?"))  # fmt: skip
+    peak = max(d.stats.peak_sessions for d in scene.fleet.devices.values())
+    emit(DemoEvent("info", f"{len(report.assets)} hosts answered out of {len(targets)} in "
+                           f"{report.wall_time_s:.1f} s; no device hung: peak sessions per device "
+                           f"{peak}."))  # fmt: skip
+    if not any(a.host == scene.pump_host for a in report.assets):
+        raise ProbeError(f"discovery did not find the pump at {scene.pump_host}")
+    return report
+
+
+async def _characterization(
+    scene: _Scene,
+    report: DiscoveryReport,
+    store: ProfileStore,
+    settings: CharacterizeSettings,
+    emit: Callable[[DemoEvent], None],
+) -> tuple[Characterization, int]:
+    """Characterize the pump found by discovery, power cycles narrated; (the result, power cycles)."""
+    from fragileprobe._characterize import characterize
+
+    pump = scene.fleet.device(scene.pump_host)
+    found = next(a for a in report.assets if a.host == scene.pump_host)
+    ramp, timing = settings.ramp, settings.timing
+    emit(DemoEvent("section", f"3. Characterization: ladder {', '.join(map(str, ramp.ladder))}, "
+                              f"{ramp.trials} trials, {timing.dwell_s:g} s per level, heartbeat every "
+                              f"{timing.interval_s:g} s"))  # fmt: skip
+    emit(DemoEvent("info", "   N counts every session the pump holds from us, the heartbeat's included, "
+                           "until the pump has let go of it: a level, the safe ceiling and the scanner "
+                           "settings below all mean that one number"))  # fmt: skip
+    cycles = 0
+
+    async def power_cycle() -> None:
+        # The emulator's recovery hook, narrated: the pump is really hung when this runs.
+        nonlocal cycles
+        emit(DemoEvent("down", f"The pump is {pump.state.value.upper()}: it stopped answering its "
+                               "heartbeat. Every session was cancelled at once."))  # fmt: skip
+        boot = f"boot {pump.boot_delay_s:g} s"
+        emit(DemoEvent("info", f"   power cycle through the emulator hook ({boot}) ..."))
+        await pump.power_cycle()
+        cycles += 1
+        emit(DemoEvent("ok", f"   back up (new T = {pump.threshold}); waiting for healthy heartbeats"))
+
+    char = await characterize(
+        found.target(name=STORY_PUMP_NAME), scope=scene.scope,
+        settings=settings.replace(recovery=power_cycle), store=store, name=STORY_PUMP_NAME,
+        progress=_narrate_levels(emit),
+    )  # fmt: skip
+    for line in char.summary().splitlines():
+        emit(DemoEvent("ok" if line.startswith("Safe ceiling") else "info", line))
+    return char, cycles
+
+
+def _narrate_levels(emit: Callable[[DemoEvent], None]) -> Callable[[ProgressEvent], None]:
+    """A progress callback that tells each level's end."""
+
+    def progress(event: ProgressEvent) -> None:
+        if event.kind == "level_end":
+            kind = {"passed": "row", "failed": "warn", "warned": "warn"}.get(event.outcome or "", "row")
+            level = event.level or 0
+            emit(DemoEvent(kind, f"trial {event.trial + 1}: {level:>2} sessions on the pump "
+                                 f"({level - 1} held + the heartbeat) -> "
+                                 f"{(event.outcome or '?').upper()}"))  # fmt: skip
+
+    return progress
+
+
+def _stored_profile(
+    store: ProfileStore, store_path: str, model_key: str | None, emit: Callable[[DemoEvent], None]
+) -> bool:
+    """Show the stored profile; True when the store is the demo's temporary one."""
+    import tempfile
+
+    profile = store.profile(model_key) if model_key else None
+    if profile is not None:
+        emit(DemoEvent("info", profile.summary()))
+    temporary = store_path.startswith(tempfile.gettempdir()) and "fragileprobe-demo-" in store_path
+    emit(
+        DemoEvent(
+            "info",
+            f"stored in {store_path}" + (" (temporary: --store PATH keeps it)" if temporary else ""),
+        )
+    )
+    return temporary
+
+
+async def _second_discovery(scene: _Scene, store: ProfileStore, emit: Callable[[DemoEvent], None]
+) -> tuple[DiscoveryReport, str | None]:  # fmt: skip
+    """Discover the pumps again: the model is known now; (the report, the story pump's recognized group)."""
+    again = await scene.discover([h for h, m, _ in scene.ward if m == "infusion-pump"], store)
+    recognized: str | None = None
+    for asset in again.assets:
+        emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] probed with at most "
+                              f"{asset.sessions_limit} session(s); "
+                              f"stored ceiling {asset.ceiling}"))  # fmt: skip
+        if asset.known_model and asset.host == scene.pump_host:
+            recognized = asset.known_model
+    return again, recognized
+
+
+def _scanner_files(
+    store: ProfileStore, store_path: str, group_settings: Any, *, temporary: bool,
+    emit: Callable[[DemoEvent], None],
+) -> str:  # fmt: skip
+    """Show the group's scanner settings and write every scanner's files; the directory written."""
     import tempfile
     from pathlib import Path
 
     from fragileprobe import export
-    from fragileprobe._characterize import characterize
-    from fragileprobe._discovery import discover
-    from fragileprobe._groups import Zone, Zones
-    from fragileprobe._scope import Scope
-    from fragileprobe._store import ProfileStore
 
-    pump_host = ward[0][0]
-    pump = fleet.device(pump_host)
-    first_threshold = pump.threshold
-    targets = [h for h, _, _ in ward]
-    scope = Scope(targets)
-    zones = Zones([
-        Zone(name="Office LAN", kind="general", ranges=tuple(h for h, _, z in ward if z == "general")),
-        Zone(name="ICU device VLAN", kind="medical", ranges=tuple(h for h, _, z in ward if z == "medical")),
-    ])  # fmt: skip
-    devices = list(fleet.devices.values())
-    ports = sorted({b for d in devices for b in d.ports.values()})
-    aliases = {b: p for d in devices for p, b in d.ports.items() if b != p}
-
-    emit(DemoEvent("section", "The scene: a small ward network, emulated on loopback"))
-    for h, model, zone in ward:
-        what = fleet.device(h).model.product if model else "(nothing there)"
-        emit(DemoEvent("row", f"{h:<16} {zone + ' zone':<13} {what}"))
-    emit(DemoEvent("info", f"The pump at {pump_host} was plugged into the office network by mistake. "
-                           f"It hangs when it holds T concurrent sessions; this boot T = {first_threshold} "
-                           "(nobody tells fragileprobe that)."))  # fmt: skip
-    if aliases:
-        emit(DemoEvent("info", f"Not root: services below port 1024 listen at +{devices[0].port_offset}."))
-
-    with ProfileStore(store_path) as store:
-        # 1. discovery
-        emit(DemoEvent("section", "1. Gentle discovery (one session per host at a time, full connects only)"))
-        report = await discover(
-            targets, scope=scope, ports=ports, zones=zones, store=store, rate_per_host=STORY_RATE_PER_HOST,
-            banner_timeout_s=STORY_BANNER_TIMEOUT_S, port_aliases=aliases, seed=seed,
-        )  # fmt: skip
-        for asset in report.assets:
-            services = ", ".join(
-                f"{s.port}/{s.service}" + (f" {s.product}" if s.product else "")
-                + (f" {s.version}" if s.version else "")
-                for s in asset.services
-            )  # fmt: skip
-            emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] {services}"))
-        for alert in report.alerts:
-            emit(DemoEvent("alert", f"ALERT: {alert.host} looks like a medical device and sits in zone "
-                                    f"'{alert.zone}' ({alert.zone_kind}): wrong network drop?"))  # fmt: skip
-        emit(DemoEvent("info", f"{len(report.assets)} hosts answered out of {len(targets)} in "
-                               f"{report.wall_time_s:.1f} s; no device hung: peak sessions per device "
-                               f"{max(d.stats.peak_sessions for d in devices)}."))  # fmt: skip
-        found = next((a for a in report.assets if a.host == pump_host), None)
-        if found is None:
-            raise ProbeError(f"discovery did not find the pump at {pump_host}")
-
-        # 2. the pump slows down under load (stage 1 of the demo)
-        emit(DemoEvent("section", "2. A closer look: the pump's answer time as load rises"))
-        await _slowdown(pump, emit)
-
-        # 3. characterization
-        emit(DemoEvent("section", f"3. Characterization: ladder {', '.join(map(str, STORY_LADDER))}, "
-                                  f"{trials} trials, {dwell_s:g} s per level, heartbeat every "
-                                  f"{STORY_INTERVAL_S:g} s"))  # fmt: skip
-        emit(DemoEvent("info", "   N counts every session the pump holds from us, the heartbeat's included, "
-                               "until the pump has let go of it: a level, the safe ceiling and the scanner "
-                               "settings below all mean that one number"))  # fmt: skip
-        cycles = {"n": 0}
-
-        async def power_cycle() -> None:
-            # The emulator's recovery hook, narrated: the pump is really hung when this runs.
-            emit(DemoEvent("down", f"The pump is {pump.state.value.upper()}: it stopped answering its "
-                                   "heartbeat. Every session was cancelled at once."))  # fmt: skip
-            emit(
-                DemoEvent(
-                    "info", f"   power cycle through the emulator hook (boot {pump.boot_delay_s:g} s) ..."
-                )
-            )
-            await pump.power_cycle()
-            cycles["n"] += 1
-            emit(DemoEvent("ok", f"   back up (new T = {pump.threshold}); waiting for healthy heartbeats"))
-
-        def progress(event: Any) -> None:
-            if event.kind == "level_end":
-                kind = {"passed": "row", "failed": "warn", "warned": "warn"}.get(event.outcome, "row")
-                level = event.level or 0
-                emit(DemoEvent(kind, f"trial {event.trial + 1}: {level:>2} sessions on the pump "
-                                     f"({level - 1} held + the heartbeat) -> "
-                                     f"{(event.outcome or '?').upper()}"))  # fmt: skip
-
-        char = await characterize(
-            found.target(name=STORY_PUMP_NAME), scope=scope, ladder=STORY_LADDER, dwell_s=dwell_s,
-            trials=trials, recovery=power_cycle, store=store, name=STORY_PUMP_NAME,
-            interval_s=STORY_INTERVAL_S,
-            heartbeat_timeout_s=STORY_HEARTBEAT_TIMEOUT_S, hold_s=STORY_HOLD_S, healthy_beats=2,
-            baseline_beats=3, progress=progress,
-        )  # fmt: skip
-        for line in char.summary().splitlines():
-            emit(DemoEvent("ok" if line.startswith("Safe ceiling") else "info", line))
-
-        # 4. the profile
-        emit(DemoEvent("section", "4. The stored profile"))
-        profile = store.profile(char.model_key) if char.model_key else None
-        if profile is not None:
-            emit(DemoEvent("info", profile.summary()))
-        temporary = store_path.startswith(tempfile.gettempdir()) and "fragileprobe-demo-" in store_path
-        emit(
-            DemoEvent(
-                "info",
-                f"stored in {store_path}" + (" (temporary: --store PATH keeps it)" if temporary else ""),
-            )
-        )
-
-        # 5. discovery again: the model is known now
-        emit(DemoEvent("section", "5. Discovery again: the model is recognized everywhere it is plugged in"))
-        again = await discover(
-            [h for h, m, _ in ward if m == "infusion-pump"], scope=scope, ports=ports, zones=zones,
-            store=store,
-            rate_per_host=STORY_RATE_PER_HOST, banner_timeout_s=STORY_BANNER_TIMEOUT_S, port_aliases=aliases,
-            seed=seed,
-        )  # fmt: skip
-        recognized: str | None = None
-        for asset in again.assets:
-            emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] probed with at most "
-                                  f"{asset.sessions_limit} session(s); "
-                                  f"stored ceiling {asset.ceiling}"))  # fmt: skip
-            if asset.known_model and asset.host == pump_host:
-                recognized = asset.known_model
-
-        # 6. settings
-        emit(DemoEvent("section", "6. Recommended scanner settings for the pump's group"))
-        group = recognized or export.MEDICAL_UNKNOWN_GROUP
-        settings = export.template_for_group(group, store, assets=again.groups.get(group, ()))
-        for line in settings.text().splitlines():
-            emit(DemoEvent("row", line))
-        emit(
-            DemoEvent("info", "Other groups keep their scanner defaults (printer ports 9100-9107 excluded).")
-        )
-        # The files each scanner imports (profiles export --format all), next to a kept store, else in a
-        # directory of their own that outlives the demo's temporary store.
-        exports_dir = (tempfile.mkdtemp(prefix="fragileprobe-demo-exports-") if temporary
-                       else str(Path(store_path).parent / "fragileprobe-exports"))
-        plan = export.plan_exports(store.assets(), store.profiles())
-        written = export.write_exports(exports_dir, export.render_exports(plan))
-        emit(DemoEvent("ok", f"Scanner files written to {exports_dir} ({len(written)} files: nessus/, gmp/, "
-                             "insightvm/, nmap/, targets/); see docs/scanners/"))
-    return StoryResult(
-        host=pump_host, seed=seed, threshold=first_threshold, assets=tuple(a.host for a in report.assets),
-        groups={g: [a.host for a in m] for g, m in report.groups.items()},
-        alerts=tuple(a.host for a in report.alerts), model_key=char.model_key, safe_ceiling=char.safe_ceiling,
-        failed_at=char.failed_at, crashes=char.crashes, power_cycles=cycles["n"],
-        recovered=pump.state is DeviceState.UP, recognized_group=recognized, settings=settings.to_dict(),
-        store=store_path, wall_time_s=time.monotonic() - started, exports_dir=exports_dir,
-    )  # fmt: skip
+    for line in group_settings.text().splitlines():
+        emit(DemoEvent("row", line))
+    emit(DemoEvent("info", "Other groups keep their scanner defaults (printer ports 9100-9107 excluded)."))
+    # The files each scanner imports (profiles export --format all), next to a kept store, else in a
+    # directory of their own that outlives the demo's temporary store.
+    exports_dir = (tempfile.mkdtemp(prefix="fragileprobe-demo-exports-") if temporary
+                   else str(Path(store_path).parent / "fragileprobe-exports"))  # fmt: skip
+    plan = export.plan_exports(store.assets(), store.profiles())
+    written = export.write_exports(exports_dir, export.render_exports(plan))
+    emit(DemoEvent("ok", f"Scanner files written to {exports_dir} ({len(written)} files: nessus/, gmp/, "
+                         "insightvm/, nmap/, targets/); see docs/scanners/"))  # fmt: skip
+    return exports_dir
 
 
-async def _slowdown(pump: Any, emit: Callable[[DemoEvent], None]) -> None:
-    """Hold sessions on FTP and time the web page: the knee a careful prober can see coming."""
+async def _slowdown(pump: Any, emit: Callable[[DemoEvent], None]) -> list[tuple[int, float]]:
+    """Hold sessions on FTP and time the web page: the knee a careful prober can see coming.
+
+    Returns (sessions held, heartbeat latency) per load of ``LATENCY_LOADS``.
+    """
     host = pump.host
     held: list[ProbeStream] = []
+    latencies: list[tuple[int, float]] = []
     try:
         for load in LATENCY_LOADS:
             while len(held) < load:
                 held.append(await _open_session(host, pump.port(21)))
             ok, latency = await _heartbeat(host, pump.web_port)
+            latencies.append((load, latency))
             emit(DemoEvent("row" if ok else "warn",
                            f"{load} sessions + 1 heartbeat = {load + 1}: GET / in {latency * 1000:6.1f} ms"
                            + ("" if ok else "  (no answer!)")))  # fmt: skip
@@ -618,3 +711,4 @@ async def _slowdown(pump: Any, emit: Callable[[DemoEvent], None]) -> None:
         for stream in held:
             await stream.aclose()
     await _wait_for(lambda: pump.stats.sessions_now == 0, 2.0)
+    return latencies

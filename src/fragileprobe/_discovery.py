@@ -34,7 +34,8 @@ What it does to each host, and why:
 
 from __future__ import annotations
 
-import dataclasses
+import collections.abc
+import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -42,14 +43,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from fragileprobe import _codec as codec
+from fragileprobe import _validate
+from fragileprobe._fingerprint import ServiceInfo
+from fragileprobe._groups import Alert
 from fragileprobe._scope import PORT_SETS, Target
 from fragileprobe._timing import DEFAULT_GLOBAL_RATE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-    from fragileprobe._fingerprint import ServiceInfo
-    from fragileprobe._groups import Alert
 
 __all__ = [
     "CLIENT_FIRST_PORTS",
@@ -184,16 +186,18 @@ class Asset:
         return Target(self.host, ports=self.open_ports, heartbeat=heartbeat, name=name)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "host": self.host, "open_ports": list(self.open_ports),
-            "services": [s.to_dict() for s in self.services], "os_family": self.os_family,
-            "os_evidence": list(self.os_evidence), "zone": self.zone, "zone_kind": self.zone_kind,
-            "model_key": self.model_key, "known_model": self.known_model, "ceiling": self.ceiling,
-            "groups": list(self.groups), "first_seen": _iso(self.first_seen_s),
-            "last_seen": _iso(self.last_seen_s), "sessions_limit": self.sessions_limit,
-            "notes": list(self.notes), "medical": self.medical,
-        }
+        """A JSON-ready dict; ``first_seen_s``/``last_seen_s`` are written as ISO 8601 ``first_seen``/
+        ``last_seen`` (to the second)."""
+        return _ASSETS.encode(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Asset:
+        """Rebuild from :meth:`to_dict` output (times to the second).
+
+        Raises:
+            ConfigError: A value of the wrong type or a missing key (``field`` names it).
+        """
+        return _ASSETS.decode(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,43 +298,40 @@ class DiscoveryReport:
     global_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "assets": [a.to_dict() for a in self.assets],
-            "groups": {g: [a.host for a in members] for g, members in self.groups.items()},
-            "alerts": [a.to_dict() for a in self.alerts],
-            "unresponsive": [dataclasses.asdict(u) for u in self.unresponsive],
-            "new": list(self.new), "gone": list(self.gone),
-            "moved": [dataclasses.asdict(m) for m in self.moved],
-            "hosts_scanned": self.hosts_scanned, "hosts_resumed": self.hosts_resumed,
-            "wall_time_s": self.wall_time_s, "scan_id": self.scan_id, "notes": list(self.notes),
-            "params": dict(self.params), "icmp_only": list(self.icmp_only),
-            "hosts_alive": self.hosts_alive, "probes_sent": self.probes_sent,
-            "max_hosts_in_parallel": self.max_hosts_in_parallel, "global_rate": self.global_rate,
-        }
+        """A JSON-ready dict: the fields, each group as the host names of its assets."""
+        return _REPORTS.encode(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DiscoveryReport:
+        """Rebuild from :meth:`to_dict` output (a group's hosts become its assets again).
+
+        Raises:
+            ConfigError: A value of the wrong type, a missing key, or a group naming a host that is not an
+                asset (``field`` names it).
+        """
+        return _REPORTS.decode(data)
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """The report as JSON."""
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
     def to_dataframe(self) -> Any:
-        """One row per asset (pandas is imported here, lazily; needs ``fragileprobe[report]``)."""
-        import pandas as pd
+        """One row per asset (pandas is imported here, lazily; needs ``fragileprobe[report]``).
 
-        rows = []
-        for a in self.assets:
-            rows.append({
-                "host": a.host, "zone": a.zone, "zone_kind": a.zone_kind, "os_family": a.os_family,
-                "open_ports": ",".join(map(str, a.open_ports)), "model_key": a.model_key,
-                "known_model": a.known_model, "ceiling": a.ceiling, "groups": "; ".join(a.groups),
-                "services": ", ".join(f"{s.port}/{s.service}" + (f" {s.product}" if s.product else "")
-                                      for s in a.services),
-                "alert": any(al.host == a.host for al in self.alerts),
-            })
-        return pd.DataFrame(rows)
+        Columns: one per field of :class:`Asset` in field order (lists joined: ports with ``,``, groups,
+        evidence and notes with ``; ``; services as ``port/service product``), then ``alert`` (the host
+        raised one in this run).
+        """
+        alerted = {al.host for al in self.alerts}
+        rows = ({**_ASSETS.row(a), "alert": a.host in alerted} for a in self.assets)
+        return codec.dataframe(rows, (*_ASSETS.columns(), "alert"))
 
     def _repr_html_(self) -> str:
-        """A readable summary in Jupyter (rendered by ``fragileprobe._report``)."""
+        """A readable summary in Jupyter, drawn by the report layer.
+
+        Jupyter's display protocol looks this method up on the object, so it stays here; it is one of the
+        layering test's allowed upward imports.
+        """
         from fragileprobe._report import discovery_repr_html
 
         return discovery_repr_html(self)
@@ -355,6 +356,76 @@ class DiscoveryReport:
             lines.extend(f"  moved {m.host}: {m.from_zone} -> {m.to_zone}" for m in self.moved)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+# --- the codecs: the JSON layout and the DataFrame columns, from the fields -------------------------------
+
+def _decode_iso(value: Any, path: str) -> float:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            when = dt.datetime.fromisoformat(value)
+            if when.tzinfo is not None:
+                return when.timestamp()
+    raise _validate.fail(path, "an ISO 8601 time with its offset", value)
+
+
+def _services_cell(services: tuple[ServiceInfo, ...]) -> str:
+    return ", ".join(f"{s.port}/{s.service}" + (f" {s.product}" if s.product else "") for s in services)
+
+
+def _decode_groups(value: Any, path: str) -> dict[str, list[str]]:
+    """A group -> host names object (the assets are put in by :func:`_resolve_groups`)."""
+    groups = codec.JSON_OBJECT.decode(value, path)
+    hosts = codec.tuple_of(codec.STR)
+    return {g: list(hosts.decode(members, f"{path}.{g}")) for g, members in groups.items()}
+
+
+def _resolve_groups(values: dict[str, Any], path: str) -> dict[str, Any]:
+    by_host = {a.host: a for a in values["assets"]}
+    groups: dict[str, list[Asset]] = {}
+    for group, hosts in values["groups"].items():
+        for i, host in enumerate(hosts):
+            if host not in by_host:
+                where = f"{path}.groups.{group}[{i}]" if path else f"groups.{group}[{i}]"
+                raise _validate.fail(where, "the host of an asset of the report", host)
+        groups[group] = [by_host[h] for h in hosts]
+    return {**values, "groups": groups}
+
+
+_ISO_TIME: Final = codec.Conv(encode=_iso, decode=_decode_iso)
+# ServiceInfo.to_dict() leaves out a TCP service's protocol; the codec writes the same layout.
+_SERVICES: Final = codec.Codec(
+    ServiceInfo, label="service", fields={"protocol": codec.Field(omit_default=True)}
+)
+_ALERTS: Final = codec.Codec(Alert, label="alert")
+_ASSETS: Final = codec.Codec(
+    Asset,
+    label="asset",
+    fields={
+        "services": codec.Field(cell=_services_cell),
+        "os_evidence": codec.Field(cell="; ".join),
+        "groups": codec.Field(cell="; ".join),
+        "notes": codec.Field(cell="; ".join),
+        "first_seen_s": codec.Field(key="first_seen", conv=_ISO_TIME),
+        "last_seen_s": codec.Field(key="last_seen", conv=_ISO_TIME),
+    },
+)
+_UNRESPONSIVE: Final = codec.Codec(Unresponsive, label="unresponsive host")
+_MOVES: Final = codec.Codec(Move, label="move")
+_REPORTS: Final = codec.Codec(
+    DiscoveryReport,
+    label="discovery report",
+    fields={
+        "groups": codec.Field(conv=codec.Conv(
+            encode=lambda groups: {g: [a.host for a in members] for g, members in groups.items()},
+            decode=_decode_groups,
+        )),
+        "params": codec.Field(conv=codec.JSON_OBJECT),
+    },
+    resolve=_resolve_groups,
+    localns={"Mapping": collections.abc.Mapping},
+)
+
 
 # --- moved: the settings, the policy and the executor -------------------------------------------------------
 # The driver lives in _discovery_run (the executor) and _discovery_policy (its decisions, pure); the settings

@@ -496,36 +496,76 @@ def fingerprint_service(port: int, banner: bytes) -> ServiceInfo:
     data = raw[:MAX_BANNER_BYTES]
     if not data:
         return ServiceInfo(port=port, service=hint)
+    found = _fingerprint_binary(port, data, hint)
+    return found if found is not None else _fingerprint_text(port, data, hint)
+
+
+def _fp_smb(port: int, data: bytes) -> ServiceInfo | None:
+    # SMB1/SMB2 header magic, bare or behind the 4-byte NetBIOS session header.
+    if data.startswith((b"\xffSMB", b"\xfeSMB")) or data[4:8] in (b"\xffSMB", b"\xfeSMB"):
+        return ServiceInfo(port=port, service="smb", detail="SMB negotiate")
+    return None
+
+
+def _fingerprint_binary(port: int, data: bytes, hint: str) -> ServiceInfo | None:
+    """A service recognised by the structure of its first bytes, or None (then it is read as text)."""
     if data[0] == _IAC or hint == "telnet":
         return _fp_telnet(port, data)
-    for parser in (_fp_mysql, _fp_postgres, _fp_hl7, _fp_dicom):
+    for parser in (_fp_mysql, _fp_postgres, _fp_hl7, _fp_dicom, _fp_smb):
         found = parser(port, data)
         if found is not None:
             return found
-    if data.startswith((b"\xffSMB", b"\xfeSMB")) or data[4:8] in (b"\xffSMB", b"\xfeSMB"):
-        return ServiceInfo(port=port, service="smb", detail="SMB negotiate")
     if data[:2] == b"\x03\x00" and hint == "rdp":
         return ServiceInfo(port=port, service="rdp", detail="TPKT")
-    text = _text(data)
-    line = _first_line(text)
-    if line.startswith("SSH-"):
-        return _fp_ssh(port, line)
-    if line.startswith("RFB "):
-        return ServiceInfo(port=port, service="vnc", product="RFB", version=_clip(line[4:].strip()))
-    if re.match(r"^220[- ]", line):
-        low = line.lower()
-        if hint == "smtp" or "smtp" in low or "mail" in low:
-            return _fp_smtp(port, line)
-        return _fp_ftp(port, line)
-    if line.startswith("+OK"):
-        product, version = _product_from_free_text(line)
-        return ServiceInfo(port=port, service="pop3", product=_clip(product), version=_clip(version),
-                           detail=_clip(line))
-    if line.startswith("* OK"):
-        product, version = _product_from_free_text(line)
-        return ServiceInfo(port=port, service="imap", product=_clip(product), version=_clip(version),
-                           detail=_clip(line))
-    if "login:" in line.lower() or "password:" in line.lower():
+    return None
+
+
+def _greeting_ssh(port: int, line: str, hint: str) -> ServiceInfo:
+    return _fp_ssh(port, line)
+
+
+def _greeting_vnc(port: int, line: str, hint: str) -> ServiceInfo:
+    return ServiceInfo(port=port, service="vnc", product="RFB", version=_clip(line[4:].strip()))
+
+
+def _greeting_220(port: int, line: str, hint: str) -> ServiceInfo:
+    # FTP (RFC 959) and SMTP (RFC 5321) both greet with 220: the port or the greeting's words tell them apart.
+    low = line.lower()
+    if hint == "smtp" or "smtp" in low or "mail" in low:
+        return _fp_smtp(port, line)
+    return _fp_ftp(port, line)
+
+
+def _greeting_pop3(port: int, line: str, hint: str) -> ServiceInfo:
+    product, version = _product_from_free_text(line)
+    return ServiceInfo(port=port, service="pop3", product=_clip(product), version=_clip(version),
+                       detail=_clip(line))
+
+
+def _greeting_imap(port: int, line: str, hint: str) -> ServiceInfo:
+    product, version = _product_from_free_text(line)
+    return ServiceInfo(port=port, service="imap", product=_clip(product), version=_clip(version),
+                       detail=_clip(line))
+
+
+# Text greetings: (what the first line starts with, how to read it), checked in order; the first match wins.
+_GREETINGS: Final = (
+    (("SSH-",), _greeting_ssh),
+    (("RFB ",), _greeting_vnc),
+    (("220-", "220 "), _greeting_220),
+    (("+OK",), _greeting_pop3),
+    (("* OK",), _greeting_imap),
+)
+
+
+def _fingerprint_text(port: int, data: bytes, hint: str) -> ServiceInfo:
+    """The service read from the banner's first line: a known greeting, a login prompt, or free text."""
+    line = _first_line(_text(data))
+    for prefixes, read in _GREETINGS:
+        if line.startswith(prefixes):
+            return read(port, line, hint)
+    low = line.lower()
+    if "login:" in low or "password:" in low:
         return _fp_telnet(port, data)
     product, version = _product_from_free_text(line)
     return ServiceInfo(port=port, service=hint, product=_clip(product), version=_clip(version),

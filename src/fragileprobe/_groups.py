@@ -21,6 +21,7 @@ be found) and what is wrong. The built-in rules ship as ``fragileprobe/data/defa
 
 from __future__ import annotations
 
+import collections.abc
 import fnmatch
 import ipaddress
 import json
@@ -31,17 +32,18 @@ import urllib.parse
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import structlog
 
+from fragileprobe import _validate
 from fragileprobe._errors import ConfigError
 from fragileprobe._files import read_bounded_text
 from fragileprobe._fingerprint import OS_FAMILIES, WEB_SERVICES
 from fragileprobe._scope import canonical_address, canonical_network
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from fragileprobe._fingerprint import ServiceInfo
 
@@ -106,7 +108,7 @@ class HostView(Protocol):
 _Interval = tuple[int, int, int]  # (ip version, first address as int, last address as int)
 
 
-def _parse_range(text: str, *, where: str) -> _Interval:
+def _parse_range(text: str, *, zone: str) -> _Interval:
     """Parse ``"10.1.0.0/24"``, ``"10.1.0.5"`` or ``"10.1.0.5-10.1.0.9"`` into an inclusive interval."""
     text = str(text).strip()
     try:
@@ -119,7 +121,8 @@ def _parse_range(text: str, *, where: str) -> _Interval:
             return lo.version, int(lo), int(hi)
         net = canonical_network(ipaddress.ip_network(text, strict=False))
     except ValueError as exc:
-        raise ConfigError(f"{where}: bad address range {text!r}: {exc}") from exc
+        what = f"CIDR blocks, addresses or 'a-b' ranges (zone {zone!r}: {exc})"
+        raise _validate.fail("Zone.ranges", what, text) from exc
     return net.version, int(net.network_address), int(net.broadcast_address)
 
 
@@ -141,18 +144,17 @@ class Zone:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError("Zone.name must be a non-empty string")
-        ranges: Any = self.ranges  # a lone string is accepted as one range
+            raise _validate.fail("Zone.name", "a non-empty string", self.name)
+        ranges: str | Iterable[str] = self.ranges  # a lone string is accepted as one range
         object.__setattr__(self, "ranges", (ranges,) if isinstance(ranges, str) else tuple(ranges))
         if not self.ranges:
-            raise ConfigError(f"Zone.ranges of zone {self.name!r} must list at least one address range")
+            what = f"at least one address range (zone {self.name!r})"
+            raise _validate.fail("Zone.ranges", what, self.ranges)
         if not isinstance(self.kind, str) or not re.fullmatch(r"[a-z][a-z0-9_\-]*", self.kind):
-            raise ConfigError(
-                f"Zone.kind of zone {self.name!r} must be a lower-case word like 'medical' or 'general', "
-                f"got {self.kind!r}"
-            )
-        where = f"Zone.ranges of zone {self.name!r}"
-        object.__setattr__(self, "_intervals", tuple(_parse_range(r, where=where) for r in self.ranges))
+            what = f"a lower-case word like 'medical' or 'general' (zone {self.name!r})"
+            raise _validate.fail("Zone.kind", what, self.kind)
+        intervals = tuple(_parse_range(r, zone=self.name) for r in self.ranges)
+        object.__setattr__(self, "_intervals", intervals)
 
     @property
     def medical(self) -> bool:
@@ -187,7 +189,7 @@ class Zones:
             if not isinstance(z, Zone):
                 raise ConfigError(f"{source}: expected Zone objects, got {type(z).__name__}")
             if z.name in names:
-                raise ConfigError(f"{source}: zone name {z.name!r} is used twice")
+                raise ConfigError(f"{source}: zone name {z.name!r} is used twice", field="Zone.name")
             names.add(z.name)
         spans = sorted(
             (iv, z.name, r) for z in self._zones for iv, r in zip(z._intervals, z.ranges, strict=True)
@@ -201,7 +203,8 @@ class Zones:
             if reach is not None and inside and reach[1] != zone_name:
                 raise ConfigError(
                     f"{source}: zones {reach[1]!r} ({reach[2]}) and {zone_name!r} ({text}) overlap; "
-                    "every address may belong to one zone only"
+                    "every address may belong to one zone only",
+                    field="Zone.ranges",
                 )
             if reach is None or reach[0][0] != version or end > reach[0][2]:
                 reach = cur
@@ -219,32 +222,34 @@ class Zones:
         return cls.from_dict(data, source=src, text=text)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "zones", text: str = "") -> Zones:
+    def from_dict(cls, data: Mapping[str, object], *, source: str = "zones", text: str = "") -> Zones:
         """Build zones from parsed TOML (``{"zone": [{"name":..., "kind":..., "ranges": [...]}, ...]}``)."""
         _check_keys(data, {"zone"}, where="top level", source=source, text=text)
         entries = data.get("zone", [])
         if not isinstance(entries, list):
-            raise ConfigError(f"{source}: 'zone' must be an array of tables ([[zone]])")
+            raise ConfigError(f"{source}: 'zone' must be an array of tables ([[zone]])", field="zone")
         zones = []
         for i, entry in enumerate(entries):
             where = f"zone #{i + 1}" + (f" ({entry.get('name')!r})" if isinstance(entry, dict) else "")
             if not isinstance(entry, dict):
-                raise ConfigError(f"{source}: {where} must be a table")
+                raise ConfigError(f"{source}: {where} must be a table", field="zone")
             _check_keys(entry, {"name", "kind", "ranges"}, where=where, source=source, text=text)
             for required in ("name", "ranges"):
                 if required not in entry:
-                    raise ConfigError(f"{source}: {where}: missing key {required!r}")
+                    message = f"{source}: {where}: missing key {required!r}"
+                    raise ConfigError(message, field=f"Zone.{required}")
             ranges = entry["ranges"]
             if isinstance(ranges, str):
                 ranges = [ranges]
             if not isinstance(ranges, list) or not all(isinstance(r, str) for r in ranges):
                 raise ConfigError(
-                    f"{source}: {where}: key 'ranges'{_line_hint(text, 'ranges')} must be a list of strings"
+                    f"{source}: {where}: key 'ranges'{_line_hint(text, 'ranges')} must be a list of strings",
+                    field="Zone.ranges",
                 )
             try:
                 zone = Zone(name=entry["name"], ranges=tuple(ranges), kind=entry.get("kind", "general"))
             except ConfigError as exc:
-                raise ConfigError(f"{source}: {where}: {exc}") from exc
+                raise ConfigError(f"{source}: {where}: {exc}", field=exc.field) from exc
             zones.append(zone)
         return cls(zones, source=source)
 
@@ -267,21 +272,70 @@ class Zones:
 
 # --- rules ------------------------------------------------------------------------------------------------
 
-def _tuple_of(value: Any, kind: type, *, field_name: str, rule: str) -> tuple[Any, ...]:
+_Item = TypeVar("_Item", int, str)
+
+_PORT_FIELDS: Final = ("ports_all", "ports_any", "ports_none")
+_TEXT_FIELDS: Final = ("services", "services_any", "products", "versions", "os_family", "zone")
+_FLAG_FIELDS: Final = ("medical", "fallback")
+# A service condition: a lower-case service name as fingerprinting reports it, optionally pinned to a port.
+_SERVICE_SPEC: Final = re.compile(r"[a-z0-9][a-z0-9_\-]*(@[0-9]{1,5})?")
+
+
+def _tuple_of(value: object, kind: type[_Item], *, field_name: str, rule: str) -> tuple[_Item, ...]:
+    """``value`` as a tuple of ``kind`` (a lone item, a list of them, or None for none)."""
     if value is None:
         return ()
     if isinstance(value, str | int) and not isinstance(value, bool):
         value = (value,)
-    try:
-        items = tuple(value)
-    except TypeError as exc:
-        raise ConfigError(f"Rule {rule!r}: {field_name} must be a list of {kind.__name__}") from exc
-    for item in items:
+    what = f"a list of {kind.__name__} (rule {rule!r})"
+    if not isinstance(value, collections.abc.Iterable):
+        raise _validate.fail(field_name, what, value)
+    items: list[_Item] = []
+    for item in value:
         if not isinstance(item, kind) or isinstance(item, bool):
-            raise ConfigError(
-                f"Rule {rule!r}: {field_name} must be a list of {kind.__name__}, got {item!r}"
-            )
-    return items
+            raise _validate.fail(field_name, what, item)
+        items.append(item)
+    return tuple(items)
+
+
+def _ports_of(value: object, *, field_name: str, rule: str) -> tuple[int, ...]:
+    ports = _tuple_of(value, int, field_name=field_name, rule=rule)
+    bad = [p for p in ports if not 0 < p < 65536]
+    if bad:
+        raise _validate.fail(field_name, f"ports in 1-65535 (rule {rule!r})", bad)
+    return ports
+
+
+def _check_template(name: object) -> None:
+    """A rule name: a non-empty format string using no placeholder but ``{zone}`` and ``{model}``."""
+    if not isinstance(name, str) or not name.strip():
+        raise _validate.fail("Rule.name", "a non-empty string", name)
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(name) if f is not None}
+    except ValueError as exc:
+        raise _validate.fail("Rule.name", f"a valid template ({exc})", name) from exc
+    unknown = sorted(fields - _NAME_FIELDS)
+    if unknown:
+        what = f"a template using only {{zone}} and {{model}} (unknown placeholder(s) {unknown})"
+        raise _validate.fail("Rule.name", what, name)
+
+
+def _check_values(rule: Rule) -> None:
+    """The checks that leave a rule's (already normalized) values as they are."""
+    where = f"(rule {rule.name!r})"
+    for fname in ("services", "services_any"):
+        for spec in getattr(rule, fname):
+            if not _SERVICE_SPEC.fullmatch(spec):
+                what = f"a lower-case name, optionally '@port' (e.g. 'http@8080') {where}"
+                raise _validate.fail(f"Rule.{fname}", what, spec)
+    bad_os = [f for f in rule.os_family if f not in OS_FAMILIES]
+    if bad_os:
+        raise _validate.fail("Rule.os_family", f"families from {list(OS_FAMILIES)} {where}", bad_os)
+    if rule.known_model is not None and not isinstance(rule.known_model, bool):
+        raise _validate.fail("Rule.known_model", f"true, false or absent {where}", rule.known_model)
+    for fname in _FLAG_FIELDS:
+        if not isinstance(getattr(rule, fname), bool):
+            raise _validate.fail(f"Rule.{fname}", f"true or false {where}", getattr(rule, fname))
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,96 +377,31 @@ class Rule:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ConfigError("Rule.name must be a non-empty string")
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(self.name) if f is not None}
-        except ValueError as exc:
-            raise ConfigError(f"Rule.name {self.name!r} is not a valid template: {exc}") from exc
-        if fields - _NAME_FIELDS:
-            raise ConfigError(
-                f"Rule.name {self.name!r} uses unknown placeholder(s) {sorted(fields - _NAME_FIELDS)}; "
-                "only {zone} and {model} exist"
-            )
-        for fname in ("ports_all", "ports_any", "ports_none"):
-            ports = _tuple_of(getattr(self, fname), int, field_name=f"Rule.{fname}", rule=self.name)
-            bad = [p for p in ports if not 0 < p < 65536]
-            if bad:
-                raise ConfigError(f"Rule {self.name!r}: Rule.{fname} has ports outside 1-65535: {bad}")
+        _check_template(self.name)
+        for fname in _PORT_FIELDS:
+            ports = _ports_of(getattr(self, fname), field_name=f"Rule.{fname}", rule=self.name)
             object.__setattr__(self, fname, ports)
-        for fname in ("services", "services_any", "products", "versions", "os_family", "zone"):
+        for fname in _TEXT_FIELDS:
             items = _tuple_of(getattr(self, fname), str, field_name=f"Rule.{fname}", rule=self.name)
             object.__setattr__(self, fname, items)
-        for spec in (*self.services, *self.services_any):
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_\-]*(@[0-9]{1,5})?", spec):
-                raise ConfigError(
-                    f"Rule {self.name!r}: service {spec!r} must be a lower-case name, optionally '@port' "
-                    "(e.g. 'http@8080')"
-                )
-        bad_os = [f for f in self.os_family if f not in OS_FAMILIES]
-        if bad_os:
-            raise ConfigError(f"Rule {self.name!r}: Rule.os_family {bad_os} not in {list(OS_FAMILIES)}")
-        for fname in ("known_model",):
-            value = getattr(self, fname)
-            if value is not None and not isinstance(value, bool):
-                raise ConfigError(f"Rule {self.name!r}: Rule.{fname} must be true, false or absent")
-        for fname in ("medical", "fallback"):
-            if not isinstance(getattr(self, fname), bool):
-                raise ConfigError(f"Rule {self.name!r}: Rule.{fname} must be true or false")
+        _check_values(self)
 
     def match(self, host: HostView) -> tuple[str, ...] | None:
-        """Return the evidence when ``host`` meets every condition, else None."""
-        ev: list[str] = []
-        ports = set(host.open_ports)
-        if self.ports_all:
-            if not set(self.ports_all) <= ports:
+        """Return the evidence when ``host`` meets every condition, else None.
+
+        The conditions are the rows of :data:`_CONDITIONS`, checked in order; one the rule does not set
+        (an empty tuple, or None for ``known_model``) is skipped.
+        """
+        evidence: list[str] = []
+        for fname, check in _CONDITIONS:
+            wanted = getattr(self, fname)
+            if wanted is None or wanted == ():
+                continue
+            found = check(self, host)
+            if found is None:
                 return None
-            ev.append("ports " + ",".join(map(str, self.ports_all)) + " open")
-        if self.ports_any:
-            hit = sorted(ports & set(self.ports_any))
-            if not hit:
-                return None
-            ev.append("port(s) " + ",".join(map(str, hit)) + " open")
-        if self.ports_none:
-            if ports & set(self.ports_none):
-                return None
-            ev.append("ports " + ",".join(map(str, self.ports_none)) + " closed")
-        if self.services:
-            if not all(_has_service(host.services, s) for s in self.services):
-                return None
-            ev.append("services " + ", ".join(self.services))
-        if self.services_any:
-            hit_s = [s for s in self.services_any if _has_service(host.services, s)]
-            if not hit_s:
-                return None
-            ev.append("service(s) " + ", ".join(hit_s))
-        if self.products:
-            found = [i.product for i in host.services if i.product and _glob_any(i.product, self.products)]
-            if not found:
-                return None
-            ev.append("product " + found[0])
-        if self.versions:
-            found = [i.version for i in host.services if i.version and _glob_any(i.version, self.versions)]
-            if not found:
-                return None
-            ev.append("version " + found[0])
-        if self.os_family:
-            if host.os_family not in self.os_family:
-                return None
-            ev.append(f"OS {host.os_family}")
-        if self.zone:
-            if host.zone not in self.zone and (host.zone_kind or "") not in self.zone:
-                return None
-            ev.append(f"zone {host.zone}")
-        if self.known_model is not None:
-            if (host.known_model is not None) != self.known_model:
-                return None
-            if host.known_model is not None:
-                ceiling = f" (ceiling {host.ceiling})" if host.ceiling is not None else ""
-                ev.append(f"model {host.known_model} has a stored profile{ceiling}")
-            else:
-                ev.append("model has no stored profile")
-        return tuple(ev)
+            evidence.append(found)
+        return tuple(evidence)
 
     def group_name(self, host: HostView) -> str:
         """The group name for ``host`` with ``{zone}`` and ``{model}`` filled in."""
@@ -432,6 +421,80 @@ def _has_service(services: Sequence[ServiceInfo], spec: str) -> bool:
 def _glob_any(value: str, patterns: Iterable[str]) -> bool:
     low = value.lower()
     return any(fnmatch.fnmatchcase(low, p.lower()) for p in patterns)
+
+
+# --- the conditions of a rule, as data ----------------------------------------------------------------------
+# One function per condition: the evidence when the host meets it, None when it does not. Rule.match runs
+# only the ones the rule sets, in the order of _CONDITIONS (which is the order the evidence reads in).
+
+def _ports_all_open(rule: Rule, host: HostView) -> str | None:
+    if not set(rule.ports_all) <= set(host.open_ports):
+        return None
+    return "ports " + ",".join(map(str, rule.ports_all)) + " open"
+
+
+def _ports_any_open(rule: Rule, host: HostView) -> str | None:
+    hit = sorted(set(host.open_ports) & set(rule.ports_any))
+    return "port(s) " + ",".join(map(str, hit)) + " open" if hit else None
+
+
+def _ports_none_open(rule: Rule, host: HostView) -> str | None:
+    if set(host.open_ports) & set(rule.ports_none):
+        return None
+    return "ports " + ",".join(map(str, rule.ports_none)) + " closed"
+
+
+def _services_all_seen(rule: Rule, host: HostView) -> str | None:
+    if not all(_has_service(host.services, s) for s in rule.services):
+        return None
+    return "services " + ", ".join(rule.services)
+
+
+def _services_any_seen(rule: Rule, host: HostView) -> str | None:
+    hit = [s for s in rule.services_any if _has_service(host.services, s)]
+    return "service(s) " + ", ".join(hit) if hit else None
+
+
+def _product_matches(rule: Rule, host: HostView) -> str | None:
+    found = [i.product for i in host.services if i.product and _glob_any(i.product, rule.products)]
+    return "product " + found[0] if found else None
+
+
+def _version_matches(rule: Rule, host: HostView) -> str | None:
+    found = [i.version for i in host.services if i.version and _glob_any(i.version, rule.versions)]
+    return "version " + found[0] if found else None
+
+
+def _os_family_is(rule: Rule, host: HostView) -> str | None:
+    return f"OS {host.os_family}" if host.os_family in rule.os_family else None
+
+
+def _zone_is(rule: Rule, host: HostView) -> str | None:
+    inside = host.zone in rule.zone or (host.zone_kind or "") in rule.zone
+    return f"zone {host.zone}" if inside else None
+
+
+def _known_model_is(rule: Rule, host: HostView) -> str | None:
+    if (host.known_model is not None) != rule.known_model:
+        return None
+    if host.known_model is None:
+        return "model has no stored profile"
+    ceiling = f" (ceiling {host.ceiling})" if host.ceiling is not None else ""
+    return f"model {host.known_model} has a stored profile{ceiling}"
+
+
+_CONDITIONS: Final[tuple[tuple[str, Callable[[Rule, HostView], str | None]], ...]] = (
+    ("ports_all", _ports_all_open),
+    ("ports_any", _ports_any_open),
+    ("ports_none", _ports_none_open),
+    ("services", _services_all_seen),
+    ("services_any", _services_any_seen),
+    ("products", _product_matches),
+    ("versions", _version_matches),
+    ("os_family", _os_family_is),
+    ("zone", _zone_is),
+    ("known_model", _known_model_is),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,28 +562,30 @@ class Rules:
         return cls.from_dict(_loads(text, src), source=src, text=text)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "rules", text: str = "") -> Rules:
+    def from_dict(cls, data: Mapping[str, object], *, source: str = "rules", text: str = "") -> Rules:
         """Build rules from parsed TOML (``{"rule": [{...}, ...], "include_defaults": bool}``)."""
         _check_keys(data, {"rule", "include_defaults"}, where="top level", source=source, text=text)
         entries = data.get("rule", [])
         if not isinstance(entries, list):
-            raise ConfigError(f"{source}: 'rule' must be an array of tables ([[rule]])")
+            raise ConfigError(f"{source}: 'rule' must be an array of tables ([[rule]])", field="rule")
         include = data.get("include_defaults", False)
         if not isinstance(include, bool):
-            raise ConfigError(f"{source}: include_defaults{_line_hint(text, 'include_defaults')} must be "
-                              "true or false")
+            raise ConfigError(
+                f"{source}: include_defaults{_line_hint(text, 'include_defaults')} must be true or false",
+                field="include_defaults",
+            )
         rules: list[Rule] = list(cls.default()) if include else []
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
-                raise ConfigError(f"{source}: rule #{i + 1} must be a table")
+                raise ConfigError(f"{source}: rule #{i + 1} must be a table", field="rule")
             where = f"rule #{i + 1}" + (f" ({entry['name']!r})" if "name" in entry else "")
             _check_keys(entry, _RULE_KEYS, where=where, source=source, text=text)
             if "name" not in entry:
-                raise ConfigError(f"{source}: {where}: missing key 'name'")
+                raise ConfigError(f"{source}: {where}: missing key 'name'", field="Rule.name")
             try:
                 rules.append(Rule(**entry))
             except (ConfigError, TypeError) as exc:
-                raise ConfigError(f"{source}: {where}: {exc}") from exc
+                raise ConfigError(f"{source}: {where}: {exc}", field=getattr(exc, "field", None)) from exc
         return cls(rules, source=source)
 
     def __iter__(self) -> Iterator[Rule]:
@@ -583,7 +648,7 @@ class Alert:
     first_seen: str
     groups: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {
             "host": self.host, "model": self.model, "zone": self.zone, "zone_kind": self.zone_kind,
@@ -659,7 +724,8 @@ class JsonlAlertSink:
             with self.path.open("a", encoding="utf-8"):
                 pass
         except OSError as exc:
-            raise ConfigError(f"alert file {self.path}: cannot append to it: {exc.strerror or exc}") from exc
+            message = f"alert file {self.path}: cannot append to it: {exc.strerror or exc}"
+            raise ConfigError(message, field="alert_file") from exc
 
     def write(self, alert: AlertRecord) -> bool:
         """Append ``alert``; return False (and log) if the file could not be written."""
@@ -691,20 +757,18 @@ class WebhookAlertSink:
 
     def __init__(self, url: str, *, timeout_s: float = WEBHOOK_TIMEOUT_S) -> None:
         if not isinstance(url, str) or any(c in url for c in "\r\n\t\0 "):
-            raise ConfigError(f"webhook_url must be an http:// or https:// URL without spaces, got {url!r}")
+            raise _validate.fail("webhook_url", "an http:// or https:// URL without spaces", url)
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port  # urllib checks the range only when asked, at the first alert: ask now
         except ValueError as exc:
-            raise ConfigError(f"webhook_url {url!r}: {exc} (a port is 1-65535)") from exc
+            raise ConfigError(f"webhook_url {url!r}: {exc} (a port is 1-65535)", field="webhook_url") from exc
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"webhook_url must be an http:// or https:// URL with a host, got {url!r}")
+            raise _validate.fail("webhook_url", "an http:// or https:// URL with a host", url)
         if port == 0:
-            raise ConfigError(f"webhook_url {url!r}: port 0 is outside 1-65535")
-        if not timeout_s > 0:
-            raise ConfigError(f"webhook timeout_s must be > 0, got {timeout_s!r}")
+            raise _validate.fail("webhook_url", "a URL whose port is in 1-65535", url)
         self.url = url
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = _validate.positive("WebhookAlertSink.timeout_s", timeout_s)
         self._parts = parts
         # Alerts that could not be delivered (each logged as discovery.alert_webhook_failed); the scan goes
         # on regardless.
@@ -762,7 +826,7 @@ def _read_config(path: str | Path) -> tuple[str, str]:
     return read_bounded_text(path, max_bytes=MAX_CONFIG_BYTES), str(Path(path))
 
 
-def _loads(text: str, source: str) -> dict[str, Any]:
+def _loads(text: str, source: str) -> dict[str, object]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -779,7 +843,7 @@ def _line_hint(text: str, key: str) -> str:
 
 
 def _check_keys(
-    entry: Mapping[str, Any], allowed: Iterable[str], *, where: str, source: str, text: str
+    entry: Mapping[str, object], allowed: Iterable[str], *, where: str, source: str, text: str
 ) -> None:
     allowed = frozenset(allowed)
     unknown = sorted(k for k in entry if k not in allowed)
@@ -787,7 +851,7 @@ def _check_keys(
         key = unknown[0]
         close = [a for a in allowed if _similar(key, a)]
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(allowed))}"
-        raise ConfigError(f"{source}: {where}: unknown key {key!r}{_line_hint(text, key)}{hint}")
+        raise ConfigError(f"{source}: {where}: unknown key {key!r}{_line_hint(text, key)}{hint}", field=key)
 
 
 def _similar(a: str, b: str) -> bool:

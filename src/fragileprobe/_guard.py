@@ -34,12 +34,12 @@ from __future__ import annotations
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypedDict, TypeVar
 
 import anyio
 import structlog
 
-from fragileprobe import _probes
+from fragileprobe import _probes, _validate
 from fragileprobe._errors import ConfigError, DeviceDownError
 from fragileprobe._limiter import ConcurrencyLimiter
 from fragileprobe._probes import HttpResult, Outcome, ProbeResult, ProbeStream
@@ -58,14 +58,52 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
+    from typing import Unpack
+
+    from structlog.typing import FilteringBoundLogger
 
     from fragileprobe._heartbeat import Heartbeat
     from fragileprobe._net import Network
     from fragileprobe._scope import Scope
+    from fragileprobe._watchdog import _Watch
 
 __all__ = ["Guard", "GuardStats"]
 
 log = structlog.get_logger(__name__)
+
+
+class _WatchdogSettings(TypedDict):
+    """The Guard's arguments that go to each Watchdog it builds."""
+
+    interval_s: float
+    failures_to_down: int
+    clock: Callable[[], float]
+
+
+class _ConnectOptions(TypedDict, total=False):
+    """Keyword arguments of :func:`~fragileprobe.tcp_connect` a guarded probe passes on."""
+
+    timeout_s: float
+    scope: Scope | None
+
+
+class _BannerOptions(_ConnectOptions, total=False):
+    """Keyword arguments of :func:`~fragileprobe.grab_banner` a guarded probe passes on."""
+
+    read_timeout_s: float
+    total_timeout_s: float | None
+    max_bytes: int
+    send: bytes | None
+    settle_s: float
+
+
+class _HttpOptions(_ConnectOptions, total=False):
+    """Keyword arguments of :func:`~fragileprobe.http_get` a guarded probe passes on."""
+
+    read_timeout_s: float
+    total_timeout_s: float | None
+    max_bytes: int
+    host_header: str | None
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -227,9 +265,9 @@ class Guard:
 
         self._target = Target(target) if isinstance(target, str) else target
         if not isinstance(self._target, Target):
-            raise ConfigError(f"Guard.target must be a Target or an address string, got {target!r}")
+            raise _validate.fail("Guard.target", "a Target or an address string", target)
         if not isinstance(scope, Scope):
-            raise ConfigError(f"Guard.scope must be a Scope, got {scope!r}")
+            raise _validate.fail("Guard.scope", "a Scope", scope)
         self._scope = scope
         self._heartbeat = heartbeat if heartbeat is not None else self._target.heartbeat
         self._watchdog_on = bool(watchdog)
@@ -237,8 +275,8 @@ class Guard:
         work = self._work_ceiling(ceiling)
         self._limiter = ConcurrencyLimiter(work, rate_per_s=rate_per_s)
         self._beat_limiter = ConcurrencyLimiter(1) if self._reserve else None
-        self._connect_timeout_s = _probes._check_seconds("connect_timeout_s", connect_timeout_s)
-        self._watchdog_args: dict[str, Any] = {
+        self._connect_timeout_s = _validate.positive("connect_timeout_s", connect_timeout_s)
+        self._watchdog_args: _WatchdogSettings = {
             "interval_s": interval_s, "failures_to_down": failures_to_down, "clock": clock,
         }
         # Validate the watchdog settings now (ConfigError at construction, not at entry).
@@ -252,10 +290,11 @@ class Guard:
                 raise ConfigError(
                     f"linger_s: {self._linger_s:g} s is not longer than the watchdog's detection bound "
                     f"({probe.detection_bound_s:g} s = interval + heartbeat timeout): a device that hangs "
-                    "holding our sessions could see a slot reused before it is declared down"
+                    "holding our sessions could see a slot reused before it is declared down",
+                    field="linger_s",
                 )
         if network is not None and not callable(getattr(network, "connect", None)):
-            raise ConfigError(f"Guard.network: {network!r} has no connect(host, port) method")
+            raise _validate.fail("Guard.network", "an object with a connect(host, port) method", network)
         self._network = network
         self._sessions: DeviceSessions | None = None
         self._work: SessionPool | None = None
@@ -263,7 +302,7 @@ class Guard:
         self._address: str | None = None
         self._stack: AsyncExitStack | None = None
         self._closed = False
-        self._log: Any = log.bind(target=self._target.label)
+        self._log: FilteringBoundLogger = log.bind(target=self._target.label)
         self._started = 0
         self._completed = 0
         self._failures = 0
@@ -272,8 +311,7 @@ class Guard:
 
     def _work_ceiling(self, ceiling: int) -> int:
         """The work's share of N (N minus the heartbeat's place), validating N."""
-        if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 1:
-            raise ConfigError(f"ceiling must be an int of at least 1, got {ceiling!r}")
+        _validate.positive_int("ceiling", ceiling)
         if ceiling - self._reserve < 1:
             hb = self._heartbeat
             raise ConfigError(
@@ -281,7 +319,8 @@ class Guard:
                 "opens a session of its own, and a ceiling counts every session the device holds, the "
                 f"heartbeat included. Ways out: a ceiling of {self._reserve + 1} or more, a heartbeat that "
                 "opens no session (IcmpHeartbeat, with fragileprobe[raw]), or watchdog=False (no liveness "
-                "checks)"
+                "checks)",
+                field="ceiling",
             )
         return ceiling - self._reserve
 
@@ -465,7 +504,7 @@ class Guard:
 
     # --- sessions ---------------------------------------------------------------------------------------
 
-    def _watch(self) -> Any:
+    def _watch(self) -> _Watch | _NoWatch:
         return self._watchdog.watch() if self._watchdog is not None else _NO_WATCH
 
     def _gate(self) -> None:
@@ -545,7 +584,7 @@ class Guard:
     @asynccontextmanager
     async def _connect(self, port: int, timeout_s: float) -> AsyncIterator[ProbeStream]:
         address = self._require_open()
-        _probes._check_port(port)
+        _validate.port("port", port)
         what = f"connect:{port}"
         record: _Record | None = None
         try:
@@ -590,7 +629,7 @@ class Guard:
             )
         return result
 
-    async def tcp_connect(self, port: int, **kwargs: Any) -> ProbeResult:
+    async def tcp_connect(self, port: int, **kwargs: Unpack[_ConnectOptions]) -> ProbeResult:
         """:func:`~fragileprobe.tcp_connect` to the device as one guarded session."""
         kwargs.setdefault("timeout_s", self._connect_timeout_s)
 
@@ -599,7 +638,7 @@ class Guard:
 
         return await self._guarded_probe("tcp_connect", port, ProbeResult, call)
 
-    async def grab_banner(self, port: int, **kwargs: Any) -> ProbeResult:
+    async def grab_banner(self, port: int, **kwargs: Unpack[_BannerOptions]) -> ProbeResult:
         """:func:`~fragileprobe.grab_banner` on the device as one guarded session (same keyword args)."""
         kwargs.setdefault("timeout_s", self._connect_timeout_s)
 
@@ -608,7 +647,7 @@ class Guard:
 
         return await self._guarded_probe("grab_banner", port, ProbeResult, call)
 
-    async def http_get(self, port: int, path: str = "/", **kwargs: Any) -> HttpResult:
+    async def http_get(self, port: int, path: str = "/", **kwargs: Unpack[_HttpOptions]) -> HttpResult:
         """:func:`~fragileprobe.http_get` on the device as one guarded session (same keyword args)."""
         kwargs.setdefault("timeout_s", self._connect_timeout_s)
 

@@ -14,13 +14,12 @@ opens no TCP session at all.
 
 from __future__ import annotations
 
-import math
 from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import anyio
 
-from fragileprobe._errors import ConfigError
+from fragileprobe import _validate
 from fragileprobe._probes import Outcome, http_get, tcp_connect
 
 if TYPE_CHECKING:
@@ -69,16 +68,9 @@ class Heartbeat(Protocol):
     async def beat(self, host: str) -> Beat: ...
 
 
-def _validate(owner: str, port: int, timeout_s: float) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ConfigError(f"{owner}.port must be an int in 1-65535, got {port!r}")
-    if (
-        isinstance(timeout_s, bool)
-        or not isinstance(timeout_s, int | float)
-        or not math.isfinite(timeout_s)
-        or timeout_s <= 0
-    ):
-        raise ConfigError(f"{owner}.timeout_s must be a positive number of seconds, got {timeout_s!r}")
+def _check_settings(owner: str, port: int, timeout_s: float) -> None:
+    _validate.port(f"{owner}.port", port)
+    _validate.positive(f"{owner}.timeout_s", timeout_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,15 +86,11 @@ class HttpHeartbeat:
     timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        _validate("HttpHeartbeat", self.port, self.timeout_s)
+        _check_settings("HttpHeartbeat", self.port, self.timeout_s)
         if not isinstance(self.path, str) or not self.path.startswith("/"):
-            raise ConfigError(f"HttpHeartbeat.path must start with '/', got {self.path!r}")
-        if self.expect_status is not None and not (
-            isinstance(self.expect_status, int) and 100 <= self.expect_status <= 599
-        ):
-            raise ConfigError(
-                f"HttpHeartbeat.expect_status must be 100-599 or None, got {self.expect_status!r}"
-            )
+            raise _validate.fail("HttpHeartbeat.path", "a path starting with '/'", self.path)
+        if self.expect_status is not None:
+            _validate.count("HttpHeartbeat.expect_status", self.expect_status, minimum=100, maximum=599)
 
     opens_session = True
 
@@ -134,7 +122,7 @@ class TcpHeartbeat:
     timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        _validate("TcpHeartbeat", self.port, self.timeout_s)
+        _check_settings("TcpHeartbeat", self.port, self.timeout_s)
 
     opens_session = True
 

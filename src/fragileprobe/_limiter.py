@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from fragileprobe._errors import ConfigError
+from fragileprobe import _validate
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -57,21 +57,6 @@ class LimiterStatistics:
     rate_per_s: float | None
 
 
-def _check_ceiling(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"ceiling must be an int of at least 1, got {value!r}")
-    return value
-
-
-def _check_rate(value: float | None) -> float | None:
-    if value is None:
-        return None
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"rate_per_s must be a positive number or None, got {value!r}")
-    return float(value)
-
-
 class _Session:
     """The async context manager behind :meth:`ConcurrencyLimiter.session` (one per use)."""
 
@@ -102,9 +87,9 @@ class ConcurrencyLimiter:
     """
 
     def __init__(self, ceiling: int, *, rate_per_s: float | None = None) -> None:
-        self._ceiling = _check_ceiling(ceiling)
+        self._ceiling = _validate.positive_int("ceiling", ceiling)
         self._target = self._ceiling
-        self._rate_per_s = _check_rate(rate_per_s)
+        self._rate_per_s = _validate.optional_positive("rate_per_s", rate_per_s)
         self._spacing_s = 1.0 / self._rate_per_s if self._rate_per_s else 0.0
         self._last_start = -math.inf
         self._rate_lock = anyio.Lock()
@@ -217,7 +202,7 @@ class ConcurrencyLimiter:
         Raises:
             ConfigError: ceiling below 1 or not an int.
         """
-        ceiling = _check_ceiling(ceiling)
+        ceiling = _validate.positive_int("ceiling", ceiling)
         self._target = ceiling
         self._limiter.total_tokens = ceiling
         self._notify()

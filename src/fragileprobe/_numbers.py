@@ -112,15 +112,15 @@ def parse_field_int(
             names ``field`` and shows the text).
     """
     if not isinstance(text, str):
-        raise ConfigError(f"{field}: {text!r} is not a number")
+        raise ConfigError(f"{field}: {text!r} is not a number", field=field)
     stripped = text.strip()
     if not is_ascii_decimal(stripped, max_digits=max_digits):
         if stripped and all(c in _DECIMAL for c in stripped):
-            raise ConfigError(f"{field}: {stripped[:40]!r} has more than {max_digits} digits")
-        raise ConfigError(f"{field}: {stripped[:40]!r} is not a number (ASCII digits 0-9 only)")
+            raise ConfigError(f"{field}: {stripped[:40]!r} has more than {max_digits} digits", field=field)
+        raise ConfigError(f"{field}: {stripped[:40]!r} is not a number (ASCII digits 0-9 only)", field=field)
     value = int(stripped)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         low = "" if minimum is None else str(minimum)
         high = "" if maximum is None else str(maximum)
-        raise ConfigError(f"{field}: {value} is outside {low}-{high}")
+        raise ConfigError(f"{field}: {value} is outside {low}-{high}", field=field)
     return value

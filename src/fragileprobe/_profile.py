@@ -7,6 +7,11 @@ Records, from small to large::
     Characterization  one device: every trial, the derived ceiling, the latency knee, a summary
     DeviceProfile     one device *model*: the characterizations of its devices, the lowest ceiling
 
+The records hold data: their JSON layout (``to_dict``/``from_dict``, strict on input) and their DataFrame
+columns come from their fields through :mod:`fragileprobe._codec` (the codecs at the end of this module);
+plots and HTML are drawn by the report layer (``fragileprobe._report``), to which ``plot()`` and
+``_repr_html_`` delegate.
+
 The safe ceiling (see :func:`derive_ceiling` and docs/characterization.md). A level N is N sessions held
 on the device at once, the heartbeat included, and a Guard at ceiling N holds at most that many::
 
@@ -33,13 +38,16 @@ hangs on the next one (jitter), exactly as below a found limit. With ``margin_fr
 
 from __future__ import annotations
 
+import collections.abc
 import enum
 import json
 import math
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from fragileprobe import _validate
+from fragileprobe._codec import Codec, Computed, Field, dataframe
 from fragileprobe._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -92,18 +100,14 @@ class LevelOutcome(enum.Enum):
 
 def check_margin_fraction(value: float) -> float:
     """Validate a safety margin fraction (0 <= value < 1); raise ConfigError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"margin_fraction: must be a number in [0, 1), got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"margin_fraction: must be in [0, 1), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise _validate.fail("margin_fraction", "a number in [0, 1)", value)  # NaN fails the range test
     return float(value)
 
 
 def check_margin_levels(value: int) -> int:
     """Validate a margin in whole levels (an integer >= 1); raise ConfigError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"margin_levels: must be an integer >= 1, got {value!r}")
-    return value
+    return _validate.positive_int("margin_levels", value)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -173,41 +177,17 @@ class LevelResult:
         return self.held is not None and self.held < self.level
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-able dict."""
-        return {
-            "level": self.level,
-            "outcome": self.outcome.value,
-            "dwell_s": self.dwell_s,
-            "elapsed_s": self.elapsed_s,
-            "in_flight_at_end": self.in_flight_at_end,
-            "sessions_started": self.sessions_started,
-            "sessions_failed": self.sessions_failed,
-            "latencies_s": list(self.latencies_s),
-            "beats_failed": self.beats_failed,
-            "latency_median_s": self.latency_median_s,
-            "latency_p95_s": self.latency_p95_s,
-            "held_at_beats": list(self.held_at_beats),
-            "held": self.held,
-        }
+        """Return a JSON-able dict (round-trips through :meth:`from_dict`)."""
+        return _LEVELS.encode(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LevelResult:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            level=_json_int(data["level"]),
-            outcome=LevelOutcome(data["outcome"]),
-            dwell_s=_json_float(data["dwell_s"]),
-            elapsed_s=_json_float(data["elapsed_s"]),
-            in_flight_at_end=_json_int(data.get("in_flight_at_end", 0)),
-            sessions_started=_json_int(data.get("sessions_started", 0)),
-            sessions_failed=_json_int(data.get("sessions_failed", 0)),
-            latencies_s=tuple(_json_float(x) for x in data.get("latencies_s", ())),
-            beats_failed=_json_int(data.get("beats_failed", 0)),
-            latency_median_s=_opt_float(data.get("latency_median_s")),
-            latency_p95_s=_opt_float(data.get("latency_p95_s")),
-            held_at_beats=tuple(int(x) for x in data.get("held_at_beats", ())),
-            held=_opt_int(data.get("held")),
-        )
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            ConfigError: A value of the wrong type or a missing key (``field`` names it).
+        """
+        return _LEVELS.decode(data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -245,23 +225,17 @@ class TrialResult:
         return tuple((lv.credited_level, lv.outcome) for lv in self.levels)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-able dict."""
-        return {
-            "index": self.index,
-            "levels": [lv.to_dict() for lv in self.levels],
-            "wall_time_s": self.wall_time_s,
-            "complete": self.complete,
-        }
+        """Return a JSON-able dict (round-trips through :meth:`from_dict`)."""
+        return _TRIALS.encode(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
-        """Rebuild from :meth:`to_dict` output."""
-        return cls(
-            index=_json_int(data["index"]),
-            levels=tuple(LevelResult.from_dict(x) for x in data.get("levels", ())),
-            wall_time_s=_json_float(data.get("wall_time_s", 0.0)),
-            complete=bool(data.get("complete", True)),
-        )
+        """Rebuild from :meth:`to_dict` output.
+
+        Raises:
+            ConfigError: A value of the wrong type or a missing key (``field`` names it).
+        """
+        return _TRIALS.decode(data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -384,32 +358,6 @@ def latency_knee(
         if statistics.median(by_level[level]) >= factor * base:
             return level
     return None
-
-
-def _json_int(value: Any) -> int:
-    """An integer from a stored or imported document: a JSON integer, nothing else.
-
-    ``int()`` would also take ``"٢"`` (Arabic-Indic two), ``2.7`` (truncated) and ``true``; a document that
-    holds those was not written by fragileprobe. Raises ValueError (reported as "malformed" by the caller).
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r:.40}")
-    return value
-
-
-def _json_float(value: Any) -> float:
-    """A finite number from a stored or imported document (a JSON number; never a string like ``"1e400"``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value!r:.40}")
-    return float(value)
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else _json_float(value)
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else _json_int(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -641,30 +589,12 @@ class Characterization:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-able dict (round-trips through :meth:`from_dict`)."""
-        return {
-            "format": FORMAT_VERSION,
-            "host": self.host,
-            "model_key": self.model_key,
-            "name": self.name,
-            "ladder": list(self.ladder),
-            "trials": [t.to_dict() for t in self.trials],
-            "margin_fraction": self.margin_fraction,
-            "margin_levels": self.margin_levels,
-            "baseline_latency_s": self.baseline_latency_s,
-            "early_warning_factor": self.early_warning_factor,
-            "safe_ceiling": self.safe_ceiling,
-            "failed_at": self.failed_at,
-            "warned_at": self.warned_at,
-            "highest_passed": self.highest_passed,
-            "ceiling_found": self.ceiling_found,
-            "latency_knee": self.latency_knee,
-            "crashes": self.crashes,
-            "wall_time_s": self.wall_time_s,
-            "stop_reason": self.stop_reason,
-            "run_id": self.run_id,
-            "started_at_epoch_s": self.started_at_epoch_s,
-        }
+        """Return a JSON-able dict (round-trips through :meth:`from_dict`).
+
+        Its keys are the fields, plus ``format`` (:data:`FORMAT_VERSION`) first and the derived ``crashes``
+        after ``latency_knee`` (written for readers of the file; not read back).
+        """
+        return _CHARACTERIZATIONS.encode(self)
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Return :meth:`to_dict` as JSON text."""
@@ -672,49 +602,15 @@ class Characterization:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Characterization:
-        """Rebuild from :meth:`to_dict` output.
+        """Rebuild from :meth:`to_dict` output (any format up to :data:`FORMAT_VERSION`).
 
         Raises:
-            ConfigError: The data is from a newer format or misses required fields.
+            ConfigError: The data is from a newer format, holds a value of the wrong type or misses a
+                required key (``field`` names it: ``trials[0].levels[1].level``).
         """
-        import collections.abc
-
-        if not isinstance(data, collections.abc.Mapping):
-            raise ConfigError(f"characterization data is malformed: expected an object, got {data!r:.80}")
-        try:
-            fmt = _json_int(data.get("format", FORMAT_VERSION))
-        except (TypeError, ValueError) as exc:
-            bad = data.get("format")
-            raise ConfigError(f"characterization data is malformed: format {bad!r:.40}") from exc
-        if fmt > FORMAT_VERSION:
-            raise ConfigError(
-                f"characterization format {fmt} is newer than this fragileprobe ({FORMAT_VERSION})"
-            )
-        try:
-            return cls(
-                host=str(data["host"]),
-                model_key=data.get("model_key"),
-                name=data.get("name"),
-                ladder=tuple(_json_int(x) for x in data["ladder"]),
-                trials=tuple(TrialResult.from_dict(t) for t in data["trials"]),
-                margin_fraction=_json_float(data.get("margin_fraction", DEFAULT_MARGIN_FRACTION)),
-                margin_levels=_json_int(data.get("margin_levels", DEFAULT_MARGIN_LEVELS)),
-                baseline_latency_s=_opt_float(data.get("baseline_latency_s")),
-                early_warning_factor=_opt_float(data.get("early_warning_factor")),
-                safe_ceiling=_opt_int(data.get("safe_ceiling")),
-                failed_at=_opt_int(data.get("failed_at")),
-                warned_at=_opt_int(data.get("warned_at")),
-                highest_passed=_opt_int(data.get("highest_passed")),
-                ceiling_found=bool(data.get("ceiling_found", False)),
-                latency_knee=_opt_int(data.get("latency_knee")),
-                wall_time_s=_json_float(data.get("wall_time_s", 0.0)),
-                stop_reason=str(data.get("stop_reason", "complete")),
-                run_id=data.get("run_id"),
-                started_at_epoch_s=_json_float(data.get("started_at_epoch_s", 0.0)),
-            )
-        # AttributeError: a trial or level that is not an object
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"characterization data is malformed: {exc!r}") from exc
+        if isinstance(data, collections.abc.Mapping) and "format" in data:
+            _check_format(data["format"])
+        return _CHARACTERIZATIONS.decode(data)
 
     @classmethod
     def from_json(cls, text: str) -> Characterization:
@@ -728,43 +624,31 @@ class Characterization:
     def to_dataframe(self) -> Any:
         """One row per tested level per trial, as a pandas DataFrame (needs ``fragileprobe[report]``).
 
-        Columns: trial, order, level, outcome, elapsed_s, in_flight_at_end, sessions_started,
-        sessions_failed, latency_median_s, latency_p95_s, beats, beats_failed.
+        Columns: ``trial`` (its index), ``order`` (0-based, within the trial), then one per field of
+        :class:`LevelResult` in field order, where ``beats`` counts ``latencies_s`` and ``held_at_beats``
+        is left out: level, outcome, dwell_s, elapsed_s, in_flight_at_end, sessions_started,
+        sessions_failed, beats, beats_failed, latency_median_s, latency_p95_s, held.
         """
-        import pandas as pd  # lazily: pandas is an optional extra and slow to import
-
-        rows = [
-            {
-                "trial": t.index,
-                "order": i,
-                "level": lv.level,
-                "outcome": lv.outcome.value,
-                "elapsed_s": lv.elapsed_s,
-                "in_flight_at_end": lv.in_flight_at_end,
-                "sessions_started": lv.sessions_started,
-                "sessions_failed": lv.sessions_failed,
-                "latency_median_s": lv.latency_median_s,
-                "latency_p95_s": lv.latency_p95_s,
-                "beats": len(lv.latencies_s),
-                "beats_failed": lv.beats_failed,
-            }
+        rows = (
+            {"trial": t.index, "order": i, **_LEVELS.row(lv)}
             for t in self.trials
             for i, lv in enumerate(t.levels)
-        ]
-        columns = [
-            "trial", "order", "level", "outcome", "elapsed_s", "in_flight_at_end", "sessions_started",
-            "sessions_failed", "latency_median_s", "latency_p95_s", "beats", "beats_failed",
-        ]  # fmt: skip
-        return pd.DataFrame(rows, columns=columns)
+        )
+        return dataframe(rows, ("trial", "order", *_LEVELS.columns()))
 
     def _repr_html_(self) -> str:
-        """A readable summary in Jupyter (rendered by ``fragileprobe._report``)."""
+        """A readable summary in Jupyter, drawn by the report layer.
+
+        Jupyter's display protocol looks this method up on the object, so it stays here; it is one of the
+        layering test's allowed upward imports.
+        """
         from fragileprobe._report import characterization_repr_html
 
         return characterization_repr_html(self)
 
     def plot(self, ax: Any = None) -> Any:
-        """Plot heartbeat latency against concurrency per trial, crashes and the ceiling marked.
+        """Plot heartbeat latency against concurrency: :func:`fragileprobe._report.latency_plot` (the README
+        tour's ``char.plot()``; one of the layering test's allowed upward imports).
 
         Needs ``fragileprobe[report]``. Uses matplotlib's object API (no pyplot state is touched).
 
@@ -774,7 +658,7 @@ class Characterization:
         Returns:
             The matplotlib Figure.
         """
-        from fragileprobe._report import latency_plot  # drawing lives with the reports
+        from fragileprobe._report import latency_plot
 
         return latency_plot(self, ax)
 
@@ -856,12 +740,47 @@ class DeviceProfile:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-able dict."""
-        return {
-            "model_key": self.model_key,
-            "ceiling": self.ceiling,
-            "ceiling_found": self.ceiling_found,
-            "failed_at": self.failed_at,
-            "devices": list(self.devices),
-            "characterizations": [c.to_dict() for c in self.characterizations],
-        }
+        """Return a JSON-able dict: the model key, the derived ``ceiling``, ``ceiling_found``,
+        ``failed_at`` and ``devices``, and every characterization's :meth:`Characterization.to_dict`."""
+        return _PROFILES.encode(self)
+
+
+# --- the codecs: the JSON layout and the DataFrame columns, from the fields -------------------------------
+
+
+def _check_format(fmt: Any) -> None:
+    """A document's ``format`` must be an integer no newer than :data:`FORMAT_VERSION`."""
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        bad = _validate.fail("format", "an integer", fmt)
+        raise ConfigError(f"characterization data is malformed: {bad}", field="format")
+    if fmt > FORMAT_VERSION:
+        raise ConfigError(
+            f"characterization format {fmt} is newer than this fragileprobe ({FORMAT_VERSION})",
+            field="format",
+        )
+
+
+_LEVELS: Final = Codec(
+    LevelResult,
+    label="level",
+    fields={"latencies_s": Field(column="beats", cell=len), "held_at_beats": Field(column="")},
+)
+_TRIALS: Final = Codec(TrialResult, label="trial", fields={"levels": Field(missing=())})
+_CHARACTERIZATIONS: Final = Codec(
+    Characterization,
+    label="characterization",
+    computed=(
+        Computed("format", lambda c: FORMAT_VERSION),
+        Computed("crashes", lambda c: c.crashes, after="latency_knee"),
+    ),
+)
+_PROFILES: Final = Codec(
+    DeviceProfile,
+    label="profile",
+    computed=(
+        Computed("ceiling", lambda p: p.ceiling, after="model_key"),
+        Computed("ceiling_found", lambda p: p.ceiling_found, after="model_key"),
+        Computed("failed_at", lambda p: p.failed_at, after="model_key"),
+        Computed("devices", lambda p: list(p.devices), after="model_key"),
+    ),
+)

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, MutableMapping
+    from collections.abc import Callable
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.panel import Panel
+    from rich.progress import Progress, TaskID
+    from structlog.typing import EventDict, WrappedLogger
 
     from fragileprobe._characterize import ProgressEvent
     from fragileprobe._discovery import DiscoveryProgress
@@ -69,6 +75,8 @@ class CharacterizeState:
     planned_trials: int
     ladder: tuple[int, ...]
     dwell_s: float
+    # time.monotonic, not the event loop's clock: the state is built before the loop runs, and Rich redraws
+    # it (elapsed_s) from its own refresh thread, outside the loop.
     started: float = field(default_factory=time.monotonic)
     trial: int = 0
     level: int | None = None
@@ -84,7 +92,7 @@ class CharacterizeState:
     _levels_this_trial: int = 0
 
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
+        return time.monotonic() - self.started  # also called from Rich's refresh thread (see ``started``)
 
     def remaining_s(self) -> float | None:
         """A rough estimate: levels still expected times the mean level time (recoveries included)."""
@@ -107,12 +115,12 @@ class CharacterizeState:
             self.phase = "climbing"
         elif event.kind == "level_start":
             self.level = event.level
-            self.level_started = time.monotonic()
+            self.level_started = time.monotonic()  # the clock of ``started`` (compared with it)
             self.phase = "holding"
             self.recent_latencies_s.clear()
         elif event.kind == "level_end":
             if self.level_started is not None:
-                self.level_seconds.append(time.monotonic() - self.level_started)
+                self.level_seconds.append(time.monotonic() - self.level_started)  # as level_started
             self._levels_this_trial += 1
             median = statistics.median(self.recent_latencies_s) if self.recent_latencies_s else None
             # In flight and the level's own median arrive right after, in the characterize.level log event.
@@ -129,7 +137,7 @@ class CharacterizeState:
         elif event.kind == "done":
             self.phase = "done"
 
-    def on_log(self, event: str, fields: MutableMapping[str, Any]) -> None:
+    def on_log(self, event: str, fields: EventDict) -> None:
         """Feed one structlog event (called by :class:`LogTap`)."""
         if event == "watchdog.beat":
             if fields.get("ok"):
@@ -169,9 +177,9 @@ class LogTap:
     )
 
     def __init__(self) -> None:
-        self.sinks: list[Callable[[str, MutableMapping[str, Any]], None]] = []
+        self.sinks: list[Callable[[str, EventDict], None]] = []
 
-    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         event = event_dict.get("event")
         if event in self.EVENTS:
             for sink in list(self.sinks):
@@ -203,10 +211,10 @@ class TerminalCharacterizeView:
         console: A ``rich.console.Console`` (stdout for people, stderr when stdout carries JSON).
     """
 
-    def __init__(self, state: CharacterizeState, console: Any) -> None:
+    def __init__(self, state: CharacterizeState, console: Console) -> None:
         self.state = state
         self.console = console
-        self._live: Any = None
+        self._live: Live | None = None
         self._printed_history = 0
         self._printed_downs = 0
 
@@ -246,7 +254,7 @@ class TerminalCharacterizeView:
                     f"[bold]trial {event.trial + 1} done[/] ({_fmt_s(event.elapsed_s)} elapsed)"
                 )
 
-    def on_log(self, event: str, fields: MutableMapping[str, Any]) -> None:
+    def on_log(self, event: str, fields: EventDict) -> None:
         """Feed a structlog event (from :class:`LogTap`)."""
         self.state.on_log(event, fields)
         if event in ("characterize.level", "watchdog.device_down"):
@@ -283,7 +291,7 @@ class TerminalCharacterizeView:
             )
         self._printed_history = max(self._printed_history, upto)
 
-    def _render(self) -> Any:
+    def _render(self) -> Panel:
         from rich.panel import Panel
         from rich.table import Table
 
@@ -302,7 +310,7 @@ class TerminalCharacterizeView:
         return Panel(table, title="fragileprobe characterize", border_style="cyan")
 
 
-def start_line(fields: MutableMapping[str, Any]) -> str:
+def start_line(fields: EventDict) -> str:
     """The line a discovery prints before its first packet: how wide and how loud it will be."""
     return (f"discovery: {fields.get('todo')} address(es); at most {fields.get('global_rate'):g} new "
             f"connections/s in total, {fields.get('per_host_sessions')} session(s) and "
@@ -329,11 +337,11 @@ class TerminalDiscoveryView:
     # ...and at most this many lines for a large block (a /16 would otherwise print 2,600).
     MAX_LINES: Final = 40
 
-    def __init__(self, console: Any) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
-        self.started = time.monotonic()
-        self._progress: Any = None
-        self._task: Any = None
+        self.started = time.monotonic()  # built before the event loop runs (the CLI), so not its clock
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
         self._alerts = 0
 
     def __enter__(self) -> TerminalDiscoveryView:
@@ -358,7 +366,7 @@ class TerminalDiscoveryView:
             self._progress.__exit__(None, None, None)
             self._progress = None
 
-    def on_log(self, event: str, fields: MutableMapping[str, Any]) -> None:
+    def on_log(self, event: str, fields: EventDict) -> None:
         """Feed a structlog event (from :class:`LogTap`): the run's limits when it starts (every input is
         valid by then, and no packet has been sent yet); alerts the moment they are raised."""
         if event == "discovery.start":
@@ -377,7 +385,7 @@ class TerminalDiscoveryView:
 
     def on_progress(self, p: DiscoveryProgress) -> None:
         """Feed a DiscoveryProgress."""
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:  # both set together, in __enter__
             self._progress.update(
                 self._task,
                 total=p.hosts_total,
@@ -438,7 +446,7 @@ def estimate_remaining_s(
 # --- notebooks ---
 
 
-def _notebook_handle(initial_html: str) -> tuple[Any, Any]:
+def _notebook_handle(initial_html: str) -> tuple[Any, Any]:  # IPython's objects (optional, partly untyped)
     """In a running IPython kernel: (a display handle showing ``initial_html``, the ``HTML`` class) for
     updating one cell output in place; elsewhere (None, None), and the views print lines instead."""
     try:

@@ -44,6 +44,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from fragileprobe import _validate
 from fragileprobe._errors import ConfigError
 from fragileprobe._profile import (
     DEFAULT_MARGIN_FRACTION,
@@ -99,19 +100,19 @@ def validate_ladder(ladder: Sequence[int]) -> tuple[int, ...]:
     try:
         levels = tuple(ladder)
     except TypeError as exc:
-        raise ConfigError(f"ladder: must be a sequence of integers, got {ladder!r}") from exc
+        raise _validate.fail("ladder", "a sequence of integers", ladder) from exc
     if not levels:
-        raise ConfigError("ladder: must not be empty")
+        raise ConfigError("ladder: must not be empty", field="ladder")
     for lv in levels:
         if isinstance(lv, bool) or not isinstance(lv, int):
-            raise ConfigError(f"ladder: levels must be integers, got {lv!r}")
+            raise ConfigError(f"ladder: levels must be integers, got {lv!r}", field="ladder")
         if lv < 1:
-            raise ConfigError(f"ladder: levels must be >= 1, got {lv}")
+            raise ConfigError(f"ladder: levels must be >= 1, got {lv}", field="ladder")
         if lv > MAX_LADDER_LEVEL:
-            raise ConfigError(f"ladder: levels must be <= {MAX_LADDER_LEVEL}, got {lv}")
+            raise ConfigError(f"ladder: levels must be <= {MAX_LADDER_LEVEL}, got {lv}", field="ladder")
     for a, b in itertools.pairwise(levels):
         if b <= a:
-            raise ConfigError(f"ladder: must climb strictly, but {b} follows {a}")
+            raise ConfigError(f"ladder: must climb strictly, but {b} follows {a}", field="ladder")
     return levels
 
 
@@ -151,16 +152,18 @@ class RampConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ladder", validate_ladder(self.ladder))
         for name in ("trials", "crash_budget", "min_level"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}: must be an integer >= 1, got {value!r}")
+            _validate.positive_int(name, getattr(self, name))
         if not isinstance(self.refine, bool):
-            raise ConfigError(f"refine: must be a bool, got {self.refine!r}")
-        object.__setattr__(self, "margin_fraction", check_margin_fraction(self.margin_fraction))
+            raise _validate.fail("refine", "a bool", self.refine)
+        margin = self.margin_fraction
+        if _validate.non_negative("margin_fraction", margin) >= 1.0:
+            raise _validate.fail("margin_fraction", "a number in [0, 1)", margin)
+        object.__setattr__(self, "margin_fraction", check_margin_fraction(margin))
         if self.ladder[0] < self.min_level:
             raise ConfigError(
                 f"ladder: its levels start at {self.ladder[0]}, below the lowest level that can be tested "
-                f"({self.min_level}: a level counts the heartbeat's session too)"
+                f"({self.min_level}: a level counts the heartbeat's session too)",
+                field="ladder",
             )
 
     @property
@@ -406,51 +409,56 @@ class RampStrategy:
         return min(limits) if limits else None
 
     def _choose(self) -> int | None:
-        cfg = self.config
+        """The next level of the current trial by rules 2-4, or None when the trial is over."""
         current = self._current
-        tested = {lv for lv, _ in current}
         bad = [lv for lv, oc in current if oc in (LevelOutcome.FAILED, LevelOutcome.WARNED)]
         hi = min(bad) if bad else None  # lowest failure of this trial: never test at or above it
         passes = [lv for lv, oc in current if oc is LevelOutcome.PASSED and (hi is None or lv < hi)]
-        lo = max(passes) if passes else cfg.min_level - 1
-        crashes_left = cfg.crash_budget - sum(1 for _, oc in current if oc is LevelOutcome.FAILED)
-        limit = self._global_limit()
-        later = bool(self._trials)
-
+        lo = max(passes) if passes else self.config.min_level - 1
+        crashes_left = self.config.crash_budget - sum(1 for _, oc in current if oc is LevelOutcome.FAILED)
         if hi is not None:
-            # Rule 3: refine inside (lo, hi).
-            if not cfg.refine or hi - lo <= 1:
-                return None
-            last_was_crash = current[-1][1] is LevelOutcome.FAILED
-            if crashes_left <= 0:
-                return None
-            if not last_was_crash and any(oc is LevelOutcome.WARNED for _, oc in current):
-                # A warning costs no crash: walk, so a slowing device is never pushed past its warning.
-                return _first_untested(lo + 1, hi, tested)
-            return _refine_point(lo, hi, crashes_left, tested)
-
-        if later and limit is not None:
-            # Rule 4: start at the current safe estimate, walk up to limit - 1.
-            top = min(limit - 1, cfg.max_level)
-            if top < cfg.min_level:
-                return None
-            if not current:
-                estimate = self.derivation().safe_ceiling or cfg.min_level
-                return max(cfg.min_level, min(estimate, top))
-            if lo >= top:
-                return None
-            if cfg.refine:
-                return lo + 1
-            rungs = [r for r in cfg.ladder if lo < r <= top]
-            return rungs[0] if rungs else None
-
-        if later and limit is None and not current:
+            return self._refine(lo, hi, crashes_left)
+        limit = self._global_limit()
+        if self._trials and limit is not None:
+            return self._below_known_limit(lo, limit)
+        if self._trials and not current:
             # Rule 4, no failure known: re-test the highest level that passed in an earlier trial.
             passed = [lv for t in self._trials for lv, oc in t if oc is LevelOutcome.PASSED]
             if passed:
                 return max(passed)
+        return self._climb(lo, crashes_left)
 
-        # Rule 2: climb.
+    def _refine(self, lo: int, hi: int, crashes_left: int) -> int | None:
+        """Rule 3: the next level inside (lo, hi) after this trial's failure at hi."""
+        current = self._current
+        if not self.config.refine or hi - lo <= 1 or crashes_left <= 0:
+            return None
+        tested = {lv for lv, _ in current}
+        last_was_crash = current[-1][1] is LevelOutcome.FAILED
+        if not last_was_crash and any(oc is LevelOutcome.WARNED for _, oc in current):
+            # A warning costs no crash: walk, so a slowing device is never pushed past its warning.
+            return _first_untested(lo + 1, hi, tested)
+        return _refine_point(lo, hi, crashes_left, tested)
+
+    def _below_known_limit(self, lo: int, limit: int) -> int | None:
+        """Rule 4: start at the current safe estimate, walk up to ``limit - 1``."""
+        cfg = self.config
+        top = min(limit - 1, cfg.max_level)
+        if top < cfg.min_level:
+            return None
+        if not self._current:
+            estimate = self.derivation().safe_ceiling or cfg.min_level
+            return max(cfg.min_level, min(estimate, top))
+        if lo >= top:
+            return None
+        if cfg.refine:
+            return lo + 1
+        rungs = [r for r in cfg.ladder if lo < r <= top]
+        return rungs[0] if rungs else None
+
+    def _climb(self, lo: int, crashes_left: int) -> int | None:
+        """Rule 2: the next rung above ``lo`` (one level at a time with only one crash left)."""
+        cfg = self.config
         if lo >= cfg.max_level:
             return None
         if cfg.refine and crashes_left <= 1:

@@ -47,6 +47,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
+from fragileprobe import _validate
 from fragileprobe._errors import ConfigError, RawUnavailableError
 
 if TYPE_CHECKING:
@@ -224,7 +225,11 @@ def require_raw(feature: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Scapy:
-    """The handful of scapy names fragileprobe uses, imported once."""
+    """The handful of scapy names fragileprobe uses, imported once.
+
+    Typed ``Any``, as are the sockets, packets and writers they make: scapy ships no type information, and
+    its objects stay inside this module (callers get our own records).
+    """
 
     IP: Any
     ICMP: Any
@@ -285,9 +290,9 @@ def _ipv4(host: str, field: str = "host") -> str:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError as exc:
-        raise ConfigError(f"{field}: {host!r} is not an IP address") from exc
+        raise _validate.fail(field, "an IP address", host) from exc
     if addr.version != 4:
-        raise ConfigError(f"{field}: {host!r}: raw-packet features support IPv4 only")
+        raise _validate.fail(field, "an IPv4 address (raw-packet features support IPv4 only)", host)
     return str(addr)
 
 
@@ -697,20 +702,36 @@ class IcmpResult:
         return 1.0 - self.received / self.sent if self.sent else 1.0
 
 
+def _seconds_up_to(field: str, value: float, maximum: float, *, zero_ok: bool) -> None:
+    """``value`` is a number of seconds in ``0 < value <= maximum`` (``0 <= ...`` when ``zero_ok``)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not (value >= 0 if zero_ok else value > 0) or not value <= maximum:
+        low = ">= 0" if zero_ok else "> 0"
+        raise _validate.fail(field, f"a number of seconds {low} and <= {maximum:g}", value)
+
+
 def _check_icmp_args(timeout_s: float, count: int, interval_s: float) -> None:
-    if not 0 < timeout_s <= ICMP_MAX_TIMEOUT_S:
-        raise ConfigError(f"timeout_s: must be > 0 and <= {ICMP_MAX_TIMEOUT_S}, got {timeout_s!r}")
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= ICMP_MAX_COUNT:
-        raise ConfigError(f"count: must be an integer from 1 to {ICMP_MAX_COUNT}, got {count!r}")
-    if not 0 <= interval_s <= ICMP_MAX_INTERVAL_S:
-        raise ConfigError(f"interval_s: must be >= 0 and <= {ICMP_MAX_INTERVAL_S}, got {interval_s!r}")
+    _seconds_up_to("timeout_s", timeout_s, ICMP_MAX_TIMEOUT_S, zero_ok=False)
+    _validate.count("count", count, minimum=1, maximum=ICMP_MAX_COUNT)
+    _seconds_up_to("interval_s", interval_s, ICMP_MAX_INTERVAL_S, zero_ok=True)
 
 
-def _icmp_worker(
-    host: str, timeout_s: float, count: int, interval_s: float, stop: threading.Event
-) -> IcmpResult:
-    """Send ``count`` echo requests one at a time and wait for each reply (runs in a worker thread)."""
-    sc = _scapy("icmp_reachable")
+@dataclass(slots=True)
+class _EchoTally:
+    """What an ICMP check has counted so far (one worker thread owns it)."""
+
+    sent: int = 0
+    rtts: list[float] = field(default_factory=list)
+    ttl: int | None = None
+    error: str | None = None
+
+    def result(self, host: str) -> IcmpResult:
+        return IcmpResult(host=host, sent=self.sent, received=len(self.rtts), rtts_s=tuple(self.rtts),
+                          ttl=self.ttl, error=self.error)
+
+
+def _open_icmp_socket(sc: _Scapy, host: str) -> Any:
+    """A layer-3 scapy socket that receives ICMP from ``host`` (its filter attached where it can be)."""
     iface = _interface_for(sc, host)
     # The interface picks its layer-3 socket: on Linux loopback a PF_PACKET socket's echo request is never
     # answered, so scapy uses a SOCK_RAW socket there. The filter narrows what reaches Python where the
@@ -732,43 +753,58 @@ def _icmp_worker(
                 if not select.select([sock.ins], [], [], 0)[0]:
                     break
                 sock.ins.recv(65536)
+    return sock
+
+
+def _await_echo_reply(
+    sc: _Scapy,
+    sock: Any,
+    echo: tuple[int, int],
+    started: float,
+    timeout_s: float,
+    stop: threading.Event,
+    tally: _EchoTally,
+) -> None:
+    """Read until the reply to ``echo`` (id, sequence) arrives, ``timeout_s`` passes or ``stop`` is set."""
+    deadline = started + timeout_s
+    while not stop.is_set():
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return
+        readable, _, _ = select.select([sock], [], [], min(remaining, _POLL_S))
+        reply = sock.recv() if readable else None
+        if reply is None or not reply.haslayer(sc.ICMP):
+            continue
+        icmp = reply[sc.ICMP]
+        if int(icmp.type) == 0 and (int(icmp.id), int(icmp.seq)) == echo:
+            tally.rtts.append(time.perf_counter() - started)
+            if tally.ttl is None:
+                tally.ttl = int(reply[sc.IP].ttl)
+            return
+        if int(icmp.type) == 3:
+            tally.error = "destination unreachable"
+
+
+def _icmp_worker(
+    host: str, timeout_s: float, count: int, interval_s: float, stop: threading.Event
+) -> IcmpResult:
+    """Send ``count`` echo requests one at a time and wait for each reply (runs in a worker thread)."""
+    sc = _scapy("icmp_reachable")
+    sock = _open_icmp_socket(sc, host)
     ident = random.getrandbits(16)  # tells our replies from another pinger's
-    rtts: list[float] = []
-    ttl: int | None = None
-    error: str | None = None
-    sent = 0
+    tally = _EchoTally()
     try:
         for seq in range(1, count + 1):
-            if stop.is_set():
-                break
-            if seq > 1 and interval_s > 0 and stop.wait(interval_s):
+            if stop.is_set() or (seq > 1 and interval_s > 0 and stop.wait(interval_s)):
                 break
             request = sc.IP(dst=host) / sc.ICMP(type=8, id=ident, seq=seq)
-            started = time.perf_counter()
+            started = time.perf_counter()  # a worker thread, outside the event loop and its clock
             sock.send(request)
-            sent += 1
-            deadline = started + timeout_s
-            while not stop.is_set():
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                readable, _, _ = select.select([sock], [], [], min(remaining, _POLL_S))
-                if not readable:
-                    continue
-                reply = sock.recv()
-                if reply is None or not reply.haslayer(sc.ICMP):
-                    continue
-                icmp = reply[sc.ICMP]
-                if int(icmp.type) == 0 and int(icmp.id) == ident and int(icmp.seq) == seq:
-                    rtts.append(time.perf_counter() - started)
-                    if ttl is None:
-                        ttl = int(reply[sc.IP].ttl)
-                    break
-                if int(icmp.type) == 3:
-                    error = "destination unreachable"
+            tally.sent += 1
+            _await_echo_reply(sc, sock, (ident, seq), started, timeout_s, stop, tally)
     finally:
         sock.close()
-    return IcmpResult(host=host, sent=sent, received=len(rtts), rtts_s=tuple(rtts), ttl=ttl, error=error)
+    return tally.result(host)
 
 
 async def icmp_reachable(
@@ -852,19 +888,19 @@ class IcmpHeartbeat:
         """Send one echo request to ``host``; ok when the reply comes back within ``timeout_s``."""
         from fragileprobe._heartbeat import Beat
 
-        at_s = time.monotonic()
+        at_s = anyio.current_time()
         try:
             result = await icmp_reachable(host, timeout_s=self.timeout_s, count=1, scope=self.scope)
         except (OSError, RawUnavailableError) as exc:
             # A send error (no route, interface down, privilege dropped since construction) is a failed
             # beat, as the Heartbeat protocol asks: the watchdog then stops probing, the safe side.
             return Beat(
-                at_s=at_s, ok=False, latency_s=time.monotonic() - at_s, error=f"icmp send failed: {exc}"
+                at_s=at_s, ok=False, latency_s=anyio.current_time() - at_s, error=f"icmp send failed: {exc}"
             )
         if result.reachable:
             return Beat(at_s=at_s, ok=True, latency_s=result.rtt_s or 0.0, error=None)
         reason = result.error or f"no echo reply within {self.timeout_s} s"
-        return Beat(at_s=at_s, ok=False, latency_s=time.monotonic() - at_s, error=reason)
+        return Beat(at_s=at_s, ok=False, latency_s=anyio.current_time() - at_s, error=reason)
 
 
 # ------------------------------------------------------------------------------------------ passive OS hint
@@ -1000,14 +1036,8 @@ class SynAckObserver:
             hosts = (hosts,)
         self.hosts: tuple[str, ...] = tuple(dict.fromkeys(_ipv4(h) for h in hosts))
         if not self.hosts:
-            raise ConfigError("hosts: at least one address to observe is needed")
-        if (
-            isinstance(max_observations, bool)
-            or not isinstance(max_observations, int)
-            or max_observations < 1
-        ):
-            raise ConfigError(f"max_observations: must be a positive integer, got {max_observations!r}")
-        self._max = max_observations
+            raise _validate.fail("hosts", "at least one address to observe", self.hosts)
+        self._max = _validate.positive_int("max_observations", max_observations)
         self._hostset = frozenset(self.hosts)
         self._lock = threading.Lock()
         self._by_host: dict[str, dict[int, SynAckObservation]] = {h: {} for h in self.hosts}
@@ -1058,11 +1088,11 @@ class SynAckObserver:
         """
         if host is None:
             if len(self.hosts) != 1:
-                raise ConfigError("host: several hosts were observed; say which one")
+                raise ConfigError("host: several hosts were observed; say which one", field="host")
             host = self.hosts[0]
         host = _ipv4(host)
         if host not in self._hostset:
-            raise ConfigError(f"host: {host} was not observed")
+            raise _validate.fail("host", f"one of the observed hosts {list(self.hosts)}", host)
         if self._final is not None:
             return self._final[host]
         return self._summarize(host)
@@ -1221,8 +1251,7 @@ class PacketCapture:
         self.host = _ipv4(host)
         self.path = Path(path)
         for name, value, floor in (("max_packets", max_packets, 1), ("max_bytes", max_bytes, 1024)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < floor:
-                raise ConfigError(f"{name}: must be an integer >= {floor}, got {value!r}")
+            _validate.count(name, value, minimum=floor)
         self.max_packets = max_packets
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -1289,7 +1318,7 @@ class PacketCapture:
 
     async def __aenter__(self) -> PacketCapture:
         require_raw("capture")
-        self._started_s = time.monotonic()
+        self._started_s = anyio.current_time()
         await anyio.to_thread.run_sync(self._check_path)
         ok = False
         try:
@@ -1317,7 +1346,7 @@ class PacketCapture:
             packets_lost=self._sniffer.kernel_drops,
             max_packets=self.max_packets,
             max_bytes=self.max_bytes,
-            duration_s=time.monotonic() - self._started_s,
+            duration_s=anyio.current_time() - self._started_s,
         )
         log.info(
             "raw.capture.stop",

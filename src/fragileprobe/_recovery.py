@@ -21,11 +21,12 @@ import shutil
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import structlog
 
+from fragileprobe import _validate
 from fragileprobe._errors import ConfigError, RecoveryError
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class RecoveryHook(Protocol):
     def __call__(self, ctx: RecoveryContext, /) -> Awaitable[None]: ...
 
 
-def _takes_context(fn: Callable[..., Any]) -> bool:
+def _takes_context(fn: Callable[..., object]) -> bool:
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins and C callables without a signature: assume the protocol
@@ -90,7 +91,7 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
-async def call_recovery(hook: Callable[..., Awaitable[Any]], ctx: RecoveryContext) -> None:
+async def call_recovery(hook: Callable[..., Awaitable[object]], ctx: RecoveryContext) -> None:
     """Run a hook with or without the context, translating its failure into ``RecoveryError``.
 
     Cancellation passes through untouched.
@@ -106,19 +107,6 @@ async def call_recovery(hook: Callable[..., Awaitable[Any]], ctx: RecoveryContex
         raise RecoveryError(f"recovery of {ctx.host} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _check_timeout(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{name}: must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 def wait_for_recovery(
     *, timeout_s: float = DEFAULT_RECOVERY_TIMEOUT_S, interval_s: float = 1.0
 ) -> Callable[[RecoveryContext], Awaitable[None]]:
@@ -128,10 +116,8 @@ def wait_for_recovery(
         timeout_s: Give up (``RecoveryError``) after this long without a good heartbeat.
         interval_s: Time between heartbeats while waiting.
     """
-    limit = _check_timeout("timeout_s", timeout_s)
-    pause = _check_timeout("interval_s", interval_s)
-    assert limit is not None  # given as a number
-    assert pause is not None  # given as a number
+    limit = _validate.positive("timeout_s", timeout_s)
+    pause = _validate.positive("interval_s", interval_s)
 
     async def hook(ctx: RecoveryContext) -> None:
         with anyio.move_on_after(limit):
@@ -166,15 +152,15 @@ def command_recovery(
             executable (checked now: finding out after the device crashed would leave it down).
     """
     if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
-        raise ConfigError(f"argv: must be a non-empty list of strings (no shell), got {argv!r}")
-    limit = _check_timeout("timeout_s", timeout_s)
-    assert limit is not None  # given as a number
+        raise _validate.fail("argv", "a non-empty list of strings (no shell)", argv)
+    limit = _validate.positive("timeout_s", timeout_s)
     template = tuple(argv)
     program = template[0]
     if "{host}" not in program and "{level}" not in program and shutil.which(program) is None:
         raise ConfigError(
             f"recovery command {program!r}: not found or not executable"
-            + ("" if "/" in program else " (looked on PATH)")
+            + ("" if "/" in program else " (looked on PATH)"),
+            field="argv",
         )
 
     async def hook(ctx: RecoveryContext) -> None:
@@ -221,7 +207,7 @@ def manual_recovery(
         timeout_s: Give up after this long (None: wait as long as it takes).
         confirm: Replaces ``input`` (for tests and custom front ends); called in a worker thread.
     """
-    limit = _check_timeout("timeout_s", timeout_s)
+    limit = _validate.optional_positive("timeout_s", timeout_s)
     text = prompt or "{host} stopped answering at {level} sessions. Power-cycle it, then press Enter: "
 
     async def hook(ctx: RecoveryContext) -> None:
@@ -298,10 +284,16 @@ async def _notebook_button(message: str) -> None:
         await anyio.sleep(0.2)
 
 
-def emulator_recovery(device: Any) -> Callable[[RecoveryContext], Awaitable[None]]:
+class _PowerCyclable(Protocol):
+    """What :func:`emulator_recovery` needs: a device it can power-cycle (``EmulatedDevice`` is one)."""
+
+    def power_cycle(self) -> Awaitable[object]: ...
+
+
+def emulator_recovery(device: _PowerCyclable) -> Callable[[RecoveryContext], Awaitable[None]]:
     """A hook that power-cycles an in-process emulated device (``device.power_cycle()``)."""
     if not callable(getattr(device, "power_cycle", None)):
-        raise ConfigError(f"device: {device!r} has no power_cycle() method")
+        raise _validate.fail("device", "an object with a power_cycle() method", device)
 
     async def hook(ctx: RecoveryContext) -> None:
         log.info("recovery.emulator_power_cycle", host=ctx.host)
@@ -318,7 +310,7 @@ def fleet_recovery(control_url: str, host: str | None = None) -> Callable[[Recov
         host: The device to cycle; default: the host being characterized.
     """
     if not isinstance(control_url, str) or not control_url:
-        raise ConfigError(f"control_url: must be a URL string, got {control_url!r}")
+        raise _validate.fail("control_url", "a URL string", control_url)
     from fragileprobe.emulator import FleetClient  # lazily: the emulator is only needed here
 
     FleetClient(control_url)  # checks the URL now (http, loopback host, port range), not at the first crash

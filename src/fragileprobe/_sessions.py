@@ -31,14 +31,14 @@ device may hold from us now (connecting, open, or lingering), never more than th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
-from fragileprobe._errors import ConfigError, ScopeError
+from fragileprobe import _validate
+from fragileprobe._errors import ScopeError
 from fragileprobe._net import DEFAULT_NETWORK, Connection, Network, linger_close
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskGroup
+    from structlog.typing import FilteringBoundLogger
 
     from fragileprobe._limiter import ConcurrencyLimiter
 
@@ -73,10 +74,7 @@ DISCOVERY_LINGER_S = 1.0
 
 def check_linger(value: float) -> float:
     """Validate a linger bound (a positive finite number of seconds)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"linger_s: must be a positive number of seconds, got {value!r}")
-    return float(value)
+    return _validate.positive("linger_s", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +117,14 @@ class DeviceSessions:
 
     def __init__(
         self, address: str, *, linger_s: float = DEFAULT_LINGER_S, network: Network | None = None,
-        logger: Any = None,
+        logger: FilteringBoundLogger | None = None,
     ) -> None:  # fmt: skip
         self._address = address
         self._linger_s = check_linger(linger_s)
         self._network: Network = network if network is not None else DEFAULT_NETWORK
         if not callable(getattr(self._network, "connect", None)):
-            raise ConfigError(f"network: {self._network!r} has no connect(host, port) method")
-        self._log: Any = logger if logger is not None else log.bind(host=address)
+            raise _validate.fail("network", "an object with a connect(host, port) method", self._network)
+        self._log: FilteringBoundLogger = logger if logger is not None else log.bind(host=address)
         self._tg: TaskGroup | None = None
         self._device = 0
         self._peak = 0
@@ -451,7 +449,7 @@ class HeldConnection:
         self._conn.send_eof()
 
     @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:  # anyio's signature: values of any type
         """The underlying connection's typed attributes (a socket's addresses), if it has any."""
         extra: Mapping[Any, Callable[[], Any]] = getattr(self._conn, "extra_attributes", {})
         return extra

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import anyio
 
@@ -49,17 +49,18 @@ def run_sync(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -
     if not _loop_running():
         return anyio.run(call)
 
-    outcome: dict[str, Any] = {}
+    values: list[T] = []  # what the worker thread returned, or raised: one of the two gets one item
+    errors: list[Exception] = []
 
     def worker() -> None:
         try:
-            outcome["value"] = anyio.run(call)
+            values.append(anyio.run(call))
         except Exception as exc:  # handed back to the calling thread below, re-raised there
-            outcome["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=worker, name="fragileprobe-run-sync", daemon=True)
     thread.start()
     thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]  # type: ignore[no-any-return]
+    if errors:
+        raise errors[0]
+    return values[0]

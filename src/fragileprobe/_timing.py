@@ -30,7 +30,7 @@ from typing import Final
 
 import anyio
 
-from fragileprobe._errors import ConfigError
+from fragileprobe import _validate
 
 __all__ = [
     "BANNER_SERVICE_ALLOWANCE_S",
@@ -80,12 +80,9 @@ class TimeoutBounds:
 
     def __post_init__(self) -> None:
         for name in ("floor_s", "ceiling_s", "initial_s"):
-            value = getattr(self, name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value <= 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+            _validate.positive(name, getattr(self, name))
         if self.floor_s > self.ceiling_s:
-            raise ConfigError(f"floor_s ({self.floor_s:g}) must not exceed ceiling_s ({self.ceiling_s:g})")
+            raise _validate.fail("floor_s", f"at most ceiling_s ({self.ceiling_s:g})", self.floor_s)
 
     def clamp(self, value_s: float) -> float:
         """``value_s`` held between the floor and the ceiling."""
@@ -154,11 +151,7 @@ class GlobalPacer:
     """
 
     def __init__(self, rate_per_s: float) -> None:
-        ok = isinstance(rate_per_s, int | float) and not isinstance(rate_per_s, bool)
-        if not ok or not math.isfinite(rate_per_s) or rate_per_s <= 0:
-            raise ConfigError(f"global_rate must be a positive number of connects per second, "
-                              f"got {rate_per_s!r}")
-        self.rate_per_s = float(rate_per_s)
+        self.rate_per_s = _validate.positive("global_rate", rate_per_s)
         self._queues: tuple[collections.deque[anyio.Event], ...] = tuple(
             collections.deque() for _ in range(PRIORITIES))
         self._wake = anyio.Event()
@@ -172,10 +165,9 @@ class GlobalPacer:
         self._wake.set()
         try:
             await event.wait()
-        except BaseException:
-            if not event.is_set():
+        finally:
+            if not event.is_set():  # cancelled before the grant: leave the queue
                 queue.remove(event)
-            raise
 
     def waiting(self) -> int:
         """Callers waiting for a grant now."""

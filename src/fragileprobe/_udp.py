@@ -29,15 +29,18 @@ import ipaddress
 import os
 import re
 import socket
-import time
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from fragileprobe._errors import ConfigError, ProbeError
+from fragileprobe import _validate
+from fragileprobe._errors import ProbeError
 from fragileprobe._fingerprint import ServiceInfo, fingerprint_ntp, fingerprint_snmp, fingerprint_ssdp
 from fragileprobe._probes import Outcome
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "DEFAULT_SNMP_COMMUNITY",
@@ -153,7 +156,7 @@ def _encode_integer(value: int) -> bytes:
 
 def _encode_oid(arcs: tuple[int, ...]) -> bytes:
     if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] > 39) or any(a < 0 for a in arcs):
-        raise ConfigError(f"oid: not a valid object identifier: {arcs!r}")
+        raise _validate.fail("oid", "a valid object identifier", arcs)
     out = bytearray()
     for arc in (arcs[0] * 40 + arcs[1], *arcs[2:]):
         chunk = [arc & 0x7F]
@@ -171,7 +174,7 @@ def ber_encode(tag: int, value: BerValue) -> bytes:
     if isinstance(value, list):
         content = b"".join(ber_encode(t, v) for t, v in value)
     elif isinstance(value, bool):
-        raise ConfigError("ber: booleans are not encoded")
+        raise _validate.fail("ber value", "an int, bytes, an OID tuple, None or a list, not a bool", value)
     elif isinstance(value, int):
         content = _encode_integer(value)
     elif isinstance(value, bytes):
@@ -204,23 +207,56 @@ def _decode_oid(content: bytes) -> tuple[int, ...]:
     return (*head, *arcs[1:])
 
 
+def _decode_integer(content: bytes) -> int:
+    if not 1 <= len(content) <= MAX_INTEGER_BYTES:
+        raise BerError(f"ber: INTEGER of {len(content)} bytes")
+    return int.from_bytes(content, "big", signed=True)
+
+
+def _decode_null(content: bytes) -> None:
+    if content:
+        raise BerError("ber: NULL with content")
+
+
+# How a primitive element's content is read, by tag; any other primitive tag keeps its bytes.
+_PRIMITIVES: Final[dict[int, Callable[[bytes], BerValue]]] = {
+    TAG_INTEGER: _decode_integer,
+    TAG_OID: _decode_oid,
+    TAG_NULL: _decode_null,
+    **dict.fromkeys(TAG_EXCEPTIONS, _decode_null),  # noSuchObject, noSuchInstance, endOfMibView: NULL-like
+}
+
+
 class _Decoder:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.elements = 0
 
     def element(self, pos: int, end: int, depth: int) -> tuple[int, BerValue, int]:
+        """``(tag, value, where it ends)`` of the element at ``pos``, inside a container ending at ``end``."""
+        self._count(depth)
+        tag, start, content_end = self._header(pos, end)
+        if tag in _CONSTRUCTED:
+            return tag, self._children(start, content_end, depth), content_end
+        decode = _PRIMITIVES.get(tag, bytes)
+        return tag, decode(self.data[start:content_end]), content_end
+
+    def _count(self, depth: int) -> None:
         if depth > MAX_BER_DEPTH:
             raise BerError(f"ber: nested deeper than {MAX_BER_DEPTH}")
         self.elements += 1
         if self.elements > MAX_BER_ELEMENTS:
             raise BerError(f"ber: more than {MAX_BER_ELEMENTS} elements")
+
+    def _header(self, pos: int, end: int) -> tuple[int, int, int]:
+        """``(tag, content start, content end)`` from the tag and length octets at ``pos`` (X.690 8.1.2-3)."""
         if pos + 2 > end:
             raise BerError("ber: truncated tag or length")
         tag, first = self.data[pos], self.data[pos + 1]
         if tag & 0x1F == 0x1F:
             raise BerError("ber: multi-byte tags are not used by SNMP")
         pos += 2
+        length = first
         if first & 0x80:
             count = first & 0x7F
             if count == 0:
@@ -229,33 +265,16 @@ class _Decoder:
                 raise BerError("ber: bad long-form length")
             length = int.from_bytes(self.data[pos:pos + count], "big")
             pos += count
-        else:
-            length = first
         if pos + length > end:
             raise BerError(f"ber: element of {length} bytes runs past its container")
-        content_end = pos + length
-        value: BerValue
-        if tag in _CONSTRUCTED:
-            items: list[tuple[int, BerValue]] = []
-            while pos < content_end:
-                child_tag, child, pos = self.element(pos, content_end, depth + 1)
-                items.append((child_tag, child))
-            value = items
-        else:
-            content = self.data[pos:content_end]
-            if tag == TAG_INTEGER:
-                if not 1 <= len(content) <= MAX_INTEGER_BYTES:
-                    raise BerError(f"ber: INTEGER of {len(content)} bytes")
-                value = int.from_bytes(content, "big", signed=True)
-            elif tag == TAG_OID:
-                value = _decode_oid(content)
-            elif tag == TAG_NULL or tag in TAG_EXCEPTIONS:
-                if content:
-                    raise BerError("ber: NULL with content")
-                value = None
-            else:
-                value = bytes(content)
-        return tag, value, content_end
+        return tag, pos, pos + length
+
+    def _children(self, pos: int, end: int, depth: int) -> list[tuple[int, BerValue]]:
+        items: list[tuple[int, BerValue]] = []
+        while pos < end:
+            child_tag, child, pos = self.element(pos, end, depth + 1)
+            items.append((child_tag, child))
+        return items
 
 
 def ber_decode(data: bytes) -> tuple[int, BerValue]:
@@ -287,8 +306,8 @@ def check_community(community: str) -> str:
     if not isinstance(community, str) or not 1 <= len(community) <= MAX_COMMUNITY_BYTES or not all(
         0x20 <= ord(c) < 0x7F for c in community
     ):
-        raise ConfigError(f"snmp_community must be 1-{MAX_COMMUNITY_BYTES} printable ASCII characters, "
-                          f"got {community!r:.40}")
+        shown = community[:40] if isinstance(community, str) else community
+        raise _validate.fail("snmp_community", f"1-{MAX_COMMUNITY_BYTES} printable ASCII characters", shown)
     return community
 
 
@@ -296,7 +315,7 @@ def snmp_get_request(community: str, request_id: int, oid: tuple[int, ...] = SYS
     """An SNMP v2c GetRequest for one OID (RFC 3416), as bytes."""
     check_community(community)
     if not 0 <= request_id < 2**31:
-        raise ConfigError(f"request_id must be in 0..2**31-1, got {request_id!r}")
+        raise _validate.fail("request_id", "an integer in 0-2147483647 (2**31-1)", request_id)
     binding: list[tuple[int, BerValue]] = [(TAG_OID, oid), (TAG_NULL, None)]
     varbinds: list[tuple[int, BerValue]] = [(TAG_SEQUENCE, binding)]
     pdu: list[tuple[int, BerValue]] = [(TAG_INTEGER, request_id), (TAG_INTEGER, 0), (TAG_INTEGER, 0),
@@ -345,7 +364,7 @@ def parse_snmp_response(data: bytes, request_id: int, oid: tuple[int, ...] = SYS
 def ntp_request(cookie: bytes) -> bytes:
     """An NTP v4 client (mode 3) request whose transmit timestamp is the 8-byte ``cookie`` (RFC 5905)."""
     if len(cookie) != 8:
-        raise ConfigError("cookie must be 8 bytes")
+        raise _validate.fail("cookie", "8 bytes", cookie)
     return bytes([0x23]) + bytes(39) + cookie  # LI 0, VN 4, mode 3; everything else zero
 
 
@@ -425,55 +444,70 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
         ipaddress.ip_address(host)
     except ValueError:
         # connect() would resolve a name with a blocking DNS query nobody authorized.
-        raise ConfigError(f"host {host!r} is not an IP address literal") from None
+        raise _validate.fail("host", "an IP address literal", host) from None
     proto = protocol or UDP_PROBES.get(port)
     if proto not in ("snmp", "ntp", "ssdp"):
-        raise ConfigError(f"udp_ports: no UDP probe is known for port {port} (known: {sorted(UDP_PROBES)})")
+        raise _validate.fail("udp_ports", f"a port with a known UDP probe ({sorted(UDP_PROBES)})", port)
     nonce = os.urandom(8)
-    request_id = int.from_bytes(nonce[:4], "big") & 0x7FFFFFFF
-    if proto == "snmp":
-        payload = snmp_get_request(community, request_id)
-    elif proto == "ntp":
-        payload = ntp_request(nonce)
-    else:
-        payload = ssdp_request(host)
+    payload = _request(proto, host, community, nonce)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    started = time.monotonic()
+    started = anyio.current_time()
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    data = b""
     try:
         sock.setblocking(False)
         try:
             sock.connect((host, port))  # connected: only this peer's datagrams, and ICMP errors reported
             sock.send(payload)
-            with anyio.fail_after(timeout_s):
-                while True:
-                    await anyio.wait_readable(sock)
-                    try:
-                        data = sock.recv(MAX_DATAGRAM_BYTES)
-                        break
-                    except BlockingIOError:
-                        continue
+            data = await _receive_one(sock, timeout_s)
         except TimeoutError:
-            return UdpResult(host, port, proto, Outcome.TIMEOUT, time.monotonic() - started,
+            return UdpResult(host, port, proto, Outcome.TIMEOUT, anyio.current_time() - started,
                              error=f"no answer within {timeout_s:g} s")
         except OSError as exc:
             outcome = Outcome.CLOSED if exc.errno == errno.ECONNREFUSED else Outcome.UNREACHABLE
-            return UdpResult(host, port, proto, outcome, time.monotonic() - started,
+            return UdpResult(host, port, proto, outcome, anyio.current_time() - started,
                              error=(exc.strerror or str(exc)).lower())
     finally:
         sock.close()
-    latency = time.monotonic() - started
+    latency = anyio.current_time() - started
     try:
-        if proto == "snmp":
-            fields: tuple[tuple[str, str], ...] = (("sys_descr", parse_snmp_response(data, request_id)),)
-        elif proto == "ntp":
-            fields = parse_ntp_response(data, nonce)
-        else:
-            fields = parse_ssdp_response(data)
+        fields = _answer_fields(proto, data, nonce)
     except BerError as exc:
         return UdpResult(host, port, proto, Outcome.PROTOCOL_ERROR, latency, data=data, error=str(exc))
     return UdpResult(host, port, proto, Outcome.OPEN, latency, data=data, fields=fields)
+
+
+def _request_id(nonce: bytes) -> int:
+    """SNMP's request id: the nonce's first 31 bits (RFC 3416 allows 0..2**31-1)."""
+    return int.from_bytes(nonce[:4], "big") & 0x7FFFFFFF
+
+
+def _request(proto: str, host: str, community: str, nonce: bytes) -> bytes:
+    """The one datagram that asks ``proto``'s question, tied to ``nonce`` where the protocol allows."""
+    if proto == "snmp":
+        return snmp_get_request(community, _request_id(nonce))
+    if proto == "ntp":
+        return ntp_request(nonce)
+    return ssdp_request(host)
+
+
+def _answer_fields(proto: str, data: bytes, nonce: bytes) -> tuple[tuple[str, str], ...]:
+    """The fields of the answer to the request made from ``nonce`` (BerError when it is not one)."""
+    if proto == "snmp":
+        return (("sys_descr", parse_snmp_response(data, _request_id(nonce))),)
+    if proto == "ntp":
+        return parse_ntp_response(data, nonce)
+    return parse_ssdp_response(data)
+
+
+async def _receive_one(sock: socket.socket, timeout_s: float) -> bytes:
+    """The first datagram on the connected, non-blocking ``sock`` (TimeoutError after ``timeout_s``)."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            await anyio.wait_readable(sock)
+            try:
+                return sock.recv(MAX_DATAGRAM_BYTES)
+            except BlockingIOError:
+                continue
 
 
 def fingerprint_udp(result: UdpResult) -> ServiceInfo | None:

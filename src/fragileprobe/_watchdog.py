@@ -19,15 +19,15 @@ declared down (the heartbeat is traffic too). Beating resumes only when someone 
 from __future__ import annotations
 
 import inspect
-import math
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
-from fragileprobe._errors import ConfigError, DeviceDownError
+from fragileprobe import _validate
+from fragileprobe._errors import DeviceDownError
 from fragileprobe._heartbeat import Beat
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from anyio.abc import TaskStatus
+    from structlog.typing import FilteringBoundLogger
 
     from fragileprobe._heartbeat import Heartbeat
     from fragileprobe._net import Network
@@ -161,29 +162,25 @@ class Watchdog:
         failures_to_down: int = 1,
         timeout_s: float | None = None,
         clock: Callable[[], float] = anyio.current_time,
-        sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
+        sleep: Callable[[float], Awaitable[object]] = anyio.sleep,
         in_flight: Callable[[], int] | None = None,
         label: str | None = None,
-        logger: Any = None,
+        logger: FilteringBoundLogger | None = None,
         beat_while_down: bool = False,
         network: Network | None = None,
         sessions: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if not callable(getattr(heartbeat, "beat", None)):
-            raise ConfigError(f"Watchdog.heartbeat {heartbeat!r} has no beat(host) method")
+            raise _validate.fail("Watchdog.heartbeat", "an object with a beat(host) method", heartbeat)
         if not isinstance(host, str) or not host:
-            raise ConfigError(f"Watchdog.host must be a non-empty address string, got {host!r}")
-        self._interval_s = _positive("interval_s", interval_s)
-        count_ok = isinstance(failures_to_down, int) and not isinstance(failures_to_down, bool)
-        if not count_ok or failures_to_down < 1:
-            raise ConfigError(
-                f"Watchdog.failures_to_down must be an int of at least 1, got {failures_to_down!r}"
-            )
+            raise _validate.fail("Watchdog.host", "a non-empty address string", host)
+        self._interval_s = _validate.positive("Watchdog.interval_s", interval_s)
+        _validate.positive_int("Watchdog.failures_to_down", failures_to_down)
         if timeout_s is None:
             timeout_s = getattr(heartbeat, "timeout_s", None)
             if timeout_s is None:
-                raise ConfigError("Watchdog.timeout_s is required when the heartbeat has no timeout_s")
-        self._timeout_s = _positive("timeout_s", timeout_s)
+                raise _validate.fail("Watchdog.timeout_s", "given when the heartbeat has no timeout_s", None)
+        self._timeout_s = _validate.positive("Watchdog.timeout_s", timeout_s)
         self._heartbeat = heartbeat
         self._network = network if network is not None and _accepts_network(heartbeat) else None
         self._host = host
@@ -193,7 +190,7 @@ class Watchdog:
         self._in_flight = in_flight
         self._sessions = sessions
         self._label = label or host
-        self._log = logger if logger is not None else log.bind(host=host)
+        self._log: FilteringBoundLogger = logger if logger is not None else log.bind(host=host)
         self._scopes: set[anyio.CancelScope] = set()
         self._cancelled_scopes: set[anyio.CancelScope] = set()
         self._beats: deque[Beat] = deque(maxlen=MAX_TIMELINE_BEATS)
@@ -348,8 +345,7 @@ class Watchdog:
 
         Never returns on a device that stays down: bound it with ``anyio.fail_after``.
         """
-        if isinstance(beats, bool) or not isinstance(beats, int) or beats < 1:
-            raise ConfigError(f"beats must be an int of at least 1, got {beats!r}")
+        _validate.positive_int("beats", beats)
         run = 0
         while run < beats:
             beat = await self.next_beat()
@@ -429,9 +425,3 @@ def _accepts_network(heartbeat: Heartbeat) -> bool:
         return False
     return "network" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
-
-def _positive(name: str, value: float) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"Watchdog.{name} must be a positive number of seconds, got {value!r}")
-    return float(value)

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import shlex
 import signal
 import sys
@@ -29,8 +28,9 @@ from rich.markup import escape
 from fragileprobe._errors import ConfigError, FragileProbeError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
+    from fragileprobe._charsettings import CharacterizeSettings, RecoverySettings
     from fragileprobe._demo import DemoEvent
     from fragileprobe._discovery import DiscoveryReport
     from fragileprobe._discovery_settings import DiscoverySettings
@@ -458,29 +458,45 @@ def demo(
 
 
 # --- characterize -------------------------------------------------------------------------------------
+# characterize()'s settings (ConfigError.field) -> the option that sets them, so that an error names what
+# was typed. The heartbeat's own fields are the heartbeat options.
+_CHARACTERIZE_OPTIONS = {
+    "ladder": "--ladder", "trials": "--trials", "crash_budget": "--crash-budget",
+    "margin_fraction": "--margin",
+    "dwell_s": "--dwell", "hold_s": "--hold", "interval_s": "--interval", "linger_s": "--linger",
+    "heartbeat_timeout_s": "--heartbeat-timeout", "time_budget_s": "--time-budget",
+    "healthy_beats": "--healthy-beats", "recovery_timeout_s": "--recovery-timeout",
+    "latency_factor": "--early-warning",
+}  # fmt: skip
+_HEARTBEAT_OPTIONS = {
+    "port": "--heartbeat-port", "path": "--heartbeat-path", "timeout_s": "--heartbeat-timeout",
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _named_options(options: dict[str, str]) -> Iterator[None]:
+    """A ConfigError whose ``field`` has an option in ``options`` comes out naming that option first."""
+    try:
+        yield
+    except ConfigError as exc:
+        option = options.get(exc.field or "")
+        if option is None:
+            raise
+        raise ConfigError(f"{option}: {exc}", field=exc.field) from exc
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _CharacterizeArgs:
+    """The characterize command's input, checked: the device, how to find its ports, and the settings."""
+
     host: str
     name: str | None
-    ports: str | None
-    ladder: tuple[int, ...]
-    dwell_s: float
-    trials: int
-    crash_budget: int
-    time_budget_s: float | None
-    heartbeat_port: int | None
+    ports: tuple[int, ...] | None  # None: the pump set, or the emulated device's ports (--recovery-url)
+    heartbeat_port: int | None  # None: 8080, or the emulated device's web port (--recovery-url)
     heartbeat_path: str
-    heartbeat_timeout_s: float
-    interval_s: float
-    healthy_beats: int
-    hold_s: float
-    linger_s: float | None
-    early_warning: float | None
-    margin: float
-    recovery: str
-    recovery_cmd: str | None
     recovery_url: str | None
-    recovery_timeout_s: float
+    recovery_label: str
+    settings: CharacterizeSettings
 
 
 # Longest answer read from the person at the manual-recovery prompt (they press Enter; the rest is ignored).
@@ -519,14 +535,12 @@ def _confirm_on_stderr(message: str) -> str:
 async def _characterize_run(
     a: _CharacterizeArgs, scope: Scope, store: ProfileStore, resume: bool, view: TerminalCharacterizeView
 ) -> Characterization:
-    from fragileprobe._characterize import EarlyWarning, characterize
+    from fragileprobe._characterize import characterize
     from fragileprobe._heartbeat import HttpHeartbeat
-    from fragileprobe._recovery import command_recovery, fleet_recovery, manual_recovery, wait_for_recovery
     from fragileprobe._scope import Target, parse_ports
 
     address = scope.check(a.host)
-    ports: tuple[int, ...] | None = parse_ports(a.ports) if a.ports else None
-    hb_port = a.heartbeat_port
+    ports, hb_port = a.ports, a.heartbeat_port
     if a.recovery_url is not None and (ports is None or hb_port is None):
         # The emulated fleet knows where the device's services really listen (offset ports without root).
         from fragileprobe.emulator import FleetClient
@@ -536,33 +550,22 @@ async def _characterize_run(
             ports = tuple(sorted(info.ports.values()))
         if hb_port is None and info.web_port is not None:
             hb_port = info.web_port
-    heartbeat = HttpHeartbeat(port=hb_port or 8080, path=a.heartbeat_path, timeout_s=a.heartbeat_timeout_s)
+    # The heartbeat's timeout is the settings' heartbeat_timeout_s (characterize() applies it).
+    heartbeat = HttpHeartbeat(port=hb_port or 8080, path=a.heartbeat_path)
     target = Target(address, ports=ports or parse_ports("pump"), heartbeat=heartbeat, name=a.name)
-    hook: Callable[..., Awaitable[Any]]
-    if a.recovery_url is not None:
-        hook = fleet_recovery(a.recovery_url)
-    elif a.recovery_cmd is not None:
-        hook = command_recovery(shlex.split(a.recovery_cmd))
-    elif a.recovery == "manual":
-        hook = manual_recovery(confirm=_confirm_on_stderr)
-    else:
-        hook = wait_for_recovery(timeout_s=a.recovery_timeout_s, interval_s=a.interval_s)
-    dropped = " (level 1 dropped: a level counts the heartbeat, 1 would be it alone)" * (1 in a.ladder)
+    timing, ramp = a.settings.timing, a.settings.ramp
+    dropped = " (level 1 dropped: a level counts the heartbeat, 1 would be it alone)" * (1 in ramp.ladder)
     view.console.print(
         f"characterizing {target.label} ports {','.join(map(str, target.ports))}, heartbeat GET "
-        f"{a.heartbeat_path} on {heartbeat.port} every {a.interval_s:g} s; "
-        f"ladder {','.join(str(lv) for lv in a.ladder if lv >= 2)}{dropped}, "
-        f"dwell {a.dwell_s:g} s, {a.trials} trial(s), at most {a.crash_budget} crash(es) per trial; "
-        f"recovery: {_recovery_label(a)}; store {store.path}"
+        f"{a.heartbeat_path} on {heartbeat.port} every {timing.interval_s:g} s; "
+        f"ladder {','.join(str(lv) for lv in ramp.ladder if lv >= 2)}{dropped}, "
+        f"dwell {timing.dwell_s:g} s, {ramp.trials} trial(s), at most {ramp.crash_budget} crash(es) per "
+        f"trial; recovery: {a.recovery_label}; store {store.path}"
     )
     with view:
         return await characterize(
-            target, scope=scope, ladder=a.ladder, dwell_s=a.dwell_s, trials=a.trials, recovery=hook,
-            crash_budget=a.crash_budget, time_budget_s=a.time_budget_s,
-            early_warning=EarlyWarning(latency_factor=a.early_warning) if a.early_warning else None,
-            margin_fraction=a.margin, hold_s=a.hold_s, store=store, name=a.name, resume=resume,
-            interval_s=a.interval_s, healthy_beats=a.healthy_beats, recovery_timeout_s=a.recovery_timeout_s,
-            progress=view.on_progress, linger_s=a.linger_s,
+            target, scope=scope, settings=a.settings, store=store, name=a.name, resume=resume,
+            progress=view.on_progress,
         )  # fmt: skip
 
 
@@ -581,61 +584,38 @@ def _host_as_scope(host: str) -> str:
     raise ConfigError(f"host {text!r} is not an address or a host name")
 
 
-def _check_characterize_args(a: _CharacterizeArgs) -> None:
-    """Validate what characterize() would reject, naming the option (ConfigError), before anything happens."""
-    from fragileprobe._characterize import EarlyWarning
-    from fragileprobe._heartbeat import HttpHeartbeat
-    from fragileprobe._ramp import RampConfig
-    from fragileprobe._scope import parse_ports
+def _recovery_hook(
+    mode: str, cmd: str | None, url: str | None, *, bounds: RecoverySettings, interval_s: float
+) -> Callable[..., Awaitable[Any]]:
+    """The recovery hook the options ask for (ConfigError naming the option); ``bounds`` holds the checked
+    recovery timeout the waiting hook uses.
 
-    RampConfig(ladder=a.ladder, trials=a.trials, crash_budget=a.crash_budget, margin_fraction=a.margin)
-    if a.early_warning is not None:
-        EarlyWarning(latency_factor=a.early_warning)
-    HttpHeartbeat(port=a.heartbeat_port or 8080, path=a.heartbeat_path, timeout_s=a.heartbeat_timeout_s)
-    if a.ports is not None:
-        parse_ports(a.ports)
-    seconds = (
-        ("--dwell", a.dwell_s), ("--interval", a.interval_s), ("--hold", a.hold_s), ("--linger", a.linger_s),
-        ("--recovery-timeout", a.recovery_timeout_s), ("--time-budget", a.time_budget_s),
-    )  # fmt: skip
-    for option, value in seconds:
-        if value is not None and not (
-            math.isfinite(value) and (value > 0 or (option == "--hold" and value == 0))
-        ):
-            raise ConfigError(f"{option}: must be a positive number of seconds, got {value!r}")
-    if a.healthy_beats < 1:
-        raise ConfigError(f"--healthy-beats: must be at least 1, got {a.healthy_beats!r}")
-    bound = a.interval_s + a.heartbeat_timeout_s
-    if a.linger_s is not None and a.linger_s <= bound:
-        raise ConfigError(
-            f"--linger: {a.linger_s:g} s is not longer than --interval plus --heartbeat-timeout "
-            f"({bound:g} s): a device that hangs holding our sessions could see one reused before it is "
-            "declared down"
-        )
-    from fragileprobe._recovery import command_recovery, fleet_recovery
+    It is built, and so checked, before anything is sent: a program that cannot run, found out only after
+    the load crashed the device, would leave it down.
+    """
+    from fragileprobe._recovery import command_recovery, fleet_recovery, manual_recovery, wait_for_recovery
 
-    # The recovery hook is checked before anything is sent: a program that cannot run, found out only after
-    # the load crashed the device, would leave it down.
-    if a.recovery_cmd is not None:
-        try:
-            command_recovery(shlex.split(a.recovery_cmd))
-        except ConfigError as exc:
-            raise ConfigError(f"--recovery-cmd: {exc}") from exc
-    if a.recovery_url is not None:
-        try:
-            fleet_recovery(a.recovery_url)
-        except ConfigError as exc:
-            raise ConfigError(f"--recovery-url: {exc}") from exc
+    try:
+        if url is not None:
+            return fleet_recovery(url)
+        if cmd is not None:
+            return command_recovery(shlex.split(cmd))
+    except ConfigError as exc:
+        option = "--recovery-url" if url is not None else "--recovery-cmd"
+        raise ConfigError(f"{option}: {exc}", field=exc.field) from exc
+    if mode == "manual":
+        return manual_recovery(confirm=_confirm_on_stderr)
+    return wait_for_recovery(timeout_s=bounds.timeout_s, interval_s=interval_s)
 
 
-def _recovery_label(a: _CharacterizeArgs) -> str:
-    if a.recovery_url is not None:
-        return f"power cycle through the emulator fleet at {a.recovery_url}"
-    if a.recovery_cmd is not None:
-        return f"run {a.recovery_cmd!r}"
-    if a.recovery == "manual":
+def _recovery_label(mode: str, cmd: str | None, url: str | None, timeout_s: float) -> str:
+    if url is not None:
+        return f"power cycle through the emulator fleet at {url}"
+    if cmd is not None:
+        return f"run {cmd!r}"
+    if mode == "manual":
         return "ask you to power-cycle the device"
-    return f"wait up to {a.recovery_timeout_s:g} s for it to come back by itself"
+    return f"wait up to {timeout_s:g} s for it to come back by itself"
 
 
 def _mark_interrupted(store: ProfileStore, host: str) -> int:
@@ -768,9 +748,13 @@ def characterize(
     log_level: LogLevelOpt = "error",
 ) -> None:
     """Measure how many simultaneous sessions a device survives (see _CHARACTERIZE_HELP)."""
+    from fragileprobe._charsettings import CharacterizeSettings, RecoverySettings, TimingSettings
+    from fragileprobe._heartbeat import HttpHeartbeat
+    from fragileprobe._level_verdict import EarlyWarning
     from fragileprobe._progress import CharacterizeState, LogTap, TerminalCharacterizeView
+    from fragileprobe._ramp import RampConfig
     from fragileprobe._report import settings_for_characterization
-    from fragileprobe._scope import Scope
+    from fragileprobe._scope import Scope, parse_ports
 
     level = _log_level(log_level)
     if recovery not in ("wait", "manual"):
@@ -779,25 +763,39 @@ def characterize(
         _fail("--recovery manual, --recovery-cmd and --recovery-url: choose one")
     if recovery_cmd is not None and not shlex.split(recovery_cmd):
         _fail("--recovery-cmd: empty command")
-    args = _CharacterizeArgs(
-        host=host, name=name, ports=ports, ladder=_parse_ladder(ladder), dwell_s=dwell, trials=trials,
-        crash_budget=crash_budget, time_budget_s=time_budget, heartbeat_port=heartbeat_port,
-        heartbeat_path=heartbeat_path, heartbeat_timeout_s=heartbeat_timeout, interval_s=interval,
-        healthy_beats=healthy_beats, hold_s=hold, linger_s=linger, early_warning=early_warning, margin=margin,
-        recovery=recovery, recovery_cmd=recovery_cmd, recovery_url=recovery_url,
-        recovery_timeout_s=recovery_timeout,
-    )  # fmt: skip
+    ramp_levels = _parse_ladder(ladder)
     console = _err if json_out else _out
     tap = LogTap()
     _configure_logging(level, tap=tap)
     try:
         authorized = Scope(scope if scope is not None else [_host_as_scope(host)])
         address = authorized.check(host)
-        _check_characterize_args(args)  # before the store file is created: bad input leaves nothing behind
-        db = _open_store(store)
+        with _named_options(_HEARTBEAT_OPTIONS):  # checked on its default port; the real one may come later
+            HttpHeartbeat(port=heartbeat_port or 8080, path=heartbeat_path, timeout_s=heartbeat_timeout)
+        with _named_options(_CHARACTERIZE_OPTIONS):
+            timing = TimingSettings(
+                dwell_s=dwell, hold_s=hold, interval_s=interval, heartbeat_timeout_s=heartbeat_timeout,
+                linger_s=linger, time_budget_s=time_budget,
+            )  # fmt: skip
+            bounds = RecoverySettings(healthy_beats=healthy_beats, timeout_s=recovery_timeout)
+            hook = _recovery_hook(recovery, recovery_cmd, recovery_url, bounds=bounds, interval_s=interval)
+            chosen = CharacterizeSettings(
+                timing=timing, recovery=dataclasses.replace(bounds, hook=hook),
+                ramp=RampConfig(
+                    ladder=ramp_levels, trials=trials, crash_budget=crash_budget, margin_fraction=margin
+                ),
+                early_warning=None if early_warning is None else EarlyWarning(latency_factor=early_warning),
+            )  # fmt: skip
+        args = _CharacterizeArgs(
+            host=host, name=name, ports=None if ports is None else parse_ports(ports),
+            heartbeat_port=heartbeat_port, heartbeat_path=heartbeat_path, recovery_url=recovery_url,
+            recovery_label=_recovery_label(recovery, recovery_cmd, recovery_url, recovery_timeout),
+            settings=chosen,
+        )  # fmt: skip
+        db = _open_store(store)  # after every check: bad input leaves nothing behind
     except FragileProbeError as exc:
         _fail(str(exc))
-    state = CharacterizeState(host=address, planned_trials=trials, ladder=args.ladder, dwell_s=dwell)
+    state = CharacterizeState(host=address, planned_trials=trials, ladder=ramp_levels, dwell_s=dwell)
     view = TerminalCharacterizeView(state, console)
     tap.sinks.append(view.on_log)
     try:

@@ -3,16 +3,22 @@
 ``EmulatedPump`` / ``EmulatedDevice`` serve one device model on a 127.x.y.z address; ``Fleet`` runs many of
 them in one process with an HTTP control API that ``FleetClient`` drives from another process. The
 fragility (sessions -> latency, crash threshold with seeded jitter) is a pure model in ``FragilitySpec``.
-See docs/emulator.md. Importing this package loads anyio and structlog only (never scapy).
+See docs/emulator.md. Importing this package loads nothing else: each name is imported on first use from
+the one table :data:`_PUBLIC` (public name -> private module), and never scapy.
+
+The emulator is test support: the library never imports it (``tests/test_layers.py``); only the programs
+built on it (``cli``, ``_demo``) and tests do. Its control API (:class:`ControlServer`, driven by
+:class:`FleetClient`) is started by whoever wants it, beside a :class:`Fleet` of devices.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-# public name -> private module (loaded on first use, so `import fragileprobe.emulator` stays light)
-_LAZY: dict[str, str] = {
+from fragileprobe import _public
+
+# public name -> the private module that defines it (loaded on first use)
+_PUBLIC: dict[str, str] = {
     "DEFAULT_BOOT_DELAY_S": "_device",
     "MAX_HELD_CONNECTIONS": "_device",
     "UNPRIVILEGED_PORT_OFFSET": "_device",
@@ -26,6 +32,7 @@ _LAZY: dict[str, str] = {
     "hospital_fleet": "_fleet",
     "hostile_fleet": "_fleet",
     "uniform_fleet": "_fleet",
+    "ControlServer": "_control",
     "DeviceInfo": "_control",
     "EmulatorProcess": "_process",
     "FleetClient": "_control",
@@ -40,41 +47,12 @@ _LAZY: dict[str, str] = {
     "get_model": "_models",
 }
 
-__all__ = [
-    "DEFAULT_BOOT_DELAY_S",
-    "MAX_HELD_CONNECTIONS",
-    "MODELS",
-    "SERVICE_KINDS",
-    "UNPRIVILEGED_PORT_OFFSET",
-    "DeviceConfig",
-    "DeviceInfo",
-    "DeviceModel",
-    "DeviceState",
-    "DeviceStats",
-    "DeviceTruth",
-    "EmulatedDevice",
-    "EmulatedPump",
-    "EmulatorProcess",
-    "Fleet",
-    "FleetClient",
-    "FleetConfig",
-    "FragilitySpec",
-    "ServiceSpec",
-    "draw_threshold",
-    "get_model",
-    "hospital_fleet",
-    "hostile_fleet",
-    "threshold_bounds",
-    "uniform_fleet",
-]
+__all__ = [*_PUBLIC]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fragileprobe.emulator' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"fragileprobe.emulator.{module}"), name)
-    globals()[name] = value
+def __getattr__(name: str) -> object:
+    value = _public.load(__name__, _PUBLIC, name)
+    globals()[name] = value  # later lookups are plain attribute reads
     return value
 
 
@@ -82,25 +60,30 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from fragileprobe.emulator._control import DeviceInfo, FleetClient
-    from fragileprobe.emulator._device import (
-        DEFAULT_BOOT_DELAY_S,
-        MAX_HELD_CONNECTIONS,
-        UNPRIVILEGED_PORT_OFFSET,
-        DeviceStats,
-        EmulatedDevice,
-        EmulatedPump,
-    )
-    from fragileprobe.emulator._fleet import (
-        DeviceConfig,
-        DeviceTruth,
-        Fleet,
-        FleetConfig,
-        hospital_fleet,
-        hostile_fleet,
-        uniform_fleet,
-    )
-    from fragileprobe.emulator._fragility import DeviceState, FragilitySpec, draw_threshold, threshold_bounds
-    from fragileprobe.emulator._models import MODELS, SERVICE_KINDS, DeviceModel, ServiceSpec, get_model
-    from fragileprobe.emulator._process import EmulatorProcess
+if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and IDEs
+    from fragileprobe.emulator._control import ControlServer as ControlServer
+    from fragileprobe.emulator._control import DeviceInfo as DeviceInfo
+    from fragileprobe.emulator._control import FleetClient as FleetClient
+    from fragileprobe.emulator._device import DEFAULT_BOOT_DELAY_S as DEFAULT_BOOT_DELAY_S
+    from fragileprobe.emulator._device import MAX_HELD_CONNECTIONS as MAX_HELD_CONNECTIONS
+    from fragileprobe.emulator._device import UNPRIVILEGED_PORT_OFFSET as UNPRIVILEGED_PORT_OFFSET
+    from fragileprobe.emulator._device import DeviceStats as DeviceStats
+    from fragileprobe.emulator._device import EmulatedDevice as EmulatedDevice
+    from fragileprobe.emulator._device import EmulatedPump as EmulatedPump
+    from fragileprobe.emulator._fleet import DeviceConfig as DeviceConfig
+    from fragileprobe.emulator._fleet import DeviceTruth as DeviceTruth
+    from fragileprobe.emulator._fleet import Fleet as Fleet
+    from fragileprobe.emulator._fleet import FleetConfig as FleetConfig
+    from fragileprobe.emulator._fleet import hospital_fleet as hospital_fleet
+    from fragileprobe.emulator._fleet import hostile_fleet as hostile_fleet
+    from fragileprobe.emulator._fleet import uniform_fleet as uniform_fleet
+    from fragileprobe.emulator._fragility import DeviceState as DeviceState
+    from fragileprobe.emulator._fragility import FragilitySpec as FragilitySpec
+    from fragileprobe.emulator._fragility import draw_threshold as draw_threshold
+    from fragileprobe.emulator._fragility import threshold_bounds as threshold_bounds
+    from fragileprobe.emulator._models import MODELS as MODELS
+    from fragileprobe.emulator._models import SERVICE_KINDS as SERVICE_KINDS
+    from fragileprobe.emulator._models import DeviceModel as DeviceModel
+    from fragileprobe.emulator._models import ServiceSpec as ServiceSpec
+    from fragileprobe.emulator._models import get_model as get_model
+    from fragileprobe.emulator._process import EmulatorProcess as EmulatorProcess

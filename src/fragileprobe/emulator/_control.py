@@ -1,5 +1,9 @@
 """The fleet's control API: a tiny HTTP/1.1 JSON server on 127.0.0.1, and its client.
 
+:class:`ControlServer` serves it for a fleet while its context is open; it is started by whoever wants it
+(``fragileprobe emulate``, a test), beside the :class:`~fragileprobe.emulator.Fleet` of devices, which knows
+nothing of it. :class:`FleetClient` drives it, from this process or another one.
+
 Endpoints (one request per connection, ``Connection: close``)::
 
     GET  /devices                          {"devices": [<device>...], "empty": [<host>...]}
@@ -20,11 +24,13 @@ import json
 import types
 import urllib.parse
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import anyio
+import anyio.abc
 import structlog
 
+from fragileprobe import _validate
 from fragileprobe._errors import (
     ConfigError,
     FragileProbeError,
@@ -41,9 +47,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import Listener, SocketStream
 
-    from fragileprobe.emulator._fleet import Fleet
-
-__all__ = ["DeviceInfo", "FleetClient", "device_to_json", "serve_control"]
+__all__ = ["ControlServer", "DeviceInfo", "FleetClient", "device_to_json", "serve_control"]
 
 log = structlog.get_logger(__name__)
 
@@ -109,47 +113,81 @@ async def _read_head(stream: SocketStream) -> bytes | None:
     return None
 
 
-async def _route(fleet: Fleet, method: str, target: str) -> tuple[str, object]:
+class Controlled(Protocol):
+    """What the control API needs of a fleet (a :class:`~fragileprobe.emulator.Fleet` is one)."""
+
+    @property
+    def devices(self) -> Mapping[str, EmulatedDevice]: ...
+
+    @property
+    def empty(self) -> tuple[str, ...]: ...
+
+    def zone_of(self, host: str) -> str | None: ...
+
+
+_Answer = tuple[str, object]
+
+
+def _not_allowed(what: str) -> _Answer:
+    return "405 Method Not Allowed", {"error": what}
+
+
+async def _power_cycle(fleet: Controlled, host: str, query: Mapping[str, list[str]]) -> _Answer:
+    device = fleet.devices[host]
+    boot_delay_s: float | None = None
+    if "boot_delay_s" in query:
+        try:
+            boot_delay_s = float(query["boot_delay_s"][0])
+        except ValueError:
+            return "400 Bad Request", {"error": "boot_delay_s: not a number"}
+    try:
+        await device.power_cycle(boot_delay_s=boot_delay_s)
+    except ConfigError as exc:
+        return "400 Bad Request", {"error": str(exc)}
+    return "200 OK", device_to_json(device, fleet.zone_of(host))
+
+
+async def _act(
+    fleet: Controlled, method: str, host: str, action: str, query: Mapping[str, list[str]]
+) -> _Answer:
+    """``POST /devices/<host>/<action>``."""
+    if method != "POST":
+        return _not_allowed(f"{action} needs POST")
+    if action == "power-cycle":
+        return await _power_cycle(fleet, host, query)
+    if action == "hang":
+        fleet.devices[host].hang("control_api")
+        return "200 OK", device_to_json(fleet.devices[host], fleet.zone_of(host))
+    return "404 Not Found", {"error": f"unknown action {action!r}"}
+
+
+def _listing(fleet: Controlled, method: str) -> _Answer:
+    """``GET /devices``."""
+    if method != "GET":
+        return _not_allowed(f"{method} not allowed on /devices")
+    devices = [device_to_json(d, fleet.zone_of(h)) for h, d in fleet.devices.items()]
+    return "200 OK", {"devices": devices, "empty": list(fleet.empty)}
+
+
+async def _route(fleet: Controlled, method: str, target: str) -> _Answer:
     url = urllib.parse.urlsplit(target)
     parts = [p for p in url.path.split("/") if p]
-    query = urllib.parse.parse_qs(url.query)
     if parts == ["devices"]:
-        if method != "GET":
-            return "405 Method Not Allowed", {"error": f"{method} not allowed on /devices"}
-        devices = [device_to_json(d, fleet.zone_of(h)) for h, d in fleet.devices.items()]
-        return "200 OK", {"devices": devices, "empty": list(fleet.empty)}
-    if len(parts) in (2, 3) and parts[0] == "devices":
-        host = parts[1]
-        device = fleet.devices.get(host)
-        if device is None:
-            return "404 Not Found", {"error": f"no device at {host!r} in this fleet"}
-        if len(parts) == 2:
-            if method != "GET":
-                return "405 Method Not Allowed", {"error": f"{method} not allowed on /devices/<host>"}
-            return "200 OK", device_to_json(device, fleet.zone_of(host))
-        action = parts[2]
-        if method != "POST":
-            return "405 Method Not Allowed", {"error": f"{action} needs POST"}
-        if action == "power-cycle":
-            boot_delay_s: float | None = None
-            if "boot_delay_s" in query:
-                try:
-                    boot_delay_s = float(query["boot_delay_s"][0])
-                except ValueError:
-                    return "400 Bad Request", {"error": "boot_delay_s: not a number"}
-            try:
-                await device.power_cycle(boot_delay_s=boot_delay_s)
-            except ConfigError as exc:
-                return "400 Bad Request", {"error": str(exc)}
-            return "200 OK", device_to_json(device, fleet.zone_of(host))
-        if action == "hang":
-            device.hang("control_api")
-            return "200 OK", device_to_json(device, fleet.zone_of(host))
-        return "404 Not Found", {"error": f"unknown action {action!r}"}
-    return "404 Not Found", {"error": f"no such endpoint {url.path!r}"}
+        return _listing(fleet, method)
+    if len(parts) not in (2, 3) or parts[0] != "devices":
+        return "404 Not Found", {"error": f"no such endpoint {url.path!r}"}
+    host = parts[1]
+    device = fleet.devices.get(host)
+    if device is None:
+        return "404 Not Found", {"error": f"no device at {host!r} in this fleet"}
+    if len(parts) == 3:
+        return await _act(fleet, method, host, parts[2], urllib.parse.parse_qs(url.query))
+    if method != "GET":
+        return _not_allowed(f"{method} not allowed on /devices/<host>")
+    return "200 OK", device_to_json(device, fleet.zone_of(host))
 
 
-async def _handle(stream: SocketStream, fleet: Fleet) -> None:
+async def _handle(stream: SocketStream, fleet: Controlled) -> None:
     async with stream:
         head = await _read_head(stream)
         status: str
@@ -169,13 +207,80 @@ async def _handle(stream: SocketStream, fleet: Fleet) -> None:
             await stream.send(_response(status, payload))
 
 
-async def serve_control(listener: Listener[SocketStream], fleet: Fleet) -> None:
+async def serve_control(listener: Listener[SocketStream], fleet: Controlled) -> None:
     """Serve the control API on ``listener`` until cancelled."""
 
     async def handler(stream: SocketStream) -> None:
         await _handle(stream, fleet)
 
     await listener.serve(handler)
+
+
+class ControlServer:
+    """The control API of ``fleet``, served on a loopback address while the context is open.
+
+    Args:
+        fleet: What to control: a :class:`~fragileprobe.emulator.Fleet` (or anything with its ``devices``,
+            ``empty`` and ``zone_of``).
+        port: TCP port (0 = any free port).
+        host: Loopback address to listen on.
+
+    Raises:
+        ConfigError: ``port`` is not 0-65535, or ``host`` is not a loopback address.
+
+    ::
+
+        async with Fleet(config, control_port=None) as fleet, ControlServer(fleet) as control:
+            client = FleetClient(control.url)
+    """
+
+    def __init__(self, fleet: Controlled, *, port: int = 0, host: str = "127.0.0.1") -> None:
+        self._fleet = fleet
+        self._port = _validate.count("control_port", port, maximum=65535)
+        self._host = check_loopback_host(host, field="control_host")
+        self._url: str | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"ControlServer(url={self._url!r})"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running API (``http://127.0.0.1:<port>``).
+
+        Raises:
+            RuntimeError: the server is not running.
+        """
+        if self._url is None:
+            raise RuntimeError("the fleet's control API is not running")
+        return self._url
+
+    async def __aenter__(self) -> Self:
+        listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        stack = contextlib.AsyncExitStack()
+        # Exit order (LIFO): cancel the server, wait for it, then close its listener.
+        stack.push_async_callback(listener.aclose)
+        started = False
+        try:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(tg.cancel_scope.cancel)
+            tg.start_soon(serve_control, listener, self._fleet)
+            started = True
+        finally:
+            if not started:
+                await stack.aclose()
+        self._stack = stack
+        self._url = f"http://{self._host}:{port}"
+        log.info("emulator.fleet_control", url=self._url)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        stack = self._stack
+        assert stack is not None
+        self._stack = None
+        self._url = None
+        return await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
 
 
 # --- client --------------------------------------------------------------------------------------------
@@ -229,6 +334,41 @@ class DeviceInfo:
             raise ProbeError(f"fleet control API sent a malformed device record: {exc!r}") from exc
 
 
+def _translate_os_error(exc: OSError, where: str) -> ProbeError:
+    """The probe error for a failed connect or exchange with the control API."""
+    # anyio wraps the per-address failures: "All connection attempts failed" from the real cause.
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    if isinstance(cause, ConnectionRefusedError):
+        return ProbeRefusedError(f"{where}: connection refused")
+    if isinstance(cause, ConnectionResetError):
+        return ProbeResetError(f"{where}: connection reset")
+    return ProbeError(f"{where}: {cause.strerror or cause}")
+
+
+def _payload(data: bytes, where: str) -> Any:
+    """The JSON payload of a control API response; a 404 is the caller's ``ConfigError``.
+
+    Raises:
+        ProbeError: the response is not HTTP or not JSON.
+        ConfigError: 404 (no such device).
+        FragileProbeError: any other status than 200.
+    """
+    head, sep, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if not sep or len(status_line) < 2 or not status_line[1].isdigit():
+        raise ProbeError(f"{where}: malformed HTTP response")
+    status = int(status_line[1])
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProbeError(f"{where}: response is not JSON") from exc
+    if status == 404:
+        raise ConfigError(f"host: {payload.get('error', 'not found')}", field="host")
+    if status != 200:
+        raise FragileProbeError(f"{where}: {status} {payload.get('error', '')}".rstrip())
+    return payload
+
+
 class FleetClient:
     """Async client of a fleet's control API (usable from another process).
 
@@ -252,57 +392,41 @@ class FleetClient:
         if port is None:
             raise ConfigError(f"url: {url!r} has no port")
         self._port = port
-        if not timeout_s > 0:
-            raise ConfigError(f"timeout_s: must be > 0, got {timeout_s!r}")
-        self._timeout_s = float(timeout_s)
+        self._timeout_s = _validate.positive("timeout_s", timeout_s)
         self.url = f"http://{self._host}:{self._port}"
 
     def __repr__(self) -> str:
         return f"FleetClient({self.url!r})"
+
+    async def _exchange(self, request: bytes, timeout_s: float, where: str) -> bytes:
+        """Send ``request`` and read the whole response (the server closes), bounded in bytes and time."""
+        data = bytearray()
+        with anyio.fail_after(timeout_s):
+            async with await anyio.connect_tcp(self._host, self._port) as stream:
+                await stream.send(request)
+                while True:
+                    try:
+                        data += await stream.receive(65536)
+                    except anyio.EndOfStream:
+                        return bytes(data)
+                    if len(data) > MAX_RESPONSE_BYTES:
+                        raise ProbeError(f"{where}: response larger than {MAX_RESPONSE_BYTES} bytes")
 
     async def _request(self, method: str, path: str, *, extra_timeout_s: float = 0.0) -> Any:
         where = f"fleet control API at {self.url}"
         request = f"{method} {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\nConnection: close\r\n"
         if method == "POST":
             request += "Content-Length: 0\r\n"
-        data = bytearray()
         try:
-            with anyio.fail_after(self._timeout_s + extra_timeout_s):
-                async with await anyio.connect_tcp(self._host, self._port) as stream:
-                    await stream.send((request + "\r\n").encode("latin-1"))
-                    while True:
-                        try:
-                            data += await stream.receive(65536)
-                        except anyio.EndOfStream:
-                            break
-                        if len(data) > MAX_RESPONSE_BYTES:
-                            raise ProbeError(f"{where}: response larger than {MAX_RESPONSE_BYTES} bytes")
+            timeout_s = self._timeout_s + extra_timeout_s
+            data = await self._exchange((request + "\r\n").encode("latin-1"), timeout_s, where)
         except TimeoutError as exc:
             raise ProbeTimeoutError(f"{where}: {method} {path} timed out") from exc
         except OSError as exc:
-            # anyio wraps the per-address failures: "All connection attempts failed" from the real cause.
-            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-            if isinstance(cause, ConnectionRefusedError):
-                raise ProbeRefusedError(f"{where}: connection refused") from exc
-            if isinstance(cause, ConnectionResetError):
-                raise ProbeResetError(f"{where}: connection reset") from exc
-            raise ProbeError(f"{where}: {cause.strerror or cause}") from exc
+            raise _translate_os_error(exc, where) from exc
         except anyio.BrokenResourceError as exc:
             raise ProbeResetError(f"{where}: connection reset") from exc
-        head, sep, body = bytes(data).partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
-        if not sep or len(status_line) < 2 or not status_line[1].isdigit():
-            raise ProbeError(f"{where}: malformed HTTP response")
-        status = int(status_line[1])
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProbeError(f"{where}: response is not JSON") from exc
-        if status == 404:
-            raise ConfigError(f"host: {payload.get('error', 'not found')}")
-        if status != 200:
-            raise FragileProbeError(f"{where}: {status} {payload.get('error', '')}".rstrip())
-        return payload
+        return _payload(data, where)
 
     async def list_devices(self) -> list[DeviceInfo]:
         """Every device of the fleet."""

@@ -27,7 +27,6 @@ import math
 import os
 import random
 import socket
-import time
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -278,7 +277,11 @@ class EmulatedDevice:
         )
 
     def connects_since(self, t: float) -> int:
-        """Connection attempts accepted at or after the ``time.monotonic()`` instant ``t``."""
+        """Connection attempts accepted at or after instant ``t`` of the event loop's clock.
+
+        That clock is ``anyio.current_time()`` (on asyncio: ``time.monotonic()``, virtual under
+        ``fragileprobe.testing.run_virtual``).
+        """
         return self._fm.connects_since(t)
 
     def response_delay_s(self) -> float:
@@ -392,7 +395,8 @@ class EmulatedDevice:
                     await listener.aclose()
             raise ConfigError(
                 f"port: cannot listen on {self.host}:{bound} for {self.model.name} port {model_port} "
-                f"({exc.strerror or exc})"
+                f"({exc.strerror or exc})",
+                field="port",
             ) from exc
         threshold = self._fm.boot()
         self._held = 0
@@ -480,7 +484,7 @@ class EmulatedDevice:
     async def _handle(self, stream: SocketStream, model_port: int) -> None:
         fm = self._fm
         was_up = fm.state is DeviceState.UP
-        verdict = fm.on_connect(model_port, time.monotonic())
+        verdict = fm.on_connect(model_port, anyio.current_time())
         if was_up and fm.state is DeviceState.HUNG:
             self._on_hung()
         stalled = verdict is ConnectVerdict.STALL

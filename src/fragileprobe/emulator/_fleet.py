@@ -1,4 +1,8 @@
-"""Many emulated devices in one process, described by a small config, with an HTTP control API.
+"""Many emulated devices in one process, described by a small config.
+
+The fleet is the devices. Its HTTP control API is :class:`~fragileprobe.emulator.ControlServer`, started
+beside it by whoever wants one; ``Fleet(config)`` still starts one by default (``control_port=0``), the
+shorthand the CLI and older tests rely on (``control_port=None``: the devices only).
 
 Config format (a mapping, or the same as a TOML file)::
 
@@ -30,12 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-import anyio
-import anyio.abc
 import structlog
 
 from fragileprobe._errors import ConfigError
 from fragileprobe._files import read_bounded_text
+from fragileprobe.emulator._control import ControlServer
 from fragileprobe.emulator._device import EmulatedDevice, check_loopback_host
 from fragileprobe.emulator._models import MODELS, get_model
 
@@ -387,12 +390,16 @@ def hostile_fleet(
 
 
 class Fleet:
-    """Many emulated devices in one process, plus an HTTP control API on 127.0.0.1.
+    """Many emulated devices in one process (and, unless ``control_port=None``, their control API).
 
     Args:
         config: A :class:`FleetConfig`, a mapping in the config format, or a TOML file path.
-        control_port: Port of the control API (0 = any free port; ``None`` = no control API).
-        control_host: Loopback address of the control API.
+        control_port: Port of a :class:`~fragileprobe.emulator.ControlServer` started with the devices
+            (0 = any free port; ``None`` = none: start one yourself if you want it).
+        control_host: Loopback address of that control API.
+
+    Raises:
+        ConfigError: a bad config, ``control_port`` or ``control_host``.
 
     Use as an async context manager; every device serves from ``__aenter__`` until ``__aexit__``.
     """
@@ -405,14 +412,9 @@ class Fleet:
         control_host: str = "127.0.0.1",
     ) -> None:
         self.config = _coerce_config(config)
-        if control_port is not None and (
-            isinstance(control_port, bool)
-            or not isinstance(control_port, int)
-            or not 0 <= control_port <= 65535
-        ):
-            raise ConfigError(f"control_port: must be 0-65535 or None, got {control_port!r}")
-        self._control_host = check_loopback_host(control_host, field="control_host")
-        self._control_port = control_port
+        self._control = (
+            None if control_port is None else ControlServer(self, port=control_port, host=control_host)
+        )
         devices: dict[str, EmulatedDevice] = {}
         for d in self.config.devices:
             devices[d.host] = EmulatedDevice(
@@ -430,7 +432,6 @@ class Fleet:
         self._devices = devices
         self._zones = {d.host: d.zone for d in self.config.devices}
         self._stack: contextlib.AsyncExitStack | None = None
-        self._control_url: str | None = None
 
     @property
     def devices(self) -> Mapping[str, EmulatedDevice]:
@@ -464,32 +465,24 @@ class Fleet:
 
     @property
     def control_url(self) -> str:
-        """Base URL of the control API (``http://127.0.0.1:<port>``)."""
-        if self._control_url is None:
+        """Base URL of the control API started with the fleet (``http://127.0.0.1:<port>``).
+
+        Raises:
+            RuntimeError: no control API is running (the fleet is not open, or ``control_port=None``).
+        """
+        if self._control is None:
             raise RuntimeError("the fleet's control API is not running")
-        return self._control_url
+        return self._control.url
 
     async def __aenter__(self) -> Self:
-        from fragileprobe.emulator._control import serve_control
-
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         started = False
         try:
             for device in self._devices.values():
                 await stack.enter_async_context(device)
-            if self._control_port is not None:
-                listener = await anyio.create_tcp_listener(
-                    local_host=self._control_host, local_port=self._control_port
-                )
-                port = listener.extra(anyio.abc.SocketAttribute.local_port)
-                self._control_url = f"http://{self._control_host}:{port}"
-                # Exit order (LIFO): cancel the server, wait for it, then close its listener.
-                stack.push_async_callback(listener.aclose)
-                tg = await stack.enter_async_context(anyio.create_task_group())
-                stack.callback(tg.cancel_scope.cancel)
-                tg.start_soon(serve_control, listener, self)
-                log.info("emulator.fleet_control", url=self._control_url)
+            if self._control is not None:
+                await stack.enter_async_context(self._control)
             started = True
         finally:
             if not started:
@@ -503,5 +496,4 @@ class Fleet:
         stack = self._stack
         assert stack is not None
         self._stack = None
-        self._control_url = None
         return await stack.__aexit__(*exc_info)  # type: ignore[arg-type]

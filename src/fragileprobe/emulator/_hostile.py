@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 import select
 import socket
-import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -57,7 +56,7 @@ _MAX_HEAD = 8192
 
 
 def _deadline(conn: ServiceConn) -> float:
-    return time.monotonic() + conn.spec.idle_timeout_s
+    return anyio.current_time() + conn.spec.idle_timeout_s
 
 
 async def _read_request(conn: ServiceConn) -> None:
@@ -87,16 +86,16 @@ async def _mute(conn: ServiceConn) -> None:
     # Never read: the client's data piles up in the kernel until its window is full. The session still
     # ends when the client leaves (so it stops counting towards the device's load) or at the idle timeout.
     deadline = _deadline(conn)
-    while time.monotonic() < deadline:
+    while anyio.current_time() < deadline:
         if _peer_gone(raw):
             return
-        await anyio.sleep(min(_MUTE_POLL_S, max(0.0, deadline - time.monotonic())))
+        await anyio.sleep(min(_MUTE_POLL_S, max(0.0, deadline - anyio.current_time())))
 
 
 async def _drip(conn: ServiceConn) -> None:
     deadline = _deadline(conn)
     for byte in itertools.cycle(conn.banner or b"."):
-        if time.monotonic() >= deadline:
+        if anyio.current_time() >= deadline:
             return
         await conn.send(bytes([byte]), delay=False)
         await anyio.sleep(conn.spec.drip_interval_s)
@@ -139,7 +138,7 @@ async def _http_endless_headers(conn: ServiceConn) -> None:
     await conn.send(b"HTTP/1.1 200 OK\r\nServer: " + _server(conn) + b"\r\n")
     deadline = _deadline(conn)
     for n in itertools.count():
-        if time.monotonic() >= deadline:
+        if anyio.current_time() >= deadline:
             return
         lines = b"".join(
             b"X-Filler-%d: %s\r\n" % (n * _HEADER_LINES_PER_SEND + i, b"a" * 32)
@@ -157,7 +156,7 @@ async def _http_endless_chunked(conn: ServiceConn) -> None:
     )
     chunk = b"%x\r\n%s\r\n" % (_CHUNK_BYTES, b"z" * _CHUNK_BYTES)
     deadline = _deadline(conn)
-    while time.monotonic() < deadline:
+    while anyio.current_time() < deadline:
         await conn.send(chunk, delay=False)
         await anyio.sleep(_ENDLESS_PAUSE_S)
 

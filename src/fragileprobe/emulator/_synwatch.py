@@ -49,7 +49,8 @@ import anyio.from_thread
 import anyio.lowlevel
 import structlog
 
-from fragileprobe._errors import ConfigError, RawUnavailableError
+from fragileprobe import _validate
+from fragileprobe._errors import RawUnavailableError
 from fragileprobe._raw import (
     ACK,
     RST,
@@ -127,14 +128,10 @@ class HandshakeTracker:
         max_flows: int = MAX_FLOWS,
         flow_ttl_s: float = FLOW_TTL_S,
     ) -> None:
-        if max_flows < 1:
-            raise ConfigError(f"max_flows: must be >= 1, got {max_flows!r}")
-        if not flow_ttl_s > 0:
-            raise ConfigError(f"flow_ttl_s: must be > 0, got {flow_ttl_s!r}")
         self.device_host = device_host
         self.device_ports = frozenset(device_ports)
-        self.max_flows = max_flows
-        self.flow_ttl_s = flow_ttl_s
+        self.max_flows = _validate.positive_int("max_flows", max_flows)
+        self.flow_ttl_s = _validate.positive("flow_ttl_s", flow_ttl_s)
         # Insertion order is age order (a flow's entry is replaced, never moved, while it lives), so the
         # oldest flows are at the front.
         self._flows: dict[tuple[str, int, int], tuple[_Flow, float]] = {}
@@ -154,55 +151,64 @@ class HandshakeTracker:
                 break
             del self._flows[key]
 
+    def _flow_of(self, seg: TcpSegment) -> tuple[tuple[str, int, int], bool] | None:
+        """The flow key (client, client port, device port) of ``seg`` and whether the client sent it."""
+        if seg.dst == self.device_host and seg.dport in self.device_ports:
+            return (seg.src, seg.sport, seg.dport), True
+        if seg.src == self.device_host and seg.sport in self.device_ports:
+            return (seg.dst, seg.dport, seg.sport), False
+        return None
+
     def feed(self, seg: TcpSegment) -> HalfOpenProbe | None:
         """Take one segment; return a :class:`HalfOpenProbe` when it completes one, else None."""
-        if seg.dst == self.device_host and seg.dport in self.device_ports:
-            key = (seg.src, seg.sport, seg.dport)
-            from_client = True
-        elif seg.src == self.device_host and seg.sport in self.device_ports:
-            key = (seg.dst, seg.dport, seg.sport)
-            from_client = False
-        else:
+        flow = self._flow_of(seg)
+        if flow is None:
             return None
+        key, from_client = flow
         self._expire(seg.at_s)
-        state = self._flows.get(key)
         if from_client:
-            if seg.is_syn:
-                # A new handshake, or a retransmitted SYN; a reused 4-tuple starts over.
-                self._flows.pop(key, None)
-                self._flows[key] = (_Flow.SYN_SEEN, seg.at_s)
-                self._expire(seg.at_s)
-                return None
-            if state is None:
-                return None
-            if seg.is_rst:
-                del self._flows[key]
-                if state[0] is _Flow.SYN_ACKED and seg.flags & ACK:
-                    # RST+ACK: the client had the connection (we missed its ACK) and aborted it.
-                    self.full_connects += 1
-                elif state[0] is _Flow.SYN_ACKED:
-                    self.half_open += 1
-                    return HalfOpenProbe(
-                        client=seg.src, client_port=seg.sport, device_port=seg.dport, at_s=seg.at_s
-                    )
-                return None
-            if seg.flags & ACK and state[0] is _Flow.SYN_ACKED:
-                del self._flows[key]
-                self.full_connects += 1
+            return self._from_client(key, seg)
+        self._from_device(key, seg)
+        return None
+
+    def _from_client(self, key: tuple[str, int, int], seg: TcpSegment) -> HalfOpenProbe | None:
+        state = self._flows.get(key)
+        if seg.is_syn:
+            # A new handshake, or a retransmitted SYN; a reused 4-tuple starts over.
+            self._flows.pop(key, None)
+            self._flows[key] = (_Flow.SYN_SEEN, seg.at_s)
+            self._expire(seg.at_s)
             return None
-        # From the device.
+        if state is None:
+            return None
+        acked = state[0] is _Flow.SYN_ACKED
+        if seg.is_rst:
+            del self._flows[key]
+            if acked and seg.flags & ACK:
+                # RST+ACK: the client had the connection (we missed its ACK) and aborted it.
+                self.full_connects += 1
+            elif acked:
+                self.half_open += 1
+                return HalfOpenProbe(
+                    client=seg.src, client_port=seg.sport, device_port=seg.dport, at_s=seg.at_s
+                )
+            return None
+        if seg.flags & ACK and acked:
+            del self._flows[key]
+            self.full_connects += 1
+        return None
+
+    def _from_device(self, key: tuple[str, int, int], seg: TcpSegment) -> None:
+        state = self._flows.get(key)
         if seg.is_syn_ack:
-            started = state[1] if state is not None else seg.at_s
             if state is None:
-                self._flows[key] = (_Flow.SYN_ACKED, started)
+                self._flows[key] = (_Flow.SYN_ACKED, seg.at_s)
                 self._expire(seg.at_s)
             else:
-                self._flows[key] = (_Flow.SYN_ACKED, started)
-            return None
-        if seg.flags & RST and state is not None:
+                self._flows[key] = (_Flow.SYN_ACKED, state[1])
+        elif seg.flags & RST and state is not None:
             # Refused (nothing listening, or the device is booting): no handshake to judge.
             del self._flows[key]
-        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,11 +166,9 @@ class SiteAgent:
                 await anyio.sleep(interval)
                 try:
                     finished = done[released:]
-                    await anyio.to_thread.run_sync(
-                        lambda: self.ledger.progress(job_id, hosts_done=len(done), ttl_s=ttl)
-                    )
+                    await self.store.aio.call(self.ledger.progress, job_id, hosts_done=len(done), ttl_s=ttl)
                     if finished:
-                        await anyio.to_thread.run_sync(self.ledger.release, job_id, finished)
+                        await self.store.aio.call(self.ledger.release, job_id, finished)
                         released += len(finished)
                     last_ok = time.monotonic()
                 except FragileProbeError as exc:
@@ -257,9 +255,7 @@ class SiteAgent:
                 with anyio.move_on_after(float(p.get("timeout_s", HEALTH_TIMEOUT_S))):
                     await g.wait_healthy(beats)
                     healthy = not g.device_down
-            if healthy and await anyio.to_thread.run_sync(
-                lambda h=host: self.ledger.release_hold(h, by="heartbeat")  # type: ignore[misc]
-            ):
+            if healthy and await self.store.aio.call(self.ledger.release_hold, host, by="heartbeat"):
                 released.append(host)
             elif not healthy:
                 still.append(host)

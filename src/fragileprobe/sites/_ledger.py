@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from fragileprobe._db import RecordColumns
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping
 
     from fragileprobe._store import ProfileStore
 
@@ -102,19 +104,10 @@ class JobRow:
         return self.state in TERMINAL
 
 
-_JOB_COLUMNS = (
-    "job_id, batch_id, site, kind, hosts_json, params_json, state, owner, submitted_at_s, started_at_s, "
-    "finished_at_s, expires_at_s, hosts_done, result_json, error"
-)
-
-
-def _job(row: Sequence[Any]) -> JobRow:
-    return JobRow(
-        job_id=row[0], batch_id=row[1], site=row[2], kind=row[3], hosts=tuple(json.loads(row[4])),
-        params=json.loads(row[5]), state=row[6], owner=row[7], submitted_at_s=row[8], started_at_s=row[9],
-        finished_at_s=row[10], expires_at_s=row[11], hosts_done=int(row[12]),
-        result=json.loads(row[13]) if row[13] is not None else None, error=row[14],
-    )  # fmt: skip
+# site_jobs' columns, in JobRow's field order; hosts, params and result are stored as JSON.
+_JOB = RecordColumns(JobRow, json={"hosts": tuple, "params": None, "result": None})
+_JOB_COLUMNS = _JOB.sql
+_job = _JOB.decode
 
 
 class Ledger:
@@ -135,7 +128,7 @@ class Ledger:
         """Record a job as queued (before its message is sent, so the broker can never run an unknown job)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             conn.execute(
                 "INSERT INTO site_jobs(job_id, batch_id, site, kind, hosts_json, params_json, state, "
                 "submitted_at_s) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
@@ -156,7 +149,7 @@ class Ledger:
     def start(self, job_id: str, *, owner: str, ttl_s: float) -> JobRow | None:
         """Move a queued job to started, owned by ``owner``; None if it is not queued (never run it then)."""
         now = self.clock()
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             moved = conn.execute(
                 "UPDATE site_jobs SET state = 'started', owner = ?, started_at_s = ?, expires_at_s = ? "
                 "WHERE job_id = ? AND state = 'queued' RETURNING job_id",
@@ -170,7 +163,7 @@ class Ledger:
         A lost job is then resumed with exactly the hosts it was working (``discover(resume=True)`` finds
         the unfinished scan of those targets), and its busy or held hosts are not forgotten.
         """
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             conn.execute(
                 "UPDATE site_jobs SET hosts_json = ?, result_json = ? WHERE job_id = ?",
                 (json.dumps(list(grant.granted)),
@@ -180,7 +173,7 @@ class Ledger:
     def progress(self, job_id: str, *, hosts_done: int, ttl_s: float) -> None:
         """Renew the job's and its leases' expiry and record how many hosts it has finished."""
         now = self.clock()
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             conn.execute(
                 "UPDATE site_jobs SET expires_at_s = ?, hosts_done = ? "
                 "WHERE job_id = ? AND state = 'started'",
@@ -193,7 +186,7 @@ class Ledger:
         """Record a job's end (done, failed or refused) and release every lease it holds, in one go."""
         if state not in TERMINAL:
             raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {state!r}")
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             conn.execute(
                 "UPDATE site_jobs SET state = ?, finished_at_s = ?, result_json = ?, error = ?, "
                 "hosts_done = COALESCE(?, hosts_done) WHERE job_id = ? AND state IN ('queued', 'started')",
@@ -205,21 +198,23 @@ class Ledger:
 
     def republish_due(self, job_id: str) -> None:
         """Note that a queued job's message was sent again (resets its submitted time)."""
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             conn.execute("UPDATE site_jobs SET submitted_at_s = ? WHERE job_id = ? AND state = 'queued'",
                          (self.clock(), job_id))  # fmt: skip
 
     def job(self, job_id: str) -> JobRow | None:
         """One job, or None."""
-        rows = self.store._query(f"SELECT {_JOB_COLUMNS} FROM site_jobs WHERE job_id = ?", (job_id,))
+        rows = self.store.db.query(f"SELECT {_JOB_COLUMNS} FROM site_jobs WHERE job_id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
     def jobs(self, batch_id: str | None = None) -> list[JobRow]:
         """Every job (of one batch), in submission order."""
         if batch_id is None:
-            rows = self.store._query(f"SELECT {_JOB_COLUMNS} FROM site_jobs ORDER BY submitted_at_s, job_id")
+            rows = self.store.db.query(
+                f"SELECT {_JOB_COLUMNS} FROM site_jobs ORDER BY submitted_at_s, job_id"
+            )
         else:
-            rows = self.store._query(
+            rows = self.store.db.query(
                 f"SELECT {_JOB_COLUMNS} FROM site_jobs WHERE batch_id = ? ORDER BY submitted_at_s, job_id",
                 (batch_id,),
             )
@@ -233,7 +228,7 @@ class Ledger:
         granted: list[str] = []
         busy: list[str] = []
         held: list[str] = []
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             for device in devices:
                 if (
                     kind != "health"
@@ -261,13 +256,13 @@ class Ledger:
 
     def release(self, job_id: str, devices: Iterable[str]) -> None:
         """Give back some of a job's leases early (hosts it has finished)."""
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             for device in devices:
                 conn.execute("DELETE FROM leases WHERE job_id = ? AND device = ?", (job_id, device))
 
     def leases(self, *, live_only: bool = True) -> list[Lease]:
         """Current leases (unexpired only, by default)."""
-        rows = self.store._query(
+        rows = self.store.db.query(
             "SELECT device, owner, job_id, kind, acquired_at_s, expires_at_s FROM leases ORDER BY device"
         )
         now = self.clock()
@@ -282,7 +277,7 @@ class Ledger:
         """
         now = self.clock()
         lost: list[JobRow] = []
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM site_jobs WHERE state = 'started' AND expires_at_s < ?", (now,)
             ).fetchall()
@@ -309,12 +304,14 @@ class Ledger:
 
     def holds(self) -> list[Hold]:
         """Every held device."""
-        rows = self.store._query("SELECT device, job_id, reason, held_at_s FROM device_holds ORDER BY device")
+        rows = self.store.db.query(
+            "SELECT device, job_id, reason, held_at_s FROM device_holds ORDER BY device"
+        )
         return [Hold(*r) for r in rows]
 
     def release_hold(self, device: str, *, by: str) -> bool:
         """Release a held device (``by``: "operator" or "heartbeat"); False if it was not held."""
-        with self.store._tx() as conn:
+        with self.store.db.write() as conn:
             gone = conn.execute(
                 "DELETE FROM device_holds WHERE device = ? RETURNING device", (device,)
             ).fetchone()
