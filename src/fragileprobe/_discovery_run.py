@@ -239,7 +239,8 @@ class _Known:
 
 @dataclass(slots=True)
 class _Inventory:
-    """The store's side of a run (every call in a worker thread); without a store, nothing happens."""
+    """The store's side of a run (through ``store.aio``: each call in a worker thread, one at a time);
+    without a store, nothing happens."""
 
     store: ProfileStore | None
 
@@ -249,59 +250,56 @@ class _Inventory:
         if store is None:
             return _Known()
         profiles = {model_key_digest(p.model_key): (p.model_key, p.ceiling)
-                    for p in await anyio.to_thread.run_sync(store.profiles)}
-        prior = {a.host: a for a in await anyio.to_thread.run_sync(store.assets)}
+                    for p in await store.aio.profiles()}
+        prior = {a.host: a for a in await store.aio.assets()}
         scan_id: int | None = None
         done_before: frozenset[str] = frozenset()
         notes: tuple[str, ...] = ()
         if resume:
             scan_id, done_before, notes = await _resume(store, hosts, params)
         if scan_id is None:
-            scan_id = await anyio.to_thread.run_sync(store.start_scan, hosts, params)
+            scan_id = await store.aio.start_scan(hosts, params)
         return _Known(profiles, prior, scan_id, done_before, notes)
 
     async def save_asset(self, scan_id: int | None, asset: Asset) -> None:
         if self.store is not None:
-            await anyio.to_thread.run_sync(_store_asset, self.store, scan_id, asset)
+            await self.store.aio.upsert_asset(
+                asset.host, scan_id=scan_id, seen_at_s=asset.last_seen_s, zone=asset.zone,
+                model_key=asset.model_key, open_ports=asset.open_ports,
+                services=[s.to_dict() for s in asset.services], os_family=asset.os_family,
+                groups=asset.groups,
+            )
 
     async def record_alert(self, scan_id: int | None, alert: Alert) -> None:
         if self.store is not None:
-            await anyio.to_thread.run_sync(self.store.record_alert, {**alert.to_dict(), "scan_id": scan_id})
+            await self.store.aio.record_alert({**alert.to_dict(), "scan_id": scan_id})
 
     async def host_done(self, scan_id: int | None, host: str) -> None:
         if self.store is not None and scan_id is not None:
-            await anyio.to_thread.run_sync(self.store.mark_host_done, scan_id, host)
+            await self.store.aio.mark_host_done(scan_id, host)
 
     async def restore(self, policy: DiscoveryPolicy, findings: Findings, plan: ScanPlan) -> None:
         """The hosts the interrupted part of a resumed scan finished come back from the store."""
         if self.store is None or not plan.done_before:
             return
-        rows = await anyio.to_thread.run_sync(self.store.assets)
-        policy.restore(findings, rows, await anyio.to_thread.run_sync(self.store.alerts), plan)
+        rows = await self.store.aio.assets()
+        policy.restore(findings, rows, await self.store.aio.alerts(), plan)
 
     async def finish(self, scan_id: int | None) -> None:
         if self.store is not None and scan_id is not None:
-            await anyio.to_thread.run_sync(self.store.finish_scan, scan_id)
+            await self.store.aio.finish_scan(scan_id)
 
 
 async def _resume(store: ProfileStore, hosts: Sequence[str], params: Mapping[str, Any]
                   ) -> tuple[int | None, frozenset[str], tuple[str, ...]]:
     """The unfinished scan with these targets and parameters: its id, its finished hosts, a note."""
-    unfinished = await anyio.to_thread.run_sync(store.unfinished_scan, hosts, params)
+    unfinished = await store.aio.unfinished_scan(hosts, params)
     if unfinished is None:
         return None, frozenset(), ("resume=True but no unfinished scan with these targets and parameters: "
                                    "started a new one",)
-    done = frozenset(await anyio.to_thread.run_sync(store.hosts_done, unfinished.scan_id))
+    done = frozenset(await store.aio.hosts_done(unfinished.scan_id))
     note = f"resumed scan {unfinished.scan_id}: {len(done)} hosts were already done"
     return unfinished.scan_id, done, (note,)
-
-
-def _store_asset(store: ProfileStore, scan_id: int | None, asset: Asset) -> None:
-    store.upsert_asset(
-        asset.host, scan_id=scan_id, seen_at_s=asset.last_seen_s, zone=asset.zone,
-        model_key=asset.model_key, open_ports=asset.open_ports,
-        services=[s.to_dict() for s in asset.services], os_family=asset.os_family, groups=asset.groups,
-    )
 
 
 # --- the hosts ----------------------------------------------------------------------------------------------
