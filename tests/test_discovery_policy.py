@@ -25,6 +25,7 @@ from fragileprobe._discovery_policy import (
     assemble_report,
     build_asset,
     connected,
+    estimate_remaining_s,
     host_order,
     inventory_changes,
     measures_rtt,
@@ -527,3 +528,22 @@ def test_the_run_notes_say_what_the_webhook_lost() -> None:
     assert run_notes(RunTally()) == []
     (note,) = run_notes(RunTally(), webhook_failures=2, webhook_url="http://127.0.0.1:9/x")
     assert note.startswith("2 alert(s) could not be delivered to the webhook http://127.0.0.1:9/x")
+
+
+@given(total=st.integers(1, 10_000), done_frac=st.floats(0, 1), per_address=st.floats(1, 100),
+       rate=st.floats(0.1, 5000), elapsed=st.floats(0, 1e5), tail=st.floats(-1, 10),
+       in_flight=st.integers(0, 4096))
+def test_the_time_left_is_never_negative_and_zero_when_done(
+    total: int, done_frac: float, per_address: float, rate: float, elapsed: float, tail: float, in_flight: int
+) -> None:
+    done = int(total * done_frac)
+    probes_done = int(done * per_address)
+    eta = estimate_remaining_s(done=done, total=total, elapsed_s=elapsed, probes_done=probes_done,
+                               probes_sent=probes_done, rate_per_s=rate, tail_s=tail, in_flight=in_flight)
+    if done == 0:
+        assert eta is None
+    elif done >= total:
+        assert eta == 0.0
+    else:
+        assert eta is not None
+        assert eta >= 0.0

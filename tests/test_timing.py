@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fragileprobe import ConfigError
-from fragileprobe._progress import estimate_remaining_s
+from fragileprobe._discovery_policy import estimate_remaining_s
 from fragileprobe._timing import (
     PACER_MAX_BURST,
     PRIORITY_FIRST_LOOK,

@@ -238,7 +238,7 @@ class DiscoveryProgress:
         hosts_silent: Addresses skipped because no liveness port answered.
         probes_sent: Connects and datagrams sent so far.
         elapsed_s: Seconds since the call started.
-        eta_s: Estimated seconds left (see ``fragileprobe._progress.estimate_remaining_s``), None at first.
+        eta_s: Estimated seconds left (``_discovery_policy.estimate_remaining_s``), None at first.
     """
 
     hosts_done: int

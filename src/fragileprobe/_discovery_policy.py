@@ -52,7 +52,6 @@ from fragileprobe._fingerprint import (
 from fragileprobe._groups import UNZONED, Alert, GroupMatch, Rules, Zones, alert_for
 from fragileprobe._hostpolicy import HostPolicy, LivenessPlanner, ProbeKind, classify
 from fragileprobe._probes import HttpResult, Outcome, ProbeResult
-from fragileprobe._progress import estimate_remaining_s
 from fragileprobe._timing import BANNER_SERVICE_ALLOWANCE_S, RttEstimator
 from fragileprobe._udp import UdpResult, fingerprint_udp
 
@@ -73,6 +72,7 @@ __all__ = [
     "assemble_report",
     "build_asset",
     "connected",
+    "estimate_remaining_s",
     "host_order",
     "inventory_changes",
     "probe_kind",
@@ -430,6 +430,48 @@ class DiscoveryPolicy:
             alerts=len(findings.alerts), host=host, hosts_alive=tally.alive, hosts_silent=tally.silent,
             probes_sent=tally.probes, elapsed_s=elapsed_s, eta_s=eta,
         )
+
+
+def estimate_remaining_s(
+    *, done: int, total: int, elapsed_s: float, probes_done: int, probes_sent: int, rate_per_s: float,
+    tail_s: float, in_flight: int = 0,
+) -> float | None:
+    """Seconds a discovery still needs, counting silent space at its real (small) cost (pure).
+
+    Most addresses of a large block are silent and cost their liveness probes only, so a per-host average
+    taken from the live hosts would be far too long; and with thousands of addresses in flight, the
+    addresses finished per second say little until the first wave is through. So the estimate is the
+    connects still to send, at the global rate:
+
+    * the connects a finished address needed on average (``probes_done / done``: the mix of silent and live
+      addresses seen so far) times the addresses of the run, minus the connects already sent (those of the
+      addresses in flight included), at ``rate_per_s``; plus ``tail_s``, the last addresses' own timeouts;
+    * when the whole first wave is through (``done >= in_flight``), at least the time the remaining
+      addresses take at the throughput seen so far (a scan bound by per-host work, not by the rate).
+
+    Args:
+        done: Addresses finished.
+        total: Addresses in the run.
+        elapsed_s: Seconds since the start.
+        probes_done: Connects and datagrams sent to the finished addresses.
+        probes_sent: Connects and datagrams sent so far (in-flight addresses' included).
+        rate_per_s: The global connect rate.
+        tail_s: Time the last address in flight still needs (a couple of connect timeouts).
+        in_flight: Addresses worked at once.
+
+    Returns:
+        Seconds left, 0.0 when done, None before the first address finished.
+    """
+    if done >= total:
+        return 0.0
+    if done <= 0 or rate_per_s <= 0:
+        return None
+    per_address = max(probes_done, 1) / done
+    to_send = max(0.0, total * per_address - probes_sent)
+    estimate = to_send / rate_per_s + max(0.0, tail_s)
+    if done >= max(in_flight, 1) and elapsed_s > 0:
+        estimate = max(estimate, (total - done) * elapsed_s / done)
+    return estimate
 
 
 def run_notes(tally: RunTally, *, webhook_failures: int = 0, webhook_url: str | None = None) -> list[str]:
