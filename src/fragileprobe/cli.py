@@ -913,25 +913,17 @@ def _check_discover_args(
     store (or any other file) is created.
 
     Raises:
-        ConfigError: A bad option, its message naming the option (``--sessions-per-host: must be ...``).
+        ConfigError: A bad option, its message naming the option first (``--sessions-per-host: ...``).
     """
     from fragileprobe._discovery_settings import DiscoverySettings
     from fragileprobe._groups import WebhookAlertSink
 
-    try:
+    with _named_options(_DISCOVER_OPTIONS):
         settings = DiscoverySettings(**options)
         if webhook is not None:
             WebhookAlertSink(webhook)  # the URL (scheme, host, port range) is checked; nothing is sent
         if alerts is not None:
             _check_alert_file(alerts)
-    except ConfigError as exc:
-        option = _DISCOVER_OPTIONS.get(exc.field or "")
-        if option is None or exc.field is None:
-            raise
-        text = str(exc)
-        prefix = f"{exc.field}:"
-        named = option + text[len(exc.field):] if text.startswith(prefix) else f"{option}: {text}"
-        raise ConfigError(named, field=exc.field) from exc
     return settings
 
 
