@@ -70,7 +70,6 @@ def test_a_settings_object_and_the_flat_keywords_are_the_same_scan() -> None:
     assert [(a.host, a.open_ports, a.groups, a.sessions_limit) for a in given.assets] == [
         (a.host, a.open_ports, a.groups, a.sessions_limit) for a in flat.assets]
     assert (given.probes_sent, given_accepts) == (flat.probes_sent, flat_accepts)
-    # Keywords next to a settings object replace its fields.
-    fewer, _, _ = scan(settings=config, ports=(21,))
+    fewer, _, _ = scan(settings=config.replace(ports=(21,)))
     assert fewer.params["ports"] == [21]
     assert fewer.assets[0].open_ports == (21,)

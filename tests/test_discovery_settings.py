@@ -134,24 +134,30 @@ def test_a_port_list_prints_as_the_spec_that_parses_back_to_it(ports: list[int])
     assert len(text) <= len(",".join(map(str, sorted(set(ports)))))
 
 
-def test_the_repr_is_short_for_a_full_port_range() -> None:
-    assert "ports='1-65535'" in repr(DiscoverySettings(ports="1-65535"))
+def test_the_repr_shows_what_differs_from_the_defaults_briefly() -> None:
+    assert repr(DiscoverySettings()) == "DiscoverySettings()"
+    assert repr(DiscoverySettings(ports="1-65535", seed=4)) == "DiscoverySettings(ports='1-65535', seed=4)"
+    assert repr(DiscoverySettings(rate_per_host=10)) == "DiscoverySettings(rate_per_host=10)", "an int stays"
 
 
-def test_merge_applies_flat_keywords_over_a_settings_object() -> None:
+def test_merge_takes_a_settings_object_or_the_flat_keywords_never_both() -> None:
     base = DiscoverySettings(per_host_sessions=2, ports="21")
     assert DiscoverySettings.merge(None, {}) == DiscoverySettings()
     assert DiscoverySettings.merge(base, {}) is base
-    merged = DiscoverySettings.merge(base, {"rate_per_host": 3})
-    assert (merged.per_host_sessions, merged.ports, merged.rate_per_host) == (2, (21,), 3)
+    assert DiscoverySettings.merge(None, {"ports": "21", "per_host_sessions": 2}) == base
+    mixed = r"settings: .*without the flat keywords.*\['rate_per_host'\]"
+    with pytest.raises(ConfigError, match=mixed) as caught:
+        DiscoverySettings.merge(base, {"rate_per_host": 3})
+    assert caught.value.field == "settings"
     with pytest.raises(ConfigError, match="per_host_sessions: ") as caught:
-        DiscoverySettings.merge(base, {"per_host_sessions": 0})
+        DiscoverySettings.merge(None, {"per_host_sessions": 0})
     assert caught.value.field == "per_host_sessions"
     with pytest.raises(TypeError, match="'per_host_session'"):
         DiscoverySettings.merge(None, {"per_host_session": 2})
     with pytest.raises(ConfigError, match="settings: must be a DiscoverySettings") as caught:
         DiscoverySettings.merge({"ports": 21}, {})  # type: ignore[arg-type]
     assert caught.value.field == "settings"
+    assert base.replace(rate_per_host=3).rate_per_host == 3
 
 
 def test_the_flat_keywords_of_discover_are_exactly_the_settings() -> None:
@@ -168,9 +174,9 @@ async def test_discover_refuses_an_unknown_keyword_and_mixed_settings_before_any
     scope = fragileprobe.Scope(["127.0.0.1"])
     with pytest.raises(TypeError, match="'per_host_session'"):
         await discover("127.0.0.1", scope=scope, per_host_session=2)  # type: ignore[call-arg]
-    with pytest.raises(ConfigError, match="per_host_sessions: ") as caught:
-        await discover("127.0.0.1", scope=scope, settings=DiscoverySettings(), per_host_sessions=0)
-    assert caught.value.field == "per_host_sessions"
+    with pytest.raises(ConfigError, match="settings: ") as caught:
+        await discover("127.0.0.1", scope=scope, settings=DiscoverySettings(), per_host_sessions=2)
+    assert caught.value.field == "settings"
 
 
 # --- the CLI names its own options ------------------------------------------------------------------------

@@ -93,14 +93,15 @@ async def discover(
         progress: Called after each address with a DiscoveryProgress.
         network: How connections are made (default: real sockets; ``fragileprobe.testing.FakeNetwork``).
         **options: Any field of :class:`~fragileprobe.DiscoverySettings` as a flat keyword (``ports``,
-            ``per_host_sessions``, ``rate_per_host``, ``connect_timeout_s`` ...); given with ``settings``,
-            they replace those fields of it.
+            ``per_host_sessions``, ``rate_per_host``, ``connect_timeout_s`` ...), when ``settings`` is
+            not given.
 
     Returns:
         A DiscoveryReport.
 
     Raises:
-        ConfigError: A bad parameter (``field`` names it) or ``resume`` without a store.
+        ConfigError: A bad parameter (``field`` names it), ``resume`` without a store, or ``settings``
+            together with flat keywords.
         ScopeError: A target outside ``scope``; nothing was sent.
         StoreError: The store cannot be read or written.
         TypeError: A keyword that is neither an argument nor a setting.

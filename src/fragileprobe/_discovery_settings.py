@@ -4,12 +4,13 @@ In the manner of httpx's ``Timeout`` and ``Limits`` (``httpx/_config.py``): a fr
 checked when it is built (through :mod:`fragileprobe._validate`, so every failure is a
 :class:`~fragileprobe.ConfigError` whose ``field`` names the setting), with a repr that reads back::
 
-    >>> DiscoverySettings(ports="21-23,80", per_host_sessions=2)          # doctest: +ELLIPSIS
-    DiscoverySettings(ports='21-23,80', udp_ports='123,161,1900', per_host_sessions=2, ...)
+    >>> DiscoverySettings(ports="21-23,80", per_host_sessions=2)
+    DiscoverySettings(ports='21-23,80', per_host_sessions=2)
 
-``discover(targets, scope=..., settings=DiscoverySettings(...))`` and the flat keywords
-``discover(targets, scope=..., per_host_sessions=2)`` are the same call; keywords given next to
-``settings`` replace those fields of it. The CLI builds this object from its options.
+(the repr shows what differs from the defaults). ``discover(targets, scope=...,
+settings=DiscoverySettings(...))`` and the flat keywords ``discover(targets, scope=..., per_host_sessions=2)``
+are the same call; both at once is a ConfigError (``field="settings"``), as in ``characterize()``. The CLI
+builds this object from its options.
 
 What is *not* here: the targets and scope, where results go (store, alert file, webhook, progress) and the
 network seam; they are arguments of :func:`~fragileprobe.discover`, not settings of a scan.
@@ -18,6 +19,7 @@ network seam; they are arguments of :func:`~fragileprobe.discover`, not settings
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
@@ -179,10 +181,12 @@ class DiscoverySettings:
 
     @classmethod
     def merge(cls, settings: DiscoverySettings | None, options: Mapping[str, Any]) -> DiscoverySettings:
-        """``settings`` (default: the defaults) with the flat ``options`` of ``discover`` applied over it.
+        """The run's settings: ``settings`` as given, or built from the flat ``options``; never both (as
+        ``characterize()`` does: one place says what a run does).
 
         Raises:
-            ConfigError: A bad value (``field`` names it).
+            ConfigError: A bad value (``field`` names it), or ``settings`` together with flat keywords
+                (``field="settings"``).
             TypeError: An option that is no setting.
         """
         unknown = sorted(set(options) - set(DiscoveryOptions.__annotations__))
@@ -192,7 +196,10 @@ class DiscoverySettings:
             return cls(**options)
         if not isinstance(settings, DiscoverySettings):
             raise _validate.fail("settings", "a DiscoverySettings", settings)
-        return settings.replace(**options) if options else settings
+        if options:
+            what = "given without the flat keywords it holds (set them in the settings)"
+            raise _validate.fail("settings", what, sorted(options))
+        return settings
 
     @property
     def connect_bounds(self) -> TimeoutBounds:
@@ -219,9 +226,13 @@ class DiscoverySettings:
         }
 
     def __repr__(self) -> str:
+        """The fields that differ from the defaults, ports as a port spec: it reads back as equal settings."""
+        default = _defaults()
         shown: list[str] = []
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+            value, usual = getattr(self, f.name), getattr(default, f.name)
+            if value == usual and type(value) is type(usual):  # 10 is shown: params keep it an int
+                continue
             if f.name in ("ports", "udp_ports"):
                 shown.append(f"{f.name}={port_spec_text(value)!r}")
             elif f.name == "port_aliases":
@@ -229,6 +240,11 @@ class DiscoverySettings:
             else:
                 shown.append(f"{f.name}={value!r}")
         return f"DiscoverySettings({', '.join(shown)})"
+
+
+@functools.cache
+def _defaults() -> DiscoverySettings:
+    return DiscoverySettings()
 
 
 def port_spec_text(ports: Iterable[int]) -> str:
