@@ -26,7 +26,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from fragileprobe._probes import HttpResult, Outcome, ProbeResult
+from fragileprobe._probes import HttpResult, Outcome, Phase, ProbeResult
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -92,7 +92,7 @@ def classify(result: ProbeResult, kind: ProbeKind, *, expects_banner: bool) -> S
     if outcome is Outcome.TIMEOUT:
         # http_get / grab_banner report TIMEOUT both for a connect that timed out and for a peer that
         # accepted but never answered; only the first means "not there".
-        if (result.error or "").startswith("connect timed out"):
+        if result.phase is Phase.CONNECT:
             return Seen.NO_ANSWER
         return Seen.STALLED
     if outcome is Outcome.UNREACHABLE or outcome is Outcome.CANCELLED:
