@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from fragileprobe._probes import HttpResult, Outcome, Phase, ProbeResult
+from fragileprobe._results import ProbeKind
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -54,14 +55,6 @@ LIKELY_PORTS: Final = (80, 22, 8080, 23, 443, 21, 445, 3389, 135, 139, 9100, 631
 # Two ports that together cover the services most devices expose; at the default global rate a /20 of
 # silent space costs ~8 s of SYNs.
 DEFAULT_LIVENESS_PORTS: Final = 2
-
-
-class ProbeKind(enum.Enum):
-    """How a port is probed (decided by its well-known port)."""
-
-    CONNECT = "connect"  # connect + close, nothing read (printer and client-speaks-first ports)
-    HTTP = "http"        # one bounded GET /
-    BANNER = "banner"    # connect, read what the service says first
 
 
 class Seen(enum.Enum):

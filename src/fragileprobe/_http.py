@@ -272,7 +272,9 @@ class ResponseParser:
 
     Feed it with :meth:`feed` while :meth:`wants` is above 0, then tell it how the stream ended if it has not
     decided yet (:meth:`feed_eof`, :meth:`feed_timeout`). :attr:`result` holds the :class:`Response` once it
-    has decided. Bytes beyond what it wants are ignored, so memory stays bounded whatever it is fed.
+    has decided. It keeps at most its caps whatever one :meth:`feed` hands it (bytes past the head's cap, or
+    past the body's, are dropped), so memory stays bounded; a driver asks the socket for at most
+    :meth:`wants` bytes, which reads the same as feeding the whole stream at once.
 
     Args:
         max_body_bytes: how many decoded body bytes to keep.

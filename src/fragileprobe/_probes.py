@@ -61,7 +61,7 @@ from fragileprobe._http import find_head_end as _find_head_end  # noqa: F401
 from fragileprobe._http import parse_head as _parse_head  # noqa: F401
 from fragileprobe._http import title as _title  # noqa: F401
 from fragileprobe._net import DEFAULT_NETWORK, linger_close
-from fragileprobe._results import HttpResult, Outcome, Phase, ProbeResult
+from fragileprobe._results import HttpResult, Outcome, Phase, ProbeKind, ProbeResult
 from fragileprobe._sessions import HeldConnection
 from fragileprobe._translate import Operation, describe, hostport, probe_error, translate
 
@@ -82,6 +82,7 @@ __all__ = [
     "HttpResult",
     "Outcome",
     "Phase",
+    "ProbeKind",
     "ProbeResult",
     "ProbeStream",
     "grab_banner",

@@ -1,6 +1,6 @@
-"""The probe records: :class:`Outcome`, :class:`Phase`, :class:`ProbeResult` and :class:`HttpResult`.
+"""The probe records: Outcome, Phase, ProbeKind, ProbeResult and HttpResult (pure data, no I/O).
 
-Pure data, no I/O. A failed result says *where* it failed in :attr:`ProbeResult.phase`, so callers tell a
+A failed result says *where* it failed in :attr:`ProbeResult.phase`, so callers tell a
 silent address (the connect timed out) from a service that accepted and then said nothing (the exchange
 timed out) by a field, never by reading the error text.
 
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["HttpResult", "Outcome", "Phase", "ProbeResult"]
+__all__ = ["HttpResult", "Outcome", "Phase", "ProbeKind", "ProbeResult"]
 
 _R = TypeVar("_R", bound="ProbeResult")
 
@@ -48,6 +48,14 @@ class Outcome(enum.Enum):
     UNREACHABLE = "unreachable"
     PROTOCOL_ERROR = "protocol_error"
     CANCELLED = "cancelled"
+
+
+class ProbeKind(enum.Enum):
+    """How a port is probed (discovery decides it from the well-known port)."""
+
+    CONNECT = "connect"  # connect + close, nothing read (printer and client-speaks-first ports)
+    HTTP = "http"        # one bounded GET /
+    BANNER = "banner"    # connect, read what the service says first
 
 
 class Phase(enum.Enum):
