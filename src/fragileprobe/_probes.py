@@ -585,31 +585,39 @@ async def grab_banner(
 
     async def session(stream: Connection, deadline: float) -> dict[str, Any]:
         reader = _Reader(stream, deadline=deadline, read_timeout_s=read_timeout_s, max_bytes=max_bytes)
-        fields: dict[str, Any] = {}
-        try:
-            if send:
-                with anyio.fail_after(max(deadline - anyio.current_time(), _MIN_SEND_WINDOW_S)):
-                    await stream.send(send)
-            while not _banner_complete(reader.buf) and await reader.fill():
-                # After the first bytes, a short pause means the device said all it will say unprompted.
-                reader.read_timeout_s = min(read_timeout_s, settle_s)
-        except _Stop as stop:
-            if stop.reason == "cap":
-                fields["truncated"] = True
-            elif stop.reason == "deadline":
-                fields["error"] = f"banner read stopped at the {total:g} s deadline"
-        except TimeoutError:
-            fields["error"] = f"send did not complete within the {total:g} s deadline"
-        except (OSError, anyio.BrokenResourceError) as exc:
-            fields.update(outcome=translate(Operation.READ, exc).outcome, error=describe(exc))
-        fields["data"] = bytes(reader.buf)
-        return fields
+        return await _read_banner(reader, send, settle_s=settle_s, total=total)
 
     result: ProbeResult = await _probe(
         "grab_banner", host, port, timeout_s=timeout_s, total_timeout_s=total, scope=scope,
         logger=logger, session=session, network=network,
     )
     return result
+
+
+async def _read_banner(
+    reader: _Reader, send: bytes | None, *, settle_s: float, total: float
+) -> dict[str, Any]:
+    """Send ``send`` (if any), then read until the banner is complete; the result's fields."""
+    fields: dict[str, Any] = {}
+    read_timeout_s = reader.read_timeout_s
+    try:
+        if send:
+            with anyio.fail_after(max(reader.deadline - anyio.current_time(), _MIN_SEND_WINDOW_S)):
+                await reader.stream.send(send)
+        while not _banner_complete(reader.buf) and await reader.fill():
+            # After the first bytes, a short pause means the device said all it will say unprompted.
+            reader.read_timeout_s = min(read_timeout_s, settle_s)
+    except _Stop as stop:
+        if stop.reason == "cap":
+            fields["truncated"] = True
+        elif stop.reason == "deadline":
+            fields["error"] = f"banner read stopped at the {total:g} s deadline"
+    except TimeoutError:
+        fields["error"] = f"send did not complete within the {total:g} s deadline"
+    except (OSError, anyio.BrokenResourceError) as exc:
+        fields.update(outcome=translate(Operation.READ, exc).outcome, error=describe(exc))
+    fields["data"] = bytes(reader.buf)
+    return fields
 
 
 # --- HTTP (the parsing is sans-IO, in fragileprobe._http) ----------------------------------------------
