@@ -25,7 +25,8 @@ exceptions and their reasons)::
     watchdog       _watchdog                     stop everything the moment the device stops answering
     sessions       _limiter, _sessions           the ceiling, counted as the device counts sessions
     heartbeat      _heartbeat, _raw              "still alive?" (TCP, HTTP, ICMP)
-    probes         _probes, _fingerprint, _udp   probe records, banner and HTTP parsing, the probes
+    probes         _results, _translate, _http,  probe records, the error-translation table, the sans-IO
+                   _probes, _fingerprint, _udp   HTTP parser, the probes, banner parsing, UDP
     network        _net                          the network seam (sockets, or testing.FakeNetwork)
     scope          _addresses, _ports, _target,  what names a device, and the authorized scope
                    _scope
@@ -67,11 +68,12 @@ _PUBLIC: dict[str, str] = {
     "GuardStats": "_guard",
     "Heartbeat": "_heartbeat",
     "HttpHeartbeat": "_heartbeat",
-    "HttpResult": "_probes",
+    "HttpResult": "_results",
     "LimiterStatistics": "_limiter",
-    "Outcome": "_probes",
+    "Outcome": "_results",
     "PORT_SETS": "_ports",
-    "ProbeResult": "_probes",
+    "Phase": "_results",
+    "ProbeResult": "_results",
     "ProbeStream": "_probes",
     "Scope": "_scope",
     "Target": "_target",
@@ -209,9 +211,6 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._limiter import LimiterStatistics as LimiterStatistics
     from fragileprobe._ports import PORT_SETS as PORT_SETS
     from fragileprobe._ports import parse_ports as parse_ports
-    from fragileprobe._probes import HttpResult as HttpResult
-    from fragileprobe._probes import Outcome as Outcome
-    from fragileprobe._probes import ProbeResult as ProbeResult
     from fragileprobe._probes import ProbeStream as ProbeStream
     from fragileprobe._probes import grab_banner as grab_banner
     from fragileprobe._probes import http_get as http_get
@@ -245,6 +244,10 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._recovery import wait_for_recovery as wait_for_recovery
     from fragileprobe._report._files import ReportFiles as ReportFiles
     from fragileprobe._report._files import write_report as write_report
+    from fragileprobe._results import HttpResult as HttpResult
+    from fragileprobe._results import Outcome as Outcome
+    from fragileprobe._results import Phase as Phase
+    from fragileprobe._results import ProbeResult as ProbeResult
     from fragileprobe._scope import Scope as Scope
     from fragileprobe._scope import parse_targets as parse_targets
     from fragileprobe._shield import Shield as Shield

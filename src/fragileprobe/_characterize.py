@@ -563,7 +563,8 @@ class _Driver:
         self.next_index += 1
         self.finished.append(trial)
         if self.store is not None and self.run_id is not None:
-            await self.store.aio.record_trial(self.run_id, trial)  # its own transaction: survives kill -9 from here on
+            # its own transaction: survives kill -9 from here on
+            await self.store.aio.record_trial(self.run_id, trial)
         self.events.emit("trial_end", action.finished)
         self.run.log.info("characterize.trial_done", trial=action.finished, crashes=trial.crashes)
         self.current = []
@@ -643,7 +644,7 @@ async def _derive_model_key(
     """
     # the one definition of model keys, and of which web server names the model (discovery's)
     from fragileprobe._fingerprint import model_key, model_server_header
-    from fragileprobe._probes import Outcome
+    from fragileprobe._probes import Outcome, Phase
 
     open_ports: list[int] = []
     accepting: list[int] = []
@@ -654,7 +655,7 @@ async def _derive_model_key(
         # The connection was accepted, whatever the service then did (said nothing in time, reset, spoke
         # garbage): a session can be held there. Only a refused or timed-out connect means "closed".
         if res.outcome is Outcome.TIMEOUT:
-            return not (res.error or "").startswith("connect timed out")
+            return res.phase is not Phase.CONNECT
         return res.outcome in (Outcome.OPEN, Outcome.RESET, Outcome.PROTOCOL_ERROR)
 
     for port in target.ports:  # one at a time: identification must not load the device
