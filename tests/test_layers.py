@@ -80,7 +80,6 @@ ALLOWED: dict[tuple[str, str], str] = {
 # When one is fixed, delete its entry: a stale entry fails the test.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     (f"{PACKAGE}._discovery", f"{PACKAGE}._progress"): "estimate_remaining_s is pure discovery logic",
-    (f"{PACKAGE}._recovery", EMULATOR): "emulator_recovery/fleet_recovery import the emulator's FleetClient",
 }
 
 

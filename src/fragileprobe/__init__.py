@@ -115,7 +115,7 @@ _PUBLIC: dict[str, str] = {
     "RecoveryContext": "_recovery",
     "command_recovery": "_recovery",
     "emulator_recovery": "_recovery",
-    "fleet_recovery": "_recovery",
+    "fleet_recovery": "emulator._recovery",
     "manual_recovery": "_recovery",
     "wait_for_recovery": "_recovery",
     "EarlyWarning": "_level_verdict",
@@ -239,7 +239,6 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._recovery import RecoveryContext as RecoveryContext
     from fragileprobe._recovery import command_recovery as command_recovery
     from fragileprobe._recovery import emulator_recovery as emulator_recovery
-    from fragileprobe._recovery import fleet_recovery as fleet_recovery
     from fragileprobe._recovery import manual_recovery as manual_recovery
     from fragileprobe._recovery import wait_for_recovery as wait_for_recovery
     from fragileprobe._report._files import ReportFiles as ReportFiles
@@ -260,3 +259,4 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._watchdog import DownEvent as DownEvent
     from fragileprobe._watchdog import Watchdog as Watchdog
     from fragileprobe._watchdog import WatchdogTimeline as WatchdogTimeline
+    from fragileprobe.emulator._recovery import fleet_recovery as fleet_recovery
