@@ -214,16 +214,16 @@ async def test_bad_probe_arguments_are_refused_before_any_packet() -> None:
     async with _idle_device() as idle_device:
         host, port = idle_device.host, idle_device.port(21)
         calls: list[tuple[Callable[[], Awaitable[object]], str]] = [
-            (lambda: tcp_connect(host, port, timeout_s=0), r"timeout_s .*got 0"),
-            (lambda: tcp_connect(host, 0), r"port .*got 0"),
-            (lambda: tcp_connect(host, 70000), r"port .*got 70000"),
-            (lambda: grab_banner(host, port, read_timeout_s=-1), r"read_timeout_s .*got -1"),
-            (lambda: grab_banner(host, port, max_bytes=0), r"max_bytes .*got 0"),
-            (lambda: grab_banner(host, port, max_bytes=1 << 30), r"max_bytes .*got 1073741824"),
-            (lambda: http_get(host, port, "status"), r"path must start with '/'.*'status'"),
-            (lambda: http_get(host, port, "/\r\nX-Injected: 1"), r"path must start with '/'"),
-            (lambda: http_get(host, port, host_header="a\r\nb"), r"host_header"),
-            (lambda: http_get(host, port, total_timeout_s=0), r"total_timeout_s .*got 0"),
+            (lambda: tcp_connect(host, port, timeout_s=0), r"timeout_s: .*got 0"),
+            (lambda: tcp_connect(host, 0), r"port: .*got 0"),
+            (lambda: tcp_connect(host, 70000), r"port: .*got 70000"),
+            (lambda: grab_banner(host, port, read_timeout_s=-1), r"read_timeout_s: .*got -1"),
+            (lambda: grab_banner(host, port, max_bytes=0), r"max_bytes: .*got 0"),
+            (lambda: grab_banner(host, port, max_bytes=1 << 30), r"max_bytes: .*got 1073741824"),
+            (lambda: http_get(host, port, "status"), r"path: must be a path starting with '/'.*got 'status'"),
+            (lambda: http_get(host, port, "/\r\nX-Injected: 1"), r"path: must be a path starting with '/'"),
+            (lambda: http_get(host, port, host_header="a\r\nb"), r"host_header: must be"),
+            (lambda: http_get(host, port, total_timeout_s=0), r"total_timeout_s: .*got 0"),
             # without a scope a name would go to the resolver: refused, nothing sent (no DNS query either)
             (lambda: tcp_connect("127.0.0.300", port), r"host '127\.0\.0\.300' is not an IP address"),
         ]

@@ -39,7 +39,7 @@ from fragileprobe._discovery_settings import DiscoverySettings
 from fragileprobe._fingerprint import model_key_digest
 from fragileprobe._groups import Rules, Zone, Zones
 from fragileprobe._hostpolicy import ProbeKind
-from fragileprobe._probes import HttpResult, Outcome, ProbeResult
+from fragileprobe._probes import HttpResult, Outcome, Phase, ProbeResult
 from fragileprobe._store import AssetRow
 from fragileprobe._timing import BANNER_SERVICE_ALLOWANCE_S
 
@@ -56,8 +56,12 @@ Answer = Callable[[int, ProbeKind], ProbeResult]
 
 def res(port: int, outcome: Outcome, data: bytes = b"", error: str | None = None,
         latency_s: float = 0.01) -> ProbeResult:
+    """A probe's record; a failure's phase as the probes set it (the connect's own timeout: CONNECT)."""
+    phase = None if outcome is Outcome.OPEN else Phase.CONNECT
+    if outcome in (Outcome.TIMEOUT, Outcome.RESET, Outcome.PROTOCOL_ERROR) and error != CONNECT_TIMEOUT:
+        phase = Phase.EXCHANGE
     return ProbeResult(host=HOST, port=port, outcome=outcome, latency_s=latency_s, data=data, error=error,
-                       started_at_s=0.0, duration_s=latency_s)
+                       started_at_s=0.0, duration_s=latency_s, phase=phase)
 
 
 def web(port: int, status: int = 200, server: str = "Boa/0.94") -> HttpResult:

@@ -14,14 +14,15 @@ from fragileprobe._hostpolicy import (
     Seen,
     classify,
 )
-from fragileprobe._probes import HttpResult, Outcome, ProbeResult
+from fragileprobe._probes import HttpResult, Outcome, Phase, ProbeResult
 
 PORTS = (21, 22, 23, 80, 443, 8080)
 
 
-def result(outcome: Outcome, data: bytes = b"", error: str | None = None) -> ProbeResult:
+def result(outcome: Outcome, data: bytes = b"", error: str | None = None,
+           phase: Phase | None = None) -> ProbeResult:
     return ProbeResult(host="10.0.0.1", port=21, outcome=outcome, latency_s=0.01, data=data, error=error,
-                       started_at_s=0.0, duration_s=0.02)
+                       started_at_s=0.0, duration_s=0.02, phase=phase)
 
 
 def drive(policy: HostPolicy, verdicts: dict[int, Seen], default: Seen) -> list[int]:
@@ -34,9 +35,9 @@ def drive(policy: HostPolicy, verdicts: dict[int, Seen], default: Seen) -> list[
 
 
 def test_classify_tells_silent_space_from_a_stalled_service() -> None:
-    assert classify(result(Outcome.TIMEOUT, error="connect timed out after 0.5 s"), ProbeKind.BANNER,
+    assert classify(result(Outcome.TIMEOUT, phase=Phase.CONNECT), ProbeKind.BANNER,
                     expects_banner=True) is Seen.NO_ANSWER
-    assert classify(result(Outcome.TIMEOUT, error="HTTP head incomplete after 0.3 s"), ProbeKind.HTTP,
+    assert classify(result(Outcome.TIMEOUT, phase=Phase.EXCHANGE), ProbeKind.HTTP,
                     expects_banner=False) is Seen.STALLED
     assert classify(result(Outcome.OPEN), ProbeKind.BANNER, expects_banner=True) is Seen.STALLED
     assert classify(result(Outcome.OPEN), ProbeKind.BANNER, expects_banner=False) is Seen.ACCEPTED

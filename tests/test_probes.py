@@ -567,12 +567,13 @@ async def test_an_unexpected_error_while_reading_an_answer_is_a_result_not_a_cra
 ) -> None:
     """Last resort: if interpreting a device's answer raised a bug's exception, the probe still returns a
     PROTOCOL_ERROR result about that host (and logs the bug), so one device cannot end a whole scan."""
+    import fragileprobe._http
     import fragileprobe._probes as probes
 
     def broken(*_args: object) -> object:
         raise IndexError("a parser bug")
 
-    monkeypatch.setattr(probes, "_parse_head", broken)
+    monkeypatch.setattr(fragileprobe._http, "parse_head", broken)
     listener = await anyio.create_tcp_listener(local_host=loopback_host, local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
 

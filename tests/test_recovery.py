@@ -17,11 +17,10 @@ from fragileprobe._recovery import (
     call_recovery,
     command_recovery,
     emulator_recovery,
-    fleet_recovery,
     manual_recovery,
     wait_for_recovery,
 )
-from fragileprobe.emulator import DeviceState, EmulatedDevice, Fleet
+from fragileprobe.emulator import DeviceState, EmulatedDevice, Fleet, fleet_recovery
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -28,7 +28,8 @@ exceptions and their reasons)::
     watchdog       _watchdog                     stop everything the moment the device stops answering
     sessions       _limiter, _sessions           the ceiling, counted as the device counts sessions
     heartbeat      _heartbeat, _raw              "still alive?" (TCP, HTTP, ICMP)
-    probes         _probes, _fingerprint, _udp   probe records, banner and HTTP parsing, the probes
+    probes         _results, _translate, _http,  probe records, the error-translation table, the sans-IO
+                   _probes, _fingerprint, _udp   HTTP parser, the probes, banner parsing, UDP
     network        _net                          the network seam (sockets, or testing.FakeNetwork)
     scope          _addresses, _ports, _target,  what names a device, and the authorized scope
                    _scope
@@ -70,11 +71,12 @@ _PUBLIC: dict[str, str] = {
     "GuardStats": "_guard",
     "Heartbeat": "_heartbeat",
     "HttpHeartbeat": "_heartbeat",
-    "HttpResult": "_probes",
+    "HttpResult": "_results",
     "LimiterStatistics": "_limiter",
-    "Outcome": "_probes",
+    "Outcome": "_results",
     "PORT_SETS": "_ports",
-    "ProbeResult": "_probes",
+    "Phase": "_results",
+    "ProbeResult": "_results",
     "ProbeStream": "_probes",
     "Scope": "_scope",
     "Target": "_target",
@@ -117,7 +119,7 @@ _PUBLIC: dict[str, str] = {
     "RecoveryContext": "_recovery",
     "command_recovery": "_recovery",
     "emulator_recovery": "_recovery",
-    "fleet_recovery": "_recovery",
+    "fleet_recovery": "emulator._recovery",
     "manual_recovery": "_recovery",
     "wait_for_recovery": "_recovery",
     "EarlyWarning": "_level_verdict",
@@ -214,9 +216,6 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._limiter import LimiterStatistics as LimiterStatistics
     from fragileprobe._ports import PORT_SETS as PORT_SETS
     from fragileprobe._ports import parse_ports as parse_ports
-    from fragileprobe._probes import HttpResult as HttpResult
-    from fragileprobe._probes import Outcome as Outcome
-    from fragileprobe._probes import ProbeResult as ProbeResult
     from fragileprobe._probes import ProbeStream as ProbeStream
     from fragileprobe._probes import grab_banner as grab_banner
     from fragileprobe._probes import http_get as http_get
@@ -245,11 +244,14 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._recovery import RecoveryContext as RecoveryContext
     from fragileprobe._recovery import command_recovery as command_recovery
     from fragileprobe._recovery import emulator_recovery as emulator_recovery
-    from fragileprobe._recovery import fleet_recovery as fleet_recovery
     from fragileprobe._recovery import manual_recovery as manual_recovery
     from fragileprobe._recovery import wait_for_recovery as wait_for_recovery
     from fragileprobe._report._files import ReportFiles as ReportFiles
     from fragileprobe._report._files import write_report as write_report
+    from fragileprobe._results import HttpResult as HttpResult
+    from fragileprobe._results import Outcome as Outcome
+    from fragileprobe._results import Phase as Phase
+    from fragileprobe._results import ProbeResult as ProbeResult
     from fragileprobe._scope import Scope as Scope
     from fragileprobe._scope import parse_targets as parse_targets
     from fragileprobe._shield import Shield as Shield
@@ -262,3 +264,4 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe._watchdog import DownEvent as DownEvent
     from fragileprobe._watchdog import Watchdog as Watchdog
     from fragileprobe._watchdog import WatchdogTimeline as WatchdogTimeline
+    from fragileprobe.emulator._recovery import fleet_recovery as fleet_recovery

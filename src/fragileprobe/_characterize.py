@@ -370,7 +370,7 @@ async def _start(
     key, target = await _identify(guard, plan, model_key, name, bound)
     bound = bound.bind(model_key=key)
     params = _params(plan, target)
-    run_id, previous = _open_record(store, resume, plan.address, key, name, params, bound)
+    run_id, previous = await _open_record(store, resume, plan.address, key, name, params, bound)
     deadline = None if settings.timing.time_budget_s is None else events.t0 + settings.timing.time_budget_s
     run = _Run(
         guard=guard, watchdog=watchdog, reserve=guard.heartbeat_reserved, target=target,
@@ -426,7 +426,7 @@ def _params(plan: _Plan, target: Target) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _open_record(
+async def _open_record(
     store: ProfileStore | None,
     resume: bool,
     address: str,
@@ -438,9 +438,9 @@ def _open_record(
     """The stored run's id and its trials so far: the unfinished one resumed, or a new one begun."""
     if store is None:
         return None, []
-    row = store.unfinished_run(host=address, model_key=model_key) if resume else None
+    row = await store.aio.unfinished_run(host=address, model_key=model_key) if resume else None
     if row is None:
-        return store.begin_run(host=address, model_key=model_key, name=name, params=params), []
+        return await store.aio.begin_run(host=address, model_key=model_key, name=name, params=params), []
     _check_resumable(row, params)
     # Every stored trial stays evidence (an unfinished one's crash too); the plan goes on after the finished
     # ones, and a redone trial gets a new index: stored trials are never replaced.
@@ -506,7 +506,7 @@ class _Driver:
         while True:
             action = self.strategy.next_action()
             if isinstance(action, Done):
-                return self._finish(action)
+                return await self._finish(action)
             if isinstance(action, TestLevel):
                 self.strategy.observe(await self._test_level(action))
                 self._check_time_budget()
@@ -514,7 +514,7 @@ class _Driver:
                 await self._recover(action)
                 self.strategy.observe(Recovered())
             else:
-                self._end_trial(action)
+                await self._end_trial(action)
                 self.strategy.observe(Proceed())
 
     async def _test_level(self, action: TestLevel) -> Observation:
@@ -552,29 +552,30 @@ class _Driver:
             partial_trial = self._trial(complete=False)
             exc.partial = self._build([*self.finished, partial_trial], "recovery_failed")
             if self.store is not None and self.run_id is not None:
-                self.store.record_trial(self.run_id, partial_trial)
-                self.store.mark_run(self.run_id, "recovery_failed")
+                await self.store.aio.record_trial(self.run_id, partial_trial)
+                await self.store.aio.mark_run(self.run_id, "recovery_failed")
             self.run.log.error("characterize.recovery_failed", level=action.level, error=str(exc))
             raise
         self.events.emit("recovered", action.trial, action.level)
 
-    def _end_trial(self, action: NextTrial) -> None:
+    async def _end_trial(self, action: NextTrial) -> None:
         trial = self._trial(complete=True)
         self.next_index += 1
         self.finished.append(trial)
         if self.store is not None and self.run_id is not None:
-            self.store.record_trial(self.run_id, trial)  # its own transaction: survives kill -9 from here on
+            # its own transaction: survives kill -9 from here on
+            await self.store.aio.record_trial(self.run_id, trial)
         self.events.emit("trial_end", action.finished)
         self.run.log.info("characterize.trial_done", trial=action.finished, crashes=trial.crashes)
         self.current = []
         self.trial_started = anyio.current_time()
 
-    def _finish(self, action: Done) -> Characterization:
+    async def _finish(self, action: Done) -> Characterization:
         if self.current:  # a trial cut short by the time budget
             self.finished.append(self._trial(complete=False))
         char = self._build(self.finished, action.reason)
         if self.store is not None and self.run_id is not None:
-            self.store.finish_run(self.run_id, char, status=action.reason)
+            await self.store.aio.finish_run(self.run_id, char, status=action.reason)
         self.events.emit("done", self.strategy.trial)
         self.run.log.info(
             "characterize.done", safe_ceiling=char.safe_ceiling, failed_at=char.failed_at,
@@ -643,7 +644,7 @@ async def _derive_model_key(
     """
     # the one definition of model keys, and of which web server names the model (discovery's)
     from fragileprobe._fingerprint import model_key, model_server_header
-    from fragileprobe._probes import Outcome
+    from fragileprobe._probes import Outcome, Phase
 
     open_ports: list[int] = []
     accepting: list[int] = []
@@ -654,7 +655,7 @@ async def _derive_model_key(
         # The connection was accepted, whatever the service then did (said nothing in time, reset, spoke
         # garbage): a session can be held there. Only a refused or timed-out connect means "closed".
         if res.outcome is Outcome.TIMEOUT:
-            return not (res.error or "").startswith("connect timed out")
+            return res.phase is not Phase.CONNECT
         return res.outcome in (Outcome.OPEN, Outcome.RESET, Outcome.PROTOCOL_ERROR)
 
     for port in target.ports:  # one at a time: identification must not load the device

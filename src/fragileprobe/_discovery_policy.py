@@ -51,7 +51,7 @@ from fragileprobe._fingerprint import (
 )
 from fragileprobe._groups import UNZONED, Alert, GroupMatch, Rules, Zones, alert_for
 from fragileprobe._hostpolicy import HostPolicy, LivenessPlanner, ProbeKind, classify
-from fragileprobe._probes import HttpResult, Outcome, ProbeResult
+from fragileprobe._probes import HttpResult, Outcome, Phase, ProbeResult
 from fragileprobe._timing import BANNER_SERVICE_ALLOWANCE_S, RttEstimator
 from fragileprobe._udp import UdpResult, fingerprint_udp
 
@@ -83,8 +83,6 @@ __all__ = [
 _ANSWERED: Final = frozenset({Outcome.OPEN, Outcome.CLOSED, Outcome.RESET, Outcome.PROTOCOL_ERROR})
 # Outcomes where a session was established (the host has a listening port there).
 _SESSION: Final = frozenset({Outcome.OPEN, Outcome.RESET, Outcome.PROTOCOL_ERROR})
-# The first words of a ProbeResult.error for a connect that timed out (the probes' own wording).
-_CONNECT_TIMED_OUT: Final = "connect timed out"
 # The note of an unresponsive host that kept none of its fallback groups.
 _NO_FALLBACK_NOTE: Final = "in no fallback group: it stopped answering or never answered; investigate first"
 
@@ -92,8 +90,9 @@ _NO_FALLBACK_NOTE: Final = "in no fallback group: it stopped answering or never 
 # --- one probe --------------------------------------------------------------------------------------------
 
 def _connect_timed_out(res: ProbeResult) -> bool:
-    """The connect itself timed out (``http_get``/``grab_banner`` report TIMEOUT for a silent peer too)."""
-    return (res.error or "").startswith(_CONNECT_TIMED_OUT)
+    """The connect itself timed out (``http_get``/``grab_banner`` report TIMEOUT for a silent peer too,
+    in the EXCHANGE phase)."""
+    return res.outcome is Outcome.TIMEOUT and res.phase is Phase.CONNECT
 
 
 def connected(res: ProbeResult) -> bool:

@@ -29,7 +29,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from fragileprobe._probes import HttpResult, Outcome, ProbeResult
+from fragileprobe._probes import HttpResult, Outcome, Phase, ProbeResult
+from fragileprobe._results import ProbeKind
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -63,14 +64,6 @@ HUNG_REASON: Final = ("accepted connections but answered on no port (a request t
                       "or every service is silent")
 
 
-class ProbeKind(enum.Enum):
-    """How a port is probed (decided by its well-known port)."""
-
-    CONNECT = "connect"  # connect + close, nothing read (printer and client-speaks-first ports)
-    HTTP = "http"        # one bounded GET /
-    BANNER = "banner"    # connect, read what the service says first
-
-
 class Seen(enum.Enum):
     """What one probe said about its host."""
 
@@ -99,7 +92,7 @@ def classify(result: ProbeResult, kind: ProbeKind, *, expects_banner: bool) -> S
     if outcome is Outcome.TIMEOUT:
         # http_get / grab_banner report TIMEOUT both for a connect that timed out and for a peer that
         # accepted but never answered; only the first means "not there".
-        if (result.error or "").startswith("connect timed out"):
+        if result.phase is Phase.CONNECT:
             return Seen.NO_ANSWER
         return Seen.STALLED
     if outcome is Outcome.UNREACHABLE or outcome is Outcome.CANCELLED:

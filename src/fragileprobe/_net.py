@@ -8,8 +8,8 @@ give their tests).
 
 The interface stays at the level of the socket API on purpose: ``receive`` raises ``anyio.EndOfStream`` at the
 peer's FIN and a raw ``OSError`` (``ConnectionResetError``, ``ConnectionRefusedError``, ...) otherwise, so
-``fragileprobe._probes`` remains the one place where network errors are translated into outcomes and
-:class:`~fragileprobe.ProbeError` (whatever the network behind it).
+``fragileprobe._translate`` (one table per operation) remains the one place where network errors are
+translated into outcomes and :class:`~fragileprobe.ProbeError` (whatever the network behind it).
 
 The end of a session, from the device's side (RFC 9293 3.6): we half-close (FIN, :meth:`Connection.send_eof`),
 the device's service notices when it next reads and closes its side (its FIN reaches us as end of stream),
@@ -37,6 +37,7 @@ __all__ = [
     "LetGo",
     "Network",
     "SocketConnection",
+    "HeldSession",
     "SocketNetwork",
     "linger_close",
 ]
@@ -73,6 +74,16 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+@runtime_checkable
+class HeldSession(Connection, Protocol):
+    """A connection whose slot a device-side ledger keeps charged until the device has let go
+    (``_sessions.HeldConnection``). ``end`` hands the connection to the ledger's background linger and
+    returns at once; the probes call it instead of lingering themselves. It is declared here, below the
+    probes, so that they can recognise a held connection without importing the ledger above them."""
+
+    def end(self) -> None: ...
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ send it to the package's namespace, where its annotations' names are not.
 from __future__ import annotations
 
 import importlib
+import itertools
 import types
 from typing import TYPE_CHECKING
 
@@ -33,8 +34,14 @@ def rehome(value: object, package: str) -> None:
     is_error = isinstance(value, type) and issubclass(value, BaseException)
     if not (is_error or isinstance(value, types.FunctionType)):
         return
-    if value.__module__.startswith(package + "._"):
-        value.__module__ = package
+    if not value.__module__.startswith(package + "."):
+        return
+    # the public home: the defining module's path up to its first private part ("fragileprobe._errors" ->
+    # "fragileprobe"; "fragileprobe.emulator._recovery" -> "fragileprobe.emulator", whichever package
+    # re-exports it, so the answer never depends on which one was imported first)
+    parts = value.__module__.split(".")
+    public = [p for p in itertools.takewhile(lambda p: not p.startswith("_"), parts)]
+    value.__module__ = ".".join(public)
 
 
 def load(package: str, table: Mapping[str, str], name: str) -> object:

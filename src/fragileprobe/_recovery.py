@@ -10,7 +10,8 @@ Ready-made hooks (each function returns a hook):
 * :func:`command_recovery` - runs a command, e.g. a smart power strip's CLI (``{host}`` is substituted).
 * :func:`manual_recovery` - asks a person to power-cycle the device (terminal prompt; in a notebook a button).
 * :func:`emulator_recovery` - power-cycles an in-process emulated device.
-* :func:`fleet_recovery` - power-cycles a device of an emulated fleet through its HTTP control API.
+* ``fragileprobe.emulator.fleet_recovery`` - power-cycles a device of an emulated fleet through its HTTP
+  control API (it lives with the emulator: the library never imports the emulator).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ __all__ = [
     "call_recovery",
     "command_recovery",
     "emulator_recovery",
-    "fleet_recovery",
     "manual_recovery",
     "wait_for_recovery",
 ]
@@ -298,28 +298,5 @@ def emulator_recovery(device: _PowerCyclable) -> Callable[[RecoveryContext], Awa
     async def hook(ctx: RecoveryContext) -> None:
         log.info("recovery.emulator_power_cycle", host=ctx.host)
         await device.power_cycle()
-
-    return hook
-
-
-def fleet_recovery(control_url: str, host: str | None = None) -> Callable[[RecoveryContext], Awaitable[None]]:
-    """A hook that power-cycles a device of an emulated fleet through the fleet's control API.
-
-    Args:
-        control_url: The fleet's control URL (loopback).
-        host: The device to cycle; default: the host being characterized.
-    """
-    if not isinstance(control_url, str) or not control_url:
-        raise _validate.fail("control_url", "a URL string", control_url)
-    from fragileprobe.emulator import FleetClient  # lazily: the emulator is only needed here
-
-    FleetClient(control_url)  # checks the URL now (http, loopback host, port range), not at the first crash
-
-    async def hook(ctx: RecoveryContext) -> None:
-        from fragileprobe.emulator import FleetClient  # lazily: the emulator is only needed here
-
-        client = FleetClient(control_url)
-        log.info("recovery.fleet_power_cycle", host=host or ctx.host, control_url=control_url)
-        await client.power_cycle(host or ctx.host)
 
     return hook

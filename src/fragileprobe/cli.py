@@ -593,7 +593,8 @@ def _recovery_hook(
     It is built, and so checked, before anything is sent: a program that cannot run, found out only after
     the load crashed the device, would leave it down.
     """
-    from fragileprobe._recovery import command_recovery, fleet_recovery, manual_recovery, wait_for_recovery
+    from fragileprobe._recovery import command_recovery, manual_recovery, wait_for_recovery
+    from fragileprobe.emulator import fleet_recovery
 
     try:
         if url is not None:

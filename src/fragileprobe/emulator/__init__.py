@@ -36,6 +36,7 @@ _PUBLIC: dict[str, str] = {
     "DeviceInfo": "_control",
     "EmulatorProcess": "_process",
     "FleetClient": "_control",
+    "fleet_recovery": "_recovery",
     "DeviceState": "_fragility",
     "FragilitySpec": "_fragility",
     "draw_threshold": "_fragility",
@@ -87,3 +88,4 @@ if TYPE_CHECKING:  # pragma: no cover - the public names, for type checkers and 
     from fragileprobe.emulator._models import ServiceSpec as ServiceSpec
     from fragileprobe.emulator._models import get_model as get_model
     from fragileprobe.emulator._process import EmulatorProcess as EmulatorProcess
+    from fragileprobe.emulator._recovery import fleet_recovery as fleet_recovery
