@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -160,7 +159,7 @@ class SiteAgent:
         outcome: dict[str, Any] = {}
 
         async def keeper(cancel: anyio.CancelScope) -> None:
-            last_ok = time.monotonic()
+            last_ok = anyio.current_time()
             released = 0
             while True:
                 await anyio.sleep(interval)
@@ -170,10 +169,10 @@ class SiteAgent:
                     if finished:
                         await self.store.aio.call(self.ledger.release, job_id, finished)
                         released += len(finished)
-                    last_ok = time.monotonic()
+                    last_ok = anyio.current_time()
                 except FragileProbeError as exc:
                     log.warning("sites.lease_renew_failed", job_id=job_id, error=str(exc))
-                if time.monotonic() - last_ok > ttl * 2 / 3:
+                if anyio.current_time() - last_ok > ttl * 2 / 3:
                     outcome["lost"] = True
                     cancel.cancel()
                     return

@@ -219,7 +219,7 @@ class Coordinator:
         Raises:
             SiteJobError: ``timeout_s`` passed before every job ended.
         """
-        started = time.monotonic()
+        started = time.monotonic()  # sync code polling with time.sleep: no event loop, no anyio clock
         batch_id = uuid.uuid4().hex
         held = self.held()
         params = self.config.discovery.to_dict()
