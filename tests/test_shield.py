@@ -13,6 +13,7 @@ import contextlib
 import json
 import socket
 import struct
+import tracemalloc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,13 +26,14 @@ from python_socks.async_.anyio import Proxy
 from structlog.testing import capture_logs
 
 import fragileprobe as fp
+from fragileprobe import _shield
 from fragileprobe._errors import ConfigError, ProbeError, ProbeRefusedError, ProbeTimeoutError
 from fragileprobe._shield import SessionOutcome, reply_for
 from fragileprobe._socks import Reply
 from fragileprobe._store import ProfileStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
 ECHO_PORT = 23
@@ -533,9 +535,15 @@ async def test_rfc1929_login_required_and_checked(loopback_host: str) -> None:
 # --- relay -----------------------------------------------------------------------------------------------
 
 
-async def test_relay_counts_bytes_each_way_with_bounded_memory_and_idle_timeout(loopback_host: str) -> None:
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "user-space-copy"])
+async def test_relay_counts_bytes_each_way_with_bounded_memory_and_idle_timeout(
+    loopback_host: str, splice: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """8 MiB each way through one session (backpressure keeps it to one chunk per direction), then a silent
-    session is closed by the idle timeout."""
+    session is closed by the idle timeout; with the kernel pipe and with the user-space buffer."""
+    if splice and not _shield._SPLICE:
+        pytest.skip("splice(2) is Linux only")
+    monkeypatch.setattr(_shield, "_SPLICE", splice)
     async with fragile_box(loopback_host, hang_at=50) as box:
         shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, idle_timeout_s=0.5)
         async with serving(shield):
@@ -562,3 +570,67 @@ async def test_relay_counts_bytes_each_way_with_bounded_memory_and_idle_timeout(
     first, second = shield.sessions
     assert (first.bytes_up, first.bytes_down) == (total, total)
     assert second.outcome == "idle_timeout"
+
+
+async def _echo_through(stream: anyio.abc.SocketStream, total: int) -> None:
+    chunk = b"x" * 65536
+
+    async def reader() -> None:
+        got = 0
+        while got < total:
+            got += len(await stream.receive(65536))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        for _ in range(total // len(chunk)):
+            await stream.send(chunk)
+
+
+def _library_heap() -> int:
+    """Bytes the library's own code holds now on the Python heap (the test's device and client excluded)."""
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/fragileprobe/*")])
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+async def _peak_library_heap_while(work: Awaitable[None]) -> int:
+    peak = 0
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, _library_heap())
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        await work
+        tg.cancel_scope.cancel()
+    return peak
+
+
+async def test_relay_memory_grows_with_sessions_not_with_bytes(loopback_host: str) -> None:
+    """The library's heap while one session relays 32 MiB each way peaks where it does for 2 MiB (the bytes
+    stay in the kernel's pipe; nothing is kept per chunk), while 50 open sessions do cost memory."""
+    async with fragile_box(loopback_host, hang_at=200) as box:
+        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, default_ceiling=100)
+        async with serving(shield):
+            tracemalloc.start()
+            try:
+                peaks = []
+                for total in (2 << 20, 32 << 20):
+                    stream = await _socks(shield, loopback_host, box.echo_port)
+                    async with stream:
+                        with anyio.fail_after(60):
+                            peaks.append(await _peak_library_heap_while(_echo_through(stream, total)))
+                base = _library_heap()
+                held = [await _socks(shield, loopback_host, box.echo_port) for _ in range(50)]
+                await _until(lambda: shield.stats.active == 50)
+                per_session = (_library_heap() - base) / 50
+            finally:
+                tracemalloc.stop()
+            for stream in held:
+                await stream.aclose()
+    assert peaks[1] - peaks[0] < 64 * 1024, peaks  # 16x the bytes, not one more chunk's worth of heap
+    assert per_session > 1024, per_session  # sessions do cost memory (so the measure can see growth)
+    relayed = [s for s in shield.sessions if s.bytes_up]
+    assert [(s.bytes_up, s.bytes_down) for s in relayed] == [(2 << 20, 2 << 20), (32 << 20, 32 << 20)]

@@ -43,7 +43,9 @@ import errno
 import hmac
 import ipaddress
 import math
+import os
 import socket
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -124,14 +126,14 @@ LISTEN_BACKLOG: Final = 1024
 # After accept() fails for lack of descriptors, wait this long before trying again (instead of spinning).
 ACCEPT_BACKOFF_S: Final = 0.1
 # A bulk transfer where every recv and send succeeds at once never reaches an await: yield to the event loop
-# every this many chunks (4 MiB at 256 KiB) so the watchdog and other sessions run.
+# every this many chunks (1 MiB at 64 KiB) so the watchdog and other sessions run.
 CHUNKS_PER_CHECKPOINT: Final = 16
 # A SOCKS client sends greeting and request at once; 10 s allows a slow one and bounds a silent one.
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-# One read: 256 KiB. Reads go into one scratch buffer shared by all sessions; a session holds relay data of
-# its own only when the destination did not take a chunk at once (at most one chunk per direction: 512 KiB
-# in the worst case, nothing when idle), whatever it transfers.
-RELAY_CHUNK_BYTES: Final = 262144
+# Bytes in flight per direction of one session: one pipe's default capacity (16 pages). Nothing more is read
+# until the other side took them (backpressure), so a session holds at most 2 x 64 KiB, in the kernel's pipe
+# (or a buffer of its own without splice), and none while idle, whatever it relays.
+RELAY_CHUNK_BYTES: Final = 65536
 # Client connections served at once: each relayed session holds two sockets; 4,096 sessions stay well
 # inside a default 65,536 file-descriptor limit (raise the ulimit before raising this).
 DEFAULT_MAX_SESSIONS: Final = 4096
@@ -370,6 +372,89 @@ class _Counters:
         self.last = anyio.current_time()
         self.outcome = SessionOutcome.RELAYED
 
+    def count(self, way: _Way, n: int) -> None:
+        if way.upstream:
+            self.up += n
+        else:
+            self.down += n
+
+
+@dataclass(frozen=True, slots=True)
+class _Way:
+    """One direction of a relay: which side's failure is which outcome, and which total it adds to."""
+
+    upstream: bool
+    src_reset: SessionOutcome
+    dst_reset: SessionOutcome
+    total: str
+
+
+_UP: Final = _Way(True, SessionOutcome.CLIENT_RESET, SessionOutcome.DEVICE_RESET, "bytes_up")
+_DOWN: Final = _Way(False, SessionOutcome.DEVICE_RESET, SessionOutcome.CLIENT_RESET, "bytes_down")
+# Linux's splice(2) moves bytes socket -> pipe -> socket inside the kernel: the relay never copies a byte
+# through Python (the bulk transfer cost of a user-space relay is two copies and two allocations per chunk).
+_SPLICE: Final = hasattr(os, "splice") and sys.platform == "linux"
+_SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+class _Splice:
+    """One direction's bytes in flight, in a kernel pipe (created at the first byte: a scanner's session
+    that carries none costs no pipe). ``fill`` and ``flush`` raise ``BlockingIOError`` when the socket is
+    not ready and ``OSError`` when it broke; ``fill`` returns 0 at the peer's FIN."""
+
+    __slots__ = ("pending", "r", "w")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.r = self.w = -1
+
+    def fill(self, src: socket.socket) -> int:
+        if self.w < 0:
+            if not src.recv(1, socket.MSG_PEEK):  # BlockingIOError when nothing is there yet
+                return 0
+            self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        n = os.splice(src.fileno(), self.w, RELAY_CHUNK_BYTES, flags=_SPLICE_FLAGS)
+        self.pending += n
+        return n
+
+    def flush(self, dst: socket.socket) -> int:
+        n = os.splice(self.r, dst.fileno(), self.pending, flags=_SPLICE_FLAGS)
+        self.pending -= n
+        return n
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                os.close(fd)
+        self.r = self.w = -1
+
+
+class _Copy:
+    """The same through one user-space buffer, allocated at the first byte (where splice(2) is missing)."""
+
+    __slots__ = ("buf", "pending", "start")
+
+    def __init__(self) -> None:
+        self.buf: bytearray | None = None
+        self.pending = self.start = 0
+
+    def fill(self, src: socket.socket) -> int:
+        if self.buf is None:
+            self.buf = bytearray(RELAY_CHUNK_BYTES)
+        n = src.recv_into(self.buf)
+        self.start, self.pending = 0, n
+        return n
+
+    def flush(self, dst: socket.socket) -> int:
+        assert self.buf is not None
+        n = dst.send(memoryview(self.buf)[self.start : self.start + self.pending])
+        self.start += n
+        self.pending -= n
+        return n
+
+    def close(self) -> None:
+        self.buf = None
+
 
 class Shield:
     """A SOCKS5 server enforcing per-device ceilings and a watchdog (see the module docstring).
@@ -488,7 +573,6 @@ class Shield:
             self._jsonl = JsonlAlertSink(alert_file) if alert_file is not None else None
             self._webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
         self._hosts: dict[str, _Host] = {}
-        self._scratch = bytearray(RELAY_CHUNK_BYTES)
         self._profiles: dict[str, tuple[str, int | None]] = {}
         self._assets: dict[str, Any] = {}
         self._recent: deque[ShieldSession] = deque(maxlen=MAX_RECENT_SESSIONS)
@@ -868,102 +952,87 @@ class Shield:
                 await device.send(first)
             except ProbeError:
                 return SessionOutcome.DEVICE_RESET
-            counters.up += len(first)
+            counters.count(_UP, len(first))
             self._n["bytes_up"] += len(first)
+        # The bytes move on the socket of the Guard's own connection (the stream's typed attribute): the
+        # Guard keeps the session in its device-side ledger and ends it as usual when this block is left;
+        # only the byte copying skips the stream's per-call layers.
+        sock: socket.socket | None = device.extra(SocketAttribute.raw_socket, None)
+        if sock is None:
+            return SessionOutcome.CONNECT_FAILED  # the shield's Guards always run on real sockets
         with anyio.CancelScope(deadline=anyio.current_time() + self._total_timeout_s) as total:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump_up, client.sock, device, counters, tg.cancel_scope)
-                await self._pump_down(device, client.sock, counters, tg.cancel_scope)
+                tg.start_soon(self._pump, client.sock, sock, _UP, counters, tg.cancel_scope)
+                await self._pump(sock, client.sock, _DOWN, counters, tg.cancel_scope)
         if total.cancelled_caught:
             return SessionOutcome.TOTAL_TIMEOUT
         return counters.outcome
 
-    def _eof(self, counters: _Counters, relay: anyio.CancelScope) -> bool:
-        """Note one side's FIN; True if it was the first (forward it), False if both are done."""
+    async def _pump(
+        self, src: socket.socket, dst: socket.socket, way: _Way, counters: _Counters, relay: anyio.CancelScope
+    ) -> None:
+        """One direction: ``src`` -> kernel pipe -> ``dst`` (or a small buffer where splice is missing).
+
+        Backpressure: nothing more is read from ``src`` until ``dst`` took everything read so far, so at most
+        :data:`RELAY_CHUNK_BYTES` per direction are in flight, in the kernel, whatever the session relays.
+        """
+        mover = _Splice() if _SPLICE else _Copy()
+        try:
+            moved = 0
+            while True:
+                try:
+                    n = mover.fill(src)
+                except BlockingIOError:
+                    if not await self._wait(src, counters, relay):
+                        return
+                    continue
+                except OSError:
+                    return self._broken(counters, way.src_reset, relay)
+                if n == 0:
+                    return self._forward_eof(dst, counters, relay)
+                counters.last = anyio.current_time()
+                if not await self._drain(mover, dst, way, counters, relay):
+                    return
+                moved += 1
+                if moved % CHUNKS_PER_CHECKPOINT == 0:
+                    # When every read and write completes at once nothing awaits: let others run.
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            mover.close()
+
+    async def _drain(
+        self, mover: _Splice | _Copy, dst: socket.socket, way: _Way, counters: _Counters,
+        relay: anyio.CancelScope,
+    ) -> bool:  # fmt: skip
+        """Write what ``mover`` holds to ``dst``; False when the relay is over (reset, or idle)."""
+        while mover.pending:
+            try:
+                n = mover.flush(dst)
+            except BlockingIOError:
+                if not await self._wait(dst, counters, relay, readable=False):
+                    return False
+                continue
+            except OSError:
+                self._broken(counters, way.dst_reset, relay)
+                return False
+            counters.count(way, n)
+            self._n[way.total] += n
+        return True
+
+    def _forward_eof(self, dst: socket.socket, counters: _Counters, relay: anyio.CancelScope) -> None:
+        """``src`` sent FIN: pass it on (the first one), or end the relay (both sides are done)."""
         first = not counters.eof
         counters.eof = True
         counters.last = anyio.current_time()
         if not first:
-            relay.cancel()  # both sides have sent FIN: done
-        return first
+            relay.cancel()
+            return
+        with contextlib.suppress(OSError):  # the other side is gone too: its pump sees it
+            dst.shutdown(socket.SHUT_WR)
 
     def _broken(self, counters: _Counters, outcome: SessionOutcome, relay: anyio.CancelScope) -> None:
         counters.outcome = outcome
         relay.cancel()
-
-    async def _pump_up(
-        self, src: socket.socket, device: ProbeStream, counters: _Counters, relay: anyio.CancelScope
-    ) -> None:
-        """Client -> device: recv_into the shared scratch buffer, then send; the next read waits until the
-        device took this chunk (backpressure)."""
-        scratch = self._scratch
-        while True:
-            try:
-                n = src.recv_into(scratch)
-            except BlockingIOError:
-                if not await self._wait(src, counters, relay):
-                    return
-                continue
-            except OSError:
-                return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
-            if n == 0:
-                if self._eof(counters, relay):
-                    with contextlib.suppress(ProbeError):  # the device is gone too: its pump sees it
-                        await device.send_eof()
-                return
-            counters.last = anyio.current_time()
-            data = bytes(scratch[:n])  # copied out before the await: the buffer is shared
-            try:
-                await device.send(data)
-            except ProbeTimeoutError:
-                return self._broken(counters, SessionOutcome.IDLE_TIMEOUT, relay)
-            except ProbeError:
-                return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
-            counters.up += n
-            self._n["bytes_up"] += n
-
-    async def _pump_down(
-        self, device: ProbeStream, dst: socket.socket, counters: _Counters, relay: anyio.CancelScope
-    ) -> None:
-        """Device -> client: one chunk read at a time (the stream's transport reads only while we wait for
-        it), sent on the client's own socket; the next read waits until the client took this one."""
-        chunks = 0
-        while True:
-            data = b""
-            idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
-            with anyio.move_on_after(counters.last + idle - anyio.current_time()):
-                try:
-                    data = await device.receive(RELAY_CHUNK_BYTES)
-                except anyio.EndOfStream:
-                    if self._eof(counters, relay):
-                        with contextlib.suppress(OSError):
-                            dst.shutdown(socket.SHUT_WR)
-                    return
-                except ProbeError:
-                    return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
-            if not data:
-                if anyio.current_time() - counters.last >= idle:
-                    if not counters.eof:
-                        counters.outcome = SessionOutcome.IDLE_TIMEOUT
-                    relay.cancel()
-                    return
-                continue
-            counters.last = anyio.current_time()
-            view = memoryview(data)
-            while view:
-                try:
-                    view = view[dst.send(view):]
-                except BlockingIOError:
-                    if not await self._wait(dst, counters, relay, readable=False):
-                        return
-                except OSError:
-                    return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
-            counters.down += len(data)
-            self._n["bytes_down"] += len(data)
-            chunks += 1
-            if chunks % CHUNKS_PER_CHECKPOINT == 0:
-                # When every read and send completes at once nothing awaits for long: let others run.
-                await anyio.lowlevel.checkpoint()
 
     async def _wait(self, sock: socket.socket, counters: _Counters, relay: anyio.CancelScope, *,
                     readable: bool = True) -> bool:  # fmt: skip
