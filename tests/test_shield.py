@@ -133,9 +133,11 @@ def _heartbeat(box: FragileBox) -> fp.HttpHeartbeat:
     return fp.HttpHeartbeat(port=box.web_port, expect_status=None, timeout_s=HEARTBEAT_TIMEOUT_S)
 
 
-async def _socks(shield: fp.Shield, host: str, port: int, **kw: object) -> anyio.abc.SocketStream:
+async def _socks(
+    shield: fp.Shield, host: str, port: int, login: str | None = None, **kw: object
+) -> anyio.abc.SocketStream:
     h, p = shield.address
-    proxy = Proxy.from_url(f"socks5://{h}:{p}", **kw)  # type: ignore[arg-type]
+    proxy = Proxy.from_url(f"socks5://{login + '@' if login else ''}{h}:{p}", **kw)  # type: ignore[arg-type]
     return await proxy.connect(host, port, timeout=10)
 
 
@@ -239,6 +241,48 @@ async def test_over_the_ceiling_waits_bounded_then_is_refused_never_relayed(loop
     refused = [s for s in shield.sessions if s.outcome == SessionOutcome.CEILING_WAIT_TIMEOUT.value]
     assert len(refused) == 1
     assert 0.3 <= refused[0].waited_s < 3
+
+
+@pytest.mark.parametrize("same_client", [True, False], ids=["same-client", "other-client"])
+async def test_a_waiting_connect_takes_the_slot_of_the_same_clients_idle_session(
+    loopback_host: str, same_client: bool
+) -> None:
+    """A tool frozen in connect() (proxychains) cannot close the sockets it is done with: a CONNECT that has
+    waited preempt_idle_s for a full host ends the same client's session there idle as long, and gets the
+    slot (after the device let go: never more than the ceiling). Another client's session is never ended."""
+    async with fragile_box(loopback_host, hang_at=3) as box:
+        users = {"a": "pw-a", "b": "pw-b"}
+        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, ceilings={loopback_host: 2},
+                           slot_wait_s=3.0, preempt_idle_s=0.3, users=users, allow_clients=["127.0.0.0/8"],
+                           heartbeats={loopback_host: _heartbeat(box)}, **BEAT)  # fmt: skip
+        async with serving(shield):
+            holder = await _socks(shield, box.host, box.echo_port, login="a:pw-a")
+            async with holder:
+                await holder.send(b"x")
+                assert await holder.receive() == b"x"
+                if same_client:
+                    late = await _socks(shield, box.host, box.echo_port, login="a:pw-a")
+                    async with late:
+                        await late.send(b"y")
+                        assert await late.receive() == b"y"
+                    with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await holder.receive()  # the idle session was ended
+                else:
+                    with pytest.raises(ProxyError) as info:
+                        await _socks(shield, box.host, box.echo_port, login="b:pw-b")
+                    assert info.value.error_code == Reply.NOT_ALLOWED
+                    await holder.send(b"z")  # the other client's session still relays
+                    assert await holder.receive() == b"z"
+    outcomes = [s.outcome for s in shield.sessions]
+    if same_client:
+        assert outcomes[0] == SessionOutcome.PREEMPTED_IDLE.value
+        assert outcomes[1] == SessionOutcome.RELAYED.value
+        assert 0.3 <= shield.sessions[1].waited_s < 3
+    else:
+        assert SessionOutcome.PREEMPTED_IDLE.value not in outcomes
+        assert SessionOutcome.CEILING_WAIT_TIMEOUT.value in outcomes
+    assert box.peak_relay <= 1  # the heartbeat keeps one of the 2 places
+    assert not box.hung
 
 
 # --- the watchdog ----------------------------------------------------------------------------------------
@@ -480,11 +524,11 @@ def test_reply_mapping() -> None:
 
 def test_non_loopback_bind_needs_auth_and_an_allow_list() -> None:
     scope = fp.Scope("127.0.0.0/24")
-    with pytest.raises(ConfigError, match="not a loopback address"):
+    with pytest.raises(ConfigError, match="listen_host: must be a loopback address unless users"):
         fp.Shield(scope=scope, listen_host="0.0.0.0")
-    with pytest.raises(ConfigError, match="not a loopback address"):
+    with pytest.raises(ConfigError, match="listen_host: must be a loopback address unless users"):
         fp.Shield(scope=scope, listen_host="0.0.0.0", users={"a": "b"})
-    with pytest.raises(ConfigError, match="not a loopback address"):
+    with pytest.raises(ConfigError, match="listen_host: must be a loopback address unless users"):
         fp.Shield(scope=scope, listen_host="0.0.0.0", allow_clients=["10.0.0.0/8"])
     fp.Shield(scope=scope, listen_host="0.0.0.0", users={"a": "b"}, allow_clients=["10.0.0.0/8"])
     with pytest.raises(ConfigError, match="listen_host"):

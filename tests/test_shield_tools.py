@@ -188,7 +188,7 @@ def test_cli_refuses_an_open_bind_without_auth(tmp_path: Path) -> None:
     command = [*fragileprobe_command(), "shield", "--scope", "127.0.0.1", "--listen", "0.0.0.0:0"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
-    assert "not a loopback address" in proc.stderr
+    assert "must be a loopback address unless users" in proc.stderr
 
 
 def test_report_shows_a_timeline_per_device_with_its_trips(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import SocketAttribute
 
-from fragileprobe import _socks
+from fragileprobe import _socks, _validate
 from fragileprobe._errors import (
     ConfigError,
     DeviceDownError,
@@ -112,6 +112,14 @@ MEDICAL_GROUP: Final = "Medical Device?"
 # tool inside connect() while it waits for our reply (it makes the socket blocking for the handshake), so a
 # long wait stalls the scanner; 5 s lets a queued nmap -sV probe through after one short service probe.
 DEFAULT_SLOT_WAIT_S: Final = 5.0
+# A CONNECT that has waited this long for a slot of a full host takes the slot of the same client's session
+# to that host that has been idle at least as long (see Shield's preempt_idle_s). A tool behind proxychains
+# (nmap -sT, -sV) is frozen inside connect() while it waits, so it cannot close the sockets it is done with:
+# without this, its wait runs out and the port is reported closed. 1 s: longer than a loopback or LAN
+# round trip by far, and a fifth of the slot wait, so the waiting connect still gets the slot in time.
+DEFAULT_PREEMPT_IDLE_S: Final = 1.0
+# How often a host with waiting CONNECTs looks for an idle session to preempt.
+PREEMPT_CHECK_S: Final = 0.2
 # A relayed session with no byte in either direction for this long is closed: an interactive session
 # survives a pause, a scanner's forgotten connection does not hold one of a device's few slots for ever.
 DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
@@ -166,6 +174,7 @@ class SessionOutcome(enum.Enum):
     CLIENT_RESET = "client_reset"
     DEVICE_RESET = "device_reset"
     CANCELLED_BY_WATCHDOG = "cancelled_by_watchdog"  # the device tripped while the session ran
+    PREEMPTED_IDLE = "preempted_idle"  # idle while the same client waited for a slot of the same host
     REFUSED_SCOPE = "refused_scope"
     REFUSED_NAME = "refused_name"
     REFUSED_COMMAND = "refused_command"
@@ -314,19 +323,6 @@ def reply_for(exc: BaseException) -> tuple[Reply, SessionOutcome]:
     return Reply.GENERAL_FAILURE, SessionOutcome.CONNECT_FAILED
 
 
-def _positive(name: str, value: float) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"Shield.{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"Shield.{name} must be an int of at least {minimum}, got {value!r}")
-    return value
-
-
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -335,8 +331,8 @@ class _Host:
     """One destination host: its Guard (owned by its host task), its limit and its trip state."""
 
     __slots__ = (
-        "address", "ceiling", "guard", "heartbeat", "last_active", "limit_source", "ready", "release_event",
-        "sessions", "trip", "trip_index", "wake",
+        "address", "ceiling", "guard", "heartbeat", "last_active", "limit_source", "live", "ready",
+        "release_event", "sessions", "trip", "trip_index", "wake",
     )  # fmt: skip
 
     def __init__(self, address: str, ceiling: int, limit_source: str, heartbeat: Heartbeat | None) -> None:
@@ -349,6 +345,7 @@ class _Host:
         self.wake = anyio.Event()
         self.release_event = anyio.Event()
         self.sessions = 0
+        self.live: set[_Counters] = set()  # sessions waiting for a slot or relaying
         self.last_active = anyio.current_time()
         self.trip: ShieldTrip | None = None
         self.trip_index = -1
@@ -363,14 +360,19 @@ class _Host:
 
 
 class _Counters:
-    __slots__ = ("down", "eof", "last", "outcome", "up")
+    """One session's relay state: byte counts, last activity, and what preemption needs (who, since when)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("client", "down", "eof", "last", "outcome", "relay", "up", "waiting_since")
+
+    def __init__(self, client: str) -> None:
+        self.client = client  # the client's address and login: whose idle session may be preempted
         self.up = 0
         self.down = 0
         self.eof = False
         self.last = anyio.current_time()
         self.outcome = SessionOutcome.RELAYED
+        self.waiting_since: float | None = None  # set while waiting for a slot and connecting
+        self.relay: anyio.CancelScope | None = None  # set while relaying
 
     def count(self, way: _Way, n: int) -> None:
         if way.upstream:
@@ -475,6 +477,10 @@ class Shield:
         release: "auto" (blocked until ``release_beats`` healthy beats) or "operator" (:meth:`release`).
         release_beats: healthy beats in a row that end a trip with ``release="auto"``.
         slot_wait_s: how long a CONNECT over the ceiling waits for a slot before it is refused.
+        preempt_idle_s: a CONNECT that has waited this long for a slot of a full host ends the same
+            client's session to that host that has been idle as long (outcome ``preempted_idle``), so a
+            tool frozen in ``connect()`` (anything behind proxychains) does not deadlock on the sockets it
+            is done with; None: never (the wait then runs out and the CONNECT is refused).
         connect_timeout_s: bound on the upstream connect.
         idle_timeout_s: a relayed session silent this long in both directions is closed.
         total_timeout_s: bound on one relayed session.
@@ -508,6 +514,7 @@ class Shield:
         release: Literal["auto", "operator"] = "auto",
         release_beats: int = DEFAULT_RELEASE_BEATS,
         slot_wait_s: float = DEFAULT_SLOT_WAIT_S,
+        preempt_idle_s: float | None = DEFAULT_PREEMPT_IDLE_S,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S,
@@ -519,52 +526,45 @@ class Shield:
         webhook_url: str | None = None,
     ) -> None:
         if not isinstance(scope, Scope):
-            raise ConfigError(f"Shield.scope must be a Scope, got {scope!r}")
+            raise _validate.fail("scope", "a Scope", scope)
         self._scope = scope
         try:
             listen = ipaddress.ip_address(listen_host)
         except (ValueError, TypeError):
-            raise ConfigError(
-                f"Shield.listen_host must be an IP address literal, got {listen_host!r}"
-            ) from None
+            raise _validate.fail("listen_host", "an IP address literal", listen_host) from None
         self._listen_host = str(listen)
-        self._listen_port = _count("listen_port", listen_port, 0)
-        if self._listen_port > 65535:
-            raise ConfigError(f"Shield.listen_port must be 0-65535, got {listen_port!r}")
+        self._listen_port = _validate.count("listen_port", listen_port, minimum=0, maximum=65535)
         if not listen.is_loopback and (not users or allow_clients is None):
-            raise ConfigError(
-                f"Shield.listen_host {listen_host} is not a loopback address: an open SOCKS proxy into a "
-                "medical network is refused; give users= (RFC 1929 login) and allow_clients= "
-                "(who may connect)"
-            )
+            # An open SOCKS proxy into a medical network is refused.
+            raise _validate.fail("listen_host", "a loopback address unless users= (RFC 1929 login) and "
+                                 "allow_clients= (who may connect) are given", listen_host)  # fmt: skip
         self._users = {str(k).encode(): str(v).encode() for k, v in (users or {}).items()}
         try:
             self._clients = Scope(list(allow_clients) if allow_clients is not None else _LOOPBACK_CLIENTS,
                                   allow_large=True)  # fmt: skip
         except ConfigError as exc:
-            raise ConfigError(f"Shield.allow_clients: {exc}") from exc
+            raise ConfigError(f"allow_clients: {exc}", field="allow_clients") from exc
         self._store = store
-        self._default_ceiling = _count("default_ceiling", default_ceiling, 1)
-        self._medical_ceiling = _count("medical_ceiling", medical_ceiling, 1)
-        self._ceilings = {self._literal("ceilings", h): _count(f"ceilings[{h}]", c, 0)
+        self._default_ceiling = _validate.count("default_ceiling", default_ceiling, minimum=1)
+        self._medical_ceiling = _validate.count("medical_ceiling", medical_ceiling, minimum=1)
+        self._ceilings = {self._literal("ceilings", h): _validate.count(f"ceilings[{h}]", c, minimum=0)
                           for h, c in (ceilings or {}).items()}  # fmt: skip
         self._heartbeats = {self._literal("heartbeats", h): hb for h, hb in (heartbeats or {}).items()}
         for h, hb in [*self._heartbeats.items(), ("default_heartbeat", default_heartbeat)]:
             if hb is not None and not callable(getattr(hb, "beat", None)):
-                raise ConfigError(f"Shield.heartbeats[{h}] {hb!r} has no beat(host) method")
+                raise _validate.fail(f"heartbeats[{h}]", "a heartbeat (an object with beat(host))", hb)
         self._default_heartbeat = default_heartbeat
-        self._interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
-        self._failures_to_down = _count("failures_to_down", failures_to_down, 1)
-        if release not in ("auto", "operator"):
-            raise ConfigError(f"Shield.release must be 'auto' or 'operator', got {release!r}")
-        self._release_mode = release
-        self._release_beats = _count("release_beats", release_beats, 1)
-        self._slot_wait_s = _positive("slot_wait_s", slot_wait_s)
-        self._connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
-        self._idle_timeout_s = _positive("idle_timeout_s", idle_timeout_s)
-        self._total_timeout_s = _positive("total_timeout_s", total_timeout_s)
+        self._interval_s = _validate.positive("heartbeat_interval_s", heartbeat_interval_s)
+        self._failures_to_down = _validate.count("failures_to_down", failures_to_down, minimum=1)
+        self._release_mode = _validate.one_of("release", release, ("auto", "operator"))
+        self._release_beats = _validate.count("release_beats", release_beats, minimum=1)
+        self._slot_wait_s = _validate.positive("slot_wait_s", slot_wait_s)
+        self._preempt_idle_s = _validate.optional_positive("preempt_idle_s", preempt_idle_s)
+        self._connect_timeout_s = _validate.positive("connect_timeout_s", connect_timeout_s)
+        self._idle_timeout_s = _validate.positive("idle_timeout_s", idle_timeout_s)
+        self._total_timeout_s = _validate.positive("total_timeout_s", total_timeout_s)
         self._allow_printer_ports = bool(allow_printer_ports)
-        self._max_sessions = _count("max_sessions", max_sessions, 1)
+        self._max_sessions = _validate.count("max_sessions", max_sessions, minimum=1)
         self._jsonl: JsonlAlertSink | None = None
         self._webhook: WebhookAlertSink | None = None
         if alert_file is not None or webhook_url is not None:
@@ -592,7 +592,7 @@ class Shield:
         try:
             return str(ipaddress.ip_address(host))
         except (ValueError, TypeError):
-            raise ConfigError(f"Shield.{name}: {host!r} is not an IP address literal") from None
+            raise _validate.fail(name, "keyed by IP address literals", host) from None
 
     def __repr__(self) -> str:
         return (
@@ -630,7 +630,7 @@ class Shield:
         self._audit_send = send
         self._audit_receive = receive
         self._tg.start_soon(self._audit_writer, receive)
-        self._tg.start_soon(self._accept_loop, listener)
+        self._tg.start_soon(self._accept_loop, listener, self._tg)
         log.info("shield.listening", host=self._address[0], port=self._address[1], scope=str(self._scope),
                  auth=bool(self._users), clients=str(self._clients), release=self._release_mode)  # fmt: skip
         return self
@@ -747,10 +747,9 @@ class Shield:
 
     # --- client connections -------------------------------------------------------------------------------
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(self, listener: socket.socket, tg: anyio.abc.TaskGroup) -> None:
         """Accept clients on our own non-blocking socket: no asyncio transport per client, so the relay can
         move bytes with plain recv_into/send (a transport buys nothing for a byte pipe and costs a copy)."""
-        assert self._tg is not None
         while True:
             await anyio.wait_readable(listener)
             try:
@@ -763,7 +762,7 @@ class Shield:
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._tg.start_soon(self._handle, conn, remote)
+            tg.start_soon(self._handle, conn, remote)
 
     async def _handle(self, conn: socket.socket, remote: Any) -> None:
         client = SocketConnection(conn, str(remote[0]), int(remote[1]))
@@ -862,7 +861,7 @@ class Shield:
     ) -> None:  # fmt: skip
         host, port = request.host, request.port
         t0 = anyio.current_time()
-        counters = _Counters()
+        counters = _Counters(f"{peer.rpartition(':')[0]} {user}")
         entry: _Host | None = None
 
         def record(outcome: SessionOutcome, reply: Reply | None, waited_s: float) -> ShieldSession:
@@ -887,6 +886,7 @@ class Shield:
             await finish(SessionOutcome.REFUSED_DO_NOT_SCAN, Reply.NOT_ALLOWED)
             return
         entry.sessions += 1
+        entry.live.add(counters)
         try:
             outcome, reply, waited_s = await self._open_and_relay(client, machine, entry, port, t0, counters)
         except anyio.get_cancelled_exc_class():
@@ -895,6 +895,7 @@ class Shield:
             raise
         finally:
             entry.sessions -= 1
+            entry.live.discard(counters)
             entry.last_active = anyio.current_time()
             entry.poke()
         await finish(outcome, reply, waited_s)
@@ -916,8 +917,10 @@ class Shield:
         # never bounds the relay (the relay has its own idle and total timeouts).
         with anyio.CancelScope(deadline=t0 + self._slot_wait_s + self._connect_timeout_s) as waiting:
             try:
+                counters.waiting_since = t0
                 async with guard.connect(port, timeout_s=self._connect_timeout_s) as stream:
                     connected = True
+                    counters.waiting_since = None
                     waiting.deadline = math.inf
                     waited_s = anyio.current_time() - t0
                     outcome = await self._relay(client, machine, stream, counters)
@@ -937,6 +940,7 @@ class Shield:
         if not connected:
             waited_s = anyio.current_time() - t0
         return outcome, reply, waited_s
+
     async def _relay(
         self, client: SocketConnection, machine: _socks.SocksServer, device: ProbeStream, counters: _Counters,
     ) -> SessionOutcome:  # fmt: skip
@@ -962,6 +966,7 @@ class Shield:
             return SessionOutcome.CONNECT_FAILED  # the shield's Guards always run on real sockets
         with anyio.CancelScope(deadline=anyio.current_time() + self._total_timeout_s) as total:
             async with anyio.create_task_group() as tg:
+                counters.relay = tg.cancel_scope  # what a preemption cancels
                 tg.start_soon(self._pump, client.sock, sock, _UP, counters, tg.cancel_scope)
                 await self._pump(sock, client.sock, _DOWN, counters, tg.cancel_scope)
         if total.cancelled_caught:
@@ -1101,15 +1106,46 @@ class Shield:
                 await self._tripped(entry, down.reason if down else None, down.in_flight if down else 0)
                 await self._await_release(entry, guard)
                 continue
-            idle_for = anyio.current_time() - entry.last_active
+            now = anyio.current_time()
+            idle_for = now - entry.last_active
             if entry.sessions == 0 and idle_for >= GUARD_LINGER_S:
                 del self._hosts[entry.address]  # new CONNECTs from now on get a fresh entry
                 return
             wake = entry.wake
             # Sessions end with a poke; the timeout only bounds how late a trip without sessions is seen.
             wait = self._interval_s if entry.sessions else min(self._interval_s, GUARD_LINGER_S - idle_for)
+            if self._preempt_idle_s is not None and self._preempt(entry, guard, now):
+                wait = min(wait, PREEMPT_CHECK_S)
             with anyio.move_on_after(max(wait, 0.01)):
                 await wake.wait()
+
+    def _preempt(self, entry: _Host, guard: Guard, now: float) -> bool:
+        """End the idlest session of a client that waits for a slot of this full host; True while any waits.
+
+        Only a session of the *same* client (address and login) is ended, only when it has been idle for
+        ``preempt_idle_s`` while that client's CONNECT has waited as long, and only while the device holds
+        its ceiling: the slot then passes (after the device let go, as always) to a waiting CONNECT.
+        """
+        assert self._preempt_idle_s is not None
+        waiting = [c for c in entry.live if c.waiting_since is not None]
+        ledger = guard.sessions
+        if not waiting or ledger is None or ledger.device_sessions < entry.ceiling:
+            return bool(waiting)
+        after = self._preempt_idle_s
+        for waiter in waiting:
+            if waiter.waiting_since is None or now - waiter.waiting_since < after:
+                continue
+            idle = [c for c in entry.live if c.relay is not None and c.client == waiter.client
+                    and now - c.last >= after]  # fmt: skip
+            if idle:
+                victim = min(idle, key=lambda c: c.last)
+                log.info("shield.preempted", host=entry.address, client=victim.client,
+                         idle_s=round(now - victim.last, 3))  # fmt: skip
+                victim.outcome = SessionOutcome.PREEMPTED_IDLE
+                assert victim.relay is not None
+                victim.relay.cancel()
+                victim.relay = None
+        return True
 
     async def _tripped(self, entry: _Host, reason: str | None, in_flight: int) -> None:
         trip = ShieldTrip(entry.address, time.time(), reason, in_flight, entry.ceiling, entry.limit_source)
