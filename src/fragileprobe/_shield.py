@@ -16,7 +16,9 @@ For every CONNECT (the protocol is :mod:`fragileprobe._socks`, sans-IO):
    the host's ceiling: a per-host override, else the stored ceiling of the host's model (inventory model key
    -> :class:`~fragileprobe.ProfileStore` profile), else :data:`MEDICAL_CEILING` for hosts in the
    "Medical Device?" group, else ``default_ceiling``. Over the ceiling a CONNECT waits at most
-   ``slot_wait_s``, then is refused (0x02); it is never relayed over the ceiling.
+   ``slot_wait_s``, then is refused (0x02); it is never relayed over the ceiling. A CONNECT that has waited
+   ``preempt_idle_s`` ends the same client's session to that host idle as long (a tool frozen in
+   ``connect()`` by proxychains cannot close the sockets it is done with).
 3. **upstream**: the connect is ``guard.connect(port)``: the Guard does the device-side session accounting
    (the slot is held until the device has let go). Its result is the reply (see :func:`reply_for`).
 4. **watchdog**: when a heartbeat is known for the host (``heartbeats``, else the inventory's web port, else
@@ -25,9 +27,10 @@ For every CONNECT (the protocol is :mod:`fragileprobe._socks`, sans-IO):
    trip, raises an alert (structlog, JSON-lines file, store, webhook) and keeps the host blocked until
    ``release_beats`` healthy beats in a row (or, with ``release="operator"``, until :meth:`Shield.release`).
    Other hosts are not affected.
-5. **relay**: one chunk of at most :data:`RELAY_CHUNK_BYTES` in flight per direction (a send waits for the
-   other side to take the bytes: backpressure), idle and total timeouts, byte counts per direction. Memory
-   grows with sessions, not with bytes.
+5. **relay**: on the socket of the Guard's own connection (the session stays in its device-side ledger),
+   socket -> kernel pipe -> socket with ``splice(2)`` where it exists; at most :data:`RELAY_CHUNK_BYTES` in
+   flight per direction (nothing more is read until the other side took them: backpressure), idle and total
+   timeouts, byte counts per direction. Memory grows with sessions, not with bytes.
 6. **audit**: every session ends as one :class:`ShieldSession` record: a ``shield.session`` structlog event,
    a row in the store (written in batches by one task), and the shield's recent-session list.
 
@@ -1362,9 +1365,9 @@ def check_exec_command(argv: Sequence[str], *, root: bool) -> list[str]:
         warnings.append("nmap without -n resolves addresses itself (DNS does not go through the shield)")
     if "--max-parallelism" not in args:
         warnings.append(
-            "nmap through proxychains stops inside every connect() until the shield answers: a connect that "
-            "waits for a device's slot freezes the whole scan, sessions nmap holds cannot end meanwhile, and "
-            "after --slot-wait the port is refused and reported closed; add --max-parallelism 1"
+            "nmap through proxychains stops inside every connect() until the shield answers, so at a "
+            "device's ceiling its parallel probes starve each other (-sV finds nothing at ceiling 1); add "
+            "--max-parallelism 1 (docs/shield.md: the recommended command line)"
         )
     return warnings
 

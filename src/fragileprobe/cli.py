@@ -1438,7 +1438,8 @@ _SHIELD_HELP = """A SOCKS5 proxy that holds each device to its ceiling and trips
 
 Point any scanner's SOCKS5 proxy at it, or run the tool behind it with --exec (proxychains-ng):
 
-  fragileprobe shield --scope 10.20.0.0/24 --store fp.db --exec -- nmap -sT -sV -Pn -n 10.20.0.0/24
+  fragileprobe shield --scope 10.20.0.0/24 --store fp.db --exec -- nmap -sT -sV -Pn -n --max-parallelism 1
+      --max-hostgroup 1 10.20.0.0/24
 
 Every CONNECT must be an IP literal in --scope; each destination host gets at most its ceiling of sessions
 (its model's stored ceiling, 1 for unknown medical devices, --default-ceiling otherwise); a device that fails
