@@ -678,3 +678,49 @@ async def test_relay_memory_grows_with_sessions_not_with_bytes(loopback_host: st
     assert per_session > 1024, per_session  # sessions do cost memory (so the measure can see growth)
     relayed = [s for s in shield.sessions if s.bytes_up]
     assert [(s.bytes_up, s.bytes_down) for s in relayed] == [(2 << 20, 2 << 20), (32 << 20, 32 << 20)]
+
+
+# --- preemption (pure) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("waiting", "relaying", "expected"),
+    [
+        ([], [("a", 0.0)], []),  # nobody waits: nothing ends
+        ([("a", 9.5)], [("a", 0.0)], []),  # waited 0.5 s < 1 s: not yet
+        ([("a", 9.0)], [("a", 9.5)], []),  # the session carried a byte 0.5 s ago: not idle
+        ([("a", 9.0)], [("b", 0.0)], []),  # another client's session: never
+        ([("a", 9.0)], [("a", 5.0), ("a", 2.0), ("b", 0.0)], [1]),  # the idlest of its own
+        ([("a", 9.0), ("a", 8.0)], [("a", 5.0), ("a", 2.0)], [1, 0]),  # one each, never the same twice
+        ([("a", 9.0), ("a", 8.0)], [("a", 5.0)], [0]),  # one session for two waiters: ended once
+        ([("a", 9.0), ("b", 9.0)], [("b", 1.0), ("a", 1.0)], [1, 0]),  # each client its own
+    ],
+)
+def test_preemptions_table(
+    waiting: list[tuple[str, float]], relaying: list[tuple[str, float]], expected: list[int]
+) -> None:
+    assert _shield.preemptions(waiting, relaying, 10.0, 1.0) == expected
+
+
+_clients = st.sampled_from(["a", "b", "c"])
+_times = st.floats(0, 10, allow_nan=False)
+
+
+@given(waiting=st.lists(st.tuples(_clients, _times), max_size=6),
+       relaying=st.lists(st.tuples(_clients, _times), max_size=6), after=st.floats(0.01, 5))  # fmt: skip
+def test_preemptions_end_only_the_waiting_clients_own_idle_sessions(
+    waiting: list[tuple[str, float]], relaying: list[tuple[str, float]], after: float
+) -> None:
+    now = 10.0
+    chosen = _shield.preemptions(waiting, relaying, now, after)
+    assert len(chosen) == len(set(chosen))  # no session twice
+    eligible = [c for c, since in waiting if now - since >= after]
+    assert len(chosen) <= len(eligible)  # at most one per CONNECT that has waited long enough
+    for i in chosen:
+        owner, last = relaying[i]
+        assert owner in eligible  # only a waiting client's own session
+        assert now - last >= after  # only an idle one
+    for client in {c for c, _ in relaying}:  # per client: as many as it has waiters and idle sessions
+        idle = sum(1 for c, last in relaying if c == client and now - last >= after)
+        mine = sum(1 for i in chosen if relaying[i][0] == client)
+        assert mine == min(idle, eligible.count(client))

@@ -94,6 +94,7 @@ __all__ = [
     "ShieldSession",
     "ShieldStats",
     "ShieldTrip",
+    "preemptions",
     "reply_for",
 ]
 
@@ -324,6 +325,26 @@ def reply_for(exc: BaseException) -> tuple[Reply, SessionOutcome]:
     if isinstance(exc, ProbeError) and isinstance(cause, ConnectionResetError):
         return Reply.CONNECTION_REFUSED, SessionOutcome.CONNECT_REFUSED
     return Reply.GENERAL_FAILURE, SessionOutcome.CONNECT_FAILED
+
+
+def preemptions(
+    waiting: Sequence[tuple[str, float]], relaying: Sequence[tuple[str, float]], now: float, after_s: float
+) -> list[int]:
+    """Which relayed sessions to end for CONNECTs waiting at a full host (pure; indices into ``relaying``).
+
+    ``waiting``: (client, waiting since) per waiting CONNECT; ``relaying``: (client, last byte at) per
+    relayed session. Each CONNECT that has waited ``after_s`` ends at most one session: the idlest one of
+    *its own* client that has carried no byte for ``after_s``, and never one already chosen.
+    """
+    chosen: list[int] = []
+    for client, since in waiting:
+        if now - since < after_s:
+            continue
+        idle = [i for i, (owner, last) in enumerate(relaying)
+                if owner == client and now - last >= after_s and i not in chosen]  # fmt: skip
+        if idle:
+            chosen.append(min(idle, key=lambda i: relaying[i][1]))
+    return chosen
 
 
 def _hostport(host: str, port: int) -> str:
@@ -1123,31 +1144,24 @@ class Shield:
                 await wake.wait()
 
     def _preempt(self, entry: _Host, guard: Guard, now: float) -> bool:
-        """End the idlest session of a client that waits for a slot of this full host; True while any waits.
-
-        Only a session of the *same* client (address and login) is ended, only when it has been idle for
-        ``preempt_idle_s`` while that client's CONNECT has waited as long, and only while the device holds
-        its ceiling: the slot then passes (after the device let go, as always) to a waiting CONNECT.
-        """
+        """End idle sessions of clients that wait for a slot of this full host (see :func:`preemptions`);
+        True while any CONNECT waits (the host's task then looks again soon)."""
         assert self._preempt_idle_s is not None
         waiting = [c for c in entry.live if c.waiting_since is not None]
         ledger = guard.sessions
         if not waiting or ledger is None or ledger.device_sessions < entry.ceiling:
             return bool(waiting)
-        after = self._preempt_idle_s
-        for waiter in waiting:
-            if waiter.waiting_since is None or now - waiter.waiting_since < after:
-                continue
-            idle = [c for c in entry.live if c.relay is not None and c.client == waiter.client
-                    and now - c.last >= after]  # fmt: skip
-            if idle:
-                victim = min(idle, key=lambda c: c.last)
-                log.info("shield.preempted", host=entry.address, client=victim.client,
-                         idle_s=round(now - victim.last, 3))  # fmt: skip
-                victim.outcome = SessionOutcome.PREEMPTED_IDLE
-                assert victim.relay is not None
-                victim.relay.cancel()
-                victim.relay = None
+        relaying = [c for c in entry.live if c.relay is not None]
+        chosen = preemptions([(c.client, c.waiting_since) for c in waiting if c.waiting_since is not None],
+                             [(c.client, c.last) for c in relaying], now, self._preempt_idle_s)  # fmt: skip
+        for i in chosen:
+            victim = relaying[i]
+            log.info("shield.preempted", host=entry.address, client=victim.client,
+                     idle_s=round(now - victim.last, 3))  # fmt: skip
+            victim.outcome = SessionOutcome.PREEMPTED_IDLE
+            assert victim.relay is not None
+            victim.relay.cancel()
+            victim.relay = None
         return True
 
     async def _tripped(self, entry: _Host, reason: str | None, in_flight: int) -> None:
