@@ -13,6 +13,7 @@ import contextlib
 import json
 import socket
 import struct
+import tracemalloc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,13 +26,14 @@ from python_socks.async_.anyio import Proxy
 from structlog.testing import capture_logs
 
 import fragileprobe as fp
+from fragileprobe import _shield
 from fragileprobe._errors import ConfigError, ProbeError, ProbeRefusedError, ProbeTimeoutError
 from fragileprobe._shield import SessionOutcome, reply_for
 from fragileprobe._socks import Reply
 from fragileprobe._store import ProfileStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
 ECHO_PORT = 23
@@ -131,9 +133,11 @@ def _heartbeat(box: FragileBox) -> fp.HttpHeartbeat:
     return fp.HttpHeartbeat(port=box.web_port, expect_status=None, timeout_s=HEARTBEAT_TIMEOUT_S)
 
 
-async def _socks(shield: fp.Shield, host: str, port: int, **kw: object) -> anyio.abc.SocketStream:
+async def _socks(
+    shield: fp.Shield, host: str, port: int, login: str | None = None, **kw: object
+) -> anyio.abc.SocketStream:
     h, p = shield.address
-    proxy = Proxy.from_url(f"socks5://{h}:{p}", **kw)  # type: ignore[arg-type]
+    proxy = Proxy.from_url(f"socks5://{login + '@' if login else ''}{h}:{p}", **kw)  # type: ignore[arg-type]
     return await proxy.connect(host, port, timeout=10)
 
 
@@ -221,10 +225,12 @@ def test_device_never_holds_more_than_its_ceiling_through_the_shield(
 
 
 async def test_over_the_ceiling_waits_bounded_then_is_refused_never_relayed(loopback_host: str) -> None:
-    """Ceiling 2: one relayed session beside the heartbeat; a second CONNECT waits, then is refused."""
+    """Ceiling 2: one relayed session beside the heartbeat; a second CONNECT waits, then is refused (without
+    preemption: the holder is the same client, idle, and would otherwise give up its slot)."""
     async with fragile_box(loopback_host, hang_at=3) as box:
         shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, ceilings={loopback_host: 2},
-                           slot_wait_s=0.3, heartbeats={loopback_host: _heartbeat(box)}, **BEAT)  # fmt: skip
+                           slot_wait_s=0.3, preempt_idle_s=None, heartbeats={loopback_host: _heartbeat(box)},
+                           **BEAT)  # fmt: skip
         async with serving(shield):
             holder = await _socks(shield, box.host, box.echo_port)
             async with holder:
@@ -237,6 +243,48 @@ async def test_over_the_ceiling_waits_bounded_then_is_refused_never_relayed(loop
     refused = [s for s in shield.sessions if s.outcome == SessionOutcome.CEILING_WAIT_TIMEOUT.value]
     assert len(refused) == 1
     assert 0.3 <= refused[0].waited_s < 3
+
+
+@pytest.mark.parametrize("same_client", [True, False], ids=["same-client", "other-client"])
+async def test_a_waiting_connect_takes_the_slot_of_the_same_clients_idle_session(
+    loopback_host: str, same_client: bool
+) -> None:
+    """A tool frozen in connect() (proxychains) cannot close the sockets it is done with: a CONNECT that has
+    waited preempt_idle_s for a full host ends the same client's session there idle as long, and gets the
+    slot (after the device let go: never more than the ceiling). Another client's session is never ended."""
+    async with fragile_box(loopback_host, hang_at=3) as box:
+        users = {"a": "pw-a", "b": "pw-b"}
+        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, ceilings={loopback_host: 2},
+                           slot_wait_s=3.0, preempt_idle_s=0.3, users=users, allow_clients=["127.0.0.0/8"],
+                           heartbeats={loopback_host: _heartbeat(box)}, **BEAT)  # fmt: skip
+        async with serving(shield):
+            holder = await _socks(shield, box.host, box.echo_port, login="a:pw-a")
+            async with holder:
+                await holder.send(b"x")
+                assert await holder.receive() == b"x"
+                if same_client:
+                    late = await _socks(shield, box.host, box.echo_port, login="a:pw-a")
+                    async with late:
+                        await late.send(b"y")
+                        assert await late.receive() == b"y"
+                    with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        await holder.receive()  # the idle session was ended
+                else:
+                    with pytest.raises(ProxyError) as info:
+                        await _socks(shield, box.host, box.echo_port, login="b:pw-b")
+                    assert info.value.error_code == Reply.NOT_ALLOWED
+                    await holder.send(b"z")  # the other client's session still relays
+                    assert await holder.receive() == b"z"
+    outcomes = [s.outcome for s in shield.sessions]
+    if same_client:
+        assert outcomes[0] == SessionOutcome.PREEMPTED_IDLE.value
+        assert outcomes[1] == SessionOutcome.RELAYED.value
+        assert 0.3 <= shield.sessions[1].waited_s < 3.0 + 2.0  # within slot wait + connect timeout
+    else:
+        assert SessionOutcome.PREEMPTED_IDLE.value not in outcomes
+        assert SessionOutcome.CEILING_WAIT_TIMEOUT.value in outcomes
+    assert box.peak_relay <= 1  # the heartbeat keeps one of the 2 places
+    assert not box.hung
 
 
 # --- the watchdog ----------------------------------------------------------------------------------------
@@ -478,11 +526,11 @@ def test_reply_mapping() -> None:
 
 def test_non_loopback_bind_needs_auth_and_an_allow_list() -> None:
     scope = fp.Scope("127.0.0.0/24")
-    with pytest.raises(ConfigError, match="not a loopback address"):
+    with pytest.raises(ConfigError, match="listen_host: must be a loopback address unless users"):
         fp.Shield(scope=scope, listen_host="0.0.0.0")
-    with pytest.raises(ConfigError, match="not a loopback address"):
+    with pytest.raises(ConfigError, match="listen_host: must be a loopback address unless users"):
         fp.Shield(scope=scope, listen_host="0.0.0.0", users={"a": "b"})
-    with pytest.raises(ConfigError, match="not a loopback address"):
+    with pytest.raises(ConfigError, match="listen_host: must be a loopback address unless users"):
         fp.Shield(scope=scope, listen_host="0.0.0.0", allow_clients=["10.0.0.0/8"])
     fp.Shield(scope=scope, listen_host="0.0.0.0", users={"a": "b"}, allow_clients=["10.0.0.0/8"])
     with pytest.raises(ConfigError, match="listen_host"):
@@ -533,9 +581,15 @@ async def test_rfc1929_login_required_and_checked(loopback_host: str) -> None:
 # --- relay -----------------------------------------------------------------------------------------------
 
 
-async def test_relay_counts_bytes_each_way_with_bounded_memory_and_idle_timeout(loopback_host: str) -> None:
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "user-space-copy"])
+async def test_relay_counts_bytes_each_way_with_bounded_memory_and_idle_timeout(
+    loopback_host: str, splice: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """8 MiB each way through one session (backpressure keeps it to one chunk per direction), then a silent
-    session is closed by the idle timeout."""
+    session is closed by the idle timeout; with the kernel pipe and with the user-space buffer."""
+    if splice and not _shield._SPLICE:
+        pytest.skip("splice(2) is Linux only")
+    monkeypatch.setattr(_shield, "_SPLICE", splice)
     async with fragile_box(loopback_host, hang_at=50) as box:
         shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, idle_timeout_s=0.5)
         async with serving(shield):
@@ -562,3 +616,113 @@ async def test_relay_counts_bytes_each_way_with_bounded_memory_and_idle_timeout(
     first, second = shield.sessions
     assert (first.bytes_up, first.bytes_down) == (total, total)
     assert second.outcome == "idle_timeout"
+
+
+async def _echo_through(stream: anyio.abc.SocketStream, total: int) -> None:
+    chunk = b"x" * 65536
+
+    async def reader() -> None:
+        got = 0
+        while got < total:
+            got += len(await stream.receive(65536))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        for _ in range(total // len(chunk)):
+            await stream.send(chunk)
+
+
+def _library_heap() -> int:
+    """Bytes the library's own code holds now on the Python heap (the test's device and client excluded)."""
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/fragileprobe/*")])
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+async def _peak_library_heap_while(work: Awaitable[None]) -> int:
+    peak = 0
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, _library_heap())
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sample)
+        await work
+        tg.cancel_scope.cancel()
+    return peak
+
+
+async def test_relay_memory_grows_with_sessions_not_with_bytes(loopback_host: str) -> None:
+    """The library's heap while one session relays 32 MiB each way peaks where it does for 2 MiB (the bytes
+    stay in the kernel's pipe; nothing is kept per chunk), while 50 open sessions do cost memory."""
+    async with fragile_box(loopback_host, hang_at=200) as box:
+        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, default_ceiling=100)
+        async with serving(shield):
+            tracemalloc.start()
+            try:
+                peaks = []
+                for total in (2 << 20, 32 << 20):
+                    stream = await _socks(shield, loopback_host, box.echo_port)
+                    async with stream:
+                        with anyio.fail_after(60):
+                            peaks.append(await _peak_library_heap_while(_echo_through(stream, total)))
+                base = _library_heap()
+                held = [await _socks(shield, loopback_host, box.echo_port) for _ in range(50)]
+                await _until(lambda: shield.stats.active == 50)
+                per_session = (_library_heap() - base) / 50
+            finally:
+                tracemalloc.stop()
+            for stream in held:
+                await stream.aclose()
+    assert peaks[1] - peaks[0] < 64 * 1024, peaks  # 16x the bytes, not one more chunk's worth of heap
+    assert per_session > 1024, per_session  # sessions do cost memory (so the measure can see growth)
+    relayed = [s for s in shield.sessions if s.bytes_up]
+    assert [(s.bytes_up, s.bytes_down) for s in relayed] == [(2 << 20, 2 << 20), (32 << 20, 32 << 20)]
+
+
+# --- preemption (pure) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("waiting", "relaying", "expected"),
+    [
+        ([], [("a", 0.0)], []),  # nobody waits: nothing ends
+        ([("a", 9.5)], [("a", 0.0)], []),  # waited 0.5 s < 1 s: not yet
+        ([("a", 9.0)], [("a", 9.5)], []),  # the session carried a byte 0.5 s ago: not idle
+        ([("a", 9.0)], [("b", 0.0)], []),  # another client's session: never
+        ([("a", 9.0)], [("a", 5.0), ("a", 2.0), ("b", 0.0)], [1]),  # the idlest of its own
+        ([("a", 9.0), ("a", 8.0)], [("a", 5.0), ("a", 2.0)], [1, 0]),  # one each, never the same twice
+        ([("a", 9.0), ("a", 8.0)], [("a", 5.0)], [0]),  # one session for two waiters: ended once
+        ([("a", 9.0), ("b", 9.0)], [("b", 1.0), ("a", 1.0)], [1, 0]),  # each client its own
+    ],
+)
+def test_preemptions_table(
+    waiting: list[tuple[str, float]], relaying: list[tuple[str, float]], expected: list[int]
+) -> None:
+    assert _shield.preemptions(waiting, relaying, 10.0, 1.0) == expected
+
+
+_clients = st.sampled_from(["a", "b", "c"])
+_times = st.floats(0, 10, allow_nan=False)
+
+
+@given(waiting=st.lists(st.tuples(_clients, _times), max_size=6),
+       relaying=st.lists(st.tuples(_clients, _times), max_size=6), after=st.floats(0.01, 5))  # fmt: skip
+def test_preemptions_end_only_the_waiting_clients_own_idle_sessions(
+    waiting: list[tuple[str, float]], relaying: list[tuple[str, float]], after: float
+) -> None:
+    now = 10.0
+    chosen = _shield.preemptions(waiting, relaying, now, after)
+    assert len(chosen) == len(set(chosen))  # no session twice
+    eligible = [c for c, since in waiting if now - since >= after]
+    assert len(chosen) <= len(eligible)  # at most one per CONNECT that has waited long enough
+    for i in chosen:
+        owner, last = relaying[i]
+        assert owner in eligible  # only a waiting client's own session
+        assert now - last >= after  # only an idle one
+    for client in {c for c, _ in relaying}:  # per client: as many as it has waiters and idle sessions
+        idle = sum(1 for c, last in relaying if c == client and now - last >= after)
+        mine = sum(1 for i in chosen if relaying[i][0] == client)
+        assert mine == min(idle, eligible.count(client))

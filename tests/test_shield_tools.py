@@ -56,8 +56,8 @@ async def test_nmap_connect_scan_through_the_shield_finds_the_same_ports_and_nev
         code, out, err = await _shield_exec(
             ["--scope", loopback_host, "--store", str(store_path), "--default-ceiling", "2",
              "--heartbeat", f"{loopback_host}={dev.web_port}"],
-            # --max-parallelism 1, as --exec advises: nmap then closes each socket before its next connect, so
-            # it never waits (frozen inside proxychains) for a slot that a socket it still holds occupies.
+            # --max-parallelism 1, as --exec advises; the socket nmap keeps of its last connect while it is
+            # frozen in the next one (inside proxychains) is preempted by the shield when idle for 1 s.
             ["nmap", "-sT", "--max-parallelism", "1", "-Pn", "-n", "-p", ports, loopback_host],
         )  # fmt: skip
         assert code == 0, err
@@ -66,7 +66,10 @@ async def test_nmap_connect_scan_through_the_shield_finds_the_same_ports_and_nev
         assert dev.stats.peak_sessions <= 3  # the ceiling of 2 plus the heartbeat
     with ProfileStore(store_path) as store:
         rows = store.shield_sessions(loopback_host)
-    assert {r["port"] for r in rows if r["outcome"] == "relayed"} == expected
+    # Every open port was relayed (reply 0); a session nmap kept while frozen in its next connect may have
+    # been ended by preemption afterwards.
+    assert {r["port"] for r in rows if r["reply"] == 0} == expected
+    assert {r["outcome"] for r in rows if r["reply"] == 0} <= {"relayed", "preempted_idle"}
     assert all(r["ceiling"] == 2 for r in rows)
 
 
@@ -188,7 +191,7 @@ def test_cli_refuses_an_open_bind_without_auth(tmp_path: Path) -> None:
     command = [*fragileprobe_command(), "shield", "--scope", "127.0.0.1", "--listen", "0.0.0.0:0"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
-    assert "not a loopback address" in proc.stderr
+    assert "must be a loopback address unless users" in proc.stderr
 
 
 def test_report_shows_a_timeline_per_device_with_its_trips(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ For every CONNECT (the protocol is :mod:`fragileprobe._socks`, sans-IO):
    the host's ceiling: a per-host override, else the stored ceiling of the host's model (inventory model key
    -> :class:`~fragileprobe.ProfileStore` profile), else :data:`MEDICAL_CEILING` for hosts in the
    "Medical Device?" group, else ``default_ceiling``. Over the ceiling a CONNECT waits at most
-   ``slot_wait_s``, then is refused (0x02); it is never relayed over the ceiling.
+   ``slot_wait_s``, then is refused (0x02); it is never relayed over the ceiling. A CONNECT that has waited
+   ``preempt_idle_s`` ends the same client's session to that host idle as long (a tool frozen in
+   ``connect()`` by proxychains cannot close the sockets it is done with).
 3. **upstream**: the connect is ``guard.connect(port)``: the Guard does the device-side session accounting
    (the slot is held until the device has let go). Its result is the reply (see :func:`reply_for`).
 4. **watchdog**: when a heartbeat is known for the host (``heartbeats``, else the inventory's web port, else
@@ -25,9 +27,10 @@ For every CONNECT (the protocol is :mod:`fragileprobe._socks`, sans-IO):
    trip, raises an alert (structlog, JSON-lines file, store, webhook) and keeps the host blocked until
    ``release_beats`` healthy beats in a row (or, with ``release="operator"``, until :meth:`Shield.release`).
    Other hosts are not affected.
-5. **relay**: one chunk of at most :data:`RELAY_CHUNK_BYTES` in flight per direction (a send waits for the
-   other side to take the bytes: backpressure), idle and total timeouts, byte counts per direction. Memory
-   grows with sessions, not with bytes.
+5. **relay**: on the socket of the Guard's own connection (the session stays in its device-side ledger),
+   socket -> kernel pipe -> socket with ``splice(2)`` where it exists; at most :data:`RELAY_CHUNK_BYTES` in
+   flight per direction (nothing more is read until the other side took them: backpressure), idle and total
+   timeouts, byte counts per direction. Memory grows with sessions, not with bytes.
 6. **audit**: every session ends as one :class:`ShieldSession` record: a ``shield.session`` structlog event,
    a row in the store (written in batches by one task), and the shield's recent-session list.
 
@@ -43,7 +46,9 @@ import errno
 import hmac
 import ipaddress
 import math
+import os
 import socket
+import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -55,7 +60,7 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import SocketAttribute
 
-from fragileprobe import _socks
+from fragileprobe import _socks, _validate
 from fragileprobe._errors import (
     ConfigError,
     DeviceDownError,
@@ -89,6 +94,7 @@ __all__ = [
     "ShieldSession",
     "ShieldStats",
     "ShieldTrip",
+    "preemptions",
     "reply_for",
 ]
 
@@ -110,6 +116,14 @@ MEDICAL_GROUP: Final = "Medical Device?"
 # tool inside connect() while it waits for our reply (it makes the socket blocking for the handshake), so a
 # long wait stalls the scanner; 5 s lets a queued nmap -sV probe through after one short service probe.
 DEFAULT_SLOT_WAIT_S: Final = 5.0
+# A CONNECT that has waited this long for a slot of a full host takes the slot of the same client's session
+# to that host that has been idle at least as long (see Shield's preempt_idle_s). A tool behind proxychains
+# (nmap -sT, -sV) is frozen inside connect() while it waits, so it cannot close the sockets it is done with:
+# without this, its wait runs out and the port is reported closed. 1 s: longer than a loopback or LAN
+# round trip by far, and a fifth of the slot wait, so the waiting connect still gets the slot in time.
+DEFAULT_PREEMPT_IDLE_S: Final = 1.0
+# How often a host with waiting CONNECTs looks for an idle session to preempt.
+PREEMPT_CHECK_S: Final = 0.2
 # A relayed session with no byte in either direction for this long is closed: an interactive session
 # survives a pause, a scanner's forgotten connection does not hold one of a device's few slots for ever.
 DEFAULT_IDLE_TIMEOUT_S: Final = 300.0
@@ -124,14 +138,14 @@ LISTEN_BACKLOG: Final = 1024
 # After accept() fails for lack of descriptors, wait this long before trying again (instead of spinning).
 ACCEPT_BACKOFF_S: Final = 0.1
 # A bulk transfer where every recv and send succeeds at once never reaches an await: yield to the event loop
-# every this many chunks (4 MiB at 256 KiB) so the watchdog and other sessions run.
+# every this many chunks (1 MiB at 64 KiB) so the watchdog and other sessions run.
 CHUNKS_PER_CHECKPOINT: Final = 16
 # A SOCKS client sends greeting and request at once; 10 s allows a slow one and bounds a silent one.
 HANDSHAKE_TIMEOUT_S: Final = 10.0
-# One read: 256 KiB. Reads go into one scratch buffer shared by all sessions; a session holds relay data of
-# its own only when the destination did not take a chunk at once (at most one chunk per direction: 512 KiB
-# in the worst case, nothing when idle), whatever it transfers.
-RELAY_CHUNK_BYTES: Final = 262144
+# Bytes in flight per direction of one session: one pipe's default capacity (16 pages). Nothing more is read
+# until the other side took them (backpressure), so a session holds at most 2 x 64 KiB, in the kernel's pipe
+# (or a buffer of its own without splice), and none while idle, whatever it relays.
+RELAY_CHUNK_BYTES: Final = 65536
 # Client connections served at once: each relayed session holds two sockets; 4,096 sessions stay well
 # inside a default 65,536 file-descriptor limit (raise the ulimit before raising this).
 DEFAULT_MAX_SESSIONS: Final = 4096
@@ -164,6 +178,7 @@ class SessionOutcome(enum.Enum):
     CLIENT_RESET = "client_reset"
     DEVICE_RESET = "device_reset"
     CANCELLED_BY_WATCHDOG = "cancelled_by_watchdog"  # the device tripped while the session ran
+    PREEMPTED_IDLE = "preempted_idle"  # idle while the same client waited for a slot of the same host
     REFUSED_SCOPE = "refused_scope"
     REFUSED_NAME = "refused_name"
     REFUSED_COMMAND = "refused_command"
@@ -312,17 +327,24 @@ def reply_for(exc: BaseException) -> tuple[Reply, SessionOutcome]:
     return Reply.GENERAL_FAILURE, SessionOutcome.CONNECT_FAILED
 
 
-def _positive(name: str, value: float) -> float:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"Shield.{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
+def preemptions(
+    waiting: Sequence[tuple[str, float]], relaying: Sequence[tuple[str, float]], now: float, after_s: float
+) -> list[int]:
+    """Which relayed sessions to end for CONNECTs waiting at a full host (pure; indices into ``relaying``).
 
-
-def _count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"Shield.{name} must be an int of at least {minimum}, got {value!r}")
-    return value
+    ``waiting``: (client, waiting since) per waiting CONNECT; ``relaying``: (client, last byte at) per
+    relayed session. Each CONNECT that has waited ``after_s`` ends at most one session: the idlest one of
+    *its own* client that has carried no byte for ``after_s``, and never one already chosen.
+    """
+    chosen: list[int] = []
+    for client, since in waiting:
+        if now - since < after_s:
+            continue
+        idle = [i for i, (owner, last) in enumerate(relaying)
+                if owner == client and now - last >= after_s and i not in chosen]  # fmt: skip
+        if idle:
+            chosen.append(min(idle, key=lambda i: relaying[i][1]))
+    return chosen
 
 
 def _hostport(host: str, port: int) -> str:
@@ -333,8 +355,8 @@ class _Host:
     """One destination host: its Guard (owned by its host task), its limit and its trip state."""
 
     __slots__ = (
-        "address", "ceiling", "guard", "heartbeat", "last_active", "limit_source", "ready", "release_event",
-        "sessions", "trip", "trip_index", "wake",
+        "address", "ceiling", "guard", "heartbeat", "last_active", "limit_source", "live", "ready",
+        "release_event", "sessions", "trip", "trip_index", "wake",
     )  # fmt: skip
 
     def __init__(self, address: str, ceiling: int, limit_source: str, heartbeat: Heartbeat | None) -> None:
@@ -347,6 +369,7 @@ class _Host:
         self.wake = anyio.Event()
         self.release_event = anyio.Event()
         self.sessions = 0
+        self.live: set[_Counters] = set()  # sessions waiting for a slot or relaying
         self.last_active = anyio.current_time()
         self.trip: ShieldTrip | None = None
         self.trip_index = -1
@@ -361,14 +384,102 @@ class _Host:
 
 
 class _Counters:
-    __slots__ = ("down", "eof", "last", "outcome", "up")
+    """One session's relay state: byte counts, last activity, and what preemption needs (who, since when)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("client", "down", "eof", "last", "outcome", "relay", "up", "waiting_since")
+
+    def __init__(self, client: str) -> None:
+        self.client = client  # the client's address and login: whose idle session may be preempted
         self.up = 0
         self.down = 0
         self.eof = False
         self.last = anyio.current_time()
         self.outcome = SessionOutcome.RELAYED
+        self.waiting_since: float | None = None  # set while waiting for a slot and connecting
+        self.relay: anyio.CancelScope | None = None  # set while relaying
+
+    def count(self, way: _Way, n: int) -> None:
+        if way.upstream:
+            self.up += n
+        else:
+            self.down += n
+
+
+@dataclass(frozen=True, slots=True)
+class _Way:
+    """One direction of a relay: which side's failure is which outcome, and which total it adds to."""
+
+    upstream: bool
+    src_reset: SessionOutcome
+    dst_reset: SessionOutcome
+    total: str
+
+
+_UP: Final = _Way(True, SessionOutcome.CLIENT_RESET, SessionOutcome.DEVICE_RESET, "bytes_up")
+_DOWN: Final = _Way(False, SessionOutcome.DEVICE_RESET, SessionOutcome.CLIENT_RESET, "bytes_down")
+# Linux's splice(2) moves bytes socket -> pipe -> socket inside the kernel: the relay never copies a byte
+# through Python (the bulk transfer cost of a user-space relay is two copies and two allocations per chunk).
+_SPLICE: Final = hasattr(os, "splice") and sys.platform == "linux"
+_SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+class _Splice:
+    """One direction's bytes in flight, in a kernel pipe (created at the first byte: a scanner's session
+    that carries none costs no pipe). ``fill`` and ``flush`` raise ``BlockingIOError`` when the socket is
+    not ready and ``OSError`` when it broke; ``fill`` returns 0 at the peer's FIN."""
+
+    __slots__ = ("pending", "r", "w")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.r = self.w = -1
+
+    def fill(self, src: socket.socket) -> int:
+        if self.w < 0:
+            if not src.recv(1, socket.MSG_PEEK):  # BlockingIOError when nothing is there yet
+                return 0
+            self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        n = os.splice(src.fileno(), self.w, RELAY_CHUNK_BYTES, flags=_SPLICE_FLAGS)
+        self.pending += n
+        return n
+
+    def flush(self, dst: socket.socket) -> int:
+        n = os.splice(self.r, dst.fileno(), self.pending, flags=_SPLICE_FLAGS)
+        self.pending -= n
+        return n
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                os.close(fd)
+        self.r = self.w = -1
+
+
+class _Copy:
+    """The same through one user-space buffer, allocated at the first byte (where splice(2) is missing)."""
+
+    __slots__ = ("buf", "pending", "start")
+
+    def __init__(self) -> None:
+        self.buf: bytearray | None = None
+        self.pending = self.start = 0
+
+    def fill(self, src: socket.socket) -> int:
+        if self.buf is None:
+            self.buf = bytearray(RELAY_CHUNK_BYTES)
+        n = src.recv_into(self.buf)
+        self.start, self.pending = 0, n
+        return n
+
+    def flush(self, dst: socket.socket) -> int:
+        assert self.buf is not None
+        n = dst.send(memoryview(self.buf)[self.start : self.start + self.pending])
+        self.start += n
+        self.pending -= n
+        return n
+
+    def close(self) -> None:
+        self.buf = None
 
 
 class Shield:
@@ -390,6 +501,10 @@ class Shield:
         release: "auto" (blocked until ``release_beats`` healthy beats) or "operator" (:meth:`release`).
         release_beats: healthy beats in a row that end a trip with ``release="auto"``.
         slot_wait_s: how long a CONNECT over the ceiling waits for a slot before it is refused.
+        preempt_idle_s: a CONNECT that has waited this long for a slot of a full host ends the same
+            client's session to that host that has been idle as long (outcome ``preempted_idle``), so a
+            tool frozen in ``connect()`` (anything behind proxychains) does not deadlock on the sockets it
+            is done with; None: never (the wait then runs out and the CONNECT is refused).
         connect_timeout_s: bound on the upstream connect.
         idle_timeout_s: a relayed session silent this long in both directions is closed.
         total_timeout_s: bound on one relayed session.
@@ -423,6 +538,7 @@ class Shield:
         release: Literal["auto", "operator"] = "auto",
         release_beats: int = DEFAULT_RELEASE_BEATS,
         slot_wait_s: float = DEFAULT_SLOT_WAIT_S,
+        preempt_idle_s: float | None = DEFAULT_PREEMPT_IDLE_S,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S,
@@ -434,52 +550,45 @@ class Shield:
         webhook_url: str | None = None,
     ) -> None:
         if not isinstance(scope, Scope):
-            raise ConfigError(f"Shield.scope must be a Scope, got {scope!r}")
+            raise _validate.fail("scope", "a Scope", scope)
         self._scope = scope
         try:
             listen = ipaddress.ip_address(listen_host)
         except (ValueError, TypeError):
-            raise ConfigError(
-                f"Shield.listen_host must be an IP address literal, got {listen_host!r}"
-            ) from None
+            raise _validate.fail("listen_host", "an IP address literal", listen_host) from None
         self._listen_host = str(listen)
-        self._listen_port = _count("listen_port", listen_port, 0)
-        if self._listen_port > 65535:
-            raise ConfigError(f"Shield.listen_port must be 0-65535, got {listen_port!r}")
+        self._listen_port = _validate.count("listen_port", listen_port, minimum=0, maximum=65535)
         if not listen.is_loopback and (not users or allow_clients is None):
-            raise ConfigError(
-                f"Shield.listen_host {listen_host} is not a loopback address: an open SOCKS proxy into a "
-                "medical network is refused; give users= (RFC 1929 login) and allow_clients= "
-                "(who may connect)"
-            )
+            # An open SOCKS proxy into a medical network is refused.
+            raise _validate.fail("listen_host", "a loopback address unless users= (RFC 1929 login) and "
+                                 "allow_clients= (who may connect) are given", listen_host)  # fmt: skip
         self._users = {str(k).encode(): str(v).encode() for k, v in (users or {}).items()}
         try:
             self._clients = Scope(list(allow_clients) if allow_clients is not None else _LOOPBACK_CLIENTS,
                                   allow_large=True)  # fmt: skip
         except ConfigError as exc:
-            raise ConfigError(f"Shield.allow_clients: {exc}") from exc
+            raise ConfigError(f"allow_clients: {exc}", field="allow_clients") from exc
         self._store = store
-        self._default_ceiling = _count("default_ceiling", default_ceiling, 1)
-        self._medical_ceiling = _count("medical_ceiling", medical_ceiling, 1)
-        self._ceilings = {self._literal("ceilings", h): _count(f"ceilings[{h}]", c, 0)
+        self._default_ceiling = _validate.count("default_ceiling", default_ceiling, minimum=1)
+        self._medical_ceiling = _validate.count("medical_ceiling", medical_ceiling, minimum=1)
+        self._ceilings = {self._literal("ceilings", h): _validate.count(f"ceilings[{h}]", c, minimum=0)
                           for h, c in (ceilings or {}).items()}  # fmt: skip
         self._heartbeats = {self._literal("heartbeats", h): hb for h, hb in (heartbeats or {}).items()}
         for h, hb in [*self._heartbeats.items(), ("default_heartbeat", default_heartbeat)]:
             if hb is not None and not callable(getattr(hb, "beat", None)):
-                raise ConfigError(f"Shield.heartbeats[{h}] {hb!r} has no beat(host) method")
+                raise _validate.fail(f"heartbeats[{h}]", "a heartbeat (an object with beat(host))", hb)
         self._default_heartbeat = default_heartbeat
-        self._interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
-        self._failures_to_down = _count("failures_to_down", failures_to_down, 1)
-        if release not in ("auto", "operator"):
-            raise ConfigError(f"Shield.release must be 'auto' or 'operator', got {release!r}")
-        self._release_mode = release
-        self._release_beats = _count("release_beats", release_beats, 1)
-        self._slot_wait_s = _positive("slot_wait_s", slot_wait_s)
-        self._connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
-        self._idle_timeout_s = _positive("idle_timeout_s", idle_timeout_s)
-        self._total_timeout_s = _positive("total_timeout_s", total_timeout_s)
+        self._interval_s = _validate.positive("heartbeat_interval_s", heartbeat_interval_s)
+        self._failures_to_down = _validate.count("failures_to_down", failures_to_down, minimum=1)
+        self._release_mode = _validate.one_of("release", release, ("auto", "operator"))
+        self._release_beats = _validate.count("release_beats", release_beats, minimum=1)
+        self._slot_wait_s = _validate.positive("slot_wait_s", slot_wait_s)
+        self._preempt_idle_s = _validate.optional_positive("preempt_idle_s", preempt_idle_s)
+        self._connect_timeout_s = _validate.positive("connect_timeout_s", connect_timeout_s)
+        self._idle_timeout_s = _validate.positive("idle_timeout_s", idle_timeout_s)
+        self._total_timeout_s = _validate.positive("total_timeout_s", total_timeout_s)
         self._allow_printer_ports = bool(allow_printer_ports)
-        self._max_sessions = _count("max_sessions", max_sessions, 1)
+        self._max_sessions = _validate.count("max_sessions", max_sessions, minimum=1)
         self._jsonl: JsonlAlertSink | None = None
         self._webhook: WebhookAlertSink | None = None
         if alert_file is not None or webhook_url is not None:
@@ -488,7 +597,6 @@ class Shield:
             self._jsonl = JsonlAlertSink(alert_file) if alert_file is not None else None
             self._webhook = WebhookAlertSink(webhook_url) if webhook_url is not None else None
         self._hosts: dict[str, _Host] = {}
-        self._scratch = bytearray(RELAY_CHUNK_BYTES)
         self._profiles: dict[str, tuple[str, int | None]] = {}
         self._assets: dict[str, Any] = {}
         self._recent: deque[ShieldSession] = deque(maxlen=MAX_RECENT_SESSIONS)
@@ -508,7 +616,7 @@ class Shield:
         try:
             return str(ipaddress.ip_address(host))
         except (ValueError, TypeError):
-            raise ConfigError(f"Shield.{name}: {host!r} is not an IP address literal") from None
+            raise _validate.fail(name, "keyed by IP address literals", host) from None
 
     def __repr__(self) -> str:
         return (
@@ -546,7 +654,7 @@ class Shield:
         self._audit_send = send
         self._audit_receive = receive
         self._tg.start_soon(self._audit_writer, receive)
-        self._tg.start_soon(self._accept_loop, listener)
+        self._tg.start_soon(self._accept_loop, listener, self._tg)
         log.info("shield.listening", host=self._address[0], port=self._address[1], scope=str(self._scope),
                  auth=bool(self._users), clients=str(self._clients), release=self._release_mode)  # fmt: skip
         return self
@@ -663,10 +771,9 @@ class Shield:
 
     # --- client connections -------------------------------------------------------------------------------
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(self, listener: socket.socket, tg: anyio.abc.TaskGroup) -> None:
         """Accept clients on our own non-blocking socket: no asyncio transport per client, so the relay can
         move bytes with plain recv_into/send (a transport buys nothing for a byte pipe and costs a copy)."""
-        assert self._tg is not None
         while True:
             await anyio.wait_readable(listener)
             try:
@@ -679,7 +786,7 @@ class Shield:
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._tg.start_soon(self._handle, conn, remote)
+            tg.start_soon(self._handle, conn, remote)
 
     async def _handle(self, conn: socket.socket, remote: Any) -> None:
         client = SocketConnection(conn, str(remote[0]), int(remote[1]))
@@ -778,7 +885,7 @@ class Shield:
     ) -> None:  # fmt: skip
         host, port = request.host, request.port
         t0 = anyio.current_time()
-        counters = _Counters()
+        counters = _Counters(f"{peer.rpartition(':')[0]} {user}")
         entry: _Host | None = None
 
         def record(outcome: SessionOutcome, reply: Reply | None, waited_s: float) -> ShieldSession:
@@ -803,6 +910,7 @@ class Shield:
             await finish(SessionOutcome.REFUSED_DO_NOT_SCAN, Reply.NOT_ALLOWED)
             return
         entry.sessions += 1
+        entry.live.add(counters)
         try:
             outcome, reply, waited_s = await self._open_and_relay(client, machine, entry, port, t0, counters)
         except anyio.get_cancelled_exc_class():
@@ -811,6 +919,7 @@ class Shield:
             raise
         finally:
             entry.sessions -= 1
+            entry.live.discard(counters)
             entry.last_active = anyio.current_time()
             entry.poke()
         await finish(outcome, reply, waited_s)
@@ -832,8 +941,10 @@ class Shield:
         # never bounds the relay (the relay has its own idle and total timeouts).
         with anyio.CancelScope(deadline=t0 + self._slot_wait_s + self._connect_timeout_s) as waiting:
             try:
+                counters.waiting_since = t0
                 async with guard.connect(port, timeout_s=self._connect_timeout_s) as stream:
                     connected = True
+                    counters.waiting_since = None
                     waiting.deadline = math.inf
                     waited_s = anyio.current_time() - t0
                     outcome = await self._relay(client, machine, stream, counters)
@@ -853,6 +964,7 @@ class Shield:
         if not connected:
             waited_s = anyio.current_time() - t0
         return outcome, reply, waited_s
+
     async def _relay(
         self, client: SocketConnection, machine: _socks.SocksServer, device: ProbeStream, counters: _Counters,
     ) -> SessionOutcome:  # fmt: skip
@@ -868,102 +980,88 @@ class Shield:
                 await device.send(first)
             except ProbeError:
                 return SessionOutcome.DEVICE_RESET
-            counters.up += len(first)
+            counters.count(_UP, len(first))
             self._n["bytes_up"] += len(first)
+        # The bytes move on the socket of the Guard's own connection (the stream's typed attribute): the
+        # Guard keeps the session in its device-side ledger and ends it as usual when this block is left;
+        # only the byte copying skips the stream's per-call layers.
+        sock: socket.socket | None = device.extra(SocketAttribute.raw_socket, None)
+        if sock is None:
+            return SessionOutcome.CONNECT_FAILED  # the shield's Guards always run on real sockets
         with anyio.CancelScope(deadline=anyio.current_time() + self._total_timeout_s) as total:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump_up, client.sock, device, counters, tg.cancel_scope)
-                await self._pump_down(device, client.sock, counters, tg.cancel_scope)
+                counters.relay = tg.cancel_scope  # what a preemption cancels
+                tg.start_soon(self._pump, client.sock, sock, _UP, counters, tg.cancel_scope)
+                await self._pump(sock, client.sock, _DOWN, counters, tg.cancel_scope)
         if total.cancelled_caught:
             return SessionOutcome.TOTAL_TIMEOUT
         return counters.outcome
 
-    def _eof(self, counters: _Counters, relay: anyio.CancelScope) -> bool:
-        """Note one side's FIN; True if it was the first (forward it), False if both are done."""
+    async def _pump(
+        self, src: socket.socket, dst: socket.socket, way: _Way, counters: _Counters, relay: anyio.CancelScope
+    ) -> None:
+        """One direction: ``src`` -> kernel pipe -> ``dst`` (or a small buffer where splice is missing).
+
+        Backpressure: nothing more is read from ``src`` until ``dst`` took everything read so far, so at most
+        :data:`RELAY_CHUNK_BYTES` per direction are in flight, in the kernel, whatever the session relays.
+        """
+        mover = _Splice() if _SPLICE else _Copy()
+        try:
+            moved = 0
+            while True:
+                try:
+                    n = mover.fill(src)
+                except BlockingIOError:
+                    if not await self._wait(src, counters, relay):
+                        return
+                    continue
+                except OSError:
+                    return self._broken(counters, way.src_reset, relay)
+                if n == 0:
+                    return self._forward_eof(dst, counters, relay)
+                counters.last = anyio.current_time()
+                if not await self._drain(mover, dst, way, counters, relay):
+                    return
+                moved += 1
+                if moved % CHUNKS_PER_CHECKPOINT == 0:
+                    # When every read and write completes at once nothing awaits: let others run.
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            mover.close()
+
+    async def _drain(
+        self, mover: _Splice | _Copy, dst: socket.socket, way: _Way, counters: _Counters,
+        relay: anyio.CancelScope,
+    ) -> bool:  # fmt: skip
+        """Write what ``mover`` holds to ``dst``; False when the relay is over (reset, or idle)."""
+        while mover.pending:
+            try:
+                n = mover.flush(dst)
+            except BlockingIOError:
+                if not await self._wait(dst, counters, relay, readable=False):
+                    return False
+                continue
+            except OSError:
+                self._broken(counters, way.dst_reset, relay)
+                return False
+            counters.count(way, n)
+            self._n[way.total] += n
+        return True
+
+    def _forward_eof(self, dst: socket.socket, counters: _Counters, relay: anyio.CancelScope) -> None:
+        """``src`` sent FIN: pass it on (the first one), or end the relay (both sides are done)."""
         first = not counters.eof
         counters.eof = True
         counters.last = anyio.current_time()
         if not first:
-            relay.cancel()  # both sides have sent FIN: done
-        return first
+            relay.cancel()
+            return
+        with contextlib.suppress(OSError):  # the other side is gone too: its pump sees it
+            dst.shutdown(socket.SHUT_WR)
 
     def _broken(self, counters: _Counters, outcome: SessionOutcome, relay: anyio.CancelScope) -> None:
         counters.outcome = outcome
         relay.cancel()
-
-    async def _pump_up(
-        self, src: socket.socket, device: ProbeStream, counters: _Counters, relay: anyio.CancelScope
-    ) -> None:
-        """Client -> device: recv_into the shared scratch buffer, then send; the next read waits until the
-        device took this chunk (backpressure)."""
-        scratch = self._scratch
-        while True:
-            try:
-                n = src.recv_into(scratch)
-            except BlockingIOError:
-                if not await self._wait(src, counters, relay):
-                    return
-                continue
-            except OSError:
-                return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
-            if n == 0:
-                if self._eof(counters, relay):
-                    with contextlib.suppress(ProbeError):  # the device is gone too: its pump sees it
-                        await device.send_eof()
-                return
-            counters.last = anyio.current_time()
-            data = bytes(scratch[:n])  # copied out before the await: the buffer is shared
-            try:
-                await device.send(data)
-            except ProbeTimeoutError:
-                return self._broken(counters, SessionOutcome.IDLE_TIMEOUT, relay)
-            except ProbeError:
-                return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
-            counters.up += n
-            self._n["bytes_up"] += n
-
-    async def _pump_down(
-        self, device: ProbeStream, dst: socket.socket, counters: _Counters, relay: anyio.CancelScope
-    ) -> None:
-        """Device -> client: one chunk read at a time (the stream's transport reads only while we wait for
-        it), sent on the client's own socket; the next read waits until the client took this one."""
-        chunks = 0
-        while True:
-            data = b""
-            idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
-            with anyio.move_on_after(counters.last + idle - anyio.current_time()):
-                try:
-                    data = await device.receive(RELAY_CHUNK_BYTES)
-                except anyio.EndOfStream:
-                    if self._eof(counters, relay):
-                        with contextlib.suppress(OSError):
-                            dst.shutdown(socket.SHUT_WR)
-                    return
-                except ProbeError:
-                    return self._broken(counters, SessionOutcome.DEVICE_RESET, relay)
-            if not data:
-                if anyio.current_time() - counters.last >= idle:
-                    if not counters.eof:
-                        counters.outcome = SessionOutcome.IDLE_TIMEOUT
-                    relay.cancel()
-                    return
-                continue
-            counters.last = anyio.current_time()
-            view = memoryview(data)
-            while view:
-                try:
-                    view = view[dst.send(view):]
-                except BlockingIOError:
-                    if not await self._wait(dst, counters, relay, readable=False):
-                        return
-                except OSError:
-                    return self._broken(counters, SessionOutcome.CLIENT_RESET, relay)
-            counters.down += len(data)
-            self._n["bytes_down"] += len(data)
-            chunks += 1
-            if chunks % CHUNKS_PER_CHECKPOINT == 0:
-                # When every read and send completes at once nothing awaits for long: let others run.
-                await anyio.lowlevel.checkpoint()
 
     async def _wait(self, sock: socket.socket, counters: _Counters, relay: anyio.CancelScope, *,
                     readable: bool = True) -> bool:  # fmt: skip
@@ -1032,15 +1130,39 @@ class Shield:
                 await self._tripped(entry, down.reason if down else None, down.in_flight if down else 0)
                 await self._await_release(entry, guard)
                 continue
-            idle_for = anyio.current_time() - entry.last_active
+            now = anyio.current_time()
+            idle_for = now - entry.last_active
             if entry.sessions == 0 and idle_for >= GUARD_LINGER_S:
                 del self._hosts[entry.address]  # new CONNECTs from now on get a fresh entry
                 return
             wake = entry.wake
             # Sessions end with a poke; the timeout only bounds how late a trip without sessions is seen.
             wait = self._interval_s if entry.sessions else min(self._interval_s, GUARD_LINGER_S - idle_for)
+            if self._preempt_idle_s is not None and self._preempt(entry, guard, now):
+                wait = min(wait, PREEMPT_CHECK_S)
             with anyio.move_on_after(max(wait, 0.01)):
                 await wake.wait()
+
+    def _preempt(self, entry: _Host, guard: Guard, now: float) -> bool:
+        """End idle sessions of clients that wait for a slot of this full host (see :func:`preemptions`);
+        True while any CONNECT waits (the host's task then looks again soon)."""
+        assert self._preempt_idle_s is not None
+        waiting = [c for c in entry.live if c.waiting_since is not None]
+        ledger = guard.sessions
+        if not waiting or ledger is None or ledger.device_sessions < entry.ceiling:
+            return bool(waiting)
+        relaying = [c for c in entry.live if c.relay is not None]
+        chosen = preemptions([(c.client, c.waiting_since) for c in waiting if c.waiting_since is not None],
+                             [(c.client, c.last) for c in relaying], now, self._preempt_idle_s)  # fmt: skip
+        for i in chosen:
+            victim = relaying[i]
+            log.info("shield.preempted", host=entry.address, client=victim.client,
+                     idle_s=round(now - victim.last, 3))  # fmt: skip
+            victim.outcome = SessionOutcome.PREEMPTED_IDLE
+            assert victim.relay is not None
+            victim.relay.cancel()
+            victim.relay = None
+        return True
 
     async def _tripped(self, entry: _Host, reason: str | None, in_flight: int) -> None:
         trip = ShieldTrip(entry.address, time.time(), reason, in_flight, entry.ceiling, entry.limit_source)
@@ -1257,9 +1379,9 @@ def check_exec_command(argv: Sequence[str], *, root: bool) -> list[str]:
         warnings.append("nmap without -n resolves addresses itself (DNS does not go through the shield)")
     if "--max-parallelism" not in args:
         warnings.append(
-            "nmap through proxychains stops inside every connect() until the shield answers: a connect that "
-            "waits for a device's slot freezes the whole scan, sessions nmap holds cannot end meanwhile, and "
-            "after --slot-wait the port is refused and reported closed; add --max-parallelism 1"
+            "nmap through proxychains stops inside every connect() until the shield answers, so at a "
+            "device's ceiling its parallel probes starve each other (-sV finds nothing at ceiling 1); add "
+            "--max-parallelism 1 (docs/shield.md: the recommended command line)"
         )
     return warnings
 

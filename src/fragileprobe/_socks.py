@@ -309,31 +309,10 @@ class SocksServer:
 
     def _request(self) -> SocksEvent:
         buf = self._buf
-        if len(buf) < 4:
-            if buf and buf[0] != SOCKS_VERSION:
-                raise self._fail(f"request version 0x{buf[0]:02x}, expected 0x05",
-                                 encode_reply(Reply.GENERAL_FAILURE))  # fmt: skip
+        end = self._request_length()
+        if end is None or len(buf) < end:
             return NEED_DATA
-        ver, cmd, rsv, atyp = buf[0], buf[1], buf[2], buf[3]
-        if ver != SOCKS_VERSION:
-            raise self._fail(f"request version 0x{ver:02x}, expected 0x05",
-                             encode_reply(Reply.GENERAL_FAILURE))  # fmt: skip
-        if rsv != 0:
-            raise self._fail(f"request reserved byte 0x{rsv:02x}, must be 0x00",
-                             encode_reply(Reply.GENERAL_FAILURE))  # fmt: skip
-        if atyp == AddressType.IPV4:
-            end = 4 + 4 + 2
-        elif atyp == AddressType.IPV6:
-            end = 4 + 16 + 2
-        elif atyp == AddressType.DOMAINNAME:
-            if len(buf) < 5:
-                return NEED_DATA
-            end = 5 + buf[4] + 2
-        else:
-            raise self._fail(f"address type 0x{atyp:02x} is not defined by RFC 1928",
-                             encode_reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED))  # fmt: skip
-        if len(buf) < end:
-            return NEED_DATA
+        cmd, atyp = buf[1], buf[3]
         raw = bytes(buf[4 : end - 2])
         (port,) = struct.unpack("!H", buf[end - 2 : end])
         del buf[:end]
@@ -350,6 +329,27 @@ class SocksServer:
         if atyp == AddressType.DOMAINNAME:
             return RequestRefused(Reply.NOT_ALLOWED, "domain_name", host, port)
         return ConnectRequest(host, port)
+
+    def _request_length(self) -> int | None:
+        """The whole request's length once its header says (None: more bytes first); checks the header."""
+        buf = self._buf
+        if buf and buf[0] != SOCKS_VERSION:
+            raise self._fail(f"request version 0x{buf[0]:02x}, expected 0x05",
+                             encode_reply(Reply.GENERAL_FAILURE))  # fmt: skip
+        if len(buf) < 4:
+            return None
+        if buf[2] != 0:
+            raise self._fail(f"request reserved byte 0x{buf[2]:02x}, must be 0x00",
+                             encode_reply(Reply.GENERAL_FAILURE))  # fmt: skip
+        atyp = buf[3]
+        if atyp == AddressType.IPV4:
+            return 4 + 4 + 2
+        if atyp == AddressType.IPV6:
+            return 4 + 16 + 2
+        if atyp == AddressType.DOMAINNAME:
+            return 5 + buf[4] + 2 if len(buf) >= 5 else None
+        raise self._fail(f"address type 0x{atyp:02x} is not defined by RFC 1928",
+                         encode_reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED))  # fmt: skip
 
     # --- answers ------------------------------------------------------------------------------------------
 

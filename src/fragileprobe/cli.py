@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from fragileprobe._profile import Characterization
     from fragileprobe._progress import LogTap, TerminalCharacterizeView, TerminalDiscoveryView
     from fragileprobe._scope import Scope
+    from fragileprobe._shield import Shield
     from fragileprobe._store import ProfileStore
     from fragileprobe.emulator._fleet import Fleet, FleetConfig
     from fragileprobe.export import GroupScanSettings
@@ -1478,7 +1479,8 @@ _SHIELD_HELP = """A SOCKS5 proxy that holds each device to its ceiling and trips
 
 Point any scanner's SOCKS5 proxy at it, or run the tool behind it with --exec (proxychains-ng):
 
-  fragileprobe shield --scope 10.20.0.0/24 --store fp.db --exec -- nmap -sT -sV -Pn -n 10.20.0.0/24
+  fragileprobe shield --scope 10.20.0.0/24 --store fp.db --exec -- nmap -sT -sV -Pn -n --max-parallelism 1
+      --max-hostgroup 1 10.20.0.0/24
 
 Every CONNECT must be an IP literal in --scope; each destination host gets at most its ceiling of sessions
 (its model's stored ceiling, 1 for unknown medical devices, --default-ceiling otherwise); a device that fails
@@ -1545,13 +1547,13 @@ def shield(
     alerts: Annotated[Path | None, typer.Option(help="Append trip alerts to this JSON-lines file.")] = None,
     webhook: Annotated[str | None, typer.Option(help="POST each trip alert as JSON to this URL.")] = None,
     exec_: Annotated[bool, typer.Option("--exec", help="Run COMMAND behind the shield, then stop.")] = False,
+    preempt_idle: Annotated[
+        float, typer.Option(help="Seconds after which a CONNECT waiting for a full host takes the slot "
+                                 "of the same client's idle session there (0: never).")
+    ] = 1.0,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """SOCKS5 shield (see _SHIELD_HELP)."""
-    from fragileprobe._heartbeat import HttpHeartbeat
-    from fragileprobe._scope import Scope
-    from fragileprobe._shield import Shield, check_exec_command, run_behind
-
     _configure_logging(_log_level(log_level))
     if not scope:
         _fail("--scope: give the authorized destinations, e.g. --scope 10.20.0.0/24")
@@ -1559,54 +1561,35 @@ def shield(
         _fail("a command was given without --exec")
     host, port = _parse_listen(listen) if listen else ("127.0.0.1", 0 if exec_ else 1080)
     users = dict(_parse_pairs(user, "--user", ":"))
+    db = None
     try:
         if exec_:
+            from fragileprobe._shield import check_exec_command
+
             for warning in check_exec_command(command or [], root=_is_root()):
                 _err.print(f"warning: {escape(warning)}")
-        ceilings = {h: _int_option("--ceiling", v) for h, v in _parse_pairs(ceiling, "--ceiling")}
-        beats = {h: HttpHeartbeat(port=_int_option("--heartbeat", p), expect_status=None)
-                 for h, p in _parse_pairs(heartbeat, "--heartbeat")}  # fmt: skip
-        default_beat = HttpHeartbeat(port=heartbeat_port, expect_status=None) if heartbeat_port else None
         db = _open_store(store) if store is not None else None
-        server = Shield(
-            scope=Scope(scope), listen_host=host, listen_port=port, store=db,
-            default_ceiling=default_ceiling, medical_ceiling=medical_ceiling, ceilings=ceilings,
-            heartbeats=beats, default_heartbeat=default_beat,
-            heartbeat_interval_s=interval, release=release, release_beats=release_beats,  # type: ignore[arg-type]
-            slot_wait_s=slot_wait, connect_timeout_s=connect_timeout, idle_timeout_s=idle_timeout,
-            total_timeout_s=total_timeout, allow_printer_ports=allow_printer_ports, users=users or None,
-            allow_clients=allow_client, alert_file=str(alerts) if alerts else None, webhook_url=webhook,
+        server = _shield_server(
+            scope=scope, listen=(host, port), db=db, users=users, ceiling=ceiling, heartbeat=heartbeat,
+            heartbeat_port=heartbeat_port, options={
+                "default_ceiling": default_ceiling, "medical_ceiling": medical_ceiling,
+                "heartbeat_interval_s": interval, "release": release, "release_beats": release_beats,
+                "slot_wait_s": slot_wait, "preempt_idle_s": preempt_idle or None,
+                "connect_timeout_s": connect_timeout, "idle_timeout_s": idle_timeout,
+                "total_timeout_s": total_timeout, "allow_printer_ports": allow_printer_ports,
+                "allow_clients": allow_client, "alert_file": str(alerts) if alerts else None,
+                "webhook_url": webhook,
+            },
         )  # fmt: skip
-    except FragileProbeError as exc:
-        _fail(str(exc))
-    login = next(iter(users.items()), (None, None))
-
-    async def run() -> int:
-        async with server:
-            h, p = server.address
-            _err.print(f"shield listening on {escape(h)}:{p} (scope {escape(scope)})")
-            if exec_:
-                return await run_behind(server, command or [], username=login[0], password=login[1])
-            with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
-                async for _ in signals:
-                    blocked = [t.host for t in server.trips if t.released_at_s is None]
-                    released = [h for h in blocked if server.release(h)]
-                    _err.print(f"released: {', '.join(released) or 'nothing was blocked'}")
-            return 0
-
-    try:
+        login = next(iter(users.items()), (None, None))
         try:
-            code, interrupted = anyio.run(lambda: _interruptible(run))
+            code, interrupted = anyio.run(lambda: _interruptible(lambda: _serve_shield(
+                server, scope, command if exec_ else None, login)))  # fmt: skip
         except FragileProbeError as exc:
             _handle_library_error(exc)
-        stats = server.stats
-        _err.print(
-            f"shield: {stats.sessions} session(s), {stats.relayed} relayed, {stats.refused} refused, "
-            f"{stats.trips} trip(s), {stats.bytes_up} bytes up, {stats.bytes_down} bytes down"
-        )
-        for trip in server.trips:
-            _err.print(f"[bold red]TRIP[/] {escape(trip.host)}: {escape(str(trip.reason))}; "
-                       f"{trip.sessions_closed} session(s) closed")  # fmt: skip
+        _shield_summary(server)
+    except FragileProbeError as exc:
+        _fail(str(exc))
     finally:
         if db is not None:
             db.close()
@@ -1616,6 +1599,56 @@ def shield(
         raise typer.Exit(int(code or 0))
     if server.trips:
         raise typer.Exit(EXIT_DEVICE_TROUBLE)
+
+
+def _shield_server(
+    *, scope: str, listen: tuple[str, int], db: ProfileStore | None, users: dict[str, str],
+    ceiling: list[str] | None, heartbeat: list[str] | None, heartbeat_port: int | None,
+    options: dict[str, Any],
+) -> Shield:  # fmt: skip
+    """The Shield the ``shield`` command's options describe (ConfigError naming a bad one)."""
+    from fragileprobe._heartbeat import HttpHeartbeat
+    from fragileprobe._scope import Scope
+    from fragileprobe._shield import Shield
+
+    ceilings = {h: _int_option("--ceiling", v) for h, v in _parse_pairs(ceiling, "--ceiling")}
+    beats = {h: HttpHeartbeat(port=_int_option("--heartbeat", p), expect_status=None)
+             for h, p in _parse_pairs(heartbeat, "--heartbeat")}  # fmt: skip
+    default_beat = HttpHeartbeat(port=heartbeat_port, expect_status=None) if heartbeat_port else None
+    return Shield(
+        scope=Scope(scope), listen_host=listen[0], listen_port=listen[1], store=db, ceilings=ceilings,
+        heartbeats=beats, default_heartbeat=default_beat, users=users or None, **options,
+    )  # fmt: skip
+
+
+async def _serve_shield(
+    server: Shield, scope: str, command: list[str] | None, login: tuple[str | None, str | None]
+) -> int:
+    """Serve until interrupted (SIGUSR1 releases every tripped host), or run ``command`` behind it."""
+    from fragileprobe._shield import run_behind
+
+    async with server:
+        h, p = server.address
+        _err.print(f"shield listening on {escape(h)}:{p} (scope {escape(scope)})")
+        if command is not None:
+            return await run_behind(server, command, username=login[0], password=login[1])
+        with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+            async for _ in signals:
+                blocked = [t.host for t in server.trips if t.released_at_s is None]
+                released = [h for h in blocked if server.release(h)]
+                _err.print(f"released: {', '.join(released) or 'nothing was blocked'}")
+    return 0
+
+
+def _shield_summary(server: Shield) -> None:
+    stats = server.stats
+    _err.print(
+        f"shield: {stats.sessions} session(s), {stats.relayed} relayed, {stats.refused} refused, "
+        f"{stats.trips} trip(s), {stats.bytes_up} bytes up, {stats.bytes_down} bytes down"
+    )
+    for trip in server.trips:
+        _err.print(f"[bold red]TRIP[/] {escape(trip.host)}: {escape(str(trip.reason))}; "
+                   f"{trip.sessions_closed} session(s) closed")  # fmt: skip
 
 
 def _is_root() -> bool:
