@@ -22,11 +22,19 @@ from fragileprobe import _errors
 
 # The names people meet in the README's tour and docs/ (``fp.<name>``): each must stay public.
 _DOCS = pathlib.Path(__file__).resolve().parent.parent
+def _python_in(markdown: str) -> str:
+    """The Python a document shows: its ```python blocks and its inline `code` spans (not shell lines such
+    as ``--store fp.db``)."""
+    blocks = re.findall(r"```(?:python|py|pycon)\n(.*?)```", markdown, flags=re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", markdown, flags=re.S))
+    return "\n".join([*blocks, *spans])
+
+
 _TOUR_NAMES = sorted(
     {
         name
         for doc in [_DOCS / "README.md", *sorted((_DOCS / "docs").glob("*.md"))]
-        for name in re.findall(r"\bfp\.([A-Za-z_]\w*)", doc.read_text(encoding="utf-8"))
+        for name in re.findall(r"\bfp\.([A-Za-z_]\w*)", _python_in(doc.read_text(encoding="utf-8")))
     }
 )
 

@@ -631,7 +631,7 @@ class Shield:
         if self._tg is not None:
             raise RuntimeError("a Shield can be entered once")
         if self._store is not None:
-            await anyio.to_thread.run_sync(self._load_inventory, self._store)
+            await self._store.aio.call(self._load_inventory, self._store)
         family = socket.AF_INET6 if ":" in self._listen_host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -1188,8 +1188,7 @@ class Shield:
         log.warning("shield.released", host=entry.address, released_by=by,
                     blocked_s=round(released_at_s - trip.tripped_at_s, 3))  # fmt: skip
         if self._store is not None:
-            await anyio.to_thread.run_sync(self._store.finish_shield_trip, trip.host, trip.tripped_at_s,
-                                           released_at_s, by)  # fmt: skip
+            await self._store.aio.finish_shield_trip(trip.host, trip.tripped_at_s, released_at_s, by)
 
     async def _await_release(self, entry: _Host, guard: Guard) -> None:
         if self._release_mode == "operator":
@@ -1255,7 +1254,7 @@ class Shield:
                 rows = [r.to_dict() for r in batch]
                 # Shielded: a batch already taken from the queue is written even while closing.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(store.record_shield_sessions, rows)
+                    await store.aio.record_shield_sessions(rows)
 
     def _flush_audit(self) -> None:
         """Write what the writer did not get to before the shield closed (records of the last sessions)."""
@@ -1271,8 +1270,8 @@ class Shield:
     async def _deliver_alert(self, trip: ShieldTrip) -> None:
         with anyio.CancelScope(shield=True):  # an alert raised is delivered, even while closing
             if self._store is not None:
-                await anyio.to_thread.run_sync(self._store.record_shield_trip, trip.to_dict())
-                await anyio.to_thread.run_sync(self._store.record_alert, trip.to_dict())
+                await self._store.aio.record_shield_trip(trip.to_dict())
+                await self._store.aio.record_alert(trip.to_dict())
             if self._jsonl is not None:
                 await anyio.to_thread.run_sync(self._jsonl.write, trip)
             if self._webhook is not None:
