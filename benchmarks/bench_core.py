@@ -146,25 +146,29 @@ def main() -> None:
     server.start()
     try:
         port, http_port = parent.recv()
-        print(f"fragileprobe {fp.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-              f"listener {args.host}:{port} (separate process), {args.count} connects x {args.repeat} runs")
+        print(
+            f"fragileprobe {fp.__version__}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+            f"listener {args.host}:{port} (separate process), {args.count} connects x {args.repeat} runs"
+        )
         print()
         print("bare: asyncio open_connection + close; bare+FIN: also half-closes and waits for the server's")
         print("FIN first, as fragileprobe's probes do (the session lasts until the device let go of it)")
         print()
-        print(f"{'concurrency':>11} | {'bare /s':>8} | {'bare+FIN /s':>11} | {'Guard /s':>8} | "
-              f"{'Guard/bare':>10} | {'Guard/bare+FIN':>14}")
+        print(
+            f"{'concurrency':>11} | {'bare /s':>8} | {'bare+FIN /s':>11} | {'Guard /s':>8} | "
+            f"{'Guard/bare':>10} | {'Guard/bare+FIN':>14}"
+        )
         print(f"{'-' * 11}-+-{'-' * 8}-+-{'-' * 11}-+-{'-' * 8}-+-{'-' * 10}-+-{'-' * 14}")
         for concurrency in args.concurrency:
             bare_rates, fin_rates, guard_rates = [], [], []
             for _ in range(args.repeat):
                 bare_rates.append(asyncio.run(bare(args.host, port, args.count, concurrency)))
                 fin_rates.append(asyncio.run(bare(args.host, port, args.count, concurrency, wait_fin=True)))
-                guard_rates.append(
-                    anyio.run(guarded, args.host, port, http_port, args.count, concurrency)
-                )
+                guard_rates.append(anyio.run(guarded, args.host, port, http_port, args.count, concurrency))
             b, f, g = (statistics.median(r) for r in (bare_rates, fin_rates, guard_rates))
-            print(f"{concurrency:>11} | {b:>8,.0f} | {f:>11,.0f} | {g:>8,.0f} | {g / b:>10.2f} | {g / f:>14.2f}")
+            print(
+                f"{concurrency:>11} | {b:>8,.0f} | {f:>11,.0f} | {g:>8,.0f} | {g / b:>10.2f} | {g / f:>14.2f}"
+            )
     finally:
         stop.set()
         server.join(timeout=5)
@@ -172,8 +176,10 @@ def main() -> None:
             server.terminate()
     plain, with_guard = import_time(7)
     print()
-    print(f"import fragileprobe: {plain * 1000:.1f} ms (median of 7 fresh processes); "
-          f"first use of fragileprobe.Guard (loads anyio, structlog): {with_guard * 1000:.1f} ms")
+    print(
+        f"import fragileprobe: {plain * 1000:.1f} ms (median of 7 fresh processes); "
+        f"first use of fragileprobe.Guard (loads anyio, structlog): {with_guard * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

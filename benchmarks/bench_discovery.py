@@ -70,15 +70,20 @@ def parse_nmap_xml(xml: str) -> tuple[int, int, int]:
     for host in root.iter("host"):
         if host.get("timedout") == "true":
             timed_out += 1
-        open_ports = [p for p in host.iter("port") if p.find("state") is not None
-                      and p.find("state").get("state") == "open"]  # type: ignore[union-attr]
+        open_ports = [
+            p
+            for p in host.iter("port")
+            if p.find("state") is not None and p.find("state").get("state") == "open"
+        ]  # type: ignore[union-attr]
         if open_ports:
             hosts += 1
             services += len(open_ports)
     return hosts, services, timed_out
 
 
-async def run_nmap(args: list[str], targets: list[str], ports: tuple[int, ...]) -> tuple[float, int, int, str]:
+async def run_nmap(
+    args: list[str], targets: list[str], ports: tuple[int, ...]
+) -> tuple[float, int, int, str]:
     cmd = [NMAP, *args, "-Pn", "-n", "-p", ",".join(map(str, ports)), "-oX", "-", *targets]
     start = time.monotonic()
     with anyio.fail_after(NMAP_TIMEOUT_S):
@@ -122,8 +127,12 @@ async def run_fp(
 
 
 def table(rows: list[Row], title: str) -> str:
-    out = [f"### {title}", "", "| run | wall time (s) | hosts found | services found | devices hung | note |",
-           "|---|---:|---:|---:|---:|---|"]
+    out = [
+        f"### {title}",
+        "",
+        "| run | wall time (s) | hosts found | services found | devices hung | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         out.append(f"| {r.name} | {r.wall_s:.2f} | {r.hosts} | {r.services} | {r.hung} | {r.note} |")
     return "\n".join(out)
@@ -139,64 +148,108 @@ async def main(quick: bool) -> str:
         rows = [
             await measured(fleet, "nmap -sT", run_nmap(["-sT"], targets, FLEET_PORTS)),
             await measured(fleet, "nmap -sT -T4", run_nmap(["-sT", "-T4"], targets, FLEET_PORTS)),
-            await measured(fleet, "fragileprobe defaults", run_fp(targets, zones, FLEET_PORTS),
-                           "1 session/host, 10 connects/s/host, 64 hosts at once, banners + GET /"),
+            await measured(
+                fleet,
+                "fragileprobe defaults",
+                run_fp(targets, zones, FLEET_PORTS),
+                "1 session/host, 10 connects/s/host, 64 hosts at once, banners + GET /",
+            ),
         ]
-        out.append(table(rows, f"Part 1: whole fleet ({len(targets)} addresses, {len(devices)} devices, "
-                               f"{len(FLEET_PORTS)} ports)"))
+        out.append(
+            table(
+                rows,
+                f"Part 1: whole fleet ({len(targets)} addresses, {len(devices)} devices, "
+                f"{len(FLEET_PORTS)} ports)",
+            )
+        )
 
         # -sV waits out every probe on silent and on hung services (a hung monitor's 14 ports stall each
         # probe), which takes minutes per host: one device of each model, and a host timeout.
-        one_each = [next(d.host for d in config.devices if d.model == m) for m in MODELS
-                    if any(d.model == m for d in config.devices)]
+        one_each = [
+            next(d.host for d in config.devices if d.model == m)
+            for m in MODELS
+            if any(d.model == m for d in config.devices)
+        ]
         sv = ["--host-timeout", f"{SV_HOST_TIMEOUT_S}s"]
         rows_sv = [
             await measured(fleet, "nmap -sT -sV", run_nmap(["-sT", "-sV", *sv], one_each, FLEET_PORTS)),
-            await measured(fleet, "nmap -sT -sV -T4", run_nmap(["-sT", "-sV", "-T4", *sv], one_each, FLEET_PORTS)),
+            await measured(
+                fleet, "nmap -sT -sV -T4", run_nmap(["-sT", "-sV", "-T4", *sv], one_each, FLEET_PORTS)
+            ),
             await measured(fleet, "fragileprobe defaults", run_fp(one_each, zones, FLEET_PORTS)),
         ]
-        out.append(table(rows_sv, f"Part 1b: version detection, one device of each model ({len(one_each)} "
-                                  f"hosts, {len(FLEET_PORTS)} ports; nmap --host-timeout {SV_HOST_TIMEOUT_S}s)"))
+        out.append(
+            table(
+                rows_sv,
+                f"Part 1b: version detection, one device of each model ({len(one_each)} "
+                f"hosts, {len(FLEET_PORTS)} ports; nmap --host-timeout {SV_HOST_TIMEOUT_S}s)",
+            )
+        )
 
         n_gentle = 8 if quick else 16
         subset = devices[:n_gentle]
         probes = len(subset) * len(GENTLE_PORTS)
         gentle = [
-            await measured(fleet, "nmap -sT -T2", run_nmap(["-sT", "-T2"], subset, GENTLE_PORTS),
-                           f"0.4 s between probes to a host: {probes} probes"),
-            await measured(fleet, "fragileprobe 1 session, 2.5 connects/s per host",
-                           run_fp(subset, zones, GENTLE_PORTS, per_host_sessions=1, rate_per_host=2.5),
-                           "same per-host gentleness as -T2"),
+            await measured(
+                fleet,
+                "nmap -sT -T2",
+                run_nmap(["-sT", "-T2"], subset, GENTLE_PORTS),
+                f"0.4 s between probes to a host: {probes} probes",
+            ),
+            await measured(
+                fleet,
+                "fragileprobe 1 session, 2.5 connects/s per host",
+                run_fp(subset, zones, GENTLE_PORTS, per_host_sessions=1, rate_per_host=2.5),
+                "same per-host gentleness as -T2",
+            ),
         ]
         n_delay = 32 if quick else 64
         subset2 = devices[:n_delay]
         probes2 = len(subset2) * len(GENTLE_PORTS)
         gentle += [
-            await measured(fleet, "nmap -sT --scan-delay 100ms --max-parallelism 1",
-                           run_nmap(["-sT", "--scan-delay", "100ms", "--max-parallelism", "1"], subset2,
-                                    GENTLE_PORTS), f"100 ms between probes to a host: {probes2} probes"),
-            await measured(fleet, "fragileprobe 1 session, 10 connects/s per host",
-                           run_fp(subset2, zones, GENTLE_PORTS, per_host_sessions=1, rate_per_host=10.0),
-                           "same per-host gentleness"),
+            await measured(
+                fleet,
+                "nmap -sT --scan-delay 100ms --max-parallelism 1",
+                run_nmap(["-sT", "--scan-delay", "100ms", "--max-parallelism", "1"], subset2, GENTLE_PORTS),
+                f"100 ms between probes to a host: {probes2} probes",
+            ),
+            await measured(
+                fleet,
+                "fragileprobe 1 session, 10 connects/s per host",
+                run_fp(subset2, zones, GENTLE_PORTS, per_host_sessions=1, rate_per_host=10.0),
+                "same per-host gentleness",
+            ),
         ]
         gentle += [
-            await measured(fleet, "nmap -sT --max-hostgroup 1 --max-parallelism 1",
-                           run_nmap(["-sT", "--max-hostgroup", "1", "--max-parallelism", "1"], subset2,
-                                    GENTLE_PORTS),
-                           "1 session per host without a delay: only by scanning one host at a time"),
-            await measured(fleet, "fragileprobe 1 session per host, no rate cap",
-                           run_fp(subset2, zones, GENTLE_PORTS, per_host_sessions=1, rate_per_host=1000.0),
-                           "64 hosts at once; also reads banners (telnet prompt: waits banner_timeout_s)"),
+            await measured(
+                fleet,
+                "nmap -sT --max-hostgroup 1 --max-parallelism 1",
+                run_nmap(["-sT", "--max-hostgroup", "1", "--max-parallelism", "1"], subset2, GENTLE_PORTS),
+                "1 session per host without a delay: only by scanning one host at a time",
+            ),
+            await measured(
+                fleet,
+                "fragileprobe 1 session per host, no rate cap",
+                run_fp(subset2, zones, GENTLE_PORTS, per_host_sessions=1, rate_per_host=1000.0),
+                "64 hosts at once; also reads banners (telnet prompt: waits banner_timeout_s)",
+            ),
         ]
-        out.append(table(gentle, f"Part 2: equal per-host gentleness ({len(subset)} and {len(subset2)} devices, "
-                                 f"ports {','.join(map(str, GENTLE_PORTS))})"))
+        out.append(
+            table(
+                gentle,
+                f"Part 2: equal per-host gentleness ({len(subset)} and {len(subset2)} devices, "
+                f"ports {','.join(map(str, GENTLE_PORTS))})",
+            )
+        )
         r1 = gentle[0].wall_s / gentle[1].wall_s
         r2 = gentle[2].wall_s / gentle[3].wall_s
         r3 = gentle[4].wall_s / gentle[5].wall_s
         out.append("")
-        out.append(f"Wall-time ratio nmap/fragileprobe at equal per-host gentleness: {r1:.1f}x (-T2 vs 2.5/s, "
-                   f"{len(subset)} hosts), {r2:.1f}x (--scan-delay 100ms vs 10/s, {len(subset2)} hosts), "
-                   f"{r3:.1f}x (one session per host, no delay, {len(subset2)} hosts).")
+        out.append(
+            f"Wall-time ratio nmap/fragileprobe at equal per-host gentleness: {r1:.1f}x (-T2 vs 2.5/s, "
+            f"{len(subset)} hosts), {r2:.1f}x (--scan-delay 100ms vs 10/s, {len(subset2)} hosts), "
+            f"{r3:.1f}x (one session per host, no delay, {len(subset2)} hosts)."
+        )
     return "\n\n".join(out)
 
 

@@ -45,8 +45,22 @@ CLOSED_PORTS = tuple(range(30001, 30017))
 # Every nmap run is bounded in time: the previous line's serial scan of 33 pumps is the longest.
 NMAP_TIMEOUT_S = 900
 # The line fragileprobe.export printed before this change, for a ceiling of 5 (kept here verbatim).
-PREVIOUS_LINE = ("-sT", "-Pn", "--max-hostgroup", "1", "--max-parallelism", str(CEILING), "--max-retries", "1",
-                 "--max-rate", "10", "--host-timeout", "30m", "--exclude-ports", "9100-9107")
+PREVIOUS_LINE = (
+    "-sT",
+    "-Pn",
+    "--max-hostgroup",
+    "1",
+    "--max-parallelism",
+    str(CEILING),
+    "--max-retries",
+    "1",
+    "--max-rate",
+    "10",
+    "--host-timeout",
+    "30m",
+    "--exclude-ports",
+    "9100-9107",
+)
 
 
 @dataclass
@@ -83,24 +97,36 @@ def exported_line(hosts: list[str]) -> tuple[str, ...]:
 
 async def one_run(name: str, args: tuple[str, ...], ports: tuple[int, ...]) -> Row:
     hosts = [f"{PREFIX}.{i}" for i in range(1, PUMPS + 1)]
-    config = {"device": [{"host": h, "model": "infusion-pump", "seed": i, "boot_delay_s": 0.05}
-                         for i, h in enumerate(hosts)]}
+    config = {
+        "device": [
+            {"host": h, "model": "infusion-pump", "seed": i, "boot_delay_s": 0.05}
+            for i, h in enumerate(hosts)
+        ]
+    }
     async with Fleet(config, control_port=None) as fleet:
         devices = list(fleet.devices.values())
         # model port -> bound port (without root, ports below 1024 are served at +10000)
         bound = [devices[0].ports.get(p, p) for p in ports]
         start = time.monotonic()
         with anyio.fail_after(NMAP_TIMEOUT_S):
-            proc = await anyio.run_process([NMAP, *args, "-n", "-p", ",".join(map(str, bound)), "-oG", "-",
-                                            *hosts], check=False)
+            proc = await anyio.run_process(
+                [NMAP, *args, "-n", "-p", ",".join(map(str, bound)), "-oG", "-", *hosts], check=False
+            )
         wall = time.monotonic() - start
         if proc.returncode != 0:
             raise RuntimeError(f"nmap failed: {proc.stderr.decode()[-400:]}")
         await anyio.sleep(0.3)  # the devices see the last resets
         found = len(re.findall(r"/open/", proc.stdout.decode()))
         expected = sum(len(set(ports) & set(d.ports)) for d in devices)
-        return Row(name, len(ports), wall, found, expected, sum(1 for d in devices if d.stats.crashes),
-                   max(d.stats.peak_sessions for d in devices))
+        return Row(
+            name,
+            len(ports),
+            wall,
+            found,
+            expected,
+            sum(1 for d in devices if d.stats.crashes),
+            max(d.stats.peak_sessions for d in devices),
+        )
 
 
 async def main(quick: bool) -> list[Row]:
@@ -116,13 +142,20 @@ async def main(quick: bool) -> list[Row]:
 
 
 def table(rows: list[Row], new: tuple[str, ...]) -> str:
-    out = [f"{PUMPS} emulated infusion pumps (hang at 7-9 sessions), stored ceiling {CEILING}; nmap 7.93 -sT",
-           "", f"exported: nmap {' '.join(new)}", f"previous: nmap {' '.join(PREVIOUS_LINE)}", "",
-           "| run | ports | wall time (s) | open ports found | devices hung | peak sessions on a device |",
-           "|---|---:|---:|---:|---:|---:|"]
+    out = [
+        f"{PUMPS} emulated infusion pumps (hang at 7-9 sessions), stored ceiling {CEILING}; nmap 7.93 -sT",
+        "",
+        f"exported: nmap {' '.join(new)}",
+        f"previous: nmap {' '.join(PREVIOUS_LINE)}",
+        "",
+        "| run | ports | wall time (s) | open ports found | devices hung | peak sessions on a device |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        out.append(f"| {r.run} | {r.ports} | {r.wall_s:.2f} | {r.open_found}/{r.open_expected} | {r.hung} | "
-                   f"{r.peak_sessions} |")
+        out.append(
+            f"| {r.run} | {r.ports} | {r.wall_s:.2f} | {r.open_found}/{r.open_expected} | {r.hung} | "
+            f"{r.peak_sessions} |"
+        )
     for ports in sorted({r.ports for r in rows}):
         by = {r.run: r for r in rows if r.ports == ports}
         ratio = by["previous (--max-hostgroup 1)"].wall_s / by["exported"].wall_s
@@ -142,8 +175,16 @@ def run() -> int:
     rows = anyio.run(main, ns.quick)
     new = exported_line([f"{PREFIX}.{i}" for i in range(1, PUMPS + 1)])
     if ns.json:
-        print(json.dumps({"exported_args": list(new), "previous_args": list(PREVIOUS_LINE),
-                          "rows": [asdict(r) for r in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "exported_args": list(new),
+                    "previous_args": list(PREVIOUS_LINE),
+                    "rows": [asdict(r) for r in rows],
+                },
+                indent=2,
+            )
+        )
     else:
         print(table(rows, new))
     return 0

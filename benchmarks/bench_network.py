@@ -85,18 +85,33 @@ def truth_of(bed: NetBed, block: str) -> tuple[dict[str, set[int]], set[str]]:
     return live, fragile
 
 
-def score(bed: NetBed, block: str, name: str, found: dict[str, set[int]], wall_s: float, note: str = "") -> Row:
+def score(
+    bed: NetBed, block: str, name: str, found: dict[str, set[int]], wall_s: float, note: str = ""
+) -> Row:
     live, fragile = truth_of(bed, block)
     stats = bed.device_stats()
     hung = sum(1 for h in fragile if stats[h]["crashes"] > 0)
-    peak = max((s["peak_sessions"] for h, s in stats.items()
-                if ipaddress.ip_address(h) in ipaddress.ip_network(block)), default=0)
+    peak = max(
+        (
+            s["peak_sessions"]
+            for h, s in stats.items()
+            if ipaddress.ip_address(h) in ipaddress.ip_network(block)
+        ),
+        default=0,
+    )
     return Row(
-        name=name, addresses=ipaddress.ip_network(block).num_addresses, wall_s=wall_s,
-        hosts=sum(1 for h in live if found.get(h)), hosts_truth=len(live),
+        name=name,
+        addresses=ipaddress.ip_network(block).num_addresses,
+        wall_s=wall_s,
+        hosts=sum(1 for h in live if found.get(h)),
+        hosts_truth=len(live),
         services=sum(len(found.get(h, set()) & ports) for h, ports in live.items()),
-        services_truth=sum(len(p) for p in live.values()), hung=hung, fragile=len(fragile),
-        syns=bed.syns(), peak_sessions=peak, note=note,
+        services_truth=sum(len(p) for p in live.values()),
+        hung=hung,
+        fragile=len(fragile),
+        syns=bed.syns(),
+        peak_sessions=peak,
+        note=note,
     )
 
 
@@ -111,14 +126,19 @@ def run_nmap(bed: NetBed, block: str, name: str, *extra: str) -> Row:
     found: dict[str, set[int]] = {}
     for host in ET.fromstring(proc.stdout).iter("host"):
         addr = host.find("address")
-        ports = {int(p.get("portid", "0")) for p in host.iter("port")
-                 if (st := p.find("state")) is not None and st.get("state") == "open"}
+        ports = {
+            int(p.get("portid", "0"))
+            for p in host.iter("port")
+            if (st := p.find("state")) is not None and st.get("state") == "open"
+        }
         if addr is not None and ports:
             found[addr.get("addr", "")] = ports
     return score(bed, block, name, found, wall)
 
 
-def run_fragileprobe(bed: NetBed, blocks: list[str], block: str, name: str, **params: Any) -> tuple[Row, dict[str, Any]]:
+def run_fragileprobe(
+    bed: NetBed, blocks: list[str], block: str, name: str, **params: Any
+) -> tuple[Row, dict[str, Any]]:
     bed.restart_fleet()
     bed.reset_counters()
     params = {"ports": PORT_SPEC, **params}
@@ -129,18 +149,25 @@ def run_fragileprobe(bed: NetBed, blocks: list[str], block: str, name: str, **pa
         raise RuntimeError(f"fragileprobe failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout)
     found = {h: set(p) for h, p in out["assets"].items()}
-    note = (f"{out['max_hosts_in_parallel']} hosts at once, {out['probes_sent']} probes, "
-            f"{len(out['unresponsive'])} left alone")
+    note = (
+        f"{out['max_hosts_in_parallel']} hosts at once, {out['probes_sent']} probes, "
+        f"{len(out['unresponsive'])} left alone"
+    )
     return score(bed, block, name, found, wall, note), out
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| run | addresses | wall time | live hosts found | services found | fragile hung | SYNs sent "
-             "| peak sessions/host | note |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| run | addresses | wall time | live hosts found | services found | fragile hung | SYNs sent "
+        "| peak sessions/host | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.name} | {r.addresses} | {r.wall_s:.1f} s | {r.hosts}/{r.hosts_truth} | "
-                     f"{r.services}/{r.services_truth} | {r.hung}/{r.fragile} | {r.syns} | {r.peak_sessions} | "
-                     f"{r.note} |")
+        lines.append(
+            f"| {r.name} | {r.addresses} | {r.wall_s:.1f} s | {r.hosts}/{r.hosts_truth} | "
+            f"{r.services}/{r.services_truth} | {r.hung}/{r.fragile} | {r.syns} | {r.peak_sessions} | "
+            f"{r.note} |"
+        )
     return "\n".join(lines)
 
 
@@ -169,9 +196,12 @@ def main() -> int:
         for note in bed.notes:
             print(f"note: {note}")
         truth, fragile = truth_of(bed, BLOCK)
-        print(f"bed {bed.name}: {BLOCK}, {len(live)} live hosts ({len(truth)} with a scanned port open, "
-              f"{sum(len(p) for p in truth.values())} services), {len(fragile)} fragile, "
-              f"{sum(h.firewalled for h in live)} firewalled, {sum(bool(h.delay_ms) for h in live)} slow", flush=True)
+        print(
+            f"bed {bed.name}: {BLOCK}, {len(live)} live hosts ({len(truth)} with a scanned port open, "
+            f"{sum(len(p) for p in truth.values())} services), {len(fragile)} fragile, "
+            f"{sum(h.firewalled for h in live)} firewalled, {sum(bool(h.delay_ms) for h in live)} slow",
+            flush=True,
+        )
         rows.append(run_nmap(bed, BLOCK, "nmap -sT -n (host discovery)"))
         print(table(rows[-1:]), flush=True)
         if not args.quick:
@@ -186,8 +216,9 @@ def main() -> int:
         print(table(rows[-1:]), flush=True)
         print("progress:", json.dumps(out["progress"]), flush=True)
         if not args.quick:
-            row, _ = run_fragileprobe(bed, [BLOCK], BLOCK, "fragileprobe, liveness_ports=0 (no shortcut)",
-                                      liveness_ports=0)
+            row, _ = run_fragileprobe(
+                bed, [BLOCK], BLOCK, "fragileprobe, liveness_ports=0 (no shortcut)", liveness_ports=0
+            )
             rows.append(row)
             print(table(rows[-1:]), flush=True)
         sizes: list[tuple[int, float]] = []
@@ -208,12 +239,16 @@ def main() -> int:
     print()
     print(table(rows))
     per_k, intercept = slope(sizes)
-    print(f"\nslope: {per_k:.2f} s per 1,000 addresses (intercept {intercept:.1f} s) from "
-          + ", ".join(f"{n} -> {t:.1f} s" for n, t in sizes))
+    print(
+        f"\nslope: {per_k:.2f} s per 1,000 addresses (intercept {intercept:.1f} s) from "
+        + ", ".join(f"{n} -> {t:.1f} s" for n, t in sizes)
+    )
     for r in rows:
         if r.name.startswith("nmap") and r.addresses == fp.addresses:
-            print(f"fragileprobe defaults vs {r.name}: {r.wall_s / fp.wall_s:.1f}x faster, "
-                  f"{fp.hosts - r.hosts} more live hosts found, {fp.hung} vs {r.hung} hung")
+            print(
+                f"fragileprobe defaults vs {r.name}: {r.wall_s / fp.wall_s:.1f}x faster, "
+                f"{fp.hosts - r.hosts} more live hosts found, {fp.hung} vs {r.hung} hung"
+            )
     return 0
 
 

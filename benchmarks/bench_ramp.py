@@ -115,9 +115,14 @@ def make_models(n: int, seed: int) -> list[BenchModel]:
             kind = "sturdy"
         elif roll < 0.4:
             spec = FragilitySpec(
-                threshold=base, jitter=jitter, base_latency_s=0.004, slowdown_s_per_session=0.0001,
-                knee_sessions=max(1, base // 2), knee_slowdown_s=0.004, knee_exponent=2.0,
-            )  # fmt: skip
+                threshold=base,
+                jitter=jitter,
+                base_latency_s=0.004,
+                slowdown_s_per_session=0.0001,
+                knee_sessions=max(1, base // 2),
+                knee_slowdown_s=0.004,
+                knee_exponent=2.0,
+            )
             kind = "slows-then-dies"
         else:
             spec = FragilitySpec(
@@ -271,10 +276,16 @@ def pure_table(models: list[BenchModel]) -> str:
 
 # --- real sockets ------------------------------------------------------------------------------------
 REAL_TIMINGS: dict[str, Any] = {
-    "dwell_s": 0.2, "hold_s": 0.02, "interval_s": 0.04, "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
-    "healthy_beats": 2, "recovery_timeout_s": 5.0, "baseline_beats": 3, "read_timeout_s": 0.2,
+    "dwell_s": 0.2,
+    "hold_s": 0.02,
+    "interval_s": 0.04,
+    "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
+    "healthy_beats": 2,
+    "recovery_timeout_s": 5.0,
+    "baseline_beats": 3,
+    "read_timeout_s": 0.2,
     "connect_timeout_s": 0.5,
-}  # fmt: skip
+}
 
 
 async def run_real(model: BenchModel, host: str, early_warning: bool) -> tuple[Any, float, int]:
@@ -287,9 +298,13 @@ async def run_real(model: BenchModel, host: str, early_warning: bool) -> tuple[A
         )
         started = time.monotonic()
         char = await characterize(
-            target, scope=Scope([host]), recovery=emulator_recovery(dev), model_key=f"bench-{model.index}",
-            early_warning=EarlyWarning(latency_factor=EW_FACTOR) if early_warning else None, **REAL_TIMINGS,
-        )  # fmt: skip
+            target,
+            scope=Scope([host]),
+            recovery=emulator_recovery(dev),
+            model_key=f"bench-{model.index}",
+            early_warning=EarlyWarning(latency_factor=EW_FACTOR) if early_warning else None,
+            **REAL_TIMINGS,
+        )
         return char, time.monotonic() - started, dev.stats.crashes
 
 
@@ -340,14 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     models = make_models(args.models, args.seed)
     kinds = {k: sum(1 for m in models if m.kind == k) for k in ("fragile", "slows-then-dies", "sturdy")}
     print(f"# bench_ramp: {len(models)} randomized models (seed {args.seed}): {kinds}")
-    print("\n## 1. Pure simulation (emulator's pure fragility model; wall time modelled: "
-          f"{LEVEL_S:g} s per level, {CRASH_S:g} s per crash)\n")  # fmt: skip
+    print(
+        "\n## 1. Pure simulation (emulator's pure fragility model; wall time modelled: "
+        f"{LEVEL_S:g} s per level, {CRASH_S:g} s per crash)\n"
+    )
     t = time.monotonic()
     print(pure_table(models))
     print(f"\n(pure part computed in {time.monotonic() - t:.1f} s)")
     if args.real > 0:
-        print(f"\n## 2. Real sockets: characterize() against EmulatedDevice on loopback, {args.real} models "
-              "(scaled timings: 0.2 s dwell, 40 ms beats, 50 ms boot)\n")  # fmt: skip
+        print(
+            f"\n## 2. Real sockets: characterize() against EmulatedDevice on loopback, {args.real} models "
+            "(scaled timings: 0.2 s dwell, 40 ms beats, 50 ms boot)\n"
+        )
         print(real_table(models, args.real))
     return 0
 

@@ -92,6 +92,7 @@ def parse_nmap(text: str) -> Scan:
 
 def compare(alone: Row, shielded: Row) -> str:
     """What the shielded scan found differently from nmap alone (printer ports are refused by design)."""
+
     def without_printers(ports: frozenset[tuple[str, int]]) -> set[tuple[str, int]]:
         return {(h, p) for h, p in ports if p not in range(9100, 9108)}
 
@@ -104,8 +105,10 @@ def compare(alone: Row, shielded: Row) -> str:
         parts.append(f"{len(extra)} more than alone (on devices nmap alone hung)")
     if alone.versions or shielded.versions:
         lost = alone.versions - shielded.versions
-        parts.append(f"services identified: {len(shielded.versions)} vs {len(alone.versions)} alone, "
-                     f"{len(lost)} of those lost")  # fmt: skip
+        parts.append(
+            f"services identified: {len(shielded.versions)} vs {len(alone.versions)} alone, "
+            f"{len(lost)} of those lost"
+        )
     return "; ".join(parts)
 
 
@@ -124,7 +127,18 @@ def nmap_cmd(args: list[str], targets: list[str]) -> list[str]:
 
 
 def shield_cmd(store: Path, extra: list[str], command: list[str]) -> list[str]:
-    return [*FP, "shield", "--scope", f"{PREFIX}.0/24", "--store", str(store), *extra, "--exec", "--", *command]
+    return [
+        *FP,
+        "shield",
+        "--scope",
+        f"{PREFIX}.0/24",
+        "--store",
+        str(store),
+        *extra,
+        "--exec",
+        "--",
+        *command,
+    ]
 
 
 async def recover(fleet: Fleet) -> None:
@@ -142,8 +156,11 @@ async def measured(fleet: Fleet, name: str, cmd: list[str], note: str = "", stor
     await anyio.sleep(0.5)
     hung = sum(1 for h, d in fleet.devices.items() if d.stats.crashes > before[h])
     scan = parse_nmap(out)
-    print(f"# {name}: {wall:.2f} s, {scan.hosts} hosts, {len(scan.open_ports)} open ports, {hung} hung",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"# {name}: {wall:.2f} s, {scan.hosts} hosts, {len(scan.open_ports)} open ports, {hung} hung",
+        file=sys.stderr,
+        flush=True,
+    )
     extra = f"{scan.timed_out} host(s) hit --host-timeout" if scan.timed_out else ""
     summary = re.search(r"shield: .*", err)
     outcomes = ""
@@ -159,10 +176,18 @@ async def measured(fleet: Fleet, name: str, cmd: list[str], note: str = "", stor
 
 
 def table(rows: list[Row], title: str) -> str:
-    out = [f"### {title}", "", "| run | wall time (s) | hosts found | open ports found | services identified "
-           "| devices hung | compared with nmap alone | note |", "|---|---:|---:|---:|---:|---:|---|---|"]
-    out += [f"| {r.name} | {r.wall_s:.2f} | {r.hosts} | {r.services} | {len(r.versions)} | {r.hung} | "
-            f"{r.compared} | {r.note} |" for r in rows]  # fmt: skip
+    out = [
+        f"### {title}",
+        "",
+        "| run | wall time (s) | hosts found | open ports found | services identified "
+        "| devices hung | compared with nmap alone | note |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    out += [
+        f"| {r.name} | {r.wall_s:.2f} | {r.hosts} | {r.services} | {len(r.versions)} | {r.hung} | "
+        f"{r.compared} | {r.note} |"
+        for r in rows
+    ]
     return "\n".join(out)
 
 
@@ -174,10 +199,16 @@ def write_inventory(store_path: Path, config: Any, fleet: Fleet) -> None:
             web = device.model.web_port
             services = [{"port": device.port(web), "service": "http"}] if web else []
             groups = ["Medical Device?"] if truth.category == "medical" else [f"safe to scan ({truth.zone})"]
-            store.upsert_asset(host, scan_id=None, seen_at_s=time.time(), zone=truth.zone,
-                               model_key=f"{truth.model}-{hashlib.sha256(truth.model.encode()).hexdigest()[:12]}",
-                               open_ports=device.ports.values(),
-                               services=services, groups=groups)  # fmt: skip
+            store.upsert_asset(
+                host,
+                scan_id=None,
+                seen_at_s=time.time(),
+                zone=truth.zone,
+                model_key=f"{truth.model}-{hashlib.sha256(truth.model.encode()).hexdigest()[:12]}",
+                open_ports=device.ports.values(),
+                services=services,
+                groups=groups,
+            )
 
 
 # The fleet's fragile setting for this benchmark: a patient monitor that hangs at its second concurrent
@@ -196,8 +227,10 @@ RECOMMENDED_SV = ["--max-parallelism", "1", "--max-hostgroup", "1"]
 
 def fragile_fleet() -> Any:
     config = hospital_fleet(PREFIX, seed=11, boot_delay_s=0.05)
-    devices = tuple(dataclasses.replace(d, threshold=FRAGILE_THRESHOLD, jitter=0) if d.model == FRAGILE_MODEL
-                    else d for d in config.devices)  # fmt: skip
+    devices = tuple(
+        dataclasses.replace(d, threshold=FRAGILE_THRESHOLD, jitter=0) if d.model == FRAGILE_MODEL else d
+        for d in config.devices
+    )
     return dataclasses.replace(config, devices=devices)
 
 
@@ -213,30 +246,55 @@ async def part1(quick: bool) -> tuple[list[str], list[Row], list[Row]]:
             rows = [
                 await measured(fleet, "nmap -sT", st),
                 await measured(fleet, "nmap -sT through the shield", shield_cmd(store, [], st), store=store),
-                await measured(fleet, "nmap -sT --max-parallelism 1 through the shield",
-                               shield_cmd(store, [], nmap_cmd(["-sT", *RECOMMENDED_ST], targets)), store=store),
-            ]  # fmt: skip
+                await measured(
+                    fleet,
+                    "nmap -sT --max-parallelism 1 through the shield",
+                    shield_cmd(store, [], nmap_cmd(["-sT", *RECOMMENDED_ST], targets)),
+                    store=store,
+                ),
+            ]
             for r in rows[1:]:
                 r.compared = compare(rows[0], r)
-            out.append(table(rows, f"Part 1: whole fleet ({len(targets)} addresses, {len(config.devices)} "
-                                   f"devices, {len(FLEET_PORTS)} ports, default timing)"))  # fmt: skip
-            one_each = [next(d.host for d in config.devices if d.model == m) for m in MODELS
-                        if any(d.model == m for d in config.devices)]  # fmt: skip
+            out.append(
+                table(
+                    rows,
+                    f"Part 1: whole fleet ({len(targets)} addresses, {len(config.devices)} "
+                    f"devices, {len(FLEET_PORTS)} ports, default timing)",
+                )
+            )
+            one_each = [
+                next(d.host for d in config.devices if d.model == m)
+                for m in MODELS
+                if any(d.model == m for d in config.devices)
+            ]
             if quick:
                 one_each = one_each[:3]
             sv = ["-sT", "-sV", "--host-timeout", f"{SV_HOST_TIMEOUT_S}s"]
             rows_sv = [
                 await measured(fleet, "nmap -sT -sV", nmap_cmd(sv, one_each)),
-                await measured(fleet, "nmap -sT -sV through the shield",
-                               shield_cmd(store, [], nmap_cmd(sv, one_each)), store=store),
-                await measured(fleet, "nmap -sT -sV --max-parallelism 1 --max-hostgroup 1 through the shield",
-                               shield_cmd(store, [], nmap_cmd([*sv, *RECOMMENDED_SV], one_each)),
-                               "the recommended command line", store=store),
-            ]  # fmt: skip
+                await measured(
+                    fleet,
+                    "nmap -sT -sV through the shield",
+                    shield_cmd(store, [], nmap_cmd(sv, one_each)),
+                    store=store,
+                ),
+                await measured(
+                    fleet,
+                    "nmap -sT -sV --max-parallelism 1 --max-hostgroup 1 through the shield",
+                    shield_cmd(store, [], nmap_cmd([*sv, *RECOMMENDED_SV], one_each)),
+                    "the recommended command line",
+                    store=store,
+                ),
+            ]
             for r in rows_sv[1:]:
                 r.compared = compare(rows_sv[0], r)
-            out.append(table(rows_sv, f"Part 1b: version detection, one device of each model ({len(one_each)} "
-                                      f"hosts; nmap --host-timeout {SV_HOST_TIMEOUT_S}s)"))  # fmt: skip
+            out.append(
+                table(
+                    rows_sv,
+                    f"Part 1b: version detection, one device of each model ({len(one_each)} "
+                    f"hosts; nmap --host-timeout {SV_HOST_TIMEOUT_S}s)",
+                )
+            )
     return out, rows, rows_sv
 
 
@@ -356,11 +414,30 @@ def _proxy_of(proc: subprocess.Popen[str]) -> tuple[str, int]:
 
 def part2() -> tuple[str, dict[str, Relay]]:
     port, link_port = 24555, 24557
-    senders = [subprocess.Popen([sys.executable, "-c", SENDER, STURDY, str(p), str(total), str(rate)],
-                                stdout=subprocess.PIPE, text=True)
-               for p, total, rate in ((port, BULK_BYTES, 0), (link_port, LINK_BULK_BYTES, LINK_BYTES_PER_S))]
-    shield = subprocess.Popen([*FP, "shield", "--scope", STURDY, "--listen", "127.0.0.1:0", "--log-level", "error",
-                               "--default-ceiling", "64"], stderr=subprocess.PIPE, text=True)
+    senders = [
+        subprocess.Popen(
+            [sys.executable, "-c", SENDER, STURDY, str(p), str(total), str(rate)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for p, total, rate in ((port, BULK_BYTES, 0), (link_port, LINK_BULK_BYTES, LINK_BYTES_PER_S))
+    ]
+    shield = subprocess.Popen(
+        [
+            *FP,
+            "shield",
+            "--scope",
+            STURDY,
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+            "--default-ceiling",
+            "64",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     reference = subprocess.Popen([sys.executable, "-c", REFERENCE_RELAY], stdout=subprocess.PIPE, text=True)
     try:
         for sender in senders:
@@ -398,22 +475,31 @@ def part2() -> tuple[str, dict[str, Relay]]:
         return f"{statistics.median(r.reference) / statistics.median(r.direct):.2f}" if r.reference else "-"
 
     lo, link, conn = res["loopback"], res["link"], res["connects"]
-    text = "\n".join([
-        "### Part 2: relay on a sturdy host (3 alternating runs, median)", "",
-        "| measure | direct | through the shield | ratio | reference relay (2 threads, splice) | its ratio |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| bulk, bare loopback ({BULK_BYTES >> 20} MiB, MiB/s) | {med(lo.direct)} | {med(lo.shield)} | "
-        f"{lo.ratio():.2f} | {med(lo.reference)} | {ref_ratio(lo)} |",
-        f"| bulk, 1 Gbit/s link ({LINK_BULK_BYTES >> 20} MiB, MiB/s) | {med(link.direct)} | {med(link.shield)} | "
-        f"{link.ratio():.2f} | {med(link.reference)} | {ref_ratio(link)} |",
-        f"| connects/s ({CONNECTS}: connect, SOCKS handshake, close) | {med(conn.direct)} | {med(conn.shield)} | "
-        f"{conn.ratio():.2f} | - | - |",
-        "", f"shield process RSS: {rss_before:.1f} MiB before, {rss_after:.1f} MiB after relaying "
+    text = "\n".join(
+        [
+            "### Part 2: relay on a sturdy host (3 alternating runs, median)",
+            "",
+            "| measure | direct | through the shield | ratio | reference relay (2 threads, splice) | its ratio |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| bulk, bare loopback ({BULK_BYTES >> 20} MiB, MiB/s) | {med(lo.direct)} | {med(lo.shield)} | "
+            f"{lo.ratio():.2f} | {med(lo.reference)} | {ref_ratio(lo)} |",
+            f"| bulk, 1 Gbit/s link ({LINK_BULK_BYTES >> 20} MiB, MiB/s) | {med(link.direct)} | {med(link.shield)} | "
+            f"{link.ratio():.2f} | {med(link.reference)} | {ref_ratio(link)} |",
+            f"| connects/s ({CONNECTS}: connect, SOCKS handshake, close) | {med(conn.direct)} | {med(conn.shield)} | "
+            f"{conn.ratio():.2f} | - | - |",
+            "",
+            f"shield process RSS: {rss_before:.1f} MiB before, {rss_after:.1f} MiB after relaying "
             f"{3 * (BULK_BYTES + LINK_BULK_BYTES) >> 20} MiB and {3 * CONNECTS} connects",
-        "", "runs (MiB/s, connects/s): " + "; ".join(
-            f"{k} {r}: {[round(x) for x in getattr(v, r)]}" for k, v in res.items()
-            for r in ("direct", "shield", "reference") if getattr(v, r)),
-    ])  # fmt: skip
+            "",
+            "runs (MiB/s, connects/s): "
+            + "; ".join(
+                f"{k} {r}: {[round(x) for x in getattr(v, r)]}"
+                for k, v in res.items()
+                for r in ("direct", "shield", "reference")
+                if getattr(v, r)
+            ),
+        ]
+    )
     return text, res
 
 
@@ -442,11 +528,27 @@ async def part2b() -> str:
     """Thousands of concurrent sessions across hosts: the shield's memory per session."""
     hosts = [f"127.202.3.{i + 1}" for i in range(MANY_HOSTS)]
     port = 24556
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, ",".join(hosts), str(port)],  # noqa: ASYNC220
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    shield = subprocess.Popen([*FP, "shield", "--scope", "127.202.3.0/24", "--listen", "127.0.0.1:0",  # noqa: ASYNC220
-                               "--log-level", "error", "--default-ceiling", str(MANY_PER_HOST)],
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-c", HOLDER, ",".join(hosts), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    shield = subprocess.Popen(  # noqa: ASYNC220
+        [
+            *FP,
+            "shield",
+            "--scope",
+            "127.202.3.0/24",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+            "--default-ceiling",
+            str(MANY_PER_HOST),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     writers = []
     try:
         assert holder.stdout is not None
@@ -480,9 +582,11 @@ async def part2b() -> str:
             p.terminate()
             p.wait(timeout=10)
     n = len(writers)
-    return (f"### Part 2b: {n:,} concurrent sessions across {MANY_HOSTS} hosts (opened in {opened:.1f} s)\n\n"
-            f"shield process RSS: {idle:.1f} MiB idle, {loaded:.1f} MiB with {n:,} sessions open: "
-            f"{(loaded - idle) * 1024 / max(n, 1):.1f} KiB per session")
+    return (
+        f"### Part 2b: {n:,} concurrent sessions across {MANY_HOSTS} hosts (opened in {opened:.1f} s)\n\n"
+        f"shield process RSS: {idle:.1f} MiB idle, {loaded:.1f} MiB with {n:,} sessions open: "
+        f"{(loaded - idle) * 1024 / max(n, 1):.1f} KiB per session"
+    )
 
 
 # --- part 3: a trip --------------------------------------------------------------------------------------
@@ -490,20 +594,33 @@ async def part2b() -> str:
 
 async def part3() -> tuple[str, dict[str, tuple[int, int, int]]]:
     host = "127.202.2.5"
-    lines = ["### Part 3: a device tripped by the shield (infusion pump, ceiling 4, heartbeat GET / on 8080 "
-             "every 0.5 s)", "", "| release mode | sessions closed at the trip | CONNECTs asked after the trip "
-             "| refused | relayed after the trip | connections the device received after the trip | heartbeats recorded after "
-             "the trip |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "### Part 3: a device tripped by the shield (infusion pump, ceiling 4, heartbeat GET / on 8080 "
+        "every 0.5 s)",
+        "",
+        "| release mode | sessions closed at the trip | CONNECTs asked after the trip "
+        "| refused | relayed after the trip | connections the device received after the trip | heartbeats recorded after "
+        "the trip |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     after_trip: dict[str, tuple[int, int, int]] = {}
     for release in ("operator", "auto"):
         async with EmulatedPump(host, seed=5, boot_delay_s=0.05, syn_watch=False) as pump:
             beat = HttpHeartbeat(port=pump.web_port, expect_status=None, timeout_s=0.5)
-            shield = Shield(scope=Scope(host), listen_port=0, ceilings={host: 4}, heartbeats={host: beat},
-                            heartbeat_interval_s=0.5, release=release)  # type: ignore[arg-type]
+            shield = Shield(
+                scope=Scope(host),
+                listen_port=0,
+                ceilings={host: 4},
+                heartbeats={host: beat},
+                heartbeat_interval_s=0.5,
+                release=release,
+            )  # type: ignore[arg-type]
             async with shield:
                 proxy = shield.address
-                held = [await anyio.to_thread.run_sync(socks_connect, proxy, host, pump.port(21))
-                        for _ in range(3)]  # fmt: skip
+                held = [
+                    await anyio.to_thread.run_sync(socks_connect, proxy, host, pump.port(21))
+                    for _ in range(3)
+                ]
                 pump.hang()
                 for _ in range(500):
                     if shield.trips:
@@ -522,19 +639,27 @@ async def part3() -> tuple[str, dict[str, tuple[int, int, int]]]:
                         refused += 1
                     await anyio.sleep(0.01)
                 after = pump.connects_since(trip_mono)
-                beats = sum(1 for b in (shield.guard_for(host).timeline.beats if shield.guard_for(host) else ())
-                            if b.at_s >= trip_mono)  # fmt: skip
+                beats = sum(
+                    1
+                    for b in (shield.guard_for(host).timeline.beats if shield.guard_for(host) else ())
+                    if b.at_s >= trip_mono
+                )
                 for s in held:
                     s.close()
             relayed = sum(1 for r in shield.sessions if r.reply == 0 and r.started_at_s >= trip.tripped_at_s)
-            lines.append(f"| {release} | {trip.sessions_closed} | {asked} | {refused} | {relayed} | {after} | "
-                         f"{beats} |")  # fmt: skip
+            lines.append(
+                f"| {release} | {trip.sessions_closed} | {asked} | {refused} | {relayed} | {after} | "
+                f"{beats} |"
+            )
             after_trip[release] = (relayed, after, beats)
     return "\n".join(lines), after_trip
 
 
-def summary(st: list[Row], sv: list[Row], relay: dict[str, Relay], trip: dict[str, tuple[int, int, int]]) -> str:
+def summary(
+    st: list[Row], sv: list[Row], relay: dict[str, Relay], trip: dict[str, tuple[int, int, int]]
+) -> str:
     """The one table: every measured goal of issue 12, nmap alone (or direct) vs through the shield."""
+
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
@@ -545,32 +670,74 @@ def summary(st: list[Row], sv: list[Row], relay: dict[str, Relay], trip: dict[st
     for alone, behind in ((st[0], st[1]), (sv[0], sv[2])):
         label = alone.name
         rows += [
-            (f"{label}: devices hung", alone.hung, behind.hung, "0 through the shield",
-             met(behind.hung == 0) + ("" if alone.hung else " (nmap alone hung none)")),
-            (f"{label}: hosts / open ports found", f"{alone.hosts} / {alone.services}",
-             f"{behind.hosts} / {behind.services}", "the same open ports (9100-9107 are refused by design)",
-             met(same_ports(alone, behind))),
+            (
+                f"{label}: devices hung",
+                alone.hung,
+                behind.hung,
+                "0 through the shield",
+                met(behind.hung == 0) + ("" if alone.hung else " (nmap alone hung none)"),
+            ),
+            (
+                f"{label}: hosts / open ports found",
+                f"{alone.hosts} / {alone.services}",
+                f"{behind.hosts} / {behind.services}",
+                "the same open ports (9100-9107 are refused by design)",
+                met(same_ports(alone, behind)),
+            ),
             (f"{label}: wall time (s)", f"{alone.wall_s:.1f}", f"{behind.wall_s:.1f}", "as measured", "-"),
-        ]  # fmt: skip
+        ]
         if alone.versions or behind.versions:
             lost = len(alone.versions - behind.versions)
-            rows.append((f"{label}: services identified", len(alone.versions), len(behind.versions),
-                         "as many", met(lost == 0) + f" ({lost} lost)"))  # fmt: skip
+            rows.append(
+                (
+                    f"{label}: services identified",
+                    len(alone.versions),
+                    len(behind.versions),
+                    "as many",
+                    met(lost == 0) + f" ({lost} lost)",
+                )
+            )
     lo, link, conn = relay["loopback"], relay["link"], relay["connects"]
     rows += [
-        ("bulk transfer, bare loopback (MiB/s)", f"{statistics.median(lo.direct):,.0f}",
-         f"{statistics.median(lo.shield):,.0f} ({lo.ratio():.2f}x)", ">= 0.8x", met(lo.ratio() >= 0.8)),
-        ("bulk transfer, 1 Gbit/s link (MiB/s)", f"{statistics.median(link.direct):,.0f}",
-         f"{statistics.median(link.shield):,.0f} ({link.ratio():.2f}x)", ">= 0.8x", met(link.ratio() >= 0.8)),
-        ("connects/s", f"{statistics.median(conn.direct):,.0f}",
-         f"{statistics.median(conn.shield):,.0f} ({conn.ratio():.2f}x)", "as measured", "-"),
-    ]  # fmt: skip
+        (
+            "bulk transfer, bare loopback (MiB/s)",
+            f"{statistics.median(lo.direct):,.0f}",
+            f"{statistics.median(lo.shield):,.0f} ({lo.ratio():.2f}x)",
+            ">= 0.8x",
+            met(lo.ratio() >= 0.8),
+        ),
+        (
+            "bulk transfer, 1 Gbit/s link (MiB/s)",
+            f"{statistics.median(link.direct):,.0f}",
+            f"{statistics.median(link.shield):,.0f} ({link.ratio():.2f}x)",
+            ">= 0.8x",
+            met(link.ratio() >= 0.8),
+        ),
+        (
+            "connects/s",
+            f"{statistics.median(conn.direct):,.0f}",
+            f"{statistics.median(conn.shield):,.0f} ({conn.ratio():.2f}x)",
+            "as measured",
+            "-",
+        ),
+    ]
     for release, (relayed, received, beats) in trip.items():
-        rows.append((f"tripped device ({release} release): sessions relayed / connections it received after the "
-                     f"trip", "-", f"{relayed} / {received} ({beats} heartbeats)", "0 new sessions",
-                     met(relayed == 0 and received <= beats + 1)))  # fmt: skip  (one beat may be in flight)
-    out = ["### Summary: issue 12's measured goals", "",
-           "| measure | nmap alone / direct | through the shield | goal | met |", "|---|---:|---:|---|---|"]
+        rows.append(
+            (
+                f"tripped device ({release} release): sessions relayed / connections it received after the "
+                f"trip",
+                "-",
+                f"{relayed} / {received} ({beats} heartbeats)",
+                "0 new sessions",
+                met(relayed == 0 and received <= beats + 1),
+            )
+        )  # (one beat may be in flight)
+    out = [
+        "### Summary: issue 12's measured goals",
+        "",
+        "| measure | nmap alone / direct | through the shield | goal | met |",
+        "|---|---:|---:|---|---|",
+    ]
     out += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     return "\n".join(out)
 

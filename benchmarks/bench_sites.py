@@ -61,11 +61,16 @@ def site_dicts(prefix: str) -> list[dict[str, Any]]:
     out = []
     for i in range(SITES):
         p = f"{prefix}.{i}"
-        out.append({
-            "name": f"site-{i}", "networks": [f"{p}.0/24"],
-            "zone": [{"name": f"site-{i}-clinical", "kind": "medical", "ranges": [f"{p}.0/25"]},
-                     {"name": f"site-{i}-office", "kind": "general", "ranges": [f"{p}.128/25"]}],
-        })  # fmt: skip
+        out.append(
+            {
+                "name": f"site-{i}",
+                "networks": [f"{p}.0/24"],
+                "zone": [
+                    {"name": f"site-{i}-clinical", "kind": "medical", "ranges": [f"{p}.0/25"]},
+                    {"name": f"site-{i}-office", "kind": "general", "ranges": [f"{p}.128/25"]},
+                ],
+            }
+        )
     return out
 
 
@@ -79,10 +84,23 @@ def agent_processes(per_site: int, *, broker: str, store: str, sites: list[dict[
                 log = Path(tempfile.mkstemp(prefix="fp-bench-agent-", suffix=".log")[1])
                 with log.open("wb") as fh:
                     proc = subprocess.Popen(
-                        [*_fp(), "agent", "--site", site["name"], "--broker", broker, "--store", store,
-                         "--scope", site["networks"][0], "--log-level", "info"],
-                        stdout=fh, stderr=subprocess.STDOUT,
-                    )  # fmt: skip
+                        [
+                            *_fp(),
+                            "agent",
+                            "--site",
+                            site["name"],
+                            "--broker",
+                            broker,
+                            "--store",
+                            store,
+                            "--scope",
+                            site["networks"][0],
+                            "--log-level",
+                            "info",
+                        ],
+                        stdout=fh,
+                        stderr=subprocess.STDOUT,
+                    )
                 procs.append((proc, log))
         deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
         for proc, log in procs:
@@ -127,12 +145,15 @@ def fleet_numbers(fleets: list[Fleet]) -> dict[str, int]:
         "peak_sessions": max(d.stats.peak_sessions for d in devices),
         # Devices that never crash (workstations, servers) have no threshold.
         "lowest_ceiling": min(d.threshold for d in devices if d.threshold is not None),
-        "above_ceiling": sum(1 for d in devices if d.threshold is not None and d.stats.peak_sessions > d.threshold),
+        "above_ceiling": sum(
+            1 for d in devices if d.threshold is not None and d.stats.peak_sessions > d.threshold
+        ),
     }
 
 
-async def run_distributed(agents: int, *, pg: LocalPostgres, redis: LocalRedis, prefix: str,
-                          run: int) -> dict[str, Any]:  # fmt: skip
+async def run_distributed(
+    agents: int, *, pg: LocalPostgres, redis: LocalRedis, prefix: str, run: int
+) -> dict[str, Any]:
     broker = redis.url
     sites = site_dicts(prefix)
     store = pg.create_database(f"bench{run}")
@@ -160,10 +181,18 @@ async def run_distributed(agents: int, *, pg: LocalPostgres, redis: LocalRedis, 
     for job in jobs:
         for host in job.hosts:
             worked[host] = worked.get(host, 0) + 1
-    return {"mode": f"{agents} agent(s) per site", "processes": agents * SITES, "wall_s": wall,
-            "hosts_found": len(report.assets), "alerts": len(report.alerts), "jobs": report.jobs,
-            "hosts_in_two_jobs": sum(1 for n in worked.values() if n > 1), "scan_cpu_s": agents_cpu,
-            "server_cpu_s": servers_cpu, **numbers}  # fmt: skip
+    return {
+        "mode": f"{agents} agent(s) per site",
+        "processes": agents * SITES,
+        "wall_s": wall,
+        "hosts_found": len(report.assets),
+        "alerts": len(report.alerts),
+        "jobs": report.jobs,
+        "hosts_in_two_jobs": sum(1 for n in worked.values() if n > 1),
+        "scan_cpu_s": agents_cpu,
+        "server_cpu_s": servers_cpu,
+        **numbers,
+    }
 
 
 async def run_in_process(prefix: str) -> dict[str, Any]:
@@ -175,18 +204,32 @@ async def run_in_process(prefix: str) -> dict[str, Any]:
                 await stack.enter_async_context(f)
             started = time.monotonic()
             cpu0 = children_cpu_s()
-            done = await anyio.to_thread.run_sync(lambda: subprocess.run(
-                [*_fp(), "discover", *targets, "--store", str(Path(tmp) / "fp.db"), "--json"],
-                capture_output=True, timeout=RUN_TIMEOUT_S, check=False))  # fmt: skip
+            done = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [*_fp(), "discover", *targets, "--store", str(Path(tmp) / "fp.db"), "--json"],
+                    capture_output=True,
+                    timeout=RUN_TIMEOUT_S,
+                    check=False,
+                )
+            )
             wall = time.monotonic() - started
             cpu = children_cpu_s() - cpu0
             numbers = fleet_numbers(fleets)
     if done.returncode not in (0, 1):
         raise RuntimeError(f"in-process discover failed: {done.stderr.decode(errors='replace')[-800:]}")
     report = json.loads(done.stdout)
-    return {"mode": "in-process", "processes": 1, "wall_s": wall, "hosts_found": len(report["assets"]),
-            "alerts": len(report["alerts"]), "jobs": 0, "hosts_in_two_jobs": 0, "scan_cpu_s": cpu,
-            "server_cpu_s": 0.0, **numbers}  # fmt: skip
+    return {
+        "mode": "in-process",
+        "processes": 1,
+        "wall_s": wall,
+        "hosts_found": len(report["assets"]),
+        "alerts": len(report["alerts"]),
+        "jobs": 0,
+        "hosts_in_two_jobs": 0,
+        "scan_cpu_s": cpu,
+        "server_cpu_s": 0.0,
+        **numbers,
+    }
 
 
 def store_write_rate(url: str, *, writers: int, per_writer: int) -> float:
@@ -244,8 +287,13 @@ def main() -> None:
     parser.add_argument("--agents", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--prefix", default="127.180", help="sites on PREFIX.0.0/24 .. PREFIX.3.0/24")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--store-rate", type=int, default=2000, metavar="N",
-                        help="first measure the store's write rate with N transactions (0: skip)")
+    parser.add_argument(
+        "--store-rate",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="first measure the store's write rate with N transactions (0: skip)",
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     rows = anyio.run(main_async, args)
@@ -253,17 +301,23 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     addresses = SITES * 254
-    print(f"{SITES} sites x /24 hospital fleet ({addresses} addresses, {rows[0]['devices']} devices), "
-          "default discovery parameters")  # fmt: skip
-    print("| mode | agent processes | wall s | vs in-process | scanner CPU s | broker+db CPU s | hosts found "
-          "| alerts | jobs | hosts in 2 jobs | devices hung | max sessions on a device | lowest device ceiling "
-          "| devices above ceiling |")
+    print(
+        f"{SITES} sites x /24 hospital fleet ({addresses} addresses, {rows[0]['devices']} devices), "
+        "default discovery parameters"
+    )
+    print(
+        "| mode | agent processes | wall s | vs in-process | scanner CPU s | broker+db CPU s | hosts found "
+        "| alerts | jobs | hosts in 2 jobs | devices hung | max sessions on a device | lowest device ceiling "
+        "| devices above ceiling |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['processes']} | {r['wall_s']:.1f} | {r['vs_in_process']:.2f}x | "
-              f"{r['scan_cpu_s']:.1f} | {r['server_cpu_s']:.1f} | {r['hosts_found']} | {r['alerts']} | "
-              f"{r['jobs']} | {r['hosts_in_two_jobs']} | {r['hung']} | {r['peak_sessions']} | "
-              f"{r['lowest_ceiling']} | {r['above_ceiling']} |")  # fmt: skip
+        print(
+            f"| {r['mode']} | {r['processes']} | {r['wall_s']:.1f} | {r['vs_in_process']:.2f}x | "
+            f"{r['scan_cpu_s']:.1f} | {r['server_cpu_s']:.1f} | {r['hosts_found']} | {r['alerts']} | "
+            f"{r['jobs']} | {r['hosts_in_two_jobs']} | {r['hung']} | {r['peak_sessions']} | "
+            f"{r['lowest_ceiling']} | {r['above_ceiling']} |"
+        )
 
 
 if __name__ == "__main__":

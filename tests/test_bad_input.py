@@ -52,16 +52,32 @@ if TYPE_CHECKING:
 
 SPEC_ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     # malformed addresses
-    ("address: octet above 255", lambda: parse_targets("127.0.0.300"), ConfigError,
-     r"'127\.0\.0\.300' is neither an IP address"),
-    ("address: three octets (inet_aton form)", lambda: parse_targets("127.0.0"), ConfigError,
-     r"'127\.0\.0' is neither an IP address"),
+    (
+        "address: octet above 255",
+        lambda: parse_targets("127.0.0.300"),
+        ConfigError,
+        r"'127\.0\.0\.300' is neither an IP address",
+    ),
+    (
+        "address: three octets (inet_aton form)",
+        lambda: parse_targets("127.0.0"),
+        ConfigError,
+        r"'127\.0\.0' is neither an IP address",
+    ),
     ("address: bare integer", lambda: parse_targets("2130706433"), ConfigError, r"'2130706433'"),
     ("address: junk", lambda: parse_targets("pump 5!"), ConfigError, r"'pump 5!' is neither"),
-    ("address: reversed range", lambda: parse_targets("127.0.0.9-3"), ConfigError,
-     r"'127\.0\.0\.9-3' is reversed"),
-    ("address: range end above 255", lambda: parse_targets("127.0.0.9-300"), ConfigError,
-     r"'127\.0\.0\.9-300'.*above 255"),
+    (
+        "address: reversed range",
+        lambda: parse_targets("127.0.0.9-3"),
+        ConfigError,
+        r"'127\.0\.0\.9-3' is reversed",
+    ),
+    (
+        "address: range end above 255",
+        lambda: parse_targets("127.0.0.9-300"),
+        ConfigError,
+        r"'127\.0\.0\.9-300'.*above 255",
+    ),
     ("address: bad CIDR", lambda: parse_targets("127.0.0.0/33"), ConfigError, r"'127\.0\.0\.0/33'.*CIDR"),
     ("address: stray comma", lambda: parse_targets("127.0.0.1,,127.0.0.2"), ConfigError, r"stray comma"),
     ("target host malformed", lambda: Target("127.0.0.300"), ConfigError, r"Target\.host:.*'127\.0\.0\.300'"),
@@ -79,14 +95,26 @@ SPEC_ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("scope: blank string", lambda: Scope(" , "), ConfigError, r"scope is empty"),
     ("scope: malformed", lambda: Scope(["127.0.0.300"]), ConfigError, r"'127\.0\.0\.300' is not an address"),
     ("scope: not a string", lambda: Scope([5]), ConfigError, r"scope entry 5 must be a string"),  # type: ignore[list-item]
-    ("scope: enormous", lambda: Scope(["10.0.0.0/8"]), ConfigError,
-     r"'10\.0\.0\.0/8' covers 16777216 addresses.*allow_large"),
+    (
+        "scope: enormous",
+        lambda: Scope(["10.0.0.0/8"]),
+        ConfigError,
+        r"'10\.0\.0\.0/8' covers 16777216 addresses.*allow_large",
+    ),
     ("scope: everything", lambda: Scope(["0.0.0.0/0"]), ConfigError, r"'0\.0\.0\.0/0' covers"),
     ("targets: empty", lambda: parse_targets(""), ConfigError, r"target spec is empty"),
-    ("targets: enormous", lambda: parse_targets("127.0.0.0/8"), ConfigError,
-     r"'127\.0\.0\.0/8' has 16777216 addresses.*allow_large"),
-    ("targets: above max_hosts", lambda: parse_targets("127.0.0.0/16", allow_large=True, max_hosts=1000),
-     ConfigError, r"more than max_hosts"),
+    (
+        "targets: enormous",
+        lambda: parse_targets("127.0.0.0/8"),
+        ConfigError,
+        r"'127\.0\.0\.0/8' has 16777216 addresses.*allow_large",
+    ),
+    (
+        "targets: above max_hosts",
+        lambda: parse_targets("127.0.0.0/16", allow_large=True, max_hosts=1000),
+        ConfigError,
+        r"more than max_hosts",
+    ),
     # ladders
     ("ladder: empty", lambda: validate_ladder(()), ConfigError, r"ladder: must not be empty"),
     ("ladder: goes down", lambda: validate_ladder((1, 5, 3)), ConfigError, r"must climb.*3 follows 5"),
@@ -94,40 +122,92 @@ SPEC_ROWS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     ("ladder: zero level", lambda: validate_ladder((0, 1)), ConfigError, r"levels must be >= 1, got 0"),
     ("ladder: fraction", lambda: validate_ladder((1, 2.5)), ConfigError, r"ladder: .*integers, got 2\.5"),  # type: ignore[arg-type]
     # ceilings
-    ("ceiling: zero", lambda: ConcurrencyLimiter(0), ConfigError,
-     r"^ceiling: must be an integer >= 1, got 0$"),
-    ("ceiling: negative", lambda: ConcurrencyLimiter(-2), ConfigError,
-     r"^ceiling: must be an integer >= 1, got -2$"),
-    ("ceiling: fraction", lambda: ConcurrencyLimiter(1.5), ConfigError,  # type: ignore[arg-type]
-     r"^ceiling: must be an integer >= 1, got 1\.5$"),
-    ("ceiling: Guard zero", lambda: Guard("127.0.0.1", ceiling=0, scope=Scope(["127.0.0.1"])), ConfigError,
-     r"^ceiling: must be an integer >= 1, got 0$"),
-    ("ceiling: Guard one beside a session heartbeat",
-     lambda: Guard("127.0.0.1", ceiling=1, scope=Scope(["127.0.0.1"])),
-     ConfigError, r"ceiling: 1 leaves no room for work.*ceiling of 2 or more.*IcmpHeartbeat.*watchdog=False"),
-    ("rate: zero", lambda: ConcurrencyLimiter(1, rate_per_s=0), ConfigError,
-     r"^rate_per_s: must be a positive number, got 0$"),
+    (
+        "ceiling: zero",
+        lambda: ConcurrencyLimiter(0),
+        ConfigError,
+        r"^ceiling: must be an integer >= 1, got 0$",
+    ),
+    (
+        "ceiling: negative",
+        lambda: ConcurrencyLimiter(-2),
+        ConfigError,
+        r"^ceiling: must be an integer >= 1, got -2$",
+    ),
+    (
+        "ceiling: fraction",
+        lambda: ConcurrencyLimiter(1.5),
+        ConfigError,  # type: ignore[arg-type]
+        r"^ceiling: must be an integer >= 1, got 1\.5$",
+    ),
+    (
+        "ceiling: Guard zero",
+        lambda: Guard("127.0.0.1", ceiling=0, scope=Scope(["127.0.0.1"])),
+        ConfigError,
+        r"^ceiling: must be an integer >= 1, got 0$",
+    ),
+    (
+        "ceiling: Guard one beside a session heartbeat",
+        lambda: Guard("127.0.0.1", ceiling=1, scope=Scope(["127.0.0.1"])),
+        ConfigError,
+        r"ceiling: 1 leaves no room for work.*ceiling of 2 or more.*IcmpHeartbeat.*watchdog=False",
+    ),
+    (
+        "rate: zero",
+        lambda: ConcurrencyLimiter(1, rate_per_s=0),
+        ConfigError,
+        r"^rate_per_s: must be a positive number, got 0$",
+    ),
     # timeouts and intervals
-    ("heartbeat timeout zero", lambda: HttpHeartbeat(timeout_s=0), ConfigError,
-     r"^HttpHeartbeat\.timeout_s: must be a positive number, got 0$"),
-    ("heartbeat timeout infinite", lambda: TcpHeartbeat(8080, timeout_s=float("inf")), ConfigError,
-     r"^TcpHeartbeat\.timeout_s: must be a positive number, got inf$"),
-    ("heartbeat port zero", lambda: TcpHeartbeat(0), ConfigError,
-     r"^TcpHeartbeat\.port: must be an integer in 1-65535, got 0$"),
-    ("heartbeat path", lambda: HttpHeartbeat(path="status"), ConfigError,
-     r"^HttpHeartbeat\.path: must be a path starting with '/', got 'status'$"),
-    ("watchdog interval negative",
-     lambda: Watchdog(TcpHeartbeat(8080), host="127.0.0.1", interval_s=-1), ConfigError, r"interval_s.*-1"),
-    ("watchdog failures zero",
-     lambda: Watchdog(TcpHeartbeat(8080), host="127.0.0.1", failures_to_down=0), ConfigError,
-     r"failures_to_down.*got 0"),
-    ("Guard connect timeout negative",
-     lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), connect_timeout_s=-1), ConfigError,
-     r"^connect_timeout_s: must be a positive number, got -1$"),
-    ("Guard interval NaN",
-     lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), interval_s=float("nan")), ConfigError,
-     r"^Watchdog\.interval_s: must be a positive number, got nan$"),
-]  # fmt: skip
+    (
+        "heartbeat timeout zero",
+        lambda: HttpHeartbeat(timeout_s=0),
+        ConfigError,
+        r"^HttpHeartbeat\.timeout_s: must be a positive number, got 0$",
+    ),
+    (
+        "heartbeat timeout infinite",
+        lambda: TcpHeartbeat(8080, timeout_s=float("inf")),
+        ConfigError,
+        r"^TcpHeartbeat\.timeout_s: must be a positive number, got inf$",
+    ),
+    (
+        "heartbeat port zero",
+        lambda: TcpHeartbeat(0),
+        ConfigError,
+        r"^TcpHeartbeat\.port: must be an integer in 1-65535, got 0$",
+    ),
+    (
+        "heartbeat path",
+        lambda: HttpHeartbeat(path="status"),
+        ConfigError,
+        r"^HttpHeartbeat\.path: must be a path starting with '/', got 'status'$",
+    ),
+    (
+        "watchdog interval negative",
+        lambda: Watchdog(TcpHeartbeat(8080), host="127.0.0.1", interval_s=-1),
+        ConfigError,
+        r"interval_s.*-1",
+    ),
+    (
+        "watchdog failures zero",
+        lambda: Watchdog(TcpHeartbeat(8080), host="127.0.0.1", failures_to_down=0),
+        ConfigError,
+        r"failures_to_down.*got 0",
+    ),
+    (
+        "Guard connect timeout negative",
+        lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), connect_timeout_s=-1),
+        ConfigError,
+        r"^connect_timeout_s: must be a positive number, got -1$",
+    ),
+    (
+        "Guard interval NaN",
+        lambda: Guard("127.0.0.1", ceiling=2, scope=Scope(["127.0.0.1"]), interval_s=float("nan")),
+        ConfigError,
+        r"^Watchdog\.interval_s: must be a positive number, got nan$",
+    ),
+]
 
 
 @pytest.mark.parametrize(("row", "call", "error", "pattern"), SPEC_ROWS, ids=[r[0] for r in SPEC_ROWS])
@@ -189,11 +269,15 @@ def _idle_device() -> EmulatedDevice:
 
 
 @pytest.mark.parametrize(("kwargs", "pattern"), CHARACTERIZE_ROWS, ids=[str(r[0]) for r in CHARACTERIZE_ROWS])
-async def test_characterize_bad_config_is_refused_before_any_packet(kwargs: dict[str, Any], pattern: str
+async def test_characterize_bad_config_is_refused_before_any_packet(
+    kwargs: dict[str, Any], pattern: str
 ) -> None:
     async with _idle_device() as idle_device:
-        target = Target(idle_device.host, ports=(idle_device.port(21),),
-                        heartbeat=HttpHeartbeat(port=idle_device.web_port))  # fmt: skip
+        target = Target(
+            idle_device.host,
+            ports=(idle_device.port(21),),
+            heartbeat=HttpHeartbeat(port=idle_device.web_port),
+        )
         with anyio.fail_after(5):
             with pytest.raises(ConfigError, match=pattern):
                 await characterize(target, scope=Scope([idle_device.host]), **kwargs)
@@ -201,8 +285,7 @@ async def test_characterize_bad_config_is_refused_before_any_packet(kwargs: dict
 
 
 @pytest.mark.parametrize(("kwargs", "pattern"), DISCOVER_ROWS, ids=[str(r[0]) for r in DISCOVER_ROWS])
-async def test_discover_bad_config_is_refused_before_any_packet(kwargs: dict[str, Any], pattern: str
-) -> None:
+async def test_discover_bad_config_is_refused_before_any_packet(kwargs: dict[str, Any], pattern: str) -> None:
     async with _idle_device() as idle_device:
         with anyio.fail_after(5):
             with pytest.raises(ConfigError, match=pattern):
@@ -244,6 +327,7 @@ async def test_set_ceiling_to_zero_or_below_is_refused_and_keeps_the_old_ceiling
 
 # --- targets outside the scope: ScopeError and no connect reaches a listener -------------------------------
 
+
 async def test_targets_outside_scope_are_refused_before_any_packet() -> None:
     """Every entry point refuses an out-of-scope target with ScopeError; the device there sees nothing."""
     async with _idle_device() as idle_device:
@@ -275,20 +359,32 @@ async def test_targets_outside_scope_are_refused_before_any_packet() -> None:
 
 RULES_ROWS = [
     ("syntax", "[[rule]\nname = 'x'\n", r"TOML syntax error.*line 1"),
-    ("unknown key", "[[rule]]\nname = 'x'\nports_al = [21]\n",
-     r"rule #1 \('x'\): unknown key 'ports_al'.*did you mean"),
+    (
+        "unknown key",
+        "[[rule]]\nname = 'x'\nports_al = [21]\n",
+        r"rule #1 \('x'\): unknown key 'ports_al'.*did you mean",
+    ),
     ("binary", "\x00\x01\x02", r"TOML syntax error"),
-]  # fmt: skip
+]
 ZONES_ROWS = [
     ("syntax", "[[zone]\n", r"TOML syntax error"),
-    ("unknown key", "[[zone]]\nname = 'icu'\nranges = ['127.0.0.0/24']\nkind = 'medical'\ncolour = 'red'\n",
-     r"zone #1 \('icu'\): unknown key 'colour'"),
-    ("overlap", "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/24']\nkind = 'medical'\n"
-                "[[zone]]\nname = 'b'\nranges = ['127.0.0.128/25']\nkind = 'general'\n",
-     r"zones 'a' \(127\.0\.0\.0/24\) and 'b' \(127\.0\.0\.128/25\) overlap"),
-    ("bad range", "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/33']\nkind = 'medical'\n",
-     r"zone #1 \('a'\).*'127\.0\.0\.0/33'"),
-]  # fmt: skip
+    (
+        "unknown key",
+        "[[zone]]\nname = 'icu'\nranges = ['127.0.0.0/24']\nkind = 'medical'\ncolour = 'red'\n",
+        r"zone #1 \('icu'\): unknown key 'colour'",
+    ),
+    (
+        "overlap",
+        "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/24']\nkind = 'medical'\n"
+        "[[zone]]\nname = 'b'\nranges = ['127.0.0.128/25']\nkind = 'general'\n",
+        r"zones 'a' \(127\.0\.0\.0/24\) and 'b' \(127\.0\.0\.128/25\) overlap",
+    ),
+    (
+        "bad range",
+        "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/33']\nkind = 'medical'\n",
+        r"zone #1 \('a'\).*'127\.0\.0\.0/33'",
+    ),
+]
 
 
 @pytest.mark.parametrize(("row", "text", "pattern"), RULES_ROWS, ids=[r[0] for r in RULES_ROWS])
@@ -318,13 +414,15 @@ def test_missing_or_oversized_config_file_is_named(tmp_path: Path) -> None:
 
 # --- store files: corrupt, newer schema, locked; nothing stored is damaged ---------------------------------
 
+
 def _char(host: str) -> Characterization:
     levels = (
         LevelResult(level=1, outcome=LevelOutcome.PASSED, dwell_s=0.1, elapsed_s=0.1),
         LevelResult(level=2, outcome=LevelOutcome.FAILED, dwell_s=0.1, elapsed_s=0.05),
     )
-    return Characterization.from_trials(host=host, model_key="pump-x", ladder=(1, 2),
-                                        trials=[TrialResult(index=0, levels=levels)])  # fmt: skip
+    return Characterization.from_trials(
+        host=host, model_key="pump-x", ladder=(1, 2), trials=[TrialResult(index=0, levels=levels)]
+    )
 
 
 def _digest(path: Path) -> str:
@@ -411,8 +509,12 @@ def test_store_locked_by_another_process_fails_clearly_and_keeps_rows(tmp_path: 
     with ProfileStore(path) as store:
         store.save(_char("127.0.0.9"))
         rows_before = store.export_json()
-    holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, str(path)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "locked"
@@ -429,6 +531,7 @@ def test_store_locked_by_another_process_fails_clearly_and_keeps_rows(tmp_path: 
 
 # --- the command line: one line on stderr, exit code 2, no traceback ---------------------------------------
 
+
 def _cli_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
     """Row id (as in docs/bad-input.md) -> (argv, pattern the one stderr line must match)."""
     files = {
@@ -436,12 +539,12 @@ def _cli_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "rules-unknown.toml": "[[rule]]\nname = 'x'\nports_al = [21]\n",
         "zones-syntax.toml": "[[zone]\n",
         "zones-unknown.toml": "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/24']\nkind = 'medical'\n"
-                              "colour = 'red'\n",
+        "colour = 'red'\n",
         "zones-overlap.toml": "[[zone]]\nname = 'a'\nranges = ['127.0.0.0/24']\nkind = 'medical'\n"
-                              "[[zone]]\nname = 'b'\nranges = ['127.0.0.128/25']\nkind = 'general'\n",
+        "[[zone]]\nname = 'b'\nranges = ['127.0.0.128/25']\nkind = 'general'\n",
         "fleet-broken.toml": "[[device]\nhost = '127.0.0.2'\n",
         "bad-import.json": '{"characterizations": [null]}',
-    }  # fmt: skip
+    }
     for name, text in files.items():
         (tmp / name).write_text(text)
     for kind in ("corrupt", "newer"):
@@ -472,8 +575,10 @@ def _cli_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "ceiling: negative": ([*d, h, "--sessions-per-host", "-2"], r"--sessions-per-host: .*got -2"),
         "dwell: zero": ([*c, h, "--dwell", "0"], r"(dwell_s|--dwell): must be a positive number.*got 0"),
         "dwell: negative": ([*c, h, "--dwell", "-1"], r"(dwell_s|--dwell): must be a positive .*got -1"),
-        "timeout: heartbeat zero": ([*c, h, "--heartbeat-timeout", "0"],
-                                    r"(timeout_s|--heartbeat-timeout): must be a positive number.*got 0"),
+        "timeout: heartbeat zero": (
+            [*c, h, "--heartbeat-timeout", "0"],
+            r"(timeout_s|--heartbeat-timeout): must be a positive number.*got 0",
+        ),
         "timeout: interval negative": ([*c, h, "--interval", "-1"], r"(interval_s|--interval): .*got -1"),
         "timeout: connect zero": ([*d, h, "--connect-timeout", "0"], r"--connect-timeout: .*got 0"),
         "timeout: banner negative": ([*d, h, "--banner-timeout", "-1"], r"--banner-timeout: .*got -1"),
@@ -482,17 +587,23 @@ def _cli_rows(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "zones: syntax": ([*d, h, "--zones", f("zones-syntax.toml")], r"zones-syntax\.toml: TOML syntax"),
         "zones: unknown key": ([*d, h, "--zones", f("zones-unknown.toml")], r"unknown key 'colour'"),
         "zones: overlap": ([*d, h, "--zones", f("zones-overlap.toml")], r"'a' .*and 'b' .*overlap"),
-        "alert file unwritable": ([*d, h, "--alerts", str(tmp / "no" / "such" / "dir.jsonl")],
-                                  r"alert file .*dir\.jsonl: cannot append"),
+        "alert file unwritable": (
+            [*d, h, "--alerts", str(tmp / "no" / "such" / "dir.jsonl")],
+            r"alert file .*dir\.jsonl: cannot append",
+        ),
         "store: corrupt": (["discover", "--store", str(tmp / "corrupt.db"), h], r"corrupt\.db.*corrupt"),
-        "store: newer schema": (["characterize", "--store", str(tmp / "newer.db"), h],
-                                r"newer\.db has schema version \d+, newer than"),
+        "store: newer schema": (
+            ["characterize", "--store", str(tmp / "newer.db"), h],
+            r"newer\.db has schema version \d+, newer than",
+        ),
         "store: locked": (["discover", "--store", str(tmp / "locked.db"), h], r"locked\.db is locked"),
-        "store: bad import": (["profiles", "import", f("bad-import.json"), "--store", f("imp.db")],
-                              r"malformed: expected an object"),
+        "store: bad import": (
+            ["profiles", "import", f("bad-import.json"), "--store", f("imp.db")],
+            r"malformed: expected an object",
+        ),
         "emulate: not loopback": (["emulate", "--host", "10.1.2.3"], r"10\.1\.2\.3.*loopback"),
         "emulate: bad fleet file": (["emulate", "--fleet", f("fleet-broken.toml")], r"fleet-broken\.toml"),
-    }  # fmt: skip
+    }
 
 
 def test_cli_bad_input_is_one_line_exit_2_no_traceback_and_leaves_stores_intact(tmp_path: Path) -> None:
@@ -504,14 +615,23 @@ def test_cli_bad_input_is_one_line_exit_2_no_traceback_and_leaves_stores_intact(
         store.save(_char("127.0.0.9"))
     stores = [tmp_path / "corrupt.db", tmp_path / "newer.db", locked]
     before = {path: _digest(path) for path in stores}
-    holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, str(locked)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(locked)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "locked"
         procs = {
-            row: subprocess.Popen([*fragileprobe_command(), *argv], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+            row: subprocess.Popen(
+                [*fragileprobe_command(), *argv],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,
+            )
             for row, (argv, _) in rows.items()
         }
         results = {row: (proc.communicate(timeout=90), proc.returncode) for row, proc in procs.items()}
@@ -529,6 +649,7 @@ def test_cli_bad_input_is_one_line_exit_2_no_traceback_and_leaves_stores_intact(
 
 
 # --- more sessions than the process may open sockets --------------------------------------------------------
+
 
 @pytest.fixture
 def low_fd_limit() -> Any:

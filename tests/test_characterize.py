@@ -81,13 +81,18 @@ async def test_story_pump_gets_three_levels_below_every_crash(
 
 async def test_failure_records_time_in_flight_and_latencies(loopback_host: str) -> None:
     """A failed level records the time into the dwell, the sessions in flight and the beats before it."""
-    async with EmulatedDevice(loopback_host, model="infusion-pump", seed=1, threshold=4, jitter=0,
-                              boot_delay_s=0.05) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", seed=1, threshold=4, jitter=0, boot_delay_s=0.05
+    ) as dev:
         with capture_logs() as logs:
             char = await characterize(
-                _target(dev), scope=Scope([dev.host]), recovery=emulator_recovery(dev), trials=1,
-                ladder=(1, 2, 5), **FAST,
-            )  # fmt: skip
+                _target(dev),
+                scope=Scope([dev.host]),
+                recovery=emulator_recovery(dev),
+                trials=1,
+                ladder=(1, 2, 5),
+                **FAST,
+            )
     failed = [lv for t in char.trials for lv in t.levels if lv.outcome is LevelOutcome.FAILED]
     assert failed
     first = failed[0]
@@ -119,9 +124,12 @@ async def test_slow_pump_is_characterized_with_no_crash_in_early_warning_mode(lo
     async with EmulatedDevice(loopback_host, model="slow-pump", seed=1, boot_delay_s=0.05) as dev:
         with capture_logs():
             char = await characterize(
-                _target(dev), scope=Scope([dev.host]), early_warning=EarlyWarning(latency_factor=3.0),
-                recovery=emulator_recovery(dev), **FAST,
-            )  # fmt: skip
+                _target(dev),
+                scope=Scope([dev.host]),
+                early_warning=EarlyWarning(latency_factor=3.0),
+                recovery=emulator_recovery(dev),
+                **FAST,
+            )
         assert dev.stats.crashes == 0
     assert char.crashes == 0
     assert char.ceiling_found
@@ -141,14 +149,19 @@ async def test_failed_recovery_raises_with_every_observation_kept(loopback_host:
     async def broken_power_strip() -> None:
         raise OSError("power strip not reachable")
 
-    async with EmulatedDevice(loopback_host, model="infusion-pump", seed=1, threshold=4, jitter=0,
-                              boot_delay_s=0.05) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", seed=1, threshold=4, jitter=0, boot_delay_s=0.05
+    ) as dev:
         target = _target(dev)
         with capture_logs(), pytest.raises(RecoveryError, match="power strip") as info:
             await characterize(
-                target, scope=Scope([dev.host]), recovery=broken_power_strip, store=store,
-                model_key="pump-t4", **FAST,
-            )  # fmt: skip
+                target,
+                scope=Scope([dev.host]),
+                recovery=broken_power_strip,
+                store=store,
+                model_key="pump-t4",
+                **FAST,
+            )
         partial = info.value.partial  # type: ignore[attr-defined]
         assert partial.stop_reason == "recovery_failed"
         assert partial.crash_levels == (5,)
@@ -161,9 +174,15 @@ async def test_failed_recovery_raises_with_every_observation_kept(loopback_host:
         events: list[ProgressEvent] = []
         with capture_logs():
             char = await characterize(
-                target, scope=Scope([dev.host]), recovery=emulator_recovery(dev), store=store,
-                model_key="pump-t4", resume=True, progress=events.append, **FAST,
-            )  # fmt: skip
+                target,
+                scope=Scope([dev.host]),
+                recovery=emulator_recovery(dev),
+                store=store,
+                model_key="pump-t4",
+                resume=True,
+                progress=events.append,
+                **FAST,
+            )
     assert char.run_id == row.run_id
     # the unfinished trial stays (its crash at 5 is evidence); three finished trials follow it
     assert [(t.index, t.complete) for t in char.trials] == [(0, False), (1, True), (2, True), (3, True)]

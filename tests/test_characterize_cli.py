@@ -42,8 +42,10 @@ ROWS = [
     (["--interval", "-2"], "--interval: interval_s: must be a positive number, got -2.0"),
     (["--time-budget", "0"], "--time-budget: time_budget_s: must be a positive number, got 0.0"),
     (["--healthy-beats", "0"], "--healthy-beats: healthy_beats: must be an integer >= 1, got 0"),
-    (["--recovery-timeout", "0"],
-     "--recovery-timeout: recovery_timeout_s: must be a positive number, got 0.0"),
+    (
+        ["--recovery-timeout", "0"],
+        "--recovery-timeout: recovery_timeout_s: must be a positive number, got 0.0",
+    ),
     (["--trials", "0"], "--trials: trials: must be an integer >= 1, got 0"),
     (["--crash-budget", "0"], "--crash-budget: crash_budget: must be an integer >= 1, got 0"),
     (["--margin", "1"], "--margin: margin_fraction: must be a number in [0, 1), got 1.0"),
@@ -91,10 +93,24 @@ def test_the_settings_reach_characterize_as_one_object(
         raise module.DeviceDownError("stop here: nothing is sent in this test")
 
     monkeypatch.setattr(module, "characterize", fake)
-    code = _run_app([
-        "characterize", H, "--dwell", "0.4", "--trials", "2", "--ladder", "2,5", "--early-warning", "3",
-        "--hold", "0", "--store", str(work / "fp.db"),
-    ])  # fmt: skip
+    code = _run_app(
+        [
+            "characterize",
+            H,
+            "--dwell",
+            "0.4",
+            "--trials",
+            "2",
+            "--ladder",
+            "2,5",
+            "--early-warning",
+            "3",
+            "--hold",
+            "0",
+            "--store",
+            str(work / "fp.db"),
+        ]
+    )
     assert code == 1  # device trouble, from the fake
     settings = seen["settings"]
     assert settings.timing.dwell_s == 0.4

@@ -89,20 +89,43 @@ def test_repr_shows_what_differs_from_the_defaults() -> None:
 
 def test_the_flat_keywords_go_to_their_record() -> None:
     settings = CharacterizeSettings.from_options(
-        ladder=[2, 5], trials=1, refine=False, crash_budget=1, margin_fraction=0.2, dwell_s=0.4, hold_s=0.1,
-        interval_s=0.1, heartbeat_timeout_s=0.3, failures_to_down=2, baseline_beats=3, connect_timeout_s=0.5,
-        read_timeout_s=0.2, linger_s=9.0, time_budget_s=60.0, recovery=_hook, healthy_beats=2,
-        recovery_timeout_s=30.0, early_warning=EarlyWarning(latency_factor=4.0),
-    )  # fmt: skip
+        ladder=[2, 5],
+        trials=1,
+        refine=False,
+        crash_budget=1,
+        margin_fraction=0.2,
+        dwell_s=0.4,
+        hold_s=0.1,
+        interval_s=0.1,
+        heartbeat_timeout_s=0.3,
+        failures_to_down=2,
+        baseline_beats=3,
+        connect_timeout_s=0.5,
+        read_timeout_s=0.2,
+        linger_s=9.0,
+        time_budget_s=60.0,
+        recovery=_hook,
+        healthy_beats=2,
+        recovery_timeout_s=30.0,
+        early_warning=EarlyWarning(latency_factor=4.0),
+    )
     assert settings == CharacterizeSettings(
         ramp=RampConfig(ladder=(2, 5), trials=1, refine=False, crash_budget=1, margin_fraction=0.2),
         timing=TimingSettings(
-            dwell_s=0.4, hold_s=0.1, interval_s=0.1, heartbeat_timeout_s=0.3, failures_to_down=2,
-            baseline_beats=3, connect_timeout_s=0.5, read_timeout_s=0.2, linger_s=9.0, time_budget_s=60.0,
+            dwell_s=0.4,
+            hold_s=0.1,
+            interval_s=0.1,
+            heartbeat_timeout_s=0.3,
+            failures_to_down=2,
+            baseline_beats=3,
+            connect_timeout_s=0.5,
+            read_timeout_s=0.2,
+            linger_s=9.0,
+            time_budget_s=60.0,
         ),
         recovery=RecoverySettings(hook=_hook, healthy_beats=2, timeout_s=30.0),
         early_warning=EarlyWarning(latency_factor=4.0),
-    )  # fmt: skip
+    )
     assert CharacterizeSettings.from_options() == CharacterizeSettings()
 
 
@@ -120,9 +143,12 @@ def test_an_unknown_keyword_is_a_type_error_like_any_function() -> None:
 
 
 @given(
-    dwell=st.floats(0.01, 100), hold=st.floats(0, 10), trials=st.integers(1, 9), beats=st.integers(1, 9),
+    dwell=st.floats(0.01, 100),
+    hold=st.floats(0, 10),
+    trials=st.integers(1, 9),
+    beats=st.integers(1, 9),
     factor=st.none() | st.floats(1.01, 10),
-)  # fmt: skip
+)
 def test_valid_keywords_round_trip_through_the_records(
     dwell: float, hold: float, trials: int, beats: int, factor: float | None
 ) -> None:
@@ -131,8 +157,11 @@ def test_valid_keywords_round_trip_through_the_records(
         dwell_s=dwell, hold_s=hold, trials=trials, healthy_beats=beats, early_warning=ew
     )
     assert (s.timing.dwell_s, s.timing.hold_s, s.ramp.trials, s.recovery.healthy_beats) == (
-        dwell, hold, trials, beats,
-    )  # fmt: skip
+        dwell,
+        hold,
+        trials,
+        beats,
+    )
     assert s.early_warning == ew
     assert eval(repr(s.timing), {"TimingSettings": TimingSettings}) == s.timing
 

@@ -26,17 +26,33 @@ if TYPE_CHECKING:
 # Bound on any one CLI run in these tests (a short characterization takes ~5 s).
 RUN_TIMEOUT_S = 90
 # Short timings: the emulator answers in milliseconds, so these keep the story and make runs take seconds.
-FAST = ["--ladder", "1,2,5,7,10", "--dwell", "0.3", "--interval", "0.1", "--heartbeat-timeout", "0.3",
-        "--healthy-beats", "2", "--hold", "0.1"]  # fmt: skip
+FAST = [
+    "--ladder",
+    "1,2,5,7,10",
+    "--dwell",
+    "0.3",
+    "--interval",
+    "0.1",
+    "--heartbeat-timeout",
+    "0.3",
+    "--healthy-beats",
+    "2",
+    "--hold",
+    "0.1",
+]
 
 
 def run_cli(
     *args: str, timeout_s: float = RUN_TIMEOUT_S, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*fragileprobe_command(), *args], capture_output=True, text=True, timeout=timeout_s, check=False,
+        [*fragileprobe_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
         cwd=cwd,
-    )  # fmt: skip
+    )
 
 
 def _power_cycle_if_hung(url: str, host: str) -> None:
@@ -65,8 +81,20 @@ def measured(pump: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     """One ``characterize --json`` run: the store it wrote and its JSON output."""
     host, url = pump
     store = tmp_path_factory.mktemp("measured") / "fp.db"
-    out = run_cli("characterize", host, "--recovery-url", url, *FAST, "--trials", "2", "--name", "story pump",
-                  "--store", str(store), "--json")  # fmt: skip
+    out = run_cli(
+        "characterize",
+        host,
+        "--recovery-url",
+        url,
+        *FAST,
+        "--trials",
+        "2",
+        "--name",
+        "story pump",
+        "--store",
+        str(store),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return store, json.loads(out.stdout)
 
@@ -96,8 +124,13 @@ def test_every_command_explains_itself(command: list[str], words: list[str]) -> 
 def test_python_dash_m_is_the_same_command_line() -> None:
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "fragileprobe", "--help"], capture_output=True, text=True,
-                         timeout=60, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "fragileprobe", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0
     assert "characterize" in out.stdout
 
@@ -123,8 +156,17 @@ def test_characterize_human_output_shows_levels_device_down_and_settings(
     pump: tuple[str, str], tmp_path: Path
 ) -> None:
     host, url = pump
-    out = run_cli("characterize", host, "--recovery-url", url, *FAST, "--trials", "1",
-                  "--store", str(tmp_path / "fp.db"))  # fmt: skip
+    out = run_cli(
+        "characterize",
+        host,
+        "--recovery-url",
+        url,
+        *FAST,
+        "--trials",
+        "1",
+        "--store",
+        str(tmp_path / "fp.db"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "trial 1  level   2 sessions: PASSED" in out.stdout  # 1 would be the heartbeat alone
     assert "level 1 dropped" in out.stdout
@@ -170,8 +212,20 @@ def test_ctrl_c_stops_cleanly_saves_and_resume_finishes(pump: tuple[str, str], t
     exact command with --resume, and that command finishes the run without repeating finished trials."""
     host, url = pump
     store = tmp_path / "fp.db"
-    args = ["characterize", host, "--recovery-url", url, *FAST, "--dwell", "0.4", "--trials", "3",
-            "--store", str(store), "--json"]  # fmt: skip
+    args = [
+        "characterize",
+        host,
+        "--recovery-url",
+        url,
+        *FAST,
+        "--dwell",
+        "0.4",
+        "--trials",
+        "3",
+        "--store",
+        str(store),
+        "--json",
+    ]
     code, stdout, stderr = _interrupt_when(args, lambda: _trials_stored(store) >= 1, "run")
     assert code == 130, stderr[-3000:]
     assert "Traceback" not in stderr
@@ -256,8 +310,9 @@ def test_discover_alerts_on_the_misplaced_pump_and_reports(tmp_path: Path) -> No
     webhook and in the HTML report; medical-looking hosts get one session per host in the scan settings."""
     office_pump, icu_pump, workstation = allocate_loopback(), allocate_loopback(), allocate_loopback()
     fleet = tmp_path / "fleet.toml"
-    _fleet_toml(fleet, [(office_pump, "infusion-pump"), (icu_pump, "infusion-pump"),
-                        (workstation, "workstation")])  # fmt: skip
+    _fleet_toml(
+        fleet, [(office_pump, "infusion-pump"), (icu_pump, "infusion-pump"), (workstation, "workstation")]
+    )
     zones = tmp_path / "zones.toml"
     zones.write_text(
         f'[[zone]]\nname = "Office LAN"\nkind = "general"\nranges = ["{office_pump}", "{workstation}"]\n\n'
@@ -269,12 +324,41 @@ def test_discover_alerts_on_the_misplaced_pump_and_reports(tmp_path: Path) -> No
     try:
         ports, aliases = _ports_and_aliases(emu.wait_ready())
         store, alerts = tmp_path / "fp.db", tmp_path / "alerts.jsonl"
-        out = run_cli("discover", office_pump, icu_pump, workstation, "--ports", ports, *aliases,
-                      "--zones", str(zones), "--store", str(store), "--alerts", str(alerts),
-                      "--webhook", receiver.url, "--rate-per-host", "50", "--banner-timeout", "0.3",
-                      "--json")  # fmt: skip
-        human = run_cli("discover", office_pump, "--ports", ports, *aliases, "--zones", str(zones),
-                        "--store", str(tmp_path / "other.db"), "--banner-timeout", "0.3")  # fmt: skip
+        out = run_cli(
+            "discover",
+            office_pump,
+            icu_pump,
+            workstation,
+            "--ports",
+            ports,
+            *aliases,
+            "--zones",
+            str(zones),
+            "--store",
+            str(store),
+            "--alerts",
+            str(alerts),
+            "--webhook",
+            receiver.url,
+            "--rate-per-host",
+            "50",
+            "--banner-timeout",
+            "0.3",
+            "--json",
+        )
+        human = run_cli(
+            "discover",
+            office_pump,
+            "--ports",
+            ports,
+            *aliases,
+            "--zones",
+            str(zones),
+            "--store",
+            str(tmp_path / "other.db"),
+            "--banner-timeout",
+            "0.3",
+        )
     finally:
         emu.stop()
         receiver.close()
@@ -394,8 +478,9 @@ def test_unknown_model_in_profiles_show_is_exit_2(measured: tuple[Path, dict[str
 
 def test_a_device_that_does_not_answer_is_device_trouble_exit_1(tmp_path: Path) -> None:
     """Nothing listens at the address: the first heartbeat fails, nothing else is sent, exit 1."""
-    out = run_cli("characterize", allocate_loopback(), "--heartbeat-timeout", "0.3",
-                  "--store", str(tmp_path / "fp.db"))  # fmt: skip
+    out = run_cli(
+        "characterize", allocate_loopback(), "--heartbeat-timeout", "0.3", "--store", str(tmp_path / "fp.db")
+    )
     assert out.returncode == 1, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -420,8 +505,22 @@ def test_discover_ctrl_c_keeps_finished_hosts_and_resume_skips_them(tmp_path: Pa
         ports, aliases = _ports_and_aliases(emu.wait_ready())
         store = tmp_path / "fp.db"
         # Slow on purpose (one host at a time, 2 connects/s): ~2 s per host, time to interrupt.
-        args = ["discover", *hosts, "--ports", ports, *aliases, "--store", str(store), "--rate-per-host", "2",
-                "--max-hosts", "1", "--banner-timeout", "0.3", "--json"]  # fmt: skip
+        args = [
+            "discover",
+            *hosts,
+            "--ports",
+            ports,
+            *aliases,
+            "--store",
+            str(store),
+            "--rate-per-host",
+            "2",
+            "--max-hosts",
+            "1",
+            "--banner-timeout",
+            "0.3",
+            "--json",
+        ]
         code, stdout, stderr = _interrupt_when(args, lambda: _hosts_done(store) >= 1, "scan")
         assert code == 130, stderr[-3000:]
         command = json.loads(stdout)["resume_command"]
@@ -443,10 +542,27 @@ def test_failed_recovery_is_exit_1_and_keeps_the_observations(pump: tuple[str, s
     host, url = pump
     try:
         out = subprocess.run(
-            [*fragileprobe_command(), "characterize", host, *FAST, "--trials", "1", "--recovery", "manual",
-             "--recovery-timeout", "2", "--store", str(tmp_path / "fp.db"), "--json"],
-            input="\n" * 4, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False,
-        )  # fmt: skip
+            [
+                *fragileprobe_command(),
+                "characterize",
+                host,
+                *FAST,
+                "--trials",
+                "1",
+                "--recovery",
+                "manual",
+                "--recovery-timeout",
+                "2",
+                "--store",
+                str(tmp_path / "fp.db"),
+                "--json",
+            ],
+            input="\n" * 4,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
     finally:
         _power_cycle_if_hung(url, host)
     assert out.returncode == 1, out.stderr[-3000:]

@@ -84,20 +84,48 @@ chars_st = st.builds(
     started_at_epoch_s=floats,
 )
 services_st = st.builds(
-    ServiceInfo, port=st.integers(1, 65535), service=names, product=maybe, version=maybe, detail=maybe,
-    title=maybe, server=maybe, protocol=st.sampled_from(["tcp", "udp"]),
-)  # fmt: skip
+    ServiceInfo,
+    port=st.integers(1, 65535),
+    service=names,
+    product=maybe,
+    version=maybe,
+    detail=maybe,
+    title=maybe,
+    server=maybe,
+    protocol=st.sampled_from(["tcp", "udp"]),
+)
 # The document keeps times to the second (ISO 8601), so a round trip is exact for whole seconds.
 seconds = st.integers(0, 4_000_000_000).map(float)
 texts = st.lists(names, max_size=3).map(tuple)
 assets_st = st.builds(
-    Asset, host=names, open_ports=st.lists(st.integers(1, 65535), max_size=4).map(tuple),
-    services=st.lists(services_st, max_size=3).map(tuple), os_family=names, os_evidence=texts, zone=names,
-    zone_kind=maybe, model_key=names, known_model=maybe, ceiling=st.none() | small, groups=texts,
-    first_seen_s=seconds, last_seen_s=seconds, sessions_limit=small, notes=texts, medical=st.booleans(),
-)  # fmt: skip
-alerts_st = st.builds(Alert, host=names, model=names, zone=names, zone_kind=names, evidence=texts,
-                      first_seen=names, groups=texts)  # fmt: skip
+    Asset,
+    host=names,
+    open_ports=st.lists(st.integers(1, 65535), max_size=4).map(tuple),
+    services=st.lists(services_st, max_size=3).map(tuple),
+    os_family=names,
+    os_evidence=texts,
+    zone=names,
+    zone_kind=maybe,
+    model_key=names,
+    known_model=maybe,
+    ceiling=st.none() | small,
+    groups=texts,
+    first_seen_s=seconds,
+    last_seen_s=seconds,
+    sessions_limit=small,
+    notes=texts,
+    medical=st.booleans(),
+)
+alerts_st = st.builds(
+    Alert,
+    host=names,
+    model=names,
+    zone=names,
+    zone_kind=names,
+    evidence=texts,
+    first_seen=names,
+    groups=texts,
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(10**6), 10**6) | floats | names,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3),
@@ -111,17 +139,37 @@ def reports_st(draw: st.DrawFn) -> DiscoveryReport:
     group_names = draw(st.lists(names, max_size=3, unique=True))
     groups = {g: draw(st.lists(st.sampled_from(assets), max_size=3)) if assets else [] for g in group_names}
     return DiscoveryReport(
-        assets=tuple(assets), groups=groups, alerts=tuple(draw(st.lists(alerts_st, max_size=2))),
-        unresponsive=tuple(draw(st.lists(st.builds(Unresponsive, host=names, answered_ports=st.lists(
-            st.integers(1, 65535), max_size=3).map(tuple), reason=names), max_size=2))),
-        new=draw(texts), gone=draw(texts),
+        assets=tuple(assets),
+        groups=groups,
+        alerts=tuple(draw(st.lists(alerts_st, max_size=2))),
+        unresponsive=tuple(
+            draw(
+                st.lists(
+                    st.builds(
+                        Unresponsive,
+                        host=names,
+                        answered_ports=st.lists(st.integers(1, 65535), max_size=3).map(tuple),
+                        reason=names,
+                    ),
+                    max_size=2,
+                )
+            )
+        ),
+        new=draw(texts),
+        gone=draw(texts),
         moved=tuple(draw(st.lists(st.builds(Move, host=names, from_zone=maybe, to_zone=names), max_size=2))),
-        hosts_scanned=draw(small), hosts_resumed=draw(small), wall_time_s=draw(floats),
-        scan_id=draw(st.none() | small), notes=draw(texts),
-        params=draw(st.dictionaries(names, json_values, max_size=3)), icmp_only=draw(texts),
-        hosts_alive=draw(small), probes_sent=draw(small), max_hosts_in_parallel=draw(small),
+        hosts_scanned=draw(small),
+        hosts_resumed=draw(small),
+        wall_time_s=draw(floats),
+        scan_id=draw(st.none() | small),
+        notes=draw(texts),
+        params=draw(st.dictionaries(names, json_values, max_size=3)),
+        icmp_only=draw(texts),
+        hosts_alive=draw(small),
+        probes_sent=draw(small),
+        max_hosts_in_parallel=draw(small),
         global_rate=draw(floats),
-    )  # fmt: skip
+    )
 
 
 def _through_json(data: dict[str, Any]) -> Any:
@@ -171,11 +219,29 @@ def test_a_discovery_report_round_trips_with_its_groups_as_assets(report: Discov
 def test_the_codec_writes_what_the_records_own_to_dict_writes(service: ServiceInfo, alert: Alert) -> None:
     """ServiceInfo and Alert keep their own ``to_dict`` (their modules are not records of this layer): the
     codec that reads them inside an Asset or a report writes the same layout."""
-    asset = Asset(host="h", open_ports=(), services=(service,), os_family="x", os_evidence=(), zone="z",
-                  zone_kind=None, model_key="m")  # fmt: skip
+    asset = Asset(
+        host="h",
+        open_ports=(),
+        services=(service,),
+        os_family="x",
+        os_evidence=(),
+        zone="z",
+        zone_kind=None,
+        model_key="m",
+    )
     assert asset.to_dict()["services"] == [service.to_dict()]
-    report = DiscoveryReport(assets=(), groups={}, alerts=(alert,), unresponsive=(), new=(), gone=(),
-                             moved=(), hosts_scanned=0, hosts_resumed=0, wall_time_s=0.0)  # fmt: skip
+    report = DiscoveryReport(
+        assets=(),
+        groups={},
+        alerts=(alert,),
+        unresponsive=(),
+        new=(),
+        gone=(),
+        moved=(),
+        hosts_scanned=0,
+        hosts_resumed=0,
+        wall_time_s=0.0,
+    )
     assert report.to_dict()["alerts"] == [alert.to_dict()]
 
 
@@ -219,8 +285,20 @@ def test_dataframe_columns_come_from_the_level_fields() -> None:
     assert list(df.columns) == ["trial", "order", *["beats" if f == "latencies_s" else f for f in fields]]
     assert list(df["beats"]) == [len(lv.latencies_s) for t in char.trials for lv in t.levels]
     # every column the DataFrame had before the codec is still there
-    before = {"trial", "order", "level", "outcome", "elapsed_s", "in_flight_at_end", "sessions_started",
-              "sessions_failed", "latency_median_s", "latency_p95_s", "beats", "beats_failed"}  # fmt: skip
+    before = {
+        "trial",
+        "order",
+        "level",
+        "outcome",
+        "elapsed_s",
+        "in_flight_at_end",
+        "sessions_started",
+        "sessions_failed",
+        "latency_median_s",
+        "latency_p95_s",
+        "beats",
+        "beats_failed",
+    }
     assert before <= set(df.columns)
 
 
@@ -250,8 +328,12 @@ def _char_doc(**changes: Any) -> dict[str, Any]:
 
 BAD_CHARACTERIZATIONS = [
     ("host a number", _char_doc(host=5), "host", r"host: must be a string, got 5"),
-    ("host missing", {k: v for k, v in _char_doc().items() if k != "host"}, "host",
-     r"host: must be present, got nothing"),
+    (
+        "host missing",
+        {k: v for k, v in _char_doc().items() if k != "host"},
+        "host",
+        r"host: must be present, got nothing",
+    ),
     ("ladder a string", _char_doc(ladder="1,2"), "ladder", r"ladder: must be a list, got '1,2'"),
     ("level a digit string", _char_doc(ladder=["٢"]), "ladder[0]", r"ladder\[0\]: must be an integer"),
     ("level a bool", _char_doc(ladder=[True]), "ladder[0]", r"must be an integer, got True"),
@@ -259,19 +341,32 @@ BAD_CHARACTERIZATIONS = [
     ("margin a string", _char_doc(margin_fraction="0.1"), "margin_fraction", r"must be a finite number"),
     ("ceiling_found a number", _char_doc(ceiling_found=1), "ceiling_found", r"must be true or false, got 1"),
     ("trial not an object", _char_doc(trials=[7]), "trials[0]", r"trials\[0\]: must be an object, got 7"),
-    ("outcome unknown", _char_doc(trials=[{"index": 0, "levels": [_level_doc(outcome="exploded")]}]),
-     "trials[0].levels[0].outcome", r"must be one of 'passed', 'failed', 'warned', 'aborted'"),
-    ("outcome a list", _char_doc(trials=[{"index": 0, "levels": [_level_doc(outcome=[])]}]),
-     "trials[0].levels[0].outcome", r"got \[\]"),
-    ("level key missing", _char_doc(trials=[{"index": 0, "levels": [
-        {k: v for k, v in _level_doc().items() if k != "level"}]}]), "trials[0].levels[0].level", r"present"),
+    (
+        "outcome unknown",
+        _char_doc(trials=[{"index": 0, "levels": [_level_doc(outcome="exploded")]}]),
+        "trials[0].levels[0].outcome",
+        r"must be one of 'passed', 'failed', 'warned', 'aborted'",
+    ),
+    (
+        "outcome a list",
+        _char_doc(trials=[{"index": 0, "levels": [_level_doc(outcome=[])]}]),
+        "trials[0].levels[0].outcome",
+        r"got \[\]",
+    ),
+    (
+        "level key missing",
+        _char_doc(trials=[{"index": 0, "levels": [{k: v for k, v in _level_doc().items() if k != "level"}]}]),
+        "trials[0].levels[0].level",
+        r"present",
+    ),
     ("format a string", _char_doc(format="2"), "format", r"format: must be an integer, got '2'"),
     ("a huge bad value is quoted short", _char_doc(host=["x" * 10_000]), "host", r"got \['xxx.{0,60}$"),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("row", "doc", "field", "pattern"), BAD_CHARACTERIZATIONS,
-                         ids=[r[0] for r in BAD_CHARACTERIZATIONS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("row", "doc", "field", "pattern"), BAD_CHARACTERIZATIONS, ids=[r[0] for r in BAD_CHARACTERIZATIONS]
+)
 def test_a_bad_characterization_document_names_the_key(row: str, doc: Any, field: str, pattern: str) -> None:
     with pytest.raises(ConfigError, match=r"^characterization data is malformed: .*" + pattern) as info:
         Characterization.from_dict(doc)
@@ -289,14 +384,21 @@ def test_newer_format_and_non_objects_are_refused() -> None:
 BAD_REPORTS = [
     ("group names a stranger", {"groups": {"Web": ["10.9.9.9"]}}, "groups.Web[0]", r"host of an asset"),
     ("group not a list", {"groups": {"Web": "127.0.0.5"}}, "groups.Web", r"must be a list"),
-    ("asset time not ISO", {"assets": [{**GOLDEN["report"]["assets"][0], "first_seen": "yesterday"}]},
-     "assets[0].first_seen", r"ISO 8601"),
-    ("asset time without offset", {"assets": [{**GOLDEN["report"]["assets"][0],
-                                               "first_seen": "2025-12-01T14:40:00"}]},
-     "assets[0].first_seen", r"ISO 8601"),
+    (
+        "asset time not ISO",
+        {"assets": [{**GOLDEN["report"]["assets"][0], "first_seen": "yesterday"}]},
+        "assets[0].first_seen",
+        r"ISO 8601",
+    ),
+    (
+        "asset time without offset",
+        {"assets": [{**GOLDEN["report"]["assets"][0], "first_seen": "2025-12-01T14:40:00"}]},
+        "assets[0].first_seen",
+        r"ISO 8601",
+    ),
     ("params not an object", {"params": [1]}, "params", r"params: must be an object"),
     ("scan id a string", {"scan_id": "7"}, "scan_id", r"scan_id: must be an integer"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("row", "changes", "field", "pattern"), BAD_REPORTS, ids=[r[0] for r in BAD_REPORTS])
@@ -380,11 +482,27 @@ _SAMPLE = codec.Codec(
 
 
 def test_converters_are_derived_from_the_annotations() -> None:
-    sample = _Sample(name="a", colour=_Colour.BLUE, inner=_Inner(1), inners=(_Inner(2),), ratio=None,
-                     tags=("x",), kind="odd")  # fmt: skip
+    sample = _Sample(
+        name="a",
+        colour=_Colour.BLUE,
+        inner=_Inner(1),
+        inners=(_Inner(2),),
+        ratio=None,
+        tags=("x",),
+        kind="odd",
+    )
     doc = _SAMPLE.encode(sample)
-    assert doc == {"version": 1, "name": "a", "colour": "blue", "inner": {"n": 1}, "count": 2,
-                   "inners": [{"n": 2}], "ratio": None, "labels": ["x"], "kind": "odd"}  # fmt: skip
+    assert doc == {
+        "version": 1,
+        "name": "a",
+        "colour": "blue",
+        "inner": {"n": 1},
+        "count": 2,
+        "inners": [{"n": 2}],
+        "ratio": None,
+        "labels": ["x"],
+        "kind": "odd",
+    }
     assert list(doc) == ["version", "name", "colour", "inner", "count", "inners", "ratio", "labels", "kind"]
     assert _SAMPLE.decode(doc) == sample
     assert "kind" not in _SAMPLE.encode(dataclasses.replace(sample, kind="plain"))

@@ -93,7 +93,9 @@ def test_nothing_is_sent_outside_the_scope(loopback_host: str, data: st.DataObje
                             await attempt()
                 guard = Guard(
                     Target(loopback_host, ports=[port], heartbeat=TcpHeartbeat(port, timeout_s=0.5)),
-                    ceiling=2, scope=scope, interval_s=0.05,
+                    ceiling=2,
+                    scope=scope,
+                    interval_s=0.05,
                 )
                 if inside:
                     async with guard:
@@ -156,9 +158,10 @@ def test_no_session_starts_after_the_device_is_declared_down(
             heartbeat = HttpHeartbeat(port=pump.web_port, timeout_s=BEAT_TIMEOUT_S)
             target = Target(host, ports=ports, heartbeat=heartbeat)
             with capture_logs() as logs:
-                async with Guard(
-                    target, ceiling=3, scope=Scope([f"{host}/32"]), interval_s=INTERVAL_S
-                ) as guard, anyio.create_task_group() as tg:
+                async with (
+                    Guard(target, ceiling=3, scope=Scope([f"{host}/32"]), interval_s=INTERVAL_S) as guard,
+                    anyio.create_task_group() as tg,
+                ):
 
                     async def prober(kind: str, scope: anyio.CancelScope) -> None:
                         with scope:
@@ -208,7 +211,7 @@ def test_no_session_starts_after_the_device_is_declared_down(
     if run.hung:
         assert guard.device_down, "a hung pump went unnoticed"
     if "watchdog.device_down" in names:
-        after = names[names.index("watchdog.device_down") + 1:]
+        after = names[names.index("watchdog.device_down") + 1 :]
         assert "probe.connect" not in after, "a connection was attempted after the declaration"
         assert "guard.session_refused" in after or run.refused == 0 or "guard.session_cancelled" in after
     assert guard.stats.peak_in_flight <= max(run.ceilings)

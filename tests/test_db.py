@@ -41,33 +41,60 @@ def _sqlite(kind: type[sqlite3.Error], message: str, code: int | None) -> sqlite
 # (phase, error, message pattern): the table, row by row. 5 = SQLITE_BUSY, 6 = SQLITE_LOCKED,
 # 261 = SQLITE_BUSY_RECOVERY (extended), 11 = SQLITE_CORRUPT, 26 = SQLITE_NOTADB, 10 = SQLITE_IOERR.
 ERROR_ROWS: list[tuple[Phase, sqlite3.Error, str]] = [
-    ("open", _sqlite(sqlite3.OperationalError, "unable to open database file", 14),
-     r"^cannot open profile store s\.db: unable to open database file$"),
-    ("inspect", _sqlite(sqlite3.OperationalError, "database is locked", 5),
-     r"^profile store s\.db is locked: "),
-    ("inspect", _sqlite(sqlite3.DatabaseError, "file is not a database", 26),
-     r"s\.db is corrupt or not a fragileprobe store: file is not a database$"),
-    ("inspect", _sqlite(sqlite3.OperationalError, "disk I/O error", 10),
-     r"s\.db is unusable: disk I/O error"),
-    ("write", _sqlite(sqlite3.OperationalError, "database is locked", 5),
-     r"s\.db is locked by another writer \(waited 0\.2 s\): database is locked$"),
+    (
+        "open",
+        _sqlite(sqlite3.OperationalError, "unable to open database file", 14),
+        r"^cannot open profile store s\.db: unable to open database file$",
+    ),
+    (
+        "inspect",
+        _sqlite(sqlite3.OperationalError, "database is locked", 5),
+        r"^profile store s\.db is locked: ",
+    ),
+    (
+        "inspect",
+        _sqlite(sqlite3.DatabaseError, "file is not a database", 26),
+        r"s\.db is corrupt or not a fragileprobe store: file is not a database$",
+    ),
+    (
+        "inspect",
+        _sqlite(sqlite3.OperationalError, "disk I/O error", 10),
+        r"s\.db is unusable: disk I/O error",
+    ),
+    (
+        "write",
+        _sqlite(sqlite3.OperationalError, "database is locked", 5),
+        r"s\.db is locked by another writer \(waited 0\.2 s\): database is locked$",
+    ),
     ("write", _sqlite(sqlite3.OperationalError, "database is busy", 261), r"locked by another writer"),
-    ("write", _sqlite(sqlite3.OperationalError, "database table is locked", 6),
-     r"locked by another writer"),
+    ("write", _sqlite(sqlite3.OperationalError, "database table is locked", 6), r"locked by another writer"),
     ("use", _sqlite(sqlite3.OperationalError, "database is locked", 5), r"^profile store s\.db is locked: "),
-    ("use", _sqlite(sqlite3.DatabaseError, "database disk image is malformed", 11),
-     r"s\.db is corrupt: database disk image is malformed"),
-    ("use", _sqlite(sqlite3.IntegrityError, "UNIQUE constraint failed: t.a", 2067),
-     r"^profile store s\.db: UNIQUE constraint failed: t\.a$"),
-    ("use", _sqlite(sqlite3.ProgrammingError, "Cannot operate on a closed database.", None),
-     r"^profile store s\.db: Cannot operate on a closed database\.$"),
-    ("commit", _sqlite(sqlite3.OperationalError, "disk I/O error", 10),
-     r"s\.db: commit failed: disk I/O error"),
-]  # fmt: skip
+    (
+        "use",
+        _sqlite(sqlite3.DatabaseError, "database disk image is malformed", 11),
+        r"s\.db is corrupt: database disk image is malformed",
+    ),
+    (
+        "use",
+        _sqlite(sqlite3.IntegrityError, "UNIQUE constraint failed: t.a", 2067),
+        r"^profile store s\.db: UNIQUE constraint failed: t\.a$",
+    ),
+    (
+        "use",
+        _sqlite(sqlite3.ProgrammingError, "Cannot operate on a closed database.", None),
+        r"^profile store s\.db: Cannot operate on a closed database\.$",
+    ),
+    (
+        "commit",
+        _sqlite(sqlite3.OperationalError, "disk I/O error", 10),
+        r"s\.db: commit failed: disk I/O error",
+    ),
+]
 
 
-@pytest.mark.parametrize(("phase", "error", "pattern"), ERROR_ROWS,
-                         ids=[f"{r[0]}-{r[1]}" for r in ERROR_ROWS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("phase", "error", "pattern"), ERROR_ROWS, ids=[f"{r[0]}-{r[1]}" for r in ERROR_ROWS]
+)
 def test_each_driver_error_maps_to_one_store_error_message(
     phase: Phase, error: sqlite3.Error, pattern: str
 ) -> None:
@@ -106,11 +133,19 @@ def test_psycopg_errors_are_classified_by_class() -> None:
 
 @given(
     phase=st.sampled_from(["open", "inspect", "write", "use", "commit"]),
-    kind=st.sampled_from([sqlite3.Error, sqlite3.DatabaseError, sqlite3.OperationalError,
-                          sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError]),
+    kind=st.sampled_from(
+        [
+            sqlite3.Error,
+            sqlite3.DatabaseError,
+            sqlite3.OperationalError,
+            sqlite3.IntegrityError,
+            sqlite3.ProgrammingError,
+            sqlite3.InterfaceError,
+        ]
+    ),
     code=st.one_of(st.none(), st.integers(min_value=0, max_value=1 << 16)),
     text=st.text(max_size=40),
-)  # fmt: skip
+)
 def test_any_driver_error_becomes_a_store_error_naming_the_store(
     phase: Phase, kind: type[sqlite3.Error], code: int | None, text: str
 ) -> None:

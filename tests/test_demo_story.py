@@ -35,9 +35,15 @@ async def test_story_finds_measures_stores_and_recommends(port_offset: int | Non
     events: list[DemoEvent] = []
     host = _ward_hosts()
     result = await run_story(
-        emit=events.append, host=host, seed=2026, boot_delay_s=0.1, port_offset=port_offset,
-        store_path=str(tmp_path / "demo.db"), dwell_s=0.3, trials=2,
-    )  # fmt: skip
+        emit=events.append,
+        host=host,
+        seed=2026,
+        boot_delay_s=0.1,
+        port_offset=port_offset,
+        store_path=str(tmp_path / "demo.db"),
+        dwell_s=0.3,
+        trials=2,
+    )
     assert result.host == host
     assert result.alerts == (host,)
     medical = result.groups["Medical Device?"]
@@ -70,10 +76,26 @@ def test_demo_cli_json_as_a_non_root_user_would_see_it() -> None:
     """``fragileprobe demo --json`` with the ports a non-root user gets: exit 0, only JSON on stdout, the
     story (alert, device-down panel, settings, recovery) on stderr."""
     out = subprocess.run(
-        [*fragileprobe_command(), "demo", "--json", "--port-offset", "10000", "--boot-delay", "0.2",
-         "--dwell", "0.3", "--trials", "2", "--host", _ward_hosts()],
-        capture_output=True, text=True, timeout=DEMO_TIMEOUT_S, check=False,
-    )  # fmt: skip
+        [
+            *fragileprobe_command(),
+            "demo",
+            "--json",
+            "--port-offset",
+            "10000",
+            "--boot-delay",
+            "0.2",
+            "--dwell",
+            "0.3",
+            "--trials",
+            "2",
+            "--host",
+            _ward_hosts(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(out.stdout)
     assert data["alerts"] == [data["host"]]

@@ -168,9 +168,12 @@ class Outcome:
 
 
 async def scenario(
-    ports: dict[int, Service], ceiling: int, callers: list[tuple[Any, ...]],
-    changes: list[tuple[float, int]], wedge_at: int | None,
-) -> Outcome:  # fmt: skip
+    ports: dict[int, Service],
+    ceiling: int,
+    callers: list[tuple[Any, ...]],
+    changes: list[tuple[float, int]],
+    wedge_at: int | None,
+) -> Outcome:
     device = Device(ports, wedge_at=wedge_at)
     violations: list[tuple[float, int, int]] = []
     holder: dict[str, Guard] = {}
@@ -189,8 +192,14 @@ async def scenario(
         heartbeat = HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S)
         target = Target(HOST, ports=sorted(ports), heartbeat=heartbeat)
         accepts_at_down: list[int] = []
-        guard = Guard(target, ceiling=ceiling, scope=Scope([HOST]), interval_s=INTERVAL_S, linger_s=LINGER_S,
-                      network=net)  # fmt: skip
+        guard = Guard(
+            target,
+            ceiling=ceiling,
+            scope=Scope([HOST]),
+            interval_s=INTERVAL_S,
+            linger_s=LINGER_S,
+            network=net,
+        )
         holder["guard"] = guard
         port_list = sorted(ports)
         let_go: float | None = None
@@ -211,11 +220,13 @@ async def scenario(
                             with anyio.move_on_after(0.3), contextlib.suppress(anyio.EndOfStream):
                                 await stream.receive(1024)
                     elif kind == "run":
+
                         async def check() -> None:
                             async with guard.connect(port) as stream:
                                 await stream.send(b"HELLO\r\n")
                                 with anyio.move_on_after(0.2), contextlib.suppress(anyio.EndOfStream):
                                     await stream.receive(1024)
+
                         await guard.run(check)
                     else:
                         async with guard.connect(port):
@@ -267,9 +278,12 @@ async def scenario(
     wedge_at=st.one_of(st.none(), st.integers(2, 7)),
 )
 def test_the_device_never_holds_more_than_n_sessions_heartbeat_included(
-    ports: dict[int, Service], ceiling: int, callers: list[tuple[Any, ...]],
-    changes: list[tuple[float, int]], wedge_at: int | None,
-) -> None:  # fmt: skip
+    ports: dict[int, Service],
+    ceiling: int,
+    callers: list[tuple[Any, ...]],
+    changes: list[tuple[float, int]],
+    wedge_at: int | None,
+) -> None:
     assert all(s.notices_within_s < LINGER_S for s in ports.values())  # the precondition of the promise
     with capture_logs():
         out = run_virtual(scenario, ports, ceiling, callers, changes, wedge_at)
@@ -329,8 +343,9 @@ def test_a_device_slower_than_the_linger_is_reset_and_counted_as_such() -> None:
         async with FakeNetwork() as net:
             Device({23: lazy}).attach(net)
             target = Target(HOST, ports=[23], heartbeat=HttpHeartbeat(port=WEB, timeout_s=BEAT_TIMEOUT_S))
-            async with Guard(target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net,
-                             linger_s=4.0) as g:  # fmt: skip
+            async with Guard(
+                target, ceiling=2, scope=Scope([HOST]), interval_s=INTERVAL_S, network=net, linger_s=4.0
+            ) as g:
                 for _ in range(3):
                     await g.tcp_connect(23)
                 expired = g.stats.linger_expired
@@ -429,8 +444,15 @@ class StoryDevice(Device):
 
 
 CHAR_TIMINGS: dict[str, Any] = {
-    "dwell_s": 2.0, "hold_s": 0.5, "interval_s": 0.25, "heartbeat_timeout_s": 0.5, "healthy_beats": 2,
-    "recovery_timeout_s": 10.0, "baseline_beats": 3, "read_timeout_s": 0.4, "connect_timeout_s": 0.5,
+    "dwell_s": 2.0,
+    "hold_s": 0.5,
+    "interval_s": 0.25,
+    "heartbeat_timeout_s": 0.5,
+    "healthy_beats": 2,
+    "recovery_timeout_s": 10.0,
+    "baseline_beats": 3,
+    "read_timeout_s": 0.4,
+    "connect_timeout_s": 0.5,
 }
 
 
@@ -451,16 +473,24 @@ def test_a_recommendation_used_through_the_guard_never_wedges_the_device(wedge_a
             async def recovery() -> None:
                 await device.power_cycle()
 
-            char = await characterize(target, scope=Scope([HOST]), ladder=(2, 3, 4, 5, 6, 7, 10), trials=3,
-                                      recovery=recovery, model_key="story-shaped", network=net,
-                                      **CHAR_TIMINGS)  # fmt: skip
+            char = await characterize(
+                target,
+                scope=Scope([HOST]),
+                ladder=(2, 3, 4, 5, 6, 7, 10),
+                trials=3,
+                recovery=recovery,
+                model_key="story-shaped",
+                network=net,
+                **CHAR_TIMINGS,
+            )
             crashes_in_characterization = device.crashes
             assert char.safe_ceiling is not None
             # Now use it as a scanner would, through the Guard: every work place held on the same ports.
             peak_before = net.peak_sessions(HOST)
             ceiling = char.safe_ceiling
-            async with Guard(target, ceiling=max(ceiling, 2), scope=Scope([HOST]), interval_s=0.25,
-                             network=net) as guard:  # fmt: skip
+            async with Guard(
+                target, ceiling=max(ceiling, 2), scope=Scope([HOST]), interval_s=0.25, network=net
+            ) as guard:
 
                 async def hold(port: int) -> None:
                     for _ in range(10):
@@ -511,8 +541,11 @@ discovery_services = st.builds(
 
 @settings(max_examples=40, deadline=None)
 @given(
-    hosts=st.lists(st.dictionaries(st.sampled_from([21, 22, 23]), discovery_services, min_size=1, max_size=3),
-                   min_size=1, max_size=4),
+    hosts=st.lists(
+        st.dictionaries(st.sampled_from([21, 22, 23]), discovery_services, min_size=1, max_size=3),
+        min_size=1,
+        max_size=4,
+    ),
     per_host=st.integers(1, 2),
 )
 def test_discovery_never_holds_more_than_per_host_sessions_on_any_device(
@@ -531,9 +564,16 @@ def test_discovery_never_holds_more_than_per_host_sessions_on_any_device(
                 for port, service in services.items():
                     net.serve(address, port, Device({port: service})._console(service))
                 net.serve(address, WEB, Device({})._web)
-            report = await discover(addresses, scope=Scope(addresses), ports=[21, 22, 23, WEB],
-                                    per_host_sessions=per_host, banner_timeout_s=0.2, connect_timeout_s=0.5,
-                                    udp_ports=(), network=net)  # fmt: skip
+            report = await discover(
+                addresses,
+                scope=Scope(addresses),
+                ports=[21, 22, 23, WEB],
+                per_host_sessions=per_host,
+                banner_timeout_s=0.2,
+                connect_timeout_s=0.5,
+                udp_ports=(),
+                network=net,
+            )
             peaks = {a: net.peak_sessions(a) for a in addresses}
             return peaks, {a: net.accepts(a) for a in addresses}, len(report.assets)
 

@@ -243,12 +243,22 @@ async def test_the_recommended_ceiling_used_through_the_guard_does_not_hang_a_st
         target = Target(dev.host, ports=dev.ports, heartbeat=HttpHeartbeat(port=web, timeout_s=0.5))
         with capture_logs(), anyio.fail_after(120):
             char = await characterize(
-                target, scope=Scope([dev.host]), ladder=(2, 3, 4, 5, 6, 7), trials=2,
+                target,
+                scope=Scope([dev.host]),
+                ladder=(2, 3, 4, 5, 6, 7),
+                trials=2,
                 recovery=dev.power_cycle,
-                model_key="story-shaped", dwell_s=1.0, hold_s=0.3, interval_s=0.2, heartbeat_timeout_s=0.5,
-                healthy_beats=2, recovery_timeout_s=10.0, baseline_beats=3, read_timeout_s=0.3,
+                model_key="story-shaped",
+                dwell_s=1.0,
+                hold_s=0.3,
+                interval_s=0.2,
+                heartbeat_timeout_s=0.5,
+                healthy_beats=2,
+                recovery_timeout_s=10.0,
+                baseline_beats=3,
+                read_timeout_s=0.3,
                 connect_timeout_s=0.5,
-            )  # fmt: skip
+            )
             hangs_before = dev.hangs
             dev.peak = dev.sessions
             assert char.safe_ceiling is not None

@@ -34,8 +34,9 @@ async def devices(*specs: tuple[str, str]) -> AsyncIterator[list[EmulatedDevice]
     async with contextlib.AsyncExitStack() as stack:
         out = []
         for host, model in specs:
-            out.append(await stack.enter_async_context(
-                EmulatedDevice(host, model=model, seed=1, boot_delay_s=0.05)))
+            out.append(
+                await stack.enter_async_context(EmulatedDevice(host, model=model, seed=1, boot_delay_s=0.05))
+            )
         yield out
 
 
@@ -44,12 +45,20 @@ def scope_of(*hosts: str) -> Scope:
 
 
 def store_profile(store: ProfileStore, key: str, *, fails_at: int) -> int:
-    levels = [LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
-              for n in range(1, fails_at)]
+    levels = [
+        LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
+        for n in range(1, fails_at)
+    ]
     levels.append(LevelResult(level=fails_at, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.5))
     ladder = tuple(range(1, fails_at + 1))
-    store.save(Characterization.from_trials(host="127.0.0.1", model_key=key, ladder=ladder,
-                                            trials=[TrialResult(index=0, levels=tuple(levels))]))
+    store.save(
+        Characterization.from_trials(
+            host="127.0.0.1",
+            model_key=key,
+            ladder=ladder,
+            trials=[TrialResult(index=0, levels=tuple(levels))],
+        )
+    )
     ceiling = store.ceiling_for(key)
     assert ceiling is not None
     return ceiling
@@ -57,12 +66,17 @@ def store_profile(store: ProfileStore, key: str, *, fails_at: int) -> int:
 
 async def test_pump_is_found_fingerprinted_and_grouped(loopback_host: str) -> None:
     async with devices((loopback_host, "infusion-pump")) as (pump,):
-        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=(*PUMP_PORTS, 80, 445),
-                                **FAST)
+        report = await discover(
+            loopback_host, scope=scope_of(loopback_host), ports=(*PUMP_PORTS, 80, 445), **FAST
+        )
     (asset,) = report.assets
     assert asset.open_ports == PUMP_PORTS
     assert [(s.service, s.product) for s in asset.services] == [
-        ("ftp", "vsFTPd"), ("ssh", "dropbear"), ("telnet", None), ("http", "GoAhead-Webs")]
+        ("ftp", "vsFTPd"),
+        ("ssh", "dropbear"),
+        ("telnet", None),
+        ("http", "GoAhead-Webs"),
+    ]
     assert asset.service(8080) is not None
     assert asset.service(8080).title == "MIS-3000 Infusion Pump"  # type: ignore[union-attr]
     assert asset.os_family == "generic unix"
@@ -78,8 +92,9 @@ async def test_pump_is_found_fingerprinted_and_grouped(loopback_host: str) -> No
 
 async def test_printer_port_gets_connect_and_close_only(loopback_host: str) -> None:
     async with devices((loopback_host, "printer")) as (printer,):
-        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=(80, 515, 631, 9100),
-                                **FAST)
+        report = await discover(
+            loopback_host, scope=scope_of(loopback_host), ports=(80, 515, 631, 9100), **FAST
+        )
     assert report.assets[0].open_ports == (80, 515, 631, 9100)
     assert printer.stats.bytes_received_by_port[9100] == 0
     assert printer.stats.connects_total == 4
@@ -96,8 +111,9 @@ async def test_per_host_sessions_are_capped_by_a_stored_profile(
     ceiling = store_profile(store, "some-model-0123456789ab", fails_at=5)  # min(4, 4, 5 - 3)
     assert ceiling == 2
     async with devices((host, "patient-monitor")) as (monitor,):
-        report = await discover(host, scope=scope_of(host), ports=ports, store=store, per_host_sessions=4,
-                                **FAST)
+        report = await discover(
+            host, scope=scope_of(host), ports=ports, store=store, per_host_sessions=4, **FAST
+        )
     assert report.assets[0].sessions_limit == ceiling
     assert 1 <= monitor.stats.peak_sessions <= ceiling
     assert monitor.stats.crashes == 0
@@ -105,8 +121,9 @@ async def test_per_host_sessions_are_capped_by_a_stored_profile(
 
 async def test_per_host_sessions_without_profiles_use_the_given_value(loopback_host: str) -> None:
     async with devices((loopback_host, "workstation")) as (ws,):
-        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=range(1, 200),
-                                per_host_sessions=3, **FAST)
+        report = await discover(
+            loopback_host, scope=scope_of(loopback_host), ports=range(1, 200), per_host_sessions=3, **FAST
+        )
     assert report.assets[0].sessions_limit == 3
     assert ws.stats.peak_sessions <= 3
 
@@ -127,9 +144,13 @@ async def test_a_host_that_stops_answering_is_left_alone_and_reported(loopback_h
         async with anyio.create_task_group() as tg:
             tg.start_soon(hang_after_first_connect)
             report = await discover(
-                loopback_host, scope=scope_of(loopback_host),
-                ports=(21, 80, 3000, 4000, 5900, 8080, 9000, 24105), unresponsive_after=2,
-                connect_timeout_s=1.0, banner_timeout_s=0.3, rate_per_host=5.0,
+                loopback_host,
+                scope=scope_of(loopback_host),
+                ports=(21, 80, 3000, 4000, 5900, 8080, 9000, 24105),
+                unresponsive_after=2,
+                connect_timeout_s=1.0,
+                banner_timeout_s=0.3,
+                rate_per_host=5.0,
             )
             gave_up_at.append(time.monotonic())
         connects_after = monitor.connects_since(gave_up_at[0])
@@ -205,8 +226,15 @@ async def test_interrupted_scan_resumes_without_probing_finished_hosts_again(
     hosts = [loopback_hosts() for _ in range(6)]
     store = ProfileStore(tmp_path / "fp.db")
     zones = Zones([Zone("office", tuple(hosts), kind="general")])
-    kw = {"scope": scope_of(*hosts), "ports": PUMP_PORTS, "store": store, "zones": zones,
-          "max_hosts_in_parallel": 1, "seed": 5, **FAST}
+    kw = {
+        "scope": scope_of(*hosts),
+        "ports": PUMP_PORTS,
+        "store": store,
+        "zones": zones,
+        "max_hosts_in_parallel": 1,
+        "seed": 5,
+        **FAST,
+    }
     async with devices(*[(h, "infusion-pump") for h in hosts]) as pumps:
         with anyio.CancelScope() as cancel:
 
@@ -256,9 +284,15 @@ async def test_alerts_go_to_the_jsonl_file_and_webhook(
     zones = Zones([Zone("guest", (pump_host,), kind="guest")])
     async with devices((pump_host, "infusion-pump")), listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
-        report = await discover(pump_host, scope=scope_of(pump_host), ports=PUMP_PORTS, zones=zones,
-                                alert_file=tmp_path / "a.jsonl", webhook_url=f"http://{hook_host}:{port}/a",
-                                **FAST)
+        report = await discover(
+            pump_host,
+            scope=scope_of(pump_host),
+            ports=PUMP_PORTS,
+            zones=zones,
+            alert_file=tmp_path / "a.jsonl",
+            webhook_url=f"http://{hook_host}:{port}/a",
+            **FAST,
+        )
         tg.cancel_scope.cancel()
     (alert,) = report.alerts
     assert alert.zone_kind == "guest"
@@ -285,8 +319,9 @@ _RAW_OK, _RAW_REASON = raw_available()
 @pytest.mark.skipif(_RAW_OK, reason="raw extras are available here; the note path needs them missing")
 async def test_raw_without_privilege_or_scapy_is_a_note_not_an_error(loopback_host: str) -> None:
     async with devices((loopback_host, "infusion-pump")):
-        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=PUMP_PORTS, raw=True,
-                                **FAST)
+        report = await discover(
+            loopback_host, scope=scope_of(loopback_host), ports=PUMP_PORTS, raw=True, **FAST
+        )
     assert len(report.assets) == 1
     assert any("raw extras" in n and "skipped" in n for n in report.notes)
 
@@ -297,8 +332,9 @@ async def test_raw_adds_the_passive_os_hint_and_icmp_reachability(loopback_hosts
     """The SYN-ACKs of our own connects give an OS hint; an address without open ports answers ICMP."""
     pump_host, empty_host = loopback_hosts(), loopback_hosts()
     async with devices((pump_host, "infusion-pump")):
-        report = await discover([pump_host, empty_host], scope=scope_of(pump_host, empty_host),
-                                ports=PUMP_PORTS, raw=True, **FAST)
+        report = await discover(
+            [pump_host, empty_host], scope=scope_of(pump_host, empty_host), ports=PUMP_PORTS, raw=True, **FAST
+        )
     (asset,) = report.assets
     assert any(n.startswith("passive OS hint") for n in asset.notes), asset.notes
     assert report.icmp_only == (empty_host,)  # loopback answers echo on every 127/8 address
@@ -306,8 +342,7 @@ async def test_raw_adds_the_passive_os_hint_and_icmp_reachability(loopback_hosts
 
 async def test_asset_target_keeps_the_open_ports_and_a_web_heartbeat(loopback_host: str) -> None:
     async with devices((loopback_host, "infusion-pump")):
-        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=(*PUMP_PORTS, 80),
-                                **FAST)
+        report = await discover(loopback_host, scope=scope_of(loopback_host), ports=(*PUMP_PORTS, 80), **FAST)
     target = report.assets[0].target(name="ward pump")
     assert target.ports == PUMP_PORTS
     assert target.heartbeat.port == 8080
@@ -326,11 +361,13 @@ async def test_port_aliases_name_silent_services_on_moved_ports(loopback_host: s
     """A workstation served at +10000 (unprivileged emulator): aliases give its silent ports their names."""
     async with contextlib.AsyncExitStack() as stack:
         ws = await stack.enter_async_context(
-            EmulatedDevice(loopback_host, model="workstation", seed=1, port_offset=10000))
+            EmulatedDevice(loopback_host, model="workstation", seed=1, port_offset=10000)
+        )
         bound = {ws.port(p): p for p in (135, 139, 445, 3389)}
         plain = await discover(loopback_host, scope=scope_of(loopback_host), ports=sorted(bound), **FAST)
-        aliased = await discover(loopback_host, scope=scope_of(loopback_host), ports=sorted(bound),
-                                 port_aliases=bound, **FAST)
+        aliased = await discover(
+            loopback_host, scope=scope_of(loopback_host), ports=sorted(bound), port_aliases=bound, **FAST
+        )
     assert {s.service for s in plain.assets[0].services} == {"unknown", "rdp"}
     # By port: 3389 (not moved: only ports below 1024 are), 10135, 10139, 10445.
     assert [s.service for s in aliased.assets[0].services] == ["rdp", "msrpc", "smb", "smb"]

@@ -48,11 +48,18 @@ def spec_model_key(model_name: str) -> str:
 
 def store_profile(store: ProfileStore, key: str, *, host: str, fails_at: int) -> None:
     """Store a characterization of ``key`` that passed up to below ``fails_at`` and crashed there."""
-    levels = [LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
-              for n in (1, 2, 3, 4) if n < fails_at]
+    levels = [
+        LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
+        for n in (1, 2, 3, 4)
+        if n < fails_at
+    ]
     levels.append(LevelResult(level=fails_at, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.5))
-    char = Characterization.from_trials(host=host, model_key=key, ladder=(1, 2, 3, 4, fails_at),
-                                        trials=[TrialResult(index=0, levels=tuple(levels))])
+    char = Characterization.from_trials(
+        host=host,
+        model_key=key,
+        ladder=(1, 2, 3, 4, fails_at),
+        trials=[TrialResult(index=0, levels=tuple(levels))],
+    )
     store.save(char)
 
 
@@ -69,9 +76,18 @@ async def test_hospital_fleet_discovery(tmp_path: Path) -> None:
 
     async with Fleet(config, control_port=None) as fleet:
         report = await discover(
-            list(config.hosts), scope=Scope([f"{fleet_prefix()}.0/24"]), ports=PORTS, zones=zones,
-            store=store, per_host_sessions=1, rate_per_host=50, max_hosts_in_parallel=128,
-            connect_timeout_s=1.0, banner_timeout_s=0.3, seed=3, alert_file=alert_file,
+            list(config.hosts),
+            scope=Scope([f"{fleet_prefix()}.0/24"]),
+            ports=PORTS,
+            zones=zones,
+            store=store,
+            per_host_sessions=1,
+            rate_per_host=50,
+            max_hosts_in_parallel=128,
+            connect_timeout_s=1.0,
+            banner_timeout_s=0.3,
+            seed=3,
+            alert_file=alert_file,
         )
         stats = {host: fleet.device(host).stats for host in fleet.devices}
         states = {host: fleet.device(host).state for host in fleet.devices}

@@ -113,13 +113,30 @@ def test_the_cli_says_its_global_rate_before_the_first_packet_and_finds_every_ho
     from fragileprobe.emulator._process import fragileprobe_command
 
     bed.restart_fleet()
-    bad = bed.run(*fragileprobe_command(), "discover", BLOCK, "--udp-ports", "5353",
-                  "--store", str(tmp_path / "bad.db"), timeout_s=120)
+    bad = bed.run(
+        *fragileprobe_command(),
+        "discover",
+        BLOCK,
+        "--udp-ports",
+        "5353",
+        "--store",
+        str(tmp_path / "bad.db"),
+        timeout_s=120,
+    )
     assert bad.returncode == 2
     assert "--udp-ports" in bad.stderr
     assert not (tmp_path / "bad.db").exists(), "nothing created before the input was validated"
-    proc = bed.run(*fragileprobe_command(), "discover", BLOCK, "--ports", "21,22,23,80,443,8080",
-                   "--store", str(tmp_path / "fp.db"), "--json", timeout_s=300)
+    proc = bed.run(
+        *fragileprobe_command(),
+        "discover",
+        BLOCK,
+        "--ports",
+        "21,22,23,80,443,8080",
+        "--store",
+        str(tmp_path / "fp.db"),
+        "--json",
+        timeout_s=300,
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     first = proc.stderr.splitlines()[0]
     assert "at most 1000 new connections/s in total" in first
@@ -166,9 +183,16 @@ async def test_a_device_that_spoke_once_and_went_quiet_is_left_alone_never_safe(
     try:
         async with anyio.create_task_group() as tg:
             await device.serve(tg)
-            report = await discover(loopback_host, scope=Scope([loopback_host]), ports=list(device.ports),
-                                    port_aliases=device.ports, liveness_ports=1, udp_ports=[],
-                                    banner_timeout_s=0.3, rate_per_host=50)
+            report = await discover(
+                loopback_host,
+                scope=Scope([loopback_host]),
+                ports=list(device.ports),
+                port_aliases=device.ports,
+                liveness_ports=1,
+                udp_ports=[],
+                banner_timeout_s=0.3,
+                rate_per_host=50,
+            )
             tg.cancel_scope.cancel()
     finally:
         for listener in device._listeners:
@@ -210,9 +234,18 @@ def test_the_notebook_view_prints_a_bounded_number_of_lines_outside_a_notebook(
 
     view = NotebookDiscoveryProgress()
     for done in range(1, 4097):
-        view(DiscoveryProgress(hosts_done=done, hosts_total=4096, assets_found=done // 80, alerts=0,
-                               host="10.0.0.1", hosts_alive=done // 70, elapsed_s=done / 400,
-                               eta_s=(4096 - done) / 400))
+        view(
+            DiscoveryProgress(
+                hosts_done=done,
+                hosts_total=4096,
+                assets_found=done // 80,
+                alerts=0,
+                host="10.0.0.1",
+                hosts_alive=done // 70,
+                elapsed_s=done / 400,
+                eta_s=(4096 - done) / 400,
+            )
+        )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) <= NotebookDiscoveryProgress.MAX_LINES
     assert lines[-1].startswith("discovery: 4096/4096 addresses, 58 live, 51 assets")

@@ -54,21 +54,42 @@ Answer = Callable[[int, ProbeKind], ProbeResult]
 
 # --- scripted hosts ---------------------------------------------------------------------------------------
 
-def res(port: int, outcome: Outcome, data: bytes = b"", error: str | None = None,
-        latency_s: float = 0.01) -> ProbeResult:
+
+def res(
+    port: int, outcome: Outcome, data: bytes = b"", error: str | None = None, latency_s: float = 0.01
+) -> ProbeResult:
     """A probe's record; a failure's phase as the probes set it (the connect's own timeout: CONNECT)."""
     phase = None if outcome is Outcome.OPEN else Phase.CONNECT
     if outcome in (Outcome.TIMEOUT, Outcome.RESET, Outcome.PROTOCOL_ERROR) and error != CONNECT_TIMEOUT:
         phase = Phase.EXCHANGE
-    return ProbeResult(host=HOST, port=port, outcome=outcome, latency_s=latency_s, data=data, error=error,
-                       started_at_s=0.0, duration_s=latency_s, phase=phase)
+    return ProbeResult(
+        host=HOST,
+        port=port,
+        outcome=outcome,
+        latency_s=latency_s,
+        data=data,
+        error=error,
+        started_at_s=0.0,
+        duration_s=latency_s,
+        phase=phase,
+    )
 
 
 def web(port: int, status: int = 200, server: str = "Boa/0.94") -> HttpResult:
     head = f"HTTP/1.0 {status} OK\r\nServer: {server}\r\n\r\n".encode()
-    return HttpResult(host=HOST, port=port, outcome=Outcome.OPEN, latency_s=0.01, data=head, error=None,
-                      started_at_s=0.0, duration_s=0.02, status=status, headers=(("Server", server),),
-                      server=server)
+    return HttpResult(
+        host=HOST,
+        port=port,
+        outcome=Outcome.OPEN,
+        latency_s=0.01,
+        data=head,
+        error=None,
+        started_at_s=0.0,
+        duration_s=0.02,
+        status=status,
+        headers=(("Server", server),),
+        server=server,
+    )
 
 
 def silent(port: int, kind: ProbeKind) -> ProbeResult:
@@ -78,6 +99,7 @@ def silent(port: int, kind: ProbeKind) -> ProbeResult:
 def scripted(answers: Mapping[int, ProbeResult], default: Answer = silent) -> Answer:
     def answer(port: int, kind: ProbeKind) -> ProbeResult:
         return answers[port] if port in answers else default(port, kind)
+
     return answer
 
 
@@ -102,39 +124,67 @@ def policy(**kw: object) -> DiscoveryPolicy:
     return DiscoveryPolicy(config, RULES, zones, profiles, prior)  # type: ignore[arg-type]
 
 
-def row(host: str = HOST, *, zone: str | None = "ward", model: str | None = None, scan_id: int | None = 1,
-        previous_zone: str | None = None, previous_scan_id: int | None = None, services: object = None,
-        first_seen_s: float = 1_700_000_000.0) -> AssetRow:
-    return AssetRow(host=host, first_seen_s=first_seen_s, last_seen_s=first_seen_s, zone=zone,
-                    previous_zone=previous_zone, model_key=model, open_ports=(21, 80),
-                    services=services if services is not None else [], os_family="embedded", groups=(),
-                    scan_id=scan_id, previous_scan_id=previous_scan_id)
+def row(
+    host: str = HOST,
+    *,
+    zone: str | None = "ward",
+    model: str | None = None,
+    scan_id: int | None = 1,
+    previous_zone: str | None = None,
+    previous_scan_id: int | None = None,
+    services: object = None,
+    first_seen_s: float = 1_700_000_000.0,
+) -> AssetRow:
+    return AssetRow(
+        host=host,
+        first_seen_s=first_seen_s,
+        last_seen_s=first_seen_s,
+        zone=zone,
+        previous_zone=previous_zone,
+        model_key=model,
+        open_ports=(21, 80),
+        services=services if services is not None else [],
+        os_family="embedded",
+        groups=(),
+        scan_id=scan_id,
+        previous_scan_id=previous_scan_id,
+    )
 
 
 def asset(host: str, zone: str = "ward", groups: tuple[str, ...] = ()) -> Asset:
-    return Asset(host=host, open_ports=(80,), services=(), os_family="unknown", os_evidence=(), zone=zone,
-                 zone_kind=None, model_key="k", groups=groups)
+    return Asset(
+        host=host,
+        open_ports=(80,),
+        services=(),
+        os_family="unknown",
+        os_evidence=(),
+        zone=zone,
+        zone_kind=None,
+        model_key="k",
+        groups=groups,
+    )
 
 
 # --- one probe --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("port", "hint", "kind"),
     [
-        (9100, 9100, ProbeKind.CONNECT),      # raw print port: whatever arrives is printed
+        (9100, 9100, ProbeKind.CONNECT),  # raw print port: whatever arrives is printed
         (9107, 9107, ProbeKind.CONNECT),
-        (10021, 9100, ProbeKind.CONNECT),     # a print server moved onto another port
-        (9100, 80, ProbeKind.CONNECT),        # a printer port never gets a GET, whatever its alias says
-        (445, 445, ProbeKind.CONNECT),        # the client speaks first: a banner read only holds a session
-        (443, 443, ProbeKind.CONNECT),        # TLS: a handshake is more than discovery needs
-        (8080, 445, ProbeKind.CONNECT),       # the alias says SMB: connect only
+        (10021, 9100, ProbeKind.CONNECT),  # a print server moved onto another port
+        (9100, 80, ProbeKind.CONNECT),  # a printer port never gets a GET, whatever its alias says
+        (445, 445, ProbeKind.CONNECT),  # the client speaks first: a banner read only holds a session
+        (443, 443, ProbeKind.CONNECT),  # TLS: a handshake is more than discovery needs
+        (8080, 445, ProbeKind.CONNECT),  # the alias says SMB: connect only
         (80, 80, ProbeKind.HTTP),
-        (18080, 8080, ProbeKind.HTTP),        # a web UI on a moved port
-        (8080, 21, ProbeKind.HTTP),           # the port itself is a web port
+        (18080, 8080, ProbeKind.HTTP),  # a web UI on a moved port
+        (8080, 21, ProbeKind.HTTP),  # the port itself is a web port
         (21, 21, ProbeKind.BANNER),
         (10021, 21, ProbeKind.BANNER),
-        (2575, 2575, ProbeKind.CONNECT),      # HL7 MLLP: the client speaks first
-        (4444, 4444, ProbeKind.BANNER),       # unknown: listen for a greeting, send nothing
+        (2575, 2575, ProbeKind.CONNECT),  # HL7 MLLP: the client speaks first
+        (4444, 4444, ProbeKind.BANNER),  # unknown: listen for a greeting, send nothing
     ],
 )
 def test_each_port_gets_the_probe_its_well_known_service_allows(
@@ -157,7 +207,7 @@ def test_nothing_is_ever_sent_to_a_printer_or_a_client_first_port(port: int, hin
     ("result", "timed_out", "is_connected", "rtt"),
     [
         (res(80, Outcome.OPEN), False, True, True),
-        (res(80, Outcome.CLOSED), False, False, True),                  # RST: the stack answered
+        (res(80, Outcome.CLOSED), False, False, True),  # RST: the stack answered
         (res(80, Outcome.RESET), False, True, True),
         (res(80, Outcome.PROTOCOL_ERROR, b"junk"), False, True, True),
         (res(80, Outcome.TIMEOUT, error=CONNECT_TIMEOUT), True, False, False),
@@ -184,25 +234,31 @@ PROFILES = {model_key_digest(PUMP_KEY): (PUMP_KEY, 2), model_key_digest("other")
 @pytest.mark.parametrize(
     ("prior", "per_host", "profiles", "limit", "known"),
     [
-        (None, 3, {}, 3, None),                                                      # nothing stored
-        (row(model=PUMP_KEY), 3, PROFILES, 2, (PUMP_KEY, 2)),                        # its model's ceiling
-        (row(model=PUMP_KEY), 1, PROFILES, 1, (PUMP_KEY, 2)),                        # never above the ask
-        (None, 4, PROFILES, 2, None),                                                # unknown: the lowest
+        (None, 3, {}, 3, None),  # nothing stored
+        (row(model=PUMP_KEY), 3, PROFILES, 2, (PUMP_KEY, 2)),  # its model's ceiling
+        (row(model=PUMP_KEY), 1, PROFILES, 1, (PUMP_KEY, 2)),  # never above the ask
+        (None, 4, PROFILES, 2, None),  # unknown: the lowest
         (row(model="unseen"), 4, PROFILES, 2, None),
         (row(model=PUMP_KEY), 4, {model_key_digest(PUMP_KEY): (PUMP_KEY, 0)}, 0, (PUMP_KEY, 0)),  # left alone
-        (None, 4, {model_key_digest(PUMP_KEY): (PUMP_KEY, 0)}, 1, None),             # one session at least
+        (None, 4, {model_key_digest(PUMP_KEY): (PUMP_KEY, 0)}, 1, None),  # one session at least
         (row(model=PUMP_KEY), 4, {model_key_digest(PUMP_KEY): (PUMP_KEY, None)}, 1, (PUMP_KEY, None)),
     ],
 )
 def test_the_session_cap_follows_the_stored_ceilings(
-    prior: AssetRow | None, per_host: int, profiles: dict[str, tuple[str, int | None]], limit: int,
+    prior: AssetRow | None,
+    per_host: int,
+    profiles: dict[str, tuple[str, int | None]],
+    limit: int,
     known: tuple[str, int | None] | None,
 ) -> None:
     assert session_limit(prior, per_host, profiles, stored_floor(profiles)) == (limit, known)
 
 
-@given(per_host=st.integers(1, 64), ceilings=st.lists(st.one_of(st.none(), st.integers(0, 64)), max_size=5),
-       pick=st.integers(0, 5))
+@given(
+    per_host=st.integers(1, 64),
+    ceilings=st.lists(st.one_of(st.none(), st.integers(0, 64)), max_size=5),
+    pick=st.integers(0, 5),
+)
 def test_the_session_cap_never_exceeds_what_was_asked_nor_a_stored_ceiling(
     per_host: int, ceilings: list[int | None], pick: int
 ) -> None:
@@ -219,14 +275,20 @@ def test_the_session_cap_never_exceeds_what_was_asked_nor_a_stored_ceiling(
 
 
 def test_ports_that_spoke_on_the_previous_sighting_are_remembered() -> None:
-    services = [{"port": 21, "product": "vsftpd"}, {"port": 80}, {"port": True, "title": "x"},
-                {"port": 8080, "title": "Pump"}, "garbage"]
+    services = [
+        {"port": 21, "product": "vsftpd"},
+        {"port": 80},
+        {"port": True, "title": "x"},
+        {"port": 8080, "title": "Pump"},
+        "garbage",
+    ]
     assert spoke_before(row(services=services)) == frozenset({21, 8080})
     assert spoke_before(None) == frozenset()
     assert spoke_before(row(services={"port": 21})) == frozenset()
 
 
 # --- one host, scripted -----------------------------------------------------------------------------------
+
 
 def test_a_silent_address_costs_its_liveness_ports_only() -> None:
     p, tally = policy(), RunTally()
@@ -241,8 +303,11 @@ def test_a_silent_address_costs_its_liveness_ports_only() -> None:
 def test_a_live_host_is_worked_on_every_port_and_becomes_an_asset() -> None:
     p, tally = policy(), RunTally()
     probing = p.start(HOST)
-    answers = {21: res(21, Outcome.OPEN, b"220 pump ftp ready\r\n"), 8080: web(8080),
-               23: res(23, Outcome.OPEN, b"login: ")}
+    answers = {
+        21: res(21, Outcome.OPEN, b"220 pump ftp ready\r\n"),
+        8080: web(8080),
+        23: res(23, Outcome.OPEN, b"login: "),
+    }
     asked = drive(probing, scripted(answers, lambda port, kind: res(port, Outcome.CLOSED)), tally)
     assert sorted(asked) == sorted(PORTS)
     assert asked[:2] == list(p.planner.plan()), "liveness ports first"
@@ -331,11 +396,17 @@ def test_timeouts_follow_the_hosts_round_trips_within_the_bounds() -> None:
 
 answers_st = st.dictionaries(
     st.sampled_from(PORTS),
-    st.sampled_from([
-        res(0, Outcome.OPEN, b"220 hi\r\n"), res(0, Outcome.OPEN), res(0, Outcome.CLOSED),
-        res(0, Outcome.RESET), res(0, Outcome.TIMEOUT, error=CONNECT_TIMEOUT),
-        res(0, Outcome.TIMEOUT, error="read timed out"), res(0, Outcome.UNREACHABLE, error="no route"),
-    ]),
+    st.sampled_from(
+        [
+            res(0, Outcome.OPEN, b"220 hi\r\n"),
+            res(0, Outcome.OPEN),
+            res(0, Outcome.CLOSED),
+            res(0, Outcome.RESET),
+            res(0, Outcome.TIMEOUT, error=CONNECT_TIMEOUT),
+            res(0, Outcome.TIMEOUT, error="read timed out"),
+            res(0, Outcome.UNREACHABLE, error="no route"),
+        ]
+    ),
 )
 
 
@@ -373,30 +444,70 @@ def test_any_scripted_host_is_probed_within_its_plan_and_concluded_consistently(
 
 # --- assets -----------------------------------------------------------------------------------------------
 
+
 def test_the_asset_notes_say_what_capped_filtered_and_answered() -> None:
     results = [web(8080), res(21, Outcome.OPEN, b"220 ready\r\n")]
-    found, _ = build_asset(HOST, results, settings=DiscoverySettings(per_host_sessions=4), limit=2,
-                           zones=None, rules=RULES, profiles={}, prior=None, now_s=NOW_S, filtered=[443, 23])
+    found, _ = build_asset(
+        HOST,
+        results,
+        settings=DiscoverySettings(per_host_sessions=4),
+        limit=2,
+        zones=None,
+        rules=RULES,
+        profiles={},
+        prior=None,
+        now_s=NOW_S,
+        filtered=[443, 23],
+    )
     assert found is not None
-    assert found.notes == ("sessions capped at 2 (stored profile ceiling)",
-                           "filtered (no answer while the host answered on other ports): 23, 443")
+    assert found.notes == (
+        "sessions capped at 2 (stored profile ceiling)",
+        "filtered (no answer while the host answered on other ports): 23, 443",
+    )
     assert found.zone == "unzoned"
     assert found.zone_kind is None
     assert found.service(8080) is not None
-    none, matches = build_asset(HOST, [res(21, Outcome.CLOSED)], settings=DiscoverySettings(), limit=1,
-                                zones=None, rules=RULES, profiles={}, prior=None, now_s=NOW_S)
+    none, matches = build_asset(
+        HOST,
+        [res(21, Outcome.CLOSED)],
+        settings=DiscoverySettings(),
+        limit=1,
+        zones=None,
+        rules=RULES,
+        profiles={},
+        prior=None,
+        now_s=NOW_S,
+    )
     assert (none, matches) == (None, ())
 
 
 def test_a_known_model_is_medical_and_keeps_its_first_sighting() -> None:
     results = [res(21, Outcome.OPEN, b"220 ready\r\n")]
-    base, _ = build_asset(HOST, results, settings=DiscoverySettings(), limit=1, zones=None, rules=RULES,
-                          profiles={}, prior=None, now_s=NOW_S)
+    base, _ = build_asset(
+        HOST,
+        results,
+        settings=DiscoverySettings(),
+        limit=1,
+        zones=None,
+        rules=RULES,
+        profiles={},
+        prior=None,
+        now_s=NOW_S,
+    )
     assert base is not None
     profiles = {model_key_digest(base.model_key): (base.model_key, 3)}
     zones = Zones([Zone("office", ("10.0.0.0/24",), kind="general")])
-    found, _ = build_asset(HOST, results, settings=DiscoverySettings(), limit=1, zones=zones, rules=RULES,
-                           profiles=profiles, prior=row(first_seen_s=5.0), now_s=NOW_S)
+    found, _ = build_asset(
+        HOST,
+        results,
+        settings=DiscoverySettings(),
+        limit=1,
+        zones=zones,
+        rules=RULES,
+        profiles=profiles,
+        prior=row(first_seen_s=5.0),
+        now_s=NOW_S,
+    )
     assert found is not None
     assert (found.known_model, found.ceiling, found.medical) == (base.model_key, 3, True)
     assert (found.first_seen_s, found.last_seen_s) == (5.0, NOW_S)
@@ -412,20 +523,30 @@ def test_a_known_model_is_medical_and_keeps_its_first_sighting() -> None:
 
 # --- the inventory ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("prior", "found", "expected"),
     [
         ({}, [asset("10.0.0.2")], (("10.0.0.2",), (), ())),
         ({"10.0.0.2": row("10.0.0.2", zone="ward")}, [asset("10.0.0.2", "ward")], ((), (), ())),
-        ({"10.0.0.2": row("10.0.0.2", zone="ward")}, [asset("10.0.0.2", "office")],
-         ((), (), (Move("10.0.0.2", "ward", "office"),))),
+        (
+            {"10.0.0.2": row("10.0.0.2", zone="ward")},
+            [asset("10.0.0.2", "office")],
+            ((), (), (Move("10.0.0.2", "ward", "office"),)),
+        ),
         ({"10.0.0.2": row("10.0.0.2")}, [], ((), ("10.0.0.2",), ())),
-        ({"10.9.9.9": row("10.9.9.9")}, [], ((), (), ())),                    # not a target: not gone
+        ({"10.9.9.9": row("10.9.9.9")}, [], ((), (), ())),  # not a target: not gone
         # Rows the interrupted part of this same scan (id 7) wrote: compared with what they replaced.
-        ({"10.0.0.2": row("10.0.0.2", zone="office", scan_id=7)}, [asset("10.0.0.2", "office")],
-         (("10.0.0.2",), (), ())),
-        ({"10.0.0.2": row("10.0.0.2", zone="office", scan_id=7, previous_zone="ward", previous_scan_id=3)},
-         [asset("10.0.0.2", "office")], ((), (), (Move("10.0.0.2", "ward", "office"),))),
+        (
+            {"10.0.0.2": row("10.0.0.2", zone="office", scan_id=7)},
+            [asset("10.0.0.2", "office")],
+            (("10.0.0.2",), (), ()),
+        ),
+        (
+            {"10.0.0.2": row("10.0.0.2", zone="office", scan_id=7, previous_zone="ward", previous_scan_id=3)},
+            [asset("10.0.0.2", "office")],
+            ((), (), (Move("10.0.0.2", "ward", "office"),)),
+        ),
     ],
 )
 def test_inventory_changes_are_new_gone_and_moved_against_the_inventory_before_the_scan(
@@ -438,8 +559,12 @@ def test_inventory_changes_are_new_gone_and_moved_against_the_inventory_before_t
 hosts_st = st.lists(st.integers(1, 40).map(lambda n: f"10.0.0.{n}"), unique=True, max_size=12)
 
 
-@given(targets=hosts_st, found_idx=st.sets(st.integers(0, 11)), prior_idx=st.sets(st.integers(0, 11)),
-       zones=st.lists(st.sampled_from(["ward", "office"]), min_size=12, max_size=12))
+@given(
+    targets=hosts_st,
+    found_idx=st.sets(st.integers(0, 11)),
+    prior_idx=st.sets(st.integers(0, 11)),
+    zones=st.lists(st.sampled_from(["ward", "office"]), min_size=12, max_size=12),
+)
 def test_inventory_changes_partition_the_hosts(
     targets: list[str], found_idx: set[int], prior_idx: set[int], zones: list[str]
 ) -> None:
@@ -471,23 +596,34 @@ def test_the_host_order_is_a_seeded_shuffle_of_what_is_left(
 
 # --- the run and its report -------------------------------------------------------------------------------
 
+
 def test_the_report_is_assembled_by_address_with_groups_changes_and_counts() -> None:
     config = DiscoverySettings(ports="21,80", global_rate=500)
     findings = Findings(notes=["a note"])
     for h, g in (("10.0.0.10", ("B",)), ("10.0.0.9", ("A", "B"))):
         findings.assets[h] = asset(h, groups=g)
-    findings.unresponsive.extend([
-        HostProbing("10.0.0.30", 1, None, None, policy().start("x").state, {}).unresponsive("r"),
-        HostProbing("10.0.0.4", 1, None, None, policy().start("x").state, {}).unresponsive("r"),
-    ])
+    findings.unresponsive.extend(
+        [
+            HostProbing("10.0.0.30", 1, None, None, policy().start("x").state, {}).unresponsive("r"),
+            HostProbing("10.0.0.4", 1, None, None, policy().start("x").state, {}).unresponsive("r"),
+        ]
+    )
     tally = RunTally(probes=12, alive=2, silent=1)
-    plan = ScanPlan(hosts=("10.0.0.9", "10.0.0.10", "10.0.0.11"), todo=("10.0.0.9", "10.0.0.10"),
-                    done_before=frozenset({"10.0.0.11"}), scan_id=4, parallel=2)
-    report = assemble_report(findings, plan, tally, config, prior={"10.0.0.11": row("10.0.0.11")},
-                             wall_time_s=3.5)
+    plan = ScanPlan(
+        hosts=("10.0.0.9", "10.0.0.10", "10.0.0.11"),
+        todo=("10.0.0.9", "10.0.0.10"),
+        done_before=frozenset({"10.0.0.11"}),
+        scan_id=4,
+        parallel=2,
+    )
+    report = assemble_report(
+        findings, plan, tally, config, prior={"10.0.0.11": row("10.0.0.11")}, wall_time_s=3.5
+    )
     assert [a.host for a in report.assets] == ["10.0.0.9", "10.0.0.10"]
     assert {g: [a.host for a in m] for g, m in report.groups.items()} == {
-        "A": ["10.0.0.9"], "B": ["10.0.0.9", "10.0.0.10"]}
+        "A": ["10.0.0.9"],
+        "B": ["10.0.0.9", "10.0.0.10"],
+    }
     assert [u.host for u in report.unresponsive] == ["10.0.0.4", "10.0.0.30"]
     assert (report.new, report.gone) == (("10.0.0.9", "10.0.0.10"), ("10.0.0.11",))
     assert (report.hosts_scanned, report.hosts_resumed, report.scan_id) == (2, 1, 4)
@@ -503,8 +639,13 @@ def test_progress_counts_the_run_so_far() -> None:
     p, tally = policy(), RunTally(probes=10, probes_done=8, alive=1, silent=3, hosts_done=4)
     findings = Findings()
     findings.assets["10.0.0.2"] = asset("10.0.0.2")
-    plan = ScanPlan(hosts=tuple(f"10.0.0.{i}" for i in range(8)), todo=tuple(f"10.0.0.{i}" for i in range(8)),
-                    done_before=frozenset(), scan_id=None, parallel=2)
+    plan = ScanPlan(
+        hosts=tuple(f"10.0.0.{i}" for i in range(8)),
+        todo=tuple(f"10.0.0.{i}" for i in range(8)),
+        done_before=frozenset(),
+        scan_id=None,
+        parallel=2,
+    )
     progress = p.progress(tally, findings, plan, "10.0.0.2", elapsed_s=2.0)
     assert (progress.hosts_done, progress.hosts_total, progress.assets_found) == (4, 8, 1)
     assert (progress.hosts_alive, progress.hosts_silent, progress.probes_sent) == (1, 3, 10)
@@ -515,12 +656,20 @@ def test_progress_counts_the_run_so_far() -> None:
 
 def test_a_resumed_scan_takes_back_only_its_own_finished_hosts() -> None:
     p = policy()
-    plan = ScanPlan(hosts=("10.0.0.2", "10.0.0.3"), todo=("10.0.0.3",), done_before=frozenset({"10.0.0.2"}),
-                    scan_id=7, parallel=1)
+    plan = ScanPlan(
+        hosts=("10.0.0.2", "10.0.0.3"),
+        todo=("10.0.0.3",),
+        done_before=frozenset({"10.0.0.2"}),
+        scan_id=7,
+        parallel=1,
+    )
     findings = Findings()
     rows = [row("10.0.0.2", scan_id=7), row("10.0.0.3", scan_id=7), row("10.0.0.4", scan_id=6)]
-    alerts: list[dict[str, object]] = [{"host": "10.0.0.2", "scan_id": 7, "model": "m"},
-                                        {"host": "10.0.0.4", "scan_id": 6}, {"host": 5, "scan_id": 7}]
+    alerts: list[dict[str, object]] = [
+        {"host": "10.0.0.2", "scan_id": 7, "model": "m"},
+        {"host": "10.0.0.4", "scan_id": 6},
+        {"host": 5, "scan_id": 7},
+    ]
     p.restore(findings, rows, alerts, plan)
     assert list(findings.assets) == ["10.0.0.2"]
     assert findings.assets["10.0.0.2"].notes == ("finished before resume",)
@@ -534,16 +683,30 @@ def test_the_run_notes_say_what_the_webhook_lost() -> None:
     assert note.startswith("2 alert(s) could not be delivered to the webhook http://127.0.0.1:9/x")
 
 
-@given(total=st.integers(1, 10_000), done_frac=st.floats(0, 1), per_address=st.floats(1, 100),
-       rate=st.floats(0.1, 5000), elapsed=st.floats(0, 1e5), tail=st.floats(-1, 10),
-       in_flight=st.integers(0, 4096))
+@given(
+    total=st.integers(1, 10_000),
+    done_frac=st.floats(0, 1),
+    per_address=st.floats(1, 100),
+    rate=st.floats(0.1, 5000),
+    elapsed=st.floats(0, 1e5),
+    tail=st.floats(-1, 10),
+    in_flight=st.integers(0, 4096),
+)
 def test_the_time_left_is_never_negative_and_zero_when_done(
     total: int, done_frac: float, per_address: float, rate: float, elapsed: float, tail: float, in_flight: int
 ) -> None:
     done = int(total * done_frac)
     probes_done = int(done * per_address)
-    eta = estimate_remaining_s(done=done, total=total, elapsed_s=elapsed, probes_done=probes_done,
-                               probes_sent=probes_done, rate_per_s=rate, tail_s=tail, in_flight=in_flight)
+    eta = estimate_remaining_s(
+        done=done,
+        total=total,
+        elapsed_s=elapsed,
+        probes_done=probes_done,
+        probes_sent=probes_done,
+        rate_per_s=rate,
+        tail_s=tail,
+        in_flight=in_flight,
+    )
     if done == 0:
         assert eta is None
     elif done >= total:

@@ -46,8 +46,9 @@ def scan(**kwargs: Any) -> tuple[DiscoveryReport, dict[str, int], list[Discovery
 
 
 def test_the_executor_probes_what_the_policy_plans_and_reports_it() -> None:
-    report, accepts, seen = scan(ports=PORTS, udp_ports=(), seed=1, connect_timeout_s=0.5,
-                                 banner_timeout_s=0.5)
+    report, accepts, seen = scan(
+        ports=PORTS, udp_ports=(), seed=1, connect_timeout_s=0.5, banner_timeout_s=0.5
+    )
     assert [a.host for a in report.assets] == [LIVE]
     assert report.assets[0].open_ports == (21, 80, 9100)
     assert accepts[LIVE] == 3, "one session per open port, nothing retried"
@@ -61,14 +62,17 @@ def test_the_executor_probes_what_the_policy_plans_and_reports_it() -> None:
 
 
 def test_a_settings_object_and_the_flat_keywords_are_the_same_scan() -> None:
-    flat, flat_accepts, _ = scan(ports=PORTS, udp_ports=(), seed=2, per_host_sessions=2,
-                                 connect_timeout_s=0.5, banner_timeout_s=0.5)
-    config = DiscoverySettings(ports=PORTS, udp_ports=(), seed=2, per_host_sessions=2, connect_timeout_s=0.5,
-                               banner_timeout_s=0.5)
+    flat, flat_accepts, _ = scan(
+        ports=PORTS, udp_ports=(), seed=2, per_host_sessions=2, connect_timeout_s=0.5, banner_timeout_s=0.5
+    )
+    config = DiscoverySettings(
+        ports=PORTS, udp_ports=(), seed=2, per_host_sessions=2, connect_timeout_s=0.5, banner_timeout_s=0.5
+    )
     given, given_accepts, _ = scan(settings=config)
     assert given.params == flat.params == config.params()
     assert [(a.host, a.open_ports, a.groups, a.sessions_limit) for a in given.assets] == [
-        (a.host, a.open_ports, a.groups, a.sessions_limit) for a in flat.assets]
+        (a.host, a.open_ports, a.groups, a.sessions_limit) for a in flat.assets
+    ]
     assert (given.probes_sent, given_accepts) == (flat.probes_sent, flat_accepts)
     fewer, _, _ = scan(settings=config.replace(ports=(21,)))
     assert fewer.params["ports"] == [21]

@@ -21,7 +21,7 @@ BAD: list[tuple[str, object]] = [
     ("ports", "21,abc"),
     ("ports", "0"),
     ("ports", True),
-    ("udp_ports", "5353"),          # no UDP probe is known there
+    ("udp_ports", "5353"),  # no UDP probe is known there
     ("udp_ports", "70000"),
     ("per_host_sessions", 0),
     ("per_host_sessions", 1.5),
@@ -65,8 +65,9 @@ def test_the_defaults_are_the_gentle_ones() -> None:
 
 
 def test_inputs_are_normalized_once() -> None:
-    s = DiscoverySettings(ports="8080,21-23,22", udp_ports=[1900, "161"], port_aliases={10021: 21},
-                          adaptive_timeouts=0)  # type: ignore[arg-type]
+    s = DiscoverySettings(
+        ports="8080,21-23,22", udp_ports=[1900, "161"], port_aliases={10021: 21}, adaptive_timeouts=0
+    )  # type: ignore[arg-type]
     assert s.ports == (21, 22, 23, 8080)
     assert s.udp_ports == (161, 1900)
     assert s.adaptive_timeouts is False
@@ -91,9 +92,17 @@ def test_numbers_keep_the_type_they_were_given_so_resume_still_matches_older_sca
     s = DiscoverySettings(rate_per_host=10, connect_timeout_s=1)
     assert s.params()["rate_per_host"] == 10
     assert isinstance(s.params()["rate_per_host"], int)
-    assert set(s.params()) == {"ports", "per_host_sessions", "rate_per_host", "connect_timeout_s",
-                               "banner_timeout_s", "unresponsive_after", "udp_ports", "liveness_ports",
-                               "adaptive_timeouts"}
+    assert set(s.params()) == {
+        "ports",
+        "per_host_sessions",
+        "rate_per_host",
+        "connect_timeout_s",
+        "banner_timeout_s",
+        "unresponsive_after",
+        "udp_ports",
+        "liveness_ports",
+        "adaptive_timeouts",
+    }
 
 
 def test_the_timeout_bounds_hold_below_the_floors() -> None:

@@ -71,6 +71,7 @@ def _target(dev: EmulatedDevice, *, ports: Sequence[int] | None = None, heartbea
 
 # --- the store never overwrites a trial -------------------------------------------------------------------
 
+
 def test_a_stored_trial_is_never_overwritten(tmp_path: Path) -> None:
     """Writing another trial under a stored index is a StoreError and the first one stays; writing the same
     trial again is a no-op (finish_run writes every trial of its result)."""
@@ -89,6 +90,7 @@ def test_a_stored_trial_is_never_overwritten(tmp_path: Path) -> None:
 
 
 # --- every stored run of a model, finished or not ---------------------------------------------------------
+
 
 def test_a_run_stopped_by_a_failed_recovery_bounds_the_models_ceiling(tmp_path: Path) -> None:
     """A run that ended with a failed recovery and was never resumed: its crash at 5 still bounds the model's
@@ -133,9 +135,15 @@ def test_a_profiles_ceiling_is_derived_from_trials_not_from_stated_ceilings() ->
     profile's ceiling: each one is derived again, and the trials of all of them are pooled."""
     honest = _char([_trial(0, (1, P), (2, P), (5, P), (7, P), (10, F), (8, P), (9, P))])
     lying = Characterization(
-        host="127.0.0.10", model_key="pump-x", ladder=(1, 2, 5), trials=(_trial(0, (1, P), (2, F)),),
-        safe_ceiling=40, failed_at=None, highest_passed=2, ceiling_found=False,
-    )  # fmt: skip
+        host="127.0.0.10",
+        model_key="pump-x",
+        ladder=(1, 2, 5),
+        trials=(_trial(0, (1, P), (2, F)),),
+        safe_ceiling=40,
+        failed_at=None,
+        highest_passed=2,
+        ceiling_found=False,
+    )
     profile = DeviceProfile(model_key="pump-x", characterizations=(honest, lying))
     assert profile.ceiling == 0  # the crash at 2 (B = 2, three levels of margin): do not scan
     assert profile.failed_at == 2
@@ -158,6 +166,7 @@ def test_a_pass_counts_only_at_the_sessions_the_device_held() -> None:
 
 # --- resume: the unfinished trial's crash is kept, the redone trial is a new trial ------------------------
 
+
 async def test_resume_after_a_failed_recovery_keeps_the_crash_of_the_unfinished_trial(
     loopback_host: str, tmp_path: Path
 ) -> None:
@@ -177,9 +186,13 @@ async def test_resume_after_a_failed_recovery_keeps_the_crash_of_the_unfinished_
     async with EmulatedDevice(loopback_host, threshold=30, jitter=0, boot_delay_s=0.05) as dev:
         with capture_logs():
             char = await characterize(
-                _target(dev), scope=Scope([dev.host]), recovery=emulator_recovery(dev), store=store,
-                resume=True, **settings_,
-            )  # fmt: skip
+                _target(dev),
+                scope=Scope([dev.host]),
+                recovery=emulator_recovery(dev),
+                store=store,
+                resume=True,
+                **settings_,
+            )
         assert dev.stats.crashes == 0  # the redone trial passed every level: only the first crash says 7
     assert char.run_id == partial.run_id
     assert [(t.index, t.complete) for t in char.trials] == [(0, False), (1, True)]
@@ -235,9 +248,13 @@ async def test_resume_refuses_any_setting_that_changes_what_is_measured(
             target = _target(dev, heartbeat=TcpHeartbeat(dev.web_port, timeout_s=0.25))
         with capture_logs(), pytest.raises(ConfigError, match=rf"resume: .*{field}=.*not {field}=") as info:
             await characterize(
-                target, scope=Scope([dev.host]), recovery=emulator_recovery(dev), store=store, resume=True,
+                target,
+                scope=Scope([dev.host]),
+                recovery=emulator_recovery(dev),
+                store=store,
+                resume=True,
                 **kwargs,
-            )  # fmt: skip
+            )
     assert f"{field}={row.params[field]!r}, not {field}=" in str(info.value)  # both values, stored first
     assert store.trials(row.run_id) == before
     assert store.unfinished_run(host=loopback_host, model_key="pump-t3") is not None
@@ -245,6 +262,7 @@ async def test_resume_refuses_any_setting_that_changes_what_is_measured(
 
 
 # --- import_json ------------------------------------------------------------------------------------------
+
 
 def _document(*chars: dict[str, Any]) -> str:
     return json.dumps({"fragileprobe_store": 1, "characterizations": list(chars)})
@@ -334,10 +352,16 @@ def test_the_recommendation_is_below_every_failure_and_was_passed_in_every_trial
 
 
 @settings(max_examples=400, deadline=None)
-@given(trials=observations, extra=st.lists(st.tuples(st.integers(1, 60), st.sampled_from([F, W])), min_size=1,
-                                           max_size=3), margin=margins, levels=levels_margin)  # fmt: skip
+@given(
+    trials=observations,
+    extra=st.lists(st.tuples(st.integers(1, 60), st.sampled_from([F, W])), min_size=1, max_size=3),
+    margin=margins,
+    levels=levels_margin,
+)
 def test_adding_a_failing_trial_never_raises_the_ceiling(
-    trials: list[list[tuple[int, LevelOutcome]]], extra: list[tuple[int, LevelOutcome]], margin: float,
+    trials: list[list[tuple[int, LevelOutcome]]],
+    extra: list[tuple[int, LevelOutcome]],
+    margin: float,
     levels: int,
 ) -> None:
     """Another trial with failures in it (finished or not) can only lower the recommendation."""
@@ -406,6 +430,7 @@ def test_the_old_margin_was_not_enough() -> None:
 
 # --- the benchmark's claim, checked ---------------------------------------------------------------------
 
+
 @pytest.mark.bench
 def test_bench_ramp_recommendations_are_safe_in_the_guards_own_use() -> None:
     """benchmarks/bench_ramp.py, pure part, default seed and 400 models: fragileprobe's recommendation (with
@@ -413,8 +438,11 @@ def test_bench_ramp_recommendations_are_safe_in_the_guards_own_use() -> None:
     bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_ramp.py"
     out = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = {line.split("|")[1].strip(): line.split("|")[5].strip() for line in out.stdout.splitlines()
-            if line.startswith("| ") and "**" in line}  # fmt: skip
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[5].strip()
+        for line in out.stdout.splitlines()
+        if line.startswith("| ") and "**" in line
+    }
     dying = rows["fragileprobe"].split(" of ")[1].split("**")[0]
     assert int(dying) >= 300
     assert rows["fragileprobe"].startswith("**0 of ")
@@ -428,13 +456,17 @@ stored_runs = st.lists(
     st.tuples(
         st.sampled_from(["complete", "recovery_failed", "interrupted"]),
         st.lists(
-            st.tuples(st.lists(st.tuples(st.integers(1, 30), st.sampled_from([P, F, W])), min_size=1,
-                               max_size=6), st.booleans()),
-            min_size=1, max_size=3,
+            st.tuples(
+                st.lists(st.tuples(st.integers(1, 30), st.sampled_from([P, F, W])), min_size=1, max_size=6),
+                st.booleans(),
+            ),
+            min_size=1,
+            max_size=3,
         ),
     ),
-    min_size=1, max_size=4,
-)  # fmt: skip
+    min_size=1,
+    max_size=4,
+)
 
 
 @settings(max_examples=60, deadline=None)

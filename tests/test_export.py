@@ -19,12 +19,19 @@ if TYPE_CHECKING:
 
 def stored(tmp_path: Path, key: str, fails_at: int) -> ProfileStore:
     store = ProfileStore(tmp_path / "fp.db")
-    levels = [LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
-              for n in range(1, fails_at)]
+    levels = [
+        LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
+        for n in range(1, fails_at)
+    ]
     levels.append(LevelResult(level=fails_at, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.5))
-    store.save(Characterization.from_trials(host="127.0.0.1", model_key=key,
-                                            ladder=tuple(range(1, fails_at + 1)),
-                                            trials=[TrialResult(index=0, levels=tuple(levels))]))
+    store.save(
+        Characterization.from_trials(
+            host="127.0.0.1",
+            model_key=key,
+            ladder=tuple(range(1, fails_at + 1)),
+            trials=[TrialResult(index=0, levels=tuple(levels))],
+        )
+    )
     return store
 
 
@@ -131,10 +138,20 @@ def test_nessus_openvas_insightvm_values_for_a_ceiling() -> None:
 
 def test_user_group_takes_the_lowest_ceiling_of_its_assets_or_conservative() -> None:
     def asset(host: str, ceiling: int | None, groups: tuple[str, ...]) -> Asset:
-        return Asset(host=host, open_ports=(22,), services=(), os_family="unknown", os_evidence=(),
-                     zone="z", zone_kind="general", model_key="m-0", known_model="m" if ceiling else None,
-                     ceiling=ceiling, groups=groups,
-                     medical=ceiling is not None or "Medical Device?" in groups)
+        return Asset(
+            host=host,
+            open_ports=(22,),
+            services=(),
+            os_family="unknown",
+            os_evidence=(),
+            zone="z",
+            zone_kind="general",
+            model_key="m-0",
+            known_model="m" if ceiling else None,
+            ceiling=ceiling,
+            groups=groups,
+            medical=ceiling is not None or "Medical Device?" in groups,
+        )
 
     mixed = [asset("a", 6, ("Ward",)), asset("b", 3, ("Ward",))]
     assert export.template_for_group("Ward", assets=mixed).sessions_per_host == 3
@@ -146,9 +163,18 @@ def test_user_group_takes_the_lowest_ceiling_of_its_assets_or_conservative() -> 
 
 
 def test_settings_for_groups_covers_every_group_of_a_report() -> None:
-    report = DiscoveryReport(assets=(), groups={"Medical Device?": [], "safe to scan (office)": []},
-                             alerts=(), unresponsive=(), new=(), gone=(), moved=(), hosts_scanned=0,
-                             hosts_resumed=0, wall_time_s=0.0)
+    report = DiscoveryReport(
+        assets=(),
+        groups={"Medical Device?": [], "safe to scan (office)": []},
+        alerts=(),
+        unresponsive=(),
+        new=(),
+        gone=(),
+        moved=(),
+        hosts_scanned=0,
+        hosts_resumed=0,
+        wall_time_s=0.0,
+    )
     out = export.settings_for_groups(report)
     assert set(out) == {"Medical Device?", "safe to scan (office)"}
     assert out["Medical Device?"].fragile

@@ -17,8 +17,13 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_export.py
 @pytest.mark.nmap
 @pytest.mark.skipif(shutil.which("nmap") is None, reason="needs the nmap binary")
 def test_bench_export_quick_scans_every_port_and_hangs_no_pump() -> None:
-    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--json"], capture_output=True, text=True,
-                         timeout=110, check=False)
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     args = result["exported_args"]

@@ -18,30 +18,57 @@ TIMEOUT_S = 60
 
 
 def _store(path: Path) -> Path:
-    levels = [LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
-              for n in (1, 2, 5)]
+    levels = [
+        LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0) for n in (1, 2, 5)
+    ]
     levels.append(LevelResult(level=7, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.5))
     with ProfileStore(path) as db:
-        db.save(Characterization.from_trials(host="127.0.0.1", model_key=PUMP, ladder=(1, 2, 5, 7),
-                                             trials=[TrialResult(index=0, levels=tuple(levels))]))
+        db.save(
+            Characterization.from_trials(
+                host="127.0.0.1",
+                model_key=PUMP,
+                ladder=(1, 2, 5, 7),
+                trials=[TrialResult(index=0, levels=tuple(levels))],
+            )
+        )
         scan = db.start_scan(["10.0.0.0/24"])
-        for host, groups in (("10.0.1.1", ("Medical Device?", PUMP)), ("10.0.3.1", ("Medical Device?",)),
-                             ("10.0.9.1", ("safe to scan (general)",))):
-            db.upsert_asset(host, scan_id=scan, seen_at_s=1.0, zone="z", model_key=PUMP if PUMP in groups
-                            else None, groups=groups)
+        for host, groups in (
+            ("10.0.1.1", ("Medical Device?", PUMP)),
+            ("10.0.3.1", ("Medical Device?",)),
+            ("10.0.9.1", ("safe to scan (general)",)),
+        ):
+            db.upsert_asset(
+                host,
+                scan_id=scan,
+                seen_at_s=1.0,
+                zone="z",
+                model_key=PUMP if PUMP in groups else None,
+                groups=groups,
+            )
     return path
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*fragileprobe_command(), *args], capture_output=True, text=True, timeout=TIMEOUT_S,
-                          check=False)
+    return subprocess.run(
+        [*fragileprobe_command(), *args], capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+    )
 
 
 def test_format_nessus_and_targets_write_files_and_say_where(tmp_path: Path) -> None:
     db = _store(tmp_path / "fp.db")
     out = tmp_path / "exports"
-    done = _run("profiles", "export", "--store", str(db), "--format", "nessus", "--format", "targets",
-                "--out", str(out))
+    done = _run(
+        "profiles",
+        "export",
+        "--store",
+        str(db),
+        "--format",
+        "nessus",
+        "--format",
+        "targets",
+        "--out",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     assert str(out) in done.stdout
     assert "Medical Device?: 1 host(s), at most 1 session(s) per host" in done.stdout

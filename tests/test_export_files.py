@@ -33,13 +33,38 @@ MONITOR = "pm8000-0123456789ab"  # a measured model that crashed at one session:
 NMAP = shutil.which("nmap")
 
 # Field names of InsightVM API v3 ScanTemplate and its nested resources (rapid7 vm-console-client docs).
-IVM_TEMPLATE = {"checks", "database", "description", "discovery", "discoveryOnly", "enableWindowsServices",
-                "enhancedLogging", "id", "links", "maxParallelAssets", "maxScanProcesses", "name", "policy",
-                "policyEnabled", "telnet", "vulnerabilityEnabled", "web", "webEnabled"}
+IVM_TEMPLATE = {
+    "checks",
+    "database",
+    "description",
+    "discovery",
+    "discoveryOnly",
+    "enableWindowsServices",
+    "enhancedLogging",
+    "id",
+    "links",
+    "maxParallelAssets",
+    "maxScanProcesses",
+    "name",
+    "policy",
+    "policyEnabled",
+    "telnet",
+    "vulnerabilityEnabled",
+    "web",
+    "webEnabled",
+}
 IVM_DISCOVERY = {"asset", "performance", "service"}
-IVM_ASSET = {"collectWhoisInformation", "fingerprintMinimumCertainty", "fingerprintRetries",
-             "ipFingerprintingEnabled", "sendArpPings", "sendIcmpPings", "tcpPorts", "treatTcpResetAsAsset",
-             "udpPorts"}
+IVM_ASSET = {
+    "collectWhoisInformation",
+    "fingerprintMinimumCertainty",
+    "fingerprintRetries",
+    "ipFingerprintingEnabled",
+    "sendArpPings",
+    "sendIcmpPings",
+    "tcpPorts",
+    "treatTcpResetAsAsset",
+    "udpPorts",
+}
 IVM_PERFORMANCE = {"packetRate", "parallelism", "retryLimit", "scanDelay", "timeout"}
 IVM_TCP = {"additionalPorts", "excludedPorts", "links", "method", "ports"}
 IVM_TCP_METHODS = {"SYN", "SYN+RST", "SYN+FIN", "SYN+ECE", "Full"}
@@ -49,11 +74,17 @@ GMP_COMMANDS = {"create_port_list", "create_config", "modify_config", "create_ta
 
 
 def _char(key: str, fails_at: int) -> Characterization:
-    levels = [LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
-              for n in range(1, fails_at)]
+    levels = [
+        LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
+        for n in range(1, fails_at)
+    ]
     levels.append(LevelResult(level=fails_at, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.5))
-    return Characterization.from_trials(host="127.0.0.1", model_key=key, ladder=tuple(range(1, fails_at + 1)),
-                                        trials=[TrialResult(index=0, levels=tuple(levels))])
+    return Characterization.from_trials(
+        host="127.0.0.1",
+        model_key=key,
+        ladder=tuple(range(1, fails_at + 1)),
+        trials=[TrialResult(index=0, levels=tuple(levels))],
+    )
 
 
 @pytest.fixture
@@ -138,8 +169,10 @@ _GROUPS = ("Medical Device?", "m-aaaaaaaaaaaa", "m-bbbbbbbbbbbb", "safe to scan 
 
 @given(
     st.lists(
-        st.tuples(st.sets(st.sampled_from(_GROUPS), max_size=3),
-                  st.sampled_from(("m-aaaaaaaaaaaa", "m-bbbbbbbbbbbb", None))),
+        st.tuples(
+            st.sets(st.sampled_from(_GROUPS), max_size=3),
+            st.sampled_from(("m-aaaaaaaaaaaa", "m-bbbbbbbbbbbb", None)),
+        ),
         max_size=25,
     ),
     st.integers(min_value=0, max_value=12),
@@ -182,16 +215,22 @@ def test_every_host_is_scanned_once_never_in_a_regular_scan_when_fragile(
             json.loads(text)
 
 
-def test_nessus_policy_is_a_nessus_v2_policy_with_the_ceiling(plan: export.ExportPlan,
-                                                             store: ProfileStore) -> None:
+def test_nessus_policy_is_a_nessus_v2_policy_with_the_ceiling(
+    plan: export.ExportPlan, store: ProfileStore
+) -> None:
     files = export.render_exports(plan, ["nessus"])
     assert set(files) == {f"nessus/{g.slug}.nessus" for g in plan.groups}
     root = ET.fromstring(files[f"nessus/{plan.group(PUMP).slug}.nessus"])
     assert root.tag == "NessusClientData_v2"
     policy = root.find("Policy")
     assert policy is not None
-    assert [c.tag for c in policy] == ["policyName", "policyComments", "Preferences", "FamilySelection",
-                                       "IndividualPluginSelection"]
+    assert [c.tag for c in policy] == [
+        "policyName",
+        "policyComments",
+        "Preferences",
+        "FamilySelection",
+        "IndividualPluginSelection",
+    ]
     assert policy.find("Preferences/ServerPreferences") is not None
     assert policy.find("Preferences/PluginsPreferences") is not None
     prefs = _prefs(policy.find("Preferences/ServerPreferences"))  # type: ignore[arg-type]
@@ -203,8 +242,7 @@ def test_nessus_policy_is_a_nessus_v2_policy_with_the_ceiling(plan: export.Expor
     ports = _ports(prefs["port_range"])
     assert not ports & set(range(9100, 9108))
     assert ports | set(range(9100, 9108)) == set(range(1, 65536))
-    status = {p.findtext("PluginName"): p.findtext("Status")
-              for p in policy.iter("PluginItem")}
+    status = {p.findtext("PluginName"): p.findtext("Status") for p in policy.iter("PluginItem")}
     assert status == {"Nessus TCP scanner": "enabled", "Nessus SYN scanner": "disabled"}
     printers = policy.find("Preferences/PluginsPreferences/item")
     assert printers is not None
@@ -221,8 +259,9 @@ def test_nessus_policy_is_a_nessus_v2_policy_with_the_ceiling(plan: export.Expor
     assert _prefs(dns)["host.max_simult_tcp_sessions"] == "1"  # the scanner's minimum, never 0
 
 
-def test_gmp_commands_are_single_gmp_requests_in_a_runnable_order(plan: export.ExportPlan,
-                                                                  store: ProfileStore) -> None:
+def test_gmp_commands_are_single_gmp_requests_in_a_runnable_order(
+    plan: export.ExportPlan, store: ProfileStore
+) -> None:
     commands = export.gmp_commands(plan)
     defined: set[str] = set()
     by_root: dict[str, list[ET.Element]] = {}
@@ -254,7 +293,8 @@ def test_gmp_commands_are_single_gmp_requests_in_a_runnable_order(plan: export.E
     pump_target = targets[f"fragileprobe: {PUMP}"]
     assert pump_target.findtext("hosts", "").split(",") == list(plan.group(PUMP).hosts)
     assert set(pump_target.findtext("exclude_hosts", "").split(",")) == set(plan.hosts) - set(
-        plan.group(PUMP).hosts)
+        plan.group(PUMP).hosts
+    )
     regular_target = targets["fragileprobe: safe to scan (general)"]
     assert not set(regular_target.findtext("hosts", "").split(",")) & set(plan.medical_unknown_hosts)
     excluded = set(regular_target.findtext("exclude_hosts", "").split(","))
@@ -285,8 +325,14 @@ def test_gmp_apply_script_fills_each_id_from_the_answers(plan: export.ExportPlan
         'echo "<x_response status=\\"201\\" status_text=\\"OK, resource created\\" id=\\"uuid-$n\\"/>"\n'
     )
     fake.chmod(0o755)
-    run = subprocess.run(["sh", str(out / "gmp" / "apply.sh")], capture_output=True, text=True, timeout=30,
-                         env={"PATH": "/usr/bin:/bin", "GVM_CLI": str(fake)}, check=False)
+    run = subprocess.run(
+        ["sh", str(out / "gmp" / "apply.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "GVM_CLI": str(fake)},
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     sent = [p.read_text() for p in sorted(sent_dir.iterdir())]
     assert len(sent) == len(export.gmp_commands(plan))
@@ -365,9 +411,23 @@ def test_nmap_reads_the_target_and_exclusion_lists(plan: export.ExportPlan, tmp_
     everything = tmp_path / "all.txt"
     everything.write_text("".join(f"{h}\n" for h in plan.hosts))
     for g in plan.groups:
-        out = subprocess.run([NMAP, "-sL", "-n", "-iL", str(everything), "--excludefile",
-                              str(tmp_path / "targets" / f"{g.slug}.exclude.txt"), "-oG", "-"],
-                             capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            [
+                NMAP,
+                "-sL",
+                "-n",
+                "-iL",
+                str(everything),
+                "--excludefile",
+                str(tmp_path / "targets" / f"{g.slug}.exclude.txt"),
+                "-oG",
+                "-",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         listed = sorted(re.findall(r"^Host: (\S+)", out.stdout, flags=re.MULTILINE))
         assert listed == sorted(g.hosts), g.name
 
@@ -415,8 +475,12 @@ def test_an_empty_inventory_still_writes_the_shared_files() -> None:
 
 
 def test_group_names_become_distinct_file_names_that_never_overwrite_shared_files() -> None:
-    rows = [_Row("10.2.0.1", ("do-not-scan",), None), _Row("10.2.0.2", ("Ward A",), None),
-            _Row("10.2.0.3", ("ward-a",), None), _Row("10.2.0.4", ("../../etc",), None)]
+    rows = [
+        _Row("10.2.0.1", ("do-not-scan",), None),
+        _Row("10.2.0.2", ("Ward A",), None),
+        _Row("10.2.0.3", ("ward-a",), None),
+        _Row("10.2.0.4", ("../../etc",), None),
+    ]
     plan = export.plan_exports(rows)
     slugs = [g.slug for g in plan.groups]
     assert len({s.lower() for s in slugs}) == len(slugs)

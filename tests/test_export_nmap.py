@@ -42,7 +42,6 @@ EXPORTED_TIMEOUT_S = 60
 CONTROL_TIMEOUT_S = 60
 
 
-
 def many_services(threshold: int) -> DeviceModel:
     """24 services that speak first; hangs at ``threshold`` sessions and slows down as load rises."""
     return DeviceModel(
@@ -53,8 +52,9 @@ def many_services(threshold: int) -> DeviceModel:
         category="medical",
         services={p: ServiceSpec(kind="banner", banner=b"CTRL READY\r\n") for p in PORTS},
         web_port=None,
-        fragility=FragilitySpec(threshold=threshold, jitter=0, base_latency_s=0.003,
-                                slowdown_s_per_session=0.02),
+        fragility=FragilitySpec(
+            threshold=threshold, jitter=0, base_latency_s=0.003, slowdown_s_per_session=0.02
+        ),
     )
 
 
@@ -72,8 +72,10 @@ class _Profile:
 
 
 def _open_ports(grepable: str) -> dict[str, int]:
-    return {m.group(1): m.group(2).count("/open/")
-            for m in re.finditer(r"^Host: (\S+) .*?Ports: (.*)$", grepable, flags=re.MULTILINE)}
+    return {
+        m.group(1): m.group(2).count("/open/")
+        for m in re.finditer(r"^Host: (\S+) .*?Ports: (.*)$", grepable, flags=re.MULTILINE)
+    }
 
 
 @pytest.mark.nmap
@@ -93,8 +95,10 @@ async def test_exported_nmap_line_keeps_every_device_within_its_ceiling(
     assert args.args[args.args.index("--max-parallelism") + 1] == str(ceiling)
 
     async with AsyncExitStack() as stack:
-        devices = [await stack.enter_async_context(EmulatedDevice(h, model=model, seed=i))
-                   for i, h in enumerate(hosts)]
+        devices = [
+            await stack.enter_async_context(EmulatedDevice(h, model=model, seed=i))
+            for i, h in enumerate(hosts)
+        ]
         assert all(d.threshold == threshold for d in devices)
         with anyio.fail_after(EXPORTED_TIMEOUT_S):
             done = await anyio.run_process(
@@ -113,7 +117,8 @@ async def test_exported_nmap_line_keeps_every_device_within_its_ceiling(
         # control: the same devices under a naive service scan hang; the measurement sees nmap's sessions
         control = subprocess.Popen(  # noqa: ASYNC220 - polled below, killed by pid, bounded in time
             [NMAP, "-sT", "-sV", "-Pn", "-n", "-p", ",".join(map(str, PORTS)), "-oG", "-", *hosts],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + CONTROL_TIMEOUT_S

@@ -149,6 +149,7 @@ def test_two_discoveries_writing_one_store_at_once_lose_nothing(tmp_path: Path) 
 
 # --- characterization: SIGKILL at a random moment ---------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_characterization_killed_at_a_random_moment_keeps_finished_trials_and_resumes(
     tmp_path: Path, loopback_host: str
@@ -194,6 +195,7 @@ def test_characterization_killed_at_a_random_moment_keeps_finished_trials_and_re
 
 # --- runs that cannot succeed: a clear result, never a hang ------------------------------------------------
 
+
 def _target(dev: EmulatedDevice, *, heartbeat_port: int | None = None) -> Target:
     hb = HttpHeartbeat(port=heartbeat_port or dev.web_port, timeout_s=0.25)
     return Target(dev.host, ports=tuple(dev.ports.values()), heartbeat=hb)
@@ -207,13 +209,19 @@ async def test_recovery_hook_that_never_returns_is_bounded_by_recovery_timeout(l
     async def stuck_hook() -> None:
         await never.wait()
 
-    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=2, jitter=0,
-                              boot_delay_s=0.05) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", threshold=2, jitter=0, boot_delay_s=0.05
+    ) as dev:
         with capture_logs(), anyio.fail_after(20):
             t0 = anyio.current_time()
             with pytest.raises(RecoveryError) as info:
-                await characterize(_target(dev), scope=Scope([dev.host]), recovery=stuck_hook,
-                                   ladder=(1, 2, 3), **{**TIMINGS, "recovery_timeout_s": 1.0})  # fmt: skip
+                await characterize(
+                    _target(dev),
+                    scope=Scope([dev.host]),
+                    recovery=stuck_hook,
+                    ladder=(1, 2, 3),
+                    **{**TIMINGS, "recovery_timeout_s": 1.0},
+                )
             elapsed = anyio.current_time() - t0
     assert "1" in str(info.value)  # the message names the bound that ran out
     partial = info.value.partial  # type: ignore[attr-defined]
@@ -227,11 +235,13 @@ async def test_recovery_hook_that_raises_is_a_recovery_error(loopback_host: str)
     async def broken_hook() -> None:
         raise OSError("relay controller unreachable")
 
-    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=2, jitter=0,
-                              boot_delay_s=0.05) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", threshold=2, jitter=0, boot_delay_s=0.05
+    ) as dev:
         with capture_logs(), anyio.fail_after(20), pytest.raises(RecoveryError, match="relay controller"):
-            await characterize(_target(dev), scope=Scope([dev.host]), recovery=broken_hook,
-                               ladder=(1, 2, 3), **TIMINGS)  # fmt: skip
+            await characterize(
+                _target(dev), scope=Scope([dev.host]), recovery=broken_hook, ladder=(1, 2, 3), **TIMINGS
+            )
 
 
 @pytest.mark.parametrize("state", ["hung", "heartbeat-port-closed"])
@@ -271,9 +281,15 @@ async def test_discovery_of_a_device_hung_before_the_run_is_bounded_and_truthful
         aliases = {b: m for m, b in hung.ports.items() if b != m}
         with capture_logs(), anyio.fail_after(20):
             t0 = anyio.current_time()
-            report = await discover([hung.host, ok.host], scope=Scope([hung.host, ok.host]), ports=ports,
-                                    port_aliases=aliases, connect_timeout_s=0.5, banner_timeout_s=0.3,
-                                    rate_per_host=50)  # fmt: skip
+            report = await discover(
+                [hung.host, ok.host],
+                scope=Scope([hung.host, ok.host]),
+                ports=ports,
+                port_aliases=aliases,
+                connect_timeout_s=0.5,
+                banner_timeout_s=0.3,
+                rate_per_host=50,
+            )
             elapsed = anyio.current_time() - t0
         assert hung.state is DeviceState.HUNG
         assert ok.stats.crashes == 0
@@ -296,8 +312,9 @@ async def test_characterize_with_every_session_port_closed_is_a_clear_error_not_
     """Mistyped service ports (nothing listens there, the heartbeat port answers): a ConfigError naming the
     ports, after one connect to each, instead of levels that "pass" with no session held and a recommended
     ceiling far above what the pump survives (it hangs at 7)."""
-    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=7, jitter=0,
-                              boot_delay_s=0.05) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", threshold=7, jitter=0, boot_delay_s=0.05
+    ) as dev:
         web = HttpHeartbeat(port=dev.web_port, timeout_s=0.25)
         target = Target(dev.host, ports=(40001, 40002), heartbeat=web)
         expected = r"none of 40001, 40002 accepts a connection"
@@ -309,13 +326,20 @@ async def test_characterize_with_every_session_port_closed_is_a_clear_error_not_
 async def test_characterize_holds_its_sessions_on_the_open_ports_only(loopback_host: str) -> None:
     """One session port closed among open ones: the sessions go to the open ports, so a level holds as many
     sessions as it says (the pump hangs at 7: the crash shows up at 6 or 7, not higher)."""
-    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=7, jitter=0,
-                              boot_delay_s=0.05) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", threshold=7, jitter=0, boot_delay_s=0.05
+    ) as dev:
         ports = (dev.port(21), dev.port(22), 40001)
         target = Target(dev.host, ports=ports, heartbeat=HttpHeartbeat(port=dev.web_port, timeout_s=0.25))
         with capture_logs() as logs, anyio.fail_after(30):
-            char = await characterize(target, scope=Scope([dev.host]), ladder=(2, 4, 6, 7, 8, 10), trials=1,
-                                      recovery=emulator_recovery(dev), **TIMINGS)  # fmt: skip
+            char = await characterize(
+                target,
+                scope=Scope([dev.host]),
+                ladder=(2, 4, 6, 7, 8, 10),
+                trials=1,
+                recovery=emulator_recovery(dev),
+                **TIMINGS,
+            )
     assert any(e["event"] == "characterize.ports_closed" and e["closed"] == [40001] for e in logs)
     assert char.crash_levels
     assert min(char.crash_levels) in (6, 7), char.summary()
@@ -333,8 +357,9 @@ async def test_a_stored_ceiling_of_zero_never_breaks_discovery_and_its_model_is_
 
     def crashed_at_one(key: str) -> Characterization:
         failed = LevelResult(level=1, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.1)
-        return Characterization.from_trials(host="127.0.0.1", model_key=key, ladder=(1,),
-                                            trials=[TrialResult(index=0, levels=(failed,))])  # fmt: skip
+        return Characterization.from_trials(
+            host="127.0.0.1", model_key=key, ladder=(1,), trials=[TrialResult(index=0, levels=(failed,))]
+        )
 
     store.save(crashed_at_one("other-model-0123456789ab"))
     async with (
@@ -365,8 +390,12 @@ def test_scan_settings_for_a_model_with_a_stored_ceiling_of_zero(tmp_path: Path)
     from fragileprobe.export import template_for_group
 
     failed = LevelResult(level=1, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.1)
-    char = Characterization.from_trials(host="127.0.0.1", model_key="brittle-0123456789ab", ladder=(1,),
-                                        trials=[TrialResult(index=0, levels=(failed,))])  # fmt: skip
+    char = Characterization.from_trials(
+        host="127.0.0.1",
+        model_key="brittle-0123456789ab",
+        ladder=(1,),
+        trials=[TrialResult(index=0, levels=(failed,))],
+    )
     with ProfileStore(tmp_path / "z.db") as store:
         store.save(char)
         settings = template_for_group("brittle-0123456789ab", store)
@@ -386,17 +415,27 @@ async def test_resume_with_other_level_settings_is_a_clear_error(loopback_host: 
 
     store = ProfileStore(tmp_path / "r.db")
     params = {"ladder": [1, 2], "dwell_s": 0.2, "hold_s": 0.02, "trials": 2}
-    async with EmulatedDevice(loopback_host, model="infusion-pump", threshold=7, jitter=0,
-                              boot_delay_s=0.05) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", threshold=7, jitter=0, boot_delay_s=0.05
+    ) as dev:
         run_id = store.begin_run(host=dev.host, model_key="resume-pump", params=params)
-        passed = tuple(LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=0.2, elapsed_s=0.2)
-                       for n in (1, 2))
+        passed = tuple(
+            LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=0.2, elapsed_s=0.2) for n in (1, 2)
+        )
         store.record_trial(run_id, TrialResult(index=0, levels=passed))
         # the hand-made run records no ports, heartbeat, ...: those are named too, as "<not recorded>"
         expected = (
             rf"resume: the unfinished run {run_id} was measured with .*dwell_s=0\.2, .*not .*dwell_s=0\.3"
         )
         with capture_logs(), anyio.fail_after(30), pytest.raises(ConfigError, match=expected):
-            await characterize(_target(dev), scope=Scope([dev.host]), ladder=(1, 2), trials=2, store=store,
-                               model_key="resume-pump", resume=True, **{**TIMINGS, "dwell_s": 0.3})
+            await characterize(
+                _target(dev),
+                scope=Scope([dev.host]),
+                ladder=(1, 2),
+                trials=2,
+                store=store,
+                model_key="resume-pump",
+                resume=True,
+                **{**TIMINGS, "dwell_s": 0.3},
+            )
     assert [t.index for t in store.trials(run_id)] == [0], "nothing was merged into the old run"

@@ -31,14 +31,47 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # Digits that are not ASCII, signs, separators and junk: what a mistyped or pasted argument holds.
-_PIECES = ["²", "³", "¹", "٢", "\uff12", "\u200b", "0", "1", "9", "-", ",", "/", ".", ":", "=", "%", " ", "+",
-           "_", "e", "x", "nan", "inf", "\x00", "\n", "65536", "99999", "127.0.0.1", "::ffff:", "hospital"]
+_PIECES = [
+    "²",
+    "³",
+    "¹",
+    "٢",
+    "\uff12",
+    "\u200b",
+    "0",
+    "1",
+    "9",
+    "-",
+    ",",
+    "/",
+    ".",
+    ":",
+    "=",
+    "%",
+    " ",
+    "+",
+    "_",
+    "e",
+    "x",
+    "nan",
+    "inf",
+    "\x00",
+    "\n",
+    "65536",
+    "99999",
+    "127.0.0.1",
+    "::ffff:",
+    "hospital",
+]
 hostile_text = st.one_of(
     st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8).map("".join),
     st.text(max_size=20),
 )
-CLI_FUZZ = settings(max_examples=25, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+CLI_FUZZ = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def _accepted(check: Callable[[], Any]) -> bool:
@@ -50,8 +83,11 @@ def _accepted(check: Callable[[], Any]) -> bool:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _assert_refused(argv: list[str], work: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -91,6 +127,7 @@ def _no_control(text: str) -> bool:
 
 # --- arguments ---------------------------------------------------------------------------------------------
 
+
 @CLI_FUZZ
 @given(value=hostile_text)
 def test_any_refused_port_spec_is_one_error_line(value: str, work: Path, capsys: Any) -> None:
@@ -120,22 +157,34 @@ def test_any_refused_port_alias_is_one_error_line(bound: str, known: str, work: 
         return text.strip().isascii() and text.strip().isdigit() and 1 <= int(text) <= 65535
 
     assume(_no_control(bound) and _no_control(known) and not (ok(bound) and ok(known)))
-    _assert_refused(["discover", H, "--port-alias", f"{bound}={known}", "--store", str(work / "fp.db")],
-                    work, capsys)  # fmt: skip
+    _assert_refused(
+        ["discover", H, "--port-alias", f"{bound}={known}", "--store", str(work / "fp.db")], work, capsys
+    )
 
 
-INT_OPTIONS = [("discover", "--sessions-per-host"), ("discover", "--max-hosts"), ("characterize", "--trials"),
-               ("characterize", "--crash-budget"), ("characterize", "--healthy-beats")]
-FLOAT_OPTIONS = [("discover", "--rate-per-host"), ("discover", "--connect-timeout"),
-                 ("discover", "--banner-timeout"), ("characterize", "--dwell"),
-                 ("characterize", "--interval"),
-                 ("characterize", "--heartbeat-timeout"), ("characterize", "--recovery-timeout")]
+INT_OPTIONS = [
+    ("discover", "--sessions-per-host"),
+    ("discover", "--max-hosts"),
+    ("characterize", "--trials"),
+    ("characterize", "--crash-budget"),
+    ("characterize", "--healthy-beats"),
+]
+FLOAT_OPTIONS = [
+    ("discover", "--rate-per-host"),
+    ("discover", "--connect-timeout"),
+    ("discover", "--banner-timeout"),
+    ("characterize", "--dwell"),
+    ("characterize", "--interval"),
+    ("characterize", "--heartbeat-timeout"),
+    ("characterize", "--recovery-timeout"),
+]
 
 
 @CLI_FUZZ
 @given(option=st.sampled_from(INT_OPTIONS), value=hostile_text)
-def test_any_refused_count_is_one_error_line(option: tuple[str, str], value: str, work: Path,
-                                             capsys: Any) -> None:  # fmt: skip
+def test_any_refused_count_is_one_error_line(
+    option: tuple[str, str], value: str, work: Path, capsys: Any
+) -> None:
     stripped = value.strip()
     assume(_no_control(value) and not (stripped.isascii() and stripped.isdigit() and int(stripped) >= 1))
     command, flag = option
@@ -152,8 +201,9 @@ def _positive_float(text: str) -> bool:
 
 @CLI_FUZZ
 @given(option=st.sampled_from(FLOAT_OPTIONS), value=hostile_text)
-def test_any_refused_duration_is_one_error_line(option: tuple[str, str], value: str, work: Path,
-                                                capsys: Any) -> None:  # fmt: skip
+def test_any_refused_duration_is_one_error_line(
+    option: tuple[str, str], value: str, work: Path, capsys: Any
+) -> None:
     assume(_no_control(value) and not _positive_float(value))
     command, flag = option
     _assert_refused([command, H, flag, value, "--store", str(work / "fp.db")], work, capsys)
@@ -186,19 +236,47 @@ def test_any_refused_webhook_is_one_error_line(value: str, scheme: str, work: Pa
 
 
 def test_unknown_options_and_commands_are_one_error_line(work: Path, capsys: Any) -> None:
-    for argv in (["discover", H, "--bogus"], ["nonsense"], ["discover"], ["characterize", H, "--dwell"],
-                 ["profiles", "show"], ["report", "--run"]):  # fmt: skip
+    for argv in (
+        ["discover", H, "--bogus"],
+        ["nonsense"],
+        ["discover"],
+        ["characterize", H, "--dwell"],
+        ["profiles", "show"],
+        ["report", "--run"],
+    ):
         _assert_refused(argv, work, capsys)
 
 
 # --- files -------------------------------------------------------------------------------------------------
 
-toml_pieces = st.sampled_from(["[[rule]]\n", "[[zone]]\n", "[[device]]\n", "name = 'x'\n", "ranges = ['",
-                               "']\n",
-                               "127.0.0.0/24", "127.0.0.5/24", "::ffff:127.0.0.0/120", "ports_any = [²]\n",
-                               "ports_all = [21, 99999]\n", "kind = 'medical'\n", "host = '127.0.0.300'\n",
-                               "model = 'infusion-pump'\n", "threshold = ٢\n", "seed = 1e400\n", "= 1\n",
-                               "\x00", "\xb2", "[", "]", "'", '"""', "\n"])
+toml_pieces = st.sampled_from(
+    [
+        "[[rule]]\n",
+        "[[zone]]\n",
+        "[[device]]\n",
+        "name = 'x'\n",
+        "ranges = ['",
+        "']\n",
+        "127.0.0.0/24",
+        "127.0.0.5/24",
+        "::ffff:127.0.0.0/120",
+        "ports_any = [²]\n",
+        "ports_all = [21, 99999]\n",
+        "kind = 'medical'\n",
+        "host = '127.0.0.300'\n",
+        "model = 'infusion-pump'\n",
+        "threshold = ٢\n",
+        "seed = 1e400\n",
+        "= 1\n",
+        "\x00",
+        "\xb2",
+        "[",
+        "]",
+        "'",
+        '"""',
+        "\n",
+    ]
+)
 toml_text = st.one_of(st.lists(toml_pieces, max_size=12).map("".join), st.text(max_size=200))
 
 
@@ -212,8 +290,9 @@ def _write(path: Path, text: str, raw: bytes | None) -> Path:
 
 @CLI_FUZZ
 @given(text=toml_text, raw=st.one_of(st.none(), st.binary(max_size=100)))
-def test_any_refused_rules_or_zones_file_is_one_error_line(text: str, raw: bytes | None, work: Path,
-                                                           capsys: Any) -> None:  # fmt: skip
+def test_any_refused_rules_or_zones_file_is_one_error_line(
+    text: str, raw: bytes | None, work: Path, capsys: Any
+) -> None:
     path = _write(work / "input.toml", text, raw)
     for option, loader in (("--rules", Rules.from_toml), ("--zones", Zones.from_toml)):
         if _accepted(lambda loader=loader: loader(path)):  # type: ignore[misc]
@@ -225,24 +304,45 @@ def test_any_refused_rules_or_zones_file_is_one_error_line(text: str, raw: bytes
 
 @CLI_FUZZ
 @given(text=toml_text, raw=st.one_of(st.none(), st.binary(max_size=100)))
-def test_any_refused_fleet_config_is_one_error_line(text: str, raw: bytes | None, work: Path,
-                                                    capsys: Any) -> None:  # fmt: skip
+def test_any_refused_fleet_config_is_one_error_line(
+    text: str, raw: bytes | None, work: Path, capsys: Any
+) -> None:
     path = _write(work / "fleet.toml", text, raw)
     assume(not _accepted(lambda: FleetConfig.from_toml(path)))
     line = _assert_refused(["emulate", "--fleet", str(path)], work, capsys)
     assert "fleet.toml" in line
 
 
-json_pieces = st.sampled_from(['{"characterizations": [', "]", "}", "null", "5", '"x"', "{", '"format": 99',
-                               '"host": "127.0.0.300"', '"ladder": [1, "²"]', '"trials": [7]', ",", ":",
-                               "1e400", "NaN", "\x00", "\xb2", '"safe_ceiling": "٢"'])
+json_pieces = st.sampled_from(
+    [
+        '{"characterizations": [',
+        "]",
+        "}",
+        "null",
+        "5",
+        '"x"',
+        "{",
+        '"format": 99',
+        '"host": "127.0.0.300"',
+        '"ladder": [1, "²"]',
+        '"trials": [7]',
+        ",",
+        ":",
+        "1e400",
+        "NaN",
+        "\x00",
+        "\xb2",
+        '"safe_ceiling": "٢"',
+    ]
+)
 json_text = st.one_of(st.lists(json_pieces, max_size=12).map("".join), st.text(max_size=200))
 
 
 @CLI_FUZZ
 @given(text=json_text)
-def test_any_refused_profile_import_is_one_error_line_and_adds_nothing(text: str, work: Path,
-                                                                      capsys: Any) -> None:  # fmt: skip
+def test_any_refused_profile_import_is_one_error_line_and_adds_nothing(
+    text: str, work: Path, capsys: Any
+) -> None:
     from fragileprobe._store import ProfileStore
 
     source = _write(work / "import.json", text, None)
@@ -258,10 +358,25 @@ def test_any_refused_profile_import_is_one_error_line_and_adds_nothing(text: str
     _assert_refused(["profiles", "import", str(source), "--store", str(store_path)], work, capsys)
 
 
-report_pieces = st.sampled_from(['{"assets": [', '], "groups": {', "}", "}", '"hosts_scanned": "²"', "null",
-                                 "5",
-                                 '{"host": 5}', '{"host": "127.0.0.1", "open_ports": ["٢"]}', ",", '"x": [1]',
-                                 '"alerts": [7]', '"unresponsive": "u"', '"characterizations": []', "\xb2"])
+report_pieces = st.sampled_from(
+    [
+        '{"assets": [',
+        '], "groups": {',
+        "}",
+        "}",
+        '"hosts_scanned": "²"',
+        "null",
+        "5",
+        '{"host": 5}',
+        '{"host": "127.0.0.1", "open_ports": ["٢"]}',
+        ",",
+        '"x": [1]',
+        '"alerts": [7]',
+        '"unresponsive": "u"',
+        '"characterizations": []',
+        "\xb2",
+    ]
+)
 report_text = st.one_of(st.lists(report_pieces, max_size=12).map("".join), st.text(max_size=100))
 
 
@@ -304,6 +419,7 @@ def test_characterize_a_host_name_without_scope_never_resolves_it(
 
     monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     monkeypatch.setattr(socket, "gethostbyname", no_lookup)
-    line = _assert_refused(["characterize", "infusion-pump-7.ward.invalid", "--store", str(work / "fp.db")],
-                           work, capsys)  # fmt: skip
+    line = _assert_refused(
+        ["characterize", "infusion-pump-7.ward.invalid", "--store", str(work / "fp.db")], work, capsys
+    )
     assert "'infusion-pump-7.ward.invalid' is a host name: a name needs --scope" in line

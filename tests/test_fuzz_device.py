@@ -49,8 +49,30 @@ if TYPE_CHECKING:
 
 # Bytes that make parsers stumble: digits outside ASCII in Latin-1 (superscripts, fractions), UTF-8 for
 # Arabic-Indic and full-width digits, line ends, NUL, telnet IAC, separators.
-_NASTY = [b"\xb2", b"\xb3", b"\xb9", b"\xbc", "٢".encode(), "\uff12".encode(), b"\r\n", b"\n", b"\r", b"\x00",
-          b"\xff", b"\xff\xfb", b"\xff\xfa", b":", b";", b" ", b"\t", b"0", b"9", b"f", b"-", b"HTTP/1.1 "]
+_NASTY = [
+    b"\xb2",
+    b"\xb3",
+    b"\xb9",
+    b"\xbc",
+    "٢".encode(),
+    "\uff12".encode(),
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\xff",
+    b"\xff\xfb",
+    b"\xff\xfa",
+    b":",
+    b";",
+    b" ",
+    b"\t",
+    b"0",
+    b"9",
+    b"f",
+    b"-",
+    b"HTTP/1.1 ",
+]
 nasty_bytes = st.lists(st.one_of(st.sampled_from(_NASTY), st.binary(max_size=8)), max_size=60).map(b"".join)
 any_bytes = st.one_of(st.binary(max_size=600), nasty_bytes)
 
@@ -100,6 +122,7 @@ def _check_response_fields(fields: dict[str, Any], max_bytes: int) -> None:
 
 # --- HTTP: status line, headers, Content-Length, chunked ---------------------------------------------------
 
+
 @FUZZ
 @given(head=any_bytes)
 def test_http_head_parser_gives_fields_or_a_protocol_violation(head: bytes) -> None:
@@ -115,8 +138,12 @@ def test_http_head_parser_gives_fields_or_a_protocol_violation(head: bytes) -> N
 
 
 @FUZZ
-@given(value=st.one_of(st.text(max_size=30), st.sampled_from(["²", "٢", "1²", "00", " 5", "5, 5", "-1", "+3",
-                                                              "1_0", "9" * 40, "0x10", "\uff11"])))
+@given(
+    value=st.one_of(
+        st.text(max_size=30),
+        st.sampled_from(["²", "٢", "1²", "00", " 5", "5, 5", "-1", "+3", "1_0", "9" * 40, "0x10", "\uff11"]),
+    )
+)
 def test_any_content_length_is_a_length_or_a_protocol_error(value: str) -> None:
     """``Content-Length: \\xb2`` used to raise ValueError; any value is now a length or PROTOCOL_ERROR."""
     head = b"HTTP/1.1 200 OK\r\nContent-Length: " + value.encode("utf-8", "replace") + b"\r\n\r\n"
@@ -155,9 +182,7 @@ def test_chunk_sizes_take_ascii_hex_only(size: str) -> None:
 
 @FUZZ_IO
 @given(chunks=st.lists(any_bytes, max_size=6), max_bytes=st.integers(min_value=1, max_value=600))
-def test_http_response_reader_gives_a_typed_result_for_any_bytes(
-    chunks: list[bytes], max_bytes: int
-) -> None:
+def test_http_response_reader_gives_a_typed_result_for_any_bytes(chunks: list[bytes], max_bytes: int) -> None:
     fields = _read(chunks, max_bytes)
     _check_response_fields(fields, max_bytes)
 
@@ -192,16 +217,20 @@ def test_http_answer_one_byte_at_a_time_reads_the_same() -> None:
     for response in VALID_RESPONSES:
         whole, split = _read([response]), _read([bytes([b]) for b in response])
         assert {k: split[k] for k in ("status", "headers", "body")} == {
-            k: whole[k] for k in ("status", "headers", "body")}
+            k: whole[k] for k in ("status", "headers", "body")
+        }
 
 
 def test_endless_chunk_framing_is_bounded() -> None:
-    fields = _read([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n" * 2000],
-                   max_bytes=HTTP_CHUNK_OVERHEAD_MAX_BYTES * 4)  # fmt: skip
+    fields = _read(
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n" * 2000],
+        max_bytes=HTTP_CHUNK_OVERHEAD_MAX_BYTES * 4,
+    )
     _check_response_fields(fields, HTTP_CHUNK_OVERHEAD_MAX_BYTES * 4)
 
 
 # --- banners and telnet negotiation ------------------------------------------------------------------------
+
 
 @FUZZ
 @given(data=any_bytes)
@@ -210,8 +239,15 @@ def test_banner_end_detector_is_total(data: bytes) -> None:
 
 
 @FUZZ
-@given(data=st.one_of(any_bytes, st.lists(st.sampled_from(
-    [b"\xff", b"\xfb", b"\xfd", b"\xfa", b"\xf0", b"\x01", b"login: ", b"\x18"]), max_size=80).map(b"".join)))
+@given(
+    data=st.one_of(
+        any_bytes,
+        st.lists(
+            st.sampled_from([b"\xff", b"\xfb", b"\xfd", b"\xfa", b"\xf0", b"\x01", b"login: ", b"\x18"]),
+            max_size=80,
+        ).map(b"".join),
+    )
+)
 def test_telnet_negotiation_stripper_is_total_and_never_grows(data: bytes) -> None:
     payload, seen = strip_telnet_negotiation(data)
     assert isinstance(payload, bytes)
@@ -235,6 +271,7 @@ def test_telnet_banner_split_anywhere_fingerprints_the_same(data: st.DataObject)
 
 
 # --- fingerprint rules --------------------------------------------------------------------------------------
+
 
 @FUZZ
 @given(data=any_bytes, port=st.sampled_from([21, 22, 23, 25, 80, 3306, 5432, 2575, 104, 8080, 9100, 10021]))
@@ -265,6 +302,7 @@ def test_http_status_takes_ascii_digits_only(status: str) -> None:
 
 # --- the same readers over a real loopback socket: time and byte bounds ------------------------------------
 
+
 @contextlib.asynccontextmanager
 async def sender(host: str, pieces: Sequence[bytes], gap_s: float) -> AsyncIterator[int]:
     listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
@@ -284,8 +322,11 @@ async def sender(host: str, pieces: Sequence[bytes], gap_s: float) -> AsyncItera
         tg.cancel_scope.cancel()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(pieces=st.lists(any_bytes, min_size=1, max_size=5), web=st.booleans())
 def test_probes_over_a_socket_are_typed_and_bounded(
     loopback_host: str, pieces: list[bytes], web: bool
@@ -297,10 +338,17 @@ def test_probes_over_a_socket_are_typed_and_bounded(
     async def main() -> ProbeResult:
         async with sender(loopback_host, pieces, 0.01) as port:
             if web:
-                return await http_get(loopback_host, port, timeout_s=0.5, read_timeout_s=0.5,
-                                      total_timeout_s=total_s, max_bytes=256)  # fmt: skip
-            return await grab_banner(loopback_host, port, timeout_s=0.5, read_timeout_s=0.5,
-                                     total_timeout_s=total_s)  # fmt: skip
+                return await http_get(
+                    loopback_host,
+                    port,
+                    timeout_s=0.5,
+                    read_timeout_s=0.5,
+                    total_timeout_s=total_s,
+                    max_bytes=256,
+                )
+            return await grab_banner(
+                loopback_host, port, timeout_s=0.5, read_timeout_s=0.5, total_timeout_s=total_s
+            )
 
     started = time.monotonic()
     result = anyio.run(main)

@@ -51,9 +51,18 @@ def make_asset(
     ceiling: int | None = None,
 ) -> Asset:
     guess = guess_os(services)
-    return Asset(host=host, open_ports=tuple(s.port for s in services), services=services,
-                 os_family=guess.family, os_evidence=guess.evidence, zone=zone, zone_kind=zone_kind,
-                 model_key="x-0123456789ab", known_model=known_model, ceiling=ceiling)
+    return Asset(
+        host=host,
+        open_ports=tuple(s.port for s in services),
+        services=services,
+        os_family=guess.family,
+        os_evidence=guess.evidence,
+        zone=zone,
+        zone_kind=zone_kind,
+        model_key="x-0123456789ab",
+        known_model=known_model,
+        ceiling=ceiling,
+    )
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -64,8 +73,12 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 # --- zones ------------------------------------------------------------------------------------------------
 
+
 def test_zones_from_toml_map_addresses_to_named_segments(tmp_path: Path) -> None:
-    path = write(tmp_path, "zones.toml", """
+    path = write(
+        tmp_path,
+        "zones.toml",
+        """
 [[zone]]
 name = "ICU devices"
 kind = "medical"
@@ -74,7 +87,8 @@ ranges = ["10.1.0.0/25", "10.1.5.7"]
 [[zone]]
 name = "Office"
 ranges = ["10.1.0.128-10.1.0.200"]
-""")
+""",
+    )
     zones = Zones.from_toml(path)
     assert [z.name for z in zones] == ["ICU devices", "Office"]
     icu = zones.zone_for("10.1.0.3")
@@ -100,16 +114,22 @@ def test_overlap_hidden_behind_a_zones_own_ranges_is_found() -> None:
 
 
 def test_overlapping_zones_in_a_file_name_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "z.toml", '[[zone]]\nname="a"\nranges=["10.0.0.0/24"]\n'
-                                     '[[zone]]\nname="b"\nranges=["10.0.0.9"]\n')
+    path = write(
+        tmp_path,
+        "z.toml",
+        '[[zone]]\nname="a"\nranges=["10.0.0.0/24"]\n[[zone]]\nname="b"\nranges=["10.0.0.9"]\n',
+    )
     with pytest.raises(ConfigError, match=r"z\.toml: zones 'a'"):
         Zones.from_toml(path)
 
 
 def test_unknown_zone_key_names_file_key_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "zones.toml", '[[zone]]\nname = "a"\nrange = ["10.0.0.0/24"]\n')
-    with pytest.raises(ConfigError, match=r"zones\.toml: zone #1 \('a'\): unknown key 'range' \(line 3\).*"
-                                          r"did you mean 'ranges'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"zones\.toml: zone #1 \('a'\): unknown key 'range' \(line 3\).*"
+        r"did you mean 'ranges'",
+    ):
         Zones.from_toml(path)
 
 
@@ -141,6 +161,7 @@ def test_missing_zones_file_is_a_config_error(tmp_path: Path) -> None:
 
 # --- rules ------------------------------------------------------------------------------------------------
 
+
 def test_default_rules_put_the_pump_stack_in_medical_device() -> None:
     """FTP, SSH, Telnet and a web server on 8080 on a generic unix: "Medical Device?"."""
     asset = make_asset(zone="office", zone_kind="general")
@@ -167,21 +188,31 @@ def test_default_rules_name_a_group_after_a_stored_model_and_allow_several_group
 def test_default_rules_flag_clinical_protocols_and_embedded_consoles() -> None:
     monitor = make_asset(services=(ServiceInfo(2575, "hl7-mllp"), ServiceInfo(80, "http", "WindWeb", "4.0")))
     assert "Medical Device?" in [m.group for m in Rules.default().classify(monitor)]
-    syringe = make_asset(services=(
-        ServiceInfo(21, "ftp", "Nucleus NET ftpd", "3.2"), ServiceInfo(23, "telnet"),
-        ServiceInfo(80, "http", "Allegro-Software-RomPager", "4.07"),
-    ))
+    syringe = make_asset(
+        services=(
+            ServiceInfo(21, "ftp", "Nucleus NET ftpd", "3.2"),
+            ServiceInfo(23, "telnet"),
+            ServiceInfo(80, "http", "Allegro-Software-RomPager", "4.07"),
+        )
+    )
     assert syringe.os_family == "embedded"
     assert [m.group for m in Rules.default().classify(syringe)] == ["Medical Device?"]
-    printer = make_asset(services=(
-        ServiceInfo(21, "ftp", "VxWorks ftpd"), ServiceInfo(23, "telnet"), ServiceInfo(80, "http", "Boa"),
-        ServiceInfo(9100, "jetdirect"),
-    ))
+    printer = make_asset(
+        services=(
+            ServiceInfo(21, "ftp", "VxWorks ftpd"),
+            ServiceInfo(23, "telnet"),
+            ServiceInfo(80, "http", "Boa"),
+            ServiceInfo(9100, "jetdirect"),
+        )
+    )
     assert [m.group for m in Rules.default().classify(printer)] == ["safe to scan (unzoned)"]
 
 
 def test_rules_from_toml_with_defaults_and_every_condition(tmp_path: Path) -> None:
-    path = write(tmp_path, "rules.toml", """
+    path = write(
+        tmp_path,
+        "rules.toml",
+        """
 include_defaults = true
 
 [[rule]]
@@ -197,7 +228,8 @@ os_family = ["generic unix"]
 zone = ["medical"]
 known_model = false
 medical = true
-""")
+""",
+    )
     rules = Rules.from_toml(path)
     assert len(rules) == len(Rules.default()) + 1
     asset = make_asset(zone="ICU", zone_kind="medical")
@@ -213,23 +245,28 @@ medical = true
 
 def test_unknown_rule_key_names_file_rule_key_line_and_suggestion(tmp_path: Path) -> None:
     path = write(tmp_path, "rules.toml", '[[rule]]\nname = "x"\n\nport_all = [22]\n')
-    with pytest.raises(ConfigError, match=r"rules\.toml: rule #1 \('x'\): unknown key 'port_all' \(line 4\); "
-                                          r"did you mean 'ports_all'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rules\.toml: rule #1 \('x'\): unknown key 'port_all' \(line 4\); "
+        r"did you mean 'ports_all'\?",
+    ):
         Rules.from_toml(path)
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ('[[rule]]\nname = "x"\nports_all = [0]\n',
-         r"Rule\.ports_all: must be ports in 1-65535 \(rule 'x'\), got \[0\]"),
+        (
+            '[[rule]]\nname = "x"\nports_all = [0]\n',
+            r"Rule\.ports_all: must be ports in 1-65535 \(rule 'x'\), got \[0\]",
+        ),
         ('[[rule]]\nname = "x"\nports_all = ["ssh"]\n', "list of int"),
         ('[[rule]]\nname = "x"\nos_family = ["linux"]\n', "os_family"),
         ('[[rule]]\nname = "x {host}"\n', "unknown placeholder"),
         ('[[rule]]\nname = "x"\nservices = ["HTTP on 80"]\n', "lower-case name"),
         ('[[rule]]\nname = "x"\nmedical = "yes"\n', "true or false"),
-        ('[[rule]]\nports_all = [1]\n', "missing key 'name'"),
-        ('include_defaults = 1\n', "include_defaults"),
+        ("[[rule]]\nports_all = [1]\n", "missing key 'name'"),
+        ("include_defaults = 1\n", "include_defaults"),
         ('[rule]\nname = "x"\n', "array of tables"),
         ('[[rule]]\nname = "x"\nports_all = [22\n', "TOML syntax error"),
     ],
@@ -288,15 +325,23 @@ _ports = st.integers(min_value=1, max_value=65535)
     services=st.lists(_services, max_size=3),
 )
 def test_port_and_service_conditions_mean_all_any_none(
-    open_ports: set[int], ports_all: list[int], ports_any: list[int], ports_none: list[int],
+    open_ports: set[int],
+    ports_all: list[int],
+    ports_any: list[int],
+    ports_none: list[int],
     services: list[str],
 ) -> None:
     """A rule matches exactly when all/any/none hold on the host's open ports and services."""
     names = ["ftp", "ssh", "telnet", "http", "smb", "http", "jetdirect", "hl7-mllp"]
     infos = tuple(ServiceInfo(p, s) for p, s in zip(sorted(open_ports), names, strict=False))
     asset = make_asset(services=infos)
-    rule = Rule("r", ports_all=tuple(ports_all), ports_any=tuple(ports_any), ports_none=tuple(ports_none),
-                services=tuple(services))
+    rule = Rule(
+        "r",
+        ports_all=tuple(ports_all),
+        ports_any=tuple(ports_any),
+        ports_none=tuple(ports_none),
+        services=tuple(services),
+    )
     seen = {i.service for i in infos}
     expected = (
         set(ports_all) <= open_ports
@@ -309,8 +354,12 @@ def test_port_and_service_conditions_mean_all_any_none(
 
 @settings(max_examples=200, deadline=None)
 @given(
-    services=st.lists(st.builds(ServiceInfo, port=_ports, service=_services,
-                                product=st.one_of(st.none(), st.text(max_size=12))), max_size=6),
+    services=st.lists(
+        st.builds(
+            ServiceInfo, port=_ports, service=_services, product=st.one_of(st.none(), st.text(max_size=12))
+        ),
+        max_size=6,
+    ),
     zone=st.sampled_from(["icu", "office", "unzoned"]),
     known=st.one_of(st.none(), st.just("mis-3000-abc")),
 )
@@ -327,20 +376,30 @@ def test_classify_never_raises_and_fallback_only_when_nothing_else_matched(
 
 # --- alerts -----------------------------------------------------------------------------------------------
 
+
 def test_medical_host_on_a_general_segment_alerts_with_evidence() -> None:
     asset = make_asset(host="10.9.0.4", zone="office", zone_kind="general")
     alert = alert_for(asset, Rules.default().classify(asset), first_seen="2026-11-29T20:00:00+00:00")
     assert alert is not None
-    assert (alert.host, alert.zone, alert.zone_kind, alert.model) == ("10.9.0.4", "office", "general",
-                                                                       "x-0123456789ab")
+    assert (alert.host, alert.zone, alert.zone_kind, alert.model) == (
+        "10.9.0.4",
+        "office",
+        "general",
+        "x-0123456789ab",
+    )
     assert alert.groups == ("Medical Device?",)
     assert any("Medical Device?" in e for e in alert.evidence)
     assert any("not medical" in e for e in alert.evidence)
 
 
 def test_known_model_in_guest_zone_alerts_under_its_stored_name() -> None:
-    asset = make_asset(services=WORKSTATION_SERVICES, zone="guest wifi", zone_kind="guest",
-                       known_model="mis-3000-abc", ceiling=4)
+    asset = make_asset(
+        services=WORKSTATION_SERVICES,
+        zone="guest wifi",
+        zone_kind="guest",
+        known_model="mis-3000-abc",
+        ceiling=4,
+    )
     alert = alert_for(asset, Rules.default().classify(asset), first_seen="t")
     assert alert is not None
     assert alert.model == "mis-3000-abc"
@@ -357,9 +416,15 @@ def test_workstation_on_general_segment_does_not_alert() -> None:
     assert alert_for(asset, Rules.default().classify(asset), first_seen="t") is None
 
 
-ALERT = Alert(host="127.0.0.9", model="mis-3000-abc", zone="office", zone_kind="general",
-              evidence=("in medical group 'Medical Device?'",), first_seen="2026-11-29T20:00:00+00:00",
-              groups=("Medical Device?",))
+ALERT = Alert(
+    host="127.0.0.9",
+    model="mis-3000-abc",
+    zone="office",
+    zone_kind="general",
+    evidence=("in medical group 'Medical Device?'",),
+    first_seen="2026-11-29T20:00:00+00:00",
+    groups=("Medical Device?",),
+)
 
 
 def test_alert_goes_to_structlog() -> None:
@@ -444,12 +509,19 @@ def test_webhook_url_must_be_http_with_a_host(url: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 8)), min_size=1, max_size=3),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 60), st.integers(0, 8)), min_size=1, max_size=3),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_zone_overlap_detection_matches_brute_force(spans: list[list[tuple[int, int]]]) -> None:
     """Random zones of address ranges: refused exactly when two different zones share an address."""
-    zones = [Zone(f"z{i}", tuple(f"10.0.0.{lo}-10.0.0.{lo + width}" for lo, width in ranges))
-             for i, ranges in enumerate(spans)]
+    zones = [
+        Zone(f"z{i}", tuple(f"10.0.0.{lo}-10.0.0.{lo + width}" for lo, width in ranges))
+        for i, ranges in enumerate(spans)
+    ]
     owners: dict[int, set[int]] = {}
     for i, ranges in enumerate(spans):
         for lo, width in ranges:

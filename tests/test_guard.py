@@ -33,8 +33,14 @@ SLACK_S = 0.15
 
 def fast_pump(host: str, **kwargs: object) -> EmulatedPump:
     return EmulatedPump(
-        host, threshold=7, jitter=0, seed=7, base_latency_s=0.001, slowdown_s_per_session=0.001,
-        boot_delay_s=0.05, **kwargs,  # type: ignore[arg-type]
+        host,
+        threshold=7,
+        jitter=0,
+        seed=7,
+        base_latency_s=0.001,
+        slowdown_s_per_session=0.001,
+        boot_delay_s=0.05,
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -53,7 +59,10 @@ def scope_for(host: str) -> Scope:
 
 def guard_for(pump: EmulatedPump, ceiling: int, **kwargs: object) -> Guard:
     return Guard(
-        pump_target(pump), ceiling=ceiling, scope=scope_for(pump.host), interval_s=INTERVAL_S,
+        pump_target(pump),
+        ceiling=ceiling,
+        scope=scope_for(pump.host),
+        interval_s=INTERVAL_S,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -296,7 +305,10 @@ async def test_rate_cap_spaces_guarded_sessions(loopback_host: str) -> None:
 async def test_heartbeat_port_never_open_is_a_clear_error_at_entry(loopback_host: str) -> None:
     async with fast_pump(loopback_host) as pump:
         guard = Guard(
-            pump_target(pump), ceiling=2, scope=scope_for(pump.host), interval_s=INTERVAL_S,
+            pump_target(pump),
+            ceiling=2,
+            scope=scope_for(pump.host),
+            interval_s=INTERVAL_S,
             heartbeat=HttpHeartbeat(port=1, timeout_s=BEAT_TIMEOUT_S),
         )
         with pytest.raises(DeviceDownError, match="refused"):
@@ -322,8 +334,14 @@ async def test_events_carry_the_target(loopback_host: str) -> None:
                 assert guard.watchdog is not None
                 guard.watchdog.declare_down("test")
     events = Counter(e["event"] for e in logs if e.get("target") == "mis3000-bed-12")
-    for name in ("guard.open", "probe.connect", "probe.closed", "watchdog.beat", "watchdog.device_down",
-                 "guard.close"):
+    for name in (
+        "guard.open",
+        "probe.connect",
+        "probe.closed",
+        "watchdog.beat",
+        "watchdog.device_down",
+        "guard.close",
+    ):
         assert events[name] >= 1, name
 
 

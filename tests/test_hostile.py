@@ -82,8 +82,11 @@ async def device(host: str, model: DeviceModel, **kw: Any) -> AsyncIterator[Emul
 
 
 def target_of(dev: EmulatedDevice, ports: tuple[int, ...] | None = None) -> Target:
-    return Target(dev.host, ports=ports or tuple(dev.ports.values()),
-                  heartbeat=HttpHeartbeat(port=dev.web_port, timeout_s=0.25))  # fmt: skip
+    return Target(
+        dev.host,
+        ports=ports or tuple(dev.ports.values()),
+        heartbeat=HttpHeartbeat(port=dev.web_port, timeout_s=0.25),
+    )
 
 
 async def timed(coro: Any) -> tuple[Any, float, int]:
@@ -118,8 +121,13 @@ async def test_banner_grab_against_hostile_service_is_bounded_and_truthful(
     async with device(loopback_host, hostile_model(kind)) as dev:
         with anyio.fail_after(TOTAL_S + 5):
             res, elapsed, peak = await timed(
-                grab_banner(dev.host, dev.port(21), timeout_s=CONNECT_S, read_timeout_s=READ_S,
-                            total_timeout_s=TOTAL_S)
+                grab_banner(
+                    dev.host,
+                    dev.port(21),
+                    timeout_s=CONNECT_S,
+                    read_timeout_s=READ_S,
+                    total_timeout_s=TOTAL_S,
+                )
             )
     assert elapsed <= TOTAL_S + SLACK_S, (kind, elapsed)
     assert res.outcome in BANNER_EXPECTED[kind], (kind, res)
@@ -155,8 +163,14 @@ async def test_http_get_against_hostile_web_server_is_bounded_and_truthful(
     async with device(loopback_host, hostile_model("banner", web=kind)) as dev:
         with anyio.fail_after(TOTAL_S + 5):
             res, elapsed, peak = await timed(
-                http_get(dev.host, dev.web_port, timeout_s=CONNECT_S, read_timeout_s=READ_S,
-                         total_timeout_s=TOTAL_S, max_bytes=4096)
+                http_get(
+                    dev.host,
+                    dev.web_port,
+                    timeout_s=CONNECT_S,
+                    read_timeout_s=READ_S,
+                    total_timeout_s=TOTAL_S,
+                    max_bytes=4096,
+                )
             )
     assert isinstance(res, HttpResult)
     assert elapsed <= TOTAL_S + SLACK_S, (kind, elapsed)
@@ -177,12 +191,19 @@ async def test_our_sends_to_a_device_that_never_reads_are_bounded(loopback_host:
     async with device(loopback_host, hostile_model("mute", web="mute")) as dev:
         with anyio.fail_after(TOTAL_S * 3 + 5):
             t0 = time.monotonic()
-            res = await grab_banner(dev.host, dev.port(21), send=b"x" * 1024, timeout_s=CONNECT_S,
-                                    read_timeout_s=READ_S, total_timeout_s=TOTAL_S)  # fmt: skip
+            res = await grab_banner(
+                dev.host,
+                dev.port(21),
+                send=b"x" * 1024,
+                timeout_s=CONNECT_S,
+                read_timeout_s=READ_S,
+                total_timeout_s=TOTAL_S,
+            )
             banner_s = time.monotonic() - t0
             t0 = time.monotonic()
-            http = await http_get(dev.host, dev.web_port, timeout_s=CONNECT_S, read_timeout_s=READ_S,
-                                  total_timeout_s=TOTAL_S)  # fmt: skip
+            http = await http_get(
+                dev.host, dev.web_port, timeout_s=CONNECT_S, read_timeout_s=READ_S, total_timeout_s=TOTAL_S
+            )
             http_s = time.monotonic() - t0
     assert banner_s <= TOTAL_S + SLACK_S
     assert http_s <= TOTAL_S + SLACK_S
@@ -197,8 +218,9 @@ async def test_a_tools_own_sends_on_a_guarded_stream_are_bounded_too(loopback_ho
     side, so the slot stays charged for the linger bound, and comes back then (the connection reset)."""
     async with device(loopback_host, hostile_model("mute")) as dev:
         with capture_logs(), anyio.fail_after(10):
-            async with Guard(target_of(dev), ceiling=2, scope=Scope([dev.host]), interval_s=0.1,
-                             linger_s=0.5) as guard:  # fmt: skip
+            async with Guard(
+                target_of(dev), ceiling=2, scope=Scope([dev.host]), interval_s=0.1, linger_s=0.5
+            ) as guard:
 
                 async def stuff_it() -> None:
                     async with guard.connect(dev.port(21)) as stream:
@@ -226,6 +248,7 @@ async def test_tcp_connect_is_indifferent_to_what_the_service_does(loopback_host
 
 
 # --- Guard ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["mute", "drip", "reset", "http-bad-status", "http-endless-headers"])
 async def test_guard_whose_heartbeat_port_is_hostile_refuses_at_entry(loopback_host: str, kind: str) -> None:
@@ -270,8 +293,9 @@ async def test_guard_probes_against_hostile_services_release_every_slot(
                     await stream.receive(4096)
 
         with capture_logs(), anyio.fail_after(15):
-            async with Guard(target_of(dev), ceiling=3, scope=Scope([dev.host]), interval_s=0.05,
-                             linger_s=0.4) as guard:  # fmt: skip
+            async with Guard(
+                target_of(dev), ceiling=3, scope=Scope([dev.host]), interval_s=0.05, linger_s=0.4
+            ) as guard:
                 async with anyio.create_task_group() as tg:
                     for _ in range(6):
                         tg.start_soon(one, lambda: guard.grab_banner(port))
@@ -293,6 +317,7 @@ async def test_guard_probes_against_hostile_services_release_every_slot(
 
 # --- characterization ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["mute", "drip", "flood", "reset", "reset-mid-banner"])
 async def test_characterize_a_device_with_hostile_services_ends_with_a_true_result(
     loopback_host: str, kind: str
@@ -304,8 +329,9 @@ async def test_characterize_a_device_with_hostile_services_ends_with_a_true_resu
     async with device(loopback_host, hostile_model(kind, idle_timeout_s=0.3), threshold=60, jitter=0) as dev:
         with capture_logs(), anyio.fail_after(30):
             char, elapsed, peak = await timed(
-                characterize(target_of(dev), scope=Scope([dev.host]), ladder=(1, 2, 4), trials=1,
-                             **CHAR_TIMINGS)
+                characterize(
+                    target_of(dev), scope=Scope([dev.host]), ladder=(1, 2, 4), trials=1, **CHAR_TIMINGS
+                )
             )
         assert dev.stats.crashes == 0
     assert char.crashes == 0
@@ -351,8 +377,9 @@ async def test_web_port_answering_200_then_streaming_for_ever_is_alive_and_bound
     async with device(loopback_host, streamer, threshold=60) as dev:
         beat = await HttpHeartbeat(port=dev.web_port, timeout_s=0.25).beat(dev.host)
         with capture_logs(), anyio.fail_after(40):
-            char = await characterize(target_of(dev), scope=Scope([dev.host]), ladder=(1, 2), trials=1,
-                                      **CHAR_TIMINGS)
+            char = await characterize(
+                target_of(dev), scope=Scope([dev.host]), ladder=(1, 2), trials=1, **CHAR_TIMINGS
+            )
     assert beat.ok
     assert beat.latency_s <= 0.25 + SLACK_S
     assert char.crashes == 0
@@ -381,15 +408,28 @@ async def test_firmware_that_changes_after_a_crash_keeps_the_run_key_and_breaks_
         aliases = {b: m for m, b in dev.ports.items() if b != m}
 
         async def look() -> Any:
-            report = await discover(dev.host, scope=Scope([dev.host]), ports=ports, port_aliases=aliases,
-                                    store=store, per_host_sessions=4, banner_timeout_s=0.3)  # fmt: skip
+            report = await discover(
+                dev.host,
+                scope=Scope([dev.host]),
+                ports=ports,
+                port_aliases=aliases,
+                store=store,
+                per_host_sessions=4,
+                banner_timeout_s=0.3,
+            )
             (asset,) = report.assets
             return asset
 
         with capture_logs(), anyio.fail_after(30):
             first = await look()
-            char = await characterize(target_of(dev), scope=Scope([dev.host]), ladder=(1, 2, 4, 6, 8),
-                                      recovery=emulator_recovery(dev), store=store, **CHAR_TIMINGS)
+            char = await characterize(
+                target_of(dev),
+                scope=Scope([dev.host]),
+                ladder=(1, 2, 4, 6, 8),
+                recovery=emulator_recovery(dev),
+                store=store,
+                **CHAR_TIMINGS,
+            )
             assert dev.firmware_changed
             again = await look()
     assert char.crashes >= 1
@@ -414,8 +454,12 @@ async def test_flapping_device_characterization_ends_with_a_clear_conservative_r
     async with device(loopback_host, flappy, threshold=80, jitter=0) as dev:
         with capture_logs(), anyio.fail_after(60):
             try:
-                char = await characterize(target_of(dev), scope=Scope([dev.host]), ladder=(1, 2, 3, 4, 5),
-                                          **{**CHAR_TIMINGS, "recovery_timeout_s": 2.0})
+                char = await characterize(
+                    target_of(dev),
+                    scope=Scope([dev.host]),
+                    ladder=(1, 2, 3, 4, 5),
+                    **{**CHAR_TIMINGS, "recovery_timeout_s": 2.0},
+                )
             except (DeviceDownError, RecoveryError) as exc:
                 message = str(exc)
                 char = None
@@ -429,6 +473,7 @@ async def test_flapping_device_characterization_ends_with_a_clear_conservative_r
 
 
 # --- discovery over a fleet full of hostile devices ------------------------------------------------------
+
 
 async def test_discovery_over_a_hostile_fleet_is_bounded_in_time_and_memory(
     loopback_hosts: Callable[[], str],
@@ -448,8 +493,16 @@ async def test_discovery_over_a_hostile_fleet_is_bounded_in_time_and_memory(
         connect_s, banner_s = 0.5, 0.3
         with capture_logs(), anyio.fail_after(60):
             report, elapsed, peak = await timed(
-                discover(hosts, scope=Scope(hosts), ports=ports, port_aliases=aliases, rate_per_host=50,
-                         connect_timeout_s=connect_s, banner_timeout_s=banner_s, max_hosts_in_parallel=64)
+                discover(
+                    hosts,
+                    scope=Scope(hosts),
+                    ports=ports,
+                    port_aliases=aliases,
+                    rate_per_host=50,
+                    connect_timeout_s=connect_s,
+                    banner_timeout_s=banner_s,
+                    max_hosts_in_parallel=64,
+                )
             )
         assert all(d.state is DeviceState.UP for d in everyone)
     # Hosts run in parallel, ports one at a time per host: the slowest host bounds the run. A session that
@@ -476,8 +529,9 @@ async def test_discovery_memory_does_not_grow_with_the_port_range(loopback_hosts
     tracemalloc.start()
     try:
         with capture_logs(), anyio.move_on_after(1.5):
-            await discover(hosts, scope=Scope(hosts), ports="1-65535", rate_per_host=20,
-                           connect_timeout_s=0.2)
+            await discover(
+                hosts, scope=Scope(hosts), ports="1-65535", rate_per_host=20, connect_timeout_s=0.2
+            )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

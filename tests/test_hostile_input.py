@@ -75,6 +75,7 @@ HEALTHY = b"HTTP/1.1 200 OK\r\nServer: fine\r\nContent-Length: 2\r\n\r\nok"
 
 # --- one parser for every number from outside ------------------------------------------------------------
 
+
 async def test_content_length_superscript_digit_is_a_protocol_error_not_a_value_error(
     loopback_host: str,
 ) -> None:
@@ -99,8 +100,13 @@ async def test_one_hostile_web_host_does_not_end_a_discovery(loopback_hosts: Cal
     bad, good1, good2 = loopback_hosts(), loopback_hosts(), loopback_hosts()
     async with http_peers({bad: SUPERSCRIPT_LENGTH, good1: HEALTHY, good2: HEALTHY}) as port:
         with anyio.fail_after(30):
-            report = await discover([bad, good1, good2], scope=Scope([bad, good1, good2]), ports=[port],
-                                    port_aliases={port: 8080}, **FAST)  # fmt: skip
+            report = await discover(
+                [bad, good1, good2],
+                scope=Scope([bad, good1, good2]),
+                ports=[port],
+                port_aliases={port: 8080},
+                **FAST,
+            )
     assert sorted(a.host for a in report.assets) == sorted([bad, good1, good2])
     servers = {a.host: a.service(port) for a in report.assets}
     assert servers[good1] is not None
@@ -126,8 +132,9 @@ async def test_a_crash_in_our_code_on_one_host_is_a_result_about_that_host(
     monkeypatch.setattr(discovery_module, "build_asset", build)
     async with http_peers({bad: HEALTHY, good: HEALTHY}) as port:
         with capture_logs() as logs, anyio.fail_after(30):
-            report = await discover([bad, good], scope=Scope([bad, good]), ports=[port],
-                                    port_aliases={port: 8080}, **FAST)  # fmt: skip
+            report = await discover(
+                [bad, good], scope=Scope([bad, good]), ports=[port], port_aliases={port: 8080}, **FAST
+            )
     assert [a.host for a in report.assets] == [good]
     assert [u.host for u in report.unresponsive] == [bad]
     assert "RuntimeError" in report.unresponsive[0].reason
@@ -156,6 +163,7 @@ def test_target_range_end_takes_ascii_digits_only(spec: str) -> None:
 
 # --- canonical host identity -------------------------------------------------------------------------------
 
+
 async def test_ipv4_mapped_ipv6_is_the_same_host_with_one_limiter(loopback_host: str) -> None:
     """``127.0.78.1`` and ``::ffff:127.0.78.1`` in one target list were two assets with two limiters: the
     device saw 2 sessions at once with one session per host. Now one asset, and the device (which counts
@@ -163,8 +171,13 @@ async def test_ipv4_mapped_ipv6_is_the_same_host_with_one_limiter(loopback_host:
     mapped = f"::ffff:{loopback_host}"
     async with EmulatedDevice(loopback_host, model="infusion-pump", seed=1, boot_delay_s=0.05) as dev:
         with anyio.fail_after(30):
-            report = await discover([loopback_host, mapped], scope=Scope([loopback_host, mapped]),
-                                    ports=PUMP_PORTS, per_host_sessions=1, **FAST)  # fmt: skip
+            report = await discover(
+                [loopback_host, mapped],
+                scope=Scope([loopback_host, mapped]),
+                ports=PUMP_PORTS,
+                per_host_sessions=1,
+                **FAST,
+            )
         assert dev.stats.peak_sessions == 1
     assert [a.host for a in report.assets] == [loopback_host]
     assert report.hosts_scanned == 1
@@ -204,10 +217,17 @@ _V4 = st.integers(min_value=0, max_value=2**32 - 1).map(ipaddress.IPv4Address)
 
 def _forms(addr: ipaddress.IPv4Address) -> st.SearchStrategy[str]:
     mapped = ipaddress.IPv6Address(0xFFFF00000000 | int(addr))
-    return st.sampled_from([
-        str(addr), f"::ffff:{addr}", mapped.exploded, mapped.compressed, mapped.exploded.upper(),
-        f"0:0:0:0:0:ffff:{addr}", f"  {addr} ",
-    ])  # fmt: skip
+    return st.sampled_from(
+        [
+            str(addr),
+            f"::ffff:{addr}",
+            mapped.exploded,
+            mapped.compressed,
+            mapped.exploded.upper(),
+            f"0:0:0:0:0:ffff:{addr}",
+            f"  {addr} ",
+        ]
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -248,8 +268,17 @@ def test_zone_ids_match_exactly(low: int, zone: str, other: str | None) -> None:
 
 # --- validate at construction ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/hook", "http://127.0.0.1:0/", "https://[::1]:70000/",
-                                 "http://127.0.0.1:x/", "http://127.0.0.1/a b"])
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999/hook",
+        "http://127.0.0.1:0/",
+        "https://[::1]:70000/",
+        "http://127.0.0.1:x/",
+        "http://127.0.0.1/a b",
+    ],
+)
 async def test_webhook_url_with_a_bad_port_is_refused_before_any_packet(
     url: str, loopback_host: str, tmp_path: Path
 ) -> None:
@@ -260,8 +289,14 @@ async def test_webhook_url_with_a_bad_port_is_refused_before_any_packet(
         WebhookAlertSink(url)
     async with EmulatedDevice(loopback_host, model="infusion-pump", seed=1, boot_delay_s=0.05) as dev:
         with pytest.raises(ConfigError, match="webhook_url"):
-            await discover(loopback_host, scope=Scope([loopback_host]), ports=PUMP_PORTS, webhook_url=url,
-                           alert_file=tmp_path / "alerts.jsonl", **FAST)  # fmt: skip
+            await discover(
+                loopback_host,
+                scope=Scope([loopback_host]),
+                ports=PUMP_PORTS,
+                webhook_url=url,
+                alert_file=tmp_path / "alerts.jsonl",
+                **FAST,
+            )
         assert dev.stats.connects_total == 0
     assert not (tmp_path / "alerts.jsonl").exists()
 
@@ -273,8 +308,14 @@ async def test_a_webhook_that_cannot_be_delivered_is_logged_counted_and_the_scan
     zones = Zones([Zone("guest", (pump_host,), kind="guest")])
     async with EmulatedDevice(pump_host, model="infusion-pump", seed=1, boot_delay_s=0.05):
         with capture_logs() as logs, anyio.fail_after(30):
-            report = await discover(pump_host, scope=Scope([pump_host]), ports=PUMP_PORTS, zones=zones,
-                                    webhook_url=f"http://{hook_host}:9/alerts", **FAST)  # fmt: skip
+            report = await discover(
+                pump_host,
+                scope=Scope([pump_host]),
+                ports=PUMP_PORTS,
+                zones=zones,
+                webhook_url=f"http://{hook_host}:9/alerts",
+                **FAST,
+            )
     assert len(report.alerts) == 1
     assert [a.host for a in report.assets] == [pump_host]
     assert any("1 alert(s) could not be delivered to the webhook" in n for n in report.notes)
@@ -292,6 +333,7 @@ async def test_webhook_sink_counts_each_undelivered_alert(loopback_host: str) ->
 
 
 # --- touch only our own files ------------------------------------------------------------------------------
+
 
 def _foreign_store(path: Path, *, app_id: int = 0, tables: str = "CREATE TABLE notes(id, text)") -> Path:
     conn = sqlite3.connect(path)
@@ -311,31 +353,41 @@ def _damaged_store(path: Path) -> Path:
         for i in range(40):
             levels = (LevelResult(level=1, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0),)
             trials = [TrialResult(index=0, levels=levels)]
-            store.save(Characterization.from_trials(host=f"127.0.0.{i + 1}", model_key=f"m{i}" * 50,
-                                                    ladder=(1,), trials=trials))
+            store.save(
+                Characterization.from_trials(
+                    host=f"127.0.0.{i + 1}", model_key=f"m{i}" * 50, ladder=(1,), trials=trials
+                )
+            )
     conn = sqlite3.connect(path)  # a copy in rollback-journal mode (as `sqlite3 .backup` or VACUUM INTO make)
     conn.execute("PRAGMA journal_mode = DELETE")
     conn.close()
     data = bytearray(path.read_bytes())
     page = int.from_bytes(data[16:18], "big")
     assert len(data) >= 4 * page
-    data[2 * page + 8: 3 * page] = b"\xa5" * (page - 8)  # a b-tree page's cells: header intact, pages not
+    data[2 * page + 8 : 3 * page] = b"\xa5" * (page - 8)  # a b-tree page's cells: header intact, pages not
     path.write_bytes(bytes(data))
     return path
 
 
 FOREIGN_STORES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("other tables", lambda p: _foreign_store(p), r"not a fragileprobe store: it holds table 'notes'"),
-    ("another application id", lambda p: _foreign_store(p, app_id=0x0F0F0F0F),
-     r"belongs to another application \(SQLite application_id 0x0f0f0f0f"),
-    ("our tables and a foreign one", lambda p: _foreign_store(
-        p, tables="CREATE TABLE runs(x); CREATE TABLE notes(id, text)"), r"table 'notes'"),
+    (
+        "another application id",
+        lambda p: _foreign_store(p, app_id=0x0F0F0F0F),
+        r"belongs to another application \(SQLite application_id 0x0f0f0f0f",
+    ),
+    (
+        "our tables and a foreign one",
+        lambda p: _foreign_store(p, tables="CREATE TABLE runs(x); CREATE TABLE notes(id, text)"),
+        r"table 'notes'",
+    ),
     ("fails its integrity check", _damaged_store, r"(failed its integrity check|corrupt)"),
 ]
 
 
-@pytest.mark.parametrize(("make", "pattern"), [r[1:] for r in FOREIGN_STORES],
-                         ids=[r[0] for r in FOREIGN_STORES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("make", "pattern"), [r[1:] for r in FOREIGN_STORES], ids=[r[0] for r in FOREIGN_STORES]
+)
 def test_foreign_or_damaged_store_is_refused_and_left_byte_identical(
     tmp_path: Path, make: Callable[[Path], Path], pattern: str
 ) -> None:
@@ -369,8 +421,15 @@ def test_our_stores_carry_our_application_id_and_old_ones_are_stamped(tmp_path: 
 def _cli(
     *args: str, cwd: Path, stdin: str | None = None, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*fragileprobe_command(), *args], capture_output=True, text=True, cwd=cwd,
-                          input=stdin, timeout=timeout_s, check=False)  # fmt: skip
+    return subprocess.run(
+        [*fragileprobe_command(), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        input=stdin,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 def _one_error_line(out: subprocess.CompletedProcess[str]) -> str:
@@ -386,29 +445,55 @@ CLI_ROWS = [
     ("--ports superscript", ["discover", "{h}", "--ports", "²"], r"--ports: .*port '²'"),
     ("--ports range superscript", ["discover", "{h}", "--ports", "21-³"], r"port range '21-³'"),
     ("--ports arabic-indic", ["discover", "{h}", "--ports", "٢٢"], r"port '٢٢'"),
-    ("target range superscript", ["discover", "127.0.76.1-²"],
-     r"'127\.0\.76\.1-²'.*not an IP address or octet"),
+    (
+        "target range superscript",
+        ["discover", "127.0.76.1-²"],
+        r"'127\.0\.76\.1-²'.*not an IP address or octet",
+    ),
     ("--port-alias superscript", ["discover", "{h}", "--port-alias", "²=21"], r"--port-alias: '²=21'"),
-    ("--port-alias above 65535", ["discover", "{h}", "--port-alias", "70000=21"],
-     r"70000 is outside 1-65535"),
-    ("--webhook port 99999", ["discover", "{h}", "--webhook", "http://127.0.0.1:99999/x"],
-     r"webhook_url .*99999.*out of range"),
-    ("--sessions-per-host superscript", ["discover", "{h}", "--sessions-per-host", "²"],
-     r"sessions-per-host"),
-    ("--sessions-per-host zero", ["discover", "{h}", "--sessions-per-host", "0"],
-     r"--sessions-per-host: .*got 0"),
-    ("--alerts in a missing directory", ["discover", "{h}", "--alerts", "{tmp}/no/such/a.jsonl"],
-     r"alert file .*cannot append"),
+    (
+        "--port-alias above 65535",
+        ["discover", "{h}", "--port-alias", "70000=21"],
+        r"70000 is outside 1-65535",
+    ),
+    (
+        "--webhook port 99999",
+        ["discover", "{h}", "--webhook", "http://127.0.0.1:99999/x"],
+        r"webhook_url .*99999.*out of range",
+    ),
+    (
+        "--sessions-per-host superscript",
+        ["discover", "{h}", "--sessions-per-host", "²"],
+        r"sessions-per-host",
+    ),
+    (
+        "--sessions-per-host zero",
+        ["discover", "{h}", "--sessions-per-host", "0"],
+        r"--sessions-per-host: .*got 0",
+    ),
+    (
+        "--alerts in a missing directory",
+        ["discover", "{h}", "--alerts", "{tmp}/no/such/a.jsonl"],
+        r"alert file .*cannot append",
+    ),
     ("unknown option", ["discover", "{h}", "--bogus"], r"--bogus"),
     ("--ladder superscript", ["characterize", "{h}", "--ladder", "1,²"], r"--ladder: '1,²'"),
     ("--dwell infinite", ["characterize", "{h}", "--dwell", "1e400"], r"--dwell: .*got inf"),
-    ("--recovery-cmd missing program",
-     ["characterize", "{h}", "--recovery-cmd", "/nonexistent/pdu-ctl cycle"],
-     r"--recovery-cmd: recovery command '/nonexistent/pdu-ctl': not found"),
-    ("--recovery-url bad port", ["characterize", "{h}", "--recovery-url", "http://127.0.0.1:99999"],
-     r"--recovery-url: url: .*invalid port"),
-    ("characterize host name without --scope", ["characterize", "pump-3.ward.invalid"],
-     r"host 'pump-3\.ward\.invalid' is a host name: a name needs --scope"),
+    (
+        "--recovery-cmd missing program",
+        ["characterize", "{h}", "--recovery-cmd", "/nonexistent/pdu-ctl cycle"],
+        r"--recovery-cmd: recovery command '/nonexistent/pdu-ctl': not found",
+    ),
+    (
+        "--recovery-url bad port",
+        ["characterize", "{h}", "--recovery-url", "http://127.0.0.1:99999"],
+        r"--recovery-url: url: .*invalid port",
+    ),
+    (
+        "characterize host name without --scope",
+        ["characterize", "pump-3.ward.invalid"],
+        r"host 'pump-3\.ward\.invalid' is a host name: a name needs --scope",
+    ),
 ]
 
 
@@ -424,8 +509,10 @@ def test_cli_hostile_arguments_are_one_error_line_and_create_no_file(tmp_path: P
         work.mkdir()
         args = [a.replace("{h}", h).replace("{tmp}", str(work)) for a in argv]
         command = [*fragileprobe_command(), *args, "--store", str(work / "fp.db")]
-        procs[row] = (work, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True, cwd=work))  # fmt: skip
+        procs[row] = (
+            work,
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work),
+        )
     for row, _, pattern in CLI_ROWS:
         work, proc = procs[row]
         stdout, stderr = proc.communicate(timeout=90)
@@ -445,6 +532,7 @@ def test_cli_refuses_a_foreign_store_and_leaves_it_byte_identical(tmp_path: Path
 
 # --- every wait has an end ---------------------------------------------------------------------------------
 
+
 def test_manual_recovery_with_a_silent_open_stdin_ends_at_its_timeout_and_exits_1(tmp_path: Path) -> None:
     """``characterize --recovery manual --recovery-timeout 2`` with a stdin that stays open and silent
     reported the failed recovery and then never exited: the abandoned prompt thread blocked interpreter
@@ -455,12 +543,36 @@ def test_manual_recovery_with_a_silent_open_stdin_ends_at_its_timeout_and_exits_
         emu.wait_ready()
         with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
             proc = subprocess.Popen(
-                [*fragileprobe_command(), "characterize", host, "--ladder", "1,2,3", "--dwell", "0.3",
-                 "--interval", "0.1", "--heartbeat-timeout", "0.3", "--healthy-beats", "2", "--hold", "0.1",
-                 "--trials", "1", "--recovery", "manual", "--recovery-timeout", "2",
-                 "--store", str(tmp_path / "fp.db")],
-                stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=tmp_path,
-            )  # fmt: skip
+                [
+                    *fragileprobe_command(),
+                    "characterize",
+                    host,
+                    "--ladder",
+                    "1,2,3",
+                    "--dwell",
+                    "0.3",
+                    "--interval",
+                    "0.1",
+                    "--heartbeat-timeout",
+                    "0.3",
+                    "--healthy-beats",
+                    "2",
+                    "--hold",
+                    "0.1",
+                    "--trials",
+                    "1",
+                    "--recovery",
+                    "manual",
+                    "--recovery-timeout",
+                    "2",
+                    "--store",
+                    str(tmp_path / "fp.db"),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                cwd=tmp_path,
+            )
             assert proc.stdin is not None
             try:
                 # Never written, never closed while the run lasts: a person who walked away.
@@ -488,8 +600,9 @@ def test_numbers_in_an_imported_document_are_json_numbers_only(bad: object) -> N
     from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
 
     levels = (LevelResult(level=2, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0),)
-    good = Characterization.from_trials(host="127.0.0.9", model_key="m", ladder=(2,),
-                                        trials=[TrialResult(index=0, levels=levels)]).to_dict()
+    good = Characterization.from_trials(
+        host="127.0.0.9", model_key="m", ladder=(2,), trials=[TrialResult(index=0, levels=levels)]
+    ).to_dict()
     assert Characterization.from_dict(good).ladder == (2,)
     bad_doc = {**good, "ladder": [bad]}
     bad_doc["trials"] = [{**good["trials"][0], "levels": [{**good["trials"][0]["levels"][0], "level": bad}]}]
@@ -501,8 +614,9 @@ def test_a_bad_profile_import_creates_no_store(tmp_path: Path) -> None:
     """``profiles import bad.json --store new.db`` created new.db before the document was refused."""
     source = tmp_path / "bad.json"
     source.write_text('{"characterizations": [{"host": "h", "ladder": ["٢"], "trials": []}]}')
-    line = _one_error_line(_cli("profiles", "import", str(source), "--store", str(tmp_path / "new.db"),
-                                cwd=tmp_path))  # fmt: skip
+    line = _one_error_line(
+        _cli("profiles", "import", str(source), "--store", str(tmp_path / "new.db"), cwd=tmp_path)
+    )
     assert "malformed" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
 
@@ -527,8 +641,14 @@ async def test_a_heartbeat_port_answering_a_superscript_length_is_device_down_no
     async with http_peers({loopback_host: SUPERSCRIPT_LENGTH}) as port:
         target = Target(loopback_host, ports=(port,), heartbeat=HttpHeartbeat(port=port, timeout_s=0.5))
         with anyio.fail_after(30), pytest.raises(DeviceDownError, match=loopback_host):
-            await characterize(target, scope=Scope([loopback_host]), ladder=(1, 2), dwell_s=0.2,
-                               interval_s=0.1, healthy_beats=1)  # fmt: skip
+            await characterize(
+                target,
+                scope=Scope([loopback_host]),
+                ladder=(1, 2),
+                dwell_s=0.2,
+                interval_s=0.1,
+                healthy_beats=1,
+            )
 
 
 def test_our_own_store_after_analyze_still_opens(tmp_path: Path) -> None:

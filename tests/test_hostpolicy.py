@@ -19,10 +19,20 @@ from fragileprobe._probes import HttpResult, Outcome, Phase, ProbeResult
 PORTS = (21, 22, 23, 80, 443, 8080)
 
 
-def result(outcome: Outcome, data: bytes = b"", error: str | None = None,
-           phase: Phase | None = None) -> ProbeResult:
-    return ProbeResult(host="10.0.0.1", port=21, outcome=outcome, latency_s=0.01, data=data, error=error,
-                       started_at_s=0.0, duration_s=0.02, phase=phase)
+def result(
+    outcome: Outcome, data: bytes = b"", error: str | None = None, phase: Phase | None = None
+) -> ProbeResult:
+    return ProbeResult(
+        host="10.0.0.1",
+        port=21,
+        outcome=outcome,
+        latency_s=0.01,
+        data=data,
+        error=error,
+        started_at_s=0.0,
+        duration_s=0.02,
+        phase=phase,
+    )
 
 
 def drive(policy: HostPolicy, verdicts: dict[int, Seen], default: Seen) -> list[int]:
@@ -35,18 +45,31 @@ def drive(policy: HostPolicy, verdicts: dict[int, Seen], default: Seen) -> list[
 
 
 def test_classify_tells_silent_space_from_a_stalled_service() -> None:
-    assert classify(result(Outcome.TIMEOUT, phase=Phase.CONNECT), ProbeKind.BANNER,
-                    expects_banner=True) is Seen.NO_ANSWER
-    assert classify(result(Outcome.TIMEOUT, phase=Phase.EXCHANGE), ProbeKind.HTTP,
-                    expects_banner=False) is Seen.STALLED
+    assert (
+        classify(result(Outcome.TIMEOUT, phase=Phase.CONNECT), ProbeKind.BANNER, expects_banner=True)
+        is Seen.NO_ANSWER
+    )
+    assert (
+        classify(result(Outcome.TIMEOUT, phase=Phase.EXCHANGE), ProbeKind.HTTP, expects_banner=False)
+        is Seen.STALLED
+    )
     assert classify(result(Outcome.OPEN), ProbeKind.BANNER, expects_banner=True) is Seen.STALLED
     assert classify(result(Outcome.OPEN), ProbeKind.BANNER, expects_banner=False) is Seen.ACCEPTED
     assert classify(result(Outcome.OPEN), ProbeKind.CONNECT, expects_banner=True) is Seen.ACCEPTED
     assert classify(result(Outcome.CLOSED), ProbeKind.CONNECT, expects_banner=False) is Seen.REFUSED
     banner = result(Outcome.OPEN, b"220 ready\r\n")
     assert classify(banner, ProbeKind.BANNER, expects_banner=True) is Seen.SPOKE
-    http = HttpResult(host="10.0.0.1", port=80, outcome=Outcome.OPEN, latency_s=0.01, data=b"HTTP/1.0 200 OK",
-                      error=None, started_at_s=0.0, duration_s=0.1, status=200)
+    http = HttpResult(
+        host="10.0.0.1",
+        port=80,
+        outcome=Outcome.OPEN,
+        latency_s=0.01,
+        data=b"HTTP/1.0 200 OK",
+        error=None,
+        started_at_s=0.0,
+        duration_s=0.1,
+        status=200,
+    )
     assert classify(http, ProbeKind.HTTP, expects_banner=False) is Seen.SPOKE
 
 
@@ -97,8 +120,9 @@ def test_a_host_that_speaks_once_then_accepts_silently_is_left_alone() -> None:
 
 
 def test_ports_that_spoke_on_the_previous_sighting_expect_an_answer() -> None:
-    policy = HostPolicy(ports=(9000, 9001), liveness=(9000,), unresponsive_after=1,
-                        spoke_before=frozenset({9001}))
+    policy = HostPolicy(
+        ports=(9000, 9001), liveness=(9000,), unresponsive_after=1, spoke_before=frozenset({9001})
+    )
     assert not policy.expects_banner(9000, 9000)
     assert policy.expects_banner(9001, 9001)
     assert policy.expects_banner(10021, 21), "a banner port by its well-known alias"

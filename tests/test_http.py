@@ -47,7 +47,7 @@ def run(
 def splits(data: bytes) -> Iterator[list[bytes]]:
     """The same bytes whole, byte by byte, and cut once at every position (long inputs: a sample of them)."""
     yield [data]
-    yield [data[i:i + 1] for i in range(len(data))]
+    yield [data[i : i + 1] for i in range(len(data))]
     step = max(1, len(data) // 200)
     for cut in range(0, len(data) + 1, step):
         yield [data[:cut], data[cut:]]
@@ -71,71 +71,195 @@ LONG_EXT = b"1;" + b"x" * (HTTP_CHUNK_LINE_MAX_BYTES - 10) + b"\r\na\r\n"
 
 # (name, stream, how it ends if the parser has not decided, expected fields)
 TRANSCRIPTS: list[tuple[str, bytes, str, dict[str, Any]]] = [
-    ("content-length body with a title", HEAD_200 + PAGE, "eof",
-     {"outcome": OPEN, "status": 200, "reason": "OK", "http_version": "1.1", "server": "pump-web/2.1",
-      "body": PAGE, "title": "Infusion Pump", "error": None, "truncated": False, "data": HEAD_200}),
-    ("bytes after the body are not read", HEAD_200 + PAGE + b"GARBAGE", "eof",
-     {"outcome": OPEN, "body": PAGE, "error": None}),
-    ("bare LF line ends", b"HTTP/1.0 404 Not Found\nX-A: 1\n\nnope", "eof",
-     {"outcome": OPEN, "status": 404, "http_version": "1.0", "headers": (("x-a", "1"),), "body": b"nope"}),
-    ("folded header continues the last one",
-     b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n",
-     "eof", {"outcome": OPEN, "headers": (("x-a", "one two"), ("content-length", "0")), "body": b""}),
-    ("chunked body", CHUNKED + b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n", "eof",
-     {"outcome": OPEN, "body": b"Wikipedia", "truncated": False, "error": None}),
+    (
+        "content-length body with a title",
+        HEAD_200 + PAGE,
+        "eof",
+        {
+            "outcome": OPEN,
+            "status": 200,
+            "reason": "OK",
+            "http_version": "1.1",
+            "server": "pump-web/2.1",
+            "body": PAGE,
+            "title": "Infusion Pump",
+            "error": None,
+            "truncated": False,
+            "data": HEAD_200,
+        },
+    ),
+    (
+        "bytes after the body are not read",
+        HEAD_200 + PAGE + b"GARBAGE",
+        "eof",
+        {"outcome": OPEN, "body": PAGE, "error": None},
+    ),
+    (
+        "bare LF line ends",
+        b"HTTP/1.0 404 Not Found\nX-A: 1\n\nnope",
+        "eof",
+        {"outcome": OPEN, "status": 404, "http_version": "1.0", "headers": (("x-a", "1"),), "body": b"nope"},
+    ),
+    (
+        "folded header continues the last one",
+        b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 0\r\n\r\n",
+        "eof",
+        {"outcome": OPEN, "headers": (("x-a", "one two"), ("content-length", "0")), "body": b""},
+    ),
+    (
+        "chunked body",
+        CHUNKED + b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n",
+        "eof",
+        {"outcome": OPEN, "body": b"Wikipedia", "truncated": False, "error": None},
+    ),
     ("chunked body with bare LF", CHUNKED + b"4\nWiki\n0\n\n", "eof", {"outcome": OPEN, "body": b"Wiki"}),
-    ("chunked body kept to max_body", CHUNKED + b"400\r\n" + b"z" * 0x400 + b"\r\n0\r\n\r\n", "eof",
-     {"outcome": OPEN, "body": b"z" * MAX_BODY, "truncated": True}),
-    ("a head ending just under its cap, then the body",
-     b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (HTTP_MAX_HEAD_BYTES - 30)
-     + b"\r\n\r\n" + b"B" * 100, "eof", {"outcome": OPEN, "body": b"B" * 100, "truncated": False}),
-    ("204 has no body whatever Content-Length says",
-     b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
-     "eof", {"outcome": OPEN, "status": 204, "body": b"", "truncated": False}),
-    ("1xx has no body", b"HTTP/1.1 100 Continue\r\n\r\n", "eof",
-     {"outcome": OPEN, "status": 100, "body": b""}),
-    ("body until the end of the stream", b"HTTP/1.0 200 OK\r\n\r\nall of it", "eof",
-     {"outcome": OPEN, "body": b"all of it", "error": None, "truncated": False}),
-    ("body without length cut at max_body", b"HTTP/1.0 200 OK\r\n\r\n" + b"b" * 2000, "eof",
-     {"outcome": OPEN, "body": b"b" * MAX_BODY, "truncated": True}),
-    ("Content-Length above max_body", b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + b"b" * 2000, "eof",
-     {"outcome": OPEN, "body": b"b" * MAX_BODY, "truncated": True}),
-    ("body shorter than Content-Length, then FIN", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", "eof",
-     {"outcome": OPEN, "body": b"abc", "error": "connection closed before the end of the body"}),
-    ("body shorter than Content-Length, then quiet", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
-     "timeout",
-     {"outcome": OPEN, "body": b"abc", "error": "body incomplete after 1 s"}),
-    ("chunked body cut by FIN", CHUNKED + b"4\r\nWi", "eof",
-     {"outcome": OPEN, "body": b"Wi", "error": "connection closed before the end of the body"}),
-    ("SSH banner on a web port", b"SSH-2.0-OpenSSH_8.9\r\n", "timeout",
-     {"outcome": BAD, "status": None, "error": "malformed status line b'SSH-2.0-OpenSSH_8.9'"}),
-    ("FTP greeting, several lines", b"220-Welcome\r\n220 ready\r\n", "timeout",
-     {"outcome": BAD, "error": "malformed status line b'220-Welcome'"}),
-    ("malformed header line", b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "eof",
-     {"outcome": BAD, "error": "malformed header line b'no colon here'"}),
-    ("continuation before any header", b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "eof",
-     {"outcome": BAD, "error": "header continuation line before any header"}),
-    ("too many headers", b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (HTTP_MAX_HEADERS + 1) + b"\r\n", "eof",
-     {"outcome": BAD, "error": f"more than {HTTP_MAX_HEADERS} headers"}),
-    ("superscript digit in Content-Length", b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "eof",
-     {"outcome": BAD, "status": 200, "error": "bad Content-Length '\xb2'", "body": b""}),
-    ("head over its cap", b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * HTTP_MAX_HEAD_BYTES, "eof",
-     {"outcome": BAD, "truncated": True, "error": f"HTTP head larger than {HTTP_MAX_HEAD_BYTES} bytes"}),
-    ("closed before any response", b"", "eof",
-     {"outcome": BAD, "data": b"", "error": "connection closed before any HTTP response"}),
-    ("closed in the middle of the head", b"HTTP/1.1 200 OK\r\nServer: x", "eof",
-     {"outcome": BAD, "error": "connection closed in the middle of the head"}),
-    ("quiet in the middle of the head", b"HTTP/1.1 200 OK\r\nServer: x", "timeout",
-     {"outcome": Outcome.TIMEOUT, "error": "HTTP head incomplete after 1 s (26 bytes)"}),
-    ("chunk data not followed by CRLF", CHUNKED + b"4\r\nWikiXX", "eof",
-     {"outcome": BAD, "status": 200, "body": b"Wiki", "error": "chunk data not followed by CRLF"}),
-    ("malformed chunk size", CHUNKED + b"4\r\nWiki\r\nzz\r\n", "eof",
-     {"outcome": BAD, "body": b"Wiki", "error": "malformed chunk size b'zz'"}),
-    ("chunk-size line over its cap", CHUNKED + b"1" + b" " * (HTTP_CHUNK_LINE_MAX_BYTES + 1), "eof",
-     {"outcome": BAD, "error": "chunk-size line longer than its cap"}),
-    ("endless chunk extensions", CHUNKED + LONG_EXT * 20, "eof",
-     {"outcome": BAD,
-      "error": f"chunked framing exceeded {HTTP_CHUNK_OVERHEAD_MAX_BYTES} bytes of overhead"}),
+    (
+        "chunked body kept to max_body",
+        CHUNKED + b"400\r\n" + b"z" * 0x400 + b"\r\n0\r\n\r\n",
+        "eof",
+        {"outcome": OPEN, "body": b"z" * MAX_BODY, "truncated": True},
+    ),
+    (
+        "a head ending just under its cap, then the body",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (HTTP_MAX_HEAD_BYTES - 30) + b"\r\n\r\n" + b"B" * 100,
+        "eof",
+        {"outcome": OPEN, "body": b"B" * 100, "truncated": False},
+    ),
+    (
+        "204 has no body whatever Content-Length says",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+        "eof",
+        {"outcome": OPEN, "status": 204, "body": b"", "truncated": False},
+    ),
+    (
+        "1xx has no body",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        "eof",
+        {"outcome": OPEN, "status": 100, "body": b""},
+    ),
+    (
+        "body until the end of the stream",
+        b"HTTP/1.0 200 OK\r\n\r\nall of it",
+        "eof",
+        {"outcome": OPEN, "body": b"all of it", "error": None, "truncated": False},
+    ),
+    (
+        "body without length cut at max_body",
+        b"HTTP/1.0 200 OK\r\n\r\n" + b"b" * 2000,
+        "eof",
+        {"outcome": OPEN, "body": b"b" * MAX_BODY, "truncated": True},
+    ),
+    (
+        "Content-Length above max_body",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n" + b"b" * 2000,
+        "eof",
+        {"outcome": OPEN, "body": b"b" * MAX_BODY, "truncated": True},
+    ),
+    (
+        "body shorter than Content-Length, then FIN",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        "eof",
+        {"outcome": OPEN, "body": b"abc", "error": "connection closed before the end of the body"},
+    ),
+    (
+        "body shorter than Content-Length, then quiet",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        "timeout",
+        {"outcome": OPEN, "body": b"abc", "error": "body incomplete after 1 s"},
+    ),
+    (
+        "chunked body cut by FIN",
+        CHUNKED + b"4\r\nWi",
+        "eof",
+        {"outcome": OPEN, "body": b"Wi", "error": "connection closed before the end of the body"},
+    ),
+    (
+        "SSH banner on a web port",
+        b"SSH-2.0-OpenSSH_8.9\r\n",
+        "timeout",
+        {"outcome": BAD, "status": None, "error": "malformed status line b'SSH-2.0-OpenSSH_8.9'"},
+    ),
+    (
+        "FTP greeting, several lines",
+        b"220-Welcome\r\n220 ready\r\n",
+        "timeout",
+        {"outcome": BAD, "error": "malformed status line b'220-Welcome'"},
+    ),
+    (
+        "malformed header line",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        "eof",
+        {"outcome": BAD, "error": "malformed header line b'no colon here'"},
+    ),
+    (
+        "continuation before any header",
+        b"HTTP/1.1 200 OK\r\n folded\r\n\r\n",
+        "eof",
+        {"outcome": BAD, "error": "header continuation line before any header"},
+    ),
+    (
+        "too many headers",
+        b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * (HTTP_MAX_HEADERS + 1) + b"\r\n",
+        "eof",
+        {"outcome": BAD, "error": f"more than {HTTP_MAX_HEADERS} headers"},
+    ),
+    (
+        "superscript digit in Content-Length",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",
+        "eof",
+        {"outcome": BAD, "status": 200, "error": "bad Content-Length '\xb2'", "body": b""},
+    ),
+    (
+        "head over its cap",
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * HTTP_MAX_HEAD_BYTES,
+        "eof",
+        {"outcome": BAD, "truncated": True, "error": f"HTTP head larger than {HTTP_MAX_HEAD_BYTES} bytes"},
+    ),
+    (
+        "closed before any response",
+        b"",
+        "eof",
+        {"outcome": BAD, "data": b"", "error": "connection closed before any HTTP response"},
+    ),
+    (
+        "closed in the middle of the head",
+        b"HTTP/1.1 200 OK\r\nServer: x",
+        "eof",
+        {"outcome": BAD, "error": "connection closed in the middle of the head"},
+    ),
+    (
+        "quiet in the middle of the head",
+        b"HTTP/1.1 200 OK\r\nServer: x",
+        "timeout",
+        {"outcome": Outcome.TIMEOUT, "error": "HTTP head incomplete after 1 s (26 bytes)"},
+    ),
+    (
+        "chunk data not followed by CRLF",
+        CHUNKED + b"4\r\nWikiXX",
+        "eof",
+        {"outcome": BAD, "status": 200, "body": b"Wiki", "error": "chunk data not followed by CRLF"},
+    ),
+    (
+        "malformed chunk size",
+        CHUNKED + b"4\r\nWiki\r\nzz\r\n",
+        "eof",
+        {"outcome": BAD, "body": b"Wiki", "error": "malformed chunk size b'zz'"},
+    ),
+    (
+        "chunk-size line over its cap",
+        CHUNKED + b"1" + b" " * (HTTP_CHUNK_LINE_MAX_BYTES + 1),
+        "eof",
+        {"outcome": BAD, "error": "chunk-size line longer than its cap"},
+    ),
+    (
+        "endless chunk extensions",
+        CHUNKED + LONG_EXT * 20,
+        "eof",
+        {
+            "outcome": BAD,
+            "error": f"chunked framing exceeded {HTTP_CHUNK_OVERHEAD_MAX_BYTES} bytes of overhead",
+        },
+    ),
 ]
 
 
@@ -193,9 +317,25 @@ def test_response_fields_are_the_http_result_fields() -> None:
 
 # --- any bytes ------------------------------------------------------------------------------------------
 
-_PIECES = [b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 ", b"\r\n", b"\n", b"\r", b":", b" ", b"\t", b"0", b"\xb2",
-           b"Content-Length: ", b"Transfer-Encoding: chunked\r\n", b"5\r\n", b"0\r\n\r\n", b";", b"\x00",
-           b"\xff"]
+_PIECES = [
+    b"HTTP/1.1 200 OK\r\n",
+    b"HTTP/1.0 ",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b":",
+    b" ",
+    b"\t",
+    b"0",
+    b"\xb2",
+    b"Content-Length: ",
+    b"Transfer-Encoding: chunked\r\n",
+    b"5\r\n",
+    b"0\r\n\r\n",
+    b";",
+    b"\x00",
+    b"\xff",
+]
 streams = st.one_of(
     st.binary(max_size=400),
     st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=6)), max_size=60).map(b"".join),
@@ -240,8 +380,12 @@ def _check(result: Response, max_body: int) -> None:
 
 
 @FUZZ
-@given(stream=streams, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
-       max_body=st.integers(min_value=1, max_value=64), end=st.sampled_from(["eof", "timeout"]))
+@given(
+    stream=streams,
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+    max_body=st.integers(min_value=1, max_value=64),
+    end=st.sampled_from(["eof", "timeout"]),
+)
 def test_any_bytes_in_any_split_give_the_same_typed_result(
     stream: bytes, cuts: list[int], max_body: int, end: str
 ) -> None:
@@ -250,7 +394,9 @@ def test_any_bytes_in_any_split_give_the_same_typed_result(
     whole = run([stream], end=end, max_body=max_body)
     _check(whole, max_body)
     same_answer(whole, run(chunks, end=end, max_body=max_body), stream)
-    same_answer(whole, run([stream[i:i + 1] for i in range(len(stream))], end=end, max_body=max_body), stream)
+    same_answer(
+        whole, run([stream[i : i + 1] for i in range(len(stream))], end=end, max_body=max_body), stream
+    )
 
 
 @FUZZ

@@ -46,8 +46,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("guard", ("_guard",)),
     ("ramp", ("_ramp", "_profile", "_recovery", "_level_verdict", "_charsettings")),
     ("store", ("_db", "_schema", "_repo_profiles", "_repo_inventory", "_store")),
-    ("orchestrators", ("_characterize", "_discovery", "_discovery_settings", "_discovery_policy",
-                       "_discovery_run", "_groups", "_hostpolicy", "_timing")),
+    (
+        "orchestrators",
+        (
+            "_characterize",
+            "_discovery",
+            "_discovery_settings",
+            "_discovery_policy",
+            "_discovery_run",
+            "_groups",
+            "_hostpolicy",
+            "_timing",
+        ),
+    ),
     ("outputs", ("_report", "_progress", "export", "_shield", "_socks", "sites")),
     # programs and public support code: nothing in the library imports them
     ("top", ("cli", "__main__", "_demo", "testing", "emulator", "")),

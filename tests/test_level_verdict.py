@@ -28,8 +28,13 @@ def bad(*, down: bool = False) -> tuple[Beat, bool]:
     return Beat(at_s=START, ok=False, latency_s=0.25, error="timed out"), down
 
 
-def _judge(beats: list[tuple[Beat, bool]], *, early_warning: EarlyWarning | None = None, level: int = 5,
-           reserve: int = 1) -> LevelVerdict:  # fmt: skip
+def _judge(
+    beats: list[tuple[Beat, bool]],
+    *,
+    early_warning: EarlyWarning | None = None,
+    level: int = 5,
+    reserve: int = 1,
+) -> LevelVerdict:
     verdict = LevelVerdict.for_level(
         level, start_s=START, reserve=reserve, early_warning=early_warning, baseline_s=BASELINE
     )
@@ -62,13 +67,17 @@ TABLE = [
 
 
 @pytest.mark.parametrize(
-    ("beats", "early_warning", "aborted", "settled", "outcome"), [row[1:] for row in TABLE],
+    ("beats", "early_warning", "aborted", "settled", "outcome"),
+    [row[1:] for row in TABLE],
     ids=[row[0] for row in TABLE],
-)  # fmt: skip
+)
 def test_verdict_table(
-    beats: list[tuple[Beat, bool]], early_warning: EarlyWarning | None, aborted: bool, settled: bool,
+    beats: list[tuple[Beat, bool]],
+    early_warning: EarlyWarning | None,
+    aborted: bool,
+    settled: bool,
     outcome: LevelOutcome,
-) -> None:  # fmt: skip
+) -> None:
     assert _judge(beats, early_warning=early_warning).outcome(aborted=aborted, settled=settled) is outcome
 
 
@@ -134,17 +143,29 @@ beat_st = st.tuples(
     st.booleans() | st.just(False),
 )
 ew_st = st.none() | st.builds(
-    EarlyWarning, latency_factor=st.floats(1.01, 10.0), consecutive_beats=st.integers(1, 4),
+    EarlyWarning,
+    latency_factor=st.floats(1.01, 10.0),
+    consecutive_beats=st.integers(1, 4),
     min_latency_s=st.floats(0.0, 0.2),
-)  # fmt: skip
+)
 
 
-@given(beats=st.lists(beat_st, max_size=30), ew=ew_st, level=st.integers(1, 40), reserve=st.integers(0, 1),
-       aborted=st.booleans(), settled=st.booleans())  # fmt: skip
+@given(
+    beats=st.lists(beat_st, max_size=30),
+    ew=ew_st,
+    level=st.integers(1, 40),
+    reserve=st.integers(0, 1),
+    aborted=st.booleans(),
+    settled=st.booleans(),
+)
 def test_any_beats_give_one_outcome_by_the_rules(
-    beats: list[tuple[Beat, bool]], ew: EarlyWarning | None, level: int, reserve: int, aborted: bool,
+    beats: list[tuple[Beat, bool]],
+    ew: EarlyWarning | None,
+    level: int,
+    reserve: int,
+    aborted: bool,
     settled: bool,
-) -> None:  # fmt: skip
+) -> None:
     verdict = _judge(beats, early_warning=ew, level=level, reserve=reserve)
     outcome = verdict.outcome(aborted=aborted, settled=settled)
     first_down = next((i for i, (_, down) in enumerate(beats) if down), None)

@@ -55,7 +55,13 @@ async def test_sessions_never_exceed_the_ceiling_and_statistics_count() -> None:
     stats = limiter.statistics()
     assert seen_max == 3
     assert stats == LimiterStatistics(
-        ceiling=3, target_ceiling=3, in_flight=0, peak_in_flight=3, started=20, finished=20, waiting=0,
+        ceiling=3,
+        target_ceiling=3,
+        in_flight=0,
+        peak_in_flight=3,
+        started=20,
+        finished=20,
+        waiting=0,
         rate_per_s=None,
     )
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -20,8 +20,25 @@ from fragileprobe._numbers import (
 # Everything Python's own number tools take that a protocol or an option does not: superscripts (isdigit()
 # is True, int() raises), Arabic-Indic, Devanagari and full-width digits (int() reads them), signs, spaces,
 # underscores, a zero-width space.
-NOT_ASCII_NUMBERS = ["²", "³", "¹", "1²", "٢٢", "२", "\uff12\uff12", "+1", "-1", "1_0", "1 0", "2\u200b1", "",
-                     " ", "0x10", "1e3", "1.0"]
+NOT_ASCII_NUMBERS = [
+    "²",
+    "³",
+    "¹",
+    "1²",
+    "٢٢",
+    "२",
+    "\uff12\uff12",
+    "+1",
+    "-1",
+    "1_0",
+    "1 0",
+    "2\u200b1",
+    "",
+    " ",
+    "0x10",
+    "1e3",
+    "1.0",
+]
 
 
 @pytest.mark.parametrize("text", NOT_ASCII_NUMBERS)
@@ -58,8 +75,11 @@ def test_device_numbers_from_any_bytes_are_a_value_or_none(data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=st.integers(min_value=0, max_value=10**FIELD_MAX_DIGITS - 1),
-       low=st.integers(min_value=0, max_value=100), high=st.integers(min_value=0, max_value=10**6))
+@given(
+    value=st.integers(min_value=0, max_value=10**FIELD_MAX_DIGITS - 1),
+    low=st.integers(min_value=0, max_value=100),
+    high=st.integers(min_value=0, max_value=10**6),
+)
 def test_field_int_round_trips_and_checks_its_range(value: int, low: int, high: int) -> None:
     text = f"  {value} "
     if low <= value <= high:

@@ -68,11 +68,23 @@ def test_each_network_exception_translates_to_one_outcome_and_error_class(
 
 def test_probe_error_messages_name_the_target_and_the_operation() -> None:
     assert str(probe_error(Operation.CONNECT, TimeoutError(), "127.0.1.5", 23, timeout_s=2.0)) == (
-        "connect to 127.0.1.5:23 timed out after 2 s")
+        "connect to 127.0.1.5:23 timed out after 2 s"
+    )
     assert str(probe_error(Operation.READ, ConnectionResetError(), "::1", 80)) == (
-        "receive from [::1]:80: connection reset by the peer")
-    assert str(probe_error(Operation.WRITE, OSError(errno.EHOSTUNREACH, "No route to host"), "127.0.0.1", 21,
-                           verb="shut down")) == "shut down 127.0.0.1:21 failed: no route to host"
+        "receive from [::1]:80: connection reset by the peer"
+    )
+    assert (
+        str(
+            probe_error(
+                Operation.WRITE,
+                OSError(errno.EHOSTUNREACH, "No route to host"),
+                "127.0.0.1",
+                21,
+                verb="shut down",
+            )
+        )
+        == "shut down 127.0.0.1:21 failed: no route to host"
+    )
 
 
 def test_every_operation_has_a_table_ending_in_a_catch_all_oserror_row() -> None:
@@ -92,18 +104,35 @@ def test_any_oserror_translates_without_raising(code: int, operation: Operation)
 
 phases = st.none() | st.sampled_from(list(Phase))
 results = st.builds(
-    ProbeResult, host=st.sampled_from(["127.0.0.1", "::1"]), port=st.integers(1, 65535),
-    outcome=st.sampled_from(list(Outcome)), latency_s=st.floats(0, 10), data=st.binary(max_size=40),
-    error=st.none() | st.text(max_size=20), started_at_s=st.floats(0, 1e6), duration_s=st.floats(0, 10),
-    truncated=st.booleans(), phase=phases,
+    ProbeResult,
+    host=st.sampled_from(["127.0.0.1", "::1"]),
+    port=st.integers(1, 65535),
+    outcome=st.sampled_from(list(Outcome)),
+    latency_s=st.floats(0, 10),
+    data=st.binary(max_size=40),
+    error=st.none() | st.text(max_size=20),
+    started_at_s=st.floats(0, 1e6),
+    duration_s=st.floats(0, 10),
+    truncated=st.booleans(),
+    phase=phases,
 )
 header_pairs = st.lists(st.tuples(st.text(max_size=5), st.text(max_size=5)), max_size=3).map(tuple)
 http_results = st.builds(
-    HttpResult, host=st.just("127.0.0.1"), port=st.integers(1, 65535), outcome=st.sampled_from(list(Outcome)),
-    latency_s=st.floats(0, 10), data=st.binary(max_size=40), error=st.none() | st.text(max_size=20),
-    started_at_s=st.floats(0, 1e6), duration_s=st.floats(0, 10), phase=phases,
-    status=st.none() | st.integers(100, 599), headers=header_pairs, body=st.binary(max_size=40),
-    server=st.none() | st.text(max_size=8), title=st.none() | st.text(max_size=8),
+    HttpResult,
+    host=st.just("127.0.0.1"),
+    port=st.integers(1, 65535),
+    outcome=st.sampled_from(list(Outcome)),
+    latency_s=st.floats(0, 10),
+    data=st.binary(max_size=40),
+    error=st.none() | st.text(max_size=20),
+    started_at_s=st.floats(0, 1e6),
+    duration_s=st.floats(0, 10),
+    phase=phases,
+    status=st.none() | st.integers(100, 599),
+    headers=header_pairs,
+    body=st.binary(max_size=40),
+    server=st.none() | st.text(max_size=8),
+    title=st.none() | st.text(max_size=8),
 )
 
 
@@ -118,8 +147,17 @@ def test_http_result_round_trips_through_json(record: HttpResult) -> None:
 
 
 def test_a_dict_written_before_phase_existed_still_loads() -> None:
-    old = {"host": "127.0.0.1", "port": 23, "outcome": "timeout", "latency_s": 2.0, "data": "", "error": "x",
-           "started_at_s": 0.0, "duration_s": 2.0, "truncated": False}
+    old = {
+        "host": "127.0.0.1",
+        "port": 23,
+        "outcome": "timeout",
+        "latency_s": 2.0,
+        "data": "",
+        "error": "x",
+        "started_at_s": 0.0,
+        "duration_s": 2.0,
+        "truncated": False,
+    }
     record = ProbeResult.from_dict(old)
     assert record.phase is None
     assert record.outcome is Outcome.TIMEOUT
@@ -151,8 +189,9 @@ Probe = Callable[..., Awaitable[ProbeResult]]
 PROBES: list[Probe] = [tcp_connect, grab_banner, http_get]
 
 
-def _phases(handler: Callable[[DeviceSocket], Awaitable[None]] | None, probes: list[Probe]
-            ) -> list[tuple[Outcome, Phase | None]]:
+def _phases(
+    handler: Callable[[DeviceSocket], Awaitable[None]] | None, probes: list[Probe]
+) -> list[tuple[Outcome, Phase | None]]:
     async def main() -> list[tuple[Outcome, Phase | None]]:
         async with FakeNetwork() as net:
             net.serve(HOST, 1, _silent)  # the host exists: other ports refuse
@@ -172,9 +211,14 @@ def test_a_silent_address_times_out_in_the_connect_phase() -> None:
     async def main() -> list[tuple[Outcome, Phase | None]]:
         async with FakeNetwork() as net:
             net.drop(HOST, 80)
-            out = [(r.outcome, r.phase) for r in (await tcp_connect(HOST, 80, timeout_s=1.0, network=net),
-                                                  await grab_banner(HOST, 80, timeout_s=1.0, network=net),
-                                                  await http_get(HOST, 80, timeout_s=1.0, network=net))]
+            out = [
+                (r.outcome, r.phase)
+                for r in (
+                    await tcp_connect(HOST, 80, timeout_s=1.0, network=net),
+                    await grab_banner(HOST, 80, timeout_s=1.0, network=net),
+                    await http_get(HOST, 80, timeout_s=1.0, network=net),
+                )
+            ]
             with pytest.raises(ProbeTimeoutError):
                 await open_stream(HOST, 80, timeout_s=1.0, network=net)
             return out

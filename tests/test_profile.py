@@ -49,8 +49,9 @@ def test_ceiling_is_below_every_failure_and_was_always_passed(trials: list, marg
         assert all(oc is P for oc in outcomes)
 
 
-@pytest.mark.parametrize(("limit", "expected"), [(2, 0), (3, 0), (4, 1), (6, 3), (7, 4), (8, 5), (20, 17),
-                                               (21, 17), (50, 42)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("limit", "expected"), [(2, 0), (3, 0), (4, 1), (6, 3), (7, 4), (8, 5), (20, 17), (21, 17), (50, 42)]
+)
 def test_pinned_failures_keep_three_levels_or_15_percent_of_margin(limit: int, expected: int) -> None:
     """With H = L - 1 the margin is the larger of 3 levels and 15 % below L: 7 -> 4, 8 -> 5, 21 -> 17."""
     trial = [(lv, P) for lv in range(1, limit)] + [(limit, F)]

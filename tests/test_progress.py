@@ -30,8 +30,10 @@ def _level(state: Any, trial: int, level: int, outcome: str, in_flight: int, med
     state.on_progress(_ev("level_start", trial, level))
     state.on_log("watchdog.beat", {"ok": True, "latency_s": median_s})
     state.on_progress(_ev("level_end", trial, level, outcome))
-    state.on_log("characterize.level", {"trial": trial, "level": level, "in_flight": in_flight,
-                                        "latency_median_s": median_s})  # fmt: skip
+    state.on_log(
+        "characterize.level",
+        {"trial": trial, "level": level, "in_flight": in_flight, "latency_median_s": median_s},
+    )
 
 
 def test_state_records_levels_with_in_flight_from_the_log_event() -> None:
@@ -90,10 +92,13 @@ def test_discovery_view_prints_alerts_and_progress_lines_without_a_terminal() ->
     buf = io.StringIO()
     view = TerminalDiscoveryView(Console(file=buf, width=120, force_terminal=False))
     with view:
-        view.on_log("discovery.alert", {"host": "127.0.0.7", "zone": "Office LAN", "zone_kind": "general",
-                                        "model": "pump-abc"})  # fmt: skip
-        view.on_progress(DiscoveryProgress(hosts_done=1, hosts_total=1, assets_found=1, alerts=1,
-                                           host="127.0.0.7"))  # fmt: skip
+        view.on_log(
+            "discovery.alert",
+            {"host": "127.0.0.7", "zone": "Office LAN", "zone_kind": "general", "model": "pump-abc"},
+        )
+        view.on_progress(
+            DiscoveryProgress(hosts_done=1, hosts_total=1, assets_found=1, alerts=1, host="127.0.0.7")
+        )
     text = buf.getvalue()
     assert "ALERT 127.0.0.7: medical device in zone 'Office LAN' (general), model pump-abc" in text
     assert "discovery: 1/1 addresses, 0 live, 1 assets, 1 alerts" in text
@@ -106,11 +111,30 @@ def test_discovery_lines_say_addresses_live_hosts_and_the_time_left_for_a_large_
     total = 65536
     with view:
         for done in range(1, total + 1, 7):
-            view.on_progress(DiscoveryProgress(hosts_done=done, hosts_total=total, assets_found=done // 1000,
-                                               alerts=0, host="10.0.0.1", hosts_alive=done // 700,
-                                               elapsed_s=done / 500, eta_s=(total - done) / 500))
-        view.on_progress(DiscoveryProgress(hosts_done=total, hosts_total=total, assets_found=65, alerts=0,
-                                           host="10.0.0.1", hosts_alive=93, elapsed_s=131.0, eta_s=0.0))
+            view.on_progress(
+                DiscoveryProgress(
+                    hosts_done=done,
+                    hosts_total=total,
+                    assets_found=done // 1000,
+                    alerts=0,
+                    host="10.0.0.1",
+                    hosts_alive=done // 700,
+                    elapsed_s=done / 500,
+                    eta_s=(total - done) / 500,
+                )
+            )
+        view.on_progress(
+            DiscoveryProgress(
+                hosts_done=total,
+                hosts_total=total,
+                assets_found=65,
+                alerts=0,
+                host="10.0.0.1",
+                hosts_alive=93,
+                elapsed_s=131.0,
+                eta_s=0.0,
+            )
+        )
     lines = buf.getvalue().splitlines()
     assert len(lines) <= TerminalDiscoveryView.MAX_LINES + 1
     assert lines[-1].startswith(f"discovery: {total}/{total} addresses, 93 live, 65 assets")
@@ -135,7 +159,19 @@ def test_discovery_view_says_how_loud_the_run_will_be_when_it_starts() -> None:
     tap = LogTap()
     tap.sinks.append(view.on_log)
     with view:
-        tap(None, "info", {"event": "discovery.start", "todo": 4096, "global_rate": 1000.0,
-                           "per_host_sessions": 1, "rate_per_host": 10.0, "max_hosts_in_parallel": 4096})
-    assert ("discovery: 4096 address(es); at most 1000 new connections/s in total, 1 session(s) and "
-            "10 connects/s per host, 4096 hosts at once") in buf.getvalue()
+        tap(
+            None,
+            "info",
+            {
+                "event": "discovery.start",
+                "todo": 4096,
+                "global_rate": 1000.0,
+                "per_host_sessions": 1,
+                "rate_per_host": 10.0,
+                "max_hosts_in_parallel": 4096,
+            },
+        )
+    assert (
+        "discovery: 4096 address(es); at most 1000 new connections/s in total, 1 session(s) and "
+        "10 connects/s per host, 4096 hosts at once"
+    ) in buf.getvalue()

@@ -22,6 +22,8 @@ from fragileprobe import _errors
 
 # The names people meet in the README's tour and docs/ (``fp.<name>``): each must stay public.
 _DOCS = pathlib.Path(__file__).resolve().parent.parent
+
+
 def _python_in(markdown: str) -> str:
     """The Python a document shows: its ```python blocks and its inline `code` spans (not shell lines such
     as ``--store fp.db``)."""

@@ -214,8 +214,13 @@ def test_observations_out_of_order_are_refused() -> None:
 
 def test_resume_continues_with_the_next_trial() -> None:
     """A strategy built from finished trials starts the next one as if it had run them."""
-    first = ((1, LevelOutcome.PASSED), (2, LevelOutcome.PASSED), (5, LevelOutcome.PASSED),
-             (7, LevelOutcome.FAILED), (6, LevelOutcome.PASSED))  # fmt: skip
+    first = (
+        (1, LevelOutcome.PASSED),
+        (2, LevelOutcome.PASSED),
+        (5, LevelOutcome.PASSED),
+        (7, LevelOutcome.FAILED),
+        (6, LevelOutcome.PASSED),
+    )
     s = RampStrategy(RampConfig(), previous_trials=[first])
     assert s.trial == 1
     assert s.next_action() == TestLevel(4, 1)

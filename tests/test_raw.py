@@ -655,11 +655,21 @@ async def test_capture_of_a_characterization_holds_every_connection_and_the_cras
         with capture_logs():
             async with capture(loopback_host, path) as cap:
                 char = await characterize(
-                    target, scope=Scope([loopback_host]), recovery=emulator_recovery(pump), trials=1,
-                    ladder=(1, 2, 5), dwell_s=0.2, hold_s=0.02, interval_s=0.04, heartbeat_timeout_s=0.25,
-                    healthy_beats=2, recovery_timeout_s=5.0, baseline_beats=3, read_timeout_s=0.2,
+                    target,
+                    scope=Scope([loopback_host]),
+                    recovery=emulator_recovery(pump),
+                    trials=1,
+                    ladder=(1, 2, 5),
+                    dwell_s=0.2,
+                    hold_s=0.02,
+                    interval_s=0.04,
+                    heartbeat_timeout_s=0.25,
+                    healthy_beats=2,
+                    recovery_timeout_s=5.0,
+                    baseline_beats=3,
+                    read_timeout_s=0.2,
                     connect_timeout_s=0.5,
-                )  # fmt: skip
+                )
         connects = pump.stats.connects_total
     assert char.crashes >= 1
     assert cap.summary.complete

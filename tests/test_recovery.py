@@ -36,9 +36,15 @@ def _ctx(host: str = "127.0.0.1", port: int = 8080) -> RecoveryContext:
 async def test_command_recovery_substitutes_host_and_level(tmp_path: Path) -> None:
     out = tmp_path / "args.txt"
     hook = command_recovery(
-        [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write(' '.join(sys.argv[2:]))",
-         str(out), "{host}", "{level}"]
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; open(sys.argv[1], 'w').write(' '.join(sys.argv[2:]))",
+            str(out),
+            "{host}",
+            "{level}",
+        ]
+    )
     await call_recovery(hook, _ctx("127.0.0.9"))
     assert out.read_text() == "127.0.0.9 7"
 

@@ -41,10 +41,18 @@ async def _characterize_pump(host: str) -> fp.Characterization:
             name="ward 3 <pump>",
         )
         return await characterize(
-            target, scope=fp.Scope([host]), ladder=(1, 2, 5, 7, 10), dwell_s=0.3, trials=2, interval_s=0.1,
-            hold_s=0.1, healthy_beats=2, baseline_beats=3, recovery=emulator_recovery(pump),
+            target,
+            scope=fp.Scope([host]),
+            ladder=(1, 2, 5, 7, 10),
+            dwell_s=0.3,
+            trials=2,
+            interval_s=0.1,
+            hold_s=0.1,
+            healthy_beats=2,
+            baseline_beats=3,
+            recovery=emulator_recovery(pump),
             name="ward 3 <pump>",
-        )  # fmt: skip
+        )
 
 
 async def _discover_ward(pump_host: str, medical_host: str, office_host: str) -> fp.DiscoveryReport:
@@ -59,15 +67,22 @@ async def _discover_ward(pump_host: str, medical_host: str, office_host: str) ->
         devices = list(fleet.devices.values())
         ports = sorted({b for d in devices for b in d.ports.values()})
         aliases = {b: p for d in devices for p, b in d.ports.items() if b != p}
-        zones = Zones([
-            Zone(name="Office LAN", kind="general", ranges=(pump_host, office_host)),
-            Zone(name="ICU devices", kind="medical", ranges=(medical_host,)),
-        ])  # fmt: skip
+        zones = Zones(
+            [
+                Zone(name="Office LAN", kind="general", ranges=(pump_host, office_host)),
+                Zone(name="ICU devices", kind="medical", ranges=(medical_host,)),
+            ]
+        )
         hosts = [pump_host, medical_host, office_host]
         return await discover(
-            hosts, scope=fp.Scope(hosts), ports=ports, zones=zones, port_aliases=aliases,
-            rate_per_host=50.0, banner_timeout_s=0.3,
-        )  # fmt: skip
+            hosts,
+            scope=fp.Scope(hosts),
+            ports=ports,
+            zones=zones,
+            port_aliases=aliases,
+            rate_per_host=50.0,
+            banner_timeout_s=0.3,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -241,12 +256,25 @@ def test_html_report_renders_with_its_plot_in_headless_chromium(
     chromium = _chromium()
     assert chromium is not None
     proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-         files.html.resolve().as_uri()],
-        capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            files.html.resolve().as_uri(),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert shot.exists(), proc.stderr[-2000:]
     pixels = _decode_png(shot)
     assert pixels.shape[0] >= 1900
@@ -265,12 +293,26 @@ def test_html_report_renders_with_its_plot_in_headless_chromium(
 
 # Every name another module or test imports from ``fragileprobe._report`` (grep "_report import\|_report\.").
 REPORT_NAMES = (
-    "MEDICAL_GROUP", "ReportFiles", "characterization_html", "characterization_markdown",
-    "characterization_repr_html", "discovery_dict_from_store", "discovery_html", "discovery_markdown",
-    "discovery_plot", "discovery_repr_html", "discovery_settings", "figure_png", "latency_plot",
-    "load_report_source", "settings_for_characterization", "shield_section_html", "shield_timeline",
-    "timeline_plot", "write_report",
-)  # fmt: skip
+    "MEDICAL_GROUP",
+    "ReportFiles",
+    "characterization_html",
+    "characterization_markdown",
+    "characterization_repr_html",
+    "discovery_dict_from_store",
+    "discovery_html",
+    "discovery_markdown",
+    "discovery_plot",
+    "discovery_repr_html",
+    "discovery_settings",
+    "figure_png",
+    "latency_plot",
+    "load_report_source",
+    "settings_for_characterization",
+    "shield_section_html",
+    "shield_timeline",
+    "timeline_plot",
+    "write_report",
+)
 
 
 def test_the_report_package_still_offers_every_name_others_import() -> None:

@@ -67,8 +67,15 @@ def test_the_device_never_holds_more_than_the_ceiling_heartbeat_included(
 
     async def example() -> tuple[int, int]:
         # A sturdy pump (never hangs at these levels), slow enough that sessions overlap.
-        async with EmulatedPump(host, threshold=40, jitter=0, seed=5, base_latency_s=0.002,
-                                slowdown_s_per_session=0.002, boot_delay_s=0.05) as pump:  # fmt: skip
+        async with EmulatedPump(
+            host,
+            threshold=40,
+            jitter=0,
+            seed=5,
+            base_latency_s=0.002,
+            slowdown_s_per_session=0.002,
+            boot_delay_s=0.05,
+        ) as pump:
             ports = [pump.port(p) for p in (21, 22, 23)]
             target = Target(host, ports=ports, heartbeat=HttpHeartbeat(port=pump.web_port, timeout_s=0.5))
             scopes: list[anyio.CancelScope] = []
@@ -159,9 +166,16 @@ def test_discovery_touches_only_targets_in_scope_and_stays_within_the_per_host_l
             scope = Scope([hosts[i] for i in in_scope])
             with capture_logs(), anyio.fail_after(60):
                 try:
-                    await discover([hosts[i] for i in sorted(targeted)], scope=scope, ports=ports,
-                                   port_aliases=aliases, per_host_sessions=per_host, rate_per_host=200,
-                                   connect_timeout_s=0.5, banner_timeout_s=0.15)
+                    await discover(
+                        [hosts[i] for i in sorted(targeted)],
+                        scope=scope,
+                        ports=ports,
+                        port_aliases=aliases,
+                        per_host_sessions=per_host,
+                        rate_per_host=200,
+                        connect_timeout_s=0.5,
+                        banner_timeout_s=0.15,
+                    )
                 except ScopeError:
                     refused = True
             stats = [d.stats for d in devices]
@@ -220,11 +234,20 @@ def test_characterize_sends_nothing_while_down_and_its_ceiling_is_true_to_the_de
                 # The watchdog's declaration time (time.monotonic), from its log event.
                 return [e["at_s"] for e in logs if e.get("event") == "watchdog.device_down"]
 
-            target = Target(host, ports=tuple(pump.ports.values()),
-                            heartbeat=HttpHeartbeat(port=pump.web_port, timeout_s=0.2))  # fmt: skip
+            target = Target(
+                host,
+                ports=tuple(pump.ports.values()),
+                heartbeat=HttpHeartbeat(port=pump.web_port, timeout_s=0.2),
+            )
             with capture_logs() as logs, anyio.fail_after(90):
-                char = await characterize(target, scope=Scope([host]), ladder=tuple(range(1, 11)), trials=2,
-                                          recovery=recovery, **TIMINGS)  # fmt: skip
+                char = await characterize(
+                    target,
+                    scope=Scope([host]),
+                    ladder=tuple(range(1, 11)),
+                    trials=2,
+                    recovery=recovery,
+                    **TIMINGS,
+                )
             return char, between, declared
 
     t0 = time.monotonic()
@@ -245,6 +268,7 @@ def test_characterize_sends_nothing_while_down_and_its_ceiling_is_true_to_the_de
 
 
 # --- the scope's fast lookup agrees with the networks it was given -----------------------------------------
+
 
 @st.composite
 def networks_and_addresses(draw: st.DrawFn) -> tuple[list[str], list[str]]:

@@ -223,8 +223,27 @@ def test_parse_ports_forms() -> None:
 
 def test_hospital_port_set_covers_the_clinical_services() -> None:
     hospital = set(parse_ports("hospital"))
-    for port in (21, 22, 23, 80, 443, 8080, 8443, 445, 3389, 5985, 515, 631, 9100, 1433, 3306, 5432, 2575,
-                 104, 11112):
+    for port in (
+        21,
+        22,
+        23,
+        80,
+        443,
+        8080,
+        8443,
+        445,
+        3389,
+        5985,
+        515,
+        631,
+        9100,
+        1433,
+        3306,
+        5432,
+        2575,
+        104,
+        11112,
+    ):
         assert port in hospital, port
     assert tuple(sorted(hospital)) == PORT_SETS["hospital"]
 

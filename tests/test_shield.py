@@ -194,8 +194,13 @@ async def _ceiling_scenario(
     # hang_at = ceiling + 1: the ceiling counts every session the device holds, the heartbeat's included;
     # one more session hangs it.
     async with fragile_box(host, hang_at=ceiling + 1) as box:
-        shield = fp.Shield(scope=fp.Scope(host), listen_port=0, ceilings={host: ceiling},
-                           heartbeats={host: _heartbeat(box)}, **BEAT)  # fmt: skip
+        shield = fp.Shield(
+            scope=fp.Scope(host),
+            listen_port=0,
+            ceilings={host: ceiling},
+            heartbeats={host: _heartbeat(box)},
+            **BEAT,
+        )
         async with serving(shield):
             replies: list[bytes] = []
 
@@ -228,9 +233,15 @@ async def test_over_the_ceiling_waits_bounded_then_is_refused_never_relayed(loop
     """Ceiling 2: one relayed session beside the heartbeat; a second CONNECT waits, then is refused (without
     preemption: the holder is the same client, idle, and would otherwise give up its slot)."""
     async with fragile_box(loopback_host, hang_at=3) as box:
-        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, ceilings={loopback_host: 2},
-                           slot_wait_s=0.3, preempt_idle_s=None, heartbeats={loopback_host: _heartbeat(box)},
-                           **BEAT)  # fmt: skip
+        shield = fp.Shield(
+            scope=fp.Scope(loopback_host),
+            listen_port=0,
+            ceilings={loopback_host: 2},
+            slot_wait_s=0.3,
+            preempt_idle_s=None,
+            heartbeats={loopback_host: _heartbeat(box)},
+            **BEAT,
+        )
         async with serving(shield):
             holder = await _socks(shield, box.host, box.echo_port)
             async with holder:
@@ -254,9 +265,17 @@ async def test_a_waiting_connect_takes_the_slot_of_the_same_clients_idle_session
     slot (after the device let go: never more than the ceiling). Another client's session is never ended."""
     async with fragile_box(loopback_host, hang_at=3) as box:
         users = {"a": "pw-a", "b": "pw-b"}
-        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, ceilings={loopback_host: 2},
-                           slot_wait_s=3.0, preempt_idle_s=0.3, users=users, allow_clients=["127.0.0.0/8"],
-                           heartbeats={loopback_host: _heartbeat(box)}, **BEAT)  # fmt: skip
+        shield = fp.Shield(
+            scope=fp.Scope(loopback_host),
+            listen_port=0,
+            ceilings={loopback_host: 2},
+            slot_wait_s=3.0,
+            preempt_idle_s=0.3,
+            users=users,
+            allow_clients=["127.0.0.0/8"],
+            heartbeats={loopback_host: _heartbeat(box)},
+            **BEAT,
+        )
         async with serving(shield):
             holder = await _socks(shield, box.host, box.echo_port, login="a:pw-a")
             async with holder:
@@ -297,10 +316,16 @@ async def test_trip_closes_every_session_refuses_new_ones_alerts_and_spares_othe
     alerts = tmp_path / "alerts.jsonl"
     store = ProfileStore(tmp_path / "s.db")
     async with fragile_box(fragile, hang_at=50) as box, fragile_box(sturdy, hang_at=50) as other:
-        shield = fp.Shield(scope=fp.Scope(f"{fragile},{sturdy}"), listen_port=0, store=store,
-                           ceilings={fragile: 4, sturdy: 4}, alert_file=str(alerts), release_beats=2,
-                           heartbeats={fragile: _heartbeat(box), sturdy: _heartbeat(other)},
-                           **BEAT)  # fmt: skip
+        shield = fp.Shield(
+            scope=fp.Scope(f"{fragile},{sturdy}"),
+            listen_port=0,
+            store=store,
+            ceilings={fragile: 4, sturdy: 4},
+            alert_file=str(alerts),
+            release_beats=2,
+            heartbeats={fragile: _heartbeat(box), sturdy: _heartbeat(other)},
+            **BEAT,
+        )
         async with serving(shield):
             held = [await _socks(shield, fragile, box.echo_port) for _ in range(3)]
             for s in held:
@@ -349,8 +374,13 @@ async def test_trip_closes_every_session_refuses_new_ones_alerts_and_spares_othe
 
 async def test_operator_release_keeps_a_healthy_device_blocked_until_released(loopback_host: str) -> None:
     async with fragile_box(loopback_host, hang_at=50) as box:
-        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, release="operator",
-                           heartbeats={loopback_host: _heartbeat(box)}, **BEAT)  # fmt: skip
+        shield = fp.Shield(
+            scope=fp.Scope(loopback_host),
+            listen_port=0,
+            release="operator",
+            heartbeats={loopback_host: _heartbeat(box)},
+            **BEAT,
+        )
         async with serving(shield):
             held = await _socks(shield, box.host, box.echo_port)
             box.hang()
@@ -372,8 +402,13 @@ async def test_a_device_dead_before_its_first_session_gets_nothing_until_it_answ
 ) -> None:
     async with fragile_box(loopback_host, hang_at=50) as box:
         box.hang()
-        shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, release_beats=1,
-                           heartbeats={loopback_host: _heartbeat(box)}, **BEAT)  # fmt: skip
+        shield = fp.Shield(
+            scope=fp.Scope(loopback_host),
+            listen_port=0,
+            release_beats=1,
+            heartbeats={loopback_host: _heartbeat(box)},
+            **BEAT,
+        )
         async with serving(shield):
             for _ in range(3):
                 with pytest.raises(ProxyError):
@@ -398,9 +433,15 @@ async def test_emulated_pump_behind_the_shield_gets_its_inventory_ceiling_and_ne
 
     store = ProfileStore(tmp_path / "s.db")
     async with EmulatedPump(loopback_host, seed=3, boot_delay_s=0.05, syn_watch=False) as pump:
-        store.upsert_asset(loopback_host, scan_id=None, seen_at_s=0.0, model_key="mis3000-0123456789ab",
-                           open_ports=pump.ports.values(), groups=["Medical Device?"],
-                           services=[{"port": pump.web_port, "service": "http"}])  # fmt: skip
+        store.upsert_asset(
+            loopback_host,
+            scan_id=None,
+            seen_at_s=0.0,
+            model_key="mis3000-0123456789ab",
+            open_ports=pump.ports.values(),
+            groups=["Medical Device?"],
+            services=[{"port": pump.web_port, "service": "http"}],
+        )
         shield = fp.Shield(scope=fp.Scope(loopback_host), listen_port=0, store=store, **BEAT)
         async with serving(shield):
             assert shield.limit_for(loopback_host)[0] == 2
@@ -430,22 +471,28 @@ def test_limit_comes_from_the_stored_ceiling_of_the_inventory_model(tmp_path: Pa
     from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
 
     def trial(index: int) -> TrialResult:
-        levels = [LevelResult(level=lv, outcome=LevelOutcome.PASSED, dwell_s=0.1, elapsed_s=0.1)
-                  for lv in (1, 2, 3)]  # fmt: skip
+        levels = [
+            LevelResult(level=lv, outcome=LevelOutcome.PASSED, dwell_s=0.1, elapsed_s=0.1) for lv in (1, 2, 3)
+        ]
         levels.append(LevelResult(level=4, outcome=LevelOutcome.FAILED, dwell_s=0.1, elapsed_s=0.05))
         return TrialResult(index=index, levels=tuple(levels), wall_time_s=0.4)
 
     store = ProfileStore(tmp_path / "s.db")
-    store.save(Characterization.from_trials(host="127.9.9.1", model_key="pump-abcdef012345",
-                                            ladder=(1, 2, 3, 4), trials=[trial(0), trial(1)]))  # fmt: skip
+    store.save(
+        Characterization.from_trials(
+            host="127.9.9.1", model_key="pump-abcdef012345", ladder=(1, 2, 3, 4), trials=[trial(0), trial(1)]
+        )
+    )
     # the inventory's key names the same model with another slug: the digest matches
     store.upsert_asset("127.9.9.2", scan_id=None, seen_at_s=0, model_key="other-abcdef012345", groups=["x"])
-    store.upsert_asset("127.9.9.3", scan_id=None, seen_at_s=0, model_key="thing-ffffffffffff",
-                       groups=["Medical Device?"])  # fmt: skip
+    store.upsert_asset(
+        "127.9.9.3", scan_id=None, seen_at_s=0, model_key="thing-ffffffffffff", groups=["Medical Device?"]
+    )
     stored = store.ceiling_for("pump-abcdef012345")
     assert stored is not None
-    shield = fp.Shield(scope=fp.Scope("127.9.9.0/24"), store=store, default_ceiling=7,
-                       ceilings={"127.9.9.5": 0})
+    shield = fp.Shield(
+        scope=fp.Scope("127.9.9.0/24"), store=store, default_ceiling=7, ceilings={"127.9.9.5": 0}
+    )
     shield._load_inventory(store)
     assert shield.limit_for("127.9.9.2") == (stored, "stored ceiling of model pump-abcdef012345")
     assert shield.limit_for("127.9.9.3")[0] == 2  # medical default: one relayed session and the heartbeat
@@ -476,8 +523,13 @@ async def test_policy_refusals_send_nothing(loopback_hosts: Callable[[], str]) -
     assert out_box.accepted == {}
     assert box.accepted == {}
     outcomes = [s.outcome for s in shield.sessions]
-    assert outcomes == ["refused_scope", "refused_name", "refused_command", "refused_command",
-                        "refused_printer_port"]  # fmt: skip
+    assert outcomes == [
+        "refused_scope",
+        "refused_name",
+        "refused_command",
+        "refused_command",
+        "refused_printer_port",
+    ]
     assert [e["outcome"] for e in logs if e["event"] == "shield.refused"] == outcomes
 
 
@@ -547,8 +599,13 @@ async def test_a_client_outside_the_allow_list_relays_nothing(loopback_hosts: Ca
                 stream = await anyio.connect_tcp(*shield.address, local_host=client_addr)
                 async with stream:
                     with contextlib.suppress(anyio.BrokenResourceError, OSError):
-                        await stream.send(b"\x05\x01\x00" + bytes((5, 1, 0, 1)) + socket.inet_aton(device)
-                                          + struct.pack("!H", box.echo_port) + b"payload")  # fmt: skip
+                        await stream.send(
+                            b"\x05\x01\x00"
+                            + bytes((5, 1, 0, 1))
+                            + socket.inet_aton(device)
+                            + struct.pack("!H", box.echo_port)
+                            + b"payload"
+                        )
                     gone = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
                     with anyio.fail_after(5), pytest.raises(gone):
                         await stream.receive()
@@ -566,8 +623,9 @@ async def test_rfc1929_login_required_and_checked(loopback_host: str) -> None:
             with pytest.raises(ProxyError):
                 await Proxy.from_url(f"socks5://{h}:{p}").connect(loopback_host, box.echo_port, timeout=5)
             with pytest.raises(ProxyError):
-                await Proxy.from_url(f"socks5://scanner:wrong@{h}:{p}").connect(loopback_host, box.echo_port,
-                                                                                 timeout=5)  # fmt: skip
+                await Proxy.from_url(f"socks5://scanner:wrong@{h}:{p}").connect(
+                    loopback_host, box.echo_port, timeout=5
+                )
             proxy = Proxy.from_url(f"socks5://scanner:pw1@{h}:{p}")
             stream = await proxy.connect(loopback_host, box.echo_port, timeout=5)
             async with stream:
@@ -708,8 +766,11 @@ _clients = st.sampled_from(["a", "b", "c"])
 _times = st.floats(0, 10, allow_nan=False)
 
 
-@given(waiting=st.lists(st.tuples(_clients, _times), max_size=6),
-       relaying=st.lists(st.tuples(_clients, _times), max_size=6), after=st.floats(0.01, 5))  # fmt: skip
+@given(
+    waiting=st.lists(st.tuples(_clients, _times), max_size=6),
+    relaying=st.lists(st.tuples(_clients, _times), max_size=6),
+    after=st.floats(0.01, 5),
+)
 def test_preemptions_end_only_the_waiting_clients_own_idle_sessions(
     waiting: list[tuple[str, float]], relaying: list[tuple[str, float]], after: float
 ) -> None:

@@ -38,8 +38,9 @@ def _open_ports(nmap_out: str) -> set[int]:
 
 async def _shield_exec(args: list[str], command: list[str], timeout_s: float = 240) -> tuple[int, str, str]:
     with anyio.fail_after(timeout_s):
-        proc = await anyio.run_process([*fragileprobe_command(), "shield", *args, "--exec", "--", *command],
-                                       check=False)  # fmt: skip
+        proc = await anyio.run_process(
+            [*fragileprobe_command(), "shield", *args, "--exec", "--", *command], check=False
+        )
     return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
@@ -49,17 +50,26 @@ async def test_nmap_connect_scan_through_the_shield_finds_the_same_ports_and_nev
     loopback_host: str, tmp_path: Path
 ) -> None:
     store_path = tmp_path / "s.db"
-    async with EmulatedDevice(loopback_host, model=MONITOR, seed=2, boot_delay_s=0.05,
-                              syn_watch=False) as dev:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model=MONITOR, seed=2, boot_delay_s=0.05, syn_watch=False
+    ) as dev:
         ports = ",".join(str(p) for p in sorted(dev.ports.values()))
         expected = set(dev.ports.values())
         code, out, err = await _shield_exec(
-            ["--scope", loopback_host, "--store", str(store_path), "--default-ceiling", "2",
-             "--heartbeat", f"{loopback_host}={dev.web_port}"],
+            [
+                "--scope",
+                loopback_host,
+                "--store",
+                str(store_path),
+                "--default-ceiling",
+                "2",
+                "--heartbeat",
+                f"{loopback_host}={dev.web_port}",
+            ],
             # --max-parallelism 1, as --exec advises; the socket nmap keeps of its last connect while it is
             # frozen in the next one (inside proxychains) is preempted by the shield when idle for 1 s.
             ["nmap", "-sT", "--max-parallelism", "1", "-Pn", "-n", "-p", ports, loopback_host],
-        )  # fmt: skip
+        )
         assert code == 0, err
         assert _open_ports(out) == expected, out + err
         assert dev.stats.crashes == 0
@@ -76,14 +86,23 @@ async def test_nmap_connect_scan_through_the_shield_finds_the_same_ports_and_nev
 @pytest.mark.nmap
 @pytest.mark.slow
 async def test_nmap_version_scan_through_the_shield_names_the_services(loopback_host: str) -> None:
-    async with EmulatedDevice(loopback_host, model="infusion-pump", seed=4, boot_delay_s=0.05,
-                              syn_watch=False) as pump:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", seed=4, boot_delay_s=0.05, syn_watch=False
+    ) as pump:
         ports = ",".join(str(pump.port(p)) for p in (21, 22))
         code, out, err = await _shield_exec(
-            ["--scope", loopback_host, "--default-ceiling", "2", "--slot-wait", "10",
-             "--heartbeat", f"{loopback_host}={pump.web_port}"],
+            [
+                "--scope",
+                loopback_host,
+                "--default-ceiling",
+                "2",
+                "--slot-wait",
+                "10",
+                "--heartbeat",
+                f"{loopback_host}={pump.web_port}",
+            ],
             ["nmap", "-sT", "-sV", "--max-parallelism", "1", "-Pn", "-n", "-p", ports, loopback_host],
-        )  # fmt: skip
+        )
         assert code == 0, err
         assert "vsftpd 2.3.4" in out
         assert "Dropbear sshd" in out
@@ -121,8 +140,9 @@ def test_exec_check_as_root_demands_connect_scan_and_no_ping() -> None:
 def test_proxychains_config_is_strict_without_proxy_dns() -> None:
     from fragileprobe._shield import proxychains_config
 
-    text = proxychains_config("127.0.0.1", 1080, read_timeout_s=9, connect_timeout_s=2, username="u",
-                              password="p")  # fmt: skip
+    text = proxychains_config(
+        "127.0.0.1", 1080, read_timeout_s=9, connect_timeout_s=2, username="u", password="p"
+    )
     lines = text.splitlines()
     assert "strict_chain" in lines
     assert not any(line.startswith("proxy_dns") for line in lines)
@@ -133,18 +153,23 @@ def test_proxychains_config_is_strict_without_proxy_dns() -> None:
 @needs_curl
 async def test_curl_socks5_through_the_shield(loopback_hosts: object, tmp_path: Path) -> None:
     host = loopback_hosts()  # type: ignore[operator]
-    async with EmulatedDevice(host, model="infusion-pump", seed=1, boot_delay_s=0.05,
-                              syn_watch=False) as pump:  # fmt: skip
+    async with EmulatedDevice(
+        host, model="infusion-pump", seed=1, boot_delay_s=0.05, syn_watch=False
+    ) as pump:
         shield = fp.Shield(scope=fp.Scope(host), listen_port=0)
         async with shield:
             h, p = shield.address
-            ok = await anyio.run_process([CURL, "-sS", "-m", "10", "--socks5", f"{h}:{p}",
-                                          f"http://{host}:{pump.web_port}/"], check=False)  # fmt: skip
+            ok = await anyio.run_process(
+                [CURL, "-sS", "-m", "10", "--socks5", f"{h}:{p}", f"http://{host}:{pump.web_port}/"],
+                check=False,
+            )
             assert ok.returncode == 0, ok.stderr
             assert b"<title>" in ok.stdout
             # a name is never resolved: refused by ruleset, curl reports the proxy's refusal
-            name = await anyio.run_process([CURL, "-sS", "-m", "10", "--socks5-hostname", f"{h}:{p}",
-                                            "http://pump.invalid/"], check=False)  # fmt: skip
+            name = await anyio.run_process(
+                [CURL, "-sS", "-m", "10", "--socks5-hostname", f"{h}:{p}", "http://pump.invalid/"],
+                check=False,
+            )
             assert name.returncode != 0
             assert b"not allowed" in name.stderr.lower() or name.returncode == 97
             with anyio.fail_after(10):
@@ -156,13 +181,24 @@ async def test_curl_socks5_through_the_shield(loopback_hosts: object, tmp_path: 
 
 
 async def test_cli_server_mode_relays_and_stops_on_sigint(loopback_host: str, tmp_path: Path) -> None:
-    async with EmulatedDevice(loopback_host, model="infusion-pump", seed=1, boot_delay_s=0.05,
-                              syn_watch=False) as pump:  # fmt: skip
+    async with EmulatedDevice(
+        loopback_host, model="infusion-pump", seed=1, boot_delay_s=0.05, syn_watch=False
+    ) as pump:
         proc = subprocess.Popen(  # noqa: ASYNC220 - a long-running child we signal, read in a thread
-            [*fragileprobe_command(), "shield", "--scope", loopback_host, "--listen", "127.0.0.1:0",
-             "--store", str(tmp_path / "s.db")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                *fragileprobe_command(),
+                "shield",
+                "--scope",
+                loopback_host,
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                str(tmp_path / "s.db"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert proc.stderr is not None
             line = await anyio.to_thread.run_sync(proc.stderr.readline)
@@ -196,19 +232,53 @@ def test_cli_refuses_an_open_bind_without_auth(tmp_path: Path) -> None:
 
 def test_report_shows_a_timeline_per_device_with_its_trips(tmp_path: Path) -> None:
     store = ProfileStore(tmp_path / "s.db")
-    rows = [dict(host="127.5.0.1", port=21, client="127.0.0.1:1", username=None, started_at_s=100.0 + i,
-                 ended_at_s=100.5 + i, bytes_up=1, bytes_down=20, outcome="relayed", reply=0, ceiling=1,
-                 limit_source="medical default", waited_s=0.0) for i in range(3)]  # fmt: skip
-    rows.append({**rows[0], "started_at_s": 104.0, "ended_at_s": 104.0, "outcome": "refused_tripped",
-                 "reply": 2})  # fmt: skip
+    rows = [
+        dict(
+            host="127.5.0.1",
+            port=21,
+            client="127.0.0.1:1",
+            username=None,
+            started_at_s=100.0 + i,
+            ended_at_s=100.5 + i,
+            bytes_up=1,
+            bytes_down=20,
+            outcome="relayed",
+            reply=0,
+            ceiling=1,
+            limit_source="medical default",
+            waited_s=0.0,
+        )
+        for i in range(3)
+    ]
+    rows.append(
+        {**rows[0], "started_at_s": 104.0, "ended_at_s": 104.0, "outcome": "refused_tripped", "reply": 2}
+    )
     store.record_shield_sessions(rows)
-    trip = {"host": "127.5.0.1", "tripped_at_s": 103.0, "reason": "timeout", "sessions_closed": 1,
-            "ceiling": 1, "limit_source": "medical default"}  # fmt: skip
+    trip = {
+        "host": "127.5.0.1",
+        "tripped_at_s": 103.0,
+        "reason": "timeout",
+        "sessions_closed": 1,
+        "ceiling": 1,
+        "limit_source": "medical default",
+    }
     store.record_shield_trip(trip)
     store.record_alert({"kind": "shield_trip", "host": "127.5.0.1"})
-    code = subprocess.run([*fragileprobe_command(), "report", "--store", str(tmp_path / "s.db"), "--out",
-                           str(tmp_path / "r"), "--no-plot"], capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
+    code = subprocess.run(
+        [
+            *fragileprobe_command(),
+            "report",
+            "--store",
+            str(tmp_path / "s.db"),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-plot",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert code.returncode == 0, code.stderr
     page = (tmp_path / "r.html").read_text()
     assert "Through the shield" in page
@@ -218,4 +288,3 @@ def test_report_shows_a_timeline_per_device_with_its_trips(tmp_path: Path) -> No
     assert "3 relayed, 1 refused, 1 trip(s)" in page
     assert "wrong zone" in page  # the trip alert is not shown as a zone alert
     store.close()
-

@@ -29,16 +29,22 @@ from fragileprobe.sites._coordinator import shards
 PORTS = "21,22,23,80,104,445,2575,3389,5985,8080,9100"
 
 
-def _config(broker: str = "redis://127.0.0.1:1/0", store: str = "postgresql://x@127.0.0.1/x",
-            **overrides: object) -> dict[str, object]:  # fmt: skip
+def _config(
+    broker: str = "redis://127.0.0.1:1/0", store: str = "postgresql://x@127.0.0.1/x", **overrides: object
+) -> dict[str, object]:
     data: dict[str, object] = {
-        "broker": broker, "store": store, "discovery": {"ports": PORTS, "shard_size": 16},
+        "broker": broker,
+        "store": store,
+        "discovery": {"ports": PORTS, "shard_size": 16},
         "site": [
-            {"name": "trauma", "networks": ["127.10.1.0/24"],
-             "zone": [{"name": "icu", "kind": "medical", "ranges": ["127.10.1.0/25"]}]},
+            {
+                "name": "trauma",
+                "networks": ["127.10.1.0/24"],
+                "zone": [{"name": "icu", "kind": "medical", "ranges": ["127.10.1.0/25"]}],
+            },
             {"name": "clinic-2", "networks": ["127.10.2.0/24"], "targets": ["127.10.2.0/28"]},
         ],
-    }  # fmt: skip
+    }
     data.update(overrides)
     return data
 
@@ -77,21 +83,44 @@ def test_sites_toml_reads_sites_networks_zones_and_params(tmp_path: Path) -> Non
         ({"site": [{"name": "A b", "networks": ["127.10.1.0/24"]}]}, r"key 'name' must be a lowercase slug"),
         ({"site": [{"name": "a", "networks": []}]}, r"site #1 \('a'\): key 'networks'"),
         ({"site": [{"name": "a", "networks": ["127.10.1.0/33"]}]}, r"site #1 \('a'\): key 'networks'"),
-        ({"site": [{"name": "a", "networks": ["127.10.1.0/24"], "targets": ["127.10.9.1"]}]},
-         r"site #1 \('a'\): key 'targets'.*127\.10\.9\.1"),
-        ({"site": [{"name": "a", "networks": ["127.10.1.0/24"]},
-                   {"name": "a", "networks": ["127.10.2.0/24"]}]},
-         r"site name 'a' is used twice"),
-        ({"site": [{"name": "a", "networks": ["127.10.0.0/16"]},
-                   {"name": "b", "networks": ["127.10.2.0/24"]}]},
-         r"'a' \(127\.10\.0\.0/16\) and 'b' \(127\.10\.2\.0/24\) overlap; every address may belong to "
-         r"one site"),
-        ({"site": [{"name": "a", "networks": ["127.10.1.0/24"],
-                    "zone": [{"name": "z", "ranges": ["127.10.2.0/25"]}]}]},
-         r"zone 'z' range '127\.10\.2\.0/25' is outside the site's networks"),
+        (
+            {"site": [{"name": "a", "networks": ["127.10.1.0/24"], "targets": ["127.10.9.1"]}]},
+            r"site #1 \('a'\): key 'targets'.*127\.10\.9\.1",
+        ),
+        (
+            {
+                "site": [
+                    {"name": "a", "networks": ["127.10.1.0/24"]},
+                    {"name": "a", "networks": ["127.10.2.0/24"]},
+                ]
+            },
+            r"site name 'a' is used twice",
+        ),
+        (
+            {
+                "site": [
+                    {"name": "a", "networks": ["127.10.0.0/16"]},
+                    {"name": "b", "networks": ["127.10.2.0/24"]},
+                ]
+            },
+            r"'a' \(127\.10\.0\.0/16\) and 'b' \(127\.10\.2\.0/24\) overlap; every address may belong to "
+            r"one site",
+        ),
+        (
+            {
+                "site": [
+                    {
+                        "name": "a",
+                        "networks": ["127.10.1.0/24"],
+                        "zone": [{"name": "z", "ranges": ["127.10.2.0/25"]}],
+                    }
+                ]
+            },
+            r"zone 'z' range '127\.10\.2\.0/25' is outside the site's networks",
+        ),
         ({"site": [{"name": "a", "networks": ["127.10.1.0/24"], "zones": []}]}, r"unknown key 'zones'"),
     ],
-)  # fmt: skip
+)
 def test_sites_toml_names_what_is_wrong(change: dict[str, object], message: str) -> None:
     """Every mistake is a ConfigError naming the file, entry and key, found before anything is sent."""
     with pytest.raises(ConfigError, match=message):
@@ -110,12 +139,19 @@ def test_discover_sites_rejects_a_bad_file_before_connecting(tmp_path: Path) -> 
     """The CLI validates sites.toml completely first: exit 2, one line naming the key, no broker touched."""
     path = tmp_path / "sites.toml"
     data = _config()
-    path.write_text('broker = "redis://127.0.0.1:1/0"\nstore = "postgresql://x@127.0.0.1:1/x"\n'
-                    '[[site]]\nname = "a"\nnetworks = ["127.10.1.0/24"]\n'
-                    'targets = ["127.10.7.1"]\n')  # fmt: skip
+    path.write_text(
+        'broker = "redis://127.0.0.1:1/0"\nstore = "postgresql://x@127.0.0.1:1/x"\n'
+        '[[site]]\nname = "a"\nnetworks = ["127.10.1.0/24"]\n'
+        'targets = ["127.10.7.1"]\n'
+    )
     assert data  # the dict form is tested above; this is the file through the CLI
-    done = subprocess.run([*fragileprobe_command(), "discover", "--sites", str(path)], capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [*fragileprobe_command(), "discover", "--sites", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "key 'targets'" in done.stderr
     assert "Traceback" not in done.stderr
@@ -271,8 +307,14 @@ async def test_agent_refuses_a_job_outside_its_scope_and_sends_nothing(
             {"job_id": "j2", "site": "clinic", "kind": "discover", "hosts": [inside]},
         ]
         for job in jobs:
-            ledger.submit(job_id=job["job_id"], batch_id="b", site=str(job["site"]), kind="discover",
-                          hosts=job["hosts"], params={})  # type: ignore[arg-type]  # fmt: skip
+            ledger.submit(
+                job_id=job["job_id"],
+                batch_id="b",
+                site=str(job["site"]),
+                kind="discover",
+                hosts=job["hosts"],
+                params={},
+            )  # type: ignore[arg-type]
             state = await anyio.to_thread.run_sync(agent.run, {**job, "params": {}})
             assert state == "refused"
         assert all(d.stats.connects_total == 0 for d in fleet.devices.values())
@@ -293,13 +335,21 @@ SITE_FLEET_MEDICAL_MISPLACED = 4  # hospital_fleet: 3 infusion pumps and 1 syrin
 
 def _sites_dict(broker: str, store: str, prefixes: list[str], **discovery: object) -> dict[str, object]:
     return {
-        "broker": broker, "store": store,
+        "broker": broker,
+        "store": store,
         "discovery": {"ports": PORTS, "shard_size": 32, "lease_ttl_s": 3.0, **discovery},
-        "site": [{"name": f"site-{i}", "networks": [f"{p}.0/24"],
-                  "zone": [{"name": f"site-{i}-clinical", "kind": "medical", "ranges": [f"{p}.0/25"]},
-                           {"name": f"site-{i}-office", "kind": "general", "ranges": [f"{p}.128/25"]}]}
-                 for i, p in enumerate(prefixes)],
-    }  # fmt: skip
+        "site": [
+            {
+                "name": f"site-{i}",
+                "networks": [f"{p}.0/24"],
+                "zone": [
+                    {"name": f"site-{i}-clinical", "kind": "medical", "ranges": [f"{p}.0/25"]},
+                    {"name": f"site-{i}-office", "kind": "general", "ranges": [f"{p}.128/25"]},
+                ],
+            }
+            for i, p in enumerate(prefixes)
+        ],
+    }
 
 
 def _toml(data: dict[str, object]) -> str:
@@ -309,8 +359,12 @@ def _toml(data: dict[str, object]) -> str:
     for site in data["site"]:  # type: ignore[attr-defined]
         lines += ["[[site]]", f'name = "{site["name"]}"', f"networks = {json.dumps(site['networks'])}"]
         for z in site["zone"]:
-            lines += ["[[site.zone]]", f'name = "{z["name"]}"', f'kind = "{z["kind"]}"',
-                      f"ranges = {json.dumps(z['ranges'])}"]  # fmt: skip
+            lines += [
+                "[[site.zone]]",
+                f'name = "{z["name"]}"',
+                f'kind = "{z["kind"]}"',
+                f"ranges = {json.dumps(z['ranges'])}",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -332,13 +386,21 @@ async def test_two_sites_discovered_through_their_agents_into_one_report(
     sites_file = tmp_path / "sites.toml"
     sites_file.write_text(_toml(data))
     fleets = [Fleet(hospital_fleet(p, seed=i), control_port=None) for i, p in enumerate(prefixes)]
-    specs = [{"site": f"site-{i}", "broker": broker, "store": pg_url, "scope": f"{p}.0/24"}
-             for i, p in enumerate(prefixes)]  # fmt: skip
+    specs = [
+        {"site": f"site-{i}", "broker": broker, "store": pg_url, "scope": f"{p}.0/24"}
+        for i, p in enumerate(prefixes)
+    ]
     async with fleets[0], fleets[1]:
         with agents(*specs):
-            cli = await anyio.to_thread.run_sync(lambda: subprocess.run(
-                [*fragileprobe_command(), "discover", "--sites", str(sites_file), "--json"],
-                capture_output=True, text=True, timeout=240, check=False))  # fmt: skip
+            cli = await anyio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [*fragileprobe_command(), "discover", "--sites", str(sites_file), "--json"],
+                    capture_output=True,
+                    text=True,
+                    timeout=240,
+                    check=False,
+                )
+            )
             assert cli.returncode == 1, cli.stderr[-2000:]  # 1: alerts were raised
             report = json.loads(cli.stdout)
             # The wrong site's address sent to site-0's queue: refused there, nothing sent.
@@ -346,8 +408,13 @@ async def test_two_sites_discovered_through_their_agents_into_one_report(
             coordinator = Coordinator(config, poll_s=0.2)
             victim = next(iter(fleets[1].devices.values()))
             before = victim.stats.connects_total
-            job = coordinator.submit(config.site("site-0"), "discover", [victim.host], batch_id="wrong",
-                                     params=config.discovery.to_dict())  # fmt: skip
+            job = coordinator.submit(
+                config.site("site-0"),
+                "discover",
+                [victim.host],
+                batch_id="wrong",
+                params=config.discovery.to_dict(),
+            )
             end = await anyio.to_thread.run_sync(lambda: coordinator.wait(job.job_id, timeout_s=60))
             assert end.state == "refused"
             assert "outside this agent's scope" in (end.error or "")
@@ -375,8 +442,9 @@ async def test_sigkill_mid_discovery_keeps_finished_hosts_and_resumes_the_rest(
     broker = redis_server.url  # type: ignore[attr-defined]
     (prefix,) = site_prefixes(1)
     # One shard for the whole /24, few hosts at a time: slow enough to kill in the middle.
-    data = _sites_dict(broker, pg_url, [prefix], shard_size=254, max_hosts_in_parallel=4, rate_per_host=5.0,
-                       ports="21,8080")  # fmt: skip
+    data = _sites_dict(
+        broker, pg_url, [prefix], shard_size=254, max_hosts_in_parallel=4, rate_per_host=5.0, ports="21,8080"
+    )
     config = SitesConfig.from_dict(data)
     spec = {"site": "site-0", "broker": broker, "store": pg_url, "scope": f"{prefix}.0/24"}
     coordinator = Coordinator(config, poll_s=0.2)
@@ -393,8 +461,11 @@ async def test_sigkill_mid_discovery_keeps_finished_hosts_and_resumes_the_rest(
                     )
 
                 tg.start_soon(run)
-                await await_until(lambda: any(j.hosts_done >= 20 for j in ledger.jobs()), timeout_s=120,
-                                  what="the agent to finish 20 hosts")  # fmt: skip
+                await await_until(
+                    lambda: any(j.hosts_done >= 20 for j in ledger.jobs()),
+                    timeout_s=120,
+                    what="the agent to finish 20 hosts",
+                )
                 first.kill()
                 (job,) = [j for j in ledger.jobs() if j.state == "started"]
                 stored_done = {
@@ -451,8 +522,11 @@ async def test_sigkill_mid_characterization_holds_the_device_until_a_healthy_hea
                         outcome["error"] = exc
 
                 tg.start_soon(run)
-                await await_until(lambda: any(r.trials for r in store.runs()), timeout_s=90,
-                                  what="a finished trial in the store")  # fmt: skip
+                await await_until(
+                    lambda: any(r.trials for r in store.runs()),
+                    timeout_s=90,
+                    what="a finished trial in the store",
+                )
                 first.kill()
         assert "lost" in str(outcome["error"])
         (run_row,) = store.runs()
@@ -471,8 +545,9 @@ async def test_sigkill_mid_characterization_holds_the_device_until_a_healthy_hea
                 lambda: coordinator.check_health(pump, params={"interval_s": 0.2, "beats": 3}, timeout_s=60)
             )
             assert coordinator.ledger.holds() == []
-            end = await anyio.to_thread.run_sync(lambda: coordinator.characterize(pump, params=params,
-                                                                                  timeout_s=120))  # fmt: skip
+            end = await anyio.to_thread.run_sync(
+                lambda: coordinator.characterize(pump, params=params, timeout_s=120)
+            )
         assert end.state == "done"
         assert device.stats.peak_sessions <= device.threshold
         assert device.stats.crashes == 0
@@ -507,8 +582,11 @@ async def test_a_broker_restart_loses_no_finished_result(pg_url: str, redis_serv
                     )
 
                 tg.start_soon(run)
-                await await_until(lambda: sum(j.state == "done" for j in ledger.jobs()) >= 3, timeout_s=120,
-                                  what="three finished jobs")  # fmt: skip
+                await await_until(
+                    lambda: sum(j.state == "done" for j in ledger.jobs()) >= 3,
+                    timeout_s=120,
+                    what="three finished jobs",
+                )
                 finished_before = {j.job_id: j.result for j in ledger.jobs() if j.state == "done"}
                 await anyio.to_thread.run_sync(redis.restart)  # type: ignore[attr-defined]
                 await await_until(lambda: "report" in result, timeout_s=200, what="the batch to finish")
@@ -530,20 +608,36 @@ async def test_a_broker_restart_loses_no_finished_result(pg_url: str, redis_serv
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--broker", "amqp://127.0.0.1/", "--store", "postgresql://x@127.0.0.1/x",
-          "--scope", "127.10.1.0/24"],
-         "--broker: 'amqp://127.0.0.1/' must be a redis://"),
-        (["--broker", "redis://127.0.0.1:1/0", "--store", "fp.db", "--scope", "127.10.1.0/24"],
-         "--store: 'fp.db' must be the shared postgresql:// URL"),
-        (["--broker", "redis://127.0.0.1:1/0", "--store", "postgresql://x@127.0.0.1/x"],
-         "give --scope"),
-        (["--broker", "redis://127.0.0.1:1/0", "--store", "postgresql://x@127.0.0.1/x", "--scope", "nope"],
-         "--scope: scope entry 'nope'"),
+        (
+            [
+                "--broker",
+                "amqp://127.0.0.1/",
+                "--store",
+                "postgresql://x@127.0.0.1/x",
+                "--scope",
+                "127.10.1.0/24",
+            ],
+            "--broker: 'amqp://127.0.0.1/' must be a redis://",
+        ),
+        (
+            ["--broker", "redis://127.0.0.1:1/0", "--store", "fp.db", "--scope", "127.10.1.0/24"],
+            "--store: 'fp.db' must be the shared postgresql:// URL",
+        ),
+        (["--broker", "redis://127.0.0.1:1/0", "--store", "postgresql://x@127.0.0.1/x"], "give --scope"),
+        (
+            ["--broker", "redis://127.0.0.1:1/0", "--store", "postgresql://x@127.0.0.1/x", "--scope", "nope"],
+            "--scope: scope entry 'nope'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_agent_command_rejects_bad_options_before_connecting(args: list[str], message: str) -> None:
-    done = subprocess.run([*fragileprobe_command(), "agent", "--site", "trauma", *args], capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [*fragileprobe_command(), "agent", "--site", "trauma", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
@@ -581,8 +675,11 @@ async def test_a_device_under_characterization_is_left_to_it_by_a_concurrent_dis
 
                 tg.start_soon(characterize)
                 ledger = operator_b.ledger
-                await await_until(lambda: any(lease.device == pump for lease in ledger.leases()),
-                                  timeout_s=60, what="the characterization to lease the pump")  # fmt: skip
+                await await_until(
+                    lambda: any(lease.device == pump for lease in ledger.leases()),
+                    timeout_s=60,
+                    what="the characterization to lease the pump",
+                )
                 out["report"] = await anyio.to_thread.run_sync(lambda: operator_b.discover(timeout_s=200))
         device = fleet.device(pump)
         assert device.stats.crashes == 0

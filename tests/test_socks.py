@@ -107,9 +107,7 @@ def test_no_acceptable_method_closes() -> None:
     assert machine.state is State.CLOSED
 
 
-@pytest.mark.parametrize(
-    ("cmd", "reason"), [(2, "bind"), (3, "udp_associate"), (9, "command_0x09")]
-)
+@pytest.mark.parametrize(("cmd", "reason"), [(2, "bind"), (3, "udp_associate"), (9, "command_0x09")])
 def test_bind_udp_and_unknown_commands_get_command_not_supported(cmd: int, reason: str) -> None:
     out = _drive([b"\x05\x01\x00" + _request(cmd, 1, bytes(4), 0)])
     refused = out[2]
@@ -162,8 +160,11 @@ def test_encode_reply_ipv6() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.binary(max_size=600), st.sampled_from([AuthMethod.NO_AUTH, AuthMethod.USERNAME_PASSWORD]),
-       st.booleans())  # fmt: skip
+@given(
+    st.binary(max_size=600),
+    st.sampled_from([AuthMethod.NO_AUTH, AuthMethod.USERNAME_PASSWORD]),
+    st.booleans(),
+)
 def test_any_bytes_give_typed_events_or_our_error_and_chunking_changes_nothing(
     data: bytes, method: int, auth_ok: bool
 ) -> None:
@@ -212,9 +213,14 @@ addresses = st.one_of(
     split=st.integers(0, 2000),
 )
 def test_every_valid_handshake_parses_exactly(
-    methods: list[int], login: tuple[bytes, bytes] | None, address: tuple[int, bytes, str], port: int,
-    cmd: int, early: bytes, split: int,
-) -> None:  # fmt: skip
+    methods: list[int],
+    login: tuple[bytes, bytes] | None,
+    address: tuple[int, bytes, str],
+    port: int,
+    cmd: int,
+    early: bytes,
+    split: int,
+) -> None:
     """A well-formed greeting, optional login and request, pipelined and cut anywhere, gives exactly the
     request that was sent, and the early data back untouched."""
     atyp, packed, text = address

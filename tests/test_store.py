@@ -197,10 +197,16 @@ def test_inventory_rows_keep_first_seen_and_previous_zone(tmp_path: Path) -> Non
         assert store.unfinished_scan(targets, params) is not None
         assert store.unfinished_scan(targets, {"ports": [22]}) is None
         store.upsert_asset(
-            "127.0.1.5", scan_id=scan, seen_at_s=100.0, zone="medical", model_key="pump-abc",
-            open_ports=[8080, 21], services=[{"port": 21, "service": "ftp"}], os_family="embedded",
+            "127.0.1.5",
+            scan_id=scan,
+            seen_at_s=100.0,
+            zone="medical",
+            model_key="pump-abc",
+            open_ports=[8080, 21],
+            services=[{"port": 21, "service": "ftp"}],
+            os_family="embedded",
             groups=["Medical Device?"],
-        )  # fmt: skip
+        )
         store.mark_host_done(scan, "127.0.1.5")
         assert store.hosts_done(scan) == {"127.0.1.5"}
         store.finish_scan(scan)
@@ -239,19 +245,43 @@ def test_export_document_keeps_its_asset_and_alert_shape(tmp_path: Path) -> None
     tuples, no scan ids (they only mean something in their own store)."""
     with ProfileStore(tmp_path / "s.db") as store:
         scan = store.start_scan(["127.0.1.5"])
-        store.upsert_asset("127.0.1.5", scan_id=scan, seen_at_s=5.0, zone="icu", open_ports=[80, 21, 80],
-                           services={"21": "ftp"}, groups=["Medical Device?"])  # fmt: skip
+        store.upsert_asset(
+            "127.0.1.5",
+            scan_id=scan,
+            seen_at_s=5.0,
+            zone="icu",
+            open_ports=[80, 21, 80],
+            services={"21": "ftp"},
+            groups=["Medical Device?"],
+        )
         store.record_alert({"host": "127.0.1.5"})
         data = json.loads(store.export_json())
-    assert data["assets"] == [{
-        "host": "127.0.1.5", "first_seen_s": 5.0, "last_seen_s": 5.0, "zone": "icu", "previous_zone": None,
-        "model_key": None, "open_ports": [21, 80], "services": {"21": "ftp"}, "os_family": None,
-        "groups": ["Medical Device?"],
-    }]  # fmt: skip
+    assert data["assets"] == [
+        {
+            "host": "127.0.1.5",
+            "first_seen_s": 5.0,
+            "last_seen_s": 5.0,
+            "zone": "icu",
+            "previous_zone": None,
+            "model_key": None,
+            "open_ports": [21, 80],
+            "services": {"21": "ftp"},
+            "os_family": None,
+            "groups": ["Medical Device?"],
+        }
+    ]
     assert list(data["assets"][0]) == [
-        "host", "first_seen_s", "last_seen_s", "zone", "previous_zone", "model_key", "open_ports", "services",
-        "os_family", "groups",
-    ]  # fmt: skip
+        "host",
+        "first_seen_s",
+        "last_seen_s",
+        "zone",
+        "previous_zone",
+        "model_key",
+        "open_ports",
+        "services",
+        "os_family",
+        "groups",
+    ]
     assert data["alerts"] == [{"host": "127.0.1.5"}]
     assert data["fragileprobe_store"] == SCHEMA_VERSION
 
@@ -282,8 +312,9 @@ def test_upsert_keeps_the_earliest_sighting_and_the_zone_before(
     with ProfileStore(path) as store:
         row = None
         for i, (seen, zone, ports, groups) in enumerate(sightings):
-            row = store.upsert_asset("127.0.1.5", scan_id=i, seen_at_s=seen, zone=zone, open_ports=ports,
-                                     groups=groups)  # fmt: skip
+            row = store.upsert_asset(
+                "127.0.1.5", scan_id=i, seen_at_s=seen, zone=zone, open_ports=ports, groups=groups
+            )
         assert row is not None
         assert store.asset("127.0.1.5") == row
         assert store.assets() == [row]

@@ -53,8 +53,9 @@ async def test_aio_calls_run_in_a_worker_thread_and_read_back(tmp_path: Path) ->
     with ProfileStore(tmp_path / "s.db") as store:
         assert store.aio is store.aio
         scan = await store.aio.start_scan(["127.0.0.9"], {"ports": [21]})
-        row = await store.aio.upsert_asset("127.0.0.9", scan_id=scan, seen_at_s=1.0, zone="icu",
-                                           open_ports=[21])  # fmt: skip
+        row = await store.aio.upsert_asset(
+            "127.0.0.9", scan_id=scan, seen_at_s=1.0, zone="icu", open_ports=[21]
+        )
         assert row == store.asset("127.0.0.9")
         await store.aio.mark_host_done(scan, "127.0.0.9")
         assert await store.aio.hosts_done(scan) == {"127.0.0.9"}

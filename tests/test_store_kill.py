@@ -120,9 +120,16 @@ async def test_sigkill_mid_run_keeps_finished_trials_and_resume_completes(
             )
             with capture_logs():
                 char = await characterize(
-                    target, scope=Scope([loopback_host]), recovery=emulator_recovery(dev), store=store,
-                    model_key="story-pump", trials=3, resume=True, progress=events.append, **TIMINGS,
-                )  # fmt: skip
+                    target,
+                    scope=Scope([loopback_host]),
+                    recovery=emulator_recovery(dev),
+                    store=store,
+                    model_key="story-pump",
+                    trials=3,
+                    resume=True,
+                    progress=events.append,
+                    **TIMINGS,
+                )
         assert char.run_id == row.run_id
         assert [t.index for t in char.trials] == [0, 1, 2]
         assert char.trials[0] == stored[0]  # the finished trial was kept, not repeated

@@ -20,8 +20,11 @@ from fragileprobe._store import _MIGRATIONS, SCHEMA_VERSION, ProfileStore
 
 
 def _trial(index: int, fails_at: int) -> TrialResult:
-    levels = [LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
-              for n in (1, 2, 3) if n < fails_at]  # fmt: skip
+    levels = [
+        LevelResult(level=n, outcome=LevelOutcome.PASSED, dwell_s=1.0, elapsed_s=1.0)
+        for n in (1, 2, 3)
+        if n < fails_at
+    ]
     levels.append(LevelResult(level=fails_at, outcome=LevelOutcome.FAILED, dwell_s=1.0, elapsed_s=0.5))
     return TrialResult(index=index, levels=tuple(levels))
 
@@ -33,14 +36,22 @@ def _exercise(store: ProfileStore) -> dict[str, object]:
     store.record_trial(run_id, _trial(1, 4))
     unfinished = store.unfinished_run(host="127.0.0.9", model_key="pump-x")
     none_key = store.begin_run(host="127.0.0.8", model_key=None)
-    char = Characterization.from_trials(host="127.0.0.9", model_key="pump-x", ladder=(1, 2, 3, 4),
-                                        trials=[_trial(0, 3), _trial(1, 4)])  # fmt: skip
+    char = Characterization.from_trials(
+        host="127.0.0.9", model_key="pump-x", ladder=(1, 2, 3, 4), trials=[_trial(0, 3), _trial(1, 4)]
+    )
     store.finish_run(run_id, char)
     scan = store.start_scan(["127.0.0.9", "127.0.0.10"], {"ports": [21]})
     store.mark_host_done(scan, "127.0.0.9")
     store.mark_host_done(scan, "127.0.0.9")  # twice: still one row
-    first = store.upsert_asset("127.0.0.9", scan_id=scan, seen_at_s=10.0, zone="icu", open_ports=[21, 8080],
-                               services=[{"port": 21}], groups=["Medical Device?"])  # fmt: skip
+    first = store.upsert_asset(
+        "127.0.0.9",
+        scan_id=scan,
+        seen_at_s=10.0,
+        zone="icu",
+        open_ports=[21, 8080],
+        services=[{"port": 21}],
+        groups=["Medical Device?"],
+    )
     second = store.upsert_asset("127.0.0.9", scan_id=scan, seen_at_s=20.0, zone="office", open_ports=[21])
     alert = store.record_alert({"host": "127.0.0.9", "scan_id": scan})
     return {
@@ -88,8 +99,9 @@ def test_postgres_migrates_a_version_1_store_step_by_step(pg_url: str) -> None:
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute("INSERT INTO fragileprobe_meta VALUES ('application', 'fragileprobe'), "
-                     "('schema_version', '1')")  # fmt: skip
+        conn.execute(
+            "INSERT INTO fragileprobe_meta VALUES ('application', 'fragileprobe'), ('schema_version', '1')"
+        )
         for statement in _MIGRATIONS[0].split(";"):
             if statement.strip():
                 conn.execute(pg_ddl(statement))  # type: ignore[call-overload]
@@ -103,18 +115,24 @@ def test_postgres_migrates_a_version_1_store_step_by_step(pg_url: str) -> None:
     ("setup", "message"),
     [
         ("CREATE TABLE patients (id int)", r"holds 1 other tables and no fragileprobe_meta: a foreign"),
-        ("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-         "INSERT INTO fragileprobe_meta VALUES ('application', 'billing'), ('schema_version', '1')",
-         r"names application 'billing'"),
-        ("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-         "INSERT INTO fragileprobe_meta VALUES ('application', 'fragileprobe'), ('schema_version', '99')",
-         rf"schema version 99, newer than this fragileprobe supports \({SCHEMA_VERSION}\)"),
-        ("CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-         "INSERT INTO fragileprobe_meta VALUES ('application', 'fragileprobe'), ('schema_version', 'x')",
-         r"is corrupt: schema_version 'x'"),
+        (
+            "CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO fragileprobe_meta VALUES ('application', 'billing'), ('schema_version', '1')",
+            r"names application 'billing'",
+        ),
+        (
+            "CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO fragileprobe_meta VALUES ('application', 'fragileprobe'), ('schema_version', '99')",
+            rf"schema version 99, newer than this fragileprobe supports \({SCHEMA_VERSION}\)",
+        ),
+        (
+            "CREATE TABLE fragileprobe_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO fragileprobe_meta VALUES ('application', 'fragileprobe'), ('schema_version', 'x')",
+            r"is corrupt: schema_version 'x'",
+        ),
     ],
     ids=["foreign", "other-application", "newer", "corrupt-version"],
-)  # fmt: skip
+)
 def test_postgres_store_refuses_what_is_not_its_own(pg_url: str, setup: str, message: str) -> None:
     """A foreign, newer or damaged database raises StoreError and is left exactly as it was."""
     import psycopg
@@ -122,13 +140,15 @@ def test_postgres_store_refuses_what_is_not_its_own(pg_url: str, setup: str, mes
     with psycopg.connect(pg_url, autocommit=True) as conn:
         for statement in setup.split(";"):
             conn.execute(statement)  # type: ignore[call-overload]
-        before = conn.execute("SELECT count(*) FROM information_schema.tables "
-                              "WHERE table_schema = 'public'").fetchone()  # fmt: skip
+        before = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()
     with pytest.raises(StoreError, match=message):
         ProfileStore(pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        after = conn.execute("SELECT count(*) FROM information_schema.tables "
-                             "WHERE table_schema = 'public'").fetchone()  # fmt: skip
+        after = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchone()
     assert before == after
 
 
@@ -175,8 +195,16 @@ def test_two_writers_lose_nothing_on_postgres(pg_url: str) -> None:
         assert [len(store.hosts_done(s.scan_id)) for s in store.scans()] == [per_writer, per_writer]
 
 
-_SQL_PIECE = st.sampled_from(["SELECT a FROM t WHERE x = ?", " AND y IS ?", " AND z = ?", " LIMIT 1",
-                              " AND w LIKE 'a%'", " RETURNING id"])  # fmt: skip
+_SQL_PIECE = st.sampled_from(
+    [
+        "SELECT a FROM t WHERE x = ?",
+        " AND y IS ?",
+        " AND z = ?",
+        " LIMIT 1",
+        " AND w LIKE 'a%'",
+        " RETURNING id",
+    ]
+)
 
 
 @given(st.lists(_SQL_PIECE, min_size=1, max_size=8))
@@ -205,12 +233,17 @@ def test_pg_sql_refuses_insert_or_replace_and_rewrites_insert_or_ignore() -> Non
 def test_postgres_store_never_overwrites_a_trial_and_keeps_unfinished_runs(pg_url: str) -> None:
     """The evidence rules hold on PostgreSQL too: another trial under a stored index is a StoreError, and a
     run stopped by a failed recovery bounds the model's ceiling."""
-    crash = TrialResult(index=0, levels=(
-        LevelResult(level=2, outcome=LevelOutcome.PASSED, dwell_s=0.1, elapsed_s=0.1),
-        LevelResult(level=5, outcome=LevelOutcome.FAILED, dwell_s=0.1, elapsed_s=0.1),
-    ), complete=False)  # fmt: skip
-    redo = TrialResult(index=0, levels=(LevelResult(level=5, outcome=LevelOutcome.PASSED, dwell_s=0.1,
-                                                    elapsed_s=0.1),))  # fmt: skip
+    crash = TrialResult(
+        index=0,
+        levels=(
+            LevelResult(level=2, outcome=LevelOutcome.PASSED, dwell_s=0.1, elapsed_s=0.1),
+            LevelResult(level=5, outcome=LevelOutcome.FAILED, dwell_s=0.1, elapsed_s=0.1),
+        ),
+        complete=False,
+    )
+    redo = TrialResult(
+        index=0, levels=(LevelResult(level=5, outcome=LevelOutcome.PASSED, dwell_s=0.1, elapsed_s=0.1),)
+    )
     with ProfileStore(pg_url) as store:
         run = store.begin_run(host="127.0.0.9", model_key="pg-evidence", params={})
         store.record_trial(run, crash)

@@ -121,14 +121,30 @@ def test_eta_counts_silent_space_at_its_cost() -> None:
     """4,096 addresses, all in flight; 500 finished at 2 probes each (silent), 6,500 probes sent: about 1.7 s
     of connects are left at 1,000/s, plus the tail; not the hours a per-live-host average would say, nor
     the 45 s the throughput of the first finished addresses would."""
-    eta = estimate_remaining_s(done=500, total=4096, elapsed_s=6.5, probes_done=1000, probes_sent=6500,
-                               rate_per_s=1000, tail_s=1.0, in_flight=4096)
+    eta = estimate_remaining_s(
+        done=500,
+        total=4096,
+        elapsed_s=6.5,
+        probes_done=1000,
+        probes_sent=6500,
+        rate_per_s=1000,
+        tail_s=1.0,
+        in_flight=4096,
+    )
     assert eta is not None
     assert eta == pytest.approx((4096 * 2 - 6500) / 1000 + 1.0)
     kw = {"elapsed_s": 1.0, "probes_done": 5, "probes_sent": 5, "rate_per_s": 1000.0, "tail_s": 1.0}
     assert estimate_remaining_s(done=0, total=10, **kw) is None
     assert estimate_remaining_s(done=10, total=10, **kw) == 0.0
     # Every address alive and slow (loopback, per-host work dominates): the throughput bound wins.
-    slow = estimate_remaining_s(done=100, total=200, elapsed_s=50, probes_done=1000, probes_sent=1100,
-                                rate_per_s=1000, tail_s=1, in_flight=10)
+    slow = estimate_remaining_s(
+        done=100,
+        total=200,
+        elapsed_s=50,
+        probes_done=1000,
+        probes_sent=1100,
+        rate_per_s=1000,
+        tail_s=1,
+        in_flight=10,
+    )
     assert slow == pytest.approx(50.0)

@@ -54,16 +54,27 @@ SYS_DESCR = "Linux infusion-gw 5.10.0-21-armmp #1 SMP Debian 5.10.162-1 armv7l"
 
 # --- BER ----------------------------------------------------------------------------------------------
 
+
 def test_get_request_is_the_documented_v2c_message() -> None:
     """The request decodes to version 1 (v2c), the community, a GetRequest for sysDescr.0 with a NULL."""
     tag, message = ber_decode(snmp_get_request("s3cret", 4242))
     assert tag == TAG_SEQUENCE
-    assert message == [(TAG_INTEGER, 1), (TAG_OCTETS, b"s3cret"), (TAG_GET, [
-        (TAG_INTEGER, 4242), (TAG_INTEGER, 0), (TAG_INTEGER, 0),
-        (TAG_SEQUENCE, [(TAG_SEQUENCE, [(TAG_OID, SYS_DESCR_OID), (TAG_NULL, None)])]),
-    ])]
+    assert message == [
+        (TAG_INTEGER, 1),
+        (TAG_OCTETS, b"s3cret"),
+        (
+            TAG_GET,
+            [
+                (TAG_INTEGER, 4242),
+                (TAG_INTEGER, 0),
+                (TAG_INTEGER, 0),
+                (TAG_SEQUENCE, [(TAG_SEQUENCE, [(TAG_OID, SYS_DESCR_OID), (TAG_NULL, None)])]),
+            ],
+        ),
+    ]
     assert snmp_get_request("public", 1).hex() == (
-        "302602010104067075626c6963a01902010102010002010030" "0e300c06082b060102010101000500")
+        "302602010104067075626c6963a019020101020100020100300e300c06082b060102010101000500"
+    )
 
 
 def test_get_request_matches_what_net_snmps_snmpget_sends(loopback_host: str) -> None:
@@ -75,10 +86,24 @@ def test_get_request_matches_what_net_snmps_snmpget_sends(loopback_host: str) ->
         sink.bind((loopback_host, 0))
         sink.settimeout(10)
         port = sink.getsockname()[1]
-        proc = subprocess.Popen([snmpget, "-v2c", "-c", "fp-ward3", "-r", "0", "-t", "1", "-On",
-                                 f"udp:{loopback_host}:{port}", "1.3.6.1.2.1.1.1.0"],
-                                env={**os.environ, "MIBS": ""}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                snmpget,
+                "-v2c",
+                "-c",
+                "fp-ward3",
+                "-r",
+                "0",
+                "-t",
+                "1",
+                "-On",
+                f"udp:{loopback_host}:{port}",
+                "1.3.6.1.2.1.1.1.0",
+            ],
+            env={**os.environ, "MIBS": ""},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             theirs = sink.recv(4096)
         finally:
@@ -91,13 +116,17 @@ def test_get_request_matches_what_net_snmps_snmpget_sends(loopback_host: str) ->
 
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 oids = st.tuples(st.integers(0, 2), st.integers(0, 39)).flatmap(
-    lambda head: st.lists(st.integers(0, 2**32), max_size=20).map(lambda rest: (*head, *rest)))
-leaf = st.one_of(
-    st.tuples(st.just(TAG_INTEGER), ints), st.tuples(st.just(TAG_OCTETS), st.binary(max_size=300)),
-    st.tuples(st.just(TAG_NULL), st.none()), st.tuples(st.just(TAG_OID), oids),
+    lambda head: st.lists(st.integers(0, 2**32), max_size=20).map(lambda rest: (*head, *rest))
 )
-trees = st.recursive(leaf, lambda kids: st.tuples(st.just(TAG_SEQUENCE), st.lists(kids, max_size=5)),
-                     max_leaves=30)
+leaf = st.one_of(
+    st.tuples(st.just(TAG_INTEGER), ints),
+    st.tuples(st.just(TAG_OCTETS), st.binary(max_size=300)),
+    st.tuples(st.just(TAG_NULL), st.none()),
+    st.tuples(st.just(TAG_OID), oids),
+)
+trees = st.recursive(
+    leaf, lambda kids: st.tuples(st.just(TAG_SEQUENCE), st.lists(kids, max_size=5)), max_leaves=30
+)
 
 
 @given(trees)
@@ -163,13 +192,22 @@ def test_community_is_validated_with_the_field_named() -> None:
 def test_fingerprints_from_udp_answers_feed_the_os_guess() -> None:
     from fragileprobe._udp import UdpResult
 
-    snmp = fingerprint_udp(UdpResult("127.0.0.1", 161, "snmp", Outcome.OPEN, 0.01,
-                                     fields=(("sys_descr", SYS_DESCR),)))
+    snmp = fingerprint_udp(
+        UdpResult("127.0.0.1", 161, "snmp", Outcome.OPEN, 0.01, fields=(("sys_descr", SYS_DESCR),))
+    )
     assert snmp is not None
     assert (snmp.service, snmp.product, snmp.protocol) == ("snmp", "Linux", "udp")
     assert guess_os([snmp]).family == "generic unix"
-    ssdp = fingerprint_udp(UdpResult("127.0.0.1", 1900, "ssdp", Outcome.OPEN, 0.01, fields=(
-        ("server", "VxWorks/5.5 UPnP/1.0 InfusionHub/2.1"), ("st", "upnp:rootdevice"))))
+    ssdp = fingerprint_udp(
+        UdpResult(
+            "127.0.0.1",
+            1900,
+            "ssdp",
+            Outcome.OPEN,
+            0.01,
+            fields=(("server", "VxWorks/5.5 UPnP/1.0 InfusionHub/2.1"), ("st", "upnp:rootdevice")),
+        )
+    )
     assert ssdp is not None
     assert (ssdp.product, ssdp.version) == ("InfusionHub", "2.1")
     assert guess_os([ssdp]).family == "embedded"
@@ -179,6 +217,7 @@ def test_fingerprints_from_udp_answers_feed_the_os_guess() -> None:
 
 # --- a real SNMP agent --------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def snmpd(host: str, port: int, community: str) -> Iterator[None]:
     """net-snmp's snmpd on ``host:port`` with a temporary config; stopped by its PID."""
@@ -186,12 +225,26 @@ def snmpd(host: str, port: int, community: str) -> Iterator[None]:
         pytest.skip("net-snmp snmpd is not installed (apt-get install snmpd)")
     with tempfile.TemporaryDirectory(prefix="fp-snmpd-") as tmp:
         conf = Path(tmp) / "snmpd.conf"
-        conf.write_text(f"agentAddress udp:{host}:{port}\nrocommunity {community} 127.0.0.0/8\n"
-                        f"sysDescr {SYS_DESCR}\n")
+        conf.write_text(
+            f"agentAddress udp:{host}:{port}\nrocommunity {community} 127.0.0.0/8\nsysDescr {SYS_DESCR}\n"
+        )
         env = {**os.environ, "SNMP_PERSISTENT_DIR": tmp, "MIBS": ""}
-        proc = subprocess.Popen([SNMPD, "-f", "-Lf", str(Path(tmp) / "log"), "-C", "-c", str(conf),
-                                 "-I", "-ifTable,ifXTable,ipAddressTable"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                SNMPD,
+                "-f",
+                "-Lf",
+                str(Path(tmp) / "log"),
+                "-C",
+                "-c",
+                str(conf),
+                "-I",
+                "-ifTable,ifXTable,ipAddressTable",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             if not _wait_for_agent(host, port, community, proc):
                 log = (Path(tmp) / "log").read_text(errors="replace")[-1500:]
@@ -243,9 +296,14 @@ async def test_discovery_sends_one_snmp_request_and_uses_the_answer(loopback_hos
 
     with snmpd(loopback_host, 161, "fp-ward3"):
         async with EmulatedDevice(loopback_host, model="workstation", seed=1, boot_delay_s=0.05) as dev:
-            report = await discover(loopback_host, scope=Scope([loopback_host]),
-                                    ports=[dev.port(p) for p in (135, 445)], udp_ports=[161],
-                                    snmp_community="fp-ward3", banner_timeout_s=0.5)
+            report = await discover(
+                loopback_host,
+                scope=Scope([loopback_host]),
+                ports=[dev.port(p) for p in (135, 445)],
+                udp_ports=[161],
+                snmp_community="fp-ward3",
+                banner_timeout_s=0.5,
+            )
     (asset,) = report.assets
     udp = [s for s in asset.services if s.protocol == "udp"]
     assert [(s.port, s.service, s.product) for s in udp] == [(161, "snmp", "Linux")]
@@ -253,6 +311,7 @@ async def test_discovery_sends_one_snmp_request_and_uses_the_answer(loopback_hos
 
 
 # --- NTP and SSDP, against servers written here -------------------------------------------------------
+
 
 class _UdpServer:
     """A UDP server on a thread: answers each datagram with ``reply(datagram)`` (None: silence), counts."""
@@ -298,11 +357,15 @@ def _ntp_answer(request: bytes) -> bytes:
 
 
 async def test_ntp_and_ssdp_probes_send_one_datagram_and_parse_the_answer(loopback_host: str) -> None:
-    ssdp_answer = (b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=1800\r\nST: upnp:rootdevice\r\n"
-                   b"SERVER: Linux/4.9 UPnP/1.1 PM-8000/3.2\r\nUSN: uuid:1::upnp:rootdevice\r\n\r\n")
-    with (_UdpServer(loopback_host, _ntp_answer) as ntp,
-          _UdpServer(loopback_host, lambda _d: ssdp_answer) as ssdp,
-          _UdpServer(loopback_host, lambda _d: None) as mute):
+    ssdp_answer = (
+        b"HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=1800\r\nST: upnp:rootdevice\r\n"
+        b"SERVER: Linux/4.9 UPnP/1.1 PM-8000/3.2\r\nUSN: uuid:1::upnp:rootdevice\r\n\r\n"
+    )
+    with (
+        _UdpServer(loopback_host, _ntp_answer) as ntp,
+        _UdpServer(loopback_host, lambda _d: ssdp_answer) as ssdp,
+        _UdpServer(loopback_host, lambda _d: None) as mute,
+    ):
         n = await udp_probe(loopback_host, ntp.port, protocol="ntp", timeout_s=2.0)
         s = await udp_probe(loopback_host, ssdp.port, protocol="ssdp", timeout_s=2.0)
         m = await udp_probe(loopback_host, mute.port, protocol="ntp", timeout_s=0.3)
@@ -346,7 +409,19 @@ def test_a_port_without_a_probe_or_a_host_name_is_a_config_error() -> None:
 
 def _snmp_response(rid: int, value: bytes | None, status: int = 0) -> bytes:
     val = (TAG_OCTETS, value) if value is not None else (0x80, None)
-    return ber_encode(TAG_SEQUENCE, [(TAG_INTEGER, 1), (TAG_OCTETS, b"public"), (TAG_RESPONSE, [
-        (TAG_INTEGER, rid), (TAG_INTEGER, status), (TAG_INTEGER, 0),
-        (TAG_SEQUENCE, [(TAG_SEQUENCE, [(TAG_OID, SYS_DESCR_OID), val])]),
-    ])])
+    return ber_encode(
+        TAG_SEQUENCE,
+        [
+            (TAG_INTEGER, 1),
+            (TAG_OCTETS, b"public"),
+            (
+                TAG_RESPONSE,
+                [
+                    (TAG_INTEGER, rid),
+                    (TAG_INTEGER, status),
+                    (TAG_INTEGER, 0),
+                    (TAG_SEQUENCE, [(TAG_SEQUENCE, [(TAG_OID, SYS_DESCR_OID), val])]),
+                ],
+            ),
+        ],
+    )

@@ -109,9 +109,16 @@ SETTLE_BEATS = 10
 # naming both): its trials and the new ones would be merged into one ceiling. ``linger_s`` decides how
 # long a closed session still counts as held by the device, so it changes what a level holds too.
 RESUME_MUST_MATCH = (
-    "ladder", "dwell_s", "hold_s", "ports", "heartbeat", "early_warning", "margin_fraction", "margin_levels",
+    "ladder",
+    "dwell_s",
+    "hold_s",
+    "ports",
+    "heartbeat",
+    "early_warning",
+    "margin_fraction",
+    "margin_levels",
     "linger_s",
-)  # fmt: skip
+)
 _UNRECORDED = "<not recorded>"
 # A well-formed HTTP/1.1 request that asks the server to keep the session open, so the session can be
 # held without malformed traffic; a server that closes anyway gets a new session at once.
@@ -236,16 +243,27 @@ async def characterize(
     # The first ceiling is only for the model-key and open-port probes (one session beside the heartbeat);
     # every level sets its own.
     guard = Guard(
-        plan.target, ceiling=2, scope=scope, heartbeat=plan.heartbeat, interval_s=timing.interval_s,
-        failures_to_down=timing.failures_to_down, connect_timeout_s=timing.connect_timeout_s,
-        linger_s=timing.linger_s, network=network,
-    )  # fmt: skip
+        plan.target,
+        ceiling=2,
+        scope=scope,
+        heartbeat=plan.heartbeat,
+        interval_s=timing.interval_s,
+        failures_to_down=timing.failures_to_down,
+        connect_timeout_s=timing.connect_timeout_s,
+        linger_s=timing.linger_s,
+        network=network,
+    )
     await _enter(guard, plan)
     try:
         driver = await _start(
-            guard, plan, store=store, model_key=model_key, name=name, resume=resume,
+            guard,
+            plan,
+            store=store,
+            model_key=model_key,
+            name=name,
+            resume=resume,
             events=_Events(progress, t0),
-        )  # fmt: skip
+        )
         return await driver.drive()
     finally:
         await guard.__aexit__(None, None, None)
@@ -268,8 +286,9 @@ def _chosen_settings(settings: CharacterizeSettings | None, options: dict[str, A
     return check_settings(settings)
 
 
-def _plan(target: Target | str, scope: Scope, settings: CharacterizeSettings, *, resume_without_store: bool
-) -> _Plan:  # fmt: skip
+def _plan(
+    target: Target | str, scope: Scope, settings: CharacterizeSettings, *, resume_without_store: bool
+) -> _Plan:
     """Check everything that needs no packet: the socket budget, the scope, the target, the ladder."""
     top = settings.ramp.max_level
     check_socket_budget(top + 1, f"ladder: its top level {top} (and a heartbeat)")
@@ -284,9 +303,13 @@ def _plan(target: Target | str, scope: Scope, settings: CharacterizeSettings, *,
     address = scope.check(tgt.host)  # ScopeError here: nothing has been sent
     web_ports = WEB_PORTS | ({heartbeat.port} if isinstance(heartbeat, HttpHeartbeat) else set())
     return _Plan(
-        target=tgt, address=address, heartbeat=heartbeat, ramp=_ramp_for(settings.ramp, heartbeat),
-        web_ports=frozenset(web_ports), settings=settings,
-    )  # fmt: skip
+        target=tgt,
+        address=address,
+        heartbeat=heartbeat,
+        ramp=_ramp_for(settings.ramp, heartbeat),
+        web_ports=frozenset(web_ports),
+        settings=settings,
+    )
 
 
 def _heartbeat(heartbeat: Any, timeout_s: float | None) -> Any:
@@ -373,17 +396,32 @@ async def _start(
     run_id, previous = await _open_record(store, resume, plan.address, key, name, params, bound)
     deadline = None if settings.timing.time_budget_s is None else events.t0 + settings.timing.time_budget_s
     run = _Run(
-        guard=guard, watchdog=watchdog, reserve=guard.heartbeat_reserved, target=target,
-        address=plan.address, web_ports=plan.web_ports, timing=settings.timing,
-        early_warning=settings.early_warning, baseline=baseline, deadline=deadline, log=bound,
-    )  # fmt: skip
+        guard=guard,
+        watchdog=watchdog,
+        reserve=guard.heartbeat_reserved,
+        target=target,
+        address=plan.address,
+        web_ports=plan.web_ports,
+        timing=settings.timing,
+        early_warning=settings.early_warning,
+        baseline=baseline,
+        deadline=deadline,
+        log=bound,
+    )
     strategy = RampStrategy(
         plan.ramp, previous_trials=[t.outcomes for t in previous if t.complete][: plan.ramp.trials]
     )
     return _Driver(
-        run=run, strategy=strategy, plan=plan, store=store, run_id=run_id, model_key=key, name=name,
-        previous=previous, events=events,
-    )  # fmt: skip
+        run=run,
+        strategy=strategy,
+        plan=plan,
+        store=store,
+        run_id=run_id,
+        model_key=key,
+        name=name,
+        previous=previous,
+        events=events,
+    )
 
 
 async def _identify(
@@ -417,13 +455,19 @@ def _params(plan: _Plan, target: Target) -> dict[str, Any]:
     s = plan.settings
     ew = s.early_warning
     return {
-        "ladder": list(plan.ramp.ladder), "trials": s.ramp.trials, "dwell_s": s.timing.dwell_s,
-        "crash_budget": s.ramp.crash_budget, "refine": s.ramp.refine,
+        "ladder": list(plan.ramp.ladder),
+        "trials": s.ramp.trials,
+        "dwell_s": s.timing.dwell_s,
+        "crash_budget": s.ramp.crash_budget,
+        "refine": s.ramp.refine,
         "margin_fraction": plan.ramp.margin_fraction,
-        "margin_levels": DEFAULT_MARGIN_LEVELS, "hold_s": s.timing.hold_s, "ports": list(target.ports),
-        "heartbeat": _heartbeat_params(plan.heartbeat), "linger_s": s.timing.linger_s,
+        "margin_levels": DEFAULT_MARGIN_LEVELS,
+        "hold_s": s.timing.hold_s,
+        "ports": list(target.ports),
+        "heartbeat": _heartbeat_params(plan.heartbeat),
+        "linger_s": s.timing.linger_s,
         "early_warning": None if ew is None else dataclasses.asdict(ew),
-    }  # fmt: skip
+    }
 
 
 async def _open_record(
@@ -446,9 +490,11 @@ async def _open_record(
     # ones, and a redone trial gets a new index: stored trials are never replaced.
     previous = sorted(row.trials, key=lambda t: t.index)
     bound.info(
-        "characterize.resumed", run_id=row.run_id, finished_trials=sum(t.complete for t in previous),
+        "characterize.resumed",
+        run_id=row.run_id,
+        finished_trials=sum(t.complete for t in previous),
         unfinished_trials=sum(not t.complete for t in previous),
-    )  # fmt: skip
+    )
     return row.run_id, previous
 
 
@@ -523,10 +569,14 @@ class _Driver:
         self.current.append(result)
         self.events.emit("level_end", action.trial, action.level, result.outcome.value)
         self.run.log.info(
-            "characterize.level", trial=action.trial, level=action.level, outcome=result.outcome.value,
-            elapsed_s=round(result.elapsed_s, 4), latency_median_s=result.latency_median_s,
+            "characterize.level",
+            trial=action.trial,
+            level=action.level,
+            outcome=result.outcome.value,
+            elapsed_s=round(result.elapsed_s, 4),
+            latency_median_s=result.latency_median_s,
             in_flight=result.in_flight_at_end,
-        )  # fmt: skip
+        )
         return _observation(action.level, result.outcome)
 
     def _check_time_budget(self) -> None:
@@ -541,9 +591,12 @@ class _Driver:
         self.recoveries += 1
         self.events.emit("recovering", action.trial, action.level)
         ctx = RecoveryContext(
-            host=self.run.address, heartbeat=self.plan.heartbeat, trial=action.trial, level=action.level,
+            host=self.run.address,
+            heartbeat=self.plan.heartbeat,
+            trial=action.trial,
+            level=action.level,
             attempt=self.recoveries,
-        )  # fmt: skip
+        )
         try:
             await _recover(self.run, self.plan.settings.recovery, ctx)
         except RecoveryError as exc:
@@ -578,27 +631,39 @@ class _Driver:
             await self.store.aio.finish_run(self.run_id, char, status=action.reason)
         self.events.emit("done", self.strategy.trial)
         self.run.log.info(
-            "characterize.done", safe_ceiling=char.safe_ceiling, failed_at=char.failed_at,
-            crashes=char.crashes, reason=action.reason,
-        )  # fmt: skip
+            "characterize.done",
+            safe_ceiling=char.safe_ceiling,
+            failed_at=char.failed_at,
+            crashes=char.crashes,
+            reason=action.reason,
+        )
         return char
 
     def _trial(self, *, complete: bool) -> TrialResult:
         """The current trial's levels as a record (under the next free index)."""
         return TrialResult(
-            index=self.next_index, levels=tuple(self.current),
-            wall_time_s=anyio.current_time() - self.trial_started, complete=complete,
-        )  # fmt: skip
+            index=self.next_index,
+            levels=tuple(self.current),
+            wall_time_s=anyio.current_time() - self.trial_started,
+            complete=complete,
+        )
 
     def _build(self, trials: Sequence[TrialResult], reason: str) -> Characterization:
         ramp, ew = self.plan.ramp, self.run.early_warning
         return Characterization.from_trials(
-            host=self.run.address, model_key=self.model_key, name=self.name, ladder=ramp.ladder,
-            trials=trials, margin_fraction=ramp.margin_fraction, baseline_latency_s=self.run.baseline,
+            host=self.run.address,
+            model_key=self.model_key,
+            name=self.name,
+            ladder=ramp.ladder,
+            trials=trials,
+            margin_fraction=ramp.margin_fraction,
+            baseline_latency_s=self.run.baseline,
             early_warning_factor=None if ew is None else ew.latency_factor,
             wall_time_s=sum(t.wall_time_s for t in self.previous) + (anyio.current_time() - self.events.t0),
-            stop_reason=reason, run_id=self.run_id, started_at_epoch_s=self.events.started_epoch,
-        )  # fmt: skip
+            stop_reason=reason,
+            run_id=self.run_id,
+            started_at_epoch_s=self.events.started_epoch,
+        )
 
 
 # --- the I/O of one level ----------------------------------------------------------------------------------
@@ -777,11 +842,17 @@ async def _run_level(run: _Run, level: int) -> LevelResult:
     if outcome is LevelOutcome.PASSED and held and statistics.median_low(held) < level:
         run.log.warning("characterize.level_not_held", level=level, held=statistics.median_low(held))
     return LevelResult(
-        level=level, outcome=outcome, dwell_s=run.timing.dwell_s, elapsed_s=elapsed,
+        level=level,
+        outcome=outcome,
+        dwell_s=run.timing.dwell_s,
+        elapsed_s=elapsed,
         in_flight_at_end=in_flight,
-        sessions_started=counters["started"], sessions_failed=counters["failed"],
-        latencies_s=tuple(verdict.latencies_s), beats_failed=verdict.beats_failed, held_at_beats=held,
-    )  # fmt: skip
+        sessions_started=counters["started"],
+        sessions_failed=counters["failed"],
+        latencies_s=tuple(verdict.latencies_s),
+        beats_failed=verdict.beats_failed,
+        held_at_beats=held,
+    )
 
 
 def _dwell(run: _Run) -> tuple[float, bool]:

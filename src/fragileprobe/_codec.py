@@ -334,9 +334,15 @@ class Codec(Generic[R]):
         if missing is _NO_VALUE:
             missing = None if default is _NO_VALUE and _is_optional(tp) else default
         return _Slot(
-            name=f.name, key=o.key or f.name, conv=conv, missing=missing, omit_default=o.omit_default,
-            default=default, column=f.name if o.column is None else o.column, cell=o.cell or conv.cell,
-        )  # fmt: skip
+            name=f.name,
+            key=o.key or f.name,
+            conv=conv,
+            missing=missing,
+            omit_default=o.omit_default,
+            default=default,
+            column=f.name if o.column is None else o.column,
+            cell=o.cell or conv.cell,
+        )
 
     def encode(self, record: R) -> dict[str, Any]:
         """The record as a JSON-ready dict (lists, not tuples; enums as their values)."""

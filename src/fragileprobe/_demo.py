@@ -193,11 +193,18 @@ async def _story(pump: EmulatedPump, emit: Callable[[DemoEvent], None], started:
             )
         )
     return DemoResult(
-        host=pump.host, seed=pump.seed, threshold=first_threshold, banners=banners,
-        latency_by_load_s=tuple(latencies), hung_at_sessions=hung_at, stayed_hung=stayed_hung,
-        refused_while_booting=refused, recovered=ok, threshold_after_cycle=pump.threshold,
+        host=pump.host,
+        seed=pump.seed,
+        threshold=first_threshold,
+        banners=banners,
+        latency_by_load_s=tuple(latencies),
+        hung_at_sessions=hung_at,
+        stayed_hung=stayed_hung,
+        refused_while_booting=refused,
+        recovered=ok,
+        threshold_after_cycle=pump.threshold,
         wall_time_s=anyio.current_time() - started,
-    )  # fmt: skip
+    )
 
 
 def _introduce(pump: EmulatedPump, bounds: tuple[int, int] | None, emit: Callable[[DemoEvent], None]) -> None:
@@ -448,12 +455,15 @@ def story_settings(
 
     return CharacterizeSettings(
         timing=TimingSettings(
-            dwell_s=dwell_s, interval_s=STORY_INTERVAL_S, heartbeat_timeout_s=STORY_HEARTBEAT_TIMEOUT_S,
-            hold_s=STORY_HOLD_S, baseline_beats=STORY_BASELINE_BEATS,
+            dwell_s=dwell_s,
+            interval_s=STORY_INTERVAL_S,
+            heartbeat_timeout_s=STORY_HEARTBEAT_TIMEOUT_S,
+            hold_s=STORY_HOLD_S,
+            baseline_beats=STORY_BASELINE_BEATS,
         ),
         recovery=RecoverySettings(hook=recovery, healthy_beats=STORY_HEALTHY_BEATS),
         ramp=RampConfig(ladder=STORY_LADDER, trials=trials),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -476,16 +486,22 @@ class _Scene:
         def ranges(kind: str) -> tuple[str, ...]:
             return tuple(h for h, _, z in ward if z == kind)
 
-        zones = Zones([
-            Zone(name="Office LAN", kind="general", ranges=ranges("general")),
-            Zone(name="ICU device VLAN", kind="medical", ranges=ranges("medical")),
-        ])  # fmt: skip
+        zones = Zones(
+            [
+                Zone(name="Office LAN", kind="general", ranges=ranges("general")),
+                Zone(name="ICU device VLAN", kind="medical", ranges=ranges("medical")),
+            ]
+        )
         devices = list(fleet.devices.values())
         return cls(
-            fleet=fleet, ward=ward, scope=Scope([h for h, _, _ in ward]), zones=zones,
+            fleet=fleet,
+            ward=ward,
+            scope=Scope([h for h, _, _ in ward]),
+            zones=zones,
             ports=sorted({b for d in devices for b in d.ports.values()}),
-            aliases={b: p for d in devices for p, b in d.ports.items() if b != p}, seed=seed,
-        )  # fmt: skip
+            aliases={b: p for d in devices for p, b in d.ports.items() if b != p},
+            seed=seed,
+        )
 
     @property
     def pump_host(self) -> str:
@@ -495,10 +511,16 @@ class _Scene:
         from fragileprobe._discovery import discover
 
         return await discover(
-            hosts, scope=self.scope, ports=self.ports, zones=self.zones, store=store,
-            rate_per_host=STORY_RATE_PER_HOST, banner_timeout_s=STORY_BANNER_TIMEOUT_S,
-            port_aliases=self.aliases, seed=self.seed,
-        )  # fmt: skip
+            hosts,
+            scope=self.scope,
+            ports=self.ports,
+            zones=self.zones,
+            store=store,
+            rate_per_host=STORY_RATE_PER_HOST,
+            banner_timeout_s=STORY_BANNER_TIMEOUT_S,
+            port_aliases=self.aliases,
+            seed=self.seed,
+        )
 
 
 async def _whole_story(
@@ -529,15 +551,24 @@ async def _whole_story(
         group_settings = export.template_for_group(group, store, assets=again.groups.get(group, ()))
         exports_dir = _scanner_files(store, store_path, group_settings, temporary=temporary, emit=emit)
     return StoryResult(
-        host=scene.pump_host, seed=scene.seed, threshold=first_threshold,
+        host=scene.pump_host,
+        seed=scene.seed,
+        threshold=first_threshold,
         assets=tuple(a.host for a in report.assets),
         groups={g: [a.host for a in m] for g, m in report.groups.items()},
-        alerts=tuple(a.host for a in report.alerts), model_key=char.model_key, safe_ceiling=char.safe_ceiling,
-        failed_at=char.failed_at, crashes=char.crashes, power_cycles=cycles,
-        recovered=pump.state is DeviceState.UP, recognized_group=recognized,
-        settings=group_settings.to_dict(), store=store_path, wall_time_s=anyio.current_time() - started,
+        alerts=tuple(a.host for a in report.alerts),
+        model_key=char.model_key,
+        safe_ceiling=char.safe_ceiling,
+        failed_at=char.failed_at,
+        crashes=char.crashes,
+        power_cycles=cycles,
+        recovered=pump.state is DeviceState.UP,
+        recognized_group=recognized,
+        settings=group_settings.to_dict(),
+        store=store_path,
+        wall_time_s=anyio.current_time() - started,
         exports_dir=exports_dir,
-    )  # fmt: skip
+    )
 
 
 def _set_the_scene(scene: _Scene, threshold: int | None, emit: Callable[[DemoEvent], None]) -> None:
@@ -545,33 +576,50 @@ def _set_the_scene(scene: _Scene, threshold: int | None, emit: Callable[[DemoEve
     for h, model, zone in scene.ward:
         what = scene.fleet.device(h).model.product if model else "(nothing there)"
         emit(DemoEvent("row", f"{h:<16} {zone + ' zone':<13} {what}"))
-    emit(DemoEvent("info", f"The pump at {scene.pump_host} was plugged into the office network by mistake. "
-                           f"It hangs when it holds T concurrent sessions; this boot T = {threshold} "
-                           "(nobody tells fragileprobe that)."))  # fmt: skip
+    emit(
+        DemoEvent(
+            "info",
+            f"The pump at {scene.pump_host} was plugged into the office network by mistake. "
+            f"It hangs when it holds T concurrent sessions; this boot T = {threshold} "
+            "(nobody tells fragileprobe that).",
+        )
+    )
     if scene.aliases:
         offset = next(iter(scene.fleet.devices.values())).port_offset
         emit(DemoEvent("info", f"Not root: services below port 1024 listen at +{offset}."))
 
 
-async def _first_discovery(scene: _Scene, store: ProfileStore, emit: Callable[[DemoEvent], None]
-) -> DiscoveryReport:  # fmt: skip
+async def _first_discovery(
+    scene: _Scene, store: ProfileStore, emit: Callable[[DemoEvent], None]
+) -> DiscoveryReport:
     """Discover the whole ward: the assets, their groups, the alert for the pump on the wrong network."""
     targets = [h for h, _, _ in scene.ward]
     report = await scene.discover(targets, store)
     for asset in report.assets:
         services = ", ".join(
-            f"{s.port}/{s.service}" + (f" {s.product}" if s.product else "")
+            f"{s.port}/{s.service}"
+            + (f" {s.product}" if s.product else "")
             + (f" {s.version}" if s.version else "")
             for s in asset.services
-        )  # fmt: skip
+        )
         emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] {services}"))
     for alert in report.alerts:
-        emit(DemoEvent("alert", f"ALERT: {alert.host} looks like a medical device and sits in zone "
-                                f"'{alert.zone}' ({alert.zone_kind}): wrong network drop?"))  # fmt: skip
+        emit(
+            DemoEvent(
+                "alert",
+                f"ALERT: {alert.host} looks like a medical device and sits in zone "
+                f"'{alert.zone}' ({alert.zone_kind}): wrong network drop?",
+            )
+        )
     peak = max(d.stats.peak_sessions for d in scene.fleet.devices.values())
-    emit(DemoEvent("info", f"{len(report.assets)} hosts answered out of {len(targets)} in "
-                           f"{report.wall_time_s:.1f} s; no device hung: peak sessions per device "
-                           f"{peak}."))  # fmt: skip
+    emit(
+        DemoEvent(
+            "info",
+            f"{len(report.assets)} hosts answered out of {len(targets)} in "
+            f"{report.wall_time_s:.1f} s; no device hung: peak sessions per device "
+            f"{peak}.",
+        )
+    )
     if not any(a.host == scene.pump_host for a in report.assets):
         raise ProbeError(f"discovery did not find the pump at {scene.pump_host}")
     return report
@@ -590,19 +638,34 @@ async def _characterization(
     pump = scene.fleet.device(scene.pump_host)
     found = next(a for a in report.assets if a.host == scene.pump_host)
     ramp, timing = settings.ramp, settings.timing
-    emit(DemoEvent("section", f"3. Characterization: ladder {', '.join(map(str, ramp.ladder))}, "
-                              f"{ramp.trials} trials, {timing.dwell_s:g} s per level, heartbeat every "
-                              f"{timing.interval_s:g} s"))  # fmt: skip
-    emit(DemoEvent("info", "   N counts every session the pump holds from us, the heartbeat's included, "
-                           "until the pump has let go of it: a level, the safe ceiling and the scanner "
-                           "settings below all mean that one number"))  # fmt: skip
+    emit(
+        DemoEvent(
+            "section",
+            f"3. Characterization: ladder {', '.join(map(str, ramp.ladder))}, "
+            f"{ramp.trials} trials, {timing.dwell_s:g} s per level, heartbeat every "
+            f"{timing.interval_s:g} s",
+        )
+    )
+    emit(
+        DemoEvent(
+            "info",
+            "   N counts every session the pump holds from us, the heartbeat's included, "
+            "until the pump has let go of it: a level, the safe ceiling and the scanner "
+            "settings below all mean that one number",
+        )
+    )
     cycles = 0
 
     async def power_cycle() -> None:
         # The emulator's recovery hook, narrated: the pump is really hung when this runs.
         nonlocal cycles
-        emit(DemoEvent("down", f"The pump is {pump.state.value.upper()}: it stopped answering its "
-                               "heartbeat. Every session was cancelled at once."))  # fmt: skip
+        emit(
+            DemoEvent(
+                "down",
+                f"The pump is {pump.state.value.upper()}: it stopped answering its "
+                "heartbeat. Every session was cancelled at once.",
+            )
+        )
         boot = f"boot {pump.boot_delay_s:g} s"
         emit(DemoEvent("info", f"   power cycle through the emulator hook ({boot}) ..."))
         await pump.power_cycle()
@@ -610,10 +673,13 @@ async def _characterization(
         emit(DemoEvent("ok", f"   back up (new T = {pump.threshold}); waiting for healthy heartbeats"))
 
     char = await characterize(
-        found.target(name=STORY_PUMP_NAME), scope=scene.scope,
-        settings=settings.replace(recovery=power_cycle), store=store, name=STORY_PUMP_NAME,
+        found.target(name=STORY_PUMP_NAME),
+        scope=scene.scope,
+        settings=settings.replace(recovery=power_cycle),
+        store=store,
+        name=STORY_PUMP_NAME,
         progress=_narrate_levels(emit),
-    )  # fmt: skip
+    )
     for line in char.summary().splitlines():
         emit(DemoEvent("ok" if line.startswith("Safe ceiling") else "info", line))
     return char, cycles
@@ -626,9 +692,14 @@ def _narrate_levels(emit: Callable[[DemoEvent], None]) -> Callable[[ProgressEven
         if event.kind == "level_end":
             kind = {"passed": "row", "failed": "warn", "warned": "warn"}.get(event.outcome or "", "row")
             level = event.level or 0
-            emit(DemoEvent(kind, f"trial {event.trial + 1}: {level:>2} sessions on the pump "
-                                 f"({level - 1} held + the heartbeat) -> "
-                                 f"{(event.outcome or '?').upper()}"))  # fmt: skip
+            emit(
+                DemoEvent(
+                    kind,
+                    f"trial {event.trial + 1}: {level:>2} sessions on the pump "
+                    f"({level - 1} held + the heartbeat) -> "
+                    f"{(event.outcome or '?').upper()}",
+                )
+            )
 
     return progress
 
@@ -652,24 +723,34 @@ def _stored_profile(
     return temporary
 
 
-async def _second_discovery(scene: _Scene, store: ProfileStore, emit: Callable[[DemoEvent], None]
-) -> tuple[DiscoveryReport, str | None]:  # fmt: skip
+async def _second_discovery(
+    scene: _Scene, store: ProfileStore, emit: Callable[[DemoEvent], None]
+) -> tuple[DiscoveryReport, str | None]:
     """Discover the pumps again: the model is known now; (the report, the story pump's recognized group)."""
     again = await scene.discover([h for h, m, _ in scene.ward if m == "infusion-pump"], store)
     recognized: str | None = None
     for asset in again.assets:
-        emit(DemoEvent("row", f"{asset.host:<16} [{'; '.join(asset.groups)}] probed with at most "
-                              f"{asset.sessions_limit} session(s); "
-                              f"stored ceiling {asset.ceiling}"))  # fmt: skip
+        emit(
+            DemoEvent(
+                "row",
+                f"{asset.host:<16} [{'; '.join(asset.groups)}] probed with at most "
+                f"{asset.sessions_limit} session(s); "
+                f"stored ceiling {asset.ceiling}",
+            )
+        )
         if asset.known_model and asset.host == scene.pump_host:
             recognized = asset.known_model
     return again, recognized
 
 
 def _scanner_files(
-    store: ProfileStore, store_path: str, group_settings: Any, *, temporary: bool,
+    store: ProfileStore,
+    store_path: str,
+    group_settings: Any,
+    *,
+    temporary: bool,
     emit: Callable[[DemoEvent], None],
-) -> str:  # fmt: skip
+) -> str:
     """Show the group's scanner settings and write every scanner's files; the directory written."""
     import tempfile
     from pathlib import Path
@@ -681,12 +762,20 @@ def _scanner_files(
     emit(DemoEvent("info", "Other groups keep their scanner defaults (printer ports 9100-9107 excluded)."))
     # The files each scanner imports (profiles export --format all), next to a kept store, else in a
     # directory of their own that outlives the demo's temporary store.
-    exports_dir = (tempfile.mkdtemp(prefix="fragileprobe-demo-exports-") if temporary
-                   else str(Path(store_path).parent / "fragileprobe-exports"))  # fmt: skip
+    exports_dir = (
+        tempfile.mkdtemp(prefix="fragileprobe-demo-exports-")
+        if temporary
+        else str(Path(store_path).parent / "fragileprobe-exports")
+    )
     plan = export.plan_exports(store.assets(), store.profiles())
     written = export.write_exports(exports_dir, export.render_exports(plan))
-    emit(DemoEvent("ok", f"Scanner files written to {exports_dir} ({len(written)} files: nessus/, gmp/, "
-                         "insightvm/, nmap/, targets/); see docs/scanners/"))  # fmt: skip
+    emit(
+        DemoEvent(
+            "ok",
+            f"Scanner files written to {exports_dir} ({len(written)} files: nessus/, gmp/, "
+            "insightvm/, nmap/, targets/); see docs/scanners/",
+        )
+    )
     return exports_dir
 
 
@@ -704,9 +793,13 @@ async def _slowdown(pump: Any, emit: Callable[[DemoEvent], None]) -> list[tuple[
                 held.append(await _open_session(host, pump.port(21)))
             ok, latency = await _heartbeat(host, pump.web_port)
             latencies.append((load, latency))
-            emit(DemoEvent("row" if ok else "warn",
-                           f"{load} sessions + 1 heartbeat = {load + 1}: GET / in {latency * 1000:6.1f} ms"
-                           + ("" if ok else "  (no answer!)")))  # fmt: skip
+            emit(
+                DemoEvent(
+                    "row" if ok else "warn",
+                    f"{load} sessions + 1 heartbeat = {load + 1}: GET / in {latency * 1000:6.1f} ms"
+                    + ("" if ok else "  (no answer!)"),
+                )
+            )
     finally:
         for stream in held:
             await stream.aclose()

@@ -118,6 +118,7 @@ HTTP_BODY_BYTES: Final = 4096
 
 # --- records ----------------------------------------------------------------------------------------------
 
+
 def _iso(ts_s: float) -> str:
     return dt.datetime.fromtimestamp(ts_s, tz=dt.UTC).isoformat(timespec="seconds")
 
@@ -360,6 +361,7 @@ class DiscoveryReport:
 
 # --- the codecs: the JSON layout and the DataFrame columns, from the fields -------------------------------
 
+
 def _decode_iso(value: Any, path: str) -> float:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
@@ -416,10 +418,12 @@ _REPORTS: Final = codec.Codec(
     DiscoveryReport,
     label="discovery report",
     fields={
-        "groups": codec.Field(conv=codec.Conv(
-            encode=lambda groups: {g: [a.host for a in members] for g, members in groups.items()},
-            decode=_decode_groups,
-        )),
+        "groups": codec.Field(
+            conv=codec.Conv(
+                encode=lambda groups: {g: [a.host for a in members] for g, members in groups.items()},
+                decode=_decode_groups,
+            )
+        ),
         "params": codec.Field(conv=codec.JSON_OBJECT),
     },
     resolve=_resolve_groups,

@@ -89,6 +89,7 @@ _NO_FALLBACK_NOTE: Final = "in no fallback group: it stopped answering or never 
 
 # --- one probe --------------------------------------------------------------------------------------------
 
+
 def _connect_timed_out(res: ProbeResult) -> bool:
     """The connect itself timed out (``http_get``/``grab_banner`` report TIMEOUT for a silent peer too,
     in the EXCHANGE phase)."""
@@ -137,6 +138,7 @@ class PortProbe:
 
 # --- the run's counters -----------------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class RunTally:
     """What the hosts of one run share and count (the network's round-trip estimate included)."""
@@ -163,6 +165,7 @@ class RunTally:
 
 
 # --- one host ---------------------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class HostProbing:
@@ -237,8 +240,8 @@ class HostProbing:
 class Conclusion(enum.Enum):
     """What a host's probing came to."""
 
-    SILENT = "silent"      # no liveness port answered: no asset
-    ALIVE = "alive"        # answered somewhere (it may still have been given up on)
+    SILENT = "silent"  # no liveness port answered: no asset
+    ALIVE = "alive"  # answered somewhere (it may still have been given up on)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +287,9 @@ def known_from_inventory(
 
 
 def session_limit(
-    prior_row: AssetRow | None, per_host_sessions: int, profiles: Mapping[str, tuple[str, int | None]],
+    prior_row: AssetRow | None,
+    per_host_sessions: int,
+    profiles: Mapping[str, tuple[str, int | None]],
     floor: int | None,
 ) -> tuple[int, tuple[str, int | None] | None]:
     """The host's session cap: its model's stored ceiling, else the lowest stored ceiling, and its model."""
@@ -312,6 +317,7 @@ def spoke_before(row: AssetRow | None) -> frozenset[int]:
 
 
 # --- the run ----------------------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class Findings:
@@ -353,8 +359,12 @@ class DiscoveryPolicy:
         s = self.settings
         row = self.prior.get(host)
         limit, known = session_limit(row, s.per_host_sessions, self.profiles, self.floor)
-        state = HostPolicy(ports=s.ports, liveness=self.planner.plan(),
-                           unresponsive_after=s.unresponsive_after, spoke_before=spoke_before(row))
+        state = HostPolicy(
+            ports=s.ports,
+            liveness=self.planner.plan(),
+            unresponsive_after=s.unresponsive_after,
+            spoke_before=spoke_before(row),
+        )
         return HostProbing(host, limit, known, row, state, s.port_aliases)
 
     def left_alone(self, probing: HostProbing) -> Asset:
@@ -363,8 +373,9 @@ class DiscoveryPolicy:
         if row is None or known is None:
             raise ValueError(f"{probing.host} is probed, not left alone (no inventory row or stored model)")
         kept = asset_from_row(row, self.profiles, self.zones)
-        return dataclasses.replace(kept, sessions_limit=0,
-                                   notes=(f"stored profile {known[0]} has ceiling 0: not probed",))
+        return dataclasses.replace(
+            kept, sessions_limit=0, notes=(f"stored profile {known[0]} has ceiling 0: not probed",)
+        )
 
     def conclude(self, probing: HostProbing, tally: RunTally) -> tuple[Conclusion, Unresponsive | None]:
         """Whether the host was silent or alive, and the record if it was given up on (counted in ``tally``).
@@ -384,9 +395,18 @@ class DiscoveryPolicy:
     def assess(self, probing: HostProbing, *, now_s: float) -> tuple[Asset | None, tuple[GroupMatch, ...]]:
         """The host's Asset and groups (``now_s``: Unix time of its last sighting)."""
         return build_asset(
-            probing.host, probing.results, settings=self.settings, limit=probing.limit, zones=self.zones,
-            rules=self.rules, profiles=self.profiles, prior=probing.prior, now_s=now_s,
-            unresponsive=probing.state.gave_up is not None, filtered=probing.state.filtered, udp=probing.udp,
+            probing.host,
+            probing.results,
+            settings=self.settings,
+            limit=probing.limit,
+            zones=self.zones,
+            rules=self.rules,
+            profiles=self.profiles,
+            prior=probing.prior,
+            now_s=now_s,
+            unresponsive=probing.state.gave_up is not None,
+            filtered=probing.state.filtered,
+            udp=probing.udp,
         )
 
     def learn(self, asset: Asset) -> None:
@@ -401,8 +421,13 @@ class DiscoveryPolicy:
         first_seen = row.first_seen_s if row is not None else asset.first_seen_s
         return alert_for(asset, matches, first_seen=_iso(first_seen))
 
-    def restore(self, findings: Findings, rows: Iterable[AssetRow], alerts: Iterable[Mapping[str, Any]],
-                plan: ScanPlan) -> None:
+    def restore(
+        self,
+        findings: Findings,
+        rows: Iterable[AssetRow],
+        alerts: Iterable[Mapping[str, Any]],
+        plan: ScanPlan,
+    ) -> None:
         """Take back the hosts the interrupted part of a resumed scan finished (from the store)."""
         for row in rows:
             ours = row.host in plan.done_before and row.scan_id == plan.scan_id
@@ -414,26 +439,46 @@ class DiscoveryPolicy:
             if ours and host not in findings.alerts:
                 findings.alerts[str(host)] = alert_from_dict(stored)
 
-    def progress(self, tally: RunTally, findings: Findings, plan: ScanPlan, host: str, *,
-                 elapsed_s: float) -> DiscoveryProgress:
+    def progress(
+        self, tally: RunTally, findings: Findings, plan: ScanPlan, host: str, *, elapsed_s: float
+    ) -> DiscoveryProgress:
         """The progress record after ``host`` finished, ``elapsed_s`` into the call."""
         s = self.settings
         total = len(plan.todo)
         eta = estimate_remaining_s(
-            done=tally.hosts_done, total=total, elapsed_s=elapsed_s, probes_done=tally.probes_done,
-            probes_sent=tally.probes, rate_per_s=s.global_rate, in_flight=min(plan.parallel, total),
+            done=tally.hosts_done,
+            total=total,
+            elapsed_s=elapsed_s,
+            probes_done=tally.probes_done,
+            probes_sent=tally.probes,
+            rate_per_s=s.global_rate,
+            in_flight=min(plan.parallel, total),
             tail_s=2 * tally.network_rtt.timeout_s(s.connect_bounds),
         )
         return DiscoveryProgress(
-            hosts_done=tally.hosts_done, hosts_total=total, assets_found=len(findings.assets),
-            alerts=len(findings.alerts), host=host, hosts_alive=tally.alive, hosts_silent=tally.silent,
-            probes_sent=tally.probes, elapsed_s=elapsed_s, eta_s=eta,
+            hosts_done=tally.hosts_done,
+            hosts_total=total,
+            assets_found=len(findings.assets),
+            alerts=len(findings.alerts),
+            host=host,
+            hosts_alive=tally.alive,
+            hosts_silent=tally.silent,
+            probes_sent=tally.probes,
+            elapsed_s=elapsed_s,
+            eta_s=eta,
         )
 
 
 def estimate_remaining_s(
-    *, done: int, total: int, elapsed_s: float, probes_done: int, probes_sent: int, rate_per_s: float,
-    tail_s: float, in_flight: int = 0,
+    *,
+    done: int,
+    total: int,
+    elapsed_s: float,
+    probes_done: int,
+    probes_sent: int,
+    rate_per_s: float,
+    tail_s: float,
+    in_flight: int = 0,
 ) -> float | None:
     """Seconds a discovery still needs, counting silent space at its real (small) cost (pure).
 
@@ -477,21 +522,31 @@ def run_notes(tally: RunTally, *, webhook_failures: int = 0, webhook_url: str | 
     """The notes about the run itself: alerts the webhook did not take, probes that never left."""
     notes: list[str] = []
     if webhook_failures:
-        notes.append(f"{webhook_failures} alert(s) could not be delivered to the webhook {webhook_url} "
-                     "(logged as discovery.alert_webhook_failed; they are in the log, the store and the "
-                     "alert file)")
+        notes.append(
+            f"{webhook_failures} alert(s) could not be delivered to the webhook {webhook_url} "
+            "(logged as discovery.alert_webhook_failed; they are in the log, the store and the "
+            "alert file)"
+        )
     if tally.unreachable:
         # Not silence: the probe never reached the address (or a router refused it). An address whose
         # liveness probes all failed so is counted silent, so say it.
-        notes.append(f"{tally.unreachable} probe(s) could not reach their address "
-                     f"({tally.unreachable_error}); addresses whose every liveness probe failed so were "
-                     "skipped as silent")
+        notes.append(
+            f"{tally.unreachable} probe(s) could not reach their address "
+            f"({tally.unreachable_error}); addresses whose every liveness probe failed so were "
+            "skipped as silent"
+        )
     return notes
 
 
 def assemble_report(
-    findings: Findings, plan: ScanPlan, tally: RunTally, settings: DiscoverySettings, *,
-    prior: Mapping[str, AssetRow], wall_time_s: float, icmp_only: tuple[str, ...] = (),
+    findings: Findings,
+    plan: ScanPlan,
+    tally: RunTally,
+    settings: DiscoverySettings,
+    *,
+    prior: Mapping[str, AssetRow],
+    wall_time_s: float,
+    icmp_only: tuple[str, ...] = (),
 ) -> DiscoveryReport:
     """The DiscoveryReport of a finished run: everything by address, groups, inventory changes."""
     ordered = tuple(sorted(findings.assets.values(), key=lambda a: addr_key(a.host)))
@@ -501,18 +556,29 @@ def assemble_report(
             groups.setdefault(g, []).append(a)
     new, gone, moved = inventory_changes(plan.hosts, ordered, prior, plan.scan_id)
     return DiscoveryReport(
-        assets=ordered, groups=groups,
+        assets=ordered,
+        groups=groups,
         alerts=tuple(sorted(findings.alerts.values(), key=lambda a: addr_key(a.host))),
         unresponsive=tuple(sorted(findings.unresponsive, key=lambda u: addr_key(u.host))),
-        new=new, gone=gone, moved=moved, icmp_only=icmp_only, hosts_scanned=len(plan.todo),
-        hosts_resumed=len(plan.done_before), wall_time_s=wall_time_s, scan_id=plan.scan_id,
-        notes=tuple(findings.notes), params=settings.params(), hosts_alive=tally.alive,
-        probes_sent=tally.probes, max_hosts_in_parallel=plan.parallel,
+        new=new,
+        gone=gone,
+        moved=moved,
+        icmp_only=icmp_only,
+        hosts_scanned=len(plan.todo),
+        hosts_resumed=len(plan.done_before),
+        wall_time_s=wall_time_s,
+        scan_id=plan.scan_id,
+        notes=tuple(findings.notes),
+        params=settings.params(),
+        hosts_alive=tally.alive,
+        probes_sent=tally.probes,
+        max_hosts_in_parallel=plan.parallel,
         global_rate=float(settings.global_rate),
     )
 
 
 # --- assets -----------------------------------------------------------------------------------------------
+
 
 def _iso(ts_s: float) -> str:
     return dt.datetime.fromtimestamp(ts_s, tz=dt.UTC).isoformat(timespec="seconds")
@@ -539,21 +605,27 @@ def _services(
     return services, banners, servers
 
 
-def _asset_notes(limit: int, per_host_sessions: int, filtered: Sequence[int],
-                 udp_services: Sequence[ServiceInfo]) -> list[str]:
+def _asset_notes(
+    limit: int, per_host_sessions: int, filtered: Sequence[int], udp_services: Sequence[ServiceInfo]
+) -> list[str]:
     notes: list[str] = []
     if limit < per_host_sessions:
         notes.append(f"sessions capped at {limit} (stored profile ceiling)")
     if filtered:
-        notes.append("filtered (no answer while the host answered on other ports): "
-                     + ", ".join(map(str, sorted(filtered))))
-    notes.extend(f"udp/{info.port} {info.service}: {info.product or info.detail or 'answered'}"
-                 for info in udp_services)
+        notes.append(
+            "filtered (no answer while the host answered on other ports): "
+            + ", ".join(map(str, sorted(filtered)))
+        )
+    notes.extend(
+        f"udp/{info.port} {info.service}: {info.product or info.detail or 'answered'}"
+        for info in udp_services
+    )
     return notes
 
 
-def _without_fallback(asset: Asset, matches: tuple[GroupMatch, ...], rules: Rules
-                      ) -> tuple[Asset, tuple[GroupMatch, ...]]:
+def _without_fallback(
+    asset: Asset, matches: tuple[GroupMatch, ...], rules: Rules
+) -> tuple[Asset, tuple[GroupMatch, ...]]:
     """An unresponsive host keeps the groups its evidence earned, never a fallback group ("safe to scan")."""
     fallback_only = {r.name for r in rules if r.fallback} - {r.name for r in rules if not r.fallback}
     kept = tuple(m for m in matches if m.rule not in fallback_only)
@@ -590,17 +662,24 @@ def build_asset(
     services, banners, servers = _services(open_results, settings.port_aliases)
     udp_services = [info for info in (fingerprint_udp(u) for u in udp) if info is not None]
     os_guess = guess_os([*services, *udp_services])
-    key = model_key(open_ports=[r.port for r in open_results], banners=banners,
-                    server_header=model_server_header(servers))
+    key = model_key(
+        open_ports=[r.port for r in open_results], banners=banners, server_header=model_server_header(servers)
+    )
     known = profiles.get(model_key_digest(key))
     zone = zones.zone_for(host) if zones is not None else None
     asset = Asset(
-        host=host, open_ports=tuple(r.port for r in open_results),
+        host=host,
+        open_ports=tuple(r.port for r in open_results),
         services=tuple(services) + tuple(udp_services),
-        os_family=os_guess.family, os_evidence=os_guess.evidence, zone=zone.name if zone else UNZONED,
-        zone_kind=zone.kind if zone else None, model_key=key,
-        known_model=known[0] if known else None, ceiling=known[1] if known else None,
-        first_seen_s=prior.first_seen_s if prior is not None else now_s, last_seen_s=now_s,
+        os_family=os_guess.family,
+        os_evidence=os_guess.evidence,
+        zone=zone.name if zone else UNZONED,
+        zone_kind=zone.kind if zone else None,
+        model_key=key,
+        known_model=known[0] if known else None,
+        ceiling=known[1] if known else None,
+        first_seen_s=prior.first_seen_s if prior is not None else now_s,
+        last_seen_s=now_s,
         sessions_limit=limit,
         notes=tuple(_asset_notes(limit, settings.per_host_sessions, filtered, udp_services)),
     )
@@ -618,19 +697,34 @@ def asset_from_row(
     services = []
     for d in row.services if isinstance(row.services, list) else []:
         if isinstance(d, dict):
-            services.append(ServiceInfo(
-                port=int(d.get("port", 0)), service=str(d.get("service", "unknown")),
-                product=d.get("product"), version=d.get("version"), detail=d.get("detail"),
-                title=d.get("title"), server=d.get("server"), protocol=str(d.get("protocol", "tcp")),
-            ))
+            services.append(
+                ServiceInfo(
+                    port=int(d.get("port", 0)),
+                    service=str(d.get("service", "unknown")),
+                    product=d.get("product"),
+                    version=d.get("version"),
+                    detail=d.get("detail"),
+                    title=d.get("title"),
+                    server=d.get("server"),
+                    protocol=str(d.get("protocol", "tcp")),
+                )
+            )
     known = profiles.get(model_key_digest(row.model_key or ""))
     zone = zones.zone_for(row.host) if zones is not None else None
     return Asset(
-        host=row.host, open_ports=tuple(row.open_ports), services=tuple(services),
-        os_family=row.os_family or "unknown", os_evidence=(), zone=row.zone or UNZONED,
-        zone_kind=zone.kind if zone else None, model_key=row.model_key or "",
-        known_model=known[0] if known else None, ceiling=known[1] if known else None,
-        groups=tuple(row.groups), first_seen_s=row.first_seen_s, last_seen_s=row.last_seen_s,
+        host=row.host,
+        open_ports=tuple(row.open_ports),
+        services=tuple(services),
+        os_family=row.os_family or "unknown",
+        os_evidence=(),
+        zone=row.zone or UNZONED,
+        zone_kind=zone.kind if zone else None,
+        model_key=row.model_key or "",
+        known_model=known[0] if known else None,
+        ceiling=known[1] if known else None,
+        groups=tuple(row.groups),
+        first_seen_s=row.first_seen_s,
+        last_seen_s=row.last_seen_s,
         notes=("finished before resume",),
         medical=known is not None or "Medical Device?" in row.groups,
     )
@@ -638,9 +732,15 @@ def asset_from_row(
 
 def alert_from_dict(d: Mapping[str, Any]) -> Alert:
     """An Alert as the store keeps it."""
-    return Alert(host=str(d["host"]), model=str(d.get("model", "")), zone=str(d.get("zone", "")),
-                 zone_kind=str(d.get("zone_kind", "")), evidence=tuple(d.get("evidence", ())),
-                 first_seen=str(d.get("first_seen", "")), groups=tuple(d.get("groups", ())))
+    return Alert(
+        host=str(d["host"]),
+        model=str(d.get("model", "")),
+        zone=str(d.get("zone", "")),
+        zone_kind=str(d.get("zone_kind", "")),
+        evidence=tuple(d.get("evidence", ())),
+        first_seen=str(d.get("first_seen", "")),
+        groups=tuple(d.get("groups", ())),
+    )
 
 
 def apply_os_hints(assets: dict[str, Asset], hints: Mapping[str, Any]) -> None:
@@ -662,6 +762,7 @@ def apply_os_hints(assets: dict[str, Asset], hints: Mapping[str, Any]) -> None:
 
 
 # --- the inventory ----------------------------------------------------------------------------------------
+
 
 def _zone_before(row: AssetRow | None, scan_id: int) -> tuple[bool, str | None]:
     """(new, zone before this scan) of a host found now, from its inventory row."""
@@ -690,8 +791,11 @@ def inventory_changes(
     found_hosts = {a.host for a in found}
     targets = set(hosts)
     gone = [h for h in prior if h in targets and h not in found_hosts]
-    return (tuple(sorted(new, key=addr_key)), tuple(sorted(gone, key=addr_key)),
-            tuple(sorted(moved, key=lambda m: addr_key(m.host))))
+    return (
+        tuple(sorted(new, key=addr_key)),
+        tuple(sorted(gone, key=addr_key)),
+        tuple(sorted(moved, key=lambda m: addr_key(m.host))),
+    )
 
 
 def addr_key(host: str) -> tuple[int, int]:

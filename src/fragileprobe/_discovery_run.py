@@ -114,22 +114,51 @@ async def discover(
     raw_ok, notes = _raw_extras(config)
     inventory = _Inventory(store)
     known = await inventory.load(hosts, config.params(), resume=resume)
-    policy = DiscoveryPolicy(config, Rules.default() if rules is None else rules, zones, known.profiles,
-                             known.prior)
-    plan = ScanPlan(hosts=tuple(hosts), todo=host_order(hosts, known.done_before, config.seed),
-                    done_before=known.done_before, scan_id=known.scan_id, parallel=parallel)
-    run = _Run(policy, plan, inventory, sinks, GlobalPacer(config.global_rate), started_s,
-               progress=progress, network=network, findings=Findings(notes=[*notes, *known.notes]))
-    log.info("discovery.start", hosts=len(hosts), todo=len(plan.todo), ports=len(config.ports),
-             scan_id=plan.scan_id, per_host_sessions=config.per_host_sessions,
-             rate_per_host=config.rate_per_host, max_hosts_in_parallel=parallel,
-             global_rate=config.global_rate, liveness_ports=config.liveness_ports)
+    policy = DiscoveryPolicy(
+        config, Rules.default() if rules is None else rules, zones, known.profiles, known.prior
+    )
+    plan = ScanPlan(
+        hosts=tuple(hosts),
+        todo=host_order(hosts, known.done_before, config.seed),
+        done_before=known.done_before,
+        scan_id=known.scan_id,
+        parallel=parallel,
+    )
+    run = _Run(
+        policy,
+        plan,
+        inventory,
+        sinks,
+        GlobalPacer(config.global_rate),
+        started_s,
+        progress=progress,
+        network=network,
+        findings=Findings(notes=[*notes, *known.notes]),
+    )
+    log.info(
+        "discovery.start",
+        hosts=len(hosts),
+        todo=len(plan.todo),
+        ports=len(config.ports),
+        scan_id=plan.scan_id,
+        per_host_sessions=config.per_host_sessions,
+        rate_per_host=config.rate_per_host,
+        max_hosts_in_parallel=parallel,
+        global_rate=config.global_rate,
+        liveness_ports=config.liveness_ports,
+    )
     observer = await _work_all(run, watch_syn_acks=raw_ok)
     report = await _wrap_up(run, observer, scope=scope, icmp=raw_ok)
-    log.info("discovery.done", assets=len(report.assets), alerts=len(report.alerts),
-             unresponsive=len(report.unresponsive), wall_time_s=round(report.wall_time_s, 3),
-             hosts_alive=run.tally.alive, probes_sent=run.tally.probes,
-             peak_hosts_in_flight=run.tally.peak_hosts_in_flight)
+    log.info(
+        "discovery.done",
+        assets=len(report.assets),
+        alerts=len(report.alerts),
+        unresponsive=len(report.unresponsive),
+        wall_time_s=round(report.wall_time_s, 3),
+        hosts_alive=run.tally.alive,
+        probes_sent=run.tally.probes,
+        peak_hosts_in_flight=run.tally.peak_hosts_in_flight,
+    )
     return report
 
 
@@ -155,21 +184,33 @@ def auto_hosts_in_parallel(hosts: int, per_host_sessions: int) -> int:
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     except ImportError:  # pragma: no cover - not POSIX
         soft = DEFAULT_MAX_HOSTS_IN_PARALLEL + FD_HEADROOM
-    budget = MAX_HOSTS_IN_PARALLEL if soft == getattr(resource, "RLIM_INFINITY", -1) else (
-        (soft - FD_HEADROOM) // per_host_sessions)
+    budget = (
+        MAX_HOSTS_IN_PARALLEL
+        if soft == getattr(resource, "RLIM_INFINITY", -1)
+        else ((soft - FD_HEADROOM) // per_host_sessions)
+    )
     return max(1, min(hosts, MAX_HOSTS_IN_PARALLEL, budget))
 
 
 # --- before anything is sent ------------------------------------------------------------------------------
 
-def _check_inputs(settings: DiscoverySettings, hosts: int, *, store: ProfileStore | None, resume: bool,
-                  zones: object, rules: object) -> int:
+
+def _check_inputs(
+    settings: DiscoverySettings,
+    hosts: int,
+    *,
+    store: ProfileStore | None,
+    resume: bool,
+    zones: object,
+    rules: object,
+) -> int:
     """Check what the settings cannot check alone; return the hosts worked at once."""
     per_host = settings.per_host_sessions
     parallel = settings.max_hosts_in_parallel or auto_hosts_in_parallel(hosts, per_host)
     in_flight = min(hosts, parallel)
-    check_socket_budget(in_flight * per_host,
-                        f"max_hosts_in_parallel x per_host_sessions ({in_flight} x {per_host})")
+    check_socket_budget(
+        in_flight * per_host, f"max_hosts_in_parallel x per_host_sessions ({in_flight} x {per_host})"
+    )
     if resume and store is None:
         raise ConfigError("resume=True needs a store (the unfinished scan is kept there)", field="resume")
     if zones is not None and not isinstance(zones, Zones):
@@ -227,6 +268,7 @@ class _AlertSinks:
 
 # --- the store ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class _Known:
     """What the store knew before this call."""
@@ -250,8 +292,9 @@ class _Inventory:
         store = self.store
         if store is None:
             return _Known()
-        profiles = {model_key_digest(p.model_key): (p.model_key, p.ceiling)
-                    for p in await store.aio.profiles()}
+        profiles = {
+            model_key_digest(p.model_key): (p.model_key, p.ceiling) for p in await store.aio.profiles()
+        }
         prior = {a.host: a for a in await store.aio.assets()}
         scan_id: int | None = None
         done_before: frozenset[str] = frozenset()
@@ -265,9 +308,14 @@ class _Inventory:
     async def save_asset(self, scan_id: int | None, asset: Asset) -> None:
         if self.store is not None:
             await self.store.aio.upsert_asset(
-                asset.host, scan_id=scan_id, seen_at_s=asset.last_seen_s, zone=asset.zone,
-                model_key=asset.model_key, open_ports=asset.open_ports,
-                services=[s.to_dict() for s in asset.services], os_family=asset.os_family,
+                asset.host,
+                scan_id=scan_id,
+                seen_at_s=asset.last_seen_s,
+                zone=asset.zone,
+                model_key=asset.model_key,
+                open_ports=asset.open_ports,
+                services=[s.to_dict() for s in asset.services],
+                os_family=asset.os_family,
                 groups=asset.groups,
             )
 
@@ -291,19 +339,24 @@ class _Inventory:
             await self.store.aio.finish_scan(scan_id)
 
 
-async def _resume(store: ProfileStore, hosts: Sequence[str], params: Mapping[str, Any]
-                  ) -> tuple[int | None, frozenset[str], tuple[str, ...]]:
+async def _resume(
+    store: ProfileStore, hosts: Sequence[str], params: Mapping[str, Any]
+) -> tuple[int | None, frozenset[str], tuple[str, ...]]:
     """The unfinished scan with these targets and parameters: its id, its finished hosts, a note."""
     unfinished = await store.aio.unfinished_scan(hosts, params)
     if unfinished is None:
-        return None, frozenset(), ("resume=True but no unfinished scan with these targets and parameters: "
-                                   "started a new one",)
+        return (
+            None,
+            frozenset(),
+            ("resume=True but no unfinished scan with these targets and parameters: started a new one",),
+        )
     done = frozenset(await store.aio.hosts_done(unfinished.scan_id))
     note = f"resumed scan {unfinished.scan_id}: {len(done)} hosts were already done"
     return unfinished.scan_id, done, (note,)
 
 
 # --- the hosts ----------------------------------------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class _Run:
@@ -448,7 +501,11 @@ async def _runner(run: _Run, probing: HostProbing, pool: SessionPool, cancel: an
 
 
 async def _probe_port(
-    run: _Run, probing: HostProbing, pool: SessionPool, port: int, cancel: anyio.CancelScope,
+    run: _Run,
+    probing: HostProbing,
+    pool: SessionPool,
+    port: int,
+    cancel: anyio.CancelScope,
     priority: int = PRIORITY_LIVE,
 ) -> None:
     """One probe on one port: a slot, a pacer grant, the probe the policy chose; its result fed back."""
@@ -468,15 +525,29 @@ async def _probe_port(
         cancel.cancel()
 
 
-async def _run_probe(host: str, probe: PortProbe, connect_t: float, banner_t: float, network: Network
-                     ) -> ProbeResult:
+async def _run_probe(
+    host: str, probe: PortProbe, connect_t: float, banner_t: float, network: Network
+) -> ProbeResult:
     if probe.kind is ProbeKind.CONNECT:
         return await tcp_connect(host, probe.port, timeout_s=connect_t, network=network)
     if probe.kind is ProbeKind.HTTP:
-        return await http_get(host, probe.port, "/", timeout_s=connect_t, read_timeout_s=banner_t,
-                              max_bytes=HTTP_BODY_BYTES, network=network)
-    return await grab_banner(host, probe.port, timeout_s=connect_t, read_timeout_s=banner_t,
-                             total_timeout_s=connect_t + banner_t, network=network)
+        return await http_get(
+            host,
+            probe.port,
+            "/",
+            timeout_s=connect_t,
+            read_timeout_s=banner_t,
+            max_bytes=HTTP_BODY_BYTES,
+            network=network,
+        )
+    return await grab_banner(
+        host,
+        probe.port,
+        timeout_s=connect_t,
+        read_timeout_s=banner_t,
+        total_timeout_s=connect_t + banner_t,
+        network=network,
+    )
 
 
 async def _probe_udp(run: _Run, probing: HostProbing, limiter: ConcurrencyLimiter) -> None:
@@ -486,8 +557,9 @@ async def _probe_udp(run: _Run, probing: HostProbing, limiter: ConcurrencyLimite
         async with limiter.session():
             await run.pacer.acquire(PRIORITY_LIVE)
             run.tally.probes += 1
-            probing.udp.append(await udp_probe(probing.host, port, timeout_s=timeout_s,
-                                               community=s.snmp_community))
+            probing.udp.append(
+                await udp_probe(probing.host, port, timeout_s=timeout_s, community=s.snmp_community)
+            )
 
 
 def _host_failed(host: str, stage: str, exc: Exception) -> str:
@@ -539,6 +611,7 @@ def _first_own_error(group: BaseExceptionGroup[BaseException]) -> FragileProbeEr
 
 # --- after every host ---------------------------------------------------------------------------------------
 
+
 async def _wrap_up(run: _Run, observer: Any, *, scope: Scope, icmp: bool) -> DiscoveryReport:
     """Notes, the raw extras' findings, the resumed hosts from the store; the scan closed; the report."""
     findings, plan = run.findings, run.plan
@@ -551,8 +624,15 @@ async def _wrap_up(run: _Run, observer: Any, *, scope: Scope, icmp: bool) -> Dis
         icmp_only = await _icmp_sweep(silent, scope, plan.parallel, findings.notes)
     await run.inventory.restore(run.policy, findings, plan)
     await run.inventory.finish(plan.scan_id)
-    return assemble_report(findings, plan, run.tally, run.policy.settings, prior=run.policy.prior,
-                           wall_time_s=anyio.current_time() - run.started_s, icmp_only=icmp_only)
+    return assemble_report(
+        findings,
+        plan,
+        run.tally,
+        run.policy.settings,
+        prior=run.policy.prior,
+        wall_time_s=anyio.current_time() - run.started_s,
+        icmp_only=icmp_only,
+    )
 
 
 async def _icmp_sweep(hosts: Sequence[str], scope: Scope, parallel: int, notes: list[str]) -> tuple[str, ...]:

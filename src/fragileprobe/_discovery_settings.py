@@ -153,8 +153,11 @@ class DiscoverySettings:
             "udp_ports": _udp_ports(udp_ports),
             "per_host_sessions": _validate.positive_int("per_host_sessions", per_host_sessions),
             "rate_per_host": _checked(_validate.positive, "rate_per_host", rate_per_host),
-            "max_hosts_in_parallel": (None if max_hosts_in_parallel is None else
-                                      _validate.positive_int("max_hosts_in_parallel", max_hosts_in_parallel)),
+            "max_hosts_in_parallel": (
+                None
+                if max_hosts_in_parallel is None
+                else _validate.positive_int("max_hosts_in_parallel", max_hosts_in_parallel)
+            ),
             "global_rate": _checked(_validate.positive, "global_rate", global_rate),
             "liveness_ports": _validate.count("liveness_ports", liveness_ports),
             "connect_timeout_s": _checked(_validate.positive, "connect_timeout_s", connect_timeout_s),
@@ -172,8 +175,12 @@ class DiscoverySettings:
 
     def __hash__(self) -> int:
         # The generated hash would fail on the aliases' read-only mapping: hash its items instead.
-        return hash(tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
-                          if f.name != "port_aliases") + tuple(self.port_aliases.items()))
+        return hash(
+            tuple(
+                (f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "port_aliases"
+            )
+            + tuple(self.port_aliases.items())
+        )
 
     def replace(self, **changes: Any) -> DiscoverySettings:
         """A copy with ``changes`` (field names; validated like the constructor's arguments)."""
@@ -205,23 +212,31 @@ class DiscoverySettings:
     def connect_bounds(self) -> TimeoutBounds:
         """The adaptive connect timeout's floor, ceiling (``connect_timeout_s``) and starting value."""
         ceiling = float(self.connect_timeout_s)
-        return TimeoutBounds(floor_s=min(CONNECT_TIMEOUT_FLOOR_S, ceiling), ceiling_s=ceiling,
-                             initial_s=min(CONNECT_TIMEOUT_INITIAL_S, ceiling))
+        return TimeoutBounds(
+            floor_s=min(CONNECT_TIMEOUT_FLOOR_S, ceiling),
+            ceiling_s=ceiling,
+            initial_s=min(CONNECT_TIMEOUT_INITIAL_S, ceiling),
+        )
 
     @property
     def banner_bounds(self) -> TimeoutBounds:
         """The adaptive banner wait's floor, ceiling (``banner_timeout_s``) and starting value."""
         ceiling = float(self.banner_timeout_s)
-        return TimeoutBounds(floor_s=min(BANNER_TIMEOUT_FLOOR_S, ceiling), ceiling_s=ceiling,
-                             initial_s=ceiling)
+        return TimeoutBounds(
+            floor_s=min(BANNER_TIMEOUT_FLOOR_S, ceiling), ceiling_s=ceiling, initial_s=ceiling
+        )
 
     def params(self) -> dict[str, Any]:
         """The parameters stored with a scan, which ``resume`` matches (keys and values as they were)."""
         return {
-            "ports": list(self.ports), "per_host_sessions": self.per_host_sessions,
-            "rate_per_host": self.rate_per_host, "connect_timeout_s": self.connect_timeout_s,
-            "banner_timeout_s": self.banner_timeout_s, "unresponsive_after": self.unresponsive_after,
-            "udp_ports": list(self.udp_ports), "liveness_ports": self.liveness_ports,
+            "ports": list(self.ports),
+            "per_host_sessions": self.per_host_sessions,
+            "rate_per_host": self.rate_per_host,
+            "connect_timeout_s": self.connect_timeout_s,
+            "banner_timeout_s": self.banner_timeout_s,
+            "unresponsive_after": self.unresponsive_after,
+            "udp_ports": list(self.udp_ports),
+            "liveness_ports": self.liveness_ports,
             "adaptive_timeouts": self.adaptive_timeouts,
         }
 
@@ -297,8 +312,10 @@ def _aliases(aliases: Mapping[int, int] | None) -> Mapping[int, int]:
         return types.MappingProxyType({})
     if not hasattr(aliases, "items"):
         raise _validate.fail("port_aliases", "a mapping of bound port -> well-known port", aliases)
-    checked = {_validate.port("port_aliases", bound): _validate.port("port_aliases", known)
-               for bound, known in aliases.items()}
+    checked = {
+        _validate.port("port_aliases", bound): _validate.port("port_aliases", known)
+        for bound, known in aliases.items()
+    }
     return types.MappingProxyType(dict(sorted(checked.items())))
 
 
@@ -308,8 +325,9 @@ def _community(community: str) -> str:
         return check_community(community)
     except ConfigError:
         shown = community[:40] + "..." if isinstance(community, str) and len(community) > 40 else community
-        raise _validate.fail("snmp_community", f"1-{MAX_COMMUNITY_BYTES} printable ASCII characters",
-                             shown) from None
+        raise _validate.fail(
+            "snmp_community", f"1-{MAX_COMMUNITY_BYTES} printable ASCII characters", shown
+        ) from None
 
 
 def _seed(seed: int | None) -> int | None:

@@ -147,8 +147,20 @@ def _first_line(text: str) -> str:
 # a subnegotiation that ends at IAC SE (240); IAC IAC is a literal 255.
 _IAC, _SE, _SB, _WILL, _WONT, _DO, _DONT = 255, 240, 250, 251, 252, 253, 254
 _VERBS = {_WILL: "WILL", _WONT: "WONT", _DO: "DO", _DONT: "DONT"}
-_TELNET_OPTIONS = {0: "binary", 1: "echo", 3: "sga", 5: "status", 24: "ttype", 31: "naws", 32: "tspeed",
-                   33: "lflow", 34: "linemode", 35: "xdisploc", 36: "environ", 39: "new-environ"}
+_TELNET_OPTIONS = {
+    0: "binary",
+    1: "echo",
+    3: "sga",
+    5: "status",
+    24: "ttype",
+    31: "naws",
+    32: "tspeed",
+    33: "lflow",
+    34: "linemode",
+    35: "xdisploc",
+    36: "environ",
+    39: "new-environ",
+}
 
 
 def strip_telnet_negotiation(data: bytes) -> tuple[bytes, tuple[str, ...]]:
@@ -284,18 +296,57 @@ def fingerprint_http(
     detail_parts = [f"status {status}" if status is not None else "malformed status line"]
     if comment:
         detail_parts.append(comment)
-    return ServiceInfo(port=port, service=service, product=_clip(product), version=_clip(version),
-                       detail="; ".join(detail_parts), title=title, server=server)
+    return ServiceInfo(
+        port=port,
+        service=service,
+        product=_clip(product),
+        version=_clip(version),
+        detail="; ".join(detail_parts),
+        title=title,
+        server=server,
+    )
 
 
 # --- well-known ports (used when a service is silent or unrecognised) -----------------------------------
 PORT_SERVICES: Final[Mapping[int, str]] = {
-    21: "ftp", 22: "ssh", 23: "telnet", 25: "smtp", 53: "dns", 80: "http", 104: "dicom", 110: "pop3",
-    111: "rpcbind", 135: "msrpc", 139: "smb", 143: "imap", 161: "snmp", 443: "https", 445: "smb",
-    502: "modbus", 515: "lpd", 548: "afp", 631: "ipp", 993: "imaps", 995: "pop3s", 1433: "mssql",
-    1521: "oracle", 2323: "telnet", 2575: "hl7-mllp", 3306: "mysql", 3389: "rdp", 4242: "dicom",
-    5432: "postgresql", 5900: "vnc", 5985: "winrm", 8000: "http", 8008: "http", 8080: "http",
-    8081: "http", 8443: "https", 8888: "http", 11112: "dicom",
+    21: "ftp",
+    22: "ssh",
+    23: "telnet",
+    25: "smtp",
+    53: "dns",
+    80: "http",
+    104: "dicom",
+    110: "pop3",
+    111: "rpcbind",
+    135: "msrpc",
+    139: "smb",
+    143: "imap",
+    161: "snmp",
+    443: "https",
+    445: "smb",
+    502: "modbus",
+    515: "lpd",
+    548: "afp",
+    631: "ipp",
+    993: "imaps",
+    995: "pop3s",
+    1433: "mssql",
+    1521: "oracle",
+    2323: "telnet",
+    2575: "hl7-mllp",
+    3306: "mysql",
+    3389: "rdp",
+    4242: "dicom",
+    5432: "postgresql",
+    5900: "vnc",
+    5985: "winrm",
+    8000: "http",
+    8008: "http",
+    8080: "http",
+    8081: "http",
+    8443: "https",
+    8888: "http",
+    11112: "dicom",
     **{p: "jetdirect" for p in range(9100, 9108)},
 }
 _TLS_PORTS: Final = frozenset({443, 8443, 993, 995})
@@ -323,11 +374,44 @@ _SMTP_PRODUCTS: Final = (
 _GLUED = re.compile(r"\b([A-Za-z][A-Za-z0-9+\-]{1,40}?)[/_]v?(\d+(?:\.\d+)+[a-z]?\d*)\b")
 _VERSION_WORD = re.compile(r"^v?(\d+(?:\.\d+)+[a-z]?\d*)[,.;:)]*$", re.I)
 # Words that sit between a product name and its version without being the product.
-_STOP_WORDS: Final = frozenset({
-    "server", "service", "ftp", "ftpd", "ssh", "telnet", "telnetd", "smtp", "http", "httpd", "web", "daemon",
-    "version", "ver", "ver.", "release", "build", "rev", "firmware", "fw", "ready", "ready.", "v", "-", "is",
-    "the", "welcome", "to", "(", "220", "220-", "+ok", "*", "ok",
-})
+_STOP_WORDS: Final = frozenset(
+    {
+        "server",
+        "service",
+        "ftp",
+        "ftpd",
+        "ssh",
+        "telnet",
+        "telnetd",
+        "smtp",
+        "http",
+        "httpd",
+        "web",
+        "daemon",
+        "version",
+        "ver",
+        "ver.",
+        "release",
+        "build",
+        "rev",
+        "firmware",
+        "fw",
+        "ready",
+        "ready.",
+        "v",
+        "-",
+        "is",
+        "the",
+        "welcome",
+        "to",
+        "(",
+        "220",
+        "220-",
+        "+ok",
+        "*",
+        "ok",
+    }
+)
 
 
 def _product_from_table(
@@ -366,8 +450,9 @@ def _fp_ftp(port: int, line: str) -> ServiceInfo:
     product, version = _product_from_table(text, _FTP_PRODUCTS)
     if product is None:
         product, version = _product_from_free_text(text)
-    return ServiceInfo(port=port, service="ftp", product=_clip(product), version=_clip(version),
-                       detail=_clip(text))
+    return ServiceInfo(
+        port=port, service="ftp", product=_clip(product), version=_clip(version), detail=_clip(text)
+    )
 
 
 def _fp_smtp(port: int, line: str) -> ServiceInfo:
@@ -375,8 +460,9 @@ def _fp_smtp(port: int, line: str) -> ServiceInfo:
     product, version = _product_from_table(text, _SMTP_PRODUCTS)
     if product is None:
         product, version = _product_from_free_text(text)
-    return ServiceInfo(port=port, service="smtp", product=_clip(product), version=_clip(version),
-                       detail=_clip(text))
+    return ServiceInfo(
+        port=port, service="smtp", product=_clip(product), version=_clip(version), detail=_clip(text)
+    )
 
 
 def _fp_ssh(port: int, line: str) -> ServiceInfo:
@@ -388,8 +474,9 @@ def _fp_ssh(port: int, line: str) -> ServiceInfo:
     if product is None and software:
         product = software
     detail = f"protocol {proto}" + (f"; {comment}" if comment else "")
-    return ServiceInfo(port=port, service="ssh", product=_clip(product), version=_clip(version),
-                       detail=_clip(detail))
+    return ServiceInfo(
+        port=port, service="ssh", product=_clip(product), version=_clip(version), detail=_clip(detail)
+    )
 
 
 def _fp_telnet(port: int, data: bytes) -> ServiceInfo:
@@ -410,8 +497,13 @@ def _fp_telnet(port: int, data: bytes) -> ServiceInfo:
         parts.append("login prompt")
     if text:
         parts.append(_first_line(text))
-    return ServiceInfo(port=port, service="telnet", product=_clip(product), version=_clip(version),
-                       detail=_clip("; ".join(parts)) if parts else None)
+    return ServiceInfo(
+        port=port,
+        service="telnet",
+        product=_clip(product),
+        version=_clip(version),
+        detail=_clip("; ".join(parts)) if parts else None,
+    )
 
 
 def _fp_mysql(port: int, data: bytes) -> ServiceInfo | None:
@@ -433,8 +525,9 @@ def _fp_mysql(port: int, data: bytes) -> ServiceInfo | None:
         product = "MariaDB" if "mariadb" in ver.lower() else "MySQL"
         if ver.startswith("5.5.5-") and product == "MariaDB":  # MariaDB's replication-compat prefix
             ver = ver[6:]
-        return ServiceInfo(port=port, service="mysql", product=product, version=_clip(ver.split("-")[0]),
-                           detail=_clip(ver))
+        return ServiceInfo(
+            port=port, service="mysql", product=product, version=_clip(ver.split("-")[0]), detail=_clip(ver)
+        )
     if kind == 0xFF and len(data) >= 7:
         msg = _text(data[7 : 7 + 200]).lstrip("#").strip()
         return ServiceInfo(port=port, service="mysql", detail=_clip(f"error: {msg}"))
@@ -445,8 +538,12 @@ def _fp_postgres(port: int, data: bytes) -> ServiceInfo | None:
     # PostgreSQL ErrorResponse: 'E', int32 length, then fields like b"SFATAL\0" ... b"\0".
     if data[:1] == b"E" and (b"SFATAL" in data[:200] or b"SERROR" in data[:200]):
         msg = re.search(rb"M([^\x00]{1,200})\x00", data[:400])
-        return ServiceInfo(port=port, service="postgresql", product="PostgreSQL",
-                           detail=_clip(_text(msg.group(1))) if msg else None)
+        return ServiceInfo(
+            port=port,
+            service="postgresql",
+            product="PostgreSQL",
+            detail=_clip(_text(msg.group(1))) if msg else None,
+        )
     return None
 
 
@@ -462,8 +559,13 @@ def _fp_hl7(port: int, data: bytes) -> ServiceInfo | None:
     fields = segment.split(sep)
     app = fields[2].split("^")[0] if len(fields) > 2 else ""
     version = fields[11] if len(fields) > 11 else ""
-    return ServiceInfo(port=port, service="hl7-mllp", product=_clip(app) or None,
-                       version=_clip(version) or None, detail="HL7 v2 over MLLP")
+    return ServiceInfo(
+        port=port,
+        service="hl7-mllp",
+        product=_clip(app) or None,
+        version=_clip(version) or None,
+        detail="HL7 v2 over MLLP",
+    )
 
 
 def _fp_dicom(port: int, data: bytes) -> ServiceInfo | None:
@@ -538,14 +640,16 @@ def _greeting_220(port: int, line: str, hint: str) -> ServiceInfo:
 
 def _greeting_pop3(port: int, line: str, hint: str) -> ServiceInfo:
     product, version = _product_from_free_text(line)
-    return ServiceInfo(port=port, service="pop3", product=_clip(product), version=_clip(version),
-                       detail=_clip(line))
+    return ServiceInfo(
+        port=port, service="pop3", product=_clip(product), version=_clip(version), detail=_clip(line)
+    )
 
 
 def _greeting_imap(port: int, line: str, hint: str) -> ServiceInfo:
     product, version = _product_from_free_text(line)
-    return ServiceInfo(port=port, service="imap", product=_clip(product), version=_clip(version),
-                       detail=_clip(line))
+    return ServiceInfo(
+        port=port, service="imap", product=_clip(product), version=_clip(version), detail=_clip(line)
+    )
 
 
 # Text greetings: (what the first line starts with, how to read it), checked in order; the first match wins.
@@ -568,11 +672,17 @@ def _fingerprint_text(port: int, data: bytes, hint: str) -> ServiceInfo:
     if "login:" in low or "password:" in low:
         return _fp_telnet(port, data)
     product, version = _product_from_free_text(line)
-    return ServiceInfo(port=port, service=hint, product=_clip(product), version=_clip(version),
-                       detail=_clip(line) if line else None)
+    return ServiceInfo(
+        port=port,
+        service=hint,
+        product=_clip(product),
+        version=_clip(version),
+        detail=_clip(line) if line else None,
+    )
 
 
 # --- UDP answers (discovery's SNMP, NTP and SSDP probes) -------------------------------------------------
+
 
 def fingerprint_snmp(port: int, sys_descr: str) -> ServiceInfo:
     """ServiceInfo from an SNMP ``sysDescr`` ("Linux pump-7 5.10.0 ...", "Hardware: ... Windows ...").
@@ -584,8 +694,14 @@ def fingerprint_snmp(port: int, sys_descr: str) -> ServiceInfo:
     words = line.split()
     product = _clip(words[0].rstrip(":,;")) if words else None
     version = next((w for w in words[1:] if _VERSION_WORD.match(w)), None)
-    return ServiceInfo(port=port, service="snmp", product=product, version=_clip(version),
-                       detail=_clip(line) if line else None, protocol="udp")
+    return ServiceInfo(
+        port=port,
+        service="snmp",
+        product=product,
+        version=_clip(version),
+        detail=_clip(line) if line else None,
+        protocol="udp",
+    )
 
 
 def fingerprint_ntp(port: int, stratum: str | None, reference: str | None) -> ServiceInfo:
@@ -601,8 +717,15 @@ def fingerprint_ssdp(port: int, server: str | None, st: str | None) -> ServiceIn
         tokens = [t for t in server.split() if not t.upper().startswith("UPNP/")]
         if tokens:
             product, _, version = tokens[-1].partition("/")
-    return ServiceInfo(port=port, service="ssdp", product=_clip(product), version=_clip(version or None),
-                       detail=_clip(st), server=_clip(server), protocol="udp")
+    return ServiceInfo(
+        port=port,
+        service="ssdp",
+        product=_clip(product),
+        version=_clip(version or None),
+        detail=_clip(st),
+        server=_clip(server),
+        protocol="udp",
+    )
 
 
 # --- OS family ------------------------------------------------------------------------------------------
@@ -660,8 +783,11 @@ def guess_os(services: Iterable[ServiceInfo]) -> OsGuess:
         blob = " ".join(x for x in (info.product, info.version, info.detail, info.server) if x).lower()
         # "boa" and "iis" are short: require a word boundary so "board" or "Tiison" do not count.
         for needle, family, reason in _OS_HINTS:
-            hit = (re.search(rf"\b{re.escape(needle)}\b", blob) is not None) if len(needle) <= 4 \
+            hit = (
+                (re.search(rf"\b{re.escape(needle)}\b", blob) is not None)
+                if len(needle) <= 4
                 else needle in blob
+            )
             if hit:
                 votes[family] += 1
                 evidence.append(f"{info.port}/{info.service}: {reason}")

@@ -427,6 +427,7 @@ def _glob_any(value: str, patterns: Iterable[str]) -> bool:
 # One function per condition: the evidence when the host meets it, None when it does not. Rule.match runs
 # only the ones the rule sets, in the order of _CONDITIONS (which is the order the evidence reads in).
 
+
 def _ports_all_open(rule: Rule, host: HostView) -> str | None:
     if not set(rule.ports_all) <= set(host.open_ports):
         return None
@@ -514,10 +515,24 @@ class GroupMatch:
     evidence: tuple[str, ...]
 
 
-_RULE_KEYS: Final = frozenset({
-    "name", "ports_all", "ports_any", "ports_none", "services", "services_any", "products", "versions",
-    "os_family", "zone", "known_model", "medical", "fallback", "description",
-})
+_RULE_KEYS: Final = frozenset(
+    {
+        "name",
+        "ports_all",
+        "ports_any",
+        "ports_none",
+        "services",
+        "services_any",
+        "products",
+        "versions",
+        "os_family",
+        "zone",
+        "known_model",
+        "medical",
+        "fallback",
+        "description",
+    }
+)
 
 
 class Rules:
@@ -615,8 +630,11 @@ class Rules:
                     continue
                 ev = rule.match(host)
                 if ev is not None:
-                    matches.append(GroupMatch(rule.group_name(host), rule.name, rule.medical,
-                                              (*ev, "matched no other rule")))
+                    matches.append(
+                        GroupMatch(
+                            rule.group_name(host), rule.name, rule.medical, (*ev, "matched no other rule")
+                        )
+                    )
         # One host, one entry per group even if two rules render the same name.
         unique: dict[str, GroupMatch] = {}
         for m in matches:
@@ -625,6 +643,7 @@ class Rules:
 
 
 # --- alerts -----------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Alert:
@@ -651,8 +670,13 @@ class Alert:
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
         return {
-            "host": self.host, "model": self.model, "zone": self.zone, "zone_kind": self.zone_kind,
-            "evidence": list(self.evidence), "first_seen": self.first_seen, "groups": list(self.groups),
+            "host": self.host,
+            "model": self.model,
+            "zone": self.zone,
+            "zone_kind": self.zone_kind,
+            "evidence": list(self.evidence),
+            "first_seen": self.first_seen,
+            "groups": list(self.groups),
         }
 
     def to_json(self) -> str:
@@ -682,9 +706,15 @@ def alert_for(host: HostView, matches: Sequence[GroupMatch], *, first_seen: str)
     if not reasons:
         return None
     reasons.append(f"zone {host.zone!r} is of kind {host.zone_kind!r}, not medical")
-    return Alert(host=host.host, model=host.known_model or host.model_key, zone=host.zone,
-                 zone_kind=host.zone_kind, evidence=tuple(reasons), first_seen=first_seen,
-                 groups=tuple(m.group for m in matches))
+    return Alert(
+        host=host.host,
+        model=host.known_model or host.model_key,
+        zone=host.zone,
+        zone_kind=host.zone_kind,
+        evidence=tuple(reasons),
+        first_seen=first_seen,
+        groups=tuple(m.group for m in matches),
+    )
 
 
 class AlertRecord(Protocol):
@@ -698,9 +728,16 @@ class AlertRecord(Protocol):
 
 def log_alert(alert: Alert) -> None:
     """Send an alert to structlog as ``discovery.alert`` (warning level)."""
-    log.warning("discovery.alert", host=alert.host, model=alert.model, zone=alert.zone,
-                zone_kind=alert.zone_kind, groups=list(alert.groups), first_seen=alert.first_seen,
-                evidence=list(alert.evidence))
+    log.warning(
+        "discovery.alert",
+        host=alert.host,
+        model=alert.model,
+        zone=alert.zone,
+        zone_kind=alert.zone_kind,
+        groups=list(alert.groups),
+        first_seen=alert.first_seen,
+        evidence=list(alert.evidence),
+    )
 
 
 class JsonlAlertSink:
@@ -734,8 +771,12 @@ class JsonlAlertSink:
                 fh.write(alert.to_json() + "\n")
                 fh.flush()
         except OSError as exc:
-            log.warning("discovery.alert_file_failed", path=str(self.path), host=alert.host,
-                        error=exc.strerror or str(exc))
+            log.warning(
+                "discovery.alert_file_failed",
+                path=str(self.path),
+                host=alert.host,
+                error=exc.strerror or str(exc),
+            )
             return False
         return True
 
@@ -809,18 +850,29 @@ class WebhookAlertSink:
         except (OSError, TimeoutError, anyio.BrokenResourceError, UnicodeError, ValueError) as exc:
             # UnicodeError/ValueError: a host name the resolver's IDNA codec refuses (checked only here).
             self.failures += 1
-            log.warning("discovery.alert_webhook_failed", url=self.url, host=alert.host, error=repr(exc),
-                        failures=self.failures)
+            log.warning(
+                "discovery.alert_webhook_failed",
+                url=self.url,
+                host=alert.host,
+                error=repr(exc),
+                failures=self.failures,
+            )
             return False
         if status is None or not 200 <= status < 300:
             self.failures += 1
-            log.warning("discovery.alert_webhook_failed", url=self.url, host=alert.host, status=status,
-                        failures=self.failures)
+            log.warning(
+                "discovery.alert_webhook_failed",
+                url=self.url,
+                host=alert.host,
+                status=status,
+                failures=self.failures,
+            )
             return False
         return True
 
 
 # --- TOML helpers -----------------------------------------------------------------------------------------
+
 
 def _read_config(path: str | Path) -> tuple[str, str]:
     return read_bounded_text(path, max_bytes=MAX_CONFIG_BYTES), str(Path(path))
@@ -858,4 +910,3 @@ def _similar(a: str, b: str) -> bool:
     import difflib
 
     return difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
-

@@ -105,6 +105,7 @@ class _HttpOptions(_ConnectOptions, total=False):
     max_bytes: int
     host_header: str | None
 
+
 P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R", bound=ProbeResult)
@@ -277,7 +278,9 @@ class Guard:
         self._beat_limiter = ConcurrencyLimiter(1) if self._reserve else None
         self._connect_timeout_s = _validate.positive("connect_timeout_s", connect_timeout_s)
         self._watchdog_args: _WatchdogSettings = {
-            "interval_s": interval_s, "failures_to_down": failures_to_down, "clock": clock,
+            "interval_s": interval_s,
+            "failures_to_down": failures_to_down,
+            "clock": clock,
         }
         # Validate the watchdog settings now (ConfigError at construction, not at entry).
         probe = Watchdog(self._heartbeat, host="0.0.0.0", **self._watchdog_args)
@@ -352,9 +355,14 @@ class Guard:
             if self._watchdog_on:
                 beat_net = sessions.pool(self._beat_limiter).network if self._beat_limiter else None
                 self._watchdog = Watchdog(
-                    self._heartbeat, host=address, in_flight=self._work_in_flight,
-                    label=self._target.label, logger=self._log, network=beat_net,
-                    sessions=self._beat_sample, **self._watchdog_args,
+                    self._heartbeat,
+                    host=address,
+                    in_flight=self._work_in_flight,
+                    label=self._target.label,
+                    logger=self._log,
+                    network=beat_net,
+                    sessions=self._beat_sample,
+                    **self._watchdog_args,
                 )
                 tg = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(tg.cancel_scope.cancel)  # runs first on exit: stop beating
@@ -362,8 +370,12 @@ class Guard:
                 if self._watchdog.down:
                     raise self._watchdog._down_error("it did not answer its heartbeat before any probe")
             self._log.info(
-                "guard.open", ceiling=self.stats.ceiling, heartbeat=repr(self._heartbeat),
-                heartbeat_reserved=self._reserve, linger_s=self._linger_s, watchdog=self._watchdog_on,
+                "guard.open",
+                ceiling=self.stats.ceiling,
+                heartbeat=repr(self._heartbeat),
+                heartbeat_reserved=self._reserve,
+                linger_s=self._linger_s,
+                watchdog=self._watchdog_on,
             )
             entered = True
         finally:
@@ -389,9 +401,13 @@ class Guard:
             await stack.aclose()
         stats = self.stats
         self._log.info(
-            "guard.close", sessions=stats.sessions, peak_in_flight=stats.peak_in_flight,
-            peak_device_sessions=stats.peak_device_sessions, linger_expired=stats.linger_expired,
-            failures=stats.failures, cancelled_by_watchdog=stats.cancelled_by_watchdog,
+            "guard.close",
+            sessions=stats.sessions,
+            peak_in_flight=stats.peak_in_flight,
+            peak_device_sessions=stats.peak_device_sessions,
+            linger_expired=stats.linger_expired,
+            failures=stats.failures,
+            cancelled_by_watchdog=stats.cancelled_by_watchdog,
             device_down=stats.device_down,
         )
 
@@ -450,14 +466,22 @@ class Guard:
         work = self._limiter.statistics()
         ledger = self._sessions.statistics() if self._sessions is not None else _NO_SESSIONS
         return GuardStats(
-            ceiling=work.ceiling + self._reserve, in_flight=work.in_flight,
-            peak_in_flight=work.peak_in_flight, device_sessions=ledger.device_sessions,
-            peak_device_sessions=ledger.peak_device_sessions, lingering=ledger.lingering,
-            linger_expired=ledger.linger_expired, linger_s_total=ledger.linger_s_total,
+            ceiling=work.ceiling + self._reserve,
+            in_flight=work.in_flight,
+            peak_in_flight=work.peak_in_flight,
+            device_sessions=ledger.device_sessions,
+            peak_device_sessions=ledger.peak_device_sessions,
+            lingering=ledger.lingering,
+            linger_expired=ledger.linger_expired,
+            linger_s_total=ledger.linger_s_total,
             heartbeat_reserved=self._reserve,
-            sessions=self._started, completed=self._completed, failures=self._failures,
-            cancelled_by_watchdog=self._cancelled, refused=self._refused, device_down=self.device_down,
-        )  # fmt: skip
+            sessions=self._started,
+            completed=self._completed,
+            failures=self._failures,
+            cancelled_by_watchdog=self._cancelled,
+            refused=self._refused,
+            device_down=self.device_down,
+        )
 
     async def set_ceiling(self, ceiling: int) -> None:
         """Change N while work runs (the heartbeat's place included, as at construction).
@@ -624,8 +648,14 @@ class Guard:
                 raise
             # Cancelled in flight: a record of it, so result lists stay complete.
             return result_type(
-                host=address, port=port, outcome=Outcome.CANCELLED, latency_s=0.0, data=b"", error=str(exc),
-                started_at_s=started, duration_s=anyio.current_time() - started,
+                host=address,
+                port=port,
+                outcome=Outcome.CANCELLED,
+                latency_s=0.0,
+                data=b"",
+                error=str(exc),
+                started_at_s=started,
+                duration_s=anyio.current_time() - started,
             )
         return result
 

@@ -99,14 +99,21 @@ class HttpHeartbeat:
         started = anyio.current_time()
         # One small body read is enough: the status line is the sign of life.
         result = await http_get(
-            host, self.port, self.path, timeout_s=self.timeout_s, read_timeout_s=self.timeout_s,
-            total_timeout_s=self.timeout_s, max_bytes=512, network=network,
+            host,
+            self.port,
+            self.path,
+            timeout_s=self.timeout_s,
+            read_timeout_s=self.timeout_s,
+            total_timeout_s=self.timeout_s,
+            max_bytes=512,
+            network=network,
         )
         if result.outcome is not Outcome.OPEN:
             return Beat(started, False, result.duration_s, f"{result.outcome.value}: {result.error}")
         if self.expect_status is not None and result.status != self.expect_status:
-            return Beat(started, False, result.duration_s,
-                        f"status {result.status}, expected {self.expect_status}")
+            return Beat(
+                started, False, result.duration_s, f"status {result.status}, expected {self.expect_status}"
+            )
         return Beat(started, True, result.duration_s, None)
 
 

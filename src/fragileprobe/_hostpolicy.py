@@ -53,26 +53,52 @@ BANNER_PORTS: Final = frozenset({21, 22, 23, 25, 110, 143, 587, 3306, 5900})
 # devices and their neighbours (web UIs, maintenance consoles), then Windows and printers. Open matters,
 # not merely "answers": a host behind a firewall that drops SYNs to closed ports answers only where a
 # service listens. Ports of the scan not listed here follow in the scan's order.
-LIKELY_PORTS: Final = (80, 22, 8080, 23, 443, 21, 445, 3389, 135, 139, 9100, 631, 515, 8443, 5985, 104,
-                       2575, 11112, 161, 502, 1433, 3306, 5432, 5900, 5986)
+LIKELY_PORTS: Final = (
+    80,
+    22,
+    8080,
+    23,
+    443,
+    21,
+    445,
+    3389,
+    135,
+    139,
+    9100,
+    631,
+    515,
+    8443,
+    5985,
+    104,
+    2575,
+    11112,
+    161,
+    502,
+    1433,
+    3306,
+    5432,
+    5900,
+    5986,
+)
 # Liveness ports per address by default: a silent address costs this many connect timeouts (and SYNs).
 # Two ports that together cover the services most devices expose; at the default global rate a /20 of
 # silent space costs ~8 s of SYNs.
 DEFAULT_LIVENESS_PORTS: Final = 2
 # Why a host that accepted connections and answered nothing was given up on (rule 4).
-HUNG_REASON: Final = ("accepted connections but answered on no port (a request timed out): hung, "
-                      "or every service is silent")
+HUNG_REASON: Final = (
+    "accepted connections but answered on no port (a request timed out): hung, or every service is silent"
+)
 
 
 class Seen(enum.Enum):
     """What one probe said about its host."""
 
-    SPOKE = "spoke"                      # bytes arrived (a banner, an HTTP answer, even garbage)
-    ACCEPTED = "accepted"                # connected; nothing was expected, or the peer closed/reset
-    STALLED = "stalled"                  # connected, then nothing in time where an answer was due
-    REFUSED = "refused"                  # RST to our SYN: the stack is alive, nothing listens
-    NO_ANSWER = "no_answer"              # the connect itself timed out (silent address or filtered port)
-    UNREACHABLE = "unreachable"          # the local stack or a router refused (no route, no free port)
+    SPOKE = "spoke"  # bytes arrived (a banner, an HTTP answer, even garbage)
+    ACCEPTED = "accepted"  # connected; nothing was expected, or the peer closed/reset
+    STALLED = "stalled"  # connected, then nothing in time where an answer was due
+    REFUSED = "refused"  # RST to our SYN: the stack is alive, nothing listens
+    NO_ANSWER = "no_answer"  # the connect itself timed out (silent address or filtered port)
+    UNREACHABLE = "unreachable"  # the local stack or a router refused (no route, no free port)
 
 
 def classify(result: ProbeResult, kind: ProbeKind, *, expects_banner: bool) -> Seen:
@@ -113,8 +139,13 @@ class LivenessPlanner:
     # Live hosts remembered for the cover: enough to see a network's device mix, bounded in memory.
     MAX_REMEMBERED: Final = 4096
 
-    def __init__(self, ports: Sequence[int], *, count: int = DEFAULT_LIVENESS_PORTS,
-                 hints: dict[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        ports: Sequence[int],
+        *,
+        count: int = DEFAULT_LIVENESS_PORTS,
+        hints: dict[int, int] | None = None,
+    ) -> None:
         self.ports = tuple(ports)
         self.count = max(0, count)
         self._hints: dict[int, int] = dict(hints or {})
@@ -238,8 +269,10 @@ class HostPolicy:
                 self.strikes += 1
                 if self.strikes >= self.unresponsive_after:
                     where = f"{len(self.answered)} port(s)" if self.answered else "the previous sighting"
-                    self.gave_up = (f"{self.strikes} consecutive timeouts after answering on {where}: "
-                                    "connected but silent where it had to answer")
+                    self.gave_up = (
+                        f"{self.strikes} consecutive timeouts after answering on {where}: "
+                        "connected but silent where it had to answer"
+                    )
             return
         # UNREACHABLE: says nothing about the host.
 

@@ -156,7 +156,7 @@ def _chunk_size(raw: bytes | bytearray, pos: int) -> tuple[int, int] | str | Non
 
 def _after_chunk(raw: bytes | bytearray, end: int) -> int | str | None:
     """Index past the line end closing a chunk's data at ``end``, an error text, or None (incomplete)."""
-    tail = bytes(raw[end:end + 2])
+    tail = bytes(raw[end : end + 2])
     if tail == b"\r\n":
         return end + 2
     if tail[:1] == b"\n":
@@ -182,7 +182,7 @@ def _chunks(raw: bytes | bytearray, limit: int) -> _Chunks:
         if size == 0:
             return _Chunks(bytes(out), True)
         end = start + size
-        out += raw[start:min(end, len(raw))]
+        out += raw[start : min(end, len(raw))]
         if len(out) >= limit:
             return _Chunks(bytes(out[:limit]), True)
         after = _after_chunk(raw, end)
@@ -264,7 +264,7 @@ class _Framing:
 
     chunked: bool
     length: int | None  # Content-Length (0 for statuses without a body); None: until the end of the stream
-    raw_cap: int        # raw body bytes we accept
+    raw_cap: int  # raw body bytes we accept
 
 
 class ResponseParser:
@@ -280,8 +280,16 @@ class ResponseParser:
         max_body_bytes: how many decoded body bytes to keep.
     """
 
-    __slots__ = ("_body", "_framing", "_head", "_head_fields", "_max_body", "_state", "_status_checked",
-                 "result")
+    __slots__ = (
+        "_body",
+        "_framing",
+        "_head",
+        "_head_fields",
+        "_max_body",
+        "_state",
+        "_status_checked",
+        "result",
+    )
 
     def __init__(self, *, max_body_bytes: int = HTTP_BODY_MAX_BYTES) -> None:
         self._max_body = max_body_bytes
@@ -325,8 +333,11 @@ class ResponseParser:
     def feed_timeout(self, waited_s: float) -> Response:
         """The peer went quiet (nothing for ``waited_s`` seconds, or the probe's deadline): decide."""
         if self._state is _State.HEAD:
-            self._done(Outcome.TIMEOUT, bytes(self._head),
-                       f"HTTP head incomplete after {waited_s:g} s ({len(self._head)} bytes)")
+            self._done(
+                Outcome.TIMEOUT,
+                bytes(self._head),
+                f"HTTP head incomplete after {waited_s:g} s ({len(self._head)} bytes)",
+            )
         elif self._state is _State.BODY:
             self._open(self._decoded(), error=f"body incomplete after {waited_s:g} s")
         assert self.result is not None  # every state above decides
@@ -345,8 +356,12 @@ class ResponseParser:
         elif not self._status_ok():
             return
         elif len(self._head) >= HTTP_MAX_HEAD_BYTES:
-            self._done(Outcome.PROTOCOL_ERROR, bytes(self._head),
-                       f"HTTP head larger than {HTTP_MAX_HEAD_BYTES} bytes", truncated=True)
+            self._done(
+                Outcome.PROTOCOL_ERROR,
+                bytes(self._head),
+                f"HTTP head larger than {HTTP_MAX_HEAD_BYTES} bytes",
+                truncated=True,
+            )
 
     def _status_ok(self) -> bool:
         """Judge the status line once it is complete; False (and decided) when it is not HTTP."""
@@ -355,7 +370,7 @@ class ResponseParser:
             return True
         self._status_checked = True
         try:
-            parse_head(bytes(self._head[:line_end + 1]))
+            parse_head(bytes(self._head[: line_end + 1]))
         except ProtocolViolation as exc:
             self._fail(str(exc))
             return False
@@ -369,7 +384,10 @@ class ResponseParser:
             self._fail(str(exc))
             return
         self._head_fields = {
-            "status": status, "reason": reason, "http_version": version, "headers": tuple(headers),
+            "status": status,
+            "reason": reason,
+            "http_version": version,
+            "headers": tuple(headers),
             "server": next((v for k, v in headers if k == "server"), None),
         }
         framing = self._framing_of(status, dict(headers))
@@ -400,7 +418,7 @@ class ResponseParser:
     # -- body --
 
     def _feed_body(self, data: bytes) -> None:
-        self._body += data[:self._framing.raw_cap - len(self._body)]
+        self._body += data[: self._framing.raw_cap - len(self._body)]
         full = len(self._body) >= self._framing.raw_cap
         if not self._framing.chunked:
             if full:
@@ -413,8 +431,11 @@ class ResponseParser:
         elif decoded.finished:
             self._open(decoded.body, truncated=len(decoded.body) >= self._max_body)
         elif full:
-            self._done(Outcome.PROTOCOL_ERROR, body=decoded.body,
-                       error=f"chunked framing exceeded {HTTP_CHUNK_OVERHEAD_MAX_BYTES} bytes of overhead")
+            self._done(
+                Outcome.PROTOCOL_ERROR,
+                body=decoded.body,
+                error=f"chunked framing exceeded {HTTP_CHUNK_OVERHEAD_MAX_BYTES} bytes of overhead",
+            )
 
     def _decoded(self) -> bytes:
         """The body so far: decoded chunks, or the raw bytes."""

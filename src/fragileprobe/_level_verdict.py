@@ -113,9 +113,12 @@ class LevelVerdict:
         if early_warning is None:
             return cls(level=level, start_s=start_s, reserve=reserve)
         return cls(
-            level=level, start_s=start_s, reserve=reserve, slow_limit_s=early_warning.limit_s(baseline_s),
+            level=level,
+            start_s=start_s,
+            reserve=reserve,
+            slow_limit_s=early_warning.limit_s(baseline_s),
             slow_beats_needed=early_warning.consecutive_beats,
-        )  # fmt: skip
+        )
 
     def observe(self, beat: Beat, *, down: bool) -> LevelOutcome | None:
         """Take one beat in; return the outcome it forces (failed, warned), else None.

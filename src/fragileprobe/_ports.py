@@ -27,13 +27,27 @@ PORT_SETS: Mapping[str, tuple[int, ...]] = MappingProxyType(
         "hospital": tuple(
             sorted(
                 {
-                    21, 22, 23,  # ftp, ssh, telnet: device maintenance consoles
-                    80, 443, 8080, 8443,  # web UIs (devices and gateways)
-                    104, 11112,  # DICOM (imaging modalities, PACS)
-                    135, 139, 445,  # Windows RPC / SMB (workstations, modality consoles)
-                    3389, 5985, 5986,  # RDP, WinRM (Windows hosts)
-                    515, 631, 9100,  # printers: LPD, IPP, raw JetDirect (probed by connect only)
-                    1433, 3306, 5432,  # MS SQL, MySQL, PostgreSQL (clinical databases)
+                    21,
+                    22,
+                    23,  # ftp, ssh, telnet: device maintenance consoles
+                    80,
+                    443,
+                    8080,
+                    8443,  # web UIs (devices and gateways)
+                    104,
+                    11112,  # DICOM (imaging modalities, PACS)
+                    135,
+                    139,
+                    445,  # Windows RPC / SMB (workstations, modality consoles)
+                    3389,
+                    5985,
+                    5986,  # RDP, WinRM (Windows hosts)
+                    515,
+                    631,
+                    9100,  # printers: LPD, IPP, raw JetDirect (probed by connect only)
+                    1433,
+                    3306,
+                    5432,  # MS SQL, MySQL, PostgreSQL (clinical databases)
                     2575,  # HL7 MLLP (interface engines, monitors, lab analyzers)
                     161,  # SNMP agents often expose TCP 161 too on embedded stacks
                     502,  # Modbus (building management, some gateways)

@@ -225,8 +225,13 @@ class ProbeStream(anyio.abc.ByteStream):
     """
 
     def __init__(
-        self, conn: Connection, host: str, port: int, *, send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
-    ) -> None:  # fmt: skip
+        self,
+        conn: Connection,
+        host: str,
+        port: int,
+        *,
+        send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S,
+    ) -> None:
         self._conn = conn
         self.host = host
         self.port = port
@@ -345,8 +350,9 @@ class _Reader:
 
     __slots__ = ("buf", "deadline", "eof", "max_bytes", "read_timeout_s", "stream")
 
-    def __init__(self, stream: Connection, *, deadline: float, read_timeout_s: float,
-                 max_bytes: int = 0) -> None:
+    def __init__(
+        self, stream: Connection, *, deadline: float, read_timeout_s: float, max_bytes: int = 0
+    ) -> None:
         self.stream = stream
         self.deadline = deadline
         self.read_timeout_s = read_timeout_s
@@ -391,6 +397,7 @@ class _Reader:
 
 # --- the probe skeleton: connect, exchange, close, record -------------------------------------------------
 
+
 async def _probe(
     kind: str,
     host: str,
@@ -422,12 +429,22 @@ async def _probe(
         where = {"host": address, "port": port, "probe": kind}
         fields = await _exchange(conn, session, started + total_timeout_s, logger, where)
     result = result_type(
-        host=address, port=port, latency_s=latency_s, started_at_s=started,
-        duration_s=anyio.current_time() - started, **fields,
+        host=address,
+        port=port,
+        latency_s=latency_s,
+        started_at_s=started,
+        duration_s=anyio.current_time() - started,
+        **fields,
     )
     logger.debug(
-        "probe.closed", host=address, port=port, probe=kind, outcome=result.outcome.value,
-        latency_s=round(latency_s, 6), bytes_read=len(result.data), error=result.error,
+        "probe.closed",
+        host=address,
+        port=port,
+        probe=kind,
+        outcome=result.outcome.value,
+        latency_s=round(latency_s, 6),
+        bytes_read=len(result.data),
+        error=result.error,
     )
     return result
 
@@ -480,8 +497,10 @@ async def _run_session(
         # Last resort: a parser bug must not end a whole scan; the device's answer becomes a result
         # about that host, and the bug is logged with its traceback to be fixed.
         logger.exception("probe.internal_error", **where)
-        return {"outcome": Outcome.PROTOCOL_ERROR,
-                "error": f"could not interpret the answer ({type(exc).__name__}: {exc})"}
+        return {
+            "outcome": Outcome.PROTOCOL_ERROR,
+            "error": f"could not interpret the answer ({type(exc).__name__}: {exc})",
+        }
 
 
 def _total(timeout_s: float, read_timeout_s: float, total_timeout_s: float | None) -> float:
@@ -514,8 +533,15 @@ async def tcp_connect(
     """
     timeout_s = _validate.positive("timeout_s", timeout_s)
     result: ProbeResult = await _probe(
-        "tcp_connect", host, port, timeout_s=timeout_s, total_timeout_s=timeout_s, scope=scope,
-        logger=logger, session=None, network=network,
+        "tcp_connect",
+        host,
+        port,
+        timeout_s=timeout_s,
+        total_timeout_s=timeout_s,
+        scope=scope,
+        logger=logger,
+        session=None,
+        network=network,
     )
     return result
 
@@ -587,8 +613,15 @@ async def grab_banner(
         return await _read_banner(reader, send, settle_s=settle_s, total=total)
 
     result: ProbeResult = await _probe(
-        "grab_banner", host, port, timeout_s=timeout_s, total_timeout_s=total, scope=scope,
-        logger=logger, session=session, network=network,
+        "grab_banner",
+        host,
+        port,
+        timeout_s=timeout_s,
+        total_timeout_s=total,
+        scope=scope,
+        logger=logger,
+        session=session,
+        network=network,
     )
     return result
 
@@ -684,8 +717,16 @@ async def http_get(
         return await _read_response(stream, deadline, read_timeout_s, max_bytes, total)
 
     result: HttpResult = await _probe(
-        "http_get", host, port, timeout_s=timeout_s, total_timeout_s=total, scope=scope, logger=logger,
-        session=session, result_type=HttpResult, network=network,
+        "http_get",
+        host,
+        port,
+        timeout_s=timeout_s,
+        total_timeout_s=total,
+        scope=scope,
+        logger=logger,
+        session=session,
+        result_type=HttpResult,
+        network=network,
     )
     return result
 

@@ -425,7 +425,8 @@ class Characterization:
         """Build a characterization and derive its ceiling and knee from the trials (every one of them,
         finished or not)."""
         derivation = derive_ceiling(
-            (t.credited_outcomes for t in trials), margin_fraction=margin_fraction,
+            (t.credited_outcomes for t in trials),
+            margin_fraction=margin_fraction,
             margin_levels=margin_levels,
         )
         knee = latency_knee(
@@ -461,12 +462,20 @@ class Characterization:
         Whatever a stored or imported record says about its ceiling, this is what its trials support.
         """
         return Characterization.from_trials(
-            host=self.host, model_key=self.model_key, ladder=self.ladder,
-            trials=self.trials if trials is None else trials, margin_fraction=self.margin_fraction,
-            margin_levels=self.margin_levels, baseline_latency_s=self.baseline_latency_s,
-            early_warning_factor=self.early_warning_factor, name=self.name, wall_time_s=self.wall_time_s,
-            stop_reason=self.stop_reason, run_id=self.run_id, started_at_epoch_s=self.started_at_epoch_s,
-        )  # fmt: skip
+            host=self.host,
+            model_key=self.model_key,
+            ladder=self.ladder,
+            trials=self.trials if trials is None else trials,
+            margin_fraction=self.margin_fraction,
+            margin_levels=self.margin_levels,
+            baseline_latency_s=self.baseline_latency_s,
+            early_warning_factor=self.early_warning_factor,
+            name=self.name,
+            wall_time_s=self.wall_time_s,
+            stop_reason=self.stop_reason,
+            run_id=self.run_id,
+            started_at_epoch_s=self.started_at_epoch_s,
+        )
 
     def disagreements(self, *, exact: bool = True) -> list[str]:
         """How what this record states differs from what its trials derive (empty: it agrees).
@@ -584,8 +593,10 @@ class Characterization:
         unheld = sorted({(lv.level, lv.held) for t in self.trials for lv in t.levels if lv.not_held})
         if unheld:
             what = ", ".join(f"{level} (held {held})" for level, held in unheld)
-            lines.append(f"Not held on the device (it closed or refused sessions faster than they were "
-                         f"reopened), credited only with what it held: {what}.")  # fmt: skip
+            lines.append(
+                f"Not held on the device (it closed or refused sessions faster than they were "
+                f"reopened), credited only with what it held: {what}."
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

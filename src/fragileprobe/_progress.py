@@ -159,9 +159,12 @@ class CharacterizeState:
                 in_flight = fields.get("in_flight")
                 reported = fields.get("latency_median_s")
                 self.history[-1] = (
-                    trial, level, outcome, int(in_flight) if isinstance(in_flight, int) else None,
+                    trial,
+                    level,
+                    outcome,
+                    int(in_flight) if isinstance(in_flight, int) else None,
                     float(reported) if isinstance(reported, int | float) else median,
-                )  # fmt: skip
+                )
                 self.confirmed = len(self.history)
 
 
@@ -311,17 +314,21 @@ class TerminalCharacterizeView:
 
 def start_line(fields: EventDict) -> str:
     """The line a discovery prints before its first packet: how wide and how loud it will be."""
-    return (f"discovery: {fields.get('todo')} address(es); at most {fields.get('global_rate'):g} new "
-            f"connections/s in total, {fields.get('per_host_sessions')} session(s) and "
-            f"{fields.get('rate_per_host'):g} connects/s per host, {fields.get('max_hosts_in_parallel')} "
-            "hosts at once")
+    return (
+        f"discovery: {fields.get('todo')} address(es); at most {fields.get('global_rate'):g} new "
+        f"connections/s in total, {fields.get('per_host_sessions')} session(s) and "
+        f"{fields.get('rate_per_host'):g} connects/s per host, {fields.get('max_hosts_in_parallel')} "
+        "hosts at once"
+    )
 
 
 def discovery_line(p: DiscoveryProgress) -> str:
     """One line of discovery progress: addresses done, live hosts found, assets, alerts, elapsed, ETA."""
     eta = "?" if p.eta_s is None else "~" + _fmt_s(p.eta_s)
-    return (f"discovery: {p.hosts_done}/{p.hosts_total} addresses, {p.hosts_alive} live, "
-            f"{p.assets_found} assets, {p.alerts} alerts, {_fmt_s(p.elapsed_s)} elapsed, {eta} left")
+    return (
+        f"discovery: {p.hosts_done}/{p.hosts_total} addresses, {p.hosts_alive} live, "
+        f"{p.assets_found} assets, {p.alerts} alerts, {_fmt_s(p.elapsed_s)} elapsed, {eta} left"
+    )
 
 
 class TerminalDiscoveryView:
@@ -351,8 +358,10 @@ class TerminalDiscoveryView:
                 TextColumn("discovery"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("addresses  {task.fields[alive]} live  {task.fields[assets]} assets  "
-                           "{task.fields[alerts]} alerts  {task.fields[eta]} left"),
+                TextColumn(
+                    "addresses  {task.fields[alive]} live  {task.fields[assets]} assets  "
+                    "{task.fields[alerts]} alerts  {task.fields[eta]} left"
+                ),
                 console=self.console,
                 transient=True,
             )

@@ -726,8 +726,14 @@ class _EchoTally:
     error: str | None = None
 
     def result(self, host: str) -> IcmpResult:
-        return IcmpResult(host=host, sent=self.sent, received=len(self.rtts), rtts_s=tuple(self.rtts),
-                          ttl=self.ttl, error=self.error)
+        return IcmpResult(
+            host=host,
+            sent=self.sent,
+            received=len(self.rtts),
+            rtts_s=tuple(self.rtts),
+            ttl=self.ttl,
+            error=self.error,
+        )
 
 
 def _open_icmp_socket(sc: _Scapy, host: str) -> Any:

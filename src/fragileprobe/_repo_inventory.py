@@ -65,9 +65,7 @@ _SCAN = RecordColumns(ScanRow, json={"targets": None, "params": None})
 _SCAN_SELECT = f"SELECT {_SCAN.sql} FROM scans"
 _ASSET = RecordColumns(AssetRow, json={"open_ports": tuple, "services": None, "groups": tuple})
 _ASSET_SELECT = f"SELECT {_ASSET.sql} FROM assets"
-_ASSET_INSERT = (
-    f"INSERT INTO assets({_ASSET.sql}) VALUES ({', '.join('?' for _ in _ASSET.columns)})"
-)
+_ASSET_INSERT = f"INSERT INTO assets({_ASSET.sql}) VALUES ({', '.join('?' for _ in _ASSET.columns)})"
 _ASSET_UPDATE = (
     f"UPDATE assets SET {', '.join(f'{c} = ?' for c in _ASSET.columns if c != 'host')} WHERE host = ?"
 )
@@ -77,17 +75,34 @@ _EXPORT_SKIPS: Final = frozenset({"scan_id", "previous_scan_id"})
 # The shield's records (fragileprobe._shield.ShieldSession / ShieldTrip, one layer up) come as their
 # to_dict(); these are the keys stored, in column order.
 _SHIELD_SESSION_COLUMNS: Final = (
-    "host", "port", "client", "username", "started_at_s", "ended_at_s", "bytes_up", "bytes_down", "outcome",
-    "reply", "ceiling", "limit_source", "waited_s",
-)  # fmt: skip
+    "host",
+    "port",
+    "client",
+    "username",
+    "started_at_s",
+    "ended_at_s",
+    "bytes_up",
+    "bytes_down",
+    "outcome",
+    "reply",
+    "ceiling",
+    "limit_source",
+    "waited_s",
+)
 _SHIELD_SESSION_INSERT: Final = (
     f"INSERT INTO shield_sessions({', '.join(_SHIELD_SESSION_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _SHIELD_SESSION_COLUMNS)})"
 )
 _SHIELD_TRIP_COLUMNS: Final = (
-    "host", "tripped_at_s", "reason", "sessions_closed", "ceiling", "limit_source", "released_at_s",
+    "host",
+    "tripped_at_s",
+    "reason",
+    "sessions_closed",
+    "ceiling",
+    "limit_source",
+    "released_at_s",
     "released_by",
-)  # fmt: skip
+)
 _SHIELD_TRIP_INSERT: Final = (
     f"INSERT INTO shield_trips({', '.join(_SHIELD_TRIP_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _SHIELD_TRIP_COLUMNS)})"
@@ -178,20 +193,27 @@ class InventoryRepository:
         ``services`` must be JSON-able.
         """
         described = {
-            "zone": zone, "model_key": model_key,
+            "zone": zone,
+            "model_key": model_key,
             "open_ports_json": canonical_json(sorted({int(p) for p in open_ports})),
-            "services_json": canonical_json(services), "os_family": os_family,
-            "groups_json": canonical_json(list(groups)), "scan_id": scan_id,
-        }  # fmt: skip
+            "services_json": canonical_json(services),
+            "os_family": os_family,
+            "groups_json": canonical_json(list(groups)),
+            "scan_id": scan_id,
+        }
         with self._db.write() as conn:
             old = conn.execute(
                 "SELECT first_seen_s, zone, scan_id FROM assets WHERE host = ?", (host,)
             ).fetchone()
             first_seen, old_zone, old_scan = old if old is not None else (seen_at_s, None, None)
             values = {
-                **described, "host": host, "first_seen_s": min(first_seen, seen_at_s),
-                "last_seen_s": seen_at_s, "previous_zone": old_zone, "previous_scan_id": old_scan,
-            }  # fmt: skip
+                **described,
+                "host": host,
+                "first_seen_s": min(first_seen, seen_at_s),
+                "last_seen_s": seen_at_s,
+                "previous_zone": old_zone,
+                "previous_scan_id": old_scan,
+            }
             if old is None:
                 conn.execute(_ASSET_INSERT, tuple(values[c] for c in _ASSET.columns))
             else:

@@ -144,9 +144,10 @@ class ProfileRepository:
         added = 0
         with self._db.write() as conn:  # all or nothing
             for char in characterizations:
-                if char.run_id is not None and conn.execute(
-                    "SELECT 1 FROM runs WHERE run_id = ?", (char.run_id,)
-                ).fetchone():
+                if (
+                    char.run_id is not None
+                    and conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (char.run_id,)).fetchone()
+                ):
                     continue
                 _save(conn, char, char.stop_reason)
                 added += 1
@@ -223,13 +224,19 @@ class ProfileRepository:
         params = json.loads(params_json)
         early = params.get("early_warning")
         return Characterization.from_trials(
-            host=host, model_key=model_key, name=name, ladder=tuple(params.get("ladder", ())), trials=stored,
+            host=host,
+            model_key=model_key,
+            name=name,
+            ladder=tuple(params.get("ladder", ())),
+            trials=stored,
             margin_fraction=float(params.get("margin_fraction", DEFAULT_MARGIN_FRACTION)),
             margin_levels=int(params.get("margin_levels", DEFAULT_MARGIN_LEVELS)),
             early_warning_factor=early.get("latency_factor") if isinstance(early, dict) else None,
-            wall_time_s=sum(t.wall_time_s for t in stored), stop_reason=status, run_id=run_id,
+            wall_time_s=sum(t.wall_time_s for t in stored),
+            stop_reason=status,
+            run_id=run_id,
             started_at_epoch_s=started_at_s,
-        )  # fmt: skip
+        )
 
     def profile(self, model_key: str) -> DeviceProfile | None:
         """The profile of one model: every stored run of it, finished or not, or None if there is none."""
@@ -308,8 +315,7 @@ def characterizations_from_export(text: str, *, schema_version: int) -> list[Cha
         if wrong:
             who = f"characterization {i} ({char.host}, run {char.run_id})"
             raise ConfigError(
-                f"import_json: {who} disagrees with its own trials: {'; '.join(wrong)}; nothing was "
-                "imported"
+                f"import_json: {who} disagrees with its own trials: {'; '.join(wrong)}; nothing was imported"
             )
         chars.append(char.rederived())
     return chars

@@ -54,8 +54,8 @@ class ProbeKind(enum.Enum):
     """How a port is probed (discovery decides it from the well-known port)."""
 
     CONNECT = "connect"  # connect + close, nothing read (printer and client-speaks-first ports)
-    HTTP = "http"        # one bounded GET /
-    BANNER = "banner"    # connect, read what the service says first
+    HTTP = "http"  # one bounded GET /
+    BANNER = "banner"  # connect, read what the service says first
 
 
 class Phase(enum.Enum):

@@ -71,6 +71,7 @@ _HOSTNAME_RE = HOSTNAME_RE
 _parse_address = parse_address
 _zone = zone_of
 
+
 def _scope_network(text: str) -> IPNetwork:
     """Parse one scope entry; an entry with host bits set is refused, naming the network it would mean.
 
@@ -154,8 +155,11 @@ class Scope:
         index: dict[tuple[int, str | None], tuple[list[int], list[int]]] = {}
         keys = {(n.version, _zone(n.network_address)) for n in networks}
         for key in keys:
-            spans = sorted((int(n.network_address), int(n.broadcast_address))
-                           for n in networks if (n.version, _zone(n.network_address)) == key)  # fmt: skip
+            spans = sorted(
+                (int(n.network_address), int(n.broadcast_address))
+                for n in networks
+                if (n.version, _zone(n.network_address)) == key
+            )
             starts: list[int] = []
             ends: list[int] = []
             for first, last in spans:

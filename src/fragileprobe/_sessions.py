@@ -116,9 +116,13 @@ class DeviceSessions:
     """
 
     def __init__(
-        self, address: str, *, linger_s: float = DEFAULT_LINGER_S, network: Network | None = None,
+        self,
+        address: str,
+        *,
+        linger_s: float = DEFAULT_LINGER_S,
+        network: Network | None = None,
         logger: FilteringBoundLogger | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._address = address
         self._linger_s = check_linger(linger_s)
         self._network: Network = network if network is not None else DEFAULT_NETWORK
@@ -162,10 +166,15 @@ class DeviceSessions:
 
     def statistics(self) -> SessionStatistics:
         return SessionStatistics(
-            device_sessions=self._device, peak_device_sessions=self._peak, open_ours=self._open,
-            lingering=self._lingering, let_go=self._let_go, linger_expired=self._expired,
-            linger_s_total=self._linger_total, connects=self._connects,
-        )  # fmt: skip
+            device_sessions=self._device,
+            peak_device_sessions=self._peak,
+            open_ours=self._open,
+            lingering=self._lingering,
+            let_go=self._let_go,
+            linger_expired=self._expired,
+            linger_s_total=self._linger_total,
+            connects=self._connects,
+        )
 
     async def __aenter__(self) -> DeviceSessions:
         if self._tg is not None:
@@ -260,9 +269,7 @@ class DeviceSessions:
         for scope in list(self._lingers):
             scope.cancel()
 
-    def _done(
-        self, pool: SessionPool, release: Callable[[], None], *, seen: bool, lingered_s: float
-    ) -> None:
+    def _done(self, pool: SessionPool, release: Callable[[], None], *, seen: bool, lingered_s: float) -> None:
         self._lingering -= 1
         pool.lingering -= 1
         self._device -= 1
@@ -387,7 +394,6 @@ class Slot:
         finally:
             if held is None:  # no connection: the slot is free again for this owner's next one
                 release()
-
 
 
 class _PoolNetwork:

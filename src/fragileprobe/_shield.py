@@ -340,8 +340,11 @@ def preemptions(
     for client, since in waiting:
         if now - since < after_s:
             continue
-        idle = [i for i, (owner, last) in enumerate(relaying)
-                if owner == client and now - last >= after_s and i not in chosen]  # fmt: skip
+        idle = [
+            i
+            for i, (owner, last) in enumerate(relaying)
+            if owner == client and now - last >= after_s and i not in chosen
+        ]
         if idle:
             chosen.append(min(idle, key=lambda i: relaying[i][1]))
     return chosen
@@ -355,9 +358,20 @@ class _Host:
     """One destination host: its Guard (owned by its host task), its limit and its trip state."""
 
     __slots__ = (
-        "address", "ceiling", "guard", "heartbeat", "last_active", "limit_source", "live", "ready",
-        "release_event", "sessions", "trip", "trip_index", "wake",
-    )  # fmt: skip
+        "address",
+        "ceiling",
+        "guard",
+        "heartbeat",
+        "last_active",
+        "limit_source",
+        "live",
+        "ready",
+        "release_event",
+        "sessions",
+        "trip",
+        "trip_index",
+        "wake",
+    )
 
     def __init__(self, address: str, ceiling: int, limit_source: str, heartbeat: Heartbeat | None) -> None:
         self.address = address
@@ -560,19 +574,26 @@ class Shield:
         self._listen_port = _validate.count("listen_port", listen_port, minimum=0, maximum=65535)
         if not listen.is_loopback and (not users or allow_clients is None):
             # An open SOCKS proxy into a medical network is refused.
-            raise _validate.fail("listen_host", "a loopback address unless users= (RFC 1929 login) and "
-                                 "allow_clients= (who may connect) are given", listen_host)  # fmt: skip
+            raise _validate.fail(
+                "listen_host",
+                "a loopback address unless users= (RFC 1929 login) and "
+                "allow_clients= (who may connect) are given",
+                listen_host,
+            )
         self._users = {str(k).encode(): str(v).encode() for k, v in (users or {}).items()}
         try:
-            self._clients = Scope(list(allow_clients) if allow_clients is not None else _LOOPBACK_CLIENTS,
-                                  allow_large=True)  # fmt: skip
+            self._clients = Scope(
+                list(allow_clients) if allow_clients is not None else _LOOPBACK_CLIENTS, allow_large=True
+            )
         except ConfigError as exc:
             raise ConfigError(f"allow_clients: {exc}", field="allow_clients") from exc
         self._store = store
         self._default_ceiling = _validate.count("default_ceiling", default_ceiling, minimum=1)
         self._medical_ceiling = _validate.count("medical_ceiling", medical_ceiling, minimum=1)
-        self._ceilings = {self._literal("ceilings", h): _validate.count(f"ceilings[{h}]", c, minimum=0)
-                          for h, c in (ceilings or {}).items()}  # fmt: skip
+        self._ceilings = {
+            self._literal("ceilings", h): _validate.count(f"ceilings[{h}]", c, minimum=0)
+            for h, c in (ceilings or {}).items()
+        }
         self._heartbeats = {self._literal("heartbeats", h): hb for h, hb in (heartbeats or {}).items()}
         for h, hb in [*self._heartbeats.items(), ("default_heartbeat", default_heartbeat)]:
             if hb is not None and not callable(getattr(hb, "beat", None)):
@@ -608,8 +629,15 @@ class Shield:
         self._audit_receive: Any = None
         self._closed = anyio.Event()
         self._active = 0
-        self._n = {"clients_refused": 0, "auth_failures": 0, "sessions": 0, "relayed": 0, "refused": 0,
-                   "bytes_up": 0, "bytes_down": 0}  # fmt: skip
+        self._n = {
+            "clients_refused": 0,
+            "auth_failures": 0,
+            "sessions": 0,
+            "relayed": 0,
+            "refused": 0,
+            "bytes_up": 0,
+            "bytes_down": 0,
+        }
 
     @staticmethod
     def _literal(name: str, host: str) -> str:
@@ -655,8 +683,15 @@ class Shield:
         self._audit_receive = receive
         self._tg.start_soon(self._audit_writer, receive)
         self._tg.start_soon(self._accept_loop, listener, self._tg)
-        log.info("shield.listening", host=self._address[0], port=self._address[1], scope=str(self._scope),
-                 auth=bool(self._users), clients=str(self._clients), release=self._release_mode)  # fmt: skip
+        log.info(
+            "shield.listening",
+            host=self._address[0],
+            port=self._address[1],
+            scope=str(self._scope),
+            auth=bool(self._users),
+            clients=str(self._clients),
+            release=self._release_mode,
+        )
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -675,8 +710,15 @@ class Shield:
                     stream.close()
             self._closed.set()
             stats = self.stats
-            log.info("shield.closed", sessions=stats.sessions, relayed=stats.relayed, refused=stats.refused,
-                     trips=stats.trips, bytes_up=stats.bytes_up, bytes_down=stats.bytes_down)  # fmt: skip
+            log.info(
+                "shield.closed",
+                sessions=stats.sessions,
+                relayed=stats.relayed,
+                refused=stats.refused,
+                trips=stats.trips,
+                bytes_up=stats.bytes_up,
+                bytes_down=stats.bytes_down,
+            )
 
     async def wait_closed(self) -> None:
         """Wait until the shield is closed (run it until cancelled: ``await shield.wait_closed()``)."""
@@ -700,12 +742,18 @@ class Shield:
     @property
     def stats(self) -> ShieldStats:
         return ShieldStats(
-            clients_refused=self._n["clients_refused"], auth_failures=self._n["auth_failures"],
-            sessions=self._n["sessions"], relayed=self._n["relayed"], refused=self._n["refused"],
-            active=self._active, hosts=sum(1 for h in self._hosts.values() if h.guard is not None),
-            tripped_hosts=sum(1 for h in self._hosts.values() if h.blocked), trips=len(self._trips),
-            bytes_up=self._n["bytes_up"], bytes_down=self._n["bytes_down"],
-        )  # fmt: skip
+            clients_refused=self._n["clients_refused"],
+            auth_failures=self._n["auth_failures"],
+            sessions=self._n["sessions"],
+            relayed=self._n["relayed"],
+            refused=self._n["refused"],
+            active=self._active,
+            hosts=sum(1 for h in self._hosts.values() if h.guard is not None),
+            tripped_hosts=sum(1 for h in self._hosts.values() if h.blocked),
+            trips=len(self._trips),
+            bytes_up=self._n["bytes_up"],
+            bytes_down=self._n["bytes_down"],
+        )
 
     @property
     def sessions(self) -> tuple[ShieldSession, ...]:
@@ -760,8 +808,13 @@ class Shield:
             return self._heartbeats[host]
         asset = self._assets.get(host)
         if asset is not None:
-            web = sorted({int(s["port"]) for s in asset.services if isinstance(s, dict)
-                          and s.get("service") in ("http", "https") and s.get("port")})  # fmt: skip
+            web = sorted(
+                {
+                    int(s["port"])
+                    for s in asset.services
+                    if isinstance(s, dict) and s.get("service") in ("http", "https") and s.get("port")
+                }
+            )
             if web:
                 # 8080 first: the management web server of the devices this project exists for (the same
                 # rule as the model key's Server: header).
@@ -799,8 +852,12 @@ class Shield:
                 return
             if self._active >= self._max_sessions:
                 self._n["clients_refused"] += 1
-                log.warning("shield.client_refused", client=peer, reason="max_sessions",
-                            max_sessions=self._max_sessions)  # fmt: skip
+                log.warning(
+                    "shield.client_refused",
+                    client=peer,
+                    reason="max_sessions",
+                    max_sessions=self._max_sessions,
+                )
                 return
             self._active += 1
             try:
@@ -830,12 +887,30 @@ class Shield:
         if event is None:
             return
         if isinstance(event, _socks.RequestRefused):
-            outcome = (SessionOutcome.REFUSED_NAME if event.reason == "domain_name"
-                       else SessionOutcome.REFUSED_COMMAND)  # fmt: skip
+            outcome = (
+                SessionOutcome.REFUSED_NAME
+                if event.reason == "domain_name"
+                else SessionOutcome.REFUSED_COMMAND
+            )
             await _send_quietly(client, machine.reply(event.reply))
-            await self._audit(ShieldSession(peer, user, event.host, event.port, started, time.time(), 0, 0,
-                                            outcome.value, int(event.reply), None, None, 0.0),
-                              reason=event.reason)  # fmt: skip
+            await self._audit(
+                ShieldSession(
+                    peer,
+                    user,
+                    event.host,
+                    event.port,
+                    started,
+                    time.time(),
+                    0,
+                    0,
+                    outcome.value,
+                    int(event.reply),
+                    None,
+                    None,
+                    0.0,
+                ),
+                reason=event.reason,
+            )
             return
         await self._connect(client, machine, event, peer, user, started)
 
@@ -853,8 +928,9 @@ class Shield:
                 await client.send(machine.select_method(chosen))
                 if chosen is AuthMethod.NO_ACCEPTABLE:
                     self._n["auth_failures"] += 1
-                    log.warning("shield.auth_refused", client=peer, offered=list(event.methods),
-                                wanted=int(wanted))  # fmt: skip
+                    log.warning(
+                        "shield.auth_refused", client=peer, offered=list(event.methods), wanted=int(wanted)
+                    )
                     return None, None
             elif isinstance(event, _socks.AuthRequest):
                 expected = self._users.get(event.username)
@@ -863,8 +939,11 @@ class Shield:
                 await client.send(machine.auth_result(ok))
                 if not ok:
                     self._n["auth_failures"] += 1
-                    log.warning("shield.auth_failed", client=peer,
-                                username=event.username.decode("utf-8", "backslashreplace"))  # fmt: skip
+                    log.warning(
+                        "shield.auth_failed",
+                        client=peer,
+                        username=event.username.decode("utf-8", "backslashreplace"),
+                    )
                     return None, None
                 user = event.username.decode("utf-8", "backslashreplace")
             else:
@@ -880,9 +959,14 @@ class Shield:
         return None
 
     async def _connect(
-        self, client: SocketConnection, machine: _socks.SocksServer, request: _socks.ConnectRequest,
-        peer: str, user: str | None, started: float,
-    ) -> None:  # fmt: skip
+        self,
+        client: SocketConnection,
+        machine: _socks.SocksServer,
+        request: _socks.ConnectRequest,
+        peer: str,
+        user: str | None,
+        started: float,
+    ) -> None:
         host, port = request.host, request.port
         t0 = anyio.current_time()
         counters = _Counters(f"{peer.rpartition(':')[0]} {user}")
@@ -890,10 +974,20 @@ class Shield:
 
         def record(outcome: SessionOutcome, reply: Reply | None, waited_s: float) -> ShieldSession:
             return ShieldSession(
-                peer, user, host, port, started, time.time(), counters.up, counters.down, outcome.value,
-                None if reply is None else int(reply), entry.ceiling if entry else None,
-                entry.limit_source if entry else None, round(waited_s, 6),
-            )  # fmt: skip
+                peer,
+                user,
+                host,
+                port,
+                started,
+                time.time(),
+                counters.up,
+                counters.down,
+                outcome.value,
+                None if reply is None else int(reply),
+                entry.ceiling if entry else None,
+                entry.limit_source if entry else None,
+                round(waited_s, 6),
+            )
 
         async def finish(outcome: SessionOutcome, reply: Reply | None, waited_s: float = 0.0) -> None:
             if reply is not None and reply is not Reply.SUCCEEDED:
@@ -902,8 +996,10 @@ class Shield:
 
         refusal = self._refusal(host, port)
         if refusal is not None or port == 0:
-            await finish(refusal or SessionOutcome.CONNECT_FAILED,
-                         Reply.NOT_ALLOWED if refusal else Reply.GENERAL_FAILURE)  # fmt: skip
+            await finish(
+                refusal or SessionOutcome.CONNECT_FAILED,
+                Reply.NOT_ALLOWED if refusal else Reply.GENERAL_FAILURE,
+            )
             return
         entry = self._host(host)
         if entry.ceiling == 0:
@@ -925,9 +1021,14 @@ class Shield:
         await finish(outcome, reply, waited_s)
 
     async def _open_and_relay(
-        self, client: SocketConnection, machine: _socks.SocksServer, entry: _Host, port: int,
-        t0: float, counters: _Counters,
-    ) -> tuple[SessionOutcome, Reply | None, float]:  # fmt: skip
+        self,
+        client: SocketConnection,
+        machine: _socks.SocksServer,
+        entry: _Host,
+        port: int,
+        t0: float,
+        counters: _Counters,
+    ) -> tuple[SessionOutcome, Reply | None, float]:
         """Take a slot and connect through the host's Guard, then relay; (outcome, reply, waited_s)."""
         await entry.ready.wait()
         guard = entry.guard
@@ -966,8 +1067,12 @@ class Shield:
         return outcome, reply, waited_s
 
     async def _relay(
-        self, client: SocketConnection, machine: _socks.SocksServer, device: ProbeStream, counters: _Counters,
-    ) -> SessionOutcome:  # fmt: skip
+        self,
+        client: SocketConnection,
+        machine: _socks.SocksServer,
+        device: ProbeStream,
+        counters: _Counters,
+    ) -> SessionOutcome:
         local = device.extra(SocketAttribute.local_address)
         try:
             await client.send(machine.reply(Reply.SUCCEEDED, str(local[0]), int(local[1])))
@@ -1030,9 +1135,13 @@ class Shield:
             mover.close()
 
     async def _drain(
-        self, mover: _Splice | _Copy, dst: socket.socket, way: _Way, counters: _Counters,
+        self,
+        mover: _Splice | _Copy,
+        dst: socket.socket,
+        way: _Way,
+        counters: _Counters,
         relay: anyio.CancelScope,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Write what ``mover`` holds to ``dst``; False when the relay is over (reset, or idle)."""
         while mover.pending:
             try:
@@ -1063,8 +1172,9 @@ class Shield:
         counters.outcome = outcome
         relay.cancel()
 
-    async def _wait(self, sock: socket.socket, counters: _Counters, relay: anyio.CancelScope, *,
-                    readable: bool = True) -> bool:  # fmt: skip
+    async def _wait(
+        self, sock: socket.socket, counters: _Counters, relay: anyio.CancelScope, *, readable: bool = True
+    ) -> bool:
         """Wait until ``sock`` is ready, bounded by the idle rule; False (and the relay cancelled) if idle."""
         idle = HALF_CLOSE_IDLE_S if counters.eof else self._idle_timeout_s
         remaining = counters.last + idle - anyio.current_time()
@@ -1099,17 +1209,25 @@ class Shield:
             heartbeat = None
         guard = Guard(
             Target(entry.address) if heartbeat is None else Target(entry.address, heartbeat=heartbeat),
-            ceiling=entry.ceiling, scope=self._scope, watchdog=heartbeat is not None,
-            interval_s=self._interval_s, failures_to_down=self._failures_to_down,
+            ceiling=entry.ceiling,
+            scope=self._scope,
+            watchdog=heartbeat is not None,
+            interval_s=self._interval_s,
+            failures_to_down=self._failures_to_down,
             connect_timeout_s=self._connect_timeout_s,
-        )  # fmt: skip
+        )
         try:
             try:
                 async with guard:
                     entry.guard = guard
                     entry.ready.set()
-                    log.info("shield.host_open", host=entry.address, ceiling=entry.ceiling,
-                             limit_source=entry.limit_source, heartbeat=repr(heartbeat))  # fmt: skip
+                    log.info(
+                        "shield.host_open",
+                        host=entry.address,
+                        ceiling=entry.ceiling,
+                        limit_source=entry.limit_source,
+                        heartbeat=repr(heartbeat),
+                    )
                     await self._hold(entry, guard)
             except DeviceDownError as exc:  # dead at the first beat: no session was started
                 entry.guard = None
@@ -1152,12 +1270,20 @@ class Shield:
         if not waiting or ledger is None or ledger.device_sessions < entry.ceiling:
             return bool(waiting)
         relaying = [c for c in entry.live if c.relay is not None]
-        chosen = preemptions([(c.client, c.waiting_since) for c in waiting if c.waiting_since is not None],
-                             [(c.client, c.last) for c in relaying], now, self._preempt_idle_s)  # fmt: skip
+        chosen = preemptions(
+            [(c.client, c.waiting_since) for c in waiting if c.waiting_since is not None],
+            [(c.client, c.last) for c in relaying],
+            now,
+            self._preempt_idle_s,
+        )
         for i in chosen:
             victim = relaying[i]
-            log.info("shield.preempted", host=entry.address, client=victim.client,
-                     idle_s=round(now - victim.last, 3))  # fmt: skip
+            log.info(
+                "shield.preempted",
+                host=entry.address,
+                client=victim.client,
+                idle_s=round(now - victim.last, 3),
+            )
             victim.outcome = SessionOutcome.PREEMPTED_IDLE
             assert victim.relay is not None
             victim.relay.cancel()
@@ -1169,8 +1295,14 @@ class Shield:
         entry.trip = trip
         entry.trip_index = len(self._trips)
         self._trips.append(trip)
-        log.warning("shield.trip", host=entry.address, reason=reason, sessions_closed=in_flight,
-                    ceiling=entry.ceiling, release=self._release_mode)  # fmt: skip
+        log.warning(
+            "shield.trip",
+            host=entry.address,
+            reason=reason,
+            sessions_closed=in_flight,
+            ceiling=entry.ceiling,
+            release=self._release_mode,
+        )
         assert self._tg is not None
         self._tg.start_soon(self._deliver_alert, trip)
 
@@ -1185,8 +1317,12 @@ class Shield:
         released_at_s = time.time()
         done = replace(trip, released_at_s=released_at_s, released_by=by)
         self._trips[entry.trip_index] = done
-        log.warning("shield.released", host=entry.address, released_by=by,
-                    blocked_s=round(released_at_s - trip.tripped_at_s, 3))  # fmt: skip
+        log.warning(
+            "shield.released",
+            host=entry.address,
+            released_by=by,
+            blocked_s=round(released_at_s - trip.tripped_at_s, 3),
+        )
         if self._store is not None:
             await self._store.aio.finish_shield_trip(trip.host, trip.tripped_at_s, released_at_s, by)
 
@@ -1301,15 +1437,33 @@ PROXYCHAINS_READ_MARGIN_S: Final = 2.0
 # nmap scan types and options that send raw packets: proxychains hooks only connect(), so these would go
 # straight to the device, past the ceiling and the watchdog.
 _NMAP_RAW_SCANS: Final = frozenset("SUAWMNFXYZOI")
-_NMAP_RAW_OPTIONS: Final = frozenset({"-O", "--osscan-guess", "--traceroute", "-sn", "-PE", "-PP", "-PM",
-                                      "-PO", "-PR", "--send-eth", "--send-ip"})  # fmt: skip
+_NMAP_RAW_OPTIONS: Final = frozenset(
+    {
+        "-O",
+        "--osscan-guess",
+        "--traceroute",
+        "-sn",
+        "-PE",
+        "-PP",
+        "-PM",
+        "-PO",
+        "-PR",
+        "--send-eth",
+        "--send-ip",
+    }
+)
 _NMAP_RAW_PREFIXES: Final = ("-PS", "-PA", "-PU", "-PY", "-PO", "-b")
 
 
 def proxychains_config(
-    host: str, port: int, *, read_timeout_s: float, connect_timeout_s: float,
-    username: str | None = None, password: str | None = None,
-) -> str:  # fmt: skip
+    host: str,
+    port: int,
+    *,
+    read_timeout_s: float,
+    connect_timeout_s: float,
+    username: str | None = None,
+    password: str | None = None,
+) -> str:
     """The proxychains-ng configuration that sends every TCP connect through the shield (pure).
 
     ``strict_chain`` (one proxy, no fallback to a direct connection), no ``proxy_dns`` (names are never
@@ -1352,8 +1506,9 @@ def check_exec_command(argv: Sequence[str], *, root: bool) -> list[str]:
     warnings: list[str] = []
     tool = os.path.basename(argv[0])
     if tool != "nmap":
-        warnings.append(f"{tool}: only its TCP connect() calls go through the shield; UDP, ICMP and raw "
-                        "packets do not")  # fmt: skip
+        warnings.append(
+            f"{tool}: only its TCP connect() calls go through the shield; UDP, ICMP and raw packets do not"
+        )
         return warnings
     args = list(argv[1:])
     scan_types: set[str] = set()
@@ -1385,8 +1540,9 @@ def check_exec_command(argv: Sequence[str], *, root: bool) -> list[str]:
     return warnings
 
 
-async def run_behind(shield: Shield, argv: Sequence[str], *, username: str | None = None,
-                     password: str | None = None) -> int:  # fmt: skip
+async def run_behind(
+    shield: Shield, argv: Sequence[str], *, username: str | None = None, password: str | None = None
+) -> int:
     """Run ``argv`` under proxychains-ng with every TCP connect sent through ``shield``; its exit code.
 
     Raises:
@@ -1404,9 +1560,14 @@ async def run_behind(shield: Shield, argv: Sequence[str], *, username: str | Non
     host, port = shield.address
     if ipaddress.ip_address(host).is_unspecified:
         host = "127.0.0.1" if ipaddress.ip_address(host).version == 4 else "::1"
-    text = proxychains_config(host, port, read_timeout_s=shield._slot_wait_s + shield._connect_timeout_s
-                              + PROXYCHAINS_READ_MARGIN_S, connect_timeout_s=shield._connect_timeout_s,
-                              username=username, password=password)  # fmt: skip
+    text = proxychains_config(
+        host,
+        port,
+        read_timeout_s=shield._slot_wait_s + shield._connect_timeout_s + PROXYCHAINS_READ_MARGIN_S,
+        connect_timeout_s=shield._connect_timeout_s,
+        username=username,
+        password=password,
+    )
     with tempfile.TemporaryDirectory(prefix="fragileprobe-shield-") as tmp:
         conf = os.path.join(tmp, "proxychains.conf")
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it may hold the password

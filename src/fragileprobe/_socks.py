@@ -275,8 +275,9 @@ class SocksServer:
             return NEED_DATA
         count = buf[1]
         if count == 0:
-            raise self._fail("SOCKS5 greeting offers no method",
-                             bytes((SOCKS_VERSION, AuthMethod.NO_ACCEPTABLE)))  # fmt: skip
+            raise self._fail(
+                "SOCKS5 greeting offers no method", bytes((SOCKS_VERSION, AuthMethod.NO_ACCEPTABLE))
+            )
         if len(buf) < 2 + count:
             return NEED_DATA
         methods = tuple(buf[2 : 2 + count])
@@ -290,8 +291,9 @@ class SocksServer:
         if not buf:
             return NEED_DATA
         if buf[0] != AUTH_VERSION:
-            raise self._fail(f"RFC 1929 sub-negotiation version 0x{buf[0]:02x}, expected 0x01",
-                             bytes((AUTH_VERSION, 0x01)))  # fmt: skip
+            raise self._fail(
+                f"RFC 1929 sub-negotiation version 0x{buf[0]:02x}, expected 0x01", bytes((AUTH_VERSION, 0x01))
+            )
         if len(buf) < 2:
             return NEED_DATA
         ulen = buf[1]
@@ -334,13 +336,15 @@ class SocksServer:
         """The whole request's length once its header says (None: more bytes first); checks the header."""
         buf = self._buf
         if buf and buf[0] != SOCKS_VERSION:
-            raise self._fail(f"request version 0x{buf[0]:02x}, expected 0x05",
-                             encode_reply(Reply.GENERAL_FAILURE))  # fmt: skip
+            raise self._fail(
+                f"request version 0x{buf[0]:02x}, expected 0x05", encode_reply(Reply.GENERAL_FAILURE)
+            )
         if len(buf) < 4:
             return None
         if buf[2] != 0:
-            raise self._fail(f"request reserved byte 0x{buf[2]:02x}, must be 0x00",
-                             encode_reply(Reply.GENERAL_FAILURE))  # fmt: skip
+            raise self._fail(
+                f"request reserved byte 0x{buf[2]:02x}, must be 0x00", encode_reply(Reply.GENERAL_FAILURE)
+            )
         atyp = buf[3]
         if atyp == AddressType.IPV4:
             return 4 + 4 + 2
@@ -348,8 +352,10 @@ class SocksServer:
             return 4 + 16 + 2
         if atyp == AddressType.DOMAINNAME:
             return 5 + buf[4] + 2 if len(buf) >= 5 else None
-        raise self._fail(f"address type 0x{atyp:02x} is not defined by RFC 1928",
-                         encode_reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED))  # fmt: skip
+        raise self._fail(
+            f"address type 0x{atyp:02x} is not defined by RFC 1928",
+            encode_reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED),
+        )
 
     # --- answers ------------------------------------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class RttEstimator:
 
 
 # Priorities of GlobalPacer.acquire, most urgent first.
-PRIORITY_LIVE: Final = 0        # a port of a host known to be alive
+PRIORITY_LIVE: Final = 0  # a port of a host known to be alive
 PRIORITY_FIRST_LOOK: Final = 1  # an address's first liveness probe
 PRIORITY_LOOK_AGAIN: Final = 2  # its later liveness probes
 PRIORITIES: Final = 3
@@ -153,7 +153,8 @@ class GlobalPacer:
     def __init__(self, rate_per_s: float) -> None:
         self.rate_per_s = _validate.positive("global_rate", rate_per_s)
         self._queues: tuple[collections.deque[anyio.Event], ...] = tuple(
-            collections.deque() for _ in range(PRIORITIES))
+            collections.deque() for _ in range(PRIORITIES)
+        )
         self._wake = anyio.Event()
         self.granted = 0
 
@@ -196,4 +197,3 @@ class GlobalPacer:
                 tokens -= 1.0
             if self.waiting():
                 await anyio.sleep(max(interval * (1.0 - tokens), interval / 4))
-

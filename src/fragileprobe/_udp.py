@@ -263,7 +263,7 @@ class _Decoder:
                 raise BerError("ber: indefinite length (forbidden in SNMP)")
             if count > MAX_BER_LENGTH_BYTES or pos + count > end:
                 raise BerError("ber: bad long-form length")
-            length = int.from_bytes(self.data[pos:pos + count], "big")
+            length = int.from_bytes(self.data[pos : pos + count], "big")
             pos += count
         if pos + length > end:
             raise BerError(f"ber: element of {length} bytes runs past its container")
@@ -297,14 +297,17 @@ def ber_decode(data: bytes) -> tuple[int, BerValue]:
 
 # --- SNMP (pure) ------------------------------------------------------------------------------------------
 
+
 def check_community(community: str) -> str:
     """Validate an SNMP community (printable ASCII, 1-255 bytes); return it.
 
     Raises:
         ConfigError: naming ``snmp_community``.
     """
-    if not isinstance(community, str) or not 1 <= len(community) <= MAX_COMMUNITY_BYTES or not all(
-        0x20 <= ord(c) < 0x7F for c in community
+    if (
+        not isinstance(community, str)
+        or not 1 <= len(community) <= MAX_COMMUNITY_BYTES
+        or not all(0x20 <= ord(c) < 0x7F for c in community)
     ):
         shown = community[:40] if isinstance(community, str) else community
         raise _validate.fail("snmp_community", f"1-{MAX_COMMUNITY_BYTES} printable ASCII characters", shown)
@@ -318,10 +321,17 @@ def snmp_get_request(community: str, request_id: int, oid: tuple[int, ...] = SYS
         raise _validate.fail("request_id", "an integer in 0-2147483647 (2**31-1)", request_id)
     binding: list[tuple[int, BerValue]] = [(TAG_OID, oid), (TAG_NULL, None)]
     varbinds: list[tuple[int, BerValue]] = [(TAG_SEQUENCE, binding)]
-    pdu: list[tuple[int, BerValue]] = [(TAG_INTEGER, request_id), (TAG_INTEGER, 0), (TAG_INTEGER, 0),
-                                       (TAG_SEQUENCE, varbinds)]
-    message: list[tuple[int, BerValue]] = [(TAG_INTEGER, 1), (TAG_OCTETS, community.encode("ascii")),
-                                           (TAG_GET, pdu)]
+    pdu: list[tuple[int, BerValue]] = [
+        (TAG_INTEGER, request_id),
+        (TAG_INTEGER, 0),
+        (TAG_INTEGER, 0),
+        (TAG_SEQUENCE, varbinds),
+    ]
+    message: list[tuple[int, BerValue]] = [
+        (TAG_INTEGER, 1),
+        (TAG_OCTETS, community.encode("ascii")),
+        (TAG_GET, pdu),
+    ]
     return ber_encode(TAG_SEQUENCE, message)
 
 
@@ -361,6 +371,7 @@ def parse_snmp_response(data: bytes, request_id: int, oid: tuple[int, ...] = SYS
 
 # --- NTP (pure) -------------------------------------------------------------------------------------------
 
+
 def ntp_request(cookie: bytes) -> bytes:
     """An NTP v4 client (mode 3) request whose transmit timestamp is the 8-byte ``cookie`` (RFC 5905)."""
     if len(cookie) != 8:
@@ -391,11 +402,13 @@ def parse_ntp_response(data: bytes, cookie: bytes) -> tuple[tuple[str, str], ...
 
 # --- SSDP (pure) ------------------------------------------------------------------------------------------
 
+
 def ssdp_request(host: str) -> bytes:
     """A unicast SSDP M-SEARCH for every device and service (UPnP Device Architecture 1.1, 1.3.2)."""
     where = f"[{host}]:1900" if ":" in host else f"{host}:1900"
-    return (f"M-SEARCH * HTTP/1.1\r\nHOST: {where}\r\nMAN: \"ssdp:discover\"\r\nST: ssdp:all\r\n\r\n"
-            .encode("ascii"))
+    return f'M-SEARCH * HTTP/1.1\r\nHOST: {where}\r\nMAN: "ssdp:discover"\r\nST: ssdp:all\r\n\r\n'.encode(
+        "ascii"
+    )
 
 
 _SSDP_STATUS = re.compile(rb"^HTTP/1\.[01] 200\b")
@@ -412,7 +425,7 @@ def parse_ssdp_response(data: bytes) -> tuple[tuple[str, str], ...]:
     if not _SSDP_STATUS.match(lines[0]):
         raise BerError("ssdp: not an HTTP/1.x 200 answer")
     out: list[tuple[str, str]] = []
-    for line in lines[1:MAX_SSDP_HEADERS + 1]:
+    for line in lines[1 : MAX_SSDP_HEADERS + 1]:
         name, sep, value = line.partition(b":")
         key = _SSDP_FIELDS.get(name.strip().lower().decode("latin-1"))
         if sep and key and all(k != key for k, _ in out):
@@ -423,8 +436,15 @@ def parse_ssdp_response(data: bytes) -> tuple[tuple[str, str], ...]:
 
 # --- the probe --------------------------------------------------------------------------------------------
 
-async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = DEFAULT_SNMP_COMMUNITY,
-                    protocol: str | None = None) -> UdpResult:
+
+async def udp_probe(
+    host: str,
+    port: int,
+    *,
+    timeout_s: float,
+    community: str = DEFAULT_SNMP_COMMUNITY,
+    protocol: str | None = None,
+) -> UdpResult:
     """Send one datagram to ``host:port`` (an IP literal) and read one answer, within ``timeout_s``.
 
     Args:
@@ -460,12 +480,24 @@ async def udp_probe(host: str, port: int, *, timeout_s: float, community: str = 
             sock.send(payload)
             data = await _receive_one(sock, timeout_s)
         except TimeoutError:
-            return UdpResult(host, port, proto, Outcome.TIMEOUT, anyio.current_time() - started,
-                             error=f"no answer within {timeout_s:g} s")
+            return UdpResult(
+                host,
+                port,
+                proto,
+                Outcome.TIMEOUT,
+                anyio.current_time() - started,
+                error=f"no answer within {timeout_s:g} s",
+            )
         except OSError as exc:
             outcome = Outcome.CLOSED if exc.errno == errno.ECONNREFUSED else Outcome.UNREACHABLE
-            return UdpResult(host, port, proto, outcome, anyio.current_time() - started,
-                             error=(exc.strerror or str(exc)).lower())
+            return UdpResult(
+                host,
+                port,
+                proto,
+                outcome,
+                anyio.current_time() - started,
+                error=(exc.strerror or str(exc)).lower(),
+            )
     finally:
         sock.close()
     latency = anyio.current_time() - started

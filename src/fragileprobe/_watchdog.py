@@ -300,8 +300,12 @@ class Watchdog:
             self._cancelled_scopes.add(scope)
             scope.cancel()
         self._log.warning(
-            "watchdog.device_down", at_s=at_s, in_flight=in_flight, failures=self._consecutive_failures,
-            last_good_at_s=self._last_good_at_s, reason=reason,
+            "watchdog.device_down",
+            at_s=at_s,
+            in_flight=in_flight,
+            failures=self._consecutive_failures,
+            last_good_at_s=self._last_good_at_s,
+            reason=reason,
         )
 
     def rearm(self) -> None:
@@ -323,9 +327,7 @@ class Watchdog:
     @property
     def beating(self) -> bool:
         """False while the loop is paused after a declaration (nobody asked for beats)."""
-        return self._running and (
-            self._down is None or self._beat_while_down or self._beat_wanted > 0
-        )
+        return self._running and (self._down is None or self._beat_while_down or self._beat_wanted > 0)
 
     # --- waiting for beats ------------------------------------------------------------------------------
 
@@ -387,8 +389,12 @@ class Watchdog:
             self._consecutive_failures += 1
             self._consecutive_ok = 0
             self._log.info(
-                "watchdog.beat", ok=False, at_s=beat.at_s, latency_s=round(beat.latency_s, 6),
-                error=beat.error, consecutive_failures=self._consecutive_failures,
+                "watchdog.beat",
+                ok=False,
+                at_s=beat.at_s,
+                latency_s=round(beat.latency_s, 6),
+                error=beat.error,
+                consecutive_failures=self._consecutive_failures,
             )
             if self._down is None and self._consecutive_failures >= self._failures_to_down:
                 self.declare_down(beat.error)
@@ -424,4 +430,3 @@ def _accepts_network(heartbeat: Heartbeat) -> bool:
     except (TypeError, ValueError):
         return False
     return "network" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-

@@ -426,11 +426,16 @@ def demo(
         else:
             story = anyio.run(
                 lambda: run_story(
-                    emit=lambda e: _print_event(e, console), host=host, seed=seed, boot_delay_s=boot_delay,
-                    store_path=str(store) if store is not None else None, dwell_s=dwell, trials=trials,
+                    emit=lambda e: _print_event(e, console),
+                    host=host,
+                    seed=seed,
+                    boot_delay_s=boot_delay,
+                    store_path=str(store) if store is not None else None,
+                    dwell_s=dwell,
+                    trials=trials,
                     port_offset=port_offset,
                 )
-            )  # fmt: skip
+            )
     except FragileProbeError as exc:
         _handle_library_error(exc)
     if tour:
@@ -462,16 +467,25 @@ def demo(
 # characterize()'s settings (ConfigError.field) -> the option that sets them, so that an error names what
 # was typed. The heartbeat's own fields are the heartbeat options.
 _CHARACTERIZE_OPTIONS = {
-    "ladder": "--ladder", "trials": "--trials", "crash_budget": "--crash-budget",
+    "ladder": "--ladder",
+    "trials": "--trials",
+    "crash_budget": "--crash-budget",
     "margin_fraction": "--margin",
-    "dwell_s": "--dwell", "hold_s": "--hold", "interval_s": "--interval", "linger_s": "--linger",
-    "heartbeat_timeout_s": "--heartbeat-timeout", "time_budget_s": "--time-budget",
-    "healthy_beats": "--healthy-beats", "recovery_timeout_s": "--recovery-timeout",
+    "dwell_s": "--dwell",
+    "hold_s": "--hold",
+    "interval_s": "--interval",
+    "linger_s": "--linger",
+    "heartbeat_timeout_s": "--heartbeat-timeout",
+    "time_budget_s": "--time-budget",
+    "healthy_beats": "--healthy-beats",
+    "recovery_timeout_s": "--recovery-timeout",
     "latency_factor": "--early-warning",
-}  # fmt: skip
+}
 _HEARTBEAT_OPTIONS = {
-    "port": "--heartbeat-port", "path": "--heartbeat-path", "timeout_s": "--heartbeat-timeout",
-}  # fmt: skip
+    "port": "--heartbeat-port",
+    "path": "--heartbeat-path",
+    "timeout_s": "--heartbeat-timeout",
+}
 
 
 @contextlib.contextmanager
@@ -565,9 +579,14 @@ async def _characterize_run(
     )
     with view:
         return await characterize(
-            target, scope=scope, settings=a.settings, store=store, name=a.name, resume=resume,
+            target,
+            scope=scope,
+            settings=a.settings,
+            store=store,
+            name=a.name,
+            resume=resume,
             progress=view.on_progress,
-        )  # fmt: skip
+        )
 
 
 def _host_as_scope(host: str) -> str:
@@ -776,24 +795,33 @@ def characterize(
             HttpHeartbeat(port=heartbeat_port or 8080, path=heartbeat_path, timeout_s=heartbeat_timeout)
         with _named_options(_CHARACTERIZE_OPTIONS):
             timing = TimingSettings(
-                dwell_s=dwell, hold_s=hold, interval_s=interval, heartbeat_timeout_s=heartbeat_timeout,
-                linger_s=linger, time_budget_s=time_budget,
-            )  # fmt: skip
+                dwell_s=dwell,
+                hold_s=hold,
+                interval_s=interval,
+                heartbeat_timeout_s=heartbeat_timeout,
+                linger_s=linger,
+                time_budget_s=time_budget,
+            )
             bounds = RecoverySettings(healthy_beats=healthy_beats, timeout_s=recovery_timeout)
             hook = _recovery_hook(recovery, recovery_cmd, recovery_url, bounds=bounds, interval_s=interval)
             chosen = CharacterizeSettings(
-                timing=timing, recovery=dataclasses.replace(bounds, hook=hook),
+                timing=timing,
+                recovery=dataclasses.replace(bounds, hook=hook),
                 ramp=RampConfig(
                     ladder=ramp_levels, trials=trials, crash_budget=crash_budget, margin_fraction=margin
                 ),
                 early_warning=None if early_warning is None else EarlyWarning(latency_factor=early_warning),
-            )  # fmt: skip
+            )
         args = _CharacterizeArgs(
-            host=host, name=name, ports=None if ports is None else parse_ports(ports),
-            heartbeat_port=heartbeat_port, heartbeat_path=heartbeat_path, recovery_url=recovery_url,
+            host=host,
+            name=name,
+            ports=None if ports is None else parse_ports(ports),
+            heartbeat_port=heartbeat_port,
+            heartbeat_path=heartbeat_path,
+            recovery_url=recovery_url,
             recovery_label=_recovery_label(recovery, recovery_cmd, recovery_url, recovery_timeout),
             settings=chosen,
-        )  # fmt: skip
+        )
         db = _open_store(store)  # after every check: bad input leaves nothing behind
     except FragileProbeError as exc:
         _fail(str(exc))
@@ -880,8 +908,10 @@ def _check_alert_file(path: Path) -> None:
 
     if path.exists():
         if path.is_dir() or not os.access(path, os.W_OK):
-            raise ConfigError(f"alert file {path}: cannot append to it: "
-                              + ("it is a directory" if path.is_dir() else "Permission denied"))
+            raise ConfigError(
+                f"alert file {path}: cannot append to it: "
+                + ("it is a directory" if path.is_dir() else "Permission denied")
+            )
         return
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -942,8 +972,15 @@ class _DiscoverInputs:
 
 
 def _discover_inputs(
-    targets: list[str], *, scope: str | None, options: dict[str, Any], zones: Path | None, rules: Path | None,
-    store: Path, webhook: str | None, alerts: Path | None,
+    targets: list[str],
+    *,
+    scope: str | None,
+    options: dict[str, Any],
+    zones: Path | None,
+    rules: Path | None,
+    store: Path,
+    webhook: str | None,
+    alerts: Path | None,
 ) -> _DiscoverInputs:
     """Targets, scope, settings, zones and rules checked (a bad one fails the command), then the store."""
     from fragileprobe._groups import Rules, Zones
@@ -963,8 +1000,14 @@ def _discover_inputs(
 
 
 def _run_discovery(
-    inputs: _DiscoverInputs, view: TerminalDiscoveryView, *, resume: bool, alerts: Path | None,
-    webhook: str | None, json_out: bool, store: Path,
+    inputs: _DiscoverInputs,
+    view: TerminalDiscoveryView,
+    *,
+    resume: bool,
+    alerts: Path | None,
+    webhook: str | None,
+    json_out: bool,
+    store: Path,
 ) -> tuple[DiscoveryReport, dict[str, GroupScanSettings]]:
     """Run the discovery (Ctrl-C: the resume command, exit 130); its report and the settings per group."""
     from fragileprobe._discovery import discover as run_discover
@@ -975,8 +1018,15 @@ def _run_discovery(
     async def run() -> Any:
         with view:
             return await run_discover(
-                inputs.hosts, scope=inputs.scope, settings=inputs.settings, zones=inputs.zones,
-                rules=inputs.rules, store=db, resume=resume, alert_file=alerts, webhook_url=webhook,
+                inputs.hosts,
+                scope=inputs.scope,
+                settings=inputs.settings,
+                zones=inputs.zones,
+                rules=inputs.rules,
+                store=db,
+                resume=resume,
+                alert_file=alerts,
+                webhook_url=webhook,
                 progress=view.on_progress,
             )
 
@@ -1136,20 +1186,35 @@ def discover(
     _configure_logging(_log_level(log_level), tap=tap)
     options: dict[str, Any] = {
         "udp_ports": () if udp_ports.strip().lower() == "none" else udp_ports,
-        "per_host_sessions": sessions_per_host, "rate_per_host": rate_per_host,
-        "max_hosts_in_parallel": max_hosts, "global_rate": global_rate, "liveness_ports": liveness_ports,
-        "connect_timeout_s": connect_timeout, "banner_timeout_s": banner_timeout,
-        "adaptive_timeouts": not fixed_timeouts, "snmp_community": snmp_community,
-        "port_aliases": _parse_aliases(port_alias), "seed": seed,
+        "per_host_sessions": sessions_per_host,
+        "rate_per_host": rate_per_host,
+        "max_hosts_in_parallel": max_hosts,
+        "global_rate": global_rate,
+        "liveness_ports": liveness_ports,
+        "connect_timeout_s": connect_timeout,
+        "banner_timeout_s": banner_timeout,
+        "adaptive_timeouts": not fixed_timeouts,
+        "snmp_community": snmp_community,
+        "port_aliases": _parse_aliases(port_alias),
+        "seed": seed,
     }
     if ports is not None:
         options["ports"] = ports
-    inputs = _discover_inputs(targets, scope=scope, options=options, zones=zones, rules=rules, store=store,
-                              webhook=webhook, alerts=alerts)
+    inputs = _discover_inputs(
+        targets,
+        scope=scope,
+        options=options,
+        zones=zones,
+        rules=rules,
+        store=store,
+        webhook=webhook,
+        alerts=alerts,
+    )
     view = TerminalDiscoveryView(_err if json_out else _out)
     tap.sinks.append(view.on_log)
-    report, settings = _run_discovery(inputs, view, resume=resume, alerts=alerts, webhook=webhook,
-                                      json_out=json_out, store=store)
+    report, settings = _run_discovery(
+        inputs, view, resume=resume, alerts=alerts, webhook=webhook, json_out=json_out, store=store
+    )
     _print_discovery(report, settings, json_out=json_out)
     if report.alerts or report.unresponsive:
         raise typer.Exit(EXIT_DEVICE_TROUBLE)
@@ -1171,8 +1236,10 @@ def _discover_sites(sites: Path, *, json_out: bool, log_level: str) -> None:
         _handle_library_error(exc)
     except KeyboardInterrupt:
         # The jobs are the agents' now: they finish (or are resumed) whether this coordinator waits or not.
-        _err.print("[bold yellow]interrupted[/]: submitted jobs keep running on the agents; every finished "
-                   "host is in the store. Run the same command again to discover anew.")  # fmt: skip
+        _err.print(
+            "[bold yellow]interrupted[/]: submitted jobs keep running on the agents; every finished "
+            "host is in the store. Run the same command again to discover anew."
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out:
         _print_json(report.to_dict())
@@ -1204,8 +1271,11 @@ def agent(
         Path | None, typer.Option(help="sites.toml: take the scope from this site's networks there.")
     ] = None,
     lease_ttl: Annotated[
-        float, typer.Option(help="Seconds a device lease lives without renewal (a killed agent's devices "
-                            "are free again after it).")
+        float,
+        typer.Option(
+            help="Seconds a device lease lives without renewal (a killed agent's devices "
+            "are free again after it)."
+        ),
     ] = 30.0,
     log_level: LogLevelOpt = "warning",
 ) -> None:
@@ -1214,8 +1284,15 @@ def agent(
 
     _configure_logging(_log_level(log_level))
     try:
-        run_agent_command(site=site, broker=broker, store=store, scope=scope, sites_file=sites,
-                          lease_ttl_s=lease_ttl, loglevel=log_level)  # fmt: skip
+        run_agent_command(
+            site=site,
+            broker=broker,
+            store=store,
+            scope=scope,
+            sites_file=sites,
+            lease_ttl_s=lease_ttl,
+            loglevel=log_level,
+        )
     except FragileProbeError as exc:
         _handle_library_error(exc)
 
@@ -1292,8 +1369,10 @@ def profiles_show(
 def profiles_export(
     out: Annotated[
         Path | None,
-        typer.Option(help="Write here instead of stdout (with --format: the directory, default "
-                          "./fragileprobe-exports)."),
+        typer.Option(
+            help="Write here instead of stdout (with --format: the directory, default "
+            "./fragileprobe-exports)."
+        ),
     ] = None,
     store: StoreOpt = Path("fragileprobe.db"),
     export_format: Annotated[
@@ -1344,12 +1423,15 @@ def _export_scanner_files(formats: list[str], out: Path, store: Path, json_out: 
         _fail(str(exc))
     if json_out:
         groups = {g.name: {"hosts": list(g.hosts), **g.settings.to_dict()} for g in plan.groups}
-        _print_json({"exported_to": str(out), "formats": chosen, "files": [str(p) for p in written],
-                     "groups": groups})
+        _print_json(
+            {"exported_to": str(out), "formats": chosen, "files": [str(p) for p in written], "groups": groups}
+        )
         return
     if not plan.hosts:
-        _out.print(f"no inventory in {escape(str(store))} yet (fragileprobe discover ... --store): only the "
-                   "shared files are written")
+        _out.print(
+            f"no inventory in {escape(str(store))} yet (fragileprobe discover ... --store): only the "
+            "shared files are written"
+        )
     for g in plan.groups:
         s = g.settings
         limit = f"at most {s.sessions_per_host} session(s) per host" if s.sessions_per_host else "defaults"
@@ -1441,8 +1523,14 @@ def report(
         _fail(str(exc))
     written = [str(p) for p in (files.html, files.markdown, files.png) if p is not None]
     if json_out:
-        _print_json({"kind": files.kind, "html": str(files.html), "markdown": str(files.markdown),
-                     "png": None if files.png is None else str(files.png)})  # fmt: skip
+        _print_json(
+            {
+                "kind": files.kind,
+                "html": str(files.html),
+                "markdown": str(files.markdown),
+                "png": None if files.png is None else str(files.png),
+            }
+        )
     else:
         _out.print(f"{files.kind} report written: {', '.join(escape(w) for w in written)}")
 
@@ -1548,8 +1636,11 @@ def shield(
     webhook: Annotated[str | None, typer.Option(help="POST each trip alert as JSON to this URL.")] = None,
     exec_: Annotated[bool, typer.Option("--exec", help="Run COMMAND behind the shield, then stop.")] = False,
     preempt_idle: Annotated[
-        float, typer.Option(help="Seconds after which a CONNECT waiting for a full host takes the slot "
-                                 "of the same client's idle session there (0: never).")
+        float,
+        typer.Option(
+            help="Seconds after which a CONNECT waiting for a full host takes the slot "
+            "of the same client's idle session there (0: never)."
+        ),
     ] = 1.0,
     log_level: LogLevelOpt = "warning",
 ) -> None:
@@ -1570,21 +1661,37 @@ def shield(
                 _err.print(f"warning: {escape(warning)}")
         db = _open_store(store) if store is not None else None
         server = _shield_server(
-            scope=scope, listen=(host, port), db=db, users=users, ceiling=ceiling, heartbeat=heartbeat,
-            heartbeat_port=heartbeat_port, options={
-                "default_ceiling": default_ceiling, "medical_ceiling": medical_ceiling,
-                "heartbeat_interval_s": interval, "release": release, "release_beats": release_beats,
-                "slot_wait_s": slot_wait, "preempt_idle_s": preempt_idle or None,
-                "connect_timeout_s": connect_timeout, "idle_timeout_s": idle_timeout,
-                "total_timeout_s": total_timeout, "allow_printer_ports": allow_printer_ports,
-                "allow_clients": allow_client, "alert_file": str(alerts) if alerts else None,
+            scope=scope,
+            listen=(host, port),
+            db=db,
+            users=users,
+            ceiling=ceiling,
+            heartbeat=heartbeat,
+            heartbeat_port=heartbeat_port,
+            options={
+                "default_ceiling": default_ceiling,
+                "medical_ceiling": medical_ceiling,
+                "heartbeat_interval_s": interval,
+                "release": release,
+                "release_beats": release_beats,
+                "slot_wait_s": slot_wait,
+                "preempt_idle_s": preempt_idle or None,
+                "connect_timeout_s": connect_timeout,
+                "idle_timeout_s": idle_timeout,
+                "total_timeout_s": total_timeout,
+                "allow_printer_ports": allow_printer_ports,
+                "allow_clients": allow_client,
+                "alert_file": str(alerts) if alerts else None,
                 "webhook_url": webhook,
             },
-        )  # fmt: skip
+        )
         login = next(iter(users.items()), (None, None))
         try:
-            code, interrupted = anyio.run(lambda: _interruptible(lambda: _serve_shield(
-                server, scope, command if exec_ else None, login)))  # fmt: skip
+            code, interrupted = anyio.run(
+                lambda: _interruptible(
+                    lambda: _serve_shield(server, scope, command if exec_ else None, login)
+                )
+            )
         except FragileProbeError as exc:
             _handle_library_error(exc)
         _shield_summary(server)
@@ -1602,23 +1709,38 @@ def shield(
 
 
 def _shield_server(
-    *, scope: str, listen: tuple[str, int], db: ProfileStore | None, users: dict[str, str],
-    ceiling: list[str] | None, heartbeat: list[str] | None, heartbeat_port: int | None,
+    *,
+    scope: str,
+    listen: tuple[str, int],
+    db: ProfileStore | None,
+    users: dict[str, str],
+    ceiling: list[str] | None,
+    heartbeat: list[str] | None,
+    heartbeat_port: int | None,
     options: dict[str, Any],
-) -> Shield:  # fmt: skip
+) -> Shield:
     """The Shield the ``shield`` command's options describe (ConfigError naming a bad one)."""
     from fragileprobe._heartbeat import HttpHeartbeat
     from fragileprobe._scope import Scope
     from fragileprobe._shield import Shield
 
     ceilings = {h: _int_option("--ceiling", v) for h, v in _parse_pairs(ceiling, "--ceiling")}
-    beats = {h: HttpHeartbeat(port=_int_option("--heartbeat", p), expect_status=None)
-             for h, p in _parse_pairs(heartbeat, "--heartbeat")}  # fmt: skip
+    beats = {
+        h: HttpHeartbeat(port=_int_option("--heartbeat", p), expect_status=None)
+        for h, p in _parse_pairs(heartbeat, "--heartbeat")
+    }
     default_beat = HttpHeartbeat(port=heartbeat_port, expect_status=None) if heartbeat_port else None
     return Shield(
-        scope=Scope(scope), listen_host=listen[0], listen_port=listen[1], store=db, ceilings=ceilings,
-        heartbeats=beats, default_heartbeat=default_beat, users=users or None, **options,
-    )  # fmt: skip
+        scope=Scope(scope),
+        listen_host=listen[0],
+        listen_port=listen[1],
+        store=db,
+        ceilings=ceilings,
+        heartbeats=beats,
+        default_heartbeat=default_beat,
+        users=users or None,
+        **options,
+    )
 
 
 async def _serve_shield(
@@ -1647,8 +1769,10 @@ def _shield_summary(server: Shield) -> None:
         f"{stats.trips} trip(s), {stats.bytes_up} bytes up, {stats.bytes_down} bytes down"
     )
     for trip in server.trips:
-        _err.print(f"[bold red]TRIP[/] {escape(trip.host)}: {escape(str(trip.reason))}; "
-                   f"{trip.sessions_closed} session(s) closed")  # fmt: skip
+        _err.print(
+            f"[bold red]TRIP[/] {escape(trip.host)}: {escape(str(trip.reason))}; "
+            f"{trip.sessions_closed} session(s) closed"
+        )
 
 
 def _is_root() -> bool:

@@ -96,8 +96,9 @@ class LiveHost:
 
 
 def _run(cmd: Sequence[str], *, input_text: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(list(cmd), input=input_text, capture_output=True, text=True,
-                          timeout=SETUP_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        list(cmd), input=input_text, capture_output=True, text=True, timeout=SETUP_TIMEOUT_S, check=False
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[:500]}")
     return proc.stdout
@@ -151,16 +152,43 @@ class NetBed:
             _run(["ip", "netns", "add", devices])
             self._created.append(devices)
             # Created directly inside the namespaces: the host's own namespace never holds the pair.
-            _run(["ip", "link", "add", "name", "veth0", "netns", scanner, "type", "veth", "peer", "name",
-                  "veth0", "netns", devices])
+            _run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    "name",
+                    "veth0",
+                    "netns",
+                    scanner,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "veth0",
+                    "netns",
+                    devices,
+                ]
+            )
             for ns, address in ((scanner, SCANNER_ADDRESS), (devices, DEVICE_SIDE_ADDRESS)):
                 _run(["ip", "-n", ns, "link", "set", "lo", "up"])
                 _run(["ip", "-n", ns, "addr", "add", f"{address}/30", "dev", "veth0"])
                 _run(["ip", "-n", ns, "link", "set", "veth0", "up"])
             _run(["ip", "-n", scanner, "route", "add", self.block, "via", DEVICE_SIDE_ADDRESS])
             # DNAT to 127.x needs route_localnet on the device side (else 127/8 on a wire is a martian).
-            _run(["ip", "netns", "exec", devices, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
-                  "net.ipv4.conf.veth0.route_localnet=1", "net.ipv4.conf.lo.route_localnet=1"])
+            _run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    devices,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.conf.all.route_localnet=1",
+                    "net.ipv4.conf.veth0.route_localnet=1",
+                    "net.ipv4.conf.lo.route_localnet=1",
+                ]
+            )
             _run(["ip", "netns", "exec", devices, "nft", "-f", "-"], input_text=self._ruleset())
             self._shape_latency()
             self._start_fleet()
@@ -192,11 +220,18 @@ class NetBed:
         """Start ``args`` inside the scanner namespace."""
         return subprocess.Popen(self.command(*args), **kwargs)
 
-    def run(self, *args: str, timeout_s: float, ns: str | None = None,
-            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout_s: float, ns: str | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``args`` inside the scanner namespace (or ``ns``), bounded in time, capturing text output."""
-        return subprocess.run(self.command(*args, ns=ns), capture_output=True, text=True, timeout=timeout_s,
-                              check=False, **kwargs)
+        return subprocess.run(
+            self.command(*args, ns=ns),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            **kwargs,
+        )
 
     def python(self, code: str, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
         """Run Python ``code`` inside the device namespace (where the fleet's control API is)."""
@@ -225,12 +260,14 @@ class NetBed:
     def device_stats(self) -> dict[str, dict[str, Any]]:
         """Scan address -> the emulated device's stats and state (from the fleet's control API)."""
         assert self._emulator is not None
-        code = ("import json, sys, anyio\nfrom fragileprobe.emulator import FleetClient\n"
-                "devices = anyio.run(FleetClient(sys.argv[1]).list_devices)\n"
-                "print(json.dumps({d.host: {'crashes': d.stats.crashes,"
-                " 'peak_sessions': d.stats.peak_sessions, 'connects_total': d.stats.connects_total,"
-                " 'state': d.state.value, 'threshold': d.threshold}"
-                " for d in devices}))")
+        code = (
+            "import json, sys, anyio\nfrom fragileprobe.emulator import FleetClient\n"
+            "devices = anyio.run(FleetClient(sys.argv[1]).list_devices)\n"
+            "print(json.dumps({d.host: {'crashes': d.stats.crashes,"
+            " 'peak_sessions': d.stats.peak_sessions, 'connects_total': d.stats.connects_total,"
+            " 'state': d.state.value, 'threshold': d.threshold}"
+            " for d in devices}))"
+        )
         proc = self.python(code, self._emulator.control_url, timeout_s=60)
         if proc.returncode != 0:
             raise RuntimeError(f"device stats failed: {proc.stderr[-1000:]}")
@@ -242,10 +279,12 @@ class NetBed:
         assert self._emulator is not None
         hung = [h for h, s in self.device_stats().items() if s["state"] != "up"]
         if hung:
-            code = ("import sys, anyio\nfrom fragileprobe.emulator import FleetClient\n"
-                    "async def main():\n    c = FleetClient(sys.argv[1])\n"
-                    "    for h in sys.argv[2:]:\n        await c.power_cycle(h, boot_delay_s=0.05)\n"
-                    "anyio.run(main)")
+            code = (
+                "import sys, anyio\nfrom fragileprobe.emulator import FleetClient\n"
+                "async def main():\n    c = FleetClient(sys.argv[1])\n"
+                "    for h in sys.argv[2:]:\n        await c.power_cycle(h, boot_delay_s=0.05)\n"
+                "anyio.run(main)"
+            )
             proc = self.python(code, self._emulator.control_url, *map(device_alias, hung), timeout_s=120)
             if proc.returncode != 0:
                 raise RuntimeError(f"power cycle failed: {proc.stderr[-1000:]}")
@@ -294,21 +333,73 @@ table ip fpbed {{
         if not slow:
             return
         ns = self.device_ns
-        probe = self.run("tc", "qdisc", "add", "dev", "veth0", "root", "handle", "1:", "prio", "bands", "4",
-                         timeout_s=SETUP_TIMEOUT_S, ns=ns)
+        probe = self.run(
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "veth0",
+            "root",
+            "handle",
+            "1:",
+            "prio",
+            "bands",
+            "4",
+            timeout_s=SETUP_TIMEOUT_S,
+            ns=ns,
+        )
         # The answers leave the device side with the scan address as source (un-DNATed): delay those,
         # both ways' worth, on that egress.
-        netem = probe.returncode == 0 and self.run(
-            "tc", "qdisc", "add", "dev", "veth0", "parent", "1:4", "handle", "40:", "netem", "delay",
-            f"{2 * slow[0].delay_ms}ms", timeout_s=SETUP_TIMEOUT_S, ns=ns).returncode == 0
+        netem = (
+            probe.returncode == 0
+            and self.run(
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "veth0",
+                "parent",
+                "1:4",
+                "handle",
+                "40:",
+                "netem",
+                "delay",
+                f"{2 * slow[0].delay_ms}ms",
+                timeout_s=SETUP_TIMEOUT_S,
+                ns=ns,
+            ).returncode
+            == 0
+        )
         if not netem:
-            self.notes.append("tc netem unavailable in this kernel: slow hosts answer slowly in the "
-                              "application (emulator base latency), not in the network")
+            self.notes.append(
+                "tc netem unavailable in this kernel: slow hosts answer slowly in the "
+                "application (emulator base latency), not in the network"
+            )
             return
         for h in slow:
-            _run(self.command("tc", "filter", "add", "dev", "veth0", "parent", "1:0", "protocol", "ip",
-                              "prio", "1", "u32", "match", "ip", "src", f"{h.host}/32", "flowid", "1:4",
-                              ns=ns))
+            _run(
+                self.command(
+                    "tc",
+                    "filter",
+                    "add",
+                    "dev",
+                    "veth0",
+                    "parent",
+                    "1:0",
+                    "protocol",
+                    "ip",
+                    "prio",
+                    "1",
+                    "u32",
+                    "match",
+                    "ip",
+                    "src",
+                    f"{h.host}/32",
+                    "flowid",
+                    "1:4",
+                    ns=ns,
+                )
+            )
 
     def _start_fleet(self) -> None:
         assert self._tmp is not None
@@ -318,9 +409,18 @@ table ip fpbed {{
             extra: dict[str, Any] = {}
             if h.delay_ms and not netem:
                 extra["base_latency_s"] = 2 * h.delay_ms / 1000
-            devices.append(DeviceConfig(host=device_alias(h.host), model=h.model, seed=i + 1,
-                                        threshold=h.threshold, jitter=h.jitter, boot_delay_s=0.05,
-                                        port_offset=0, **extra))
+            devices.append(
+                DeviceConfig(
+                    host=device_alias(h.host),
+                    model=h.model,
+                    seed=i + 1,
+                    threshold=h.threshold,
+                    jitter=h.jitter,
+                    boot_delay_s=0.05,
+                    port_offset=0,
+                    **extra,
+                )
+            )
         path = Path(self._tmp.name) / "fleet.toml"
         path.write_text(FleetConfig(devices=tuple(devices), port_offset=0).to_toml())
         self._emulator = _NetnsEmulator(self.device_ns, "--fleet", str(path), "--quiet")
@@ -339,9 +439,16 @@ class _NetnsEmulator(EmulatorProcess):
         self._stderr_text = ""
 
 
-def hospital_block(block: str = "10.90.0.0/20", *, seed: int = 15, live_fraction: float = 0.015,
-                   firewalled: int = 4, fragile: int = 8, slow: int = 3,
-                   delay_ms: int = 50) -> list[LiveHost]:
+def hospital_block(
+    block: str = "10.90.0.0/20",
+    *,
+    seed: int = 15,
+    live_fraction: float = 0.015,
+    firewalled: int = 4,
+    fragile: int = 8,
+    slow: int = 3,
+    delay_ms: int = 50,
+) -> list[LiveHost]:
     """A hospital-like mix of live hosts spread over ``block`` (about ``live_fraction`` of it).
 
     ``fragile`` syringe pumps hang at 3-5 sessions; ``firewalled`` infusion pumps drop SYNs to closed
@@ -351,8 +458,14 @@ def hospital_block(block: str = "10.90.0.0/20", *, seed: int = 15, live_fraction
     net = ipaddress.ip_network(block)
     count = max(fragile + firewalled + 6, round(net.num_addresses * live_fraction))
     addresses = [str(a) for a in rng.sample(list(net.hosts()), count)]
-    mix = (["infusion-pump"] * 5 + ["patient-monitor"] * 2 + ["workstation"] * 3 + ["printer"] * 2
-           + ["linux-server"] * 2 + ["slow-pump"])
+    mix = (
+        ["infusion-pump"] * 5
+        + ["patient-monitor"] * 2
+        + ["workstation"] * 3
+        + ["printer"] * 2
+        + ["linux-server"] * 2
+        + ["slow-pump"]
+    )
     live: list[LiveHost] = []
     for i, host in enumerate(addresses):
         if i < fragile:
@@ -367,7 +480,7 @@ def hospital_block(block: str = "10.90.0.0/20", *, seed: int = 15, live_fraction
     for i in ordinary[:slow]:
         h = live[i]
         live[i] = LiveHost(h.host, h.model, delay_ms=delay_ms)
-    for i in ordinary[slow:slow + 3]:
+    for i in ordinary[slow : slow + 3]:
         h = live[i]
         ports = sorted(MODELS[h.model].services)
         live[i] = LiveHost(h.host, h.model, filtered_ports=(ports[-1],))

@@ -82,10 +82,25 @@ class Agent:
         self.log = Path(tempfile.mkstemp(prefix=f"fp-agent-{site}-", suffix=".log")[1])
         self._fh = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [*fragileprobe_command(), "agent", "--site", site, "--broker", broker, "--store", store,
-             "--scope", scope, "--lease-ttl", str(lease_ttl_s), "--log-level", "info"],
-            stdout=self._fh, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                *fragileprobe_command(),
+                "agent",
+                "--site",
+                site,
+                "--broker",
+                broker,
+                "--store",
+                store,
+                "--scope",
+                scope,
+                "--lease-ttl",
+                str(lease_ttl_s),
+                "--log-level",
+                "info",
+            ],
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def pid(self) -> int:

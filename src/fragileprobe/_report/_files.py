@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ReportFiles", "write_report"]
 
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReportFiles:
     """What :func:`write_report` wrote.
@@ -74,8 +75,9 @@ def write_report(
             settings = discovery_settings(data, store)
             page = discovery_html(data, settings=settings, plot=plot)
             fig = discovery_plot(data) if plot and data.get("groups") else None
-            md = discovery_markdown(data, settings=settings,
-                                    plot_file=png_path.name if fig is not None else None)  # fmt: skip
+            md = discovery_markdown(
+                data, settings=settings, plot_file=png_path.name if fig is not None else None
+            )
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             # A discovery dict read from a file is whatever the file held: a field of the wrong type
             # ("hosts_scanned": "²", an asset that is a number) is that file's fault, reported as such,

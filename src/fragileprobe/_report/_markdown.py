@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["characterization_markdown", "discovery_markdown"]
 
+
 def characterization_markdown(char: Characterization, *, plot_file: str | None = None) -> str:
     """The characterization report as Markdown (the plot referenced as ``plot_file`` when given)."""
     head, advice, _ = _verdict(char)

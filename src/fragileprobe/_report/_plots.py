@@ -62,14 +62,26 @@ def latency_plot(char: Characterization, ax: Any = None) -> Any:
         ax.axvspan(char.failed_at, max(char.ladder[-1], char.failed_at) + 0.5, color="#c0392b", alpha=0.08)
         ax.axvline(char.failed_at, color="#c0392b", linestyle=":", label=f"first crash {char.failed_at}")
     if char.safe_ceiling:
-        ax.axvline(char.safe_ceiling, color="#1e8449", linestyle="--", linewidth=2,
-                   label=f"safe ceiling {char.safe_ceiling}")  # fmt: skip
+        ax.axvline(
+            char.safe_ceiling,
+            color="#1e8449",
+            linestyle="--",
+            linewidth=2,
+            label=f"safe ceiling {char.safe_ceiling}",
+        )
     if char.baseline_latency_s:
         ax.axhline(char.baseline_latency_s * 1000.0, color="grey", linewidth=0.8, label="idle baseline")
     ax.plot([], [], marker="X", color="#c0392b", linestyle="none", label="stopped answering")
     if any(lv.not_held for t in char.trials for lv in t.levels):
-        ax.plot([], [], marker="o", markerfacecolor="none", color="grey", linestyle="none",
-                label="not held: sessions the device really held")  # fmt: skip
+        ax.plot(
+            [],
+            [],
+            marker="o",
+            markerfacecolor="none",
+            color="grey",
+            linestyle="none",
+            label="not held: sessions the device really held",
+        )
     tested = [lv.level for t in char.trials for lv in t.levels]
     if tested:
         ax.set_xlim(0, max(tested) + 1)
@@ -89,21 +101,41 @@ def _plot_trial(ax: Any, trial: TrialResult, top_ms: float) -> None:
         if lv.latency_median_s is not None and lv.outcome is LevelOutcome.PASSED
     )
     if passed:
-        (line,) = ax.plot([p[0] for p in passed], [p[1] for p in passed], marker="o",
-                          label=f"trial {trial.index + 1}")  # fmt: skip
-        ax.vlines([p[0] for p in passed], [p[1] for p in passed], [p[2] for p in passed],
-                  color=line.get_color(), linewidth=0.8, alpha=0.6)  # fmt: skip
+        (line,) = ax.plot(
+            [p[0] for p in passed], [p[1] for p in passed], marker="o", label=f"trial {trial.index + 1}"
+        )
+        ax.vlines(
+            [p[0] for p in passed],
+            [p[1] for p in passed],
+            [p[2] for p in passed],
+            color=line.get_color(),
+            linewidth=0.8,
+            alpha=0.6,
+        )
     for lv in trial.levels:
         if lv.not_held and lv.held is not None:
             y = (lv.latency_median_s or 0.0) * 1000.0
-            ax.plot([lv.held], [y], marker="o", markerfacecolor="none", color="grey", markersize=11,
-                    linestyle="none")  # fmt: skip
+            ax.plot(
+                [lv.held],
+                [y],
+                marker="o",
+                markerfacecolor="none",
+                color="grey",
+                markersize=11,
+                linestyle="none",
+            )
         if lv.outcome not in (LevelOutcome.FAILED, LevelOutcome.WARNED):
             continue
         y = lv.latencies_s[-1] * 1000.0 if lv.latencies_s else top_ms
         crash = lv.outcome is LevelOutcome.FAILED
-        ax.plot([lv.level], [y], marker="X" if crash else "^", color="#c0392b" if crash else "#e67e22",
-                markersize=11, linestyle="none")  # fmt: skip
+        ax.plot(
+            [lv.level],
+            [y],
+            marker="X" if crash else "^",
+            color="#c0392b" if crash else "#e67e22",
+            markersize=11,
+            linestyle="none",
+        )
 
 
 def timeline_plot(char: Characterization, ax: Any = None) -> Any:

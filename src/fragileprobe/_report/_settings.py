@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["discovery_settings", "settings_for_characterization"]
 
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Ceilings:
     """A store stand-in for ``export.template_for_group``: one model key with one ceiling."""

@@ -570,4 +570,3 @@ async def _accept(listener: SocketListener) -> SocketStream | None:
         if stream is None:  # wrapping failed: the socket is still ours to close
             conn.close()
     return stream
-

@@ -248,13 +248,15 @@ def plan_exports(assets: Iterable[Any], profiles: Iterable[Any] = ()) -> ExportP
         key = getattr(a, "model_key", None)
         key = key if isinstance(key, str) and key else None
         ceiling = ceilings.ceiling_for(key) if key else None
-        member = _Member(host=host, ceiling=ceiling,
-                         medical=ceiling is not None or MEDICAL_UNKNOWN_GROUP in groups)
+        member = _Member(
+            host=host, ceiling=ceiling, medical=ceiling is not None or MEDICAL_UNKNOWN_GROUP in groups
+        )
         zones[host], models[host] = getattr(a, "zone", None), key
         if key is not None and ceiling is not None:
             # the model's group: the one named after the model (matched by digest), else the model key
-            model_group[host] = next((g for g in groups if ceilings.ceiling_for(g) is not None
-                                      and _digest(g) == _digest(key)), key)
+            model_group[host] = next(
+                (g for g in groups if ceilings.ceiling_for(g) is not None and _digest(g) == _digest(key)), key
+            )
             if model_group[host] not in groups:
                 groups = (*groups, model_group[host])
         host_groups[host] = groups
@@ -270,21 +272,28 @@ def plan_exports(assets: Iterable[Any], profiles: Iterable[Any] = ()) -> ExportP
             assigned[host] = min(groups, key=lambda g: (*_strictness(settings[g]), g))
     slugs = _slugs(order)
     export_groups = tuple(
-        ExportGroup(name=g, slug=slugs[g], settings=settings[g],
-                    hosts=tuple(sorted(h for h, a in assigned.items() if a == g)),
-                    members=tuple(sorted(m.host for m in members[g])))
+        ExportGroup(
+            name=g,
+            slug=slugs[g],
+            settings=settings[g],
+            hosts=tuple(sorted(h for h, a in assigned.items() if a == g)),
+            members=tuple(sorted(m.host for m in members[g])),
+        )
         for g in order
-    )  # fmt: skip
+    )
     return ExportPlan(
-        groups=export_groups, hosts=tuple(sorted(host_groups)),
+        groups=export_groups,
+        hosts=tuple(sorted(host_groups)),
         fragile_hosts=tuple(sorted(h for h, g in assigned.items() if settings[g].fragile)),
         medical_unknown_hosts=tuple(sorted(m.host for m in members.get(MEDICAL_UNKNOWN_GROUP, ()))),
         do_not_scan_hosts=tuple(sorted(h for h, g in assigned.items() if settings[g].do_not_scan)),
-        zones=zones, models=models,
-    )  # fmt: skip
+        zones=zones,
+        models=models,
+    )
 
 
 # --- Nessus -----------------------------------------------------------------------------------------------
+
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
     el = ET.SubElement(parent, tag)
@@ -342,17 +351,21 @@ def nessus_policy_xml(settings: GroupScanSettings) -> str:
     _sub(policy, "policyComments", _description(s))
     prefs = _sub(policy, "Preferences")
     server = _sub(prefs, "ServerPreferences")
-    pairs: list[tuple[str, str]] = [("safe_checks", "yes" if values.safe_checks else "no"),
-                                    ("stop_scan_on_disconnect",
-                                     "yes" if values.stop_scanning_unresponsive_hosts else "no")]
+    pairs: list[tuple[str, str]] = [
+        ("safe_checks", "yes" if values.safe_checks else "no"),
+        ("stop_scan_on_disconnect", "yes" if values.stop_scanning_unresponsive_hosts else "no"),
+    ]
     if s.fragile:
         sessions = values.max_simultaneous_tcp_sessions_per_host or 1
         hosts = values.max_hosts_per_scan or 1
-        pairs += [("max_hosts", str(hosts)), ("max_checks", str(values.max_checks_per_host or 1)),
-                  ("host.max_simult_tcp_sessions", str(sessions)),
-                  ("max_simult_tcp_sessions", str(sessions * hosts)),
-                  ("reduce_connections_on_congestion", "yes"),
-                  ("checks_read_timeout", str(values.network_timeout_s or FRAGILE_TIMEOUT_S))]
+        pairs += [
+            ("max_hosts", str(hosts)),
+            ("max_checks", str(values.max_checks_per_host or 1)),
+            ("host.max_simult_tcp_sessions", str(sessions)),
+            ("max_simult_tcp_sessions", str(sessions * hosts)),
+            ("reduce_connections_on_congestion", "yes"),
+            ("checks_read_timeout", str(values.network_timeout_s or FRAGILE_TIMEOUT_S)),
+        ]
     pairs.append(("port_range", _PORTS_WITHOUT_PRINTERS))
     for name, value in pairs:
         pref = _sub(server, "preference")
@@ -361,10 +374,15 @@ def nessus_policy_xml(settings: GroupScanSettings) -> str:
     plugin_prefs = _sub(prefs, "PluginsPreferences")
     item = _sub(plugin_prefs, "item")
     pid, pname = _NESSUS_FRAGILE_DEVICES
-    for tag, text in (("pluginName", pname), ("pluginId", pid),
-                      ("fullName", f"{pname}[checkbox]:Scan Network Printers"),
-                      ("preferenceName", "Scan Network Printers"), ("preferenceType", "checkbox"),
-                      ("preferenceValues", "no"), ("selectedValue", "no")):
+    for tag, text in (
+        ("pluginName", pname),
+        ("pluginId", pid),
+        ("fullName", f"{pname}[checkbox]:Scan Network Printers"),
+        ("preferenceName", "Scan Network Printers"),
+        ("preferenceType", "checkbox"),
+        ("preferenceValues", "no"),
+        ("selectedValue", "no"),
+    ):
         _sub(item, tag, text)
     families = _sub(policy, "FamilySelection")
     family = _sub(families, "FamilyItem")
@@ -382,6 +400,7 @@ def nessus_policy_xml(settings: GroupScanSettings) -> str:
 
 
 # --- Greenbone GMP ----------------------------------------------------------------------------------------
+
 
 def _var_name(kind: str, slug: str = "") -> str:
     return kind if not slug else f"{kind}_{re.sub(r'[^A-Za-z0-9]', '_', slug).upper()}"
@@ -476,7 +495,7 @@ def _gmp_apply_script(commands: tuple[GmpCommand, ...]) -> str:
         'cd "$(dirname "$0")"',
         ': "${GVM_CLI:=gvm-cli socket}"',
         'send() { xml=$(envsubst < "$1"); $GVM_CLI --xml "$xml"; }',
-        "new_id() { sed -n 's/.*[ ]id=\"\\([^\"]*\\)\".*/\\1/p' | head -n 1; }",
+        'new_id() { sed -n \'s/.*[ ]id="\\([^"]*\\)".*/\\1/p\' | head -n 1; }',
     ]
     for c in commands:
         if c.defines is None:
@@ -489,6 +508,7 @@ def _gmp_apply_script(commands: tuple[GmpCommand, ...]) -> str:
 
 
 # --- Rapid7 InsightVM -------------------------------------------------------------------------------------
+
 
 def _iso_seconds(seconds: float) -> str:
     return f"PT{seconds:g}S"
@@ -525,12 +545,18 @@ def insightvm_template_body(settings: GroupScanSettings) -> dict[str, Any]:
         body["maxParallelAssets"] = s.hosts_in_parallel or 1
         body["checks"]["potential"] = False
         body["enableWindowsServices"] = False
-        body["discovery"]["asset"] = {"ipFingerprintingEnabled": s.os_detection, "sendArpPings": True,
-                                      "sendIcmpPings": True, "tcpPorts": []}
+        body["discovery"]["asset"] = {
+            "ipFingerprintingEnabled": s.os_detection,
+            "sendArpPings": True,
+            "sendIcmpPings": True,
+            "tcpPorts": [],
+        }
         body["discovery"]["performance"] = {
             "parallelism": {"minimum": 1, "maximum": sessions},
-            "scanDelay": {"minimum": _iso_seconds(1 / (s.rate_per_host or FRAGILE_RATE_PER_HOST)),
-                          "maximum": _iso_seconds(1 / (s.rate_per_host or FRAGILE_RATE_PER_HOST))},
+            "scanDelay": {
+                "minimum": _iso_seconds(1 / (s.rate_per_host or FRAGILE_RATE_PER_HOST)),
+                "maximum": _iso_seconds(1 / (s.rate_per_host or FRAGILE_RATE_PER_HOST)),
+            },
             "retryLimit": 1,
             "timeout": {"initial": "PT0.5S", "minimum": "PT0.5S", "maximum": _iso_seconds(FRAGILE_TIMEOUT_S)},
         }
@@ -538,6 +564,7 @@ def insightvm_template_body(settings: GroupScanSettings) -> dict[str, Any]:
 
 
 # --- nmap and target lists --------------------------------------------------------------------------------
+
 
 def nmap_commands(plan: ExportPlan, *, targets_dir: str = "../targets") -> str:
     """A shell script: per group its nmap line (reasoning and notes as comments), reading the target list.
@@ -549,9 +576,11 @@ def nmap_commands(plan: ExportPlan, *, targets_dir: str = "../targets") -> str:
     Returns:
         The script text.
     """
-    lines = ["#!/bin/sh",
-             "# fragileprobe: one nmap connect scan per asset group (see docs/scanners/nmap.md).",
-             'cd "$(dirname "$0")"']
+    lines = [
+        "#!/bin/sh",
+        "# fragileprobe: one nmap connect scan per asset group (see docs/scanners/nmap.md).",
+        'cd "$(dirname "$0")"',
+    ]
     for g in plan.groups:
         lines.append("")
         lines.append(f"# --- {g.name}: {g.settings.source} ({len(g.hosts)} host(s))")
@@ -564,8 +593,12 @@ def nmap_commands(plan: ExportPlan, *, targets_dir: str = "../targets") -> str:
         args = nmap_args(g.settings, hosts=len(g.hosts)) if g.settings.fragile else nmap_args(g.settings)
         body = args.text().splitlines()
         lines.extend(f"# {line.lstrip('# ')}" if line.startswith("#") else line for line in body[1:])
-        lines.append(args.command(f"-iL {targets_dir}/{g.slug}.txt --excludefile "
-                                  f"{targets_dir}/{g.slug}.exclude.txt -oA {g.slug}"))
+        lines.append(
+            args.command(
+                f"-iL {targets_dir}/{g.slug}.txt --excludefile "
+                f"{targets_dir}/{g.slug}.exclude.txt -oA {g.slug}"
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -590,24 +623,42 @@ def target_files(plan: ExportPlan) -> dict[str, str]:
     assigned = {h: g for g in plan.groups for h in g.hosts}
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["host", "scan_group", "groups", "fragile", "sessions_per_host", "do_not_scan",
-                     "medical_unknown", "zone", "model_key"])
+    writer.writerow(
+        [
+            "host",
+            "scan_group",
+            "groups",
+            "fragile",
+            "sessions_per_host",
+            "do_not_scan",
+            "medical_unknown",
+            "zone",
+            "model_key",
+        ]
+    )
     medical = set(plan.medical_unknown_hosts)
     for h in plan.hosts:
         scan = assigned.get(h)
         s = scan.settings if scan else None
-        writer.writerow([
-            h, scan.name if scan else "", ";".join(x.name for x in plan.groups if h in x.members),
-            "yes" if s and s.fragile else "no",
-            s.sessions_per_host if s and s.sessions_per_host else "",
-            "yes" if s and s.do_not_scan else "no", "yes" if h in medical else "no",
-            plan.zones.get(h) or "", plan.models.get(h) or "",
-        ])
+        writer.writerow(
+            [
+                h,
+                scan.name if scan else "",
+                ";".join(x.name for x in plan.groups if h in x.members),
+                "yes" if s and s.fragile else "no",
+                s.sessions_per_host if s and s.sessions_per_host else "",
+                "yes" if s and s.do_not_scan else "no",
+                "yes" if h in medical else "no",
+                plan.zones.get(h) or "",
+                plan.models.get(h) or "",
+            ]
+        )
     files["targets.csv"] = buf.getvalue()
     return files
 
 
 # --- all of it --------------------------------------------------------------------------------------------
+
 
 def render_exports(plan: ExportPlan, formats: Iterable[str] = EXPORT_FORMATS) -> dict[str, str]:
     """Every file of the chosen formats: relative path -> text.

@@ -126,12 +126,20 @@ class GroupScanSettings:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {
-            "group": self.group, "fragile": self.fragile, "sessions_per_host": self.sessions_per_host,
-            "checks_per_host": self.checks_per_host, "hosts_in_parallel": self.hosts_in_parallel,
-            "rate_per_host": self.rate_per_host, "safe_checks": self.safe_checks,
-            "stop_unresponsive": self.stop_unresponsive, "service_detection": self.service_detection,
-            "os_detection": self.os_detection, "exclude_ports": [list(r) for r in self.exclude_ports],
-            "characterize_first": self.characterize_first, "source": self.source, "notes": list(self.notes),
+            "group": self.group,
+            "fragile": self.fragile,
+            "sessions_per_host": self.sessions_per_host,
+            "checks_per_host": self.checks_per_host,
+            "hosts_in_parallel": self.hosts_in_parallel,
+            "rate_per_host": self.rate_per_host,
+            "safe_checks": self.safe_checks,
+            "stop_unresponsive": self.stop_unresponsive,
+            "service_detection": self.service_detection,
+            "os_detection": self.os_detection,
+            "exclude_ports": [list(r) for r in self.exclude_ports],
+            "characterize_first": self.characterize_first,
+            "source": self.source,
+            "notes": list(self.notes),
             "do_not_scan": self.do_not_scan,
         }
 
@@ -148,8 +156,9 @@ class GroupScanSettings:
         return "\n".join(parts)
 
 
-def _fragile(group: str, ceiling: int, *, source: str, characterize_first: bool,
-             notes: Iterable[str] = ()) -> GroupScanSettings:
+def _fragile(
+    group: str, ceiling: int, *, source: str, characterize_first: bool, notes: Iterable[str] = ()
+) -> GroupScanSettings:
     if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 0:
         raise ConfigError(f"ceiling must be an integer >= 0, got {ceiling!r}")
     # A measured ceiling of 0 cannot be expressed to a scanner (0 means "default" to most of them): the
@@ -158,11 +167,20 @@ def _fragile(group: str, ceiling: int, *, source: str, characterize_first: bool,
     if do_not_scan:
         ceiling = CONSERVATIVE_CEILING
     return GroupScanSettings(
-        group=group, fragile=True, sessions_per_host=ceiling, do_not_scan=do_not_scan,
+        group=group,
+        fragile=True,
+        sessions_per_host=ceiling,
+        do_not_scan=do_not_scan,
         checks_per_host=max(1, min(ceiling, OT_CHECKS_PER_HOST)),
-        hosts_in_parallel=FRAGILE_HOSTS_IN_PARALLEL, rate_per_host=FRAGILE_RATE_PER_HOST, safe_checks=True,
-        stop_unresponsive=True, service_detection=False, os_detection=False,
-        exclude_ports=(PRINTER_PORT_RANGE,), characterize_first=characterize_first, source=source,
+        hosts_in_parallel=FRAGILE_HOSTS_IN_PARALLEL,
+        rate_per_host=FRAGILE_RATE_PER_HOST,
+        safe_checks=True,
+        stop_unresponsive=True,
+        service_detection=False,
+        os_detection=False,
+        exclude_ports=(PRINTER_PORT_RANGE,),
+        characterize_first=characterize_first,
+        source=source,
         notes=tuple(notes),
     )
 
@@ -177,11 +195,22 @@ def _common_notes(s: GroupScanSettings) -> list[str]:
 
 def _regular(group: str, *, source: str) -> GroupScanSettings:
     return GroupScanSettings(
-        group=group, fragile=False, sessions_per_host=None, checks_per_host=None, hosts_in_parallel=None,
-        rate_per_host=None, safe_checks=True, stop_unresponsive=True, service_detection=True,
-        os_detection=False, exclude_ports=(PRINTER_PORT_RANGE,), characterize_first=False, source=source,
-        notes=("scanner defaults are fine; printer ports 9100-9107 stay excluded (they print what they "
-               "receive)",),
+        group=group,
+        fragile=False,
+        sessions_per_host=None,
+        checks_per_host=None,
+        hosts_in_parallel=None,
+        rate_per_host=None,
+        safe_checks=True,
+        stop_unresponsive=True,
+        service_detection=True,
+        os_detection=False,
+        exclude_ports=(PRINTER_PORT_RANGE,),
+        characterize_first=False,
+        source=source,
+        notes=(
+            "scanner defaults are fine; printer ports 9100-9107 stay excluded (they print what they receive)",
+        ),
     )
 
 
@@ -195,11 +224,19 @@ def _as_settings(x: int | GroupScanSettings | Any) -> GroupScanSettings:
     if isinstance(key, str):
         ceiling = getattr(x, "ceiling", None)
         if ceiling is None:
-            return _fragile(key, CONSERVATIVE_CEILING, source=f"profile {key} has no ceiling yet",
-                            characterize_first=True,
-                            notes=("no safe ceiling measured: most conservative setting",))
-        return _fragile(key, int(ceiling), source=f"stored profile {key}: safe ceiling {ceiling}",
-                        characterize_first=False)
+            return _fragile(
+                key,
+                CONSERVATIVE_CEILING,
+                source=f"profile {key} has no ceiling yet",
+                characterize_first=True,
+                notes=("no safe ceiling measured: most conservative setting",),
+            )
+        return _fragile(
+            key,
+            int(ceiling),
+            source=f"stored profile {key}: safe ceiling {ceiling}",
+            characterize_first=False,
+        )
     raise ConfigError(f"expected a ceiling, a DeviceProfile or GroupScanSettings, got {type(x).__name__}")
 
 
@@ -229,25 +266,43 @@ def template_for_group(
     if not isinstance(group, str) or not group:
         raise ConfigError(f"group must be a non-empty string, got {group!r}")
     if group == MEDICAL_UNKNOWN_GROUP:
-        return _fragile(group, CONSERVATIVE_CEILING, source="unknown medical device: most conservative",
-                        characterize_first=True,
-                        notes=("characterize one device of each model in this group first "
-                               "(fragileprobe characterize), then scan within its measured ceiling",))
+        return _fragile(
+            group,
+            CONSERVATIVE_CEILING,
+            source="unknown medical device: most conservative",
+            characterize_first=True,
+            notes=(
+                "characterize one device of each model in this group first "
+                "(fragileprobe characterize), then scan within its measured ceiling",
+            ),
+        )
     if store is not None:
         ceiling = store.ceiling_for(group)
         if ceiling is not None:
-            return _fragile(group, int(ceiling), source=f"stored profile {group}: safe ceiling {ceiling}",
-                            characterize_first=False)
+            return _fragile(
+                group,
+                int(ceiling),
+                source=f"stored profile {group}: safe ceiling {ceiling}",
+                characterize_first=False,
+            )
     members = list(assets)
     ceilings = [a.ceiling for a in members if getattr(a, "ceiling", None) is not None]
     if ceilings:
         low = min(ceilings)
-        return _fragile(group, low, source=f"lowest stored ceiling among the group's models: {low}",
-                        characterize_first=False)
+        return _fragile(
+            group,
+            low,
+            source=f"lowest stored ceiling among the group's models: {low}",
+            characterize_first=False,
+        )
     if any(getattr(a, "medical", False) for a in members):
-        return _fragile(group, CONSERVATIVE_CEILING, source="group holds medical devices of unknown models",
-                        characterize_first=True,
-                        notes=("characterize one device of each model first",))
+        return _fragile(
+            group,
+            CONSERVATIVE_CEILING,
+            source="group holds medical devices of unknown models",
+            characterize_first=True,
+            notes=("characterize one device of each model first",),
+        )
     return _regular(group, source="no fragile device known in this group")
 
 
@@ -258,6 +313,7 @@ def settings_for_groups(report: Any, store: Any = None) -> dict[str, GroupScanSe
 
 
 # --- nmap -------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class NmapArgs:
@@ -330,15 +386,33 @@ def nmap_args(x: int | GroupScanSettings | Any, *, hosts: int | None = None) -> 
     excl = _port_exclusion(s.exclude_ports)
     if not s.fragile:
         args = ("-sT", "-sV", "--exclude-ports", excl)
-        notes = ("-sT: full connects; -sV leaves 9100-9107 alone by default and they are excluded anyway",
-                 "default or -T4 timing is fine for this group; -O is not needed for vulnerability scans")
+        notes = (
+            "-sT: full connects; -sV leaves 9100-9107 alone by default and they are excluded anyway",
+            "default or -T4 timing is fine for this group; -O is not needed for vulnerability scans",
+        )
         return NmapArgs(args, notes)
     parallel = s.sessions_per_host or CONSERVATIVE_CEILING
     group = nmap_host_group(hosts)
     delay = _nmap_delay(s.rate_per_host or FRAGILE_RATE_PER_HOST)
-    args_list = ["-sT", "-Pn", "-n", "--max-parallelism", str(parallel), "--scan-delay", delay,
-                 "--min-hostgroup", str(group), "--max-hostgroup", str(group), "--max-retries", "1",
-                 "--host-timeout", NMAP_HOST_TIMEOUT, "--exclude-ports", excl]
+    args_list = [
+        "-sT",
+        "-Pn",
+        "-n",
+        "--max-parallelism",
+        str(parallel),
+        "--scan-delay",
+        delay,
+        "--min-hostgroup",
+        str(group),
+        "--max-hostgroup",
+        str(group),
+        "--max-retries",
+        "1",
+        "--host-timeout",
+        NMAP_HOST_TIMEOUT,
+        "--exclude-ports",
+        excl,
+    ]
     reasoning = (
         f"nmap 7.93: for a connect scan --max-parallelism caps connects in flight across the whole host "
         f"group, so it caps every device at {parallel} too (and the whole scan at {parallel}); --scan-delay "
@@ -361,6 +435,7 @@ def nmap_args(x: int | GroupScanSettings | Any, *, hosts: int | None = None) -> 
 
 # --- Nessus -----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NessusPolicy:
     """Nessus scan policy values (Settings > Advanced and Discovery > Port scanning)."""
@@ -380,28 +455,33 @@ class NessusPolicy:
         return {
             "max_checks_per_host": self.max_checks_per_host,
             "max_simultaneous_tcp_sessions_per_host": self.max_simultaneous_tcp_sessions_per_host,
-            "max_hosts_per_scan": self.max_hosts_per_scan, "network_timeout_s": self.network_timeout_s,
+            "max_hosts_per_scan": self.max_hosts_per_scan,
+            "network_timeout_s": self.network_timeout_s,
             "safe_checks": self.safe_checks,
             "stop_scanning_unresponsive_hosts": self.stop_scanning_unresponsive_hosts,
-            "port_scanner": self.port_scanner, "excluded_ports": self.excluded_ports,
+            "port_scanner": self.port_scanner,
+            "excluded_ports": self.excluded_ports,
             "notes": list(self.notes),
         }
 
     def text(self) -> str:
         """The values as the Nessus UI names them."""
         d = "default"
-        return "\n".join([
-            "Nessus policy:",
-            f"  Max simultaneous checks per host: {self.max_checks_per_host or d}",
-            f"  Max simultaneous TCP sessions per host: {self.max_simultaneous_tcp_sessions_per_host or d}",
-            f"  Max simultaneous hosts per scan: {self.max_hosts_per_scan or d}",
-            f"  Network timeout (seconds): {self.network_timeout_s or d}",
-            f"  Safe checks: {'on' if self.safe_checks else 'off'}",
-            "  Stop scanning hosts that become unresponsive during the scan: "
-            f"{'on' if self.stop_scanning_unresponsive_hosts else 'off'}",
-            f"  Port scanner: {self.port_scanner}; exclude ports {self.excluded_ports}",
-            *(f"  # {n}" for n in self.notes),
-        ])
+        return "\n".join(
+            [
+                "Nessus policy:",
+                f"  Max simultaneous checks per host: {self.max_checks_per_host or d}",
+                "  Max simultaneous TCP sessions per host: "
+                f"{self.max_simultaneous_tcp_sessions_per_host or d}",
+                f"  Max simultaneous hosts per scan: {self.max_hosts_per_scan or d}",
+                f"  Network timeout (seconds): {self.network_timeout_s or d}",
+                f"  Safe checks: {'on' if self.safe_checks else 'off'}",
+                "  Stop scanning hosts that become unresponsive during the scan: "
+                f"{'on' if self.stop_scanning_unresponsive_hosts else 'off'}",
+                f"  Port scanner: {self.port_scanner}; exclude ports {self.excluded_ports}",
+                *(f"  # {n}" for n in self.notes),
+            ]
+        )
 
 
 def nessus_policy(x: int | GroupScanSettings | Any) -> NessusPolicy:
@@ -414,13 +494,16 @@ def nessus_policy(x: int | GroupScanSettings | Any) -> NessusPolicy:
         max_simultaneous_tcp_sessions_per_host=s.sessions_per_host,
         max_hosts_per_scan=s.hosts_in_parallel,
         network_timeout_s=FRAGILE_TIMEOUT_S if s.fragile else None,
-        safe_checks=s.safe_checks, stop_scanning_unresponsive_hosts=s.stop_unresponsive,
+        safe_checks=s.safe_checks,
+        stop_scanning_unresponsive_hosts=s.stop_unresponsive,
         port_scanner="TCP (full connect), SYN scanner off" if s.fragile else "default",
-        excluded_ports=_port_exclusion(s.exclude_ports), notes=tuple(notes),
+        excluded_ports=_port_exclusion(s.exclude_ports),
+        notes=tuple(notes),
     )
 
 
 # --- Greenbone / OpenVAS ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpenVasSettings:
@@ -435,9 +518,14 @@ class OpenVasSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"max_checks": self.max_checks, "max_hosts": self.max_hosts, "safe_checks": self.safe_checks,
-                "max_vts_timeouts": self.max_vts_timeouts, "excluded_ports": self.excluded_ports,
-                "notes": list(self.notes)}
+        return {
+            "max_checks": self.max_checks,
+            "max_hosts": self.max_hosts,
+            "safe_checks": self.safe_checks,
+            "max_vts_timeouts": self.max_vts_timeouts,
+            "excluded_ports": self.excluded_ports,
+            "notes": list(self.notes),
+        }
 
     def text(self) -> str:
         """The values as scanner preferences (``name = value``)."""
@@ -457,17 +545,22 @@ def openvas_settings(x: int | GroupScanSettings | Any) -> OpenVasSettings:
     s = _as_settings(x)
     notes = ["exclude the printer ports by using a port list without them"]
     if s.fragile:
-        notes.append("max_checks is per host (concurrent VTs); each VT may open a session, so it gets the "
-                     "ceiling")
+        notes.append(
+            "max_checks is per host (concurrent VTs); each VT may open a session, so it gets the ceiling"
+        )
     notes[:0] = _common_notes(s)
     return OpenVasSettings(
-        max_checks=s.sessions_per_host, max_hosts=s.hosts_in_parallel, safe_checks=s.safe_checks,
-        max_vts_timeouts=3 if s.fragile else None, excluded_ports=_port_exclusion(s.exclude_ports),
+        max_checks=s.sessions_per_host,
+        max_hosts=s.hosts_in_parallel,
+        safe_checks=s.safe_checks,
+        max_vts_timeouts=3 if s.fragile else None,
+        excluded_ports=_port_exclusion(s.exclude_ports),
         notes=tuple(notes),
     )
 
 
 # --- Rapid7 InsightVM -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InsightVmTemplate:
@@ -482,26 +575,31 @@ class InsightVmTemplate:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"maximum_scan_processes_per_asset": self.maximum_scan_processes_per_asset,
-                "maximum_assets_in_parallel": self.maximum_assets_in_parallel,
-                "tcp_discovery_method": self.tcp_discovery_method,
-                "os_fingerprinting": self.os_fingerprinting,
-                "excluded_ports": self.excluded_ports, "notes": list(self.notes)}
+        return {
+            "maximum_scan_processes_per_asset": self.maximum_scan_processes_per_asset,
+            "maximum_assets_in_parallel": self.maximum_assets_in_parallel,
+            "tcp_discovery_method": self.tcp_discovery_method,
+            "os_fingerprinting": self.os_fingerprinting,
+            "excluded_ports": self.excluded_ports,
+            "notes": list(self.notes),
+        }
 
     def text(self) -> str:
         """The values as the template editor names them."""
         d = "default"
-        return "\n".join([
-            "Rapid7 InsightVM scan template:",
-            f"  Maximum scan processes simultaneously used for each asset: "
-            f"{self.maximum_scan_processes_per_asset or d}",
-            "  Maximum assets scanned simultaneously per Scan Engine: "
-            f"{self.maximum_assets_in_parallel or d}",
-            f"  TCP port discovery method: {self.tcp_discovery_method}",
-            f"  Fingerprint operating systems: {'yes' if self.os_fingerprinting else 'no'}",
-            f"  Excluded ports: {self.excluded_ports}",
-            *(f"  # {n}" for n in self.notes),
-        ])
+        return "\n".join(
+            [
+                "Rapid7 InsightVM scan template:",
+                f"  Maximum scan processes simultaneously used for each asset: "
+                f"{self.maximum_scan_processes_per_asset or d}",
+                "  Maximum assets scanned simultaneously per Scan Engine: "
+                f"{self.maximum_assets_in_parallel or d}",
+                f"  TCP port discovery method: {self.tcp_discovery_method}",
+                f"  Fingerprint operating systems: {'yes' if self.os_fingerprinting else 'no'}",
+                f"  Excluded ports: {self.excluded_ports}",
+                *(f"  # {n}" for n in self.notes),
+            ]
+        )
 
 
 def insightvm_template(x: int | GroupScanSettings | Any) -> InsightVmTemplate:
@@ -509,7 +607,10 @@ def insightvm_template(x: int | GroupScanSettings | Any) -> InsightVmTemplate:
     s = _as_settings(x)
     notes = _common_notes(s)
     return InsightVmTemplate(
-        maximum_scan_processes_per_asset=s.sessions_per_host, maximum_assets_in_parallel=s.hosts_in_parallel,
+        maximum_scan_processes_per_asset=s.sessions_per_host,
+        maximum_assets_in_parallel=s.hosts_in_parallel,
         tcp_discovery_method="Full connection" if s.fragile else "default",
-        os_fingerprinting=s.os_detection, excluded_ports=_port_exclusion(s.exclude_ports), notes=tuple(notes),
+        os_fingerprinting=s.os_detection,
+        excluded_ports=_port_exclusion(s.exclude_ports),
+        notes=tuple(notes),
     )

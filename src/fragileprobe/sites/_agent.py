@@ -93,8 +93,9 @@ class SiteAgent:
         lease_ttl_s: Lease lifetime without renewal.
     """
 
-    def __init__(self, *, site: str, scope: Scope, store: ProfileStore,
-                 lease_ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:  # fmt: skip
+    def __init__(
+        self, *, site: str, scope: Scope, store: ProfileStore, lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+    ) -> None:
         self.site = site
         self.scope = scope
         self.store = store
@@ -110,8 +111,10 @@ class SiteAgent:
             return "job has no host list"
         outside = [h for h in hosts if h not in self.scope]
         if outside:
-            return (f"{len(outside)} address(es) outside this agent's scope ({self.scope}), "
-                    f"e.g. {outside[0]}: refused, nothing sent")  # fmt: skip
+            return (
+                f"{len(outside)} address(es) outside this agent's scope ({self.scope}), "
+                f"e.g. {outside[0]}: refused, nothing sent"
+            )
         if job.get("kind") not in TASK_NAMES:
             return f"unknown job kind {job.get('kind')!r}"
         return None
@@ -144,16 +147,22 @@ class SiteAgent:
                 result = self._with_lease(job_id, done, lambda: self._health(job, grant.granted))
         except FragileProbeError as exc:
             bound.warning("sites.job_failed", error=str(exc))
-            self.ledger.finish(job_id, state="failed", error=str(exc), hosts_done=len(done),
-                               result={"busy": list(grant.busy), "held": list(grant.held)})  # fmt: skip
+            self.ledger.finish(
+                job_id,
+                state="failed",
+                error=str(exc),
+                hosts_done=len(done),
+                result={"busy": list(grant.busy), "held": list(grant.held)},
+            )
             return "failed"
         result = {**result, "busy": list(grant.busy), "held": list(grant.held)}
         self.ledger.finish(job_id, state="done", result=result, hosts_done=len(done))
         return "done"
 
     # --- the lease keeper -------------------------------------------------------------------------------
-    def _with_lease(self, job_id: str, done: list[str],
-                    work: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:  # fmt: skip
+    def _with_lease(
+        self, job_id: str, done: list[str], work: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
         ttl = self.lease_ttl_s
         interval = min(ttl / 3, PROGRESS_INTERVAL_S)
         outcome: dict[str, Any] = {}
@@ -206,12 +215,21 @@ class SiteAgent:
             done.append(event.host)
 
         report = await discover(
-            list(hosts), scope=self.scope, ports=p.ports, zones=zones, store=self.store,
-            per_host_sessions=p.per_host_sessions, rate_per_host=p.rate_per_host,
-            max_hosts_in_parallel=p.max_hosts_in_parallel, connect_timeout_s=p.connect_timeout_s,
-            banner_timeout_s=p.banner_timeout_s, unresponsive_after=p.unresponsive_after,
-            resume=bool(job.get("resume")), port_aliases=p.port_aliases, progress=progress,
-        )  # fmt: skip
+            list(hosts),
+            scope=self.scope,
+            ports=p.ports,
+            zones=zones,
+            store=self.store,
+            per_host_sessions=p.per_host_sessions,
+            rate_per_host=p.rate_per_host,
+            max_hosts_in_parallel=p.max_hosts_in_parallel,
+            connect_timeout_s=p.connect_timeout_s,
+            banner_timeout_s=p.banner_timeout_s,
+            unresponsive_after=p.unresponsive_after,
+            resume=bool(job.get("resume")),
+            port_aliases=p.port_aliases,
+            progress=progress,
+        )
         return {"report": report.to_dict()}
 
     async def _characterize(self, job: Mapping[str, Any], hosts: tuple[str, ...]) -> dict[str, Any]:
@@ -222,16 +240,29 @@ class SiteAgent:
         if not hosts:
             return {"characterization": None}
         p = dict(job["params"])
-        target = Target(hosts[0], ports=p.get("ports", PORT_SETS["pump"]),
-                        heartbeat=HttpHeartbeat(port=int(p.get("heartbeat_port", 8080))))  # fmt: skip
+        target = Target(
+            hosts[0],
+            ports=p.get("ports", PORT_SETS["pump"]),
+            heartbeat=HttpHeartbeat(port=int(p.get("heartbeat_port", 8080))),
+        )
         char = await characterize(
-            target, scope=self.scope, ladder=tuple(p.get("ladder", (1, 2, 5, 7, 10))),
-            dwell_s=float(p.get("dwell_s", 5.0)), trials=int(p.get("trials", 3)),
-            interval_s=float(p.get("interval_s", 1.0)), hold_s=float(p.get("hold_s", 0.5)),
-            store=self.store, resume=True, name=p.get("name"),
-        )  # fmt: skip
-        summary = {"run_id": char.run_id, "model_key": char.model_key, "safe_ceiling": char.safe_ceiling,
-                   "trials": len(char.trials)}  # fmt: skip
+            target,
+            scope=self.scope,
+            ladder=tuple(p.get("ladder", (1, 2, 5, 7, 10))),
+            dwell_s=float(p.get("dwell_s", 5.0)),
+            trials=int(p.get("trials", 3)),
+            interval_s=float(p.get("interval_s", 1.0)),
+            hold_s=float(p.get("hold_s", 0.5)),
+            store=self.store,
+            resume=True,
+            name=p.get("name"),
+        )
+        summary = {
+            "run_id": char.run_id,
+            "model_key": char.model_key,
+            "safe_ceiling": char.safe_ceiling,
+            "trials": len(char.trials),
+        }
         return {"characterization": summary}
 
     async def _health(self, job: Mapping[str, Any], hosts: tuple[str, ...]) -> dict[str, Any]:
@@ -275,14 +306,19 @@ def make_app(broker: str, *, agent: SiteAgent | None = None) -> Any:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,  # an agent reserves one job at a time: the others stay for its peers
         task_ignore_result=True,  # results live in the shared store, not in the broker
-        task_serializer="json", accept_content=["json"], result_serializer="json",
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
         broker_transport_options={"visibility_timeout": BROKER_VISIBILITY_TIMEOUT_S},
-        broker_connection_retry=True, broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # an agent outlives a broker restart: it reconnects
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_hijack_root_logger=False, worker_redirect_stdouts=False,
-        task_create_missing_queues=True, task_default_queue="fragileprobe.default",
-    )  # fmt: skip
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        task_create_missing_queues=True,
+        task_default_queue="fragileprobe.default",
+    )
     if agent is not None:
         for kind, name in TASK_NAMES.items():
             _register(app, agent, name, kind)
@@ -299,8 +335,15 @@ def _register(app: Any, agent: SiteAgent, name: str, kind: str) -> None:
     app.task(name=name, acks_late=True, reject_on_worker_lost=False, ignore_result=True)(task)
 
 
-def run_agent(*, site: str, broker: str, store: str, scope: Scope, lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
-              loglevel: str = "WARNING") -> None:  # fmt: skip
+def run_agent(
+    *,
+    site: str,
+    broker: str,
+    store: str,
+    scope: Scope,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+    loglevel: str = "WARNING",
+) -> None:
     """Run a site agent until it is stopped: one Celery worker (solo pool) on ``site``'s queue.
 
     Raises:
@@ -319,10 +362,19 @@ def run_agent(*, site: str, broker: str, store: str, scope: Scope, lease_ttl_s: 
     app = make_app(broker, agent=agent)
     log.info("sites.agent_started", site=site, queue=queue_for(site), owner=agent.owner, scope=str(scope))
     try:
-        app.worker_main([
-            "worker", "--pool=solo", "--concurrency=1", "-Q", queue_for(site),
-            "-n", f"{site}-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
-            f"--loglevel={loglevel}",
-        ])  # fmt: skip
+        app.worker_main(
+            [
+                "worker",
+                "--pool=solo",
+                "--concurrency=1",
+                "-Q",
+                queue_for(site),
+                "-n",
+                f"{site}-{os.getpid()}@%h",
+                "--without-mingle",
+                "--without-gossip",
+                f"--loglevel={loglevel}",
+            ]
+        )
     finally:
         db.close()

@@ -35,8 +35,16 @@ def agent_scope(*, site: str, scope: str | None, sites_file: Path | None) -> Any
     )
 
 
-def run_agent_command(*, site: str, broker: str, store: str, scope: str | None, sites_file: Path | None,
-                      lease_ttl_s: float, loglevel: str) -> None:  # fmt: skip
+def run_agent_command(
+    *,
+    site: str,
+    broker: str,
+    store: str,
+    scope: str | None,
+    sites_file: Path | None,
+    lease_ttl_s: float,
+    loglevel: str,
+) -> None:
     """Validate the agent's options, then run its worker until it is stopped."""
     import re
 
@@ -52,8 +60,14 @@ def run_agent_command(*, site: str, broker: str, store: str, scope: str | None, 
     if lease_ttl_s <= 0:
         raise ConfigError(f"--lease-ttl: must be positive, got {lease_ttl_s!r}")
     authorized = agent_scope(site=site, scope=scope, sites_file=sites_file)
-    run_agent(site=site, broker=broker, store=store, scope=authorized, lease_ttl_s=lease_ttl_s,
-              loglevel=loglevel.upper())  # fmt: skip
+    run_agent(
+        site=site,
+        broker=broker,
+        store=store,
+        scope=authorized,
+        lease_ttl_s=lease_ttl_s,
+        loglevel=loglevel.upper(),
+    )
 
 
 def discover_sites(sites_file: Path, *, progress: Any = None, timeout_s: float | None = None) -> SitesReport:

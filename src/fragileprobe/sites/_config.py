@@ -72,10 +72,20 @@ _SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _BROKER_SCHEMES: Final = ("redis://", "rediss://")
 _TOP_KEYS: Final = frozenset({"broker", "store", "discovery", "site"})
 _SITE_KEYS: Final = frozenset({"name", "networks", "targets", "zone"})
-_DISCOVERY_KEYS: Final = frozenset({
-    "ports", "rate_per_host", "per_host_sessions", "max_hosts_in_parallel", "connect_timeout_s",
-    "banner_timeout_s", "unresponsive_after", "shard_size", "lease_ttl_s", "port_aliases",
-})  # fmt: skip
+_DISCOVERY_KEYS: Final = frozenset(
+    {
+        "ports",
+        "rate_per_host",
+        "per_host_sessions",
+        "max_hosts_in_parallel",
+        "connect_timeout_s",
+        "banner_timeout_s",
+        "unresponsive_after",
+        "shard_size",
+        "lease_ttl_s",
+        "port_aliases",
+    }
+)
 
 
 def queue_for(site: str) -> str:
@@ -102,25 +112,29 @@ class DiscoveryParams:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (a job's payload)."""
         return {
-            "ports": list(self.ports), "rate_per_host": self.rate_per_host,
-            "per_host_sessions": self.per_host_sessions, "max_hosts_in_parallel": self.max_hosts_in_parallel,
-            "connect_timeout_s": self.connect_timeout_s, "banner_timeout_s": self.banner_timeout_s,
+            "ports": list(self.ports),
+            "rate_per_host": self.rate_per_host,
+            "per_host_sessions": self.per_host_sessions,
+            "max_hosts_in_parallel": self.max_hosts_in_parallel,
+            "connect_timeout_s": self.connect_timeout_s,
+            "banner_timeout_s": self.banner_timeout_s,
             "unresponsive_after": self.unresponsive_after,
             "port_aliases": {str(k): v for k, v in self.port_aliases.items()},
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DiscoveryParams:
         """Rebuild from :meth:`to_dict` (an agent reading a job)."""
         return cls(
-            ports=tuple(int(p) for p in data["ports"]), rate_per_host=float(data["rate_per_host"]),
+            ports=tuple(int(p) for p in data["ports"]),
+            rate_per_host=float(data["rate_per_host"]),
             per_host_sessions=int(data["per_host_sessions"]),
             max_hosts_in_parallel=int(data["max_hosts_in_parallel"]),
             connect_timeout_s=float(data["connect_timeout_s"]),
             banner_timeout_s=float(data["banner_timeout_s"]),
             unresponsive_after=int(data["unresponsive_after"]),
             port_aliases={int(k): int(v) for k, v in dict(data.get("port_aliases", {})).items()},
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +235,15 @@ class SitesConfig:
             raise ConfigError(f"{source}: needs at least one [[site]] table")
         sites = tuple(_site(e, i, source=source, text=text) for i, e in enumerate(entries))
         _check_distinct(sites, source=source)
-        return cls(broker=broker, store=store, sites=sites, discovery=disc, shard_size=shard_size,
-                   lease_ttl_s=ttl, source=source)  # fmt: skip
+        return cls(
+            broker=broker,
+            store=store,
+            sites=sites,
+            discovery=disc,
+            shard_size=shard_size,
+            lease_ttl_s=ttl,
+            source=source,
+        )
 
 
 def _url(data: Mapping[str, Any], key: str, schemes: Iterable[str], *, source: str, text: str) -> str:
@@ -236,14 +257,16 @@ def _url(data: Mapping[str, Any], key: str, schemes: Iterable[str], *, source: s
     return value
 
 
-def _number(section: Mapping[str, Any], key: str, default: float, *, integer: bool, source: str,
-            text: str) -> Any:  # fmt: skip
+def _number(
+    section: Mapping[str, Any], key: str, default: float, *, integer: bool, source: str, text: str
+) -> Any:
     value = section.get(key, default)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if not ok or (integer and not isinstance(value, int)):
         kind = "a positive integer" if integer else "a positive number"
-        raise ConfigError(f"{source}: [discovery] key {key!r}{_line_hint(text, key)} must be {kind}, "
-                          f"got {value!r}")  # fmt: skip
+        raise ConfigError(
+            f"{source}: [discovery] key {key!r}{_line_hint(text, key)} must be {kind}, got {value!r}"
+        )
     return value
 
 
@@ -264,8 +287,9 @@ def _discovery(section: Any, *, source: str, text: str) -> tuple[DiscoveryParams
     aliases: dict[int, int] = {}
     for bound, known in aliases_raw.items():
         if not str(bound).isdigit() or not isinstance(known, int) or not 0 < known < 65536:
-            raise ConfigError(f"{source}: [discovery] port_aliases: {bound!r} = {known!r} is not "
-                              "BOUND = WELLKNOWN (ports)")  # fmt: skip
+            raise ConfigError(
+                f"{source}: [discovery] port_aliases: {bound!r} = {known!r} is not BOUND = WELLKNOWN (ports)"
+            )
         aliases[int(bound)] = known
     kw = {"source": source, "text": text}
     params = DiscoveryParams(
@@ -309,8 +333,10 @@ def _site(entry: Any, index: int, *, source: str, text: str) -> Site:
     _check_keys(entry, _SITE_KEYS, where=where, source=source, text=text)
     name = entry.get("name")
     if not isinstance(name, str) or not _SITE_NAME.match(name):
-        raise ConfigError(f"{source}: {where}: key 'name' must be a lowercase slug (a-z, 0-9, '-', '_', at "
-                          f"most 40 characters), got {name!r}")  # fmt: skip
+        raise ConfigError(
+            f"{source}: {where}: key 'name' must be a lowercase slug (a-z, 0-9, '-', '_', at "
+            f"most 40 characters), got {name!r}"
+        )
     networks = _strings(entry, "networks", where, source=source, text=text)
     try:
         scope = Scope(networks, allow_large=True)

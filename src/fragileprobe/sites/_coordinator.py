@@ -101,30 +101,47 @@ class SitesReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {
-            "assets": list(self.assets), "groups": self.groups, "alerts": list(self.alerts),
-            "unresponsive": list(self.unresponsive), "new": list(self.new), "gone": list(self.gone),
-            "moved": list(self.moved), "hosts_scanned": self.hosts_scanned,
-            "hosts_resumed": self.hosts_resumed, "wall_time_s": self.wall_time_s, "scan_id": None,
-            "notes": list(self.notes), "params": dict(self.params), "icmp_only": [],
-            "batch_id": self.batch_id, "sites": {k: dict(v) for k, v in self.sites.items()},
-            "held": list(self.held), "unreached": list(self.unreached), "jobs": self.jobs,
+            "assets": list(self.assets),
+            "groups": self.groups,
+            "alerts": list(self.alerts),
+            "unresponsive": list(self.unresponsive),
+            "new": list(self.new),
+            "gone": list(self.gone),
+            "moved": list(self.moved),
+            "hosts_scanned": self.hosts_scanned,
+            "hosts_resumed": self.hosts_resumed,
+            "wall_time_s": self.wall_time_s,
+            "scan_id": None,
+            "notes": list(self.notes),
+            "params": dict(self.params),
+            "icmp_only": [],
+            "batch_id": self.batch_id,
+            "sites": {k: dict(v) for k, v in self.sites.items()},
+            "held": list(self.held),
+            "unreached": list(self.unreached),
+            "jobs": self.jobs,
             "lost_jobs": self.lost_jobs,
-        }  # fmt: skip
+        }
 
     def summary(self) -> str:
         """A few lines for people."""
-        lines = [f"discovery on {len(self.sites)} sites: {len(self.assets)} assets on "
-                 f"{self.hosts_scanned + self.hosts_resumed} addresses in {self.wall_time_s:.1f} s "
-                 f"({self.jobs} jobs, {self.lost_jobs} lost and resumed)"]  # fmt: skip
+        lines = [
+            f"discovery on {len(self.sites)} sites: {len(self.assets)} assets on "
+            f"{self.hosts_scanned + self.hosts_resumed} addresses in {self.wall_time_s:.1f} s "
+            f"({self.jobs} jobs, {self.lost_jobs} lost and resumed)"
+        ]
         for name, s in self.sites.items():
-            lines.append(f"  site {name}: {s['hosts_done']}/{s['hosts']} hosts, {s['assets']} assets, "
-                         f"{s['jobs']} jobs")  # fmt: skip
+            lines.append(
+                f"  site {name}: {s['hosts_done']}/{s['hosts']} hosts, {s['assets']} assets, {s['jobs']} jobs"
+            )
         for group, members in sorted(self.groups.items()):
             lines.append(f"  {group}: {len(members)}")
         if self.alerts:
             lines.append(f"alerts: {len(self.alerts)}")
-            lines.extend(f"  {a['host']} ({a.get('model')}) in zone {a.get('zone')} [{a.get('zone_kind')}]"
-                         for a in self.alerts)  # fmt: skip
+            lines.extend(
+                f"  {a['host']} ({a.get('model')}) in zone {a.get('zone')} [{a.get('zone_kind')}]"
+                for a in self.alerts
+            )
         if self.unresponsive:
             lines.append("stopped answering, left alone: " + ", ".join(u["host"] for u in self.unresponsive))
         if self.held:
@@ -155,10 +172,17 @@ class Coordinator:
         clock: Wall-clock seconds (the ledger's clock too).
     """
 
-    def __init__(self, config: SitesConfig, *, store: ProfileStore | None = None, app: Any = None,
-                 poll_s: float = DEFAULT_POLL_S, requeue_after_s: float = DEFAULT_REQUEUE_AFTER_S,
-                 busy_retry_s: float = BUSY_RETRY_S,
-                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: SitesConfig,
+        *,
+        store: ProfileStore | None = None,
+        app: Any = None,
+        poll_s: float = DEFAULT_POLL_S,
+        requeue_after_s: float = DEFAULT_REQUEUE_AFTER_S,
+        busy_retry_s: float = BUSY_RETRY_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         from fragileprobe._store import ProfileStore
 
         self.config = config
@@ -178,25 +202,54 @@ class Coordinator:
 
     # --- submitting -------------------------------------------------------------------------------------
     def _payload(self, job: JobRow) -> dict[str, Any]:
-        return {"job_id": job.job_id, "batch_id": job.batch_id, "site": job.site, "kind": job.kind,
-                "hosts": list(job.hosts), **dict(job.params)}  # fmt: skip
+        return {
+            "job_id": job.job_id,
+            "batch_id": job.batch_id,
+            "site": job.site,
+            "kind": job.kind,
+            "hosts": list(job.hosts),
+            **dict(job.params),
+        }
 
     def _publish(self, job: JobRow) -> None:
         self.app.send_task(
-            TASK_NAMES[job.kind], args=[self._payload(job)], queue=self.config.site(job.site).queue,
-            retry=True, retry_policy={"max_retries": PUBLISH_RETRIES, "interval_start": 0.5,
-                                      "interval_step": 0.5, "interval_max": 2.0},
-        )  # fmt: skip
+            TASK_NAMES[job.kind],
+            args=[self._payload(job)],
+            queue=self.config.site(job.site).queue,
+            retry=True,
+            retry_policy={
+                "max_retries": PUBLISH_RETRIES,
+                "interval_start": 0.5,
+                "interval_step": 0.5,
+                "interval_max": 2.0,
+            },
+        )
 
-    def submit(self, site: Site, kind: str, hosts: Iterable[str], *, batch_id: str,
-               params: Mapping[str, Any], resume: bool = False, attempt: int = 1) -> JobRow:  # fmt: skip
+    def submit(
+        self,
+        site: Site,
+        kind: str,
+        hosts: Iterable[str],
+        *,
+        batch_id: str,
+        params: Mapping[str, Any],
+        resume: bool = False,
+        attempt: int = 1,
+    ) -> JobRow:
         """Record one job in the store, then send its message to the site's queue."""
         extra = {"params": dict(params), "zones": site.zones_dict(), "resume": resume, "attempt": attempt}
-        job = self.ledger.submit(job_id=uuid.uuid4().hex, batch_id=batch_id, site=site.name, kind=kind,
-                                 hosts=hosts, params=extra)  # fmt: skip
+        job = self.ledger.submit(
+            job_id=uuid.uuid4().hex, batch_id=batch_id, site=site.name, kind=kind, hosts=hosts, params=extra
+        )
         self._publish(job)
-        log.info("sites.job_submitted", job_id=job.job_id, site=site.name, kind=kind, hosts=len(job.hosts),
-                 attempt=attempt)  # fmt: skip
+        log.info(
+            "sites.job_submitted",
+            job_id=job.job_id,
+            site=site.name,
+            kind=kind,
+            hosts=len(job.hosts),
+            attempt=attempt,
+        )
         return job
 
     def held(self) -> set[str]:
@@ -212,8 +265,9 @@ class Coordinator:
             out.extend((site, shard) for shard in shards(hosts, self.config.shard_size))
         return out
 
-    def discover(self, *, progress: Callable[[DiscoveryProgress], None] | None = None,
-                 timeout_s: float | None = None) -> SitesReport:  # fmt: skip
+    def discover(
+        self, *, progress: Callable[[DiscoveryProgress], None] | None = None, timeout_s: float | None = None
+    ) -> SitesReport:
         """Discover every site's targets through its agents; return one merged report.
 
         Raises:
@@ -235,9 +289,14 @@ class Coordinator:
         jobs = self.follow(batch_id, total=total, progress=progress, timeout_s=timeout_s)
         return self._report(batch_id, jobs, total=total, held=skipped_held, started=started)
 
-    def follow(self, batch_id: str, *, total: int,
-               progress: Callable[[DiscoveryProgress], None] | None = None,
-               timeout_s: float | None = None) -> list[JobRow]:  # fmt: skip
+    def follow(
+        self,
+        batch_id: str,
+        *,
+        total: int,
+        progress: Callable[[DiscoveryProgress], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[JobRow]:
         """Drive a batch to its end (the loop of the module docstring); return its jobs."""
         from fragileprobe._discovery import DiscoveryProgress
 
@@ -266,18 +325,24 @@ class Coordinator:
             alerts = sum(len(((j.result or {}).get("report") or {}).get("alerts", [])) for j in jobs)
             if progress is not None and (done, assets, alerts) != last:
                 last = (done, assets, alerts)
-                progress(DiscoveryProgress(hosts_done=done, hosts_total=total, assets_found=assets,
-                                           alerts=alerts, host=""))  # fmt: skip
+                progress(
+                    DiscoveryProgress(
+                        hosts_done=done, hosts_total=total, assets_found=assets, alerts=alerts, host=""
+                    )
+                )
             if not pending and all(j.terminal for j in jobs) and all(j.job_id in handled for j in jobs):
                 return jobs
             if deadline is not None and time.monotonic() > deadline:
                 running = sum(not j.terminal for j in jobs)
-                raise SiteJobError(f"batch {batch_id}: {running} jobs still running after {timeout_s:g} s; "
-                                   "finished hosts are in the store")  # fmt: skip
+                raise SiteJobError(
+                    f"batch {batch_id}: {running} jobs still running after {timeout_s:g} s; "
+                    "finished hosts are in the store"
+                )
             time.sleep(self.poll_s)
 
-    def _follow_up(self, job: JobRow, batch_id: str, retry_at: dict[str, float], handled: set[str],
-                   now: float) -> bool:  # fmt: skip
+    def _follow_up(
+        self, job: JobRow, batch_id: str, retry_at: dict[str, float], handled: set[str], now: float
+    ) -> bool:
         """Resubmit what a finished or lost discovery job left; True while the batch grew or must wait."""
         site = self.config.site(job.site)
         extra = dict(job.params)
@@ -288,21 +353,30 @@ class Coordinator:
         if job.state == "lost" and attempt < MAX_ATTEMPTS and f"lost:{job.job_id}" not in retry_at:
             retry_at[f"lost:{job.job_id}"] = now
             # Resume the rest: the same leased hosts, resume=True, so finished ones are skipped.
-            self.submit(site, "discover", job.hosts, batch_id=batch_id, params=extra["params"], resume=True,
-                        attempt=attempt + 1)  # fmt: skip
+            self.submit(
+                site,
+                "discover",
+                job.hosts,
+                batch_id=batch_id,
+                params=extra["params"],
+                resume=True,
+                attempt=attempt + 1,
+            )
             submitted = True
         if busy and attempt < MAX_ATTEMPTS:
             due = retry_at.setdefault(job.job_id, now + self.busy_retry_s * 2 ** (attempt - 1))
             if now < due:
                 return True
-            self.submit(site, "discover", busy, batch_id=batch_id, params=extra["params"],
-                        attempt=attempt + 1)  # fmt: skip
+            self.submit(
+                site, "discover", busy, batch_id=batch_id, params=extra["params"], attempt=attempt + 1
+            )
             submitted = True
         handled.add(job.job_id)
         return submitted
 
-    def _report(self, batch_id: str, jobs: list[JobRow], *, total: int, held: list[str],
-                started: float) -> SitesReport:  # fmt: skip
+    def _report(
+        self, batch_id: str, jobs: list[JobRow], *, total: int, held: list[str], started: float
+    ) -> SitesReport:
         assets: dict[str, dict[str, Any]] = {}
         alerts: dict[str, dict[str, Any]] = {}
         unresponsive: dict[str, dict[str, Any]] = {}
@@ -355,19 +429,29 @@ class Coordinator:
         unreached = tuple(h for h in everything if h not in covered and h not in held)
         key = _addr_key
         return SitesReport(
-            batch_id=batch_id, assets=tuple(sorted(assets.values(), key=lambda a: key(a["host"]))),
+            batch_id=batch_id,
+            assets=tuple(sorted(assets.values(), key=lambda a: key(a["host"]))),
             alerts=tuple(sorted(alerts.values(), key=lambda a: key(a["host"]))),
             unresponsive=tuple(sorted(unresponsive.values(), key=lambda a: key(a["host"]))),
-            new=tuple(sorted(new, key=key)), gone=tuple(sorted(gone, key=key)),
-            moved=tuple(sorted(moved.values(), key=lambda a: key(a["host"]))), hosts_scanned=scanned,
-            hosts_resumed=resumed, sites=per_site, held=tuple(sorted(held, key=key)), unreached=unreached,
-            jobs=len(jobs), lost_jobs=lost, wall_time_s=time.monotonic() - started, notes=tuple(notes),
+            new=tuple(sorted(new, key=key)),
+            gone=tuple(sorted(gone, key=key)),
+            moved=tuple(sorted(moved.values(), key=lambda a: key(a["host"]))),
+            hosts_scanned=scanned,
+            hosts_resumed=resumed,
+            sites=per_site,
+            held=tuple(sorted(held, key=key)),
+            unreached=unreached,
+            jobs=len(jobs),
+            lost_jobs=lost,
+            wall_time_s=time.monotonic() - started,
+            notes=tuple(notes),
             params=self.config.discovery.to_dict(),
-        )  # fmt: skip
+        )
 
     # --- one device -------------------------------------------------------------------------------------
-    def characterize(self, host: str, *, params: Mapping[str, Any] | None = None,
-                     timeout_s: float | None = None) -> JobRow:  # fmt: skip
+    def characterize(
+        self, host: str, *, params: Mapping[str, Any] | None = None, timeout_s: float | None = None
+    ) -> JobRow:
         """Characterize ``host`` on the site that owns it; wait for the job to end and return it.
 
         ``params``: ladder, dwell_s, trials, interval_s, hold_s, ports, heartbeat_port, name.
@@ -378,8 +462,10 @@ class Coordinator:
         """
         site = self._owner(host)
         if host in self.held():
-            raise DeviceHeldError(f"{host} is on hold (a characterization's agent was lost mid-run); "
-                                  "release it after checking the device, or run a health check")  # fmt: skip
+            raise DeviceHeldError(
+                f"{host} is on hold (a characterization's agent was lost mid-run); "
+                "release it after checking the device, or run a health check"
+            )
         job = self.submit(site, "characterize", [host], batch_id=uuid.uuid4().hex, params=dict(params or {}))
         end = self.wait(job.job_id, timeout_s=timeout_s)
         if end.state != "done":
@@ -390,12 +476,15 @@ class Coordinator:
         if host in result.get("held", []):
             raise DeviceHeldError(f"{host} went on hold before the job could lease it; nothing sent")
         if host in result.get("busy", []):
-            raise SiteJobError(f"{host} is leased to another job (a discovery or characterization running "
-                               "now); nothing sent, try again when it has finished")  # fmt: skip
+            raise SiteJobError(
+                f"{host} is leased to another job (a discovery or characterization running "
+                "now); nothing sent, try again when it has finished"
+            )
         return end
 
-    def check_health(self, host: str, *, params: Mapping[str, Any] | None = None,
-                     timeout_s: float | None = None) -> bool:  # fmt: skip
+    def check_health(
+        self, host: str, *, params: Mapping[str, Any] | None = None, timeout_s: float | None = None
+    ) -> bool:
         """Ask the owning site to heartbeat a held device; True if healthy beats released it."""
         site = self._owner(host)
         job = self.submit(site, "health", [host], batch_id=uuid.uuid4().hex, params=dict(params or {}))

@@ -123,8 +123,16 @@ class Ledger:
         self.clock = clock
 
     # --- jobs -------------------------------------------------------------------------------------------
-    def submit(self, *, job_id: str, batch_id: str, site: str, kind: str, hosts: Iterable[str],
-               params: Mapping[str, Any]) -> JobRow:  # fmt: skip
+    def submit(
+        self,
+        *,
+        job_id: str,
+        batch_id: str,
+        site: str,
+        kind: str,
+        hosts: Iterable[str],
+        params: Mapping[str, Any],
+    ) -> JobRow:
         """Record a job as queued (before its message is sent, so the broker can never run an unknown job)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -166,9 +174,12 @@ class Ledger:
         with self.store.db.write() as conn:
             conn.execute(
                 "UPDATE site_jobs SET hosts_json = ?, result_json = ? WHERE job_id = ?",
-                (json.dumps(list(grant.granted)),
-                 json.dumps({"busy": list(grant.busy), "held": list(grant.held)}), job_id),
-            )  # fmt: skip
+                (
+                    json.dumps(list(grant.granted)),
+                    json.dumps({"busy": list(grant.busy), "held": list(grant.held)}),
+                    job_id,
+                ),
+            )
 
     def progress(self, job_id: str, *, hosts_done: int, ttl_s: float) -> None:
         """Renew the job's and its leases' expiry and record how many hosts it has finished."""
@@ -181,8 +192,15 @@ class Ledger:
             )
             conn.execute("UPDATE leases SET expires_at_s = ? WHERE job_id = ?", (now + ttl_s, job_id))
 
-    def finish(self, job_id: str, *, state: str, result: Any = None, error: str | None = None,
-               hosts_done: int | None = None) -> None:  # fmt: skip
+    def finish(
+        self,
+        job_id: str,
+        *,
+        state: str,
+        result: Any = None,
+        error: str | None = None,
+        hosts_done: int | None = None,
+    ) -> None:
         """Record a job's end (done, failed or refused) and release every lease it holds, in one go."""
         if state not in TERMINAL:
             raise ValueError(f"state must be one of {sorted(TERMINAL)}, got {state!r}")
@@ -190,17 +208,25 @@ class Ledger:
             conn.execute(
                 "UPDATE site_jobs SET state = ?, finished_at_s = ?, result_json = ?, error = ?, "
                 "hosts_done = COALESCE(?, hosts_done) WHERE job_id = ? AND state IN ('queued', 'started')",
-                (state, self.clock(), json.dumps(result) if result is not None else None, error, hosts_done,
-                 job_id),
-            )  # fmt: skip
+                (
+                    state,
+                    self.clock(),
+                    json.dumps(result) if result is not None else None,
+                    error,
+                    hosts_done,
+                    job_id,
+                ),
+            )
             conn.execute("DELETE FROM leases WHERE job_id = ?", (job_id,))
         log.info("sites.job_finished", job_id=job_id, state=state, error=error)
 
     def republish_due(self, job_id: str) -> None:
         """Note that a queued job's message was sent again (resets its submitted time)."""
         with self.store.db.write() as conn:
-            conn.execute("UPDATE site_jobs SET submitted_at_s = ? WHERE job_id = ? AND state = 'queued'",
-                         (self.clock(), job_id))  # fmt: skip
+            conn.execute(
+                "UPDATE site_jobs SET submitted_at_s = ? WHERE job_id = ? AND state = 'queued'",
+                (self.clock(), job_id),
+            )
 
     def job(self, job_id: str) -> JobRow | None:
         """One job, or None."""
@@ -221,8 +247,9 @@ class Ledger:
         return [_job(r) for r in rows]
 
     # --- leases -----------------------------------------------------------------------------------------
-    def acquire(self, devices: Iterable[str], *, job_id: str, owner: str, kind: str,
-                ttl_s: float) -> LeaseGrant:  # fmt: skip
+    def acquire(
+        self, devices: Iterable[str], *, job_id: str, owner: str, kind: str, ttl_s: float
+    ) -> LeaseGrant:
         """Lease every free device to ``job_id`` at once; report the busy and the held ones."""
         now = self.clock()
         granted: list[str] = []
@@ -293,13 +320,24 @@ class Ledger:
                         conn.execute(
                             "INSERT INTO device_holds(device, job_id, reason, held_at_s) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT (device) DO NOTHING",
-                            (device, job.job_id, f"agent {job.owner} was lost mid-characterization "
-                             f"(job {job.job_id}); the device may have crashed", now),
-                        )  # fmt: skip
+                            (
+                                device,
+                                job.job_id,
+                                f"agent {job.owner} was lost mid-characterization "
+                                f"(job {job.job_id}); the device may have crashed",
+                                now,
+                            ),
+                        )
                 lost.append(job)
         for job in lost:
-            log.warning("sites.job_lost", job_id=job.job_id, site=job.site, kind=job.kind, owner=job.owner,
-                        hosts_done=job.hosts_done)  # fmt: skip
+            log.warning(
+                "sites.job_lost",
+                job_id=job.job_id,
+                site=job.site,
+                kind=job.kind,
+                owner=job.owner,
+                hosts_done=job.hosts_done,
+            )
         return lost
 
     def holds(self) -> list[Hold]:

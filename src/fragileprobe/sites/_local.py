@@ -98,9 +98,25 @@ class LocalRedis:
 
     def start(self) -> Self:
         """Start the server and wait until it accepts connections."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
-                "--protected-mode", "yes", "--logfile", str(self.dir / "redis.log")]  # fmt: skip
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, self._proc, "redis-server", time.monotonic() + START_TIMEOUT_S)
         return self
@@ -131,8 +147,9 @@ class LocalRedis:
 def _pg_bindir() -> str:
     explicit = os.environ.get("FRAGILEPROBE_PG_BIN")
     candidates = [explicit] if explicit else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]),
-                         reverse=True)  # fmt: skip
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
+    )
     for c in candidates:
         if c and os.path.exists(os.path.join(c, "initdb")):
             return c
@@ -196,12 +213,37 @@ class LocalPostgres:
     def start(self) -> Self:
         """initdb (once), start the postmaster, wait until it accepts connections."""
         if not self._initialized:
-            self._run([os.path.join(self.bindir, "initdb"), "-D", str(self.data), "-U", self.user,
-                       "--auth=trust", "--locale=C", "-E", "UTF8", "--no-sync"])  # fmt: skip
+            self._run(
+                [
+                    os.path.join(self.bindir, "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    self.user,
+                    "--auth=trust",
+                    "--locale=C",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            )
             self._initialized = True
-        args = [*self._prefix, os.path.join(self.bindir, "postgres"), "-D", str(self.data),
-                "-p", str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
-                "-c", "max_connections=200", "-c", "shared_buffers=16MB"]  # fmt: skip
+        args = [
+            *self._prefix,
+            os.path.join(self.bindir, "postgres"),
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.dir),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "shared_buffers=16MB",
+        ]
         log = (self.dir / "postgres.log").open("ab")
         self._proc = subprocess.Popen(args, stdout=log, stderr=log)
         log.close()
