@@ -787,3 +787,14 @@ def test_preemptions_end_only_the_waiting_clients_own_idle_sessions(
         idle = sum(1 for c, last in relaying if c == client and now - last >= after)
         mine = sum(1 for i in chosen if relaying[i][0] == client)
         assert mine == min(idle, eligible.count(client))
+
+
+def test_the_cli_medical_ceiling_default_is_the_library_default() -> None:
+    """`fragileprobe shield` and `Shield()` give an unknown medical device the same ceiling: two sessions on
+    the device, so the watchdog's heartbeat runs beside one relayed session (at 1 it could not run)."""
+    import inspect
+
+    from fragileprobe import cli
+    from fragileprobe._shield import MEDICAL_CEILING
+
+    assert inspect.signature(cli.shield).parameters["medical_ceiling"].default == MEDICAL_CEILING == 2

@@ -1571,7 +1571,8 @@ Point any scanner's SOCKS5 proxy at it, or run the tool behind it with --exec (p
       --max-hostgroup 1 10.20.0.0/24
 
 Every CONNECT must be an IP literal in --scope; each destination host gets at most its ceiling of sessions
-(its model's stored ceiling, 1 for unknown medical devices, --default-ceiling otherwise); a device that fails
+(its model's stored ceiling, 2 for unknown medical devices: one relayed session beside the heartbeat,
+--default-ceiling otherwise); a device that fails
 its heartbeat is tripped: its sessions are closed, new ones refused, an alert raised. Listens on loopback
 unless --listen says otherwise, which then needs --user and --allow-client. As operator release
 (--release operator), send SIGUSR1 to release every tripped device. Sessions and trips go to --store."""
@@ -1608,7 +1609,12 @@ def shield(
         Path | None, typer.Option(help="Profile store: ceilings and inventory in, sessions and trips out.")
     ] = None,
     default_ceiling: Annotated[int, typer.Option(help="Ceiling of hosts not known to be fragile.")] = 4,
-    medical_ceiling: Annotated[int, typer.Option(help="Ceiling of medical devices of unknown models.")] = 1,
+    medical_ceiling: Annotated[
+        int,
+        typer.Option(
+            help="Ceiling of medical devices of unknown models (2: one relayed session and the heartbeat)."
+        ),
+    ] = 2,  # _shield.MEDICAL_CEILING (not imported: the CLI starts fast; a test checks)
     ceiling: Annotated[
         list[str] | None, typer.Option(help="HOST=N: a ceiling for one host (0 refuses it; repeatable).")
     ] = None,
