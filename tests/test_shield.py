@@ -798,3 +798,31 @@ def test_the_cli_medical_ceiling_default_is_the_library_default() -> None:
     from fragileprobe._shield import MEDICAL_CEILING
 
     assert inspect.signature(cli.shield).parameters["medical_ceiling"].default == MEDICAL_CEILING == 2
+
+
+async def test_a_session_still_relaying_when_the_shield_closes_is_audited_as_relayed(
+    loopback_host: str, tmp_path: Path
+) -> None:
+    """`--exec` closes the shield the moment the tool exits, while the tool's last sessions may still be
+    relaying: their record says what the client saw (reply 0, relayed) and that the shield closed them."""
+    store = ProfileStore(tmp_path / "s.db")
+    async with fragile_box(loopback_host, hang_at=99) as box:
+        shield = fp.Shield(
+            scope=fp.Scope(loopback_host),
+            listen_port=0,
+            store=store,
+            default_ceiling=2,
+            heartbeats={loopback_host: _heartbeat(box)},
+            **BEAT,
+        )
+        async with shield:
+            stream = await _socks(shield, loopback_host, box.echo_port)
+            await stream.send(b"ping\n")
+            with anyio.fail_after(5):
+                assert await stream.receive() == b"ping\n"
+            # the shield closes with the session open (no _settle: nothing waits for it to end)
+        await stream.aclose()
+    rows = store.shield_sessions(loopback_host)
+    assert [(r["reply"], r["outcome"], r["port"]) for r in rows] == [(0, "shield_closed", box.echo_port)]
+    assert rows[0]["bytes_up"] == rows[0]["bytes_down"] == 5
+    store.close()

@@ -400,7 +400,7 @@ class _Host:
 class _Counters:
     """One session's relay state: byte counts, last activity, and what preemption needs (who, since when)."""
 
-    __slots__ = ("client", "down", "eof", "last", "outcome", "relay", "up", "waiting_since")
+    __slots__ = ("client", "down", "eof", "last", "outcome", "relay", "replied", "up", "waiting_since")
 
     def __init__(self, client: str) -> None:
         self.client = client  # the client's address and login: whose idle session may be preempted
@@ -411,6 +411,7 @@ class _Counters:
         self.outcome = SessionOutcome.RELAYED
         self.waiting_since: float | None = None  # set while waiting for a slot and connecting
         self.relay: anyio.CancelScope | None = None  # set while relaying
+        self.replied: Reply | None = None  # the reply the client was sent, once it was sent
 
     def count(self, way: _Way, n: int) -> None:
         if way.upstream:
@@ -1011,7 +1012,10 @@ class Shield:
             outcome, reply, waited_s = await self._open_and_relay(client, machine, entry, port, t0, counters)
         except anyio.get_cancelled_exc_class():
             # The shield is closing: the session still gets its record (synchronously: nothing may await).
-            self._record_now(record(SessionOutcome.SHIELD_CLOSED, None, anyio.current_time() - t0))
+            # Its reply is the one the client saw: a session relayed until the close was a relayed session
+            # (nmap counted its port open), so the audit says 0 (succeeded), not "no reply".
+            waited = anyio.current_time() - t0
+            self._record_now(record(SessionOutcome.SHIELD_CLOSED, counters.replied, waited))
             raise
         finally:
             entry.sessions -= 1
@@ -1076,6 +1080,7 @@ class Shield:
         local = device.extra(SocketAttribute.local_address)
         try:
             await client.send(machine.reply(Reply.SUCCEEDED, str(local[0]), int(local[1])))
+            counters.replied = Reply.SUCCEEDED
         except OSError:
             return SessionOutcome.CLIENT_RESET
         device.send_timeout_s = self._idle_timeout_s
