@@ -826,3 +826,31 @@ async def test_a_session_still_relaying_when_the_shield_closes_is_audited_as_rel
     assert [(r["reply"], r["outcome"], r["port"]) for r in rows] == [(0, "shield_closed", box.echo_port)]
     assert rows[0]["bytes_up"] == rows[0]["bytes_down"] == 5
     store.close()
+
+
+async def test_wait_idle_returns_once_the_clients_sessions_have_ended_on_the_shields_side(
+    loopback_host: str, tmp_path: Path
+) -> None:
+    """What `--exec` does once the tool exited: the session then ends as its client ended it (relayed)."""
+    store = ProfileStore(tmp_path / "s.db")
+    async with fragile_box(loopback_host, hang_at=99) as box:
+        shield = fp.Shield(
+            scope=fp.Scope(loopback_host),
+            listen_port=0,
+            store=store,
+            default_ceiling=2,
+            heartbeats={loopback_host: _heartbeat(box)},
+            **BEAT,
+        )
+        async with shield:
+            assert await shield.wait_idle(0) is True
+            stream = await _socks(shield, loopback_host, box.echo_port)
+            await stream.send(b"ping\n")
+            with anyio.fail_after(5):
+                assert await stream.receive() == b"ping\n"
+            assert await shield.wait_idle(0.2) is False
+            await stream.aclose()
+            assert await shield.wait_idle(5) is True
+    rows = store.shield_sessions(loopback_host)
+    assert [(r["reply"], r["outcome"]) for r in rows] == [(0, "relayed")]
+    store.close()

@@ -630,6 +630,8 @@ class Shield:
         self._audit_receive: Any = None
         self._closed = anyio.Event()
         self._active = 0
+        self._idle = anyio.Event()  # set while no client is connected (a new one each time one connects)
+        self._idle.set()
         self._n = {
             "clients_refused": 0,
             "auth_failures": 0,
@@ -724,6 +726,17 @@ class Shield:
     async def wait_closed(self) -> None:
         """Wait until the shield is closed (run it until cancelled: ``await shield.wait_closed()``)."""
         await self._closed.wait()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, until no client session is open on the shield's side; True if so.
+
+        Closing the shield ends the sessions still open (audited ``shield_closed``); a caller that knows
+        its clients are done (``--exec`` once the tool exited) waits here first, so each session ends as
+        the client ended it.
+        """
+        with anyio.move_on_after(_validate.non_negative("timeout_s", timeout_s)):
+            await self._idle.wait()
+        return self._idle.is_set()
 
     def _load_inventory(self, store: ProfileStore) -> None:
         from fragileprobe._fingerprint import model_key_digest
@@ -861,10 +874,14 @@ class Shield:
                 )
                 return
             self._active += 1
+            if self._idle.is_set():
+                self._idle = anyio.Event()
             try:
                 await self._serve_client(client, peer)
             finally:
                 self._active -= 1
+                if self._active == 0:
+                    self._idle.set()
         finally:
             conn.close()
 
@@ -1439,6 +1456,10 @@ PROXYCHAINS: Final = "proxychains4"
 # proxychains-ng waits this much longer than the shield's own bound (slot wait + connect) for our reply, so
 # the tool always hears the shield's answer instead of proxychains giving up first.
 PROXYCHAINS_READ_MARGIN_S: Final = 2.0
+# After the tool run by --exec exits: how long the shield waits for the sessions it still holds to see their
+# client's close (milliseconds on loopback; a session the device is slow to let go of is not waited for,
+# the Guard's ledger lingers it in the background either way).
+EXEC_DRAIN_S: Final = 2.0
 # nmap scan types and options that send raw packets: proxychains hooks only connect(), so these would go
 # straight to the device, past the ceiling and the watchdog.
 _NMAP_RAW_SCANS: Final = frozenset("SUAWMNFXYZOI")
@@ -1581,4 +1602,7 @@ async def run_behind(
         cmd = [binary, "-q", "-f", conf, *argv]
         log.info("shield.exec", command=list(argv), proxy=_hostport(host, port))
         proc = await anyio.run_process(cmd, check=False, stdin=None, stdout=None, stderr=None)
-        return proc.returncode
+    # The tool has exited, so the kernel has closed every socket it had; let the shield see those closes
+    # before it is closed, so the tool's last sessions end as the tool ended them, not cut by the shield.
+    await shield.wait_idle(EXEC_DRAIN_S)
+    return proc.returncode
