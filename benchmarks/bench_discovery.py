@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 import structlog
 
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._groups import Zone, Zones
 from fragileprobe._scope import Scope
 from fragileprobe.emulator import MODELS, DeviceState, Fleet

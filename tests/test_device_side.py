@@ -554,7 +554,7 @@ def test_discovery_never_holds_more_than_per_host_sessions_on_any_device(
     """Discovery's per-host limit is the device's count too: late greeters and slow pollers (which notice
     our close only at their next read, within discovery's linger) never hold more than ``per_host_sessions``
     of our sessions, whatever the banner timeouts cut short."""
-    from fragileprobe._discovery import discover
+    from fragileprobe._discovery_run import discover
 
     addresses = [f"127.0.0.{50 + i}" for i in range(len(hosts))]
 

@@ -12,7 +12,8 @@ import anyio.abc
 import pytest
 
 from fragileprobe import ConfigError, ScopeError
-from fragileprobe._discovery import DiscoveryProgress, DiscoveryReport, discover
+from fragileprobe._discovery import DiscoveryProgress, DiscoveryReport
+from fragileprobe._discovery_run import discover
 from fragileprobe._groups import Zone, Zones
 from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
 from fragileprobe._raw import raw_available

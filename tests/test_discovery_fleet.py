@@ -12,7 +12,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._fingerprint import model_key
 from fragileprobe._groups import Zone, Zones
 from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult

@@ -13,7 +13,7 @@ import anyio.abc
 import pytest
 
 from _support.netbed import LiveHost, NetBed, netbed_available
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._scope import Scope
 
 if TYPE_CHECKING:

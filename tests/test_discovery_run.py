@@ -11,7 +11,8 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from fragileprobe import DiscoverySettings, Scope
-from fragileprobe._discovery import DiscoveryProgress, DiscoveryReport, discover
+from fragileprobe._discovery import DiscoveryProgress, DiscoveryReport
+from fragileprobe._discovery_run import discover
 from fragileprobe.testing import DeviceSocket, FakeNetwork, http_ok, run_virtual
 
 LIVE = "127.0.0.60"

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import fragileprobe
 from fragileprobe import ConfigError
-from fragileprobe._discovery import DEFAULT_DISCOVERY_PORTS, discover
+from fragileprobe._discovery import DEFAULT_DISCOVERY_PORTS
+from fragileprobe._discovery_run import discover
 from fragileprobe._discovery_settings import DiscoveryOptions, DiscoverySettings, port_spec_text
 from fragileprobe._scope import parse_ports
 

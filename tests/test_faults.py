@@ -25,7 +25,7 @@ from _support.procs import Child
 from _support.timings import FAST_CHARACTERIZE
 from fragileprobe import ConfigError, DeviceDownError, Guard, HttpHeartbeat, RecoveryError, Scope, Target
 from fragileprobe._characterize import characterize
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._recovery import emulator_recovery
 from fragileprobe._store import ProfileStore
 from fragileprobe.emulator import DeviceState, EmulatedDevice

@@ -28,17 +28,17 @@ from fragileprobe._fingerprint import (
     parse_http_response,
     strip_telnet_negotiation,
 )
+from fragileprobe._http import HTTP_CHUNK_OVERHEAD_MAX_BYTES
+from fragileprobe._http import ProtocolViolation as _ProtocolViolation
+from fragileprobe._http import decode_chunked as _decode_chunked
+from fragileprobe._http import parse_head as _parse_head
 from fragileprobe._probes import (
     BANNER_MAX_BYTES,
-    HTTP_CHUNK_OVERHEAD_MAX_BYTES,
     HTTP_MAX_HEAD_BYTES,
     HTTP_MAX_HEADERS,
     Outcome,
     ProbeResult,
     _banner_complete,
-    _decode_chunked,
-    _parse_head,
-    _ProtocolViolation,
     _read_response,
     grab_banner,
     http_get,

@@ -38,7 +38,7 @@ from fragileprobe import (
     tcp_connect,
 )
 from fragileprobe._characterize import characterize
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._recovery import emulator_recovery
 from fragileprobe._sessions import DISCOVERY_LINGER_S
 from fragileprobe._store import ProfileStore

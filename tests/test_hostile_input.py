@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 
 from conftest import allocate_loopback
 from fragileprobe import ConfigError, ScopeError, StoreError
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._groups import Alert, WebhookAlertSink, Zone, Zones
 from fragileprobe._heartbeat import HttpHeartbeat
 from fragileprobe._probes import Outcome, http_get

@@ -28,14 +28,14 @@ from fragileprobe import (
     http_get,
     tcp_connect,
 )
+from fragileprobe._http import ProtocolViolation as _ProtocolViolation
+from fragileprobe._http import decode_chunked as _decode_chunked
+from fragileprobe._http import parse_head as _parse_head
 from fragileprobe._probes import (
     BANNER_MAX_BYTES,
     CLOSE_WAIT_S,
     HTTP_MAX_HEAD_BYTES,
     HTTP_MAX_HEADERS,
-    _decode_chunked,
-    _parse_head,
-    _ProtocolViolation,
     open_stream,
 )
 

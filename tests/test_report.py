@@ -17,7 +17,7 @@ import fragileprobe as fp
 from conftest import allocate_loopback
 from fragileprobe import _report
 from fragileprobe._characterize import characterize
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._groups import Zone, Zones
 from fragileprobe._recovery import emulator_recovery
 from fragileprobe.emulator import EmulatedPump, Fleet

@@ -38,7 +38,7 @@ from fragileprobe import (
     Target,
 )
 from fragileprobe._characterize import characterize
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe.emulator import EmulatedDevice, EmulatedPump
 
 if TYPE_CHECKING:

@@ -290,7 +290,7 @@ async def test_snmp_sysdescr_from_a_real_net_snmp_agent(loopback_host: str) -> N
 async def test_discovery_sends_one_snmp_request_and_uses_the_answer(loopback_host: str) -> None:
     """A live host with an SNMP agent on 161: discovery's asset carries the agent's sysDescr as a UDP
     service, and the OS guess uses it."""
-    from fragileprobe._discovery import discover
+    from fragileprobe._discovery_run import discover
     from fragileprobe._scope import Scope
     from fragileprobe.emulator import EmulatedDevice
 

@@ -508,7 +508,7 @@ class _Scene:
         return self.ward[0][0]
 
     async def discover(self, hosts: list[str], store: ProfileStore) -> DiscoveryReport:
-        from fragileprobe._discovery import discover
+        from fragileprobe._discovery_run import discover
 
         return await discover(
             hosts,

@@ -1,6 +1,8 @@
-"""discover(): a slow, gentle discovery scan that sorts every host into asset groups.
+"""Discovery's records and constants; the scan itself is ``discover()`` of :mod:`fragileprobe._discovery_run`
+(its decisions in :mod:`fragileprobe._discovery_policy`, its settings in
+:mod:`fragileprobe._discovery_settings`).
 
-What it does to each host, and why:
+What discovery does to each host, and why:
 
 * Full TCP connects only (the probes module never sends a half-open SYN nor OS-detection packets).
 * Every limit is per host: a :class:`~fragileprobe.ConcurrencyLimiter` per host caps the sessions held at
@@ -62,11 +64,8 @@ __all__ = [
     "Asset",
     "DiscoveryProgress",
     "DiscoveryReport",
-    "DiscoverySettings",
     "Move",
     "Unresponsive",
-    "discover",
-    "discover_sync",
 ]
 
 log = structlog.get_logger(__name__)
@@ -429,32 +428,3 @@ _REPORTS: Final = codec.Codec(
     resolve=_resolve_groups,
     localns={"Mapping": collections.abc.Mapping},
 )
-
-
-# --- moved: the settings, the policy and the executor -------------------------------------------------------
-# The driver lives in _discovery_run (the executor) and _discovery_policy (its decisions, pure); the settings
-# in _discovery_settings. They import the records above, so they load lazily from here (PEP 562): importing
-# them at the top would be an import cycle.
-_MOVED: Final = {
-    "DiscoverySettings": "fragileprobe._discovery_settings",
-    "auto_hosts_in_parallel": "fragileprobe._discovery_run",
-    "discover": "fragileprobe._discovery_run",
-    "discover_sync": "fragileprobe._discovery_run",
-}
-
-if TYPE_CHECKING:  # pragma: no cover - the lazily loaded names, for type checkers and IDEs
-    from fragileprobe._discovery_run import auto_hosts_in_parallel as auto_hosts_in_parallel
-    from fragileprobe._discovery_run import discover as discover
-    from fragileprobe._discovery_run import discover_sync as discover_sync
-    from fragileprobe._discovery_settings import DiscoverySettings as DiscoverySettings
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value

@@ -49,17 +49,6 @@ from fragileprobe._http import (
     HTTP_MAX_HEADERS,
     ResponseParser,
 )
-
-# Names that lived in this module before the split, still importable from here (tests and other modules
-# import them; new code imports them from fragileprobe._http).
-from fragileprobe._http import HTTP_CHUNK_LINE_MAX_BYTES as HTTP_CHUNK_LINE_MAX_BYTES
-from fragileprobe._http import HTTP_CHUNK_OVERHEAD_MAX_BYTES as HTTP_CHUNK_OVERHEAD_MAX_BYTES
-from fragileprobe._http import TITLE_MAX_CHARS as _TITLE_MAX_CHARS  # noqa: F401
-from fragileprobe._http import ProtocolViolation as _ProtocolViolation  # noqa: F401
-from fragileprobe._http import decode_chunked as _decode_chunked  # noqa: F401
-from fragileprobe._http import find_head_end as _find_head_end  # noqa: F401
-from fragileprobe._http import parse_head as _parse_head  # noqa: F401
-from fragileprobe._http import title as _title  # noqa: F401
 from fragileprobe._net import DEFAULT_NETWORK, HeldSession, linger_close
 from fragileprobe._results import HttpResult, Outcome, Phase, ProbeKind, ProbeResult
 from fragileprobe._translate import Operation, describe, hostport, probe_error, translate

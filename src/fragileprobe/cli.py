@@ -1010,7 +1010,7 @@ def _run_discovery(
     store: Path,
 ) -> tuple[DiscoveryReport, dict[str, GroupScanSettings]]:
     """Run the discovery (Ctrl-C: the resume command, exit 130); its report and the settings per group."""
-    from fragileprobe._discovery import discover as run_discover
+    from fragileprobe._discovery_run import discover as run_discover
     from fragileprobe._report import discovery_settings
 
     db = inputs.store

@@ -18,7 +18,7 @@ DISCOVERY_DRIVER = textwrap.dedent(
     import json, logging, sys
     import anyio, structlog
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    from fragileprobe._discovery import discover
+    from fragileprobe._discovery_run import discover
     from fragileprobe._scope import Scope
     from fragileprobe._store import ProfileStore
     from fragileprobe.emulator import Fleet

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import structlog
 
-from fragileprobe._discovery import discover
+from fragileprobe._discovery_run import discover
 from fragileprobe._scope import Scope
 
 

@@ -202,7 +202,7 @@ class SiteAgent:
     async def _discover(
         self, job: Mapping[str, Any], hosts: tuple[str, ...], done: list[str]
     ) -> dict[str, Any]:
-        from fragileprobe._discovery import discover
+        from fragileprobe._discovery_run import discover
         from fragileprobe._groups import Zones
 
         if not hosts:
