@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from fragileprobe import StoreError
 from fragileprobe._db import pg_ddl, pg_sql
 from fragileprobe._profile import Characterization, LevelOutcome, LevelResult, TrialResult
-from fragileprobe._store import _MIGRATIONS, SCHEMA_VERSION, ProfileStore
+from fragileprobe._schema import MIGRATIONS as _MIGRATIONS
+from fragileprobe._store import SCHEMA_VERSION, ProfileStore
 
 
 def _trial(index: int, fails_at: int) -> TrialResult:

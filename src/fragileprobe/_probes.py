@@ -26,8 +26,8 @@ This module does the I/O: connect, bounded reads, graceful close. Its rules, and
 * A failed result carries its :class:`Phase`: ``CONNECT`` when the connect itself failed (timed out,
   refused, unreachable), ``EXCHANGE`` when it failed after the connection was up.
 
-The records and the parser's names are re-exported here, so ``from fragileprobe._probes import X`` keeps
-working for every name that used to live in this module.
+The records (:mod:`fragileprobe._results`) and the HTTP bounds are re-exported here; the parser's own names
+are imported from :mod:`fragileprobe._http`.
 """
 
 from __future__ import annotations

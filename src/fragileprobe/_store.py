@@ -32,8 +32,9 @@ Durability rules:
   first in the transaction) and wait up to ``busy_timeout_s`` for it, so two processes writing one store at
   once, on one machine or many, serialize instead of failing; past the timeout: ``StoreError``.
 * The schema is versioned (SQLite ``PRAGMA user_version``, PostgreSQL the ``fragileprobe_meta`` table) and
-  migrated step by step (``_MIGRATIONS``). A database from a newer fragileprobe, a corrupt file, a file that
-  is not a database or a foreign PostgreSQL database raises ``StoreError`` before anything is written to it.
+  migrated step by step (``_schema.MIGRATIONS``). A database from a newer fragileprobe, a corrupt file, a
+  file that is not a database or a foreign PostgreSQL database raises ``StoreError`` before anything is
+  written to it.
 * Only our own files are written. Our SQLite stores carry SQLite's ``application_id``
   :data:`APPLICATION_ID` (``0x66507262``, ASCII ``fPrb``; PostgreSQL: the ``fragileprobe_meta`` table).
   An existing file is first inspected without a single write (its header
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -62,11 +63,9 @@ from fragileprobe._schema import MIGRATIONS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Awaitable, Callable, Sequence
-    from contextlib import AbstractContextManager
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
-    from fragileprobe._db import Connection
 
 __all__ = [
     "APPLICATION_ID",
@@ -85,8 +84,6 @@ DEFAULT_STORE_PATH = "fragileprobe.db"
 # holds the lock for milliseconds; 5 s covers a slow disk with many writers and still fails fast for a
 # store that another program keeps locked.
 DEFAULT_BUSY_TIMEOUT_S = 5.0
-# Kept for callers and tests that read the steps from here (they live in fragileprobe._schema).
-_MIGRATIONS = MIGRATIONS
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -157,14 +154,6 @@ class ProfileStore:
     def aio(self) -> AsyncStore:
         """The same store, awaitable: ``await store.aio.upsert_asset(...)`` (see :class:`AsyncStore`)."""
         return self._aio
-
-    def _tx(self) -> AbstractContextManager[Connection]:
-        """One write transaction on the store's database (kept for older callers: use ``db.write()``)."""
-        return self.db.write()
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """One read statement (kept for older callers: use ``db.query()``)."""
-        return self.db.query(sql, args)
 
     def close(self) -> None:
         """Close the database (idempotent)."""
