@@ -854,3 +854,57 @@ async def test_wait_idle_returns_once_the_clients_sessions_have_ended_on_the_shi
     rows = store.shield_sessions(loopback_host)
     assert [(r["reply"], r["outcome"]) for r in rows] == [(0, "relayed")]
     store.close()
+
+
+async def _preempting_scenario(
+    host: str, ceiling: int, clients: int, hold_s: float
+) -> tuple[FragileBox, list]:
+    """One client address holding idle sessions while more of its CONNECTs wait: preemption at work."""
+    async with fragile_box(host, hang_at=ceiling + 1) as box:
+        shield = fp.Shield(
+            scope=fp.Scope(host),
+            listen_port=0,
+            ceilings={host: ceiling},
+            heartbeats={host: _heartbeat(box)},
+            preempt_idle_s=0.05,
+            **BEAT,
+        )
+        replies: list[bytes | None] = []
+        async with serving(shield):
+
+            async def one() -> None:
+                stream = await _socks(shield, box.host, box.echo_port)
+                async with stream:
+                    try:
+                        await stream.send(b"ping\n")
+                        with anyio.fail_after(5):
+                            replies.append(await stream.receive())
+                        await anyio.sleep(hold_s)  # idle: its slot may be handed to a waiting CONNECT
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                        replies.append(None)  # preempted before its echo came back
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(clients):
+                    tg.start_soon(one)
+        return box, [s.outcome for s in shield.sessions], replies
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ceiling=st.integers(2, 4), clients=st.integers(2, 6), hold_ms=st.integers(500, 800))
+def test_preemption_never_lets_the_device_hold_more_than_its_ceiling(
+    loopback_hosts: Callable[[], str], ceiling: int, clients: int, hold_ms: int
+) -> None:
+    """Idle sessions handed over to waiting CONNECTs: the slot passes only once the device has let go of
+    the preempted session, so the device's own count stays within the ceiling, and nobody waits forever."""
+    box, outcomes, replies = anyio.run(
+        _preempting_scenario, loopback_hosts(), ceiling, clients, hold_ms / 1000
+    )
+    assert box.peak_relay <= ceiling - 1
+    assert box.peak <= ceiling
+    assert not box.hung
+    assert len(outcomes) == clients
+    assert set(outcomes) <= {"relayed", "preempted_idle"}
+    assert set(replies) <= {b"ping\n", None}
+    # more sessions than relay places, each idle longer than preempt_idle_s plus a check of the host's task
+    if clients > ceiling - 1:
+        assert "preempted_idle" in outcomes

@@ -1064,6 +1064,10 @@ class Shield:
         with anyio.CancelScope(deadline=t0 + self._slot_wait_s + self._connect_timeout_s) as waiting:
             try:
                 counters.waiting_since = t0
+                if self._preempt_idle_s is not None:
+                    # wake the host's task, which checks waiting CONNECTs every PREEMPT_CHECK_S from now
+                    # on, instead of at its next heartbeat-interval wake-up
+                    entry.poke()
                 async with guard.connect(port, timeout_s=self._connect_timeout_s) as stream:
                     connected = True
                     counters.waiting_since = None
@@ -1288,8 +1292,11 @@ class Shield:
         True while any CONNECT waits (the host's task then looks again soon)."""
         assert self._preempt_idle_s is not None
         waiting = [c for c in entry.live if c.waiting_since is not None]
-        ledger = guard.sessions
-        if not waiting or ledger is None or ledger.device_sessions < entry.ceiling:
+        # Full when the work's places are taken, counted as the Guard counts them (until the device let go):
+        # the heartbeat keeps its place whether or not a beat is in flight, so the device's momentary count
+        # (a beat out or not) does not tell whether a CONNECT can get a slot.
+        stats = guard.stats
+        if not waiting or stats.in_flight < stats.ceiling - stats.heartbeat_reserved:
             return bool(waiting)
         relaying = [c for c in entry.live if c.relay is not None]
         chosen = preemptions(
