@@ -40,8 +40,7 @@ def rehome(value: object, package: str) -> None:
     # "fragileprobe"; "fragileprobe.emulator._recovery" -> "fragileprobe.emulator", whichever package
     # re-exports it, so the answer never depends on which one was imported first)
     parts = value.__module__.split(".")
-    public = [p for p in itertools.takewhile(lambda p: not p.startswith("_"), parts)]
-    value.__module__ = ".".join(public)
+    value.__module__ = ".".join(itertools.takewhile(lambda p: not p.startswith("_"), parts))
 
 
 def load(package: str, table: Mapping[str, str], name: str) -> object:
